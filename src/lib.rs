@@ -1,0 +1,15 @@
+//! ossrelay: move very large VM disk images between Alibaba Cloud OSS regions and accounts
+//! without a local disk, with bounded memory, CRC-64 proof and resume.
+//!
+//! Rooms: [`oss`] speaks the OSS wire protocol, [`credentials`] finds and refreshes keys,
+//! [`store`] is the small trait the [`transfer`] engine talks to, [`sim`] is the simulated
+//! cloud every test runs against, [`cli`] is the thin command-line shell.
+
+pub mod cli;
+pub mod crc64;
+pub mod credentials;
+pub mod metrics;
+pub mod oss;
+pub mod sim;
+pub mod store;
+pub mod transfer;

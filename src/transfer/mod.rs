@@ -1,0 +1,1 @@
+//! The relay engine: plan parts, pipe ranged GETs into UploadParts, retry, verify, resume.
