@@ -550,6 +550,7 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn check_v1(
         method: &str,
         bucket: Option<&str>,
@@ -1174,7 +1175,7 @@ mod tests {
         let ctx = SignContext {
             version: SignVersion::V1,
             region: "cn-hangzhou",
-            time: SystemTime::from(httpdate::parse_http_date(DATE).unwrap()),
+            time: httpdate::parse_http_date(DATE).unwrap(),
             credentials: &c,
         };
         let auth = sign_request(
