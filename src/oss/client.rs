@@ -35,6 +35,8 @@ const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// Largest error or XML response body we read into memory.
 pub(crate) const MAX_XML_BODY: usize = 16 * 1024 * 1024;
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// OSS allows 15 minutes of skew; beyond 14 a bodiless 403 is taken as RequestTimeTooSkewed.
+const SKEW_SUSPECT_MS: u64 = 14 * 60 * 1000;
 
 /// Client settings. Build with [`OssConfig::new`] and adjust fields.
 #[derive(Clone)]
@@ -454,7 +456,22 @@ impl OssClient {
         )
         .await
         .unwrap_or_default();
-        let err = OssError::from_response(status, &parts.headers, &body, ctx);
+        let mut err = OssError::from_response(status, &parts.headers, &body, ctx);
+        if status == 403 && err.code.is_none() {
+            // A HEAD error has no body; without `x-oss-err` the only clue to a skewed
+            // clock is the server's Date differing from ours by more than OSS allows.
+            if let Some(server) = err.server_time {
+                let skew = clock_offset_ms(server, self.now()).unsigned_abs();
+                if skew > SKEW_SUSPECT_MS {
+                    err.class = ErrorClass::ClockSkew;
+                    err.message = format!(
+                        "{}: access denied and the local clock is {} s off the server's; the client corrected its offset, fix NTP on this host",
+                        ctx.operation,
+                        skew / 1000
+                    );
+                }
+            }
+        }
         if err.class == ErrorClass::ClockSkew {
             self.learn_clock(&err);
         }
@@ -562,8 +579,11 @@ fn network_error(
             ));
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                if matches!(tls, rustls::Error::InvalidCertificate(_)) {
+            if let Some(tls) = rustls_error_in(io) {
+                if matches!(
+                    tls,
+                    rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+                ) {
                     return OssError::with_class(
                         ErrorClass::Client,
                         format!(
@@ -586,6 +606,18 @@ fn network_error(
         target(ctx),
         chain.join(": ")
     ))
+}
+
+/// The rustls error inside (possibly nested) `io::Error` wrappers, which hide it from
+/// `source()` chains.
+fn rustls_error_in(io: &std::io::Error) -> Option<&rustls::Error> {
+    let mut inner = io.get_ref()?;
+    loop {
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        inner = inner.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
 }
 
 fn target(ctx: &ErrorContext<'_>) -> String {
