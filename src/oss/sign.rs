@@ -1145,6 +1145,81 @@ mod tests {
     }
 
     #[test]
+    fn go_v4_3_sts_token() {
+        let dt = v4_datetime(at(1_702_784_856));
+        assert_eq!(dt, "20231217T034736Z");
+        let mut h = go_v4_headers(&dt);
+        h.insert("x-oss-security-token", HeaderValue::from_static("token"));
+        let mut c = go_creds();
+        c.security_token = Some("token".into());
+        let query = q(GO_QUERY);
+        let p = SignParams {
+            method: "PUT",
+            bucket: Some("bucket"),
+            key: Some("1234+-/123/1.txt"),
+            query: &query,
+            headers: &h,
+        };
+        assert_eq!(
+            v4_authorization(&p, &dt, "cn-hangzhou", &c, &[]),
+            "OSS4-HMAC-SHA256 Credential=ak/20231217/cn-hangzhou/oss/aliyun_v4_request,Signature=b94a3f999cf85bcdc00d332fbd3734ba03e48382c36fa4d5af5df817395bd9ea"
+        );
+    }
+
+    #[test]
+    fn go_v4_4_and_5_presigned() {
+        let h = hm(&[
+            ("x-oss-head1", "value"),
+            ("abc", "value"),
+            ("ZAbc", "value"),
+            ("XYZ", "value"),
+            ("content-type", "application/octet-stream"),
+        ]);
+        let query = q(GO_QUERY);
+        let p = SignParams {
+            method: "PUT",
+            bucket: Some("bucket"),
+            key: Some("1234+-/123/1.txt"),
+            query: &query,
+            headers: &h,
+        };
+        let get = |qp: &[(String, String)], k: &str| {
+            qp.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let qp = v4_presign_query(
+            &p,
+            at(1_702_781_677),
+            1_702_782_276 - 1_702_781_677,
+            "cn-hangzhou",
+            &go_creds(),
+        );
+        assert_eq!(get(&qp, "x-oss-expires"), "599");
+        assert_eq!(get(&qp, "x-oss-signature-version"), "OSS4-HMAC-SHA256");
+        assert_eq!(
+            get(&qp, "x-oss-credential"),
+            "ak/20231217/cn-hangzhou/oss/aliyun_v4_request"
+        );
+        assert_eq!(
+            get(&qp, "x-oss-signature"),
+            "a39966c61718be0d5b14e668088b3fa07601033f6518ac7b523100014269c0fe"
+        );
+        assert_eq!(get(&qp, "x-oss-additional-headers"), "");
+
+        let mut c = go_creds();
+        c.security_token = Some("token".into());
+        let qp = v4_presign_query(&p, at(1_702_785_388), 599, "cn-hangzhou", &c);
+        assert_eq!(get(&qp, "x-oss-date"), "20231217T035628Z");
+        assert_eq!(get(&qp, "x-oss-security-token"), "token");
+        assert_eq!(
+            get(&qp, "x-oss-signature"),
+            "3817ac9d206cd6dfc90f1c09c00be45005602e55898f26f5ddb06d7892e1f8b5"
+        );
+    }
+
+    #[test]
     fn sign_request_sets_headers() {
         let mut h = HeaderMap::new();
         let c = sts_creds();
