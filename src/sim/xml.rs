@@ -7,7 +7,7 @@ use quick_xml::events::Event;
 
 pub const DECL: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
 
-/// Escapes text for element content.
+/// Escapes text for element content (quotes stay literal, as in OSS's `<ETag>"…"</ETag>`).
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -15,8 +15,6 @@ pub fn esc(s: &str) -> String {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
             c => out.push(c),
         }
     }
