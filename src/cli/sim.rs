@@ -1,0 +1,311 @@
+//! `ossrelay sim`: run the OSS simulator until SIGINT/SIGTERM.
+//!
+//! When ready it prints exactly one JSON line on stdout, e.g.
+//! `{"endpoint":"http://127.0.0.1:40123","region":"cn-hangzhou"}`; logs go to stderr.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::sim::{FaultKind, SimAccount, SimBucket, SimConfig, StoreKind, SyntheticObject};
+
+/// Flags of `ossrelay sim`.
+#[derive(clap::Args, Clone)]
+pub struct SimArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+    /// Region ID this simulated endpoint serves (V4 scope, GetBucketLocation).
+    #[arg(long, default_value = "cn-hangzhou")]
+    pub region: String,
+    /// Account with a long-term key pair (repeatable); default `sim:simak:simsecret`.
+    #[arg(long = "account", value_name = "NAME:ACCESS_KEY_ID:ACCESS_KEY_SECRET")]
+    pub accounts: Vec<String>,
+    /// Bucket owned by ACCOUNT (default: the first account); repeatable.
+    #[arg(long = "bucket", value_name = "BUCKET[:ACCOUNT]")]
+    pub buckets: Vec<String>,
+    /// Deterministic read-only object that is generated, never stored, e.g. `src/disk.raw=1TiB`.
+    #[arg(long = "synthetic", value_name = "BUCKET/KEY=SIZE")]
+    pub synthetic: Vec<String>,
+    /// Bucket whose uploads are verified and counted but whose bytes are dropped.
+    #[arg(long = "discard", value_name = "BUCKET")]
+    pub discard: Vec<String>,
+    /// Where real objects live: `memory` or a directory.
+    #[arg(long, default_value = "memory", value_name = "memory|DIR")]
+    pub store: String,
+    /// Inject a fault with a per-request probability (repeatable):
+    /// error500, slowdown, reset, truncate, corrupt, stall.
+    #[arg(long = "fault", value_name = "KIND=PROBABILITY")]
+    pub faults: Vec<String>,
+    /// Seed of the fault RNG (same seed, same request sequence → same faults).
+    #[arg(long, default_value_t = 0)]
+    pub fault_seed: u64,
+    /// Only inject faults into these operations, e.g. `GetObject,UploadPart`.
+    #[arg(long, value_delimiter = ',', value_name = "OP,...")]
+    pub fault_ops: Vec<String>,
+    /// Per-connection bandwidth cap in each direction, e.g. `16MiB/s`.
+    #[arg(long, value_name = "RATE")]
+    pub conn_rate: Option<String>,
+    /// Delay before the first byte of every response, in milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub latency: u64,
+    /// A bucket that lives in another region (requests get OSS's wrong-endpoint 403).
+    #[arg(long = "remote-bucket", value_name = "BUCKET:REGION")]
+    pub remote_buckets: Vec<String>,
+    /// Refuse path-style requests with 403 SecondLevelDomainForbidden, like public OSS.
+    #[arg(long)]
+    pub reject_path_style: bool,
+    /// Seconds added to the server clock (to exercise RequestTimeTooSkewed handling).
+    #[arg(
+        long,
+        default_value_t = 0,
+        allow_hyphen_values = true,
+        value_name = "SECS"
+    )]
+    pub clock_skew: i64,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    parse_size::parse_size(s.trim()).map_err(|e| format!("invalid size {s:?}: {e}"))
+}
+
+impl SimArgs {
+    /// Turns the flags into a simulator configuration.
+    pub fn config(&self) -> Result<SimConfig, String> {
+        let mut cfg = SimConfig {
+            listen: self.listen,
+            region: self.region.clone(),
+            ..SimConfig::default()
+        };
+        if !self.accounts.is_empty() {
+            cfg.accounts = self
+                .accounts
+                .iter()
+                .map(|a| {
+                    let mut it = a.splitn(3, ':');
+                    match (it.next(), it.next(), it.next()) {
+                        (Some(n), Some(k), Some(s))
+                            if !n.is_empty() && !k.is_empty() && !s.is_empty() =>
+                        {
+                            Ok(SimAccount {
+                                name: n.into(),
+                                access_key_id: k.into(),
+                                access_key_secret: s.into(),
+                            })
+                        }
+                        _ => Err(format!(
+                            "--account expects NAME:ACCESS_KEY_ID:ACCESS_KEY_SECRET, got {:?}",
+                            a.split(':').next().unwrap_or_default()
+                        )),
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        let first = cfg.accounts[0].name.clone();
+        for b in &self.buckets {
+            let (name, account) = match b.split_once(':') {
+                Some((n, a)) => (n, a.to_string()),
+                None => (b.as_str(), first.clone()),
+            };
+            cfg.buckets.push(SimBucket {
+                name: name.into(),
+                account,
+            });
+        }
+        for s in &self.synthetic {
+            let (path, size) = s
+                .rsplit_once('=')
+                .ok_or_else(|| format!("--synthetic expects BUCKET/KEY=SIZE, got {s:?}"))?;
+            let (bucket, key) = path
+                .split_once('/')
+                .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+                .ok_or_else(|| format!("--synthetic expects BUCKET/KEY=SIZE, got {s:?}"))?;
+            cfg.synthetic.push(SyntheticObject {
+                bucket: bucket.into(),
+                key: key.into(),
+                size: parse_size(size)?,
+            });
+        }
+        cfg.discard = self.discard.clone();
+        cfg.store = if self.store == "memory" {
+            StoreKind::Memory
+        } else {
+            StoreKind::Dir(PathBuf::from(&self.store))
+        };
+        for f in &self.faults {
+            let (kind, p) = f
+                .split_once('=')
+                .ok_or_else(|| format!("--fault expects KIND=PROBABILITY, got {f:?}"))?;
+            let kind: FaultKind = kind.parse()?;
+            let p: f64 = p
+                .parse()
+                .ok()
+                .filter(|p| (0.0..=1.0).contains(p))
+                .ok_or_else(|| format!("fault probability must be within 0..1, got {p:?}"))?;
+            cfg.faults.push((kind, p));
+        }
+        cfg.fault_seed = self.fault_seed;
+        if !self.fault_ops.is_empty() {
+            cfg.fault_ops = Some(self.fault_ops.clone());
+        }
+        if let Some(r) = &self.conn_rate {
+            let raw = r.trim();
+            let raw = raw
+                .strip_suffix("/s")
+                .or_else(|| raw.strip_suffix("ps"))
+                .unwrap_or(raw);
+            let rate = parse_size(raw)?;
+            if rate == 0 {
+                return Err("--conn-rate must be positive".into());
+            }
+            cfg.conn_rate = Some(rate);
+        }
+        cfg.latency = Duration::from_millis(self.latency);
+        for rb in &self.remote_buckets {
+            let (b, r) = rb
+                .split_once(':')
+                .ok_or_else(|| format!("--remote-bucket expects BUCKET:REGION, got {rb:?}"))?;
+            cfg.remote_buckets.push((b.into(), r.into()));
+        }
+        cfg.reject_path_style = self.reject_path_style;
+        cfg.clock_skew = self.clock_skew;
+        Ok(cfg)
+    }
+}
+
+/// Starts the simulator, writes the ready line to `out`, serves until `stop` resolves.
+pub async fn run_until(
+    args: SimArgs,
+    out: &mut dyn Write,
+    stop: impl Future<Output = ()>,
+) -> Result<i32, String> {
+    let cfg = args.config()?;
+    let server = crate::sim::start(cfg).await.map_err(|e| e.to_string())?;
+    let line = serde_json::json!({"endpoint": server.endpoint(), "region": server.region()});
+    writeln!(out, "{line}").map_err(|e| format!("cannot write the ready line: {e}"))?;
+    out.flush()
+        .map_err(|e| format!("cannot write the ready line: {e}"))?;
+    stop.await;
+    tracing::info!("shutting down the simulator");
+    server.shutdown().await;
+    Ok(0)
+}
+
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `ossrelay sim`: returns the process exit code, or a message for stderr.
+pub async fn run(args: SimArgs) -> Result<i32, String> {
+    let mut stdout = std::io::stdout();
+    run_until(args, &mut stdout, termination()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    fn args(v: &[&str]) -> SimArgs {
+        let mut all = vec!["sim"];
+        all.extend_from_slice(v);
+        Cli::try_parse_from(all).unwrap().sim
+    }
+
+    #[test]
+    fn flags_to_config() {
+        let a = args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--account",
+            "a:ak1:s1",
+            "--account",
+            "b:ak2:s:with:colons",
+            "--bucket",
+            "dst:b",
+            "--bucket",
+            "other",
+            "--synthetic",
+            "src/disk.raw=1TiB",
+            "--discard",
+            "sink",
+            "--fault",
+            "reset=0.25",
+            "--fault-ops",
+            "GetObject,UploadPart",
+            "--conn-rate",
+            "16MiB/s",
+            "--latency",
+            "20",
+            "--remote-bucket",
+            "far:us-west-1",
+            "--clock-skew",
+            "-1200",
+        ]);
+        let c = a.config().unwrap();
+        assert_eq!(c.accounts[1].access_key_secret, "s:with:colons");
+        assert_eq!(c.buckets[0].account, "b");
+        assert_eq!(c.buckets[1].account, "a");
+        assert_eq!(c.synthetic[0].size, 1 << 40);
+        assert_eq!(c.synthetic[0].key, "disk.raw");
+        assert_eq!(c.faults, vec![(FaultKind::Reset, 0.25)]);
+        assert_eq!(
+            c.fault_ops,
+            Some(vec!["GetObject".to_string(), "UploadPart".to_string()])
+        );
+        assert_eq!(c.conn_rate, Some(16 << 20));
+        assert_eq!(c.latency, Duration::from_millis(20));
+        assert_eq!(c.remote_buckets, vec![("far".into(), "us-west-1".into())]);
+        assert_eq!(c.clock_skew, -1200);
+        assert!(args(&["--fault", "boom=1"]).config().is_err());
+        assert!(args(&["--fault", "stall=2"]).config().is_err());
+        assert!(args(&["--account", "x:y"]).config().is_err());
+    }
+
+    #[tokio::test]
+    async fn ready_line_is_exact_json() {
+        let a = args(&["--listen", "127.0.0.1:0", "--region", "us-west-1"]);
+        let mut out = Vec::new();
+        let code = run_until(a, &mut out, async {}).await.unwrap();
+        assert_eq!(code, 0);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        assert!(text.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        let ep = v["endpoint"].as_str().unwrap();
+        assert!(
+            ep.starts_with("http://127.0.0.1:") && !ep.ends_with(":0"),
+            "{ep}"
+        );
+        assert_eq!(
+            text.trim_end(),
+            format!("{{\"endpoint\":\"{ep}\",\"region\":\"us-west-1\"}}")
+        );
+    }
+}
