@@ -686,8 +686,9 @@ impl ObjectStore for MemoryStore {
         }
         let min = self.limits.lock().unwrap().min_part_size;
         let u = &g.uploads[upload_id];
+        // The checks run in the order OSS documents: order, then existence/ETag, then size.
         let mut prev = 0u32;
-        for (i, (n, etag)) in parts.iter().enumerate() {
+        for (n, _) in parts {
             if *n <= prev || *n > 10_000 {
                 return Err(err(
                     ErrorClass::Client,
@@ -697,26 +698,29 @@ impl ObjectStore for MemoryStore {
                 ));
             }
             prev = *n;
-            match u.parts.get(n) {
-                Some(p) if &p.etag == etag => {
-                    if i + 1 < parts.len() && (p.data.len() as u64) < min {
-                        return Err(err(
-                            ErrorClass::Client,
-                            "EntityTooSmall",
-                            400,
-                            "Your proposed upload is smaller than the minimum allowed size.",
-                        ));
-                    }
-                }
-                _ => {
-                    return Err(err(
-                        ErrorClass::Client,
-                        "InvalidPart",
-                        400,
-                        "One or more of the specified parts could not be found or the specified entity tag might not have matched the part's entity tag",
-                    ))
-                }
-            }
+        }
+        if parts
+            .iter()
+            .any(|(n, etag)| u.parts.get(n).map_or(true, |p| &p.etag != etag))
+        {
+            return Err(err(
+                ErrorClass::Client,
+                "InvalidPart",
+                400,
+                "One or more of the specified parts could not be found or the specified entity tag might not have matched the part's entity tag",
+            ));
+        }
+        let last = parts.len().saturating_sub(1);
+        if parts[..last]
+            .iter()
+            .any(|(n, _)| (u.parts[n].data.len() as u64) < min)
+        {
+            return Err(err(
+                ErrorClass::Client,
+                "EntityTooSmall",
+                400,
+                "Your proposed upload is smaller than the minimum allowed size.",
+            ));
         }
         if parts.is_empty() {
             return Err(err(ErrorClass::Client, "MalformedXML", 400, "no parts"));

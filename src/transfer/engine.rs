@@ -1,7 +1,6 @@
 //! `copy`: plan, (resume or) start the upload, schedule parts, prove, complete.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -15,7 +14,9 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::crc64;
 use crate::metrics as m;
-use crate::store::{ErrorClass, ObjectMeta, PartSpec, PutOptions, StoreError, Uploaded};
+use crate::store::{
+    ErrorClass, ListedPart, ObjectMeta, PartSpec, PutOptions, StoreError, Uploaded,
+};
 
 use super::budget::{MemoryBudget, TokenBucket};
 use super::pipe::{pipe, PipeCtx, PipeError, Side};
@@ -23,6 +24,39 @@ use super::progress::InflightGuard;
 use super::retry::{Aimd, Backoff};
 use super::state::{self, CopyState, SourceFingerprint, StatePart, STATE_VERSION};
 use super::{plan, verify, CopyOptions, CopySummary, Location, Progress, TransferError};
+
+/// A control request (HEAD, Initiate, ListParts, Abort…) with a timeout and retries.
+///
+/// A macro rather than a function taking a closure: closures returning futures that borrow
+/// make rustc lose the `Send` proof of `copy`'s future (higher-ranked lifetimes), and the
+/// daemon must be able to spawn it.
+macro_rules! control {
+    ($ctx:expr, $what:expr, $timeout:expr, $call:expr) => {{
+        let ctx: &Ctx = $ctx;
+        let what: &str = $what;
+        let timeout: Duration = $timeout;
+        let mut backoff = ctx.backoff();
+        let mut attempt = 1;
+        loop {
+            let r = match tokio::time::timeout(timeout, $call).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::transient(format!(
+                    "{what}: no response within {timeout:?}"
+                ))),
+            };
+            match r {
+                Ok(v) => break Ok(v),
+                Err(e) if e.class.is_retryable() && attempt < ctx.opts.max_attempts => {
+                    debug!(what, attempt, error = %e, "retrying");
+                    ctx.note_retry(e.class.as_str());
+                    tokio::time::sleep(backoff.next(e.class)).await;
+                    attempt += 1;
+                }
+                Err(e) => break Err(e),
+            }
+        }
+    }};
+}
 
 /// Rounds of "re-read the source, find the corrupted parts, send them again" before giving up.
 const REPAIR_ROUNDS: u32 = 2;
@@ -129,11 +163,14 @@ async fn run(
     });
     let _gauges = AbortOnDropHandle::new(tokio::spawn(publish_gauges(progress.clone())));
 
-    let meta = control(&ctx, "HeadObject", ctx.opts.request_timeout, || {
+    let meta: Result<ObjectMeta, StoreError> = control!(
+        &ctx,
+        "HeadObject",
+        ctx.opts.request_timeout,
         ctx.src.store.head(&ctx.src.key)
-    })
-    .await
-    .map_err(|e| TransferError::store(format!("cannot read {}", ctx.src_desc), e))?;
+    );
+    let meta =
+        meta.map_err(|e| TransferError::store(format!("cannot read {}", ctx.src_desc), e))?;
     progress.total_bytes.store(meta.size, Relaxed);
     let part_size = plan::plan_part_size(meta.size, ctx.opts.part_size, ctx.dst.store.limits())?;
     let put_opts = PutOptions {
@@ -198,39 +235,6 @@ fn publish_now(p: &Progress) {
     metrics::gauge!(m::CONCURRENCY_LIMIT).set(p.concurrency_limit.load(Relaxed) as f64);
 }
 
-/// A control request (HEAD, Initiate, ListParts, Abort…) with a timeout and retries.
-async fn control<T, F, Fut>(
-    ctx: &Ctx,
-    what: &str,
-    timeout: Duration,
-    mut f: F,
-) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
-{
-    let mut backoff = ctx.backoff();
-    let mut attempt = 1;
-    loop {
-        let r = match tokio::time::timeout(timeout, f()).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::transient(format!(
-                "{what}: no response within {timeout:?}"
-            ))),
-        };
-        match r {
-            Ok(v) => return Ok(v),
-            Err(e) if e.class.is_retryable() && attempt < ctx.opts.max_attempts => {
-                debug!(what, attempt, error = %e, "retrying");
-                ctx.note_retry(e.class.as_str());
-                tokio::time::sleep(backoff.next(e.class)).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 fn if_match(etag: &str) -> Option<&str> {
     (!etag.is_empty()).then_some(etag)
 }
@@ -254,13 +258,12 @@ async fn source_changed(ctx: &Ctx, old_etag: &str) -> TransferError {
 }
 
 async fn abort_quietly(ctx: &Ctx, upload_id: &str) {
-    let r = control(
+    let r: Result<(), StoreError> = control!(
         ctx,
         "AbortMultipartUpload",
         ctx.opts.request_timeout,
-        || ctx.dst.store.abort(&ctx.dst.key, upload_id),
-    )
-    .await;
+        ctx.dst.store.abort(&ctx.dst.key, upload_id)
+    );
     match r {
         Ok(()) => debug!(upload_id, "aborted the multipart upload"),
         Err(e) if e.class == ErrorClass::NotFound => {}
@@ -294,7 +297,11 @@ async fn single_put(
             size,
             if_match(&meta.etag),
             meta.crc64,
-            |body| ctx.dst.store.put(&ctx.dst.key, body, size, put_opts),
+            {
+                let dst = ctx.dst.clone();
+                let po = put_opts.clone();
+                move |body| async move { dst.store.put(&dst.key, body, size, &po).await }
+            },
         );
         let _guard = InflightGuard::new(ctx.progress.clone());
         let r = tokio::select! {
@@ -463,10 +470,12 @@ async fn multipart(
                 abort_quietly(ctx, &old.upload_id).await;
                 state::remove(path);
             } else {
-                let listed = control(ctx, "ListParts", ctx.opts.request_timeout, || {
+                let listed: Result<Vec<ListedPart>, StoreError> = control!(
+                    ctx,
+                    "ListParts",
+                    ctx.opts.request_timeout,
                     ctx.dst.store.list_parts(&ctx.dst.key, &old.upload_id)
-                })
-                .await;
+                );
                 match listed {
                     Ok(l) => previous = Some((old, l)),
                     Err(e) if e.class == ErrorClass::NotFound => {
@@ -497,18 +506,15 @@ async fn multipart(
             (old, Some(listed))
         }
         None => {
-            let upload_id = control(
+            let created: Result<String, StoreError> = control!(
                 ctx,
                 "InitiateMultipartUpload",
                 ctx.opts.request_timeout,
-                || {
-                    ctx.dst
-                        .store
-                        .create_multipart(&ctx.dst.key, meta.size, put_opts)
-                },
-            )
-            .await
-            .map_err(|e| {
+                ctx.dst
+                    .store
+                    .create_multipart(&ctx.dst.key, meta.size, put_opts)
+            );
+            let upload_id = created.map_err(|e| {
                 TransferError::store(format!("cannot start an upload to {}", ctx.dst_desc), e)
             })?;
             let st = CopyState {
@@ -686,10 +692,10 @@ async fn transfer_and_prove(
             .map(|d| d.as_ref().expect("done").crc64)
             .collect();
         let find = verify::find_bad_parts(
-            &ctx.src,
-            specs,
-            &recorded,
-            &meta.etag,
+            ctx.src.clone(),
+            specs.to_vec(),
+            recorded,
+            meta.etag.clone(),
             ctx.opts.concurrency,
             ctx.opts.max_attempts,
             ctx.backoff(),

@@ -189,3 +189,6 @@ impl TransferError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

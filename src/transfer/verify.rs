@@ -52,26 +52,29 @@ pub(crate) async fn range_crc(
 /// Reads up to `concurrency` ranges at once, retrying transient errors.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn find_bad_parts(
-    src: &Location,
-    parts: &[PartSpec],
-    recorded: &[u64],
-    if_match: &str,
+    src: Location,
+    parts: Vec<PartSpec>,
+    recorded: Vec<u64>,
+    if_match: String,
     concurrency: usize,
     max_attempts: u32,
     backoff: Backoff,
     idle: Duration,
     request_timeout: Duration,
 ) -> Result<Vec<usize>, StoreError> {
-    let checks = parts.iter().enumerate().map(|(i, p)| {
+    // Every future owns its inputs: borrowed captures here would cost `copy` its `Send` proof.
+    let checks = parts.into_iter().enumerate().map(move |(i, p)| {
         let mut backoff = backoff.clone();
+        let src = src.clone();
+        let if_match = if_match.clone();
         async move {
             let mut attempt = 1;
             loop {
                 match range_crc(
-                    src,
+                    &src,
                     p.offset,
                     p.offset + p.len,
-                    Some(if_match),
+                    Some(&if_match),
                     idle,
                     request_timeout,
                 )
