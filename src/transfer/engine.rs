@@ -186,6 +186,7 @@ async fn run(
     );
 
     let out = if meta.size < part_size {
+        discard_stale_state(&ctx).await?;
         single_put(&ctx, &meta, &put_opts, &cancel).await?
     } else {
         multipart(&ctx, &meta, part_size, &put_opts, &cancel).await?
@@ -279,6 +280,21 @@ async fn abort_quietly(ctx: &Ctx, upload_id: &str) {
 
 // ---------------------------------------------------------------------------------------------
 // Single PUT
+
+/// A state file left by an earlier multipart run of this pair is useless to a single PUT (the
+/// source shrank): abort its upload so it does not linger, billed, and drop the file.
+async fn discard_stale_state(ctx: &Ctx) -> Result<(), TransferError> {
+    let Some(dir) = &ctx.opts.state_dir else {
+        return Ok(());
+    };
+    let path = state::state_path(dir, &ctx.src_desc, &ctx.dst_desc);
+    if let Some(old) = state::load(&path)? {
+        info!(upload_id = %old.upload_id, "the object now fits one PUT: discarding the earlier multipart upload");
+        abort_quietly(ctx, &old.upload_id).await;
+        state::remove(&path);
+    }
+    Ok(())
+}
 
 async fn single_put(
     ctx: &Arc<Ctx>,
@@ -782,6 +798,10 @@ async fn run_parts(
     let mut grace: Option<Instant> = None;
     let mut failure: Option<TransferError> = None;
     loop {
+        if !stopping && cancel.is_cancelled() {
+            stopping = true;
+            grace = Some(Instant::now() + ctx.opts.grace);
+        }
         if !stopping && failure.is_none() {
             while set.len() < aimd.limit() {
                 let Some(job) = queue.pop_front() else { break };
