@@ -3,6 +3,9 @@
 //! OSS implements it (`crate::oss::OssBucket`), a local file implements the parts that make
 //! sense (`crate::store::local`), and other dialects can be added without touching the engine.
 
+pub mod local;
+pub mod memory;
+
 use std::fmt;
 use std::pin::Pin;
 

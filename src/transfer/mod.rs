@@ -1,1 +1,194 @@
 //! The relay engine: plan parts, pipe ranged GETs into UploadParts, retry, verify, resume.
+//!
+//! The engine knows nothing about HTTP: it talks to [`ObjectStore`]s. One copy is:
+//! HEAD the source → plan the part size → (resume or) create a multipart upload → stream up to
+//! `concurrency` parts at once, each one ranged GET piped straight into one UploadPart through a
+//! small buffer charged against a global memory budget → fold the part CRC-64s and prove them
+//! against the source and the Complete response.
+
+pub mod budget;
+mod engine;
+mod pipe;
+pub mod plan;
+pub mod progress;
+pub mod retry;
+pub mod state;
+mod verify;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::store::{ObjectStore, StoreError};
+
+pub use engine::copy;
+pub use plan::plan_part_size;
+pub use progress::{Progress, ProgressSnapshot};
+
+/// One side of a copy: a store and a key in it.
+#[derive(Clone)]
+pub struct Location {
+    pub store: Arc<dyn ObjectStore>,
+    pub key: String,
+}
+
+impl Location {
+    pub fn new(store: Arc<dyn ObjectStore>, key: impl Into<String>) -> Self {
+        Self {
+            store,
+            key: key.into(),
+        }
+    }
+
+    /// Human description, e.g. `oss://bucket/key`.
+    pub fn describe(&self) -> String {
+        self.store.describe(&self.key)
+    }
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Tuning knobs of one copy.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Maximum parts in flight (the adaptive limit never goes above it).
+    pub concurrency: usize,
+    /// Requested part size; `None` = 64 MiB. Raised if the object would need > 10,000 parts.
+    pub part_size: Option<u64>,
+    /// Bytes the engine may hold in buffers between downloads and uploads, whatever the part size.
+    pub memory: u64,
+    /// Bytes per second over all streams; `None` = unlimited.
+    pub bandwidth: Option<u64>,
+    /// Where resume state lives; `None` = no resume (an interrupted upload is aborted).
+    pub state_dir: Option<PathBuf>,
+    /// `false` (`--no-resume`): discard existing state, abort its upload, start over.
+    pub resume: bool,
+    /// Attempts per part (and per control request) before the copy fails.
+    pub max_attempts: u32,
+    /// A body that yields no chunk (or is not consumed) for this long is cut (transient error).
+    pub idle_timeout: Duration,
+    /// Limit on getting response headers of a request (and on the UploadPart response after
+    /// its body was sent).
+    pub request_timeout: Duration,
+    /// How long in-flight parts may finish after cancellation before they are dropped.
+    pub grace: Duration,
+    /// Largest chunk handed from a download to an upload (bigger chunks are split, not copied).
+    pub chunk_size: usize,
+    /// First retry delay; later delays grow with decorrelated jitter.
+    pub retry_base: Duration,
+    /// Largest retry delay.
+    pub retry_cap: Duration,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            part_size: None,
+            memory: 256 * 1024 * 1024,
+            bandwidth: None,
+            state_dir: None,
+            resume: true,
+            max_attempts: 10,
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(60),
+            grace: Duration::from_secs(5),
+            chunk_size: 256 * 1024,
+            retry_base: Duration::from_millis(200),
+            retry_cap: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What a finished copy did; printed by the CLI (JSON with `--json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CopySummary {
+    pub source: String,
+    pub destination: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub throughput_bytes_per_sec: f64,
+    /// Whole-object CRC-64/XZ, serialised as a decimal string (JSON numbers lose u64 precision).
+    #[serde(serialize_with = "state::ser_u64_string")]
+    pub crc64: u64,
+    /// Parts of the multipart upload; 0 when a single PUT was used.
+    pub parts: u32,
+    pub part_size: u64,
+    pub retries: u64,
+    /// Bytes of a previous run that were kept and not sent again.
+    pub resumed_bytes: u64,
+    /// Whether the source reported a CRC-64 the result was proven against (a local file has none).
+    pub source_crc64_known: bool,
+}
+
+/// Why a copy failed. Messages are one line and say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("{}", interrupted_message(.state_file))]
+    Interrupted { state_file: Option<PathBuf> },
+    #[error("source {source_desc} changed during the copy (ETag {old_etag} → {new_etag}); rerun to start over")]
+    SourceChanged {
+        source_desc: String,
+        old_etag: String,
+        new_etag: String,
+    },
+    #[error("CRC-64 mismatch for {what}: expected {expected}, got {actual}; the destination was removed, rerun to copy again")]
+    CrcMismatch {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("{0}")]
+    Plan(String),
+    #[error("resume state: {0}")]
+    State(String),
+    #[error("{source}; progress is saved in {}: rerun the same command to resume (or pass --no-resume to start over)", .state_file.display())]
+    Resumable {
+        #[source]
+        source: Box<TransferError>,
+        state_file: PathBuf,
+    },
+}
+
+fn interrupted_message(state_file: &Option<PathBuf>) -> String {
+    match state_file {
+        Some(p) => format!(
+            "interrupted; progress is saved in {}: rerun the same command to resume",
+            p.display()
+        ),
+        None => {
+            "interrupted; the partial upload was aborted (no state directory, nothing to resume)"
+                .to_string()
+        }
+    }
+}
+
+impl TransferError {
+    pub(crate) fn store(context: impl Into<String>, source: StoreError) -> Self {
+        Self::Store {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The innermost error, looking through [`TransferError::Resumable`].
+    pub fn root(&self) -> &TransferError {
+        match self {
+            Self::Resumable { source, .. } => source.root(),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

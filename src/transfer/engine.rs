@@ -1,0 +1,1065 @@
+//! `copy`: plan, (resume or) start the upload, schedule parts, prove, complete.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::crc64;
+use crate::metrics as m;
+use crate::store::{
+    ErrorClass, ListedPart, ObjectMeta, PartSpec, PutOptions, StoreError, Uploaded,
+};
+
+use super::budget::{MemoryBudget, TokenBucket};
+use super::pipe::{pipe, PipeCtx, PipeError, Side};
+use super::progress::InflightGuard;
+use super::retry::{Aimd, Backoff};
+use super::state::{self, CopyState, SourceFingerprint, StatePart, STATE_VERSION};
+use super::{plan, verify, CopyOptions, CopySummary, Location, Progress, TransferError};
+
+/// A control request (HEAD, Initiate, ListParts, Abort…) with a timeout and retries.
+///
+/// A macro rather than a function taking a closure: closures returning futures that borrow
+/// make rustc lose the `Send` proof of `copy`'s future (higher-ranked lifetimes), and the
+/// daemon must be able to spawn it.
+macro_rules! control {
+    ($ctx:expr, $what:expr, $timeout:expr, $call:expr) => {{
+        let ctx: &Ctx = $ctx;
+        let what: &str = $what;
+        let timeout: Duration = $timeout;
+        let mut backoff = ctx.backoff();
+        let mut attempt = 1;
+        loop {
+            let r = match tokio::time::timeout(timeout, $call).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::transient(format!(
+                    "{what}: no response within {timeout:?}"
+                ))),
+            };
+            match r {
+                Ok(v) => break Ok(v),
+                Err(e) if e.class.is_retryable() && attempt < ctx.opts.max_attempts => {
+                    debug!(what, attempt, error = %e, "retrying");
+                    ctx.note_retry(e.class.as_str());
+                    tokio::time::sleep(backoff.next(e.class)).await;
+                    attempt += 1;
+                }
+                Err(e) => break Err(e),
+            }
+        }
+    }};
+}
+
+/// Rounds of "re-read the source, find the corrupted parts, send them again" before giving up.
+const REPAIR_ROUNDS: u32 = 2;
+
+/// Copies `src` to `dst`: a single streamed PUT for objects smaller than one part, otherwise a
+/// resumable multipart upload of parallel ranged GETs, CRC-64-proven end to end.
+///
+/// `progress` is updated live; `cancel` stops the copy (in-flight parts get `opts.grace` to
+/// finish), saves state and returns [`TransferError::Interrupted`].
+pub async fn copy(
+    src: Location,
+    dst: Location,
+    opts: CopyOptions,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> Result<CopySummary, TransferError> {
+    let span = tracing::info_span!("copy", source = %src.describe(), destination = %dst.describe());
+    run(src, dst, opts, progress, cancel).instrument(span).await
+}
+
+struct Ctx {
+    src: Location,
+    dst: Location,
+    src_desc: String,
+    dst_desc: String,
+    opts: CopyOptions,
+    progress: Arc<Progress>,
+    pipe: PipeCtx,
+}
+
+impl Ctx {
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.opts.retry_base, self.opts.retry_cap)
+    }
+
+    fn note_retry(&self, reason: &'static str) {
+        self.progress.retries.fetch_add(1, Relaxed);
+        metrics::counter!(m::RETRIES_TOTAL, "reason" => reason).increment(1);
+        if reason == "crc_mismatch" {
+            self.progress.crc_mismatches.fetch_add(1, Relaxed);
+            metrics::counter!(m::CRC_MISMATCHES_TOTAL).increment(1);
+        }
+    }
+}
+
+struct Outcome {
+    crc64: u64,
+    parts: u32,
+    part_size: u64,
+    resumed_bytes: u64,
+}
+
+fn validate(opts: &CopyOptions) -> Result<(), TransferError> {
+    if opts.concurrency == 0 {
+        return Err(TransferError::Plan("concurrency must be at least 1".into()));
+    }
+    if opts.memory < 64 * 1024 {
+        return Err(TransferError::Plan(format!(
+            "memory budget {} bytes is too small: allow at least 64 KiB",
+            opts.memory
+        )));
+    }
+    if opts.max_attempts == 0 {
+        return Err(TransferError::Plan(
+            "max attempts must be at least 1".into(),
+        ));
+    }
+    if opts.chunk_size == 0 {
+        return Err(TransferError::Plan(
+            "chunk size must be at least 1 byte".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn run(
+    src: Location,
+    dst: Location,
+    opts: CopyOptions,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> Result<CopySummary, TransferError> {
+    validate(&opts)?;
+    let started = std::time::Instant::now();
+    progress
+        .lowest_concurrency_limit
+        .store(opts.concurrency as u64, Relaxed);
+    progress.set_limit(opts.concurrency);
+    let pipe = PipeCtx {
+        budget: MemoryBudget::new(opts.memory, progress.clone()),
+        bandwidth: opts.bandwidth.map(|b| Arc::new(TokenBucket::new(b))),
+        idle_timeout: opts.idle_timeout,
+        request_timeout: opts.request_timeout,
+        chunk_size: opts.chunk_size,
+    };
+    let ctx = Arc::new(Ctx {
+        src_desc: src.describe(),
+        dst_desc: dst.describe(),
+        src,
+        dst,
+        opts,
+        progress: progress.clone(),
+        pipe,
+    });
+    let _gauges = AbortOnDropHandle::new(tokio::spawn(publish_gauges(progress.clone())));
+
+    let meta: Result<ObjectMeta, StoreError> = control!(
+        &ctx,
+        "HeadObject",
+        ctx.opts.request_timeout,
+        ctx.src.store.head(&ctx.src.key)
+    );
+    let meta =
+        meta.map_err(|e| TransferError::store(format!("cannot read {}", ctx.src_desc), e))?;
+    progress.total_bytes.store(meta.size, Relaxed);
+    let part_size = plan::plan_part_size(meta.size, ctx.opts.part_size, ctx.dst.store.limits())?;
+    let put_opts = PutOptions {
+        content_type: meta.content_type.clone(),
+        user_meta: meta.user_meta.clone(),
+    };
+    info!(
+        size = meta.size,
+        part_size,
+        parts = meta.size.div_ceil(part_size),
+        concurrency = ctx.opts.concurrency,
+        "planned copy"
+    );
+
+    let out = if meta.size < part_size {
+        discard_stale_state(&ctx).await?;
+        single_put(&ctx, &meta, &put_opts, &cancel).await?
+    } else {
+        multipart(&ctx, &meta, part_size, &put_opts, &cancel).await?
+    };
+    publish_now(&progress);
+    let seconds = started.elapsed().as_secs_f64();
+    let moved = meta.size - out.resumed_bytes;
+    let summary = CopySummary {
+        source: ctx.src_desc.clone(),
+        destination: ctx.dst_desc.clone(),
+        bytes: meta.size,
+        seconds,
+        throughput_bytes_per_sec: if seconds > 0.0 {
+            moved as f64 / seconds
+        } else {
+            0.0
+        },
+        crc64: out.crc64,
+        parts: out.parts,
+        part_size: out.part_size,
+        retries: progress.retries.load(Relaxed),
+        resumed_bytes: out.resumed_bytes,
+        source_crc64_known: meta.crc64.is_some(),
+    };
+    info!(
+        bytes = summary.bytes,
+        seconds = summary.seconds,
+        crc64 = summary.crc64,
+        retries = summary.retries,
+        "copy complete and verified"
+    );
+    Ok(summary)
+}
+
+/// Gauges are sampled, not updated per chunk, to keep the hot path free of metric calls.
+async fn publish_gauges(progress: Arc<Progress>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        publish_now(&progress);
+    }
+}
+
+fn publish_now(p: &Progress) {
+    metrics::gauge!(m::INFLIGHT_PARTS).set(p.inflight_parts.load(Relaxed) as f64);
+    metrics::gauge!(m::BUFFERED_BYTES).set(p.buffered_bytes.load(Relaxed) as f64);
+    metrics::gauge!(m::CONCURRENCY_LIMIT).set(p.concurrency_limit.load(Relaxed) as f64);
+}
+
+fn if_match(etag: &str) -> Option<&str> {
+    (!etag.is_empty()).then_some(etag)
+}
+
+async fn source_changed(ctx: &Ctx, old_etag: &str) -> TransferError {
+    let new_etag = match tokio::time::timeout(
+        ctx.opts.request_timeout,
+        ctx.src.store.head(&ctx.src.key),
+    )
+    .await
+    {
+        Ok(Ok(m)) => m.etag,
+        Ok(Err(e)) if e.class == ErrorClass::NotFound => "(deleted)".to_string(),
+        _ => "(unknown)".to_string(),
+    };
+    TransferError::SourceChanged {
+        source_desc: ctx.src_desc.clone(),
+        old_etag: old_etag.to_string(),
+        new_etag,
+    }
+}
+
+async fn abort_quietly(ctx: &Ctx, upload_id: &str) {
+    let r: Result<(), StoreError> = control!(
+        ctx,
+        "AbortMultipartUpload",
+        ctx.opts.request_timeout,
+        ctx.dst.store.abort(&ctx.dst.key, upload_id)
+    );
+    match r {
+        Ok(()) => debug!(upload_id, "aborted the multipart upload"),
+        Err(e) if e.class == ErrorClass::NotFound => {}
+        Err(e) => warn!(
+            upload_id,
+            error = %e,
+            "could not abort the multipart upload of {}; it keeps its parts (and costs) until \
+             aborted — remove it with a lifecycle rule or an abort",
+            ctx.dst_desc
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Single PUT
+
+/// A state file left by an earlier multipart run of this pair is useless to a single PUT (the
+/// source shrank): abort its upload so it does not linger, billed, and drop the file.
+async fn discard_stale_state(ctx: &Ctx) -> Result<(), TransferError> {
+    let Some(dir) = &ctx.opts.state_dir else {
+        return Ok(());
+    };
+    let path = state::state_path(dir, &ctx.src_desc, &ctx.dst_desc);
+    if let Some(old) = state::load(&path)? {
+        info!(upload_id = %old.upload_id, "the object now fits one PUT: discarding the earlier multipart upload");
+        abort_quietly(ctx, &old.upload_id).await;
+        state::remove(&path);
+    }
+    Ok(())
+}
+
+async fn single_put(
+    ctx: &Arc<Ctx>,
+    meta: &ObjectMeta,
+    put_opts: &PutOptions,
+    cancel: &CancellationToken,
+) -> Result<Outcome, TransferError> {
+    let size = meta.size;
+    let mut backoff = ctx.backoff();
+    let mut attempt = 1;
+    loop {
+        let fut = pipe(
+            &ctx.pipe,
+            &ctx.src,
+            0,
+            size,
+            if_match(&meta.etag),
+            meta.crc64,
+            {
+                let dst = ctx.dst.clone();
+                let po = put_opts.clone();
+                move |body| async move { dst.store.put(&dst.key, body, size, &po).await }
+            },
+        );
+        let _guard = InflightGuard::new(ctx.progress.clone());
+        let r = tokio::select! {
+            r = fut => r,
+            _ = cancel.cancelled() => return Err(TransferError::Interrupted { state_file: None }),
+        };
+        match r {
+            Ok(p) => {
+                ctx.progress.acked_bytes.fetch_add(size, Relaxed);
+                metrics::counter!(m::BYTES_TOTAL, "direction" => "download").increment(size);
+                metrics::counter!(m::BYTES_TOTAL, "direction" => "upload").increment(size);
+                return Ok(Outcome {
+                    crc64: p.crc64,
+                    parts: 0,
+                    part_size: size,
+                    resumed_bytes: 0,
+                });
+            }
+            Err(e) if e.side == Side::Source && e.class() == ErrorClass::Precondition => {
+                return Err(source_changed(ctx, &meta.etag).await);
+            }
+            Err(e) if e.class().is_retryable() && attempt < ctx.opts.max_attempts => {
+                debug!(attempt, error = %e.err, "retrying the PUT");
+                ctx.note_retry(e.reason);
+                let delay = backoff.next(e.class());
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => return Err(TransferError::Interrupted { state_file: None }),
+                }
+                attempt += 1;
+            }
+            Err(e) => {
+                if e.reason == "crc_mismatch" {
+                    ctx.note_retry("crc_mismatch");
+                    if e.side == Side::Destination {
+                        // The destination holds bytes it did not receive from us: remove them.
+                        let _ = ctx.dst.store.delete(&ctx.dst.key).await;
+                    }
+                }
+                return Err(TransferError::store(
+                    format!(
+                        "copying {} to {} failed after {attempt} attempt(s)",
+                        ctx.src_desc, ctx.dst_desc
+                    ),
+                    e.err,
+                ));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multipart
+
+/// The resume state in memory, written to disk in the background as parts complete; writes
+/// coalesce, so a kill -9 loses at most the acknowledgements of the moment.
+struct StateKeeper {
+    path: Option<PathBuf>,
+    state: CopyState,
+    dirty: bool,
+    writing: Option<JoinHandle<Result<(), TransferError>>>,
+}
+
+impl StateKeeper {
+    fn record(&mut self, part: StatePart) {
+        self.state.record(part);
+        self.mark();
+    }
+
+    fn forget(&mut self, numbers: &[u32]) {
+        self.state.parts.retain(|p| !numbers.contains(&p.number));
+        self.mark();
+    }
+
+    fn mark(&mut self) {
+        if self.path.is_some() {
+            self.dirty = true;
+            self.kick();
+        }
+    }
+
+    fn kick(&mut self) {
+        if self.writing.is_some() || !self.dirty {
+            return;
+        }
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        let snapshot = self.state.clone();
+        self.dirty = false;
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            state::save(&path, &snapshot)
+        }));
+    }
+
+    fn is_writing(&self) -> bool {
+        self.writing.is_some()
+    }
+
+    /// Waits for the write in progress (cancel-safe: the handle stays until it finished).
+    async fn wait_write(&mut self) -> Result<(), TransferError> {
+        if let Some(h) = self.writing.as_mut() {
+            let r = h.await;
+            self.writing = None;
+            r.map_err(|e| TransferError::State(format!("state writer failed: {e}")))??;
+        }
+        self.kick();
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), TransferError> {
+        while self.is_writing() || (self.dirty && self.path.is_some()) {
+            self.kick();
+            self.wait_write().await?;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self) {
+        if let Some(h) = self.writing.take() {
+            h.abort();
+        }
+        self.dirty = false;
+        if let Some(p) = &self.path {
+            state::remove(p);
+        }
+    }
+}
+
+async fn multipart(
+    ctx: &Arc<Ctx>,
+    meta: &ObjectMeta,
+    planned_part_size: u64,
+    put_opts: &PutOptions,
+    cancel: &CancellationToken,
+) -> Result<Outcome, TransferError> {
+    let fp = SourceFingerprint::from(meta);
+    let limits = ctx.dst.store.limits();
+    let state_path = ctx
+        .opts
+        .state_dir
+        .as_ref()
+        .map(|d| state::state_path(d, &ctx.src_desc, &ctx.dst_desc));
+
+    // 1. Look for a previous run.
+    let mut previous = None;
+    if let Some(path) = &state_path {
+        if let Some(old) = state::load(path)? {
+            let plan_ok = old.part_size >= limits.min_part_size
+                && old.part_size <= limits.max_part_size
+                && meta.size.div_ceil(old.part_size) <= limits.max_parts as u64
+                && meta.size >= old.part_size;
+            if !ctx.opts.resume {
+                info!(upload_id = %old.upload_id, "not resuming (--no-resume): aborting the previous upload");
+                abort_quietly(ctx, &old.upload_id).await;
+                state::remove(path);
+            } else if old.source_meta != fp
+                || old.source != ctx.src_desc
+                || old.destination != ctx.dst_desc
+                || !plan_ok
+            {
+                warn!(
+                    "{} changed since the interrupted copy (ETag {} → {}); starting over",
+                    ctx.src_desc, old.source_meta.etag, fp.etag
+                );
+                abort_quietly(ctx, &old.upload_id).await;
+                state::remove(path);
+            } else {
+                let listed: Result<Vec<ListedPart>, StoreError> = control!(
+                    ctx,
+                    "ListParts",
+                    ctx.opts.request_timeout,
+                    ctx.dst.store.list_parts(&ctx.dst.key, &old.upload_id)
+                );
+                match listed {
+                    Ok(l) => previous = Some((old, l)),
+                    Err(e) if e.class == ErrorClass::NotFound => {
+                        warn!(upload_id = %old.upload_id, "the interrupted upload no longer exists; starting over");
+                        state::remove(path);
+                    }
+                    Err(e) => {
+                        return Err(TransferError::Resumable {
+                            source: Box::new(TransferError::store(
+                                format!(
+                                    "cannot list the parts already uploaded to {}",
+                                    ctx.dst_desc
+                                ),
+                                e,
+                            )),
+                            state_file: path.clone(),
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    // 2. Resume (reconcile with what the destination really holds) or start a new upload.
+    let (mut st, listed) = match previous {
+        Some((old, listed)) => {
+            info!(upload_id = %old.upload_id, recorded = old.parts.len(), "resuming");
+            (old, Some(listed))
+        }
+        None => {
+            let created: Result<String, StoreError> = control!(
+                ctx,
+                "InitiateMultipartUpload",
+                ctx.opts.request_timeout,
+                ctx.dst
+                    .store
+                    .create_multipart(&ctx.dst.key, meta.size, put_opts)
+            );
+            let upload_id = created.map_err(|e| {
+                TransferError::store(format!("cannot start an upload to {}", ctx.dst_desc), e)
+            })?;
+            let st = CopyState {
+                version: STATE_VERSION,
+                source: ctx.src_desc.clone(),
+                destination: ctx.dst_desc.clone(),
+                upload_id,
+                part_size: planned_part_size,
+                source_meta: fp.clone(),
+                parts: Vec::new(),
+            };
+            if let Some(path) = &state_path {
+                if let Err(e) = state::save(path, &st) {
+                    abort_quietly(ctx, &st.upload_id).await;
+                    return Err(e);
+                }
+            }
+            (st, None)
+        }
+    };
+    let part_size = st.part_size;
+    let specs: Arc<Vec<PartSpec>> = Arc::new(plan::parts(meta.size, part_size));
+    let mut done: Vec<Option<StatePart>> = vec![None; specs.len()];
+    let mut resumed_bytes = 0;
+    if let Some(listed) = listed {
+        let by_number: HashMap<u32, _> = listed.iter().map(|p| (p.number, p)).collect();
+        let mut kept = Vec::new();
+        for rec in &st.parts {
+            let Some(spec) = specs.get(rec.number as usize - 1) else {
+                continue;
+            };
+            let Some(l) = by_number.get(&rec.number) else {
+                continue;
+            };
+            let confirmed = match l.crc64 {
+                Some(c) => c == rec.crc64,
+                None => l.etag == rec.etag,
+            };
+            if rec.size == spec.len && l.size == spec.len && confirmed {
+                let part = StatePart {
+                    etag: l.etag.clone(),
+                    ..rec.clone()
+                };
+                done[rec.number as usize - 1] = Some(part.clone());
+                resumed_bytes += spec.len;
+                kept.push(part);
+            } else {
+                debug!(
+                    part = rec.number,
+                    "recorded part not confirmed by the destination; sending it again"
+                );
+            }
+        }
+        info!(
+            kept = kept.len(),
+            resumed_bytes, "reconciled with the destination's part list"
+        );
+        metrics::counter!(m::PARTS_TOTAL, "result" => "skipped").increment(kept.len() as u64);
+        st.parts = kept;
+    }
+    let upload_id: Arc<str> = Arc::from(st.upload_id.as_str());
+    let p = &ctx.progress;
+    p.parts_total.store(specs.len() as u64, Relaxed);
+    p.parts_done
+        .store(done.iter().filter(|d| d.is_some()).count() as u64, Relaxed);
+    p.resumed_bytes.store(resumed_bytes, Relaxed);
+    p.acked_bytes.store(resumed_bytes, Relaxed);
+
+    let mut keeper = StateKeeper {
+        path: state_path.clone(),
+        state: st,
+        dirty: true,
+        writing: None,
+    };
+    let result = transfer_and_prove(
+        ctx,
+        meta,
+        &specs,
+        &mut done,
+        &mut keeper,
+        &upload_id,
+        cancel,
+    )
+    .await;
+    let combined = match result {
+        Ok(c) => c,
+        Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
+    };
+
+    // 3. Complete and check the destination's own CRC-64 of the whole object.
+    let list: Vec<(u32, String)> = done
+        .iter()
+        .map(|d| {
+            let d = d.as_ref().expect("all parts done");
+            (d.number, d.etag.clone())
+        })
+        .collect();
+    let uploaded = match complete(ctx, &upload_id, &list, meta.size, combined).await {
+        Ok(u) => u,
+        Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
+    };
+    keeper.remove();
+    if let Some(c) = uploaded.crc64 {
+        if c != combined {
+            metrics::counter!(m::CRC_MISMATCHES_TOTAL).increment(1);
+            let _ = ctx.dst.store.delete(&ctx.dst.key).await;
+            return Err(TransferError::CrcMismatch {
+                what: format!("{} after CompleteMultipartUpload", ctx.dst_desc),
+                expected: combined,
+                actual: c,
+            });
+        }
+    }
+    Ok(Outcome {
+        crc64: combined,
+        parts: specs.len() as u32,
+        part_size,
+        resumed_bytes,
+    })
+}
+
+/// Sends every missing part, then proves the parts against the source CRC-64 (repairing
+/// parts whose source bytes were corrupted in transit). Returns the combined CRC-64.
+async fn transfer_and_prove(
+    ctx: &Arc<Ctx>,
+    meta: &ObjectMeta,
+    specs: &Arc<Vec<PartSpec>>,
+    done: &mut [Option<StatePart>],
+    keeper: &mut StateKeeper,
+    upload_id: &Arc<str>,
+    cancel: &CancellationToken,
+) -> Result<u64, TransferError> {
+    let etag: Arc<str> = Arc::from(meta.etag.as_str());
+    let mut aimd = Aimd::new(ctx.opts.concurrency);
+    let mut round = 0;
+    loop {
+        let todo: Vec<usize> = (0..specs.len()).filter(|&i| done[i].is_none()).collect();
+        if !todo.is_empty() {
+            run_parts(
+                ctx, specs, todo, done, keeper, &mut aimd, cancel, upload_id, &etag,
+            )
+            .await?;
+        }
+        let combined = crc64::combine_all(
+            done.iter()
+                .zip(specs.iter())
+                .map(|(d, s)| (d.as_ref().expect("part done").crc64, s.len)),
+        );
+        let Some(want) = meta.crc64 else {
+            return Ok(combined);
+        };
+        if want == combined {
+            return Ok(combined);
+        }
+        metrics::counter!(m::CRC_MISMATCHES_TOTAL).increment(1);
+        ctx.progress.crc_mismatches.fetch_add(1, Relaxed);
+        if round >= REPAIR_ROUNDS {
+            return Err(TransferError::CrcMismatch {
+                what: format!(
+                    "the parts sent to {} against {}",
+                    ctx.dst_desc, ctx.src_desc
+                ),
+                expected: want,
+                actual: combined,
+            });
+        }
+        round += 1;
+        warn!(
+            expected = want,
+            actual = combined,
+            "the parts' CRC-64 does not match the source: re-reading the source to find corrupted parts"
+        );
+        let recorded: Vec<u64> = done
+            .iter()
+            .map(|d| d.as_ref().expect("done").crc64)
+            .collect();
+        let find = verify::find_bad_parts(
+            ctx.src.clone(),
+            specs.to_vec(),
+            recorded,
+            meta.etag.clone(),
+            ctx.opts.concurrency,
+            ctx.opts.max_attempts,
+            ctx.backoff(),
+            ctx.opts.idle_timeout,
+            ctx.opts.request_timeout,
+        );
+        let bad = tokio::select! {
+            r = find => r,
+            _ = cancel.cancelled() => return Err(TransferError::Interrupted { state_file: None }),
+        };
+        let bad = match bad {
+            Ok(b) => b,
+            Err(e) if e.class == ErrorClass::Precondition => {
+                return Err(source_changed(ctx, &meta.etag).await)
+            }
+            Err(e) => {
+                return Err(TransferError::store(
+                    format!("cannot re-read {} to locate corrupted parts", ctx.src_desc),
+                    e,
+                ))
+            }
+        };
+        if bad.is_empty() {
+            return Err(TransferError::CrcMismatch {
+                what: format!(
+                    "{} (its bytes do not match the CRC-64 it reports)",
+                    ctx.src_desc
+                ),
+                expected: want,
+                actual: combined,
+            });
+        }
+        warn!(parts = ?bad.iter().map(|&i| specs[i].number).collect::<Vec<_>>(), "sending corrupted parts again");
+        let numbers: Vec<u32> = bad.iter().map(|&i| specs[i].number).collect();
+        for &i in &bad {
+            done[i] = None;
+            ctx.progress.acked_bytes.fetch_sub(specs[i].len, Relaxed);
+            ctx.progress.parts_done.fetch_sub(1, Relaxed);
+            ctx.note_retry("crc_mismatch");
+        }
+        keeper.forget(&numbers);
+    }
+}
+
+struct Job {
+    idx: usize,
+    attempt: u32,
+    delay: Duration,
+    backoff: Backoff,
+}
+
+enum Event {
+    Cancel,
+    GraceOver,
+    Joined(Result<(Job, Result<super::pipe::Piped, PipeError>), tokio::task::JoinError>),
+    Wrote(Result<(), TransferError>),
+    Idle,
+}
+
+/// Runs parts `todo` with at most the adaptive limit in flight, retrying each on its own.
+#[allow(clippy::too_many_arguments)]
+async fn run_parts(
+    ctx: &Arc<Ctx>,
+    specs: &Arc<Vec<PartSpec>>,
+    todo: Vec<usize>,
+    done: &mut [Option<StatePart>],
+    keeper: &mut StateKeeper,
+    aimd: &mut Aimd,
+    cancel: &CancellationToken,
+    upload_id: &Arc<str>,
+    etag: &Arc<str>,
+) -> Result<(), TransferError> {
+    let mut queue: VecDeque<Job> = todo
+        .into_iter()
+        .map(|idx| Job {
+            idx,
+            attempt: 1,
+            delay: Duration::ZERO,
+            backoff: ctx.backoff(),
+        })
+        .collect();
+    let mut set = JoinSet::new();
+    let mut stopping = false;
+    let mut grace: Option<Instant> = None;
+    let mut failure: Option<TransferError> = None;
+    loop {
+        if !stopping && cancel.is_cancelled() {
+            stopping = true;
+            grace = Some(Instant::now() + ctx.opts.grace);
+        }
+        if !stopping && failure.is_none() {
+            while set.len() < aimd.limit() {
+                let Some(job) = queue.pop_front() else { break };
+                spawn_part(&mut set, ctx, specs, job, upload_id, etag);
+            }
+        }
+        if set.is_empty() && (queue.is_empty() || stopping || failure.is_some()) {
+            break;
+        }
+        let ev = tokio::select! {
+            biased;
+            _ = cancel.cancelled(), if !stopping => Event::Cancel,
+            _ = tokio::time::sleep_until(grace.unwrap_or_else(Instant::now)), if grace.is_some() => Event::GraceOver,
+            Some(r) = set.join_next() => Event::Joined(r),
+            r = keeper.wait_write(), if keeper.is_writing() => Event::Wrote(r),
+            else => Event::Idle,
+        };
+        match ev {
+            Event::Idle => {}
+            Event::Cancel => {
+                info!(
+                    inflight = set.len(),
+                    "interrupted: letting in-flight parts finish"
+                );
+                stopping = true;
+                grace = Some(Instant::now() + ctx.opts.grace);
+            }
+            Event::GraceOver => {
+                grace = None;
+                set.abort_all();
+            }
+            Event::Wrote(r) => {
+                if let Err(e) = r {
+                    failure.get_or_insert(e);
+                    set.abort_all();
+                }
+            }
+            Event::Joined(Err(e)) => {
+                if e.is_panic() {
+                    failure.get_or_insert(TransferError::Plan(format!(
+                        "internal error: a part task panicked: {e}"
+                    )));
+                    set.abort_all();
+                }
+            }
+            Event::Joined(Ok((job, Ok(piped)))) => {
+                let spec = specs[job.idx];
+                let part = StatePart {
+                    number: spec.number,
+                    size: spec.len,
+                    crc64: piped.crc64,
+                    etag: piped.uploaded.etag,
+                };
+                done[job.idx] = Some(part.clone());
+                keeper.record(part);
+                let p = &ctx.progress;
+                p.acked_bytes.fetch_add(spec.len, Relaxed);
+                p.parts_done.fetch_add(1, Relaxed);
+                metrics::counter!(m::BYTES_TOTAL, "direction" => "download").increment(spec.len);
+                metrics::counter!(m::BYTES_TOTAL, "direction" => "upload").increment(spec.len);
+                metrics::counter!(m::PARTS_TOTAL, "result" => "ok").increment(1);
+                aimd.on_success();
+                p.set_limit(aimd.limit());
+            }
+            Event::Joined(Ok((mut job, Err(e)))) => {
+                let spec = specs[job.idx];
+                if e.side == Side::Source && e.class() == ErrorClass::Precondition {
+                    if failure.is_none() {
+                        failure = Some(source_changed(ctx, etag).await);
+                    }
+                    set.abort_all();
+                } else if e.class().is_retryable() && job.attempt < ctx.opts.max_attempts {
+                    if stopping || failure.is_some() {
+                        continue; // sent again on resume
+                    }
+                    debug!(part = spec.number, attempt = job.attempt, reason = e.reason, error = %e.err, "part failed; retrying");
+                    ctx.note_retry(e.reason);
+                    metrics::counter!(m::PARTS_TOTAL, "result" => "retried").increment(1);
+                    if e.class() == ErrorClass::Throttled {
+                        aimd.on_throttle();
+                        ctx.progress.set_limit(aimd.limit());
+                    }
+                    job.delay = job.backoff.next(e.class());
+                    job.attempt += 1;
+                    queue.push_front(job);
+                } else {
+                    metrics::counter!(m::PARTS_TOTAL, "result" => "failed").increment(1);
+                    let side = match e.side {
+                        Side::Source => format!("reading {}", ctx.src_desc),
+                        Side::Destination => format!("writing {}", ctx.dst_desc),
+                    };
+                    failure.get_or_insert(TransferError::store(
+                        format!(
+                            "part {} (bytes {}-{}): {side} failed after {} attempt(s)",
+                            spec.number,
+                            spec.offset,
+                            spec.offset + spec.len,
+                            job.attempt
+                        ),
+                        e.err,
+                    ));
+                    set.abort_all();
+                }
+            }
+        }
+    }
+    let flushed = keeper.flush().await;
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    flushed?;
+    if stopping {
+        return Err(TransferError::Interrupted { state_file: None });
+    }
+    Ok(())
+}
+
+fn spawn_part(
+    set: &mut JoinSet<(Job, Result<super::pipe::Piped, PipeError>)>,
+    ctx: &Arc<Ctx>,
+    specs: &Arc<Vec<PartSpec>>,
+    job: Job,
+    upload_id: &Arc<str>,
+    etag: &Arc<str>,
+) {
+    let ctx = ctx.clone();
+    let spec = specs[job.idx];
+    let upload_id = upload_id.clone();
+    let etag = etag.clone();
+    set.spawn(async move {
+        if !job.delay.is_zero() {
+            tokio::time::sleep(job.delay).await;
+        }
+        let _inflight = InflightGuard::new(ctx.progress.clone());
+        let dst = ctx.dst.clone();
+        let span = tracing::debug_span!("part", number = spec.number, attempt = job.attempt);
+        let r = pipe(
+            &ctx.pipe,
+            &ctx.src,
+            spec.offset,
+            spec.offset + spec.len,
+            if_match(&etag),
+            None,
+            move |body| async move {
+                dst.store
+                    .upload_part(&dst.key, &upload_id, spec, body)
+                    .await
+            },
+        )
+        .instrument(span)
+        .await;
+        (job, r)
+    });
+}
+
+/// CompleteMultipartUpload with retries. OSS finishes a completion even if the client lost the
+/// response, so a `NoSuchUpload` after a failed attempt is checked with HEAD.
+async fn complete(
+    ctx: &Ctx,
+    upload_id: &str,
+    parts: &[(u32, String)],
+    size: u64,
+    expected_crc: u64,
+) -> Result<Uploaded, TransferError> {
+    let mut backoff = ctx.backoff();
+    let mut attempt = 1;
+    let timeout = ctx.opts.request_timeout * 5;
+    loop {
+        let r = match tokio::time::timeout(
+            timeout,
+            ctx.dst.store.complete(&ctx.dst.key, upload_id, parts),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::transient(format!(
+                "CompleteMultipartUpload: no response within {timeout:?}"
+            ))),
+        };
+        match r {
+            Ok(u) => return Ok(u),
+            Err(e) if e.class.is_retryable() && attempt < ctx.opts.max_attempts => {
+                ctx.note_retry(e.class.as_str());
+                tokio::time::sleep(backoff.next(e.class)).await;
+                attempt += 1;
+            }
+            Err(e) if e.class == ErrorClass::NotFound && attempt > 1 => {
+                if let Ok(head) = ctx.dst.store.head(&ctx.dst.key).await {
+                    if head.size == size && head.crc64.map_or(true, |c| c == expected_crc) {
+                        info!("an earlier CompleteMultipartUpload succeeded although its response was lost");
+                        return Ok(Uploaded {
+                            etag: head.etag,
+                            crc64: head.crc64,
+                        });
+                    }
+                }
+                return Err(TransferError::store(
+                    format!("cannot complete the upload to {}", ctx.dst_desc),
+                    e,
+                ));
+            }
+            Err(e) => {
+                return Err(TransferError::store(
+                    format!("cannot complete the upload to {}", ctx.dst_desc),
+                    e,
+                ))
+            }
+        }
+    }
+}
+
+/// Decides what happens to the upload and the state after a failure.
+async fn fail(
+    ctx: &Ctx,
+    err: TransferError,
+    upload_id: &str,
+    keeper: &mut StateKeeper,
+) -> TransferError {
+    let path: Option<&Path> = keeper.path.as_deref();
+    match err {
+        TransferError::SourceChanged { .. } | TransferError::CrcMismatch { .. } => {
+            abort_quietly(ctx, upload_id).await;
+            keeper.remove();
+            err
+        }
+        TransferError::Interrupted { .. } => match path {
+            Some(p) => {
+                let p = p.to_path_buf();
+                if let Err(e) = keeper.flush().await {
+                    return e;
+                }
+                TransferError::Interrupted {
+                    state_file: Some(p),
+                }
+            }
+            None => {
+                abort_quietly(ctx, upload_id).await;
+                TransferError::Interrupted { state_file: None }
+            }
+        },
+        TransferError::State(_) => {
+            abort_quietly(ctx, upload_id).await;
+            keeper.remove();
+            err
+        }
+        other => match path {
+            Some(p) => {
+                let p = p.to_path_buf();
+                let _ = keeper.flush().await;
+                TransferError::Resumable {
+                    source: Box::new(other),
+                    state_file: p,
+                }
+            }
+            None => {
+                abort_quietly(ctx, upload_id).await;
+                other
+            }
+        },
+    }
+}

@@ -1,0 +1,324 @@
+//! The hot path: one ranged GET streamed into one upload through a small bounded buffer.
+//!
+//! A feeder reads the GET body, checks the byte count, updates the CRC-64, charges each chunk
+//! to the memory budget (and the bandwidth bucket) and hands it, with its permit, to a bounded
+//! channel. The upload body drains the channel; a chunk's permit is released when the uploader
+//! asks for the next chunk or drops the body. Both halves run in the part's task, so nothing is
+//! spawned per part and a failed upload simply drops the GET.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use crate::crc64::Crc64;
+use crate::store::{ByteStream, ErrorClass, StoreError, Uploaded};
+
+use super::budget::{BudgetPermit, MemoryBudget, TokenBucket};
+use super::Location;
+
+/// Bytes one part may queue between its GET and its upload (the channel depth is derived from
+/// it), so that RSS stays near `concurrency × 4 MiB` regardless of the part size.
+const PER_PART_BUFFER: usize = 4 * 1024 * 1024;
+
+/// What every pipe of a copy shares.
+pub(crate) struct PipeCtx {
+    pub budget: Arc<MemoryBudget>,
+    pub bandwidth: Option<Arc<TokenBucket>>,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    pub chunk_size: usize,
+}
+
+/// Which side of the pipe failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Source,
+    Destination,
+}
+
+/// A failed pipe, with the label used for the retry metric.
+#[derive(Debug, Clone)]
+pub(crate) struct PipeError {
+    pub side: Side,
+    /// `ErrorClass::as_str()` or a finer reason such as `crc_mismatch` / `truncated`.
+    pub reason: &'static str,
+    pub err: StoreError,
+}
+
+impl PipeError {
+    fn src(err: StoreError) -> Self {
+        Self {
+            side: Side::Source,
+            reason: err.class.as_str(),
+            err,
+        }
+    }
+    fn dst(err: StoreError) -> Self {
+        Self {
+            side: Side::Destination,
+            reason: err.class.as_str(),
+            err,
+        }
+    }
+    fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = reason;
+        self
+    }
+    pub fn class(&self) -> ErrorClass {
+        self.err.class
+    }
+}
+
+/// A piped range: its CRC-64 as computed locally and what the destination returned.
+#[derive(Debug, Clone)]
+pub(crate) struct Piped {
+    pub crc64: u64,
+    pub uploaded: Uploaded,
+}
+
+type Item = Result<(Bytes, BudgetPermit), StoreError>;
+
+/// Streams source bytes `[start, end)` into `upload`. With `expected_crc`, the last chunk is
+/// withheld (and the upload failed) if the range's CRC-64 differs, so a whole-object PUT never
+/// commits corrupted bytes.
+pub(crate) async fn pipe<F, Fut>(
+    ctx: &PipeCtx,
+    src: &Location,
+    start: u64,
+    end: u64,
+    if_match: Option<&str>,
+    expected_crc: Option<u64>,
+    upload: F,
+) -> Result<Piped, PipeError>
+where
+    F: FnOnce(ByteStream) -> Fut,
+    Fut: Future<Output = Result<Uploaded, StoreError>>,
+{
+    let len = end - start;
+    let (tx, rx) = mpsc::channel::<Item>(channel_depth(ctx.chunk_size));
+    let body_done = Arc::new(Notify::new());
+    let body: ByteStream = Box::pin(Body {
+        rx,
+        held: None,
+        done: body_done.clone(),
+    });
+
+    let feeding = async {
+        let stream = if len == 0 {
+            // Nothing to fetch: an empty range request is invalid on some stores.
+            Box::pin(futures::stream::empty()) as ByteStream
+        } else {
+            match tokio::time::timeout(
+                ctx.request_timeout,
+                src.store.get_range(&src.key, start, end, if_match),
+            )
+            .await
+            {
+                Err(_) => {
+                    let e = StoreError::transient(format!(
+                        "no response from {} within {:?}",
+                        src.describe(),
+                        ctx.request_timeout
+                    ));
+                    let _ = tx.send(Err(e.clone())).await;
+                    return Err(FeedError::Pipe(PipeError::src(e).with_reason("timeout")));
+                }
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(e.clone())).await;
+                    return Err(FeedError::Pipe(PipeError::src(e)));
+                }
+                Ok(Ok(s)) => s,
+            }
+        };
+        feed(ctx, stream, len, expected_crc, tx).await
+    };
+    let up = async {
+        let fut = upload(body);
+        tokio::select! {
+            r = fut => r.map_err(PipeError::dst),
+            _ = async { body_done.notified().await; tokio::time::sleep(ctx.request_timeout).await } => {
+                Err(PipeError::dst(StoreError::transient(format!(
+                    "the destination did not answer within {:?} after the body was sent",
+                    ctx.request_timeout
+                ))).with_reason("timeout"))
+            }
+        }
+    };
+    tokio::pin!(feeding, up);
+    let mut fed: Option<u64> = None;
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut feeding, if fed.is_none() => match r {
+                Ok(crc) => fed = Some(crc),
+                // The source failed (the error was also sent into the body): that is the cause.
+                Err(FeedError::Pipe(e)) => return Err(e),
+                // The uploader dropped the body: its own result says why.
+                Err(FeedError::Gone) => {
+                    return Err(up.await.err().unwrap_or_else(|| {
+                        PipeError::dst(StoreError::transient(
+                            "the destination accepted a body that was not fully sent",
+                        ))
+                    }))
+                }
+            },
+            r = &mut up => {
+                let uploaded = r?;
+                let crc64 = match fed {
+                    Some(c) => c,
+                    None => match feeding.await {
+                        Ok(c) => c,
+                        Err(FeedError::Pipe(e)) => return Err(e),
+                        Err(FeedError::Gone) => {
+                            return Err(PipeError::dst(StoreError::transient(
+                                "the destination stopped reading the body early",
+                            )))
+                        }
+                    },
+                };
+                if let Some(reported) = uploaded.crc64 {
+                    if reported != crc64 {
+                        return Err(PipeError::dst(StoreError::transient(format!(
+                            "the destination reports CRC-64 {reported} for bytes {start}-{end}, \
+                             but {crc64} was sent"
+                        )))
+                        .with_reason("crc_mismatch"));
+                    }
+                }
+                return Ok(Piped { crc64, uploaded });
+            }
+        }
+    }
+}
+
+fn channel_depth(chunk_size: usize) -> usize {
+    (PER_PART_BUFFER / chunk_size.max(1)).clamp(2, 64)
+}
+
+enum FeedError {
+    Pipe(PipeError),
+    Gone,
+}
+
+impl From<PipeError> for FeedError {
+    fn from(e: PipeError) -> Self {
+        Self::Pipe(e)
+    }
+}
+
+async fn feed(
+    ctx: &PipeCtx,
+    mut stream: ByteStream,
+    len: u64,
+    expected_crc: Option<u64>,
+    tx: mpsc::Sender<Item>,
+) -> Result<u64, FeedError> {
+    let max_chunk = (ctx.chunk_size as u64).min(ctx.budget.max_chunk()).max(1) as usize;
+    let mut crc = Crc64::new();
+    let mut got = 0u64;
+    // One timer for the whole stream, re-armed per chunk (no allocation per chunk).
+    let idle = tokio::time::sleep(ctx.idle_timeout);
+    tokio::pin!(idle);
+    // Sends an error into the body so the upload fails too, then reports it.
+    macro_rules! fail {
+        ($e:expr) => {{
+            let e: PipeError = $e;
+            let _ = tx.try_send(Err(e.err.clone()));
+            return Err(FeedError::Pipe(e));
+        }};
+    }
+    loop {
+        idle.as_mut().reset(Instant::now() + ctx.idle_timeout);
+        let next = tokio::select! {
+            biased;
+            n = stream.next() => n,
+            _ = &mut idle => fail!(PipeError::src(StoreError::transient(format!(
+                "the source sent nothing for {:?}", ctx.idle_timeout
+            ))).with_reason("timeout")),
+        };
+        let mut chunk = match next {
+            None => break,
+            Some(Ok(b)) => b,
+            Some(Err(e)) => fail!(PipeError::src(e)),
+        };
+        if got + chunk.len() as u64 > len {
+            fail!(PipeError::src(StoreError::transient(format!(
+                "the source sent more than the {len} bytes requested"
+            ))));
+        }
+        while !chunk.is_empty() {
+            let piece = if chunk.len() > max_chunk {
+                chunk.split_to(max_chunk)
+            } else {
+                std::mem::take(&mut chunk)
+            };
+            crc.update(&piece);
+            got += piece.len() as u64;
+            if got == len {
+                if let Some(want) = expected_crc {
+                    if crc.sum() != want {
+                        fail!(PipeError::src(StoreError::transient(format!(
+                            "the source bytes have CRC-64 {}, but the source reports {want}",
+                            crc.sum()
+                        )))
+                        .with_reason("crc_mismatch"));
+                    }
+                }
+            }
+            if let Some(bw) = &ctx.bandwidth {
+                bw.acquire(piece.len() as u64).await;
+            }
+            let permit = ctx.budget.acquire(piece.len() as u64).await;
+            idle.as_mut().reset(Instant::now() + ctx.idle_timeout);
+            tokio::select! {
+                biased;
+                r = tx.send(Ok((piece, permit))) => if r.is_err() { return Err(FeedError::Gone) },
+                _ = &mut idle => fail!(PipeError::dst(StoreError::transient(format!(
+                    "the destination took no data for {:?}", ctx.idle_timeout
+                ))).with_reason("timeout")),
+            }
+        }
+    }
+    if got != len {
+        fail!(PipeError::src(StoreError::transient(format!(
+            "the source body ended after {got} of {len} bytes"
+        )))
+        .with_reason("truncated"));
+    }
+    Ok(crc.sum())
+}
+
+/// The upload body: yields the channel's chunks and holds each chunk's permit until the
+/// consumer comes back for more.
+struct Body {
+    rx: mpsc::Receiver<Item>,
+    held: Option<BudgetPermit>,
+    done: Arc<Notify>,
+}
+
+impl Stream for Body {
+    type Item = Result<Bytes, StoreError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.held = None;
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok((b, permit)))) => {
+                self.held = Some(permit);
+                Poll::Ready(Some(Ok(b)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => {
+                self.done.notify_one();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,754 @@
+//! Engine tests against `MemoryStore` and `LocalFile`.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::crc64;
+use crate::store::local::LocalFile;
+use crate::store::memory::{Fault, FaultRule, MemoryStore, Op};
+use crate::store::{ErrorClass, ObjectStore};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const PART: u64 = 128 * KIB;
+
+fn data(n: u64, seed: u64) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(n as usize + 8);
+    while (v.len() as u64) < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n as usize);
+    Bytes::from(v)
+}
+
+fn opts() -> CopyOptions {
+    CopyOptions {
+        concurrency: 4,
+        part_size: Some(PART),
+        retry_base: Duration::from_millis(1),
+        retry_cap: Duration::from_millis(10),
+        idle_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(5),
+        grace: Duration::from_secs(2),
+        max_attempts: 5,
+        ..CopyOptions::default()
+    }
+}
+
+struct Env {
+    src: Arc<MemoryStore>,
+    dst: Arc<MemoryStore>,
+    bytes: Bytes,
+}
+
+fn env(size: u64) -> Env {
+    let src = MemoryStore::new("src");
+    let dst = MemoryStore::new("dst");
+    let bytes = data(size, size + 7);
+    src.insert("obj", bytes.clone());
+    Env { src, dst, bytes }
+}
+
+impl Env {
+    fn locs(&self) -> (Location, Location) {
+        (
+            Location::new(self.src.clone() as Arc<dyn ObjectStore>, "obj"),
+            Location::new(self.dst.clone() as Arc<dyn ObjectStore>, "copy"),
+        )
+    }
+
+    async fn run(&self, o: CopyOptions) -> (Result<CopySummary, TransferError>, Arc<Progress>) {
+        let (s, d) = self.locs();
+        let p = Progress::new();
+        let r = copy(s, d, o, p.clone(), CancellationToken::new()).await;
+        (r, p)
+    }
+
+    fn assert_copied(&self, s: &CopySummary) {
+        let got = self.dst.object("copy").expect("destination object exists");
+        assert_eq!(got.len(), self.bytes.len());
+        assert!(got == self.bytes, "bytes differ");
+        assert_eq!(s.crc64, crc64::checksum(&self.bytes));
+        assert_eq!(s.bytes, self.bytes.len() as u64);
+        assert_eq!(self.dst.open_uploads(), 0);
+    }
+}
+
+#[tokio::test]
+async fn copies_objects_of_edge_sizes() {
+    for (size, parts) in [
+        (0, 0),
+        (1, 0),
+        (100 * KIB - 1, 0),
+        (PART - 1, 0),
+        (PART, 1),
+        (PART + 1, 2),
+        (5 * PART + 17, 6),
+    ] {
+        let e = env(size);
+        let (r, p) = e.run(opts()).await;
+        let s = r.unwrap_or_else(|err| panic!("size {size}: {err}"));
+        e.assert_copied(&s);
+        assert_eq!(s.parts, parts, "size {size}");
+        assert!(s.source_crc64_known);
+        assert_eq!(s.retries, 0);
+        assert_eq!(p.acked_bytes.load(Relaxed), size);
+        assert_eq!(p.inflight_parts.load(Relaxed), 0);
+        assert_eq!(p.buffered_bytes.load(Relaxed), 0, "all budget returned");
+        if parts > 0 {
+            assert_eq!(e.dst.calls(Op::UploadPart), parts as u64);
+        }
+    }
+}
+
+#[tokio::test]
+async fn carries_content_type_and_user_meta() {
+    let e = env(0);
+    let meta = vec![("owner".to_string(), "ops".to_string())];
+    e.src.insert_with_meta(
+        "obj",
+        data(3 * PART, 1),
+        Some("application/x-raw-disk"),
+        meta.clone(),
+    );
+    let (r, _) = e.run(opts()).await;
+    r.unwrap();
+    let h = e.dst.head("copy").await.unwrap();
+    assert_eq!(h.content_type.as_deref(), Some("application/x-raw-disk"));
+    assert_eq!(h.user_meta, meta);
+    // Single PUT path too.
+    e.src
+        .insert_with_meta("obj", data(10, 1), Some("text/plain"), meta.clone());
+    e.run(opts()).await.0.unwrap();
+    let h = e.dst.head("copy").await.unwrap();
+    assert_eq!(h.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(h.user_meta, meta);
+}
+
+#[tokio::test]
+async fn recovers_from_each_fault() {
+    type Inject = Arc<dyn Fn(&Env)>;
+    let cases: Vec<(&str, Inject)> = vec![
+        (
+            "get error",
+            Arc::new(|e: &Env| {
+                e.src
+                    .inject(FaultRule::new(Op::Get, Fault::Error(ErrorClass::Transient)).nth(2))
+            }),
+        ),
+        (
+            "upload error",
+            Arc::new(|e: &Env| {
+                e.dst.inject(
+                    FaultRule::new(Op::UploadPart, Fault::Error(ErrorClass::Transient)).times(2),
+                )
+            }),
+        ),
+        (
+            "clock skew",
+            Arc::new(|e: &Env| {
+                e.dst.inject(
+                    FaultRule::new(Op::UploadPart, Fault::Error(ErrorClass::ClockSkew)).times(1),
+                )
+            }),
+        ),
+        (
+            "truncated get",
+            Arc::new(|e: &Env| {
+                e.src
+                    .inject(FaultRule::new(Op::Get, Fault::Truncate { after: 1000 }).nth(3))
+            }),
+        ),
+        (
+            "broken get",
+            Arc::new(|e: &Env| {
+                e.src
+                    .inject(FaultRule::new(Op::Get, Fault::Break { after: 70_000 }).nth(1))
+            }),
+        ),
+        (
+            "corrupted upload",
+            Arc::new(|e: &Env| {
+                e.dst.inject(
+                    FaultRule::new(Op::UploadPart, Fault::Corrupt { at: 5 })
+                        .part(3)
+                        .times(1),
+                )
+            }),
+        ),
+        (
+            "wrong crc reported",
+            Arc::new(|e: &Env| {
+                e.dst
+                    .inject(FaultRule::new(Op::UploadPart, Fault::WrongCrc).times(2))
+            }),
+        ),
+        (
+            "create error",
+            Arc::new(|e: &Env| {
+                e.dst.inject(
+                    FaultRule::new(Op::CreateMultipart, Fault::Error(ErrorClass::Transient))
+                        .times(1),
+                )
+            }),
+        ),
+        (
+            "complete error",
+            Arc::new(|e: &Env| {
+                e.dst.inject(
+                    FaultRule::new(Op::Complete, Fault::Error(ErrorClass::Transient)).times(1),
+                )
+            }),
+        ),
+        (
+            "head error",
+            Arc::new(|e: &Env| {
+                e.src
+                    .inject(FaultRule::new(Op::Head, Fault::Error(ErrorClass::Throttled)).times(1))
+            }),
+        ),
+    ];
+    for (name, inject) in cases {
+        let e = env(6 * PART + 5);
+        inject(&e);
+        let (r, p) = e.run(opts()).await;
+        let s = r.unwrap_or_else(|err| panic!("{name}: {err}"));
+        e.assert_copied(&s);
+        assert!(s.retries >= 1, "{name}: a retry was counted");
+        assert_eq!(p.retries.load(Relaxed), s.retries);
+        if name.contains("crc") || name.contains("corrupt") {
+            assert!(p.crc_mismatches.load(Relaxed) >= 1, "{name}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn corrupted_download_is_found_and_resent() {
+    // A flipped bit on the GET side cannot be seen per part (the destination stores what it
+    // got); the whole-object CRC proof catches it and the re-read finds the part.
+    let e = env(6 * PART + 5);
+    e.src
+        .inject(FaultRule::new(Op::Get, Fault::Corrupt { at: 1234 }).nth(4));
+    let (r, p) = e.run(opts()).await;
+    let s = r.unwrap();
+    e.assert_copied(&s);
+    assert!(p.crc_mismatches.load(Relaxed) >= 1);
+    let resent: u32 = (1..=7).map(|n| e.dst.part_uploads(n)).sum();
+    assert_eq!(resent, 8, "exactly one part sent twice");
+}
+
+#[tokio::test]
+async fn corrupted_download_in_single_put_is_never_committed() {
+    let e = env(PART / 2);
+    e.src
+        .inject(FaultRule::new(Op::Get, Fault::Corrupt { at: 10 }).nth(1));
+    let (r, _) = e.run(opts()).await;
+    e.assert_copied(&r.unwrap());
+    assert_eq!(
+        e.dst.counters.puts.load(Relaxed),
+        1,
+        "the corrupted PUT never completed"
+    );
+}
+
+#[tokio::test]
+async fn throttling_lowers_concurrency() {
+    let e = env(24 * PART);
+    e.dst
+        .inject(FaultRule::new(Op::UploadPart, Fault::Error(ErrorClass::Throttled)).times(3));
+    let o = CopyOptions {
+        concurrency: 8,
+        ..opts()
+    };
+    let (r, p) = e.run(o).await;
+    e.assert_copied(&r.unwrap());
+    let lowest = p.lowest_concurrency_limit.load(Relaxed);
+    assert!((1..8).contains(&lowest), "lowest limit {lowest}");
+}
+
+#[tokio::test]
+async fn idle_stream_times_out_and_retries() {
+    let e = env(3 * PART);
+    e.src
+        .inject(FaultRule::new(Op::Get, Fault::Stall { after: 100 }).nth(1));
+    let o = CopyOptions {
+        idle_timeout: Duration::from_millis(200),
+        ..opts()
+    };
+    let (r, _) = e.run(o).await;
+    let s = r.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(s.retries, 1);
+}
+
+#[tokio::test]
+async fn source_change_mid_copy_fails_and_leaves_nothing() {
+    let e = env(8 * PART);
+    e.src
+        .inject(FaultRule::new(Op::Get, Fault::Replace(data(8 * PART, 99))).nth(3));
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let (r, _) = e.run(o).await;
+    let err = r.unwrap_err();
+    assert!(matches!(err, TransferError::SourceChanged { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("mem://src/obj") && msg.contains("changed"),
+        "{msg}"
+    );
+    assert!(e.dst.object("copy").is_none());
+    assert_eq!(e.dst.open_uploads(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "state removed"
+    );
+}
+
+#[tokio::test]
+async fn non_retryable_error_fails_fast_without_orphans() {
+    let e = env(8 * PART);
+    e.dst.inject(FaultRule::new(
+        Op::UploadPart,
+        Fault::Error(ErrorClass::Auth),
+    ));
+    let (r, p) = e.run(opts()).await;
+    let err = r.unwrap_err();
+    match err.root() {
+        TransferError::Store { source, .. } => assert_eq!(source.class, ErrorClass::Auth),
+        other => panic!("unexpected {other}"),
+    }
+    assert!(
+        e.dst.calls(Op::UploadPart) <= 4,
+        "no retries of an auth error"
+    );
+    assert_eq!(p.retries.load(Relaxed), 0);
+    assert_eq!(e.dst.open_uploads(), 0);
+    assert!(e.dst.object("copy").is_none());
+}
+
+#[tokio::test]
+async fn part_failing_every_attempt_fails_the_copy() {
+    let e = env(4 * PART);
+    e.dst
+        .inject(FaultRule::new(Op::UploadPart, Fault::Error(ErrorClass::Transient)).part(2));
+    let (r, _) = e.run(opts()).await;
+    let err = r.unwrap_err();
+    assert!(err.to_string().contains("part 2"), "{err}");
+    assert!(err.to_string().contains("5 attempt"), "{err}");
+    assert_eq!(e.dst.calls(Op::UploadPart) - 3, 5);
+    assert_eq!(e.dst.open_uploads(), 0);
+}
+
+#[tokio::test]
+async fn failure_with_state_keeps_upload_and_says_how_to_resume() {
+    let e = env(4 * PART);
+    e.dst.inject(
+        FaultRule::new(Op::UploadPart, Fault::Error(ErrorClass::Transient))
+            .part(2)
+            .times(5),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let err = e.run(o.clone()).await.0.unwrap_err();
+    assert!(matches!(err, TransferError::Resumable { .. }));
+    assert!(err.to_string().contains("rerun the same command"), "{err}");
+    assert_eq!(e.dst.open_uploads(), 1);
+    e.dst.reset_part_uploads();
+    let s = e.run(o).await.0.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(s.resumed_bytes, 3 * PART);
+    assert_eq!(e.dst.part_uploads(2), 1);
+    assert_eq!(e.dst.part_uploads(1), 0);
+}
+
+#[tokio::test]
+async fn memory_budget_bounds_buffers_whatever_the_part_size() {
+    let e = env(16 * MIB);
+    e.src.set_chunk_size(256 * 1024);
+    let o = CopyOptions {
+        concurrency: 8,
+        part_size: Some(4 * MIB),
+        memory: 256 * KIB,
+        chunk_size: 64 * 1024,
+        ..opts()
+    };
+    let (r, p) = e.run(o).await;
+    e.assert_copied(&r.unwrap());
+    let peak = p.peak_buffered_bytes.load(Relaxed);
+    assert!(peak > 0 && peak <= 256 * KIB, "peak {peak}");
+    assert!(
+        e.dst.counters.max_inflight_uploads.load(Relaxed) > 1,
+        "parts ran in parallel"
+    );
+}
+
+#[tokio::test]
+async fn bandwidth_cap_paces_the_copy() {
+    let e = env(2 * MIB);
+    let o = CopyOptions {
+        part_size: Some(512 * KIB),
+        bandwidth: Some(2 * MIB),
+        ..opts()
+    };
+    let t = std::time::Instant::now();
+    e.assert_copied(&e.run(o).await.0.unwrap());
+    // 2 MiB at 2 MiB/s with a 512 KiB burst: at least 0.75 s.
+    assert!(
+        t.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+/// Runs a copy and cancels it once `after` parts were acknowledged.
+async fn interrupted(e: &Env, o: CopyOptions, after: u64) -> TransferError {
+    let (s, d) = e.locs();
+    let p = Progress::new();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(copy(s, d, o, p.clone(), cancel.clone()));
+    while p.parts_done.load(Relaxed) < after {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    cancel.cancel();
+    task.await.unwrap().unwrap_err()
+}
+
+fn slow(e: &Env) {
+    e.dst.inject(FaultRule::new(
+        Op::UploadPart,
+        Fault::Delay(Duration::from_millis(15)),
+    ));
+}
+
+#[tokio::test]
+async fn resumes_after_interrupt_sending_only_missing_parts() {
+    let e = env(20 * PART + 3);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        state_dir: Some(dir.path().join("state")),
+        ..opts()
+    };
+    let err = interrupted(&e, o.clone(), 5).await;
+    let TransferError::Interrupted {
+        state_file: Some(path),
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert!(path.exists());
+    assert!(err.to_string().contains("rerun"), "{err}");
+    assert_eq!(e.dst.open_uploads(), 1, "the upload is kept for resume");
+    let saved = state::load(path).unwrap().unwrap();
+    let kept: Vec<u32> = saved.parts.iter().map(|p| p.number).collect();
+    assert!(kept.len() >= 5, "{kept:?}");
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(!text.to_lowercase().contains("secret"));
+
+    e.dst.clear_faults();
+    e.dst.reset_part_uploads();
+    let (r, p) = e.run(o).await;
+    let s = r.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(s.resumed_bytes, kept.len() as u64 * PART);
+    assert_eq!(p.resumed_bytes.load(Relaxed), s.resumed_bytes);
+    for n in 1..=21u32 {
+        let want = if kept.contains(&n) { 0 } else { 1 };
+        assert_eq!(e.dst.part_uploads(n), want, "part {n}");
+    }
+    assert!(!path.exists(), "state removed after success");
+}
+
+#[tokio::test]
+async fn resumes_after_the_process_dies() {
+    // Dropping the copy future is what a kill does to in-memory work; the state on disk must
+    // be enough.
+    let e = env(20 * PART);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let (s, d) = e.locs();
+    let p = Progress::new();
+    let mut fut = Box::pin(copy(s, d, o.clone(), p.clone(), CancellationToken::new()));
+    loop {
+        tokio::select! {
+            _ = &mut fut => panic!("finished too early"),
+            _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+        }
+        if p.parts_done.load(Relaxed) >= 6 {
+            break;
+        }
+    }
+    drop(fut);
+    // Let the background state write land (the kill -9 equivalent may lose the latest acks,
+    // which are then simply sent again).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    e.dst.clear_faults();
+    e.dst.reset_part_uploads();
+    let s = e.run(o).await.0.unwrap();
+    e.assert_copied(&s);
+    assert!(s.resumed_bytes >= 4 * PART, "resumed {}", s.resumed_bytes);
+    let sent: u32 = (1..=20).map(|n| e.dst.part_uploads(n)).sum();
+    assert_eq!(sent as u64, 20 - s.resumed_bytes / PART);
+}
+
+#[tokio::test]
+async fn resume_with_changed_source_starts_over() {
+    let e = env(12 * PART);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    interrupted(&e, o.clone(), 3).await;
+    assert_eq!(e.dst.open_uploads(), 1);
+    let e = Env {
+        bytes: data(12 * PART, 4242),
+        ..e
+    };
+    e.src.insert("obj", e.bytes.clone());
+    e.dst.clear_faults();
+    let s = e.run(o).await.0.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(s.resumed_bytes, 0);
+    assert_eq!(
+        e.dst.counters.aborts.load(Relaxed),
+        1,
+        "the stale upload was aborted"
+    );
+}
+
+#[tokio::test]
+async fn no_resume_discards_state_and_aborts_the_old_upload() {
+    let e = env(12 * PART);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    interrupted(&e, o.clone(), 3).await;
+    e.dst.clear_faults();
+    let s = e.run(CopyOptions { resume: false, ..o }).await.0.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(s.resumed_bytes, 0);
+    assert_eq!(e.dst.counters.aborts.load(Relaxed), 1);
+}
+
+#[tokio::test]
+async fn interrupt_without_state_aborts_the_upload() {
+    let e = env(12 * PART);
+    slow(&e);
+    let o = CopyOptions {
+        concurrency: 2,
+        ..opts()
+    };
+    let err = interrupted(&e, o, 2).await;
+    assert!(
+        matches!(err, TransferError::Interrupted { state_file: None }),
+        "{err}"
+    );
+    assert_eq!(e.dst.open_uploads(), 0);
+    assert!(e.dst.object("copy").is_none());
+}
+
+#[tokio::test]
+async fn resume_redoes_parts_the_destination_does_not_confirm() {
+    let e = env(10 * PART);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let err = interrupted(&e, o.clone(), 4).await;
+    let TransferError::Interrupted {
+        state_file: Some(path),
+    } = err
+    else {
+        panic!()
+    };
+    // Tamper: the state claims part 1 has another CRC than the destination holds.
+    let mut st = state::load(&path).unwrap().unwrap();
+    st.parts[0].crc64 ^= 1;
+    state::save(&path, &st).unwrap();
+    e.dst.clear_faults();
+    e.dst.reset_part_uploads();
+    let s = e.run(o).await.0.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(e.dst.part_uploads(1), 1, "part 1 was sent again");
+    assert_eq!(s.resumed_bytes, (st.parts.len() as u64 - 1) * PART);
+}
+
+#[tokio::test]
+async fn crc_mismatch_at_complete_removes_the_destination() {
+    let e = env(4 * PART);
+    e.dst.inject(FaultRule::new(Op::Complete, Fault::WrongCrc));
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let err = e.run(o).await.0.unwrap_err();
+    assert!(matches!(err, TransferError::CrcMismatch { .. }), "{err}");
+    assert!(e.dst.object("copy").is_none());
+    assert_eq!(e.dst.open_uploads(), 0);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn wrong_crc_on_every_put_fails_and_removes_the_object() {
+    let e = env(PART / 2);
+    e.dst.inject(FaultRule::new(Op::Put, Fault::WrongCrc));
+    let err = e.run(opts()).await.0.unwrap_err();
+    assert!(err.to_string().contains("CRC-64"), "{err}");
+    assert!(e.dst.object("copy").is_none());
+}
+
+#[tokio::test]
+async fn source_without_crc_is_reported() {
+    let e = env(3 * PART + 1);
+    e.src.set_report_crc(false);
+    let s = e.run(opts()).await.0.unwrap();
+    e.assert_copied(&s);
+    assert!(!s.source_crc64_known);
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(
+        json["crc64"],
+        serde_json::Value::String(s.crc64.to_string())
+    );
+}
+
+#[tokio::test]
+async fn local_file_to_memory_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    for size in [0, 1000, 3 * PART + 11] {
+        let bytes = data(size, 5);
+        let src_path = dir.path().join(format!("in-{size}"));
+        std::fs::write(&src_path, &bytes).unwrap();
+        let mem = MemoryStore::new("m");
+        let src = Location::new(
+            Arc::new(LocalFile::new(&src_path).with_read_chunk(50_000)),
+            "",
+        );
+        let dst = Location::new(mem.clone() as Arc<dyn ObjectStore>, "k");
+        let s = copy(src, dst, opts(), Progress::new(), CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(!s.source_crc64_known);
+        assert_eq!(s.crc64, crc64::checksum(&bytes));
+        assert!(mem.object("k").unwrap() == bytes);
+
+        let out_path = dir.path().join(format!("out-{size}"));
+        let src = Location::new(mem.clone() as Arc<dyn ObjectStore>, "k");
+        let dst = Location::new(Arc::new(LocalFile::new(&out_path)), "");
+        let s = copy(src, dst, opts(), Progress::new(), CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(s.source_crc64_known);
+        assert_eq!(std::fs::read(&out_path).unwrap(), bytes);
+    }
+}
+
+#[tokio::test]
+async fn local_destination_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(12 * PART);
+    e.src.inject(FaultRule::new(
+        Op::Get,
+        Fault::Delay(Duration::from_millis(15)),
+    ));
+    let out = dir.path().join("disk.raw");
+    let o = CopyOptions {
+        concurrency: 2,
+        state_dir: Some(dir.path().join("state")),
+        ..opts()
+    };
+    let run = |cancel: CancellationToken, p: Arc<Progress>| {
+        copy(
+            Location::new(e.src.clone() as Arc<dyn ObjectStore>, "obj"),
+            Location::new(Arc::new(LocalFile::new(&out)), ""),
+            o.clone(),
+            p,
+            cancel,
+        )
+    };
+    let cancel = CancellationToken::new();
+    let p = Progress::new();
+    let (r, _) = tokio::join!(run(cancel.clone(), p.clone()), async {
+        while p.parts_done.load(Relaxed) < 4 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        cancel.cancel();
+    });
+    assert!(matches!(
+        r,
+        Err(TransferError::Interrupted {
+            state_file: Some(_)
+        })
+    ));
+    assert!(!out.exists(), "nothing at the target path yet");
+    e.src.clear_faults();
+    let s = run(CancellationToken::new(), Progress::new())
+        .await
+        .unwrap();
+    assert!(s.resumed_bytes >= 4 * PART);
+    assert_eq!(std::fs::read(&out).unwrap(), e.bytes);
+}
+
+#[tokio::test]
+async fn bad_options_are_rejected() {
+    let e = env(10);
+    let err = e
+        .run(CopyOptions {
+            part_size: Some(10),
+            ..opts()
+        })
+        .await
+        .0
+        .unwrap_err();
+    assert!(matches!(err, TransferError::Plan(_)));
+    let err = e
+        .run(CopyOptions {
+            concurrency: 0,
+            ..opts()
+        })
+        .await
+        .0
+        .unwrap_err();
+    assert!(matches!(err, TransferError::Plan(_)));
+    let missing = Env {
+        src: MemoryStore::new("empty"),
+        ..env(1)
+    };
+    let err = missing.run(opts()).await.0.unwrap_err();
+    assert!(
+        err.to_string().contains("cannot read mem://empty/obj"),
+        "{err}"
+    );
+}

@@ -1,0 +1,103 @@
+//! Proof helpers: re-reading source ranges to locate a part whose bytes were corrupted on the
+//! way in (the per-part check only proves the destination stored what we sent; the source's
+//! whole-object CRC-64 proves what we sent is what the source holds).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::crc64::Crc64;
+use crate::store::{PartSpec, StoreError};
+
+use super::retry::Backoff;
+use super::Location;
+
+/// CRC-64 of source bytes `[start, end)`, read without buffering.
+pub(crate) async fn range_crc(
+    src: &Location,
+    start: u64,
+    end: u64,
+    if_match: Option<&str>,
+    idle: Duration,
+    request_timeout: Duration,
+) -> Result<u64, StoreError> {
+    if start == end {
+        return Ok(0);
+    }
+    let mut stream = tokio::time::timeout(
+        request_timeout,
+        src.store.get_range(&src.key, start, end, if_match),
+    )
+    .await
+    .map_err(|_| StoreError::transient(format!("no response from {}", src.describe())))??;
+    let mut crc = Crc64::new();
+    loop {
+        match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => return Err(StoreError::transient("the source stalled while re-reading")),
+            Ok(None) => break,
+            Ok(Some(chunk)) => crc.update(&chunk?),
+        }
+    }
+    if crc.len() != end - start {
+        return Err(StoreError::transient(format!(
+            "the source body ended after {} of {} bytes",
+            crc.len(),
+            end - start
+        )));
+    }
+    Ok(crc.sum())
+}
+
+/// Parts (indexes into `parts`) whose source bytes do not have the recorded CRC-64.
+/// Reads up to `concurrency` ranges at once, retrying transient errors.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn find_bad_parts(
+    src: Location,
+    parts: Vec<PartSpec>,
+    recorded: Vec<u64>,
+    if_match: String,
+    concurrency: usize,
+    max_attempts: u32,
+    backoff: Backoff,
+    idle: Duration,
+    request_timeout: Duration,
+) -> Result<Vec<usize>, StoreError> {
+    // Every future owns its inputs: borrowed captures here would cost `copy` its `Send` proof.
+    let checks = parts.into_iter().enumerate().map(move |(i, p)| {
+        let mut backoff = backoff.clone();
+        let src = src.clone();
+        let if_match = if_match.clone();
+        async move {
+            let mut attempt = 1;
+            loop {
+                match range_crc(
+                    &src,
+                    p.offset,
+                    p.offset + p.len,
+                    Some(&if_match),
+                    idle,
+                    request_timeout,
+                )
+                .await
+                {
+                    Ok(c) => return Ok((i, c)),
+                    Err(e) if e.class.is_retryable() && attempt < max_attempts => {
+                        attempt += 1;
+                        tokio::time::sleep(backoff.next(e.class)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    });
+    let mut results = futures::stream::iter(checks).buffer_unordered(concurrency.max(1));
+    let mut bad = Vec::new();
+    while let Some(r) = results.next().await {
+        let (i, c) = r?;
+        if c != recorded[i] {
+            bad.push(i);
+        }
+    }
+    bad.sort_unstable();
+    Ok(bad)
+}
