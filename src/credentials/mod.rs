@@ -12,6 +12,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub mod env;
+pub mod profile;
+pub mod sts;
 
 /// An AccessKey pair, plus a security token and expiry for temporary (STS) credentials.
 ///
