@@ -100,7 +100,9 @@ impl CredentialsProvider for StaticProvider {
 /// Production code uses [`EnvLookup::process`]; tests pass a map so they never mutate the
 /// process environment (which is shared by all test threads). Empty values count as unset.
 #[derive(Clone)]
-pub struct EnvLookup(Arc<dyn Fn(&str) -> Option<String> + Send + Sync>);
+pub struct EnvLookup(Arc<LookupFn>);
+
+type LookupFn = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 impl EnvLookup {
     /// The real process environment.
