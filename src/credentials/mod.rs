@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub mod env;
+pub mod ini;
 pub mod profile;
 pub mod sts;
 
