@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+pub mod cache;
 pub mod env;
 pub mod ini;
 pub mod profile;
