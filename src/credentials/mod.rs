@@ -13,6 +13,7 @@ use async_trait::async_trait;
 
 pub mod cache;
 pub mod env;
+pub mod imds;
 pub mod ini;
 pub mod profile;
 pub mod sts;
@@ -157,4 +158,11 @@ impl Default for EnvLookup {
     fn default() -> Self {
         Self::process()
     }
+}
+
+/// Parses an `Expiration` such as `2017-11-01T05:20:01Z` (RFC 3339, UTC).
+pub(crate) fn parse_expiration(s: &str) -> Option<SystemTime> {
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .ok()
+        .map(SystemTime::from)
 }
