@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub mod cache;
+pub mod chain;
 pub mod env;
 pub mod imds;
 pub mod ini;
@@ -81,6 +82,13 @@ pub trait CredentialsProvider: Send + Sync + 'static {
 
     /// Short name for logs and metrics (`env`, `profile:NAME`, `static`, ...).
     fn name(&self) -> String;
+}
+
+/// Shows only the provider's name, so `Arc<dyn CredentialsProvider>` can sit in `Debug` types.
+impl fmt::Debug for dyn CredentialsProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CredentialsProvider({})", self.name())
+    }
 }
 
 /// Fixed credentials (tests, the in-process demo).
