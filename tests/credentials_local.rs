@@ -24,7 +24,7 @@ use ossrelay::credentials::sts::{AssumeRoleProvider, AssumeRoleSpec};
 use ossrelay::credentials::{
     Credentials, CredentialsError, CredentialsProvider, EnvLookup, StaticProvider,
 };
-use ossrelay::ecs::{RetryPolicy, RpcClient};
+use ossrelay::ecs::{RetryPolicy, RpcClient, StsClient};
 
 // ---------------------------------------------------------------------------------------------
 // A minimal HTTP server
@@ -172,8 +172,15 @@ fn sts_handler(state: Arc<Mutex<Sts>>) -> Handler {
                 sts_error(404, "InvalidAction.NotFound", "x"),
             );
         }
+        let action = get("Action").unwrap_or_default();
+        if action != "AssumeRole" && action != "GetCallerIdentity" {
+            return reject(
+                &mut s,
+                "action",
+                sts_error(404, "InvalidAction.NotFound", "x"),
+            );
+        }
         for (k, v) in [
-            ("Action", "AssumeRole"),
             ("Version", "2015-04-01"),
             ("Format", "JSON"),
             ("SignatureMethod", "HMAC-SHA1"),
@@ -184,7 +191,10 @@ fn sts_handler(state: Arc<Mutex<Sts>>) -> Handler {
             }
         }
         // Action parameters travel in the form body, common ones in the query.
-        if query.iter().any(|(k, _)| k == "RoleArn") || !form.iter().any(|(k, _)| k == "RoleArn") {
+        if action == "AssumeRole"
+            && (query.iter().any(|(k, _)| k == "RoleArn")
+                || !form.iter().any(|(k, _)| k == "RoleArn"))
+        {
             return reject(
                 &mut s,
                 "layout",
@@ -234,6 +244,17 @@ fn sts_handler(state: Arc<Mutex<Sts>>) -> Handler {
                     "SignatureDoesNotMatch",
                     "Specified signature is not matched with our calculation.",
                 ),
+            );
+        }
+        if action == "GetCallerIdentity" {
+            let (arn, kind) = if key_id.starts_with("STS.") {
+                ("acs:ram::2:assumed-role/second/two", "AssumedRoleUser")
+            } else {
+                ("acs:ram::1:user/relay", "RAMUser")
+            };
+            return (
+                200,
+                serde_json::json!({"RequestId": "REQ-ID", "AccountId": if kind == "RAMUser" { "1" } else { "2" }, "Arn": arn, "IdentityType": kind, "PrincipalId": "p", "UserId": "u", "RoleId": ""}).to_string(),
             );
         }
         if get("RoleArn").as_deref() == Some("acs:ram::1:role/denied") {
@@ -461,6 +482,26 @@ async fn chainable_role_signs_with_the_source_role_token() {
     assert_eq!(s.calls[2].3["RoleArn"], "acs:ram::3:role/third");
 }
 
+#[tokio::test]
+async fn get_caller_identity_for_keys_and_assumed_roles() {
+    let (url, state) = sts_double(3600).await;
+    let sts = StsClient::new(&url).with_rpc(fast_client());
+    let me = sts.get_caller_identity(base().as_ref()).await.unwrap();
+    assert_eq!(
+        (me.account_id.as_str(), me.identity_type.as_str()),
+        ("1", "RAMUser")
+    );
+    let assumed = AssumeRoleProvider::new(base(), &role(&url, "acs:ram::2:role/second"), &no_env())
+        .unwrap()
+        .with_client(fast_client())
+        .cached();
+    let them = sts.get_caller_identity(&assumed).await.unwrap();
+    assert_eq!(them.account_id, "2");
+    assert_eq!(them.identity_type, "AssumedRoleUser");
+    // The second call was signed with the STS key and its token, and the double verified both.
+    assert!(state.lock().unwrap().rejected.is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Metadata service double
 
@@ -562,7 +603,10 @@ async fn imds_v2_token_flow_with_rotation() {
     let asked_at = SystemTime::now();
     let second = p.credentials().await.unwrap();
     assert_eq!(second.access_key_id, "STS.imds2");
-    assert!(first.expiration.unwrap() > asked_at, "refresh came after expiry");
+    assert!(
+        first.expiration.unwrap() > asked_at,
+        "refresh came after expiry"
+    );
 
     let s = state.lock().unwrap();
     assert_eq!(s.fetches, 2);

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use serde::Deserialize;
 
 use super::cache::RefreshingProvider;
 use super::{parse_expiration, Credentials, CredentialsError, CredentialsProvider, EnvLookup};
-use crate::ecs::rpc::{RpcClient, RpcRequest, STS_VERSION};
+use crate::ecs::rpc::RpcClient;
+use crate::ecs::sts::{AssumeRoleInput, StsClient};
 
 /// What to assume and how, as written in a profile, INI section or on the command line.
 ///
@@ -79,23 +79,18 @@ pub fn sts_endpoint(spec: &AssumeRoleSpec, env: &EnvLookup) -> String {
 /// [`RefreshingProvider`] (see [`AssumeRoleProvider::cached`]) to reuse them until near expiry.
 pub struct AssumeRoleProvider {
     base: Arc<dyn CredentialsProvider>,
-    role_arn: String,
-    session_name: String,
-    duration_seconds: u64,
-    external_id: Option<String>,
-    policy: Option<String>,
-    endpoint: String,
-    client: RpcClient,
+    input: AssumeRoleInput,
+    client: StsClient,
 }
 
 impl fmt::Debug for AssumeRoleProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AssumeRoleProvider")
             .field("base", &self.base.name())
-            .field("role_arn", &self.role_arn)
-            .field("session_name", &self.session_name)
-            .field("duration_seconds", &self.duration_seconds)
-            .field("endpoint", &self.endpoint)
+            .field("role_arn", &self.input.role_arn)
+            .field("session_name", &self.input.role_session_name)
+            .field("duration_seconds", &self.input.duration_seconds)
+            .field("endpoint", &self.client.endpoint())
             .finish_non_exhaustive()
     }
 }
@@ -149,77 +144,49 @@ impl AssumeRoleProvider {
         }
         Ok(Self {
             base,
-            role_arn,
-            session_name,
-            duration_seconds,
-            external_id: spec.external_id.clone(),
-            policy: spec.policy.clone(),
-            endpoint: sts_endpoint(spec, env),
-            client: RpcClient::new(),
+            input: AssumeRoleInput {
+                role_arn,
+                role_session_name: session_name,
+                duration_seconds,
+                policy: spec.policy.clone(),
+                external_id: spec.external_id.clone(),
+            },
+            client: StsClient::new(sts_endpoint(spec, env)),
         })
     }
 
     /// Uses `client` (retry policy, timeouts) for the STS calls.
     pub fn with_client(mut self, client: RpcClient) -> Self {
-        self.client = client;
+        self.client = self.client.with_rpc(client);
         self
     }
 
     /// The STS endpoint URL in use.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        self.client.endpoint()
     }
 
     /// The role being assumed.
     pub fn role_arn(&self) -> &str {
-        &self.role_arn
+        &self.input.role_arn
     }
 
     /// Wraps the provider in a cache that refreshes before expiry.
     pub fn cached(self) -> RefreshingProvider<Self> {
         RefreshingProvider::new(self)
     }
-
-    fn request(&self) -> RpcRequest {
-        let mut req = RpcRequest::new(&self.endpoint, STS_VERSION, "AssumeRole")
-            .form_param("RoleArn", &self.role_arn)
-            .form_param("RoleSessionName", &self.session_name)
-            .form_param("DurationSeconds", self.duration_seconds.to_string());
-        if let Some(p) = &self.policy {
-            req = req.form_param("Policy", p);
-        }
-        if let Some(e) = &self.external_id {
-            req = req.form_param("ExternalId", e);
-        }
-        req
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct AssumeRoleResponse {
-    credentials: StsCredentials,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct StsCredentials {
-    access_key_id: String,
-    access_key_secret: String,
-    security_token: String,
-    expiration: String,
 }
 
 #[async_trait]
 impl CredentialsProvider for AssumeRoleProvider {
     async fn credentials(&self) -> Result<Credentials, CredentialsError> {
         let refresh_err = |reason: String| CredentialsError::Refresh {
-            provider: format!("AssumeRole {}", self.role_arn),
+            provider: format!("AssumeRole {}", self.input.role_arn),
             reason,
         };
-        let resp: AssumeRoleResponse = self
+        let resp = self
             .client
-            .call_json(self.base.as_ref(), &self.request())
+            .assume_role(self.base.as_ref(), &self.input)
             .await
             .map_err(|e| match e {
                 crate::ecs::RpcError::Credentials(c) => c,
@@ -236,7 +203,7 @@ impl CredentialsProvider for AssumeRoleProvider {
                 "the answer lacks AccessKeyId, AccessKeySecret or SecurityToken".into(),
             ));
         }
-        tracing::info!(role_arn = %self.role_arn, access_key_id = %c.access_key_id, expiration = %c.expiration, "assumed role");
+        tracing::info!(role_arn = %self.input.role_arn, access_key_id = %c.access_key_id, expiration = %c.expiration, "assumed role");
         Ok(Credentials {
             access_key_id: c.access_key_id,
             access_key_secret: c.access_key_secret,
@@ -312,11 +279,11 @@ mod tests {
     #[test]
     fn defaults_and_validation() {
         let p = AssumeRoleProvider::new(base(), &spec(ARN), &env(&[])).unwrap();
-        assert_eq!(p.duration_seconds, 3600);
+        assert_eq!(p.input.duration_seconds, 3600);
         assert!(
-            p.session_name.starts_with("ossrelay-"),
+            p.input.role_session_name.starts_with("ossrelay-"),
             "{}",
-            p.session_name
+            p.input.role_session_name
         );
         let p = AssumeRoleProvider::new(
             base(),
@@ -325,7 +292,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.role_arn(), ARN);
-        assert_eq!(p.session_name, "from-env");
+        assert_eq!(p.input.role_session_name, "from-env");
 
         let bad = |s: AssumeRoleSpec, want: &str| {
             let err = AssumeRoleProvider::new(base(), &s, &env(&[]))
@@ -375,7 +342,7 @@ mod tests {
             ..spec(ARN)
         };
         let p = AssumeRoleProvider::new(base(), &s, &env(&[])).unwrap();
-        let req = p.request();
+        let req = p.client.assume_role_request(&p.input);
         assert_eq!(req.action, "AssumeRole");
         assert_eq!(req.version, "2015-04-01");
         assert!(req.query.is_empty());
