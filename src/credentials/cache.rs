@@ -8,6 +8,7 @@
 //! 15 minutes before expiry (the recommendation in the reference); short-lived ones (tests, or
 //! a 900 s AssumeRole) keep two thirds of their life.
 
+use std::fmt;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,6 +42,31 @@ pub struct RefreshingProvider<P> {
     last_failure: Mutex<Option<Instant>>,
     max_margin: Duration,
     retry_interval: Duration,
+}
+
+impl<P: fmt::Debug> fmt::Debug for RefreshingProvider<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only the key ID and expiry of the cached credentials; never the secret or token.
+        let cached = self.snapshot_inner();
+        f.debug_struct("RefreshingProvider")
+            .field("inner", &self.inner)
+            .field(
+                "cached",
+                &cached
+                    .as_ref()
+                    .map(|c| (&c.creds.access_key_id, c.creds.expiration)),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P> RefreshingProvider<P> {
+    fn snapshot_inner(&self) -> Option<Cached> {
+        self.cached
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 impl<P: CredentialsProvider> RefreshingProvider<P> {
@@ -243,6 +269,28 @@ mod tests {
         assert!(p.needs_refresh(&short, now + Duration::from_secs(610)));
         // Expired.
         assert!(p.needs_refresh(&short, now + Duration::from_secs(1000)));
+    }
+
+    #[tokio::test]
+    async fn debug_shows_key_id_only() {
+        #[derive(Debug)]
+        struct Secretive;
+        #[async_trait]
+        impl CredentialsProvider for Secretive {
+            async fn credentials(&self) -> Result<Credentials, CredentialsError> {
+                let mut c = Credentials::new("STS.visible", "hidden-secret");
+                c.security_token = Some("hidden-token".into());
+                Ok(c)
+            }
+            fn name(&self) -> String {
+                "secretive".into()
+            }
+        }
+        let p = RefreshingProvider::new(Secretive);
+        p.credentials().await.unwrap();
+        let dbg = format!("{p:?}");
+        assert!(dbg.contains("STS.visible"), "{dbg}");
+        assert!(!dbg.contains("hidden"), "{dbg}");
     }
 
     #[tokio::test]

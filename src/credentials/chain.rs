@@ -16,9 +16,10 @@ use super::env::EnvProvider;
 use super::imds::{EcsRamRoleProvider, ENV_ECS_METADATA_DISABLED};
 use super::ini::{select_section, IniFile};
 use super::profile::{
-    join_names, profile_region, ProfileCredentials, ProfileFile, ENV_CLI_PROFILE_DISABLED,
+    cli_profile_disabled, join_names, profile_region, ProfileCredentials, ProfileFile,
+    ENV_CLI_PROFILE_DISABLED,
 };
-use super::sts::AssumeRoleProvider;
+use super::sts::{AssumeRoleProvider, AssumeRoleSpec};
 use super::{Credentials, CredentialsError, CredentialsProvider, EnvLookup};
 
 /// The SDKs' credentials-URI variable; not supported by ossrelay (reported when set).
@@ -158,9 +159,9 @@ impl ChainProvider {
         tried.push("env: ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET not set".into());
 
         // 2. aliyun CLI config.
-        if env.flag(ENV_CLI_PROFILE_DISABLED) {
+        if cli_profile_disabled(env) {
             tried.push(format!(
-                "cli profile: disabled by {ENV_CLI_PROFILE_DISABLED}"
+                "cli profile: disabled by {ENV_CLI_PROFILE_DISABLED} or ALIBABA_CLOUD_IGNORE_PROFILE"
             ));
         } else {
             match ProfileFile::load_default(env)? {
@@ -249,6 +250,24 @@ impl CredentialsProvider for ChainProvider {
             .get()
             .map_or_else(|| "default-chain".into(), |w| w.name())
     }
+}
+
+/// AssumeRole on top of `base` (e.g. `--role-arn` for the destination side of a cross-account
+/// relay), cached and refreshed before expiry; STS settings from the process environment.
+pub fn assume_role(
+    base: Arc<dyn CredentialsProvider>,
+    spec: &AssumeRoleSpec,
+) -> Result<Arc<dyn CredentialsProvider>, CredentialsError> {
+    assume_role_with(base, spec, &EnvLookup::process())
+}
+
+/// [`assume_role`] with an explicit environment (tests).
+pub fn assume_role_with(
+    base: Arc<dyn CredentialsProvider>,
+    spec: &AssumeRoleSpec,
+    env: &EnvLookup,
+) -> Result<Arc<dyn CredentialsProvider>, CredentialsError> {
+    Ok(Arc::new(AssumeRoleProvider::new(base, spec, env)?.cached()))
 }
 
 /// The provider for an explicit `--profile NAME` (process environment).
@@ -414,6 +433,8 @@ mod tests {
         assert_eq!(chain.name(), "ini:other");
 
         let chain = default_chain_with(s.env(&[(ENV_CLI_PROFILE_DISABLED, "true")]));
+        assert_eq!(key_of(&chain).await, "LTAIini");
+        let chain = default_chain_with(s.env(&[("ALIBABA_CLOUD_IGNORE_PROFILE", "TRUE")]));
         assert_eq!(key_of(&chain).await, "LTAIini");
 
         let s = Setup::new(None, Some(INI));

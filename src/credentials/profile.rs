@@ -21,6 +21,13 @@ pub const ENV_PROFILE_CLI: &str = "ALIBABACLOUD_PROFILE";
 pub const ENV_PROFILE_LEGACY: &str = "ALICLOUD_PROFILE";
 /// `true` skips the CLI config in the default chain.
 pub const ENV_CLI_PROFILE_DISABLED: &str = "ALIBABA_CLOUD_CLI_PROFILE_DISABLED";
+/// `TRUE` makes the aliyun CLI ignore its profiles; the default chain does the same.
+pub const ENV_IGNORE_PROFILE: &str = "ALIBABA_CLOUD_IGNORE_PROFILE";
+
+/// Whether the default chain should skip the CLI config (either switch set).
+pub fn cli_profile_disabled(env: &EnvLookup) -> bool {
+    env.flag(ENV_CLI_PROFILE_DISABLED) || env.flag(ENV_IGNORE_PROFILE)
+}
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -252,9 +259,10 @@ fn strip_position(msg: &str) -> &str {
 /// The region of the selected profile (the CLI's default region), if the file and field exist.
 ///
 /// `profile` = an explicit name; `None` follows the same selection as the default chain
-/// (and returns `None` when `ALIBABA_CLOUD_CLI_PROFILE_DISABLED=true`).
+/// (and returns `None` when `ALIBABA_CLOUD_CLI_PROFILE_DISABLED=true` or
+/// `ALIBABA_CLOUD_IGNORE_PROFILE=TRUE`).
 pub fn profile_region(profile: Option<&str>, env: &EnvLookup) -> Option<String> {
-    if profile.is_none() && env.flag(ENV_CLI_PROFILE_DISABLED) {
+    if profile.is_none() && cli_profile_disabled(env) {
         return None;
     }
     let file = ProfileFile::load_default(env).ok()??;
@@ -572,6 +580,8 @@ mod tests {
         assert_eq!(profile_region(None, &env).as_deref(), Some("cn-shanghai"));
         let env = EnvLookup::from_map([(ENV_CONFIG_FILE, p), (ENV_CLI_PROFILE_DISABLED, "TRUE")]);
         assert_eq!(profile_region(None, &env), None);
+        let env2 = EnvLookup::from_map([(ENV_CONFIG_FILE, p), (ENV_IGNORE_PROFILE, "TRUE")]);
+        assert_eq!(profile_region(None, &env2), None);
         assert_eq!(
             profile_region(Some("dest"), &env).as_deref(),
             Some("eu-central-1")
