@@ -2,6 +2,11 @@
 //!
 //! Signers ask a [`CredentialsProvider`] for credentials at send time, so a provider that
 //! refreshes (STS, instance RAM role) keeps hours-long transfers signed with valid keys.
+//!
+//! Sources: [`env`](mod@env) (variables), [`profile`] (aliyun CLI `config.json`), [`ini`] (shared
+//! credentials file), [`imds`] (ECS instance RAM role), [`sts`] (AssumeRole); [`cache`] keeps
+//! temporary credentials fresh; [`chain`] puts them in the SDKs' order (the CLI calls
+//! [`chain::resolve`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,6 +23,8 @@ pub mod imds;
 pub mod ini;
 pub mod profile;
 pub mod sts;
+
+pub use chain::{default_chain, from_profile, resolve};
 
 /// An AccessKey pair, plus a security token and expiry for temporary (STS) credentials.
 ///
