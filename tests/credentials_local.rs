@@ -685,3 +685,59 @@ async fn default_chain_falls_through_to_instance_role() {
     );
     assert_eq!(state.lock().unwrap().fetches, 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Generic RPC behaviour
+
+#[tokio::test]
+async fn rpc_retries_5xx_and_treats_code_on_200_as_error() {
+    let hits = Arc::new(Mutex::new(Vec::<String>::new()));
+    let h = hits.clone();
+    let url = serve(Arc::new(move |req: Req| {
+        let mut hits = h.lock().unwrap();
+        let params = decode_pairs(&req.query, false);
+        let action = params
+            .iter()
+            .find(|(k, _)| k == "Action")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let sig_ok = params
+            .iter()
+            .find(|(k, _)| k == "Signature")
+            .map(|(_, v)| v.clone())
+            == Some(expected_signature(&req.method, &params, "base-secret+/="));
+        hits.push(format!("{} {action} sig_ok={sig_ok}", req.method));
+        match (action.as_str(), hits.len()) {
+            ("DescribeTasks", 1) => (
+                503,
+                r#"{"RequestId":"R1","Code":"ServiceUnavailable","Message":"busy"}"#.into(),
+            ),
+            ("DescribeTasks", _) => (200, r#"{"RequestId":"R2","TaskSet":{"Task":[]}}"#.into()),
+            _ => (
+                200,
+                r#"{"RequestId":"R3","Code":"Forbidden.RAM","Message":"User not authorized"}"#
+                    .into(),
+            ),
+        }
+    }))
+    .await;
+    let rpc = fast_client();
+    let req = ossrelay::ecs::RpcRequest::new(&url, "2014-05-26", "DescribeTasks")
+        .get()
+        .param("RegionId", "cn-hangzhou");
+    let doc = rpc.call(base().as_ref(), &req).await.unwrap();
+    assert_eq!(doc["RequestId"], "R2");
+
+    let req = ossrelay::ecs::RpcRequest::new(&url, "2014-05-26", "ExportImage");
+    let err = rpc.call(base().as_ref(), &req).await.unwrap_err();
+    assert_eq!(err.code(), Some("Forbidden.RAM"));
+    assert!(!err.is_retryable());
+    assert_eq!(
+        *hits.lock().unwrap(),
+        vec![
+            "GET DescribeTasks sig_ok=true",
+            "GET DescribeTasks sig_ok=true",
+            "POST ExportImage sig_ok=true",
+        ]
+    );
+}
