@@ -23,6 +23,8 @@ pub const CONCURRENCY_LIMIT: &str = "ossrelay_concurrency_limit";
 pub const RETRIES_TOTAL: &str = "ossrelay_retries_total";
 /// CRC-64 mismatches detected (part or whole object).
 pub const CRC_MISMATCHES_TOTAL: &str = "ossrelay_crc_mismatches_total";
+/// Credential refreshes, labels `provider` and `result` = `ok` | `error`.
+pub const CREDENTIAL_REFRESHES_TOTAL: &str = "ossrelay_credential_refreshes_total";
 
 /// Registers help texts and units for every metric above.
 pub fn describe_all() {
@@ -55,5 +57,9 @@ pub fn describe_all() {
     describe_counter!(
         CRC_MISMATCHES_TOTAL,
         "CRC-64 mismatches detected between computed and reported checksums."
+    );
+    describe_counter!(
+        CREDENTIAL_REFRESHES_TOTAL,
+        "Fetches of temporary credentials (STS, instance RAM role), by provider and result."
     );
 }
