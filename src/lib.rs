@@ -9,6 +9,7 @@ pub mod cli;
 pub mod crc64;
 pub mod credentials;
 pub mod ecs;
+pub mod locate;
 pub mod metrics;
 pub mod oss;
 pub mod sim;

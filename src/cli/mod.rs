@@ -1,8 +1,94 @@
-//! The command line: clap definitions and dispatch. Each subcommand lives in its own file.
+//! The command line: clap definitions and dispatch. Each subcommand lives in its own file and
+//! turns flags into library calls; nothing here speaks HTTP or XML.
 
+mod copy;
+mod demo;
+mod progress;
 pub mod sim;
+mod uploads;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code: copied and verified / command succeeded.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: the command failed.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code: the command line was wrong.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code: interrupted; rerunning the same command resumes.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Relay very large VM disk images between Alibaba Cloud OSS regions and accounts.
+#[derive(Parser)]
+#[command(name = "ossrelay", version, about, long_about = None)]
+struct Cli {
+    /// Log filter for stderr (e.g. `info`, `debug`, `ossrelay=debug`); also `OSSRELAY_LOG`.
+    #[arg(long, global = true, env = "OSSRELAY_LOG", default_value = "warn")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy an object between OSS buckets (any regions/accounts) or to/from a local file.
+    Copy(Box<copy::CopyArgs>),
+    /// Find, abort and guard against orphaned multipart uploads.
+    Uploads(uploads::UploadsArgs),
+    /// Run the OSS simulator (a local stand-in for OSS, for tests and dry runs).
+    Sim(Box<sim::SimArgs>),
+    /// Relay a synthetic image between two in-process simulated regions, end to end.
+    Demo(demo::DemoArgs),
+}
 
 /// Entry point used by `main.rs`; returns the process exit code.
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_tracing(&cli.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let code = rt.block_on(async move {
+        match cli.command {
+            Command::Copy(args) => copy::run(*args).await,
+            Command::Uploads(args) => uploads::run(args).await,
+            Command::Sim(args) => match sim::run(*args).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    EXIT_FAILED
+                }
+            },
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    // In-flight requests may hold the runtime; do not wait for them on exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
+}
+
+fn init_tracing(filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }

@@ -11,6 +11,7 @@ pub mod bucket;
 pub mod client;
 pub mod endpoint;
 pub mod error;
+pub mod lifecycle;
 pub mod sign;
 pub mod xml;
 

@@ -104,6 +104,41 @@ impl Default for CopyOptions {
     }
 }
 
+impl CopyOptions {
+    /// Checks user-supplied knobs before any request is made (a usage error, not a failure).
+    pub fn validate(&self) -> Result<(), String> {
+        let limits = crate::store::OSS_LIMITS;
+        if self.concurrency == 0 {
+            return Err("--concurrency must be at least 1".into());
+        }
+        if let Some(p) = self.part_size {
+            if p < limits.min_part_size || p > limits.max_part_size {
+                return Err(format!(
+                    "--part-size {p} is out of range: OSS parts are 100KiB to 5GiB"
+                ));
+            }
+        }
+        // Each stream needs at least one chunk in memory to make progress.
+        let min_memory = self.chunk_size as u64;
+        if self.memory < min_memory {
+            return Err(format!(
+                "--memory {} is too small: at least {} bytes (one chunk) are needed",
+                self.memory, min_memory
+            ));
+        }
+        if self.memory > 1 << 40 {
+            return Err(format!(
+                "--memory {} is absurd: the budget bounds buffers, 256MiB-4GiB is plenty",
+                self.memory
+            ));
+        }
+        if self.bandwidth == Some(0) {
+            return Err("--bandwidth must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
 /// What a finished copy did; printed by the CLI (JSON with `--json`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CopySummary {

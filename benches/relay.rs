@@ -1,0 +1,206 @@
+//! `cargo bench --bench relay`: the relay engine against the simulator, each figure compared
+//! with a baseline measured in the same run.
+//!
+//! 1. WAN model: 16 streams through `--conn-rate 16MiB/s --latency 20` → fraction of capacity.
+//! 2. Loopback: the engine vs a bare pipe (same ranged GETs into UploadParts, same client, no
+//!    CRC, no accounting, no state) → ratio.
+//! 3. Memory: peak RSS of `ossrelay copy` for 1 GiB (64 MiB parts) and 32 GiB (512 MiB parts).
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ossrelay::credentials::{Credentials, StaticProvider};
+use ossrelay::oss::{EndpointSpec, OssClient, OssConfig};
+use ossrelay::sim::{self, SimAccount, SimBucket, SimConfig, SimServer, SyntheticObject};
+use ossrelay::store::{ObjectStore, PartSpec, PutOptions};
+use ossrelay::transfer::{self, CopyOptions, Location, Progress};
+use tokio_util::sync::CancellationToken;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn account() -> SimAccount {
+    SimAccount {
+        name: "sim".into(),
+        access_key_id: "simak".into(),
+        access_key_secret: "simsecret".into(),
+    }
+}
+
+async fn sim_with(size: u64, conn_rate: Option<u64>, latency_ms: u64) -> SimServer {
+    sim::start(SimConfig {
+        accounts: vec![account()],
+        buckets: vec![
+            SimBucket { name: "src".into(), account: "sim".into() },
+            SimBucket { name: "dst".into(), account: "sim".into() },
+        ],
+        synthetic: vec![SyntheticObject { bucket: "src".into(), key: "disk.raw".into(), size }],
+        discard: vec!["dst".into()],
+        conn_rate,
+        latency: Duration::from_millis(latency_ms),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("start simulator")
+}
+
+fn client(endpoint: String) -> OssClient {
+    let creds = Arc::new(StaticProvider(Credentials::new("simak", "simsecret")));
+    OssClient::new(OssConfig::new(EndpointSpec::Url(endpoint), "cn-hangzhou", creds))
+        .expect("client")
+}
+
+async fn engine_copy(sim: &SimServer, concurrency: usize, part: u64) -> f64 {
+    let c = client(sim.endpoint());
+    let src = Location { store: Arc::new(c.bucket("src")), key: "disk.raw".into() };
+    let dst = Location { store: Arc::new(c.bucket("dst")), key: "disk.raw".into() };
+    let opts = CopyOptions {
+        concurrency,
+        part_size: Some(part),
+        state_dir: None,
+        ..CopyOptions::default()
+    };
+    let t = Instant::now();
+    let s = transfer::copy(src, dst, opts, Arc::new(Progress::default()), CancellationToken::new())
+        .await
+        .expect("engine copy");
+    let secs = t.elapsed().as_secs_f64();
+    s.bytes as f64 / secs
+}
+
+/// The minimum I/O: the same ranged GETs streamed into UploadParts, nothing else.
+async fn bare_pipe(sim: &SimServer, size: u64, concurrency: usize, part: u64) -> f64 {
+    let c = client(sim.endpoint());
+    let src = Arc::new(c.bucket("src"));
+    let dst = Arc::new(c.bucket("dst"));
+    let t = Instant::now();
+    let upload = ObjectStore::create_multipart(&*dst, "bare.raw", size, &PutOptions::default())
+        .await
+        .unwrap();
+    let parts = size.div_ceil(part);
+    let results: Vec<(u32, String)> = futures::stream::iter(0..parts)
+        .map(|i| {
+            let (src, dst, upload) = (src.clone(), dst.clone(), upload.clone());
+            async move {
+                let off = i * part;
+                let len = part.min(size - off);
+                let body = ObjectStore::get_range(&*src, "disk.raw", off, off + len, None).await.unwrap();
+                let spec = PartSpec { number: i as u32 + 1, offset: off, len };
+                let up = ObjectStore::upload_part(&*dst, "bare.raw", &upload, spec, body).await.unwrap();
+                (spec.number, up.etag)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut results = results;
+    results.sort_by_key(|p| p.0);
+    ObjectStore::complete(&*dst, "bare.raw", &upload, &results).await.unwrap();
+    size as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Peak RSS (VmHWM) of `ossrelay copy` of a synthetic object into a discard bucket.
+fn copy_peak_rss(size: u64, part: u64) -> (u64, f64) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = rt.block_on(sim_with(size, None, 0));
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ossrelay"))
+        .args([
+            "copy", "oss://src/disk.raw", "oss://dst/disk.raw",
+            "--src-endpoint", &sim.endpoint(), "--dst-endpoint", &sim.endpoint(),
+            "--part-size", &format!("{part}"), "--concurrency", "16", "--quiet", "--json",
+            "--state-dir", &dir.path().display().to_string(),
+        ])
+        .env("ALIBABA_CLOUD_ACCESS_KEY_ID", "simak")
+        .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "simsecret")
+        .env("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ossrelay");
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&status_path) {
+            for line in s.lines() {
+                if let Some(v) = line.strip_prefix("VmHWM:") {
+                    let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                    peak_kib = peak_kib.max(kib);
+                }
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "ossrelay copy failed");
+    let secs = t.elapsed().as_secs_f64();
+    rt.block_on(sim.shutdown());
+    (peak_kib * 1024, size as f64 / secs)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("machine: {cpus} CPUs, {}", std::env::consts::ARCH);
+
+    // 1. WAN model.
+    let size = if quick { 512 * MIB } else { 2 * GIB };
+    let rate = 16 * MIB;
+    let rate_result = rt.block_on(async {
+        let sim = sim_with(size, Some(rate), 20).await;
+        let r = engine_copy(&sim, 16, 64 * MIB).await;
+        sim.shutdown().await;
+        r
+    });
+    let capacity = 16.0 * rate as f64;
+    println!(
+        "wan_model: {:.1} MiB/s of {:.1} MiB/s modelled (16 x 16 MiB/s, 20 ms) = {:.3} of capacity (target >= 0.95)",
+        rate_result / MIB as f64,
+        capacity / MIB as f64,
+        rate_result / capacity
+    );
+
+    // 2. Loopback: engine vs bare pipe, interleaved to share the machine's noise.
+    let size = if quick { GIB } else { 4 * GIB };
+    let (engine, bare) = rt.block_on(async {
+        let sim = sim_with(size, None, 0).await;
+        let mut e = Vec::new();
+        let mut b = Vec::new();
+        for _ in 0..3 {
+            b.push(bare_pipe(&sim, size, 16, 64 * MIB).await);
+            e.push(engine_copy(&sim, 16, 64 * MIB).await);
+        }
+        sim.shutdown().await;
+        let best = |v: &Vec<f64>| v.iter().cloned().fold(0.0, f64::max);
+        (best(&e), best(&b))
+    });
+    println!(
+        "loopback: engine {:.0} MB/s, bare pipe {:.0} MB/s, ratio {:.3} (target >= 0.90; best of 3 each)",
+        engine / 1e6,
+        bare / 1e6,
+        engine / bare
+    );
+
+    // 3. Memory.
+    let bound = 64 * MIB + 16 * 4 * MIB;
+    let (small, small_rate) = copy_peak_rss(GIB, 64 * MIB);
+    let big_size = if quick { 8 * GIB } else { 32 * GIB };
+    let (big, big_rate) = copy_peak_rss(big_size, 512 * MIB);
+    println!(
+        "memory: peak RSS {:.1} MiB for 1 GiB/64 MiB parts ({:.0} MB/s), {:.1} MiB for {} GiB/512 MiB parts ({:.0} MB/s); bound {} MiB; difference {:.1} % (target <= 10 %)",
+        small as f64 / MIB as f64,
+        small_rate / 1e6,
+        big as f64 / MIB as f64,
+        big_size / GIB,
+        big_rate / 1e6,
+        bound / MIB,
+        (big as f64 - small as f64).abs() / small.max(1) as f64 * 100.0
+    );
+}

@@ -1,0 +1,216 @@
+//! `ossrelay copy SRC DST`: the relay engine on the command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::util::{install_interrupt_handler, parse_rate, parse_size};
+use super::{progress, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
+use crate::locate::{self, ObjectUrl, SideOptions};
+use crate::transfer::{self, CopyOptions, Progress, TransferError};
+
+/// Flags of `ossrelay copy` (names are a contract: scripts and checks rely on them).
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Source: oss://BUCKET/KEY or a local file path.
+    pub src: String,
+    /// Destination: oss://BUCKET/KEY (a key ending in `/` takes the source's name) or a path.
+    pub dst: String,
+
+    /// Source region (default: the profile's region_id, else cn-hangzhou).
+    #[arg(long)]
+    pub src_region: Option<String>,
+    /// Destination region (default: the profile's region_id, else cn-hangzhou).
+    #[arg(long)]
+    pub dst_region: Option<String>,
+    /// Source endpoint URL override, e.g. http://127.0.0.1:40123.
+    #[arg(long)]
+    pub src_endpoint: Option<String>,
+    /// Destination endpoint URL override.
+    #[arg(long)]
+    pub dst_endpoint: Option<String>,
+    /// Use the source region's -internal endpoint.
+    #[arg(long)]
+    pub src_internal: bool,
+    /// Use the destination region's -internal endpoint.
+    #[arg(long)]
+    pub dst_internal: bool,
+    /// aliyun CLI profile for the source (default: the credential chain).
+    #[arg(long)]
+    pub src_profile: Option<String>,
+    /// aliyun CLI profile for the destination (default: the credential chain).
+    #[arg(long)]
+    pub dst_profile: Option<String>,
+
+    /// Parts in flight.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Part size, e.g. 64MiB (default: automatic, at least 64 MiB and enough for 10,000 parts).
+    #[arg(long, value_parser = parse_size)]
+    pub part_size: Option<u64>,
+    /// Buffer budget for all streams together.
+    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+    pub memory: u64,
+    /// Cap on bytes per second, e.g. 200MiB/s (default: unlimited).
+    #[arg(long, value_parser = parse_rate)]
+    pub bandwidth: Option<u64>,
+    /// Resume state directory (default: $XDG_STATE_HOME/ossrelay or ~/.local/state/ossrelay).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Discard saved state, abort its upload, and start over.
+    #[arg(long)]
+    pub no_resume: bool,
+    /// Print a final machine-readable summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Serve Prometheus /metrics on this address while running, e.g. 127.0.0.1:9871.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Default resume-state directory: `$XDG_STATE_HOME/ossrelay` or `~/.local/state/ossrelay`.
+pub fn default_state_dir() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(x).join("ossrelay"));
+    }
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|h| PathBuf::from(h).join(".local/state/ossrelay"))
+}
+
+/// Installs the Prometheus exporter on `addr`.
+pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
+    crate::metrics::describe_all();
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                crate::metrics::REQUEST_DURATION_SECONDS.to_string(),
+            ),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ],
+        )
+        .and_then(|b| b.install())
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+}
+
+fn usage(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {msg}");
+    EXIT_USAGE
+}
+
+/// Runs the command; returns the exit code.
+pub async fn run(args: CopyArgs) -> i32 {
+    let src: ObjectUrl = match args.src.parse() {
+        Ok(u) => u,
+        Err(e) => return usage(format!("source: {e}")),
+    };
+    let dst: ObjectUrl = match args.dst.parse() {
+        Ok(u) => u,
+        Err(e) => return usage(format!("destination: {e}")),
+    };
+    if matches!(&src, ObjectUrl::Oss { key, .. } if key.is_empty() || key.ends_with('/')) {
+        return usage(format!("source {src} does not name an object: give oss://BUCKET/KEY"));
+    }
+    if args.concurrency == 0 {
+        return usage("--concurrency must be at least 1");
+    }
+    if args.concurrency > 1024 {
+        return usage("--concurrency above 1024 is not supported");
+    }
+    let opts = CopyOptions {
+        concurrency: args.concurrency,
+        part_size: args.part_size,
+        memory: args.memory,
+        bandwidth: args.bandwidth,
+        state_dir: args.state_dir.clone().or_else(default_state_dir),
+        resume: !args.no_resume,
+        ..CopyOptions::default()
+    };
+    if let Err(e) = opts.validate() {
+        return usage(e);
+    }
+    let src_side = SideOptions {
+        region: args.src_region.clone(),
+        endpoint: args.src_endpoint.clone(),
+        internal: args.src_internal,
+        profile: args.src_profile.clone(),
+    };
+    let dst_side = SideOptions {
+        region: args.dst_region.clone(),
+        endpoint: args.dst_endpoint.clone(),
+        internal: args.dst_internal,
+        profile: args.dst_profile.clone(),
+    };
+    let src_loc = match locate::resolve(&src, &src_side, None) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: source {src}: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let dst_loc = match locate::resolve(&dst, &dst_side, locate::base_name(&src).as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: destination {dst}: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    if src_loc.store.describe(&src_loc.key) == dst_loc.store.describe(&dst_loc.key)
+        && src_side == dst_side
+    {
+        return usage(format!(
+            "source and destination are the same object ({})",
+            src_loc.store.describe(&src_loc.key)
+        ));
+    }
+    if let Some(addr) = args.metrics_listen {
+        if let Err(e) = serve_metrics(addr) {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+        if !args.quiet {
+            eprintln!("metrics: http://{addr}/metrics");
+        }
+    }
+
+    let cancel = CancellationToken::new();
+    install_interrupt_handler(cancel.clone());
+    let prog = Arc::new(Progress::default());
+    let bar = (!args.quiet).then(|| progress::spawn(prog.clone()));
+    let result = transfer::copy(src_loc, dst_loc, opts, prog, cancel).await;
+    if let Some(bar) = bar {
+        bar.finish().await;
+    }
+    match result {
+        Ok(summary) => {
+            if args.json {
+                match serde_json::to_string(&summary) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("error: cannot encode the summary: {e}");
+                        return EXIT_FAILED;
+                    }
+                }
+            } else if !args.quiet {
+                eprintln!("{}", progress::summary_line(&summary));
+            }
+            EXIT_OK
+        }
+        Err(e) if matches!(e.root(), TransferError::Interrupted { .. }) => {
+            eprintln!("interrupted: state saved; rerun the same command to resume");
+            EXIT_INTERRUPTED
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILED
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! `ossrelay uploads list|abort|protect`: find and clean multipart uploads left by anyone, and
+//! install the lifecycle safety net that aborts forgotten ones.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::locate::{self, ObjectUrl, SideOptions};
+use crate::oss::OssBucket;
+
+/// `ossrelay uploads ...`
+#[derive(Debug, Args)]
+pub struct UploadsArgs {
+    #[command(subcommand)]
+    pub action: UploadsAction,
+}
+
+/// Where the bucket lives and which credentials to use.
+#[derive(Debug, Clone, Args)]
+pub struct BucketSide {
+    /// Region of the bucket (default: the profile's region_id, else cn-hangzhou).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Endpoint URL override, e.g. http://127.0.0.1:9000.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Use the region's -internal endpoint.
+    #[arg(long)]
+    pub internal: bool,
+    /// aliyun CLI profile (default: the credential chain).
+    #[arg(long)]
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UploadsAction {
+    /// List open multipart uploads under oss://BUCKET[/PREFIX].
+    List {
+        /// oss://BUCKET[/PREFIX]
+        target: String,
+        #[command(flatten)]
+        side: BucketSide,
+        /// One JSON object per upload on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Abort open multipart uploads under oss://BUCKET[/PREFIX].
+    Abort {
+        /// oss://BUCKET[/PREFIX]
+        target: String,
+        #[command(flatten)]
+        side: BucketSide,
+        /// Only uploads initiated longer ago than this, e.g. 24h, 7d, 90m.
+        #[arg(long, value_parser = parse_age)]
+        older_than: Option<Duration>,
+    },
+    /// Add a lifecycle rule aborting incomplete multipart uploads under the prefix after N days,
+    /// merged with the bucket's existing rules.
+    Protect {
+        /// oss://BUCKET/PREFIX
+        target: String,
+        #[command(flatten)]
+        side: BucketSide,
+        /// Days after which incomplete uploads are aborted.
+        #[arg(long)]
+        days: u32,
+    },
+}
+
+/// Parses an age such as `24h`, `7d`, `90m` or `3600s`.
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid age {s:?} ({e}); use e.g. 24h, 7d or 90m"))
+}
+
+fn bucket_and_prefix(target: &str) -> Result<(String, String), String> {
+    match target.parse::<ObjectUrl>()? {
+        ObjectUrl::Oss { bucket, key } => Ok((bucket, key)),
+        ObjectUrl::Local(_) => Err(format!(
+            "{target:?} is not an OSS location: give oss://BUCKET[/PREFIX]"
+        )),
+    }
+}
+
+fn open(bucket: &str, side: &BucketSide) -> Result<OssBucket, String> {
+    let side = SideOptions {
+        region: side.region.clone(),
+        endpoint: side.endpoint.clone(),
+        internal: side.internal,
+        profile: side.profile.clone(),
+    };
+    locate::oss_bucket(bucket, &side).map_err(|e| e.to_string())
+}
+
+/// Runs the command; returns the exit code.
+pub async fn run(args: UploadsArgs) -> i32 {
+    let (target, side) = match &args.action {
+        UploadsAction::List { target, side, .. }
+        | UploadsAction::Abort { target, side, .. }
+        | UploadsAction::Protect { target, side, .. } => (target.clone(), side.clone()),
+    };
+    let (bucket_name, prefix) = match bucket_and_prefix(&target) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let bucket = match open(&bucket_name, &side) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let result = match args.action {
+        UploadsAction::List { json, .. } => list(&bucket, &bucket_name, &prefix, json).await,
+        UploadsAction::Abort { older_than, .. } => {
+            abort(&bucket, &bucket_name, &prefix, older_than).await
+        }
+        UploadsAction::Protect { days, .. } => {
+            if days == 0 {
+                eprintln!("error: --days must be at least 1");
+                return EXIT_USAGE;
+            }
+            protect(&bucket, &bucket_name, &prefix, days).await
+        }
+    };
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+async fn list(bucket: &OssBucket, name: &str, prefix: &str, json: bool) -> Result<(), String> {
+    let uploads = bucket
+        .list_multipart_uploads(Some(prefix).filter(|p| !p.is_empty()))
+        .await
+        .map_err(|e| e.to_string())?;
+    for u in &uploads {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"bucket": name, "key": u.key, "upload_id": u.upload_id, "initiated": u.initiated})
+            );
+        } else {
+            println!("{}\toss://{name}/{}\t{}", u.initiated, u.key, u.upload_id);
+        }
+    }
+    if !json {
+        eprintln!("{} open multipart upload(s) under oss://{name}/{prefix}", uploads.len());
+    }
+    Ok(())
+}
+
+fn initiated_before(initiated: &str, cutoff: chrono::DateTime<chrono::Utc>) -> bool {
+    match chrono::DateTime::parse_from_rfc3339(initiated) {
+        Ok(t) => t.with_timezone(&chrono::Utc) < cutoff,
+        // An unreadable date is never old enough: aborting someone's live upload is worse.
+        Err(_) => false,
+    }
+}
+
+async fn abort(
+    bucket: &OssBucket,
+    name: &str,
+    prefix: &str,
+    older_than: Option<Duration>,
+) -> Result<(), String> {
+    let uploads = bucket
+        .list_multipart_uploads(Some(prefix).filter(|p| !p.is_empty()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let cutoff = older_than.map(|d| {
+        chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    });
+    let (mut aborted, mut failed) = (0usize, 0usize);
+    for u in uploads {
+        if let Some(c) = cutoff {
+            if !initiated_before(&u.initiated, c) {
+                continue;
+            }
+        }
+        match bucket.abort_multipart_upload(&u.key, &u.upload_id).await {
+            Ok(()) => {
+                aborted += 1;
+                println!("aborted oss://{name}/{} {}", u.key, u.upload_id);
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("warning: cannot abort oss://{name}/{} {}: {e}", u.key, u.upload_id);
+            }
+        }
+    }
+    eprintln!("{aborted} upload(s) aborted under oss://{name}/{prefix}");
+    if failed > 0 {
+        return Err(format!("{failed} upload(s) could not be aborted; rerun to retry"));
+    }
+    Ok(())
+}
+
+async fn protect(bucket: &OssBucket, name: &str, prefix: &str, days: u32) -> Result<(), String> {
+    let added = bucket
+        .protect_incomplete_uploads(prefix, days)
+        .await
+        .map_err(|e| e.to_string())?;
+    if added {
+        println!("lifecycle rule added: incomplete multipart uploads under oss://{name}/{prefix} are aborted after {days} day(s)");
+    } else {
+        println!("lifecycle already aborts incomplete multipart uploads under oss://{name}/{prefix} after {days} day(s); nothing changed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages() {
+        assert_eq!(parse_age("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_age("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert!(parse_age("soon").is_err());
+    }
+
+    #[test]
+    fn old_uploads_are_selected_by_date() {
+        let now = chrono::Utc::now();
+        assert!(initiated_before("2012-02-23T04:18:23.000Z", now));
+        assert!(!initiated_before("not a date", now));
+    }
+}
