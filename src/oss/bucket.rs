@@ -307,6 +307,10 @@ impl OssBucket {
     }
 
     /// InitiateMultipartUpload with the final object's content type and user metadata.
+    ///
+    /// Retried like other non-streaming calls; if a response is lost, the retry creates a
+    /// second upload id and the first is orphaned (swept by ListMultipartUploads + abort, or
+    /// by an AbortMultipartUpload lifecycle rule).
     pub async fn initiate_multipart_upload(
         &self,
         key: &str,
@@ -535,7 +539,9 @@ impl OssBucket {
                     ))
                 }
             };
-            if (nk.as_str(), ni.as_str()) <= (key_marker.as_str(), id_marker.as_str()) {
+            // Upload ids within one key are ordered by initiation, not as strings, so only
+            // "the markers moved" can be checked.
+            if (nk.as_str(), ni.as_str()) == (key_marker.as_str(), id_marker.as_str()) {
                 return Err(protocol_error(
                     OP,
                     "pagination markers did not advance".into(),
