@@ -825,3 +825,113 @@ async fn bodiless_head_403_with_far_date_is_clock_skew() {
     assert_eq!(err.class, ErrorClass::Auth);
     assert_eq!(d.requests().len(), 1);
 }
+
+/// Hands out a new key id on every call, like a provider that refreshed.
+struct Rotating(std::sync::atomic::AtomicU32);
+
+#[async_trait::async_trait]
+impl ossrelay::credentials::CredentialsProvider for Rotating {
+    async fn credentials(&self) -> Result<Credentials, ossrelay::credentials::CredentialsError> {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut c = Credentials::new(format!("STS.id{n}"), "secret");
+        c.security_token = Some(format!("token{n}"));
+        Ok(c)
+    }
+    fn name(&self) -> String {
+        "rotating".into()
+    }
+}
+
+#[tokio::test]
+async fn credentials_are_fetched_per_attempt_and_v1_is_selectable() {
+    let d = double(Arc::new(|n, _| {
+        if n == 0 {
+            reply(503, &[], "<Error><Code>ServiceUnavailable</Code></Error>")
+        } else {
+            head_ok()
+        }
+    }))
+    .await;
+    let mut cfg = config(&format!("http://127.0.0.1:{}", d.addr.port()), None);
+    cfg.credentials = Arc::new(Rotating(Default::default()));
+    let c = OssClient::new(cfg).unwrap();
+    c.bucket("bkt").head_object("k").await.unwrap();
+    let reqs = d.requests();
+    assert_eq!(reqs.len(), 2);
+    for (i, r) in reqs.iter().enumerate() {
+        assert!(r
+            .header("authorization")
+            .unwrap()
+            .contains(&format!("Credential=STS.id{i}/")));
+        assert_eq!(
+            r.header("x-oss-security-token"),
+            Some(format!("token{i}").as_str())
+        );
+    }
+
+    let d = double(Arc::new(|_, _| head_ok())).await;
+    let mut cfg = config(&format!("http://127.0.0.1:{}", d.addr.port()), None);
+    cfg.sign_version = ossrelay::oss::SignVersion::V1;
+    let c = OssClient::new(cfg).unwrap();
+    c.bucket("bkt").head_object("a b").await.unwrap();
+    let r = &d.requests()[0];
+    let date = r.header("date").unwrap();
+    assert!(r.header("x-oss-date").is_none());
+    let sts = format!("HEAD\n\n\n{date}\n/bkt/a b");
+    let want = format!("OSS ak:{}", ossrelay::oss::sign::v1_signature("sk", &sts));
+    assert_eq!(r.header("authorization"), Some(want.as_str()));
+}
+
+#[tokio::test]
+async fn broken_source_stream_keeps_its_class() {
+    let d = double(Arc::new(|_, _| {
+        reply(200, &[("etag", "\"E\"")], Bytes::new())
+    }))
+    .await;
+    let c = client(&format!("http://127.0.0.1:{}", d.addr.port()), None);
+    let items: Vec<Result<Bytes, ossrelay::store::StoreError>> = vec![
+        Ok(Bytes::from_static(b"abc")),
+        Err(ossrelay::store::StoreError::new(
+            ErrorClass::Throttled,
+            "source GET throttled",
+        )),
+    ];
+    let body: ByteStream = Box::pin(futures::stream::iter(items));
+    let err = c
+        .bucket("bkt")
+        .upload_part("k", "U", 1, body, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Throttled);
+    assert!(err.message.contains("source GET throttled"), "{err}");
+
+    // More bytes than declared is a caller bug, not retryable.
+    let err = c
+        .bucket("bkt")
+        .upload_part("k", "U", 1, stream_of(vec![b"abc", b"def"]), 4)
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Client);
+}
+
+#[tokio::test]
+async fn chunked_ranged_body_is_accepted_and_length_checked() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 8192];
+        let _ = s.read(&mut buf).await.unwrap();
+        let resp = "HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\nContent-Range: bytes 0-9/20\r\nETag: \"X\"\r\n\r\n5\r\n01234\r\n5\r\n56789\r\n0\r\n\r\n";
+        s.write_all(resp.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    let c = client(&format!("http://127.0.0.1:{}", addr.port()), None);
+    let out = c
+        .bucket("bkt")
+        .get_object("k", Some(0..10), None)
+        .await
+        .unwrap();
+    let data: Vec<Bytes> = out.body.map(|r| r.unwrap()).collect().await;
+    assert_eq!(data.concat(), b"0123456789");
+}

@@ -209,7 +209,13 @@ impl OssBucket {
         }
         let resp = self.client.send(req).await?;
         let h = resp.headers();
-        let len = content_length(OP, h)?;
+        // A ranged body's length is known from the range; Content-Length (if sent, it may
+        // be chunked instead) must agree, and the body stream enforces it either way.
+        let len = match &range {
+            Some(r) => r.end - r.start,
+            None => content_length(OP, h)?,
+        };
+        let sent_len: Option<u64> = hdr(h, "content-length").and_then(|s| s.parse().ok());
         let object_size = match &range {
             Some(r) => {
                 if resp.status() != StatusCode::PARTIAL_CONTENT {
@@ -225,13 +231,10 @@ impl OssBucket {
                 let cr = hdr(h, "content-range").and_then(parse_content_range);
                 match cr {
                     Some((a, b, total)) if a == r.start && b == r.end - 1 => {
-                        if len != r.end - r.start {
+                        if sent_len.is_some_and(|n| n != len) {
                             return Err(protocol_error(
                                 OP,
-                                format!(
-                                    "Content-Length {len} for a {}-byte range",
-                                    r.end - r.start
-                                ),
+                                format!("Content-Length {:?} for a {len}-byte range", sent_len),
                             ));
                         }
                         total
@@ -307,6 +310,10 @@ impl OssBucket {
     }
 
     /// InitiateMultipartUpload with the final object's content type and user metadata.
+    ///
+    /// Retried like other non-streaming calls; if a response is lost, the retry creates a
+    /// second upload id and the first is orphaned (swept by ListMultipartUploads + abort, or
+    /// by an AbortMultipartUpload lifecycle rule).
     pub async fn initiate_multipart_upload(
         &self,
         key: &str,
@@ -535,7 +542,9 @@ impl OssBucket {
                     ))
                 }
             };
-            if (nk.as_str(), ni.as_str()) <= (key_marker.as_str(), id_marker.as_str()) {
+            // Upload ids within one key are ordered by initiation, not as strings, so only
+            // "the markers moved" can be checked.
+            if (nk.as_str(), ni.as_str()) == (key_marker.as_str(), id_marker.as_str()) {
                 return Err(protocol_error(
                     OP,
                     "pagination markers did not advance".into(),

@@ -19,11 +19,14 @@ pub enum EndpointSpec {
 /// URL scheme of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
+    /// Plain HTTP (simulators, tests).
     Http,
+    /// HTTPS with certificate verification (the default).
     Https,
 }
 
 impl Scheme {
+    /// `http` or `https`.
     pub fn as_str(self) -> &'static str {
         match self {
             Scheme::Http => "http",

@@ -150,6 +150,19 @@ impl OssError {
             .map(SystemTime::from)
             .or_else(|| hdr("date").and_then(|d| httpdate::parse_http_date(&d).ok()));
 
+        if code.as_deref() == Some("SignatureDoesNotMatch") {
+            // The server's StringToSign holds no secret; it is the key to debugging a
+            // mismatch, so it goes to debug logs (never into the user-facing message).
+            tracing::debug!(
+                server_string_to_sign =
+                    fields.get("StringToSign").map(String::as_str).unwrap_or(""),
+                server_canonical_request = fields
+                    .get("CanonicalRequest")
+                    .map(String::as_str)
+                    .unwrap_or(""),
+                "OSS rejected the signature"
+            );
+        }
         let class = classify(status, code.as_deref());
         let message = user_message(
             status,

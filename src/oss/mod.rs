@@ -2,6 +2,20 @@
 //!
 //! [`OssClient`] owns the connection pool and signs every attempt at send time;
 //! [`OssBucket`] holds the typed operations and implements [`crate::store::ObjectStore`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ossrelay::oss::OssError> {
+//! use std::sync::Arc;
+//! use ossrelay::credentials::{Credentials, StaticProvider};
+//! use ossrelay::oss::{EndpointSpec, OssClient, OssConfig};
+//!
+//! let creds = Arc::new(StaticProvider(Credentials::new("LTAI...", "secret")));
+//! let endpoint = EndpointSpec::Region { region: "cn-hangzhou".into(), internal: false };
+//! let client = OssClient::new(OssConfig::new(endpoint, "cn-hangzhou", creds))?;
+//! let meta = client.bucket("images").head_object("disk.raw").await?;
+//! println!("{} bytes, CRC-64 {:?}", meta.size, meta.crc64);
+//! # Ok(()) }
+//! ```
 
 // OssError carries every diagnostic field OSS sends; errors are rare and off the hot path,
 // so keeping it flat (not boxed) is simpler for callers that match on fields.
