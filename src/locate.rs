@@ -103,6 +103,9 @@ pub struct SideOptions {
     pub internal: bool,
     /// aliyun CLI profile name (default: the credential chain).
     pub profile: Option<String>,
+    /// The flag that sets `region`, named in wrong-region hints (`--src-region`, ...).
+    #[serde(skip)]
+    pub region_flag: Option<&'static str>,
 }
 
 /// Builds an OSS client for one side: credentials from the profile or chain, region from the
@@ -121,7 +124,11 @@ pub fn oss_client(side: &SideOptions) -> Result<OssClient, LocateError> {
             internal: side.internal,
         },
     };
-    OssClient::new(OssConfig::new(endpoint, region, creds)).map_err(|e| LocateError::Client {
+    let mut cfg = OssConfig::new(endpoint, region, creds);
+    if let Some(flag) = side.region_flag {
+        cfg.region_flag = flag.to_string();
+    }
+    OssClient::new(cfg).map_err(|e| LocateError::Client {
         what: "OSS".into(),
         reason: e.to_string(),
     })

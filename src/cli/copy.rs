@@ -142,12 +142,14 @@ pub async fn run(args: CopyArgs) -> i32 {
         endpoint: args.src_endpoint.clone(),
         internal: args.src_internal,
         profile: args.src_profile.clone(),
+        region_flag: Some("--src-region"),
     };
     let dst_side = SideOptions {
         region: args.dst_region.clone(),
         endpoint: args.dst_endpoint.clone(),
         internal: args.dst_internal,
         profile: args.dst_profile.clone(),
+        region_flag: Some("--dst-region"),
     };
     let src_loc = match locate::resolve(&src, &src_side, None) {
         Ok(l) => l,
@@ -164,7 +166,8 @@ pub async fn run(args: CopyArgs) -> i32 {
         }
     };
     if src_loc.store.describe(&src_loc.key) == dst_loc.store.describe(&dst_loc.key)
-        && src_side == dst_side
+        && src_side.endpoint == dst_side.endpoint
+        && src_side.region == dst_side.region
     {
         return usage(format!(
             "source and destination are the same object ({})",

@@ -89,6 +89,7 @@ fn open(bucket: &str, side: &BucketSide) -> Result<OssBucket, String> {
         endpoint: side.endpoint.clone(),
         internal: side.internal,
         profile: side.profile.clone(),
+        region_flag: Some("--region"),
     };
     locate::oss_bucket(bucket, &side).map_err(|e| e.to_string())
 }
