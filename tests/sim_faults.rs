@@ -273,3 +273,39 @@ async fn wan_model_rate_and_latency() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn lost_complete_response_still_completes() {
+    let (s, _) = seeded(config()).await;
+    let ep = s.endpoint();
+    let r = Req::new(&ep, Method::POST, "bkt", "m")
+        .q("uploads", "")
+        .send()
+        .await;
+    let id = xml_value(&r.text(), "UploadId").unwrap();
+    let part = pattern(1000, 4);
+    let p = Req::new(&ep, Method::PUT, "bkt", "m")
+        .q("partNumber", "1")
+        .q("uploadId", &id)
+        .body(part.clone())
+        .send()
+        .await;
+    let etag = p.h("etag").unwrap().to_string();
+    s.set_faults(vec![(FaultKind::Reset, 1.0)]);
+    s.set_fault_ops(Some(vec!["CompleteMultipartUpload".into()]));
+    let body = format!(
+        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part></CompleteMultipartUpload>"
+    );
+    let r = Req::new(&ep, Method::POST, "bkt", "m")
+        .q("uploadId", &id)
+        .body(body)
+        .send()
+        .await;
+    assert_eq!(r.status.as_u16(), 599, "the client never hears the answer");
+    assert_eq!(
+        s.object_crc64("bkt", "m"),
+        Some((1000, crc64::checksum(&part)))
+    );
+    assert_eq!(s.stats()["open_uploads"], 0);
+    s.shutdown().await;
+}
