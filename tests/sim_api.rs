@@ -932,3 +932,53 @@ async fn missing_content_length_is_411() {
     assert!(out.contains("<Code>MissingContentLength</Code>"));
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn v4_and_virtual_hosted_requests() {
+    let s = sim::start(config()).await.unwrap();
+    let ep = s.endpoint();
+    let key = "v4/目录/a b+c.txt";
+    let r = Req::new(&ep, Method::PUT, "bkt", key)
+        .v4("cn-hangzhou")
+        .h("content-type", "text/plain")
+        .h("x-oss-meta-x", "1")
+        .body(Bytes::from_static(b"v4 body"))
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Virtual-hosted style: bucket from Host, key from the path.
+    let r = Req::new(&ep, Method::GET, "bkt", key)
+        .v4("cn-hangzhou")
+        .virtual_host("oss-cn-hangzhou.aliyuncs.com")
+        .q("response-content-type", "application/x-y")
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body.as_ref().unwrap().as_ref(), b"v4 body");
+    assert_eq!(r.h("content-type"), Some("application/x-y"));
+    let r = Req::new(&ep, Method::GET, "bkt", "")
+        .v4("cn-hangzhou")
+        .virtual_host("localhost")
+        .q("list-type", "2")
+        .q("prefix", "v4/")
+        .send()
+        .await;
+    assert_eq!(xml_values(&r.text(), "Key"), [key]);
+    // Wrong secret and wrong scope region are refused.
+    let r = Req::new(&ep, Method::GET, "bkt", key)
+        .v4("cn-hangzhou")
+        .creds(Some((AK, "bad")))
+        .send()
+        .await;
+    assert_eq!(r.code(), "SignatureDoesNotMatch");
+    assert!(xml_value(&r.text(), "CanonicalRequest").is_some());
+    let r = Req::new(&ep, Method::GET, "bkt", key)
+        .v4("cn-beijing")
+        .send()
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (400, "InvalidArgument")
+    );
+    s.shutdown().await;
+}

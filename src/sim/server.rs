@@ -1125,6 +1125,13 @@ impl Shared {
         );
         h.insert(http::header::SERVER, HeaderValue::from_static("AliyunOSS"));
         self.stats.record(ctx.op, resp.status().as_str());
+        tracing::debug!(
+            op = ctx.op,
+            bucket = ctx.bucket(),
+            status = resp.status().as_u16(),
+            request_id = %ctx.request_id,
+            "request"
+        );
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
