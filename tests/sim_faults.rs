@@ -309,3 +309,44 @@ async fn lost_complete_response_still_completes() {
     assert_eq!(s.stats()["open_uploads"], 0);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn traffic_limit_paces_and_validates() {
+    let s = sim::start(config()).await.unwrap();
+    let ep = s.endpoint();
+    let data = pattern(512 << 10, 5);
+    s.put_object_bytes("bkt", "o", Bytes::from(data.clone()));
+    let t = Instant::now();
+    // 8 Mbit/s = 1 MiB/s → 512 KiB takes about half a second.
+    let r = Req::new(&ep, Method::GET, "bkt", "o")
+        .h("x-oss-traffic-limit", "8388608")
+        .send()
+        .await;
+    assert_eq!(r.body.unwrap().len(), data.len());
+    assert!(
+        t.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let r = Req::new(&ep, Method::PUT, "bkt", "p")
+        .h("x-oss-traffic-limit", "8388608")
+        .body(data.clone())
+        .send()
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        t.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        t.elapsed()
+    );
+    let r = Req::new(&ep, Method::GET, "bkt", "o")
+        .h("x-oss-traffic-limit", "1000")
+        .send()
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (400, "InvalidArgument")
+    );
+    s.shutdown().await;
+}

@@ -40,6 +40,74 @@ const MAX_PUT: u64 = 5 << 30;
 const MIN_PART: u64 = 102_400;
 const MAX_DRAIN: u64 = 64 << 20;
 const STALL: Duration = Duration::from_secs(30);
+/// A request body that sends nothing for this long is answered 400 RequestTimeout.
+const BODY_IDLE: Duration = Duration::from_secs(120);
+
+/// Paces a body to `x-oss-traffic-limit` (bytes/s here).
+struct Pace {
+    rate: f64,
+    start: tokio::time::Instant,
+    done: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Self {
+        Self {
+            rate: rate as f64,
+            start: tokio::time::Instant::now(),
+            done: 0,
+        }
+    }
+
+    async fn after(&mut self, n: u64) {
+        self.done += n;
+        let due = self.start + Duration::from_secs_f64(self.done as f64 / self.rate);
+        tokio::time::sleep_until(due).await;
+    }
+}
+
+fn paced(
+    inner: BoxStream<'static, io::Result<Bytes>>,
+    rate: Option<u64>,
+) -> BoxStream<'static, io::Result<Bytes>> {
+    let Some(rate) = rate else {
+        return inner;
+    };
+    stream::unfold(
+        (inner, Pace::new(rate)),
+        |(mut inner, mut pace)| async move {
+            let item = inner.next().await?;
+            if let Ok(b) = &item {
+                pace.after(b.len() as u64).await;
+            }
+            Some((item, (inner, pace)))
+        },
+    )
+    .boxed()
+}
+
+/// `x-oss-traffic-limit` (header or query, in bit/s) as bytes/s.
+fn traffic_limit(ctx: &Ctx) -> Result<Option<u64>, OssError> {
+    let (h, q) = (ctx.h("x-oss-traffic-limit"), ctx.q("x-oss-traffic-limit"));
+    let v = match (h, q) {
+        (Some(_), Some(_)) => {
+            return Err(invalid_argument(
+                "x-oss-traffic-limit may be given as a header or a query parameter, not both.",
+            )
+            .ec("0004-00000501"))
+        }
+        (Some(v), None) | (None, Some(v)) => v,
+        (None, None) => return Ok(None),
+    };
+    match v.trim().parse::<u64>() {
+        Ok(bits) if (245_760..=838_860_800).contains(&bits) => Ok(Some(bits / 8)),
+        _ => Err(invalid_argument(
+            "x-oss-traffic-limit must be between 245760 and 838860800 bit/s.",
+        )
+        .with("ArgumentName", "x-oss-traffic-limit")
+        .with("ArgumentValue", v)),
+    }
+}
 
 fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into())
@@ -917,19 +985,35 @@ impl Shared {
         discard: bool,
         want_md5: bool,
         reset_at: Option<u64>,
+        limit: Option<u64>,
     ) -> Result<Received, Fail> {
+        let mut pace = limit.map(Pace::new);
         let mut sink = Sink::open(self.blob_dir.as_deref(), discard)
             .await
             .map_err(internal)?;
         let mut crc = crc64::Crc64::new();
         let mut md5 = want_md5.then(Md5::new);
         let mut n = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| Fail::ClientGone)?;
+        loop {
+            let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
+                Ok(Some(f)) => f.map_err(|_| Fail::ClientGone)?,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(OssError::new(
+                        400,
+                        "RequestTimeout",
+                        "Your socket connection to the server was not read from or written to within the timeout period.",
+                    )
+                    .into())
+                }
+            };
             let Ok(data) = frame.into_data() else {
                 continue;
             };
             let len = data.len() as u64;
+            if let Some(p) = pace.as_mut() {
+                p.after(len).await;
+            }
             if let Some(r) = reset_at {
                 if n + len > r {
                     self.stats
@@ -1742,9 +1826,9 @@ impl Shared {
             let sc = storage_class(&ctx.headers)?;
             let md5 = parse_content_md5(ctx)?;
             self.check_forbid_overwrite(ctx, "0026-00000201")?;
-            Ok((sc, md5))
+            Ok((sc, md5, traffic_limit(ctx)?))
         })();
-        let (sc, expected_md5) = match pre {
+        let (sc, expected_md5, limit) = match pre {
             Ok(x) => x,
             Err(e) => {
                 self.drain(body).await;
@@ -1758,6 +1842,7 @@ impl Shared {
                 discard,
                 !discard || expected_md5.is_some(),
                 reset_point(plan, ctx),
+                limit,
             )
             .await?;
         check_md5(expected_md5, rcv.md5)?;
@@ -1891,6 +1976,7 @@ impl Shared {
             .h("x-oss-range-behavior")
             .is_some_and(|v| v.eq_ignore_ascii_case("standard"));
         let outcome = range::resolve(ctx.h("range"), standard, obj.size);
+        let limit = traffic_limit(ctx)?;
         let (status, start, end) = match outcome {
             RangeOutcome::Full => (200, 0, obj.size),
             RangeOutcome::Partial { first, last } => (206, first, last + 1),
@@ -1956,7 +2042,7 @@ impl Shared {
         }
         let len = end - start;
         let inner = store::content_stream(obj.content, start, end);
-        let faulted = faulty(inner, plan, len, reset.clone());
+        let faulted = paced(faulty(inner, plan, len, reset.clone()), limit);
         let counter = self.stats.bytes_out.clone();
         let counted = faulted
             .inspect(move |r| {
@@ -2286,9 +2372,9 @@ impl Shared {
             let id = self
                 .upload_matches(ctx)
                 .map_err(|e| e.ec("0042-00000104"))?;
-            Ok((number, id, parse_content_md5(ctx)?))
+            Ok((number, id, parse_content_md5(ctx)?, traffic_limit(ctx)?))
         })();
-        let (number, id, expected_md5) = match pre {
+        let (number, id, expected_md5, limit) = match pre {
             Ok(x) => x,
             Err(e) => {
                 self.drain(body).await;
@@ -2302,6 +2388,7 @@ impl Shared {
                 discard,
                 !discard || expected_md5.is_some(),
                 reset_point(plan, ctx),
+                limit,
             )
             .await?;
         check_md5(expected_md5, rcv.md5)?;
