@@ -982,3 +982,13 @@ async fn v4_and_virtual_hosted_requests() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn dropping_the_server_stops_listening() {
+    let s = sim::start(config()).await.unwrap();
+    let addr = s.local_addr();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
