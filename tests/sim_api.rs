@@ -821,3 +821,174 @@ async fn discard_bucket() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn copy_object_and_upload_part_copy() {
+    let s = sim::start(config()).await.unwrap();
+    let ep = s.endpoint();
+    let src = pattern(300_000, 12);
+    Req::new(&ep, Method::PUT, "bkt", "src obj")
+        .h("x-oss-meta-k", "v")
+        .h("content-type", "text/x-src")
+        .body(src.clone())
+        .send()
+        .await;
+    let r = Req::new(&ep, Method::PUT, "bkt", "copy")
+        .h("x-oss-copy-source", "/bkt/src%20obj")
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.crc(), crc64::checksum(&src));
+    assert!(xml_value(&r.text(), "ETag").is_some());
+    let g = Req::new(&ep, Method::GET, "bkt", "copy").send().await;
+    assert_eq!(g.h("x-oss-meta-k"), Some("v"));
+    assert_eq!(g.body.unwrap().as_ref(), &src[..]);
+
+    // Multipart copy from a synthetic source (same region), two ranges.
+    let id = initiate(&ep, "bkt", "from-synth").await;
+    let p1 = Req::new(&ep, Method::PUT, "bkt", "from-synth")
+        .q("partNumber", "1")
+        .q("uploadId", &id)
+        .h("x-oss-copy-source", "/src/small.raw")
+        .h("x-oss-copy-source-range", "bytes=0-2097151")
+        .send()
+        .await;
+    assert_eq!(p1.status, 200, "{}", p1.text());
+    let p2 = Req::new(&ep, Method::PUT, "bkt", "from-synth")
+        .q("partNumber", "2")
+        .q("uploadId", &id)
+        .h("x-oss-copy-source", "/src/small.raw")
+        .h(
+            "x-oss-copy-source-range",
+            format!("bytes=2097152-{}", (3 << 20) + 4320),
+        )
+        .send()
+        .await;
+    assert_eq!(p2.status, 200, "{}", p2.text());
+    let e1 = xml_value(&p1.text(), "ETag").unwrap();
+    let e2 = xml_value(&p2.text(), "ETag").unwrap();
+    let r = complete(&ep, "bkt", "from-synth", &id, &[(1, &e1), (2, &e2)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        Some((r.crc(), (3 << 20) + 4321)),
+        s.object_crc64("src", "small.raw").map(|(sz, c)| (c, sz))
+    );
+    // Errors: missing source, bad range, cross-region and foreign-account sources.
+    let bad = |src: &'static str, range: Option<&'static str>| {
+        let mut r = Req::new(&ep, Method::PUT, "bkt", "x")
+            .q("partNumber", "1")
+            .q("uploadId", "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF")
+            .h("x-oss-copy-source", src);
+        if let Some(rg) = range {
+            r = r.h("x-oss-copy-source-range", rg);
+        }
+        r.send()
+    };
+    assert_eq!(bad("/bkt/src%20obj", None).await.code(), "NoSuchUpload");
+    let id = initiate(&ep, "bkt", "x").await;
+    let part = |src: &'static str, range: Option<&'static str>| {
+        let mut r = Req::new(&ep, Method::PUT, "bkt", "x")
+            .q("partNumber", "1")
+            .q("uploadId", Box::leak(id.clone().into_boxed_str()))
+            .h("x-oss-copy-source", src);
+        if let Some(rg) = range {
+            r = r.h("x-oss-copy-source-range", rg);
+        }
+        r.send()
+    };
+    assert_eq!(part("/bkt/none", None).await.code(), "NoSuchKey");
+    assert_eq!(
+        part("/bkt/src%20obj", Some("bytes=10-5000000"))
+            .await
+            .code(),
+        "InvalidArgument"
+    );
+    assert_eq!(part("/far/k", None).await.code(), "AccessDenied");
+    assert_eq!(part("/theirs/k", None).await.code(), "AccessDenied");
+    assert_eq!(part("/sink/k", None).await.code(), "NoSuchKey");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_content_length_is_411() {
+    let s = sim::start(config()).await.unwrap();
+    let addr = s.local_addr();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Signature does not matter: the length check needs no body; auth runs first, so sign.
+    let date = httpdate::fmt_http_date(SystemTime::now());
+    let sts = format!("PUT\n\n\n{date}\n/bkt/k");
+    use hmac::Mac;
+    let mut mac = <hmac::Hmac<sha1::Sha1> as Mac>::new_from_slice(SK.as_bytes()).unwrap();
+    mac.update(sts.as_bytes());
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let req = format!(
+        "PUT /bkt/k HTTP/1.1\r\nHost: {addr}\r\nDate: {date}\r\nAuthorization: OSS {AK}:{sig}\r\nConnection: close\r\n\r\n"
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 411"), "{out}");
+    assert!(out.contains("<Code>MissingContentLength</Code>"));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn v4_and_virtual_hosted_requests() {
+    let s = sim::start(config()).await.unwrap();
+    let ep = s.endpoint();
+    let key = "v4/目录/a b+c.txt";
+    let r = Req::new(&ep, Method::PUT, "bkt", key)
+        .v4("cn-hangzhou")
+        .h("content-type", "text/plain")
+        .h("x-oss-meta-x", "1")
+        .body(Bytes::from_static(b"v4 body"))
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Virtual-hosted style: bucket from Host, key from the path.
+    let r = Req::new(&ep, Method::GET, "bkt", key)
+        .v4("cn-hangzhou")
+        .virtual_host("oss-cn-hangzhou.aliyuncs.com")
+        .q("response-content-type", "application/x-y")
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body.as_ref().unwrap().as_ref(), b"v4 body");
+    assert_eq!(r.h("content-type"), Some("application/x-y"));
+    let r = Req::new(&ep, Method::GET, "bkt", "")
+        .v4("cn-hangzhou")
+        .virtual_host("localhost")
+        .q("list-type", "2")
+        .q("prefix", "v4/")
+        .send()
+        .await;
+    assert_eq!(xml_values(&r.text(), "Key"), [key]);
+    // Wrong secret and wrong scope region are refused.
+    let r = Req::new(&ep, Method::GET, "bkt", key)
+        .v4("cn-hangzhou")
+        .creds(Some((AK, "bad")))
+        .send()
+        .await;
+    assert_eq!(r.code(), "SignatureDoesNotMatch");
+    assert!(xml_value(&r.text(), "CanonicalRequest").is_some());
+    let r = Req::new(&ep, Method::GET, "bkt", key)
+        .v4("cn-beijing")
+        .send()
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (400, "InvalidArgument")
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn dropping_the_server_stops_listening() {
+    let s = sim::start(config()).await.unwrap();
+    let addr = s.local_addr();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}

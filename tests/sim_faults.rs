@@ -273,3 +273,80 @@ async fn wan_model_rate_and_latency() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn lost_complete_response_still_completes() {
+    let (s, _) = seeded(config()).await;
+    let ep = s.endpoint();
+    let r = Req::new(&ep, Method::POST, "bkt", "m")
+        .q("uploads", "")
+        .send()
+        .await;
+    let id = xml_value(&r.text(), "UploadId").unwrap();
+    let part = pattern(1000, 4);
+    let p = Req::new(&ep, Method::PUT, "bkt", "m")
+        .q("partNumber", "1")
+        .q("uploadId", &id)
+        .body(part.clone())
+        .send()
+        .await;
+    let etag = p.h("etag").unwrap().to_string();
+    s.set_faults(vec![(FaultKind::Reset, 1.0)]);
+    s.set_fault_ops(Some(vec!["CompleteMultipartUpload".into()]));
+    let body = format!(
+        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part></CompleteMultipartUpload>"
+    );
+    let r = Req::new(&ep, Method::POST, "bkt", "m")
+        .q("uploadId", &id)
+        .body(body)
+        .send()
+        .await;
+    assert_eq!(r.status.as_u16(), 599, "the client never hears the answer");
+    assert_eq!(
+        s.object_crc64("bkt", "m"),
+        Some((1000, crc64::checksum(&part)))
+    );
+    assert_eq!(s.stats()["open_uploads"], 0);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn traffic_limit_paces_and_validates() {
+    let s = sim::start(config()).await.unwrap();
+    let ep = s.endpoint();
+    let data = pattern(512 << 10, 5);
+    s.put_object_bytes("bkt", "o", Bytes::from(data.clone()));
+    let t = Instant::now();
+    // 8 Mbit/s = 1 MiB/s → 512 KiB takes about half a second.
+    let r = Req::new(&ep, Method::GET, "bkt", "o")
+        .h("x-oss-traffic-limit", "8388608")
+        .send()
+        .await;
+    assert_eq!(r.body.unwrap().len(), data.len());
+    assert!(
+        t.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let r = Req::new(&ep, Method::PUT, "bkt", "p")
+        .h("x-oss-traffic-limit", "8388608")
+        .body(data.clone())
+        .send()
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        t.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        t.elapsed()
+    );
+    let r = Req::new(&ep, Method::GET, "bkt", "o")
+        .h("x-oss-traffic-limit", "1000")
+        .send()
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code().as_str()),
+        (400, "InvalidArgument")
+    );
+    s.shutdown().await;
+}

@@ -7,12 +7,24 @@
 //! checking their CRC-64, injects faults from a seeded RNG, and models a WAN link (per-connection
 //! bandwidth cap and first-byte latency). `GET /-/stats` (no auth) reports counters as JSON.
 //!
-//! Choices where OSS is undocumented (see `docs` in the report / reference §12):
+//! Choices where OSS is undocumented or the reference marks behaviour UNCONFIRMED:
 //! * discard buckets: ETag = upper hex of `crc64 (16 hex) ‖ size (16 hex)` unless the client sent
-//!   `Content-MD5` (then the real MD5); GET answers `403 AccessDenied` "discard bucket: content
-//!   not kept";
+//!   `Content-MD5` (then the real MD5 is computed and checked), because MD5 would cap the
+//!   receive rate; GET answers `403 AccessDenied` "discard bucket: content not kept";
 //! * multipart ETag = MD5 of the concatenated binary part ETags, `-N`;
-//! * a dropped connection (reset fault) is counted in `/-/stats` under status `"reset"`.
+//! * 206 responses carry the whole-object CRC-64; `bytes=-N` with N > size under
+//!   `x-oss-range-behavior: standard` serves the whole object as 206;
+//! * V4 format errors (bad Authorization elements, wrong scope region, missing
+//!   `x-oss-content-sha256`) are `400 InvalidArgument` with the documented EC;
+//! * temporary credentials: wrong/missing token → `403 InvalidSecurityToken`, expired →
+//!   `403 SecurityTokenExpired`; long-term keys ignore a token;
+//! * PutBucketLifecycle without `Content-MD5` → `400 MissingContentMd5`;
+//! * copy conditionals (`x-oss-copy-source-if-*`) all fail with 412 (a copy cannot answer 304);
+//!   CopyObject is limited to 5 GiB sources;
+//! * a reset fault on CompleteMultipartUpload completes the upload, then drops the connection
+//!   (the "lost Complete response" case); on other non-upload operations it drops the
+//!   connection before answering. A dropped connection is counted in `/-/stats` under status
+//!   `"reset"`, a client that went away under `"client_closed"`.
 
 pub mod auth;
 pub mod range;
@@ -305,10 +317,18 @@ impl SimServer {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to a few seconds), then returns.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.cancel.cancel();
-        let _ = self.accept.await;
+        let _ = (&mut self.accept).await;
         self.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+    }
+}
+
+impl Drop for SimServer {
+    /// A server dropped without [`SimServer::shutdown`] still stops listening and closes its
+    /// connections (without waiting for them).
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }

@@ -40,6 +40,74 @@ const MAX_PUT: u64 = 5 << 30;
 const MIN_PART: u64 = 102_400;
 const MAX_DRAIN: u64 = 64 << 20;
 const STALL: Duration = Duration::from_secs(30);
+/// A request body that sends nothing for this long is answered 400 RequestTimeout.
+const BODY_IDLE: Duration = Duration::from_secs(120);
+
+/// Paces a body to `x-oss-traffic-limit` (bytes/s here).
+struct Pace {
+    rate: f64,
+    start: tokio::time::Instant,
+    done: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Self {
+        Self {
+            rate: rate as f64,
+            start: tokio::time::Instant::now(),
+            done: 0,
+        }
+    }
+
+    async fn after(&mut self, n: u64) {
+        self.done += n;
+        let due = self.start + Duration::from_secs_f64(self.done as f64 / self.rate);
+        tokio::time::sleep_until(due).await;
+    }
+}
+
+fn paced(
+    inner: BoxStream<'static, io::Result<Bytes>>,
+    rate: Option<u64>,
+) -> BoxStream<'static, io::Result<Bytes>> {
+    let Some(rate) = rate else {
+        return inner;
+    };
+    stream::unfold(
+        (inner, Pace::new(rate)),
+        |(mut inner, mut pace)| async move {
+            let item = inner.next().await?;
+            if let Ok(b) = &item {
+                pace.after(b.len() as u64).await;
+            }
+            Some((item, (inner, pace)))
+        },
+    )
+    .boxed()
+}
+
+/// `x-oss-traffic-limit` (header or query, in bit/s) as bytes/s.
+fn traffic_limit(ctx: &Ctx) -> Result<Option<u64>, OssError> {
+    let (h, q) = (ctx.h("x-oss-traffic-limit"), ctx.q("x-oss-traffic-limit"));
+    let v = match (h, q) {
+        (Some(_), Some(_)) => {
+            return Err(invalid_argument(
+                "x-oss-traffic-limit may be given as a header or a query parameter, not both.",
+            )
+            .ec("0004-00000501"))
+        }
+        (Some(v), None) | (None, Some(v)) => v,
+        (None, None) => return Ok(None),
+    };
+    match v.trim().parse::<u64>() {
+        Ok(bits) if (245_760..=838_860_800).contains(&bits) => Ok(Some(bits / 8)),
+        _ => Err(invalid_argument(
+            "x-oss-traffic-limit must be between 245760 and 838860800 bit/s.",
+        )
+        .with("ArgumentName", "x-oss-traffic-limit")
+        .with("ArgumentValue", v)),
+    }
+}
 
 fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into())
@@ -781,7 +849,13 @@ fn is_bare_host(host: &str) -> bool {
         || (host.ends_with(".oss.aliyuncs.com") && labels.len() == 4)
 }
 
-fn classify(method: &Method, bucket: bool, key: &str, q: &[(String, String)]) -> &'static str {
+fn classify(
+    method: &Method,
+    bucket: bool,
+    key: &str,
+    q: &[(String, String)],
+    copy: bool,
+) -> &'static str {
     let has = |n: &str| q.iter().any(|(k, _)| k == n);
     if !bucket {
         return if *method == Method::GET {
@@ -804,7 +878,9 @@ fn classify(method: &Method, bucket: bool, key: &str, q: &[(String, String)]) ->
         };
     }
     match *method {
+        Method::PUT if has("uploadId") && copy => "UploadPartCopy",
         Method::PUT if has("uploadId") => "UploadPart",
+        Method::PUT if copy => "CopyObject",
         Method::PUT => "PutObject",
         Method::GET if has("uploadId") => "ListParts",
         Method::GET => "GetObject",
@@ -909,19 +985,35 @@ impl Shared {
         discard: bool,
         want_md5: bool,
         reset_at: Option<u64>,
+        limit: Option<u64>,
     ) -> Result<Received, Fail> {
+        let mut pace = limit.map(Pace::new);
         let mut sink = Sink::open(self.blob_dir.as_deref(), discard)
             .await
             .map_err(internal)?;
         let mut crc = crc64::Crc64::new();
         let mut md5 = want_md5.then(Md5::new);
         let mut n = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| Fail::ClientGone)?;
+        loop {
+            let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
+                Ok(Some(f)) => f.map_err(|_| Fail::ClientGone)?,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(OssError::new(
+                        400,
+                        "RequestTimeout",
+                        "Your socket connection to the server was not read from or written to within the timeout period.",
+                    )
+                    .into())
+                }
+            };
             let Ok(data) = frame.into_data() else {
                 continue;
             };
             let len = data.len() as u64;
+            if let Some(p) = pace.as_mut() {
+                p.after(len).await;
+            }
             if let Some(r) = reset_at {
                 if n + len > r {
                     self.stats
@@ -1117,6 +1209,13 @@ impl Shared {
         );
         h.insert(http::header::SERVER, HeaderValue::from_static("AliyunOSS"));
         self.stats.record(ctx.op, resp.status().as_str());
+        tracing::debug!(
+            op = ctx.op,
+            bucket = ctx.bucket(),
+            status = resp.status().as_u16(),
+            request_id = %ctx.request_id,
+            "request"
+        );
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
@@ -1166,7 +1265,8 @@ impl Shared {
                 .ec("0003-00000405"),
             );
         }
-        let op = classify(&parts.method, bucket.is_some(), &key, &query);
+        let copy = parts.headers.contains_key("x-oss-copy-source");
+        let op = classify(&parts.method, bucket.is_some(), &key, &query, copy);
         Ctx {
             request_id: new_request_id(),
             host_id: host.to_string(),
@@ -1333,7 +1433,10 @@ impl Shared {
                 );
             }
             Some(FaultKind::Reset)
-                if !matches!(ctx.op, "GetObject" | "PutObject" | "UploadPart") =>
+                if !matches!(
+                    ctx.op,
+                    "GetObject" | "PutObject" | "UploadPart" | "CompleteMultipartUpload"
+                ) =>
             {
                 return Err(Fail::Reset);
             }
@@ -1389,7 +1492,17 @@ impl Shared {
             }
             "InitiateMultipartUpload" => self.initiate(ctx),
             "UploadPart" => self.upload_part(ctx, body, plan).await,
-            "CompleteMultipartUpload" => self.complete(ctx, body).await,
+            "CompleteMultipartUpload" => {
+                // A reset here models a lost Complete response: the upload is completed, then
+                // the connection drops before the client hears about it.
+                let r = self.complete(ctx, body).await;
+                match (r, plan.map(|p| p.kind)) {
+                    (Ok(_), Some(FaultKind::Reset)) => Err(Fail::Reset),
+                    (r, _) => r,
+                }
+            }
+            "UploadPartCopy" => self.upload_part_copy(ctx, &principal).await,
+            "CopyObject" => self.copy_object(ctx, &principal).await,
             "AbortMultipartUpload" => {
                 let id = ctx.q("uploadId").unwrap_or_default();
                 let mut st = self.lock();
@@ -1709,12 +1822,13 @@ impl Shared {
             .into());
         }
         let pre = (|| -> Result<_, OssError> {
+            missing_length(ctx)?;
             let sc = storage_class(&ctx.headers)?;
             let md5 = parse_content_md5(ctx)?;
             self.check_forbid_overwrite(ctx, "0026-00000201")?;
-            Ok((sc, md5))
+            Ok((sc, md5, traffic_limit(ctx)?))
         })();
-        let (sc, expected_md5) = match pre {
+        let (sc, expected_md5, limit) = match pre {
             Ok(x) => x,
             Err(e) => {
                 self.drain(body).await;
@@ -1728,6 +1842,7 @@ impl Shared {
                 discard,
                 !discard || expected_md5.is_some(),
                 reset_point(plan, ctx),
+                limit,
             )
             .await?;
         check_md5(expected_md5, rcv.md5)?;
@@ -1861,6 +1976,7 @@ impl Shared {
             .h("x-oss-range-behavior")
             .is_some_and(|v| v.eq_ignore_ascii_case("standard"));
         let outcome = range::resolve(ctx.h("range"), standard, obj.size);
+        let limit = traffic_limit(ctx)?;
         let (status, start, end) = match outcome {
             RangeOutcome::Full => (200, 0, obj.size),
             RangeOutcome::Partial { first, last } => (206, first, last + 1),
@@ -1926,7 +2042,7 @@ impl Shared {
         }
         let len = end - start;
         let inner = store::content_stream(obj.content, start, end);
-        let faulted = faulty(inner, plan, len, reset.clone());
+        let faulted = paced(faulty(inner, plan, len, reset.clone()), limit);
         let counter = self.stats.bytes_out.clone();
         let counted = faulted
             .inspect(move |r| {
@@ -1982,32 +2098,266 @@ impl Shared {
         }
     }
 
-    async fn upload_part(&self, ctx: &Ctx, body: Incoming, plan: Option<FaultPlan>) -> Res {
-        let pre = (|| -> Result<_, OssError> {
-            if ctx.h("x-oss-copy-source").is_some() {
+    /// Resolves `x-oss-copy-source` (+ range and conditionals) to the source object and span.
+    fn copy_source(
+        &self,
+        ctx: &Ctx,
+        p: &Principal,
+        with_range: bool,
+    ) -> Result<(Object, u64, u64), OssError> {
+        let raw = ctx.h("x-oss-copy-source").unwrap_or_default();
+        let raw = raw.split('?').next().unwrap_or_default().replace('+', " ");
+        let decoded = percent_encoding::percent_decode_str(&raw)
+            .decode_utf8_lossy()
+            .into_owned();
+        let path = decoded.strip_prefix('/').unwrap_or(&decoded);
+        let Some((sb, sk)) = path
+            .split_once('/')
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        else {
+            return Err(
+                invalid_argument("x-oss-copy-source must be /<bucket>/<key>.")
+                    .with("ArgumentName", "x-oss-copy-source")
+                    .with("ArgumentValue", raw.clone()),
+            );
+        };
+        if let Some(region) = self.remote.get(sb) {
+            return Err(OssError::new(
+                403,
+                "AccessDenied",
+                format!(
+                    "Cross-region copy is not supported: source bucket {sb} is in {region}, this endpoint serves {}.",
+                    self.region
+                ),
+            ));
+        }
+        let (obj, discard) = {
+            let st = self.lock();
+            let Some(b) = st.buckets.get(sb) else {
                 return Err(OssError::new(
-                    501,
-                    "NotImplemented",
-                    "The simulator does not implement UploadPartCopy.",
+                    404,
+                    "NoSuchBucket",
+                    "The specified bucket does not exist.",
+                )
+                .with("BucketName", sb)
+                .ec("0015-00000101"));
+            };
+            if b.account != p.account {
+                return Err(OssError::new(
+                    403,
+                    "AccessDenied",
+                    "You have no right to access the copy source because of bucket acl.",
                 ));
             }
-            let number = match ctx.q("partNumber") {
+            match b.objects.get(sk) {
+                Some(o) => (o.clone(), b.discard),
                 None => {
-                    return Err(invalid_argument("Unexpected query string parameter")
-                        .with("ArgumentName", "partNumber"))
+                    return Err(OssError::new(
+                        404,
+                        "NoSuchKey",
+                        "The specified key does not exist.",
+                    )
+                    .with("Key", sk)
+                    .ec("0026-00000001"))
                 }
-                Some(v) => match v.parse::<u32>() {
-                    Ok(n) if (1..=10_000).contains(&n) => n,
-                    _ => {
-                        return Err(invalid_argument(
-                            "Part number must be an integer between 1 and 10000, inclusive.",
-                        )
-                        .with("ArgumentName", "PartNumber")
-                        .with("ArgumentValue", v)
-                        .ec("0042-00000207"))
-                    }
+            }
+        };
+        if discard {
+            return Err(OssError::new(
+                403,
+                "AccessDenied",
+                "discard bucket: content not kept, it cannot be a copy source.",
+            ));
+        }
+        let etag_eq = |v: &str| {
+            v.split(',').any(|e| {
+                e.trim() == "*" || e.trim().trim_matches('"').eq_ignore_ascii_case(&obj.etag)
+            })
+        };
+        let date = |name: &str| ctx.h(name).and_then(|v| httpdate::parse_http_date(v).ok());
+        // Unlike GetObject, a copy cannot answer 304; every failed condition is a 412.
+        if ctx
+            .h("x-oss-copy-source-if-match")
+            .is_some_and(|v| !etag_eq(v))
+            || ctx
+                .h("x-oss-copy-source-if-none-match")
+                .is_some_and(etag_eq)
+            || date("x-oss-copy-source-if-unmodified-since").is_some_and(|d| obj.last_modified > d)
+            || date("x-oss-copy-source-if-modified-since").is_some_and(|d| obj.last_modified <= d)
+        {
+            return Err(OssError::new(
+                412,
+                "PreconditionFailed",
+                "At least one of the pre-conditions you specified did not hold",
+            )
+            .ec("0017-00001001"));
+        }
+        let (start, end) = match ctx.h("x-oss-copy-source-range").filter(|_| with_range) {
+            None => (0, obj.size),
+            Some(r) => match range::resolve(Some(r), false, obj.size) {
+                RangeOutcome::Partial { first, last } => (first, last + 1),
+                _ => {
+                    return Err(invalid_argument(format!(
+                        "x-oss-copy-source-range {r:?} is not bytes=<first>-<last> within the {}-byte source.",
+                        obj.size
+                    ))
+                    .with("ArgumentName", "x-oss-copy-source-range")
+                    .with("ArgumentValue", r))
+                }
+            },
+        };
+        Ok((obj, start, end))
+    }
+
+    /// Copies `[start, end)` of `content` into a new stored segment, hashing on the way.
+    async fn copy_bytes(
+        &self,
+        content: Content,
+        start: u64,
+        end: u64,
+        discard: bool,
+    ) -> Result<Received, Fail> {
+        let mut sink = Sink::open(self.blob_dir.as_deref(), discard)
+            .await
+            .map_err(internal)?;
+        let mut crc = crc64::Crc64::new();
+        let mut md5 = (!discard).then(Md5::new);
+        let mut src = store::content_stream(content, start, end);
+        while let Some(chunk) = src.next().await {
+            let chunk = chunk.map_err(internal)?;
+            crc.update(&chunk);
+            if let Some(m) = md5.as_mut() {
+                m.update(&chunk);
+            }
+            sink.write(chunk).await.map_err(internal)?;
+        }
+        let segment = sink.finish().await.map_err(internal)?;
+        Ok(Received {
+            size: crc.len(),
+            crc: crc.sum(),
+            md5: md5.map(|m| m.finalize().into()),
+            segment,
+        })
+    }
+
+    async fn upload_part_copy(&self, ctx: &Ctx, p: &Principal) -> Res {
+        let number = part_number(ctx)?;
+        let id = self
+            .upload_matches(ctx)
+            .map_err(|e| e.ec("0042-00000311"))?;
+        let (src, start, end) = self.copy_source(ctx, p, true)?;
+        if end - start > MAX_PUT {
+            return Err(
+                OssError::new(400, "EntityTooLarge", "A part may not exceed 5 GiB.").into(),
+            );
+        }
+        let discard = self.is_discard(ctx.bucket());
+        let rcv = self.copy_bytes(src.content, start, end, discard).await?;
+        let etag = match rcv.md5 {
+            Some(m) => upper_hex(&m),
+            None => discard_etag(rcv.crc, rcv.size),
+        };
+        let now = secs(ctx.now);
+        {
+            let mut st = self.lock();
+            let u = st
+                .uploads
+                .get_mut(&id)
+                .ok_or_else(|| no_such_upload().ec("0042-00000311"))?;
+            u.parts.insert(
+                number,
+                Part {
+                    size: rcv.size,
+                    crc: rcv.crc,
+                    etag: etag.clone(),
+                    last_modified: now,
+                    data: rcv.segment,
                 },
-            };
+            );
+        }
+        let body = format!(
+            "{}<CopyPartResult>{}{}</CopyPartResult>",
+            xml::DECL,
+            el("LastModified", &iso(now)),
+            el("ETag", &quoted(&etag))
+        );
+        let (k, v) = crc_header(rcv.crc);
+        Ok(response(200)
+            .header("content-type", "application/xml")
+            .header("etag", quoted(&etag))
+            .header(k, v)
+            .body(full(body))
+            .expect("valid"))
+    }
+
+    async fn copy_object(&self, ctx: &Ctx, p: &Principal) -> Res {
+        let (src, start, end) = self.copy_source(ctx, p, false)?;
+        if end - start > MAX_PUT {
+            return Err(OssError::new(
+                400,
+                "EntityTooLarge",
+                "The copy source exceeds 5 GiB; use multipart upload with UploadPartCopy.",
+            )
+            .into());
+        }
+        self.check_forbid_overwrite(ctx, "0026-00000201")?;
+        let replace = ctx
+            .h("x-oss-metadata-directive")
+            .is_some_and(|v| v.eq_ignore_ascii_case("REPLACE"));
+        let headers = if replace {
+            kept_headers(&ctx.headers, &ctx.key)
+        } else {
+            src.headers.clone()
+        };
+        let sc = match ctx.h("x-oss-storage-class") {
+            Some(_) => storage_class(&ctx.headers)?,
+            None => src.storage_class.clone(),
+        };
+        let discard = self.is_discard(ctx.bucket());
+        let rcv = self.copy_bytes(src.content, start, end, discard).await?;
+        let etag = match rcv.md5 {
+            Some(m) => upper_hex(&m),
+            None => discard_etag(rcv.crc, rcv.size),
+        };
+        let now = secs(ctx.now);
+        let obj = Object {
+            size: rcv.size,
+            crc: rcv.crc,
+            etag: etag.clone(),
+            last_modified: now,
+            object_type: "Normal",
+            storage_class: sc,
+            headers,
+            content: match rcv.segment {
+                Some(s) => Content::Stored(vec![s]),
+                None => Content::Discarded,
+            },
+        };
+        self.lock()
+            .buckets
+            .get_mut(ctx.bucket())
+            .ok_or_else(|| internal("bucket vanished"))?
+            .objects
+            .insert(ctx.key.clone(), obj);
+        let body = format!(
+            "{}<CopyObjectResult>{}{}</CopyObjectResult>",
+            xml::DECL,
+            el("ETag", &quoted(&etag)),
+            el("LastModified", &iso(now))
+        );
+        let (k, v) = crc_header(rcv.crc);
+        Ok(response(200)
+            .header("content-type", "application/xml")
+            .header("etag", quoted(&etag))
+            .header(k, v)
+            .body(full(body))
+            .expect("valid"))
+    }
+
+    async fn upload_part(&self, ctx: &Ctx, body: Incoming, plan: Option<FaultPlan>) -> Res {
+        let pre = (|| -> Result<_, OssError> {
+            missing_length(ctx)?;
+            let number = part_number(ctx)?;
             if ctx
                 .h("content-length")
                 .and_then(|v| v.parse::<u64>().ok())
@@ -2022,9 +2372,9 @@ impl Shared {
             let id = self
                 .upload_matches(ctx)
                 .map_err(|e| e.ec("0042-00000104"))?;
-            Ok((number, id, parse_content_md5(ctx)?))
+            Ok((number, id, parse_content_md5(ctx)?, traffic_limit(ctx)?))
         })();
-        let (number, id, expected_md5) = match pre {
+        let (number, id, expected_md5, limit) = match pre {
             Ok(x) => x,
             Err(e) => {
                 self.drain(body).await;
@@ -2038,6 +2388,7 @@ impl Shared {
                 discard,
                 !discard || expected_md5.is_some(),
                 reset_point(plan, ctx),
+                limit,
             )
             .await?;
         check_md5(expected_md5, rcv.md5)?;
@@ -2329,6 +2680,38 @@ impl Shared {
     }
 }
 
+fn part_number(ctx: &Ctx) -> Result<u32, OssError> {
+    match ctx.q("partNumber") {
+        None => Err(invalid_argument("Unexpected query string parameter")
+            .with("ArgumentName", "partNumber")),
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+            _ => Err(invalid_argument(
+                "Part number must be an integer between 1 and 10000, inclusive.",
+            )
+            .with("ArgumentName", "PartNumber")
+            .with("ArgumentValue", v)
+            .ec("0042-00000207")),
+        },
+    }
+}
+
+fn missing_length(ctx: &Ctx) -> Result<(), OssError> {
+    if ctx.h("content-length").is_none()
+        && !ctx
+            .h("transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
+        return Err(OssError::new(
+            411,
+            "MissingContentLength",
+            "You must provide the Content-Length HTTP header.",
+        )
+        .ec("0016-00000115"));
+    }
+    Ok(())
+}
+
 fn file_exists(ec: &'static str) -> OssError {
     OssError::new(
         409,
@@ -2440,39 +2823,51 @@ mod tests {
     fn operation_names() {
         let q = |s: &str| decode_query(s);
         assert_eq!(
-            classify(&Method::PUT, true, "k", &q("partNumber=1&uploadId=X")),
+            classify(
+                &Method::PUT,
+                true,
+                "k",
+                &q("partNumber=1&uploadId=X"),
+                false
+            ),
             "UploadPart"
         );
         assert_eq!(
-            classify(&Method::POST, true, "k", &q("uploads")),
+            classify(&Method::POST, true, "k", &q("uploads"), false),
             "InitiateMultipartUpload"
         );
         assert_eq!(
-            classify(&Method::POST, true, "k", &q("uploadId=X")),
+            classify(&Method::POST, true, "k", &q("uploadId=X"), false),
             "CompleteMultipartUpload"
         );
         assert_eq!(
-            classify(&Method::DELETE, true, "k", &q("uploadId=X")),
+            classify(&Method::DELETE, true, "k", &q("uploadId=X"), false),
             "AbortMultipartUpload"
         );
         assert_eq!(
-            classify(&Method::GET, true, "k", &q("uploadId=X")),
+            classify(&Method::GET, true, "k", &q("uploadId=X"), false),
             "ListParts"
         );
         assert_eq!(
-            classify(&Method::GET, true, "", &q("uploads")),
+            classify(&Method::GET, true, "", &q("uploads"), false),
             "ListMultipartUploads"
         );
         assert_eq!(
-            classify(&Method::GET, true, "", &q("list-type=2")),
+            classify(&Method::GET, true, "", &q("list-type=2"), false),
             "ListObjectsV2"
         );
         assert_eq!(
-            classify(&Method::PUT, true, "", &q("lifecycle")),
+            classify(&Method::PUT, true, "", &q("lifecycle"), false),
             "PutBucketLifecycle"
         );
-        assert_eq!(classify(&Method::GET, false, "", &q("")), "ListBuckets");
-        assert_eq!(classify(&Method::HEAD, true, "k", &q("")), "HeadObject");
+        assert_eq!(
+            classify(&Method::GET, false, "", &q(""), false),
+            "ListBuckets"
+        );
+        assert_eq!(
+            classify(&Method::HEAD, true, "k", &q(""), false),
+            "HeadObject"
+        );
     }
 
     #[test]
