@@ -33,10 +33,20 @@ async fn sim_with(size: u64, conn_rate: Option<u64>, latency_ms: u64) -> SimServ
     sim::start(SimConfig {
         accounts: vec![account()],
         buckets: vec![
-            SimBucket { name: "src".into(), account: "sim".into() },
-            SimBucket { name: "dst".into(), account: "sim".into() },
+            SimBucket {
+                name: "src".into(),
+                account: "sim".into(),
+            },
+            SimBucket {
+                name: "dst".into(),
+                account: "sim".into(),
+            },
         ],
-        synthetic: vec![SyntheticObject { bucket: "src".into(), key: "disk.raw".into(), size }],
+        synthetic: vec![SyntheticObject {
+            bucket: "src".into(),
+            key: "disk.raw".into(),
+            size,
+        }],
         discard: vec!["dst".into()],
         conn_rate,
         latency: Duration::from_millis(latency_ms),
@@ -48,14 +58,24 @@ async fn sim_with(size: u64, conn_rate: Option<u64>, latency_ms: u64) -> SimServ
 
 fn client(endpoint: String) -> OssClient {
     let creds = Arc::new(StaticProvider(Credentials::new("simak", "simsecret")));
-    OssClient::new(OssConfig::new(EndpointSpec::Url(endpoint), "cn-hangzhou", creds))
-        .expect("client")
+    OssClient::new(OssConfig::new(
+        EndpointSpec::Url(endpoint),
+        "cn-hangzhou",
+        creds,
+    ))
+    .expect("client")
 }
 
 async fn engine_copy(sim: &SimServer, concurrency: usize, part: u64) -> f64 {
     let c = client(sim.endpoint());
-    let src = Location { store: Arc::new(c.bucket("src")), key: "disk.raw".into() };
-    let dst = Location { store: Arc::new(c.bucket("dst")), key: "disk.raw".into() };
+    let src = Location {
+        store: Arc::new(c.bucket("src")),
+        key: "disk.raw".into(),
+    };
+    let dst = Location {
+        store: Arc::new(c.bucket("dst")),
+        key: "disk.raw".into(),
+    };
     let opts = CopyOptions {
         concurrency,
         part_size: Some(part),
@@ -63,9 +83,15 @@ async fn engine_copy(sim: &SimServer, concurrency: usize, part: u64) -> f64 {
         ..CopyOptions::default()
     };
     let t = Instant::now();
-    let s = transfer::copy(src, dst, opts, Arc::new(Progress::default()), CancellationToken::new())
-        .await
-        .expect("engine copy");
+    let s = transfer::copy(
+        src,
+        dst,
+        opts,
+        Arc::new(Progress::default()),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("engine copy");
     let secs = t.elapsed().as_secs_f64();
     s.bytes as f64 / secs
 }
@@ -86,9 +112,17 @@ async fn bare_pipe(sim: &SimServer, size: u64, concurrency: usize, part: u64) ->
             async move {
                 let off = i * part;
                 let len = part.min(size - off);
-                let body = ObjectStore::get_range(&*src, "disk.raw", off, off + len, None).await.unwrap();
-                let spec = PartSpec { number: i as u32 + 1, offset: off, len };
-                let up = ObjectStore::upload_part(&*dst, "bare.raw", &upload, spec, body).await.unwrap();
+                let body = ObjectStore::get_range(&*src, "disk.raw", off, off + len, None)
+                    .await
+                    .unwrap();
+                let spec = PartSpec {
+                    number: i as u32 + 1,
+                    offset: off,
+                    len,
+                };
+                let up = ObjectStore::upload_part(&*dst, "bare.raw", &upload, spec, body)
+                    .await
+                    .unwrap();
                 (spec.number, up.etag)
             }
         })
@@ -97,7 +131,9 @@ async fn bare_pipe(sim: &SimServer, size: u64, concurrency: usize, part: u64) ->
         .await;
     let mut results = results;
     results.sort_by_key(|p| p.0);
-    ObjectStore::complete(&*dst, "bare.raw", &upload, &results).await.unwrap();
+    ObjectStore::complete(&*dst, "bare.raw", &upload, &results)
+        .await
+        .unwrap();
     size as f64 / t.elapsed().as_secs_f64()
 }
 
@@ -109,10 +145,21 @@ fn copy_peak_rss(size: u64, part: u64) -> (u64, f64) {
     let t = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ossrelay"))
         .args([
-            "copy", "oss://src/disk.raw", "oss://dst/disk.raw",
-            "--src-endpoint", &sim.endpoint(), "--dst-endpoint", &sim.endpoint(),
-            "--part-size", &format!("{part}"), "--concurrency", "16", "--quiet", "--json",
-            "--state-dir", &dir.path().display().to_string(),
+            "copy",
+            "oss://src/disk.raw",
+            "oss://dst/disk.raw",
+            "--src-endpoint",
+            &sim.endpoint(),
+            "--dst-endpoint",
+            &sim.endpoint(),
+            "--part-size",
+            &format!("{part}"),
+            "--concurrency",
+            "16",
+            "--quiet",
+            "--json",
+            "--state-dir",
+            &dir.path().display().to_string(),
         ])
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", "simak")
         .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "simsecret")
@@ -147,7 +194,9 @@ fn copy_peak_rss(size: u64, part: u64) -> (u64, f64) {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!("machine: {cpus} CPUs, {}", std::env::consts::ARCH);
 
     // 1. WAN model.

@@ -117,7 +117,9 @@ pub async fn run(args: CopyArgs) -> i32 {
         Err(e) => return usage(format!("destination: {e}")),
     };
     if matches!(&src, ObjectUrl::Oss { key, .. } if key.is_empty() || key.ends_with('/')) {
-        return usage(format!("source {src} does not name an object: give oss://BUCKET/KEY"));
+        return usage(format!(
+            "source {src} does not name an object: give oss://BUCKET/KEY"
+        ));
     }
     if args.concurrency == 0 {
         return usage("--concurrency must be at least 1");

@@ -153,7 +153,10 @@ async fn list(bucket: &OssBucket, name: &str, prefix: &str, json: bool) -> Resul
         }
     }
     if !json {
-        eprintln!("{} open multipart upload(s) under oss://{name}/{prefix}", uploads.len());
+        eprintln!(
+            "{} open multipart upload(s) under oss://{name}/{prefix}",
+            uploads.len()
+        );
     }
     Ok(())
 }
@@ -193,13 +196,18 @@ async fn abort(
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("warning: cannot abort oss://{name}/{} {}: {e}", u.key, u.upload_id);
+                eprintln!(
+                    "warning: cannot abort oss://{name}/{} {}: {e}",
+                    u.key, u.upload_id
+                );
             }
         }
     }
     eprintln!("{aborted} upload(s) aborted under oss://{name}/{prefix}");
     if failed > 0 {
-        return Err(format!("{failed} upload(s) could not be aborted; rerun to retry"));
+        return Err(format!(
+            "{failed} upload(s) could not be aborted; rerun to retry"
+        ));
     }
     Ok(())
 }

@@ -13,8 +13,7 @@ pub fn merge_abort_rule(cfg: &mut LifecycleConfiguration, prefix: &str, days: u3
     let covered = cfg.rules.iter().any(|r| {
         r.status.eq_ignore_ascii_case("Enabled")
             && r.prefix.as_deref().unwrap_or("") == prefix
-            && r
-                .abort_multipart_upload
+            && r.abort_multipart_upload
                 .as_ref()
                 .and_then(|a| a.days)
                 .is_some_and(|d| d <= days)
@@ -78,9 +77,18 @@ mod tests {
             cfg.rules[1].abort_multipart_upload.as_ref().unwrap().days,
             Some(3)
         );
-        assert!(!merge_abort_rule(&mut cfg, "exports/", 3), "already covered");
-        assert!(!merge_abort_rule(&mut cfg, "exports/", 5), "a shorter rule covers it");
-        assert!(merge_abort_rule(&mut cfg, "exports/", 1), "tighter replaces ours");
+        assert!(
+            !merge_abort_rule(&mut cfg, "exports/", 3),
+            "already covered"
+        );
+        assert!(
+            !merge_abort_rule(&mut cfg, "exports/", 5),
+            "a shorter rule covers it"
+        );
+        assert!(
+            merge_abort_rule(&mut cfg, "exports/", 1),
+            "tighter replaces ours"
+        );
         assert_eq!(cfg.rules.len(), 2);
         assert_eq!(
             cfg.rules[1].abort_multipart_upload.as_ref().unwrap().days,

@@ -38,7 +38,10 @@ pub struct World {
 }
 
 impl World {
-    pub async fn new(src_cfg: impl FnOnce(&mut SimConfig), dst_cfg: impl FnOnce(&mut SimConfig)) -> Self {
+    pub async fn new(
+        src_cfg: impl FnOnce(&mut SimConfig),
+        dst_cfg: impl FnOnce(&mut SimConfig),
+    ) -> Self {
         let mut s = SimConfig {
             region: SRC_REGION.into(),
             // Accounts are global in the cloud: both simulated regions know both of them.
@@ -135,7 +138,10 @@ pub fn command_in(dir: &Path, args: &[String]) -> Command {
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", dir)
         .env("ALIBABA_CLOUD_CONFIG_FILE", dir.join("config.json"))
-        .env("ALIBABA_CLOUD_CREDENTIALS_FILE", dir.join("no-such-credentials"))
+        .env(
+            "ALIBABA_CLOUD_CREDENTIALS_FILE",
+            dir.join("no-such-credentials"),
+        )
         .env("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -154,9 +160,10 @@ pub fn stderr(o: &Output) -> String {
 /// Parses the `--json` summary line.
 pub fn summary(o: &Output) -> serde_json::Value {
     let out = stdout(o);
-    let line = out.lines().last().unwrap_or_else(|| {
-        panic!("no JSON summary on stdout; stderr: {}", stderr(o))
-    });
+    let line = out
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no JSON summary on stdout; stderr: {}", stderr(o)));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
 }
 
