@@ -2,7 +2,7 @@
 //! streamed straight into UploadParts, with no CRC, accounting or state), both over in-memory
 //! stores that copy every chunk once on each side, as socket reads and writes would.
 //!
-//! `cargo run --release --example relay_throughput -- [GiB] [concurrency]`
+//! `cargo run --release --example relay_throughput -- [GiB] [concurrency] [part MiB]`
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -220,13 +220,30 @@ async fn bare_pipe(src: Arc<Source>, dst: Arc<Sink>, part: u64, concurrency: usi
     }
 }
 
+/// VmHWM from /proc (Linux); 0 elsewhere.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let gib: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(4);
     let concurrency: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(16);
     let size = gib << 30;
-    let part = 64 << 20;
+    let part: u64 = args
+        .get(3)
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(64)
+        << 20;
     let pattern = Bytes::from(
         (0..CHUNK)
             .map(|i| (i * 31 % 251) as u8)
@@ -271,6 +288,7 @@ async fn main() {
         best_bare = best_bare.max(bare);
         best_engine = best_engine.max(engine);
     }
+    println!("peak RSS of the process: {} MiB", peak_rss_kib() / 1024);
     println!(
         "best: bare {:.2} GB/s, engine {:.2} GB/s ({:.0} % of the bare pipe)",
         best_bare / 1e9,

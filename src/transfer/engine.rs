@@ -815,8 +815,10 @@ async fn run_parts(
             biased;
             _ = cancel.cancelled(), if !stopping => Event::Cancel,
             _ = tokio::time::sleep_until(grace.unwrap_or_else(Instant::now)), if grace.is_some() => Event::GraceOver,
-            Some(r) = set.join_next() => Event::Joined(r),
+            // Before joins: a finished write must start the next one promptly, or acks pile
+            // up unsaved while parts keep completing.
             r = keeper.wait_write(), if keeper.is_writing() => Event::Wrote(r),
+            Some(r) = set.join_next() => Event::Joined(r),
             else => Event::Idle,
         };
         match ev {

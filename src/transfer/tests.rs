@@ -503,12 +503,15 @@ async fn resumes_after_the_process_dies() {
     drop(fut);
     // Let the background state write land (the kill -9 equivalent may lose the latest acks,
     // which are then simply sent again).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let path = state::state_path(dir.path(), "mem://src/obj", "mem://dst/copy");
+    let saved = state::load(&path).unwrap().expect("state on disk");
+    assert!(!saved.parts.is_empty());
     e.dst.clear_faults();
     e.dst.reset_part_uploads();
     let s = e.run(o).await.0.unwrap();
     e.assert_copied(&s);
-    assert!(s.resumed_bytes >= 4 * PART, "resumed {}", s.resumed_bytes);
+    assert_eq!(s.resumed_bytes, saved.parts.len() as u64 * PART);
     let sent: u32 = (1..=20).map(|n| e.dst.part_uploads(n)).sum();
     assert_eq!(sent as u64, 20 - s.resumed_bytes / PART);
 }
@@ -751,4 +754,70 @@ async fn bad_options_are_rejected() {
         err.to_string().contains("cannot read mem://empty/obj"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn shrunk_source_discards_the_old_multipart_upload() {
+    let e = env(12 * PART);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    interrupted(&e, o.clone(), 2).await;
+    assert_eq!(e.dst.open_uploads(), 1);
+    let e = Env {
+        bytes: data(1000, 3),
+        ..e
+    };
+    e.src.insert("obj", e.bytes.clone());
+    let s = e.run(o).await.0.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(s.parts, 0);
+    assert_eq!(e.dst.open_uploads(), 0, "the old upload was aborted");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn resume_keeps_the_recorded_part_size() {
+    let e = env(12 * PART);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    interrupted(&e, o.clone(), 3).await;
+    e.dst.clear_faults();
+    let s = e
+        .run(CopyOptions {
+            part_size: Some(3 * PART),
+            ..o
+        })
+        .await
+        .0
+        .unwrap();
+    e.assert_copied(&s);
+    assert_eq!(s.part_size, PART, "the interrupted upload's plan wins");
+    assert!(s.resumed_bytes >= 3 * PART);
+}
+
+#[tokio::test]
+async fn cancelled_before_start_sends_nothing() {
+    let e = env(8 * PART);
+    let (s, d) = e.locs();
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let err = copy(s, d, opts(), Progress::new(), cancel)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        TransferError::Interrupted { state_file: None }
+    ));
+    assert_eq!(e.dst.calls(Op::UploadPart), 0);
+    assert_eq!(e.dst.open_uploads(), 0);
 }
