@@ -821,3 +821,62 @@ async fn cancelled_before_start_sends_nothing() {
     assert_eq!(e.dst.calls(Op::UploadPart), 0);
     assert_eq!(e.dst.open_uploads(), 0);
 }
+
+#[tokio::test]
+async fn survives_random_faults_everywhere() {
+    let e = env(30 * PART + 99);
+    for (op, class) in [
+        (Op::Get, ErrorClass::Transient),
+        (Op::UploadPart, ErrorClass::Transient),
+        (Op::UploadPart, ErrorClass::Throttled),
+    ] {
+        let store = if op == Op::Get { &e.src } else { &e.dst };
+        store.inject(FaultRule::new(op, Fault::Error(class)).probability(0.1));
+    }
+    e.src
+        .inject(FaultRule::new(Op::Get, Fault::Break { after: 50_000 }).probability(0.1));
+    e.dst
+        .inject(FaultRule::new(Op::UploadPart, Fault::WrongCrc).probability(0.05));
+    let o = CopyOptions {
+        concurrency: 8,
+        max_attempts: 30,
+        ..opts()
+    };
+    let (r, p) = e.run(o).await;
+    e.assert_copied(&r.unwrap());
+    assert_eq!(p.parts_done.load(Relaxed), 31);
+}
+
+#[tokio::test]
+async fn local_source_changed_mid_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.raw");
+    std::fs::write(&path, data(10 * PART, 1)).unwrap();
+    let mem = MemoryStore::new("m");
+    mem.inject(FaultRule::new(
+        Op::UploadPart,
+        Fault::Delay(Duration::from_millis(20)),
+    ));
+    let p = Progress::new();
+    let o = CopyOptions {
+        concurrency: 2,
+        ..opts()
+    };
+    let run = copy(
+        Location::new(Arc::new(LocalFile::new(&path)), ""),
+        Location::new(mem.clone() as Arc<dyn ObjectStore>, "k"),
+        o,
+        p.clone(),
+        CancellationToken::new(),
+    );
+    let (r, _) = tokio::join!(run, async {
+        while p.parts_done.load(Relaxed) < 2 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        std::fs::write(&path, data(10 * PART + 1, 2)).unwrap();
+    });
+    let err = r.unwrap_err();
+    assert!(matches!(err, TransferError::SourceChanged { .. }), "{err}");
+    assert_eq!(mem.open_uploads(), 0);
+    assert!(mem.object("k").is_none());
+}
