@@ -151,6 +151,8 @@ async fn run(
         idle_timeout: opts.idle_timeout,
         request_timeout: opts.request_timeout,
         chunk_size: opts.chunk_size,
+        // Small against the budget, so withheld bytes never starve other parts for long.
+        release_batch: (opts.memory / (4 * opts.concurrency as u64)).clamp(1, 256 * 1024) as u32,
     };
     let ctx = Arc::new(Ctx {
         src_desc: src.describe(),
@@ -161,7 +163,10 @@ async fn run(
         progress: progress.clone(),
         pipe,
     });
-    let _gauges = AbortOnDropHandle::new(tokio::spawn(publish_gauges(progress.clone())));
+    let _gauges = AbortOnDropHandle::new(tokio::spawn(publish_gauges(
+        progress.clone(),
+        ctx.pipe.budget.clone(),
+    )));
 
     let meta: Result<ObjectMeta, StoreError> = control!(
         &ctx,
@@ -187,11 +192,12 @@ async fn run(
 
     let out = if meta.size < part_size {
         discard_stale_state(&ctx).await?;
-        single_put(&ctx, &meta, &put_opts, &cancel).await?
+        single_put(&ctx, &meta, &put_opts, &cancel).await
     } else {
-        multipart(&ctx, &meta, part_size, &put_opts, &cancel).await?
+        multipart(&ctx, &meta, part_size, &put_opts, &cancel).await
     };
-    publish_now(&progress);
+    publish_now(&progress, &ctx.pipe.budget);
+    let out = out?;
     let seconds = started.elapsed().as_secs_f64();
     let moved = meta.size - out.resumed_bytes;
     let summary = CopySummary {
@@ -222,15 +228,16 @@ async fn run(
 }
 
 /// Gauges are sampled, not updated per chunk, to keep the hot path free of metric calls.
-async fn publish_gauges(progress: Arc<Progress>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+async fn publish_gauges(progress: Arc<Progress>, budget: Arc<MemoryBudget>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
-        publish_now(&progress);
+        publish_now(&progress, &budget);
     }
 }
 
-fn publish_now(p: &Progress) {
+fn publish_now(p: &Progress, budget: &MemoryBudget) {
+    p.buffered_bytes.store(budget.in_use(), Relaxed);
     metrics::gauge!(m::INFLIGHT_PARTS).set(p.inflight_parts.load(Relaxed) as f64);
     metrics::gauge!(m::BUFFERED_BYTES).set(p.buffered_bytes.load(Relaxed) as f64);
     metrics::gauge!(m::CONCURRENCY_LIMIT).set(p.concurrency_limit.load(Relaxed) as f64);

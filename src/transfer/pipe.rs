@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::crc64::Crc64;
 use crate::store::{ByteStream, ErrorClass, StoreError, Uploaded};
 
-use super::budget::{BudgetPermit, MemoryBudget, TokenBucket};
+use super::budget::{MemoryBudget, TokenBucket};
 use super::Location;
 
 /// Bytes one part may queue between its GET and its upload (the channel depth is derived from
@@ -34,6 +34,8 @@ pub(crate) struct PipeCtx {
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
     pub chunk_size: usize,
+    /// Consumed bytes a body may keep charged before giving them back in one go.
+    pub release_batch: u32,
 }
 
 /// Which side of the pipe failed.
@@ -83,7 +85,8 @@ pub(crate) struct Piped {
     pub uploaded: Uploaded,
 }
 
-type Item = Result<(Bytes, BudgetPermit), StoreError>;
+/// A chunk and the budget bytes it carries (released by whoever ends up holding it).
+type Item = Result<(Bytes, u32), StoreError>;
 
 /// Streams source bytes `[start, end)` into `upload`. With `expected_crc`, the last chunk is
 /// withheld (and the upload failed) if the range's CRC-64 differs, so a whole-object PUT never
@@ -106,7 +109,9 @@ where
     let body_done = Arc::new(Notify::new());
     let body: ByteStream = Box::pin(Body {
         rx,
-        held: None,
+        held: 0,
+        release_batch: ctx.release_batch,
+        budget: ctx.budget.clone(),
         done: body_done.clone(),
     });
 
@@ -223,9 +228,12 @@ async fn feed(
     let max_chunk = (ctx.chunk_size as u64).min(ctx.budget.max_chunk()).max(1) as usize;
     let mut crc = Crc64::new();
     let mut got = 0u64;
-    // One timer for the whole stream, re-armed per chunk (no allocation per chunk).
+    // One timer for the whole stream, and no clock read per chunk: chunks only set `active`;
+    // when the timer fires it is re-armed if anything moved during the last period, so a
+    // stall is detected after between one and two idle periods.
     let idle = tokio::time::sleep(ctx.idle_timeout);
     tokio::pin!(idle);
+    let mut active = false;
     // Sends an error into the body so the upload fails too, then reports it.
     macro_rules! fail {
         ($e:expr) => {{
@@ -235,14 +243,21 @@ async fn feed(
         }};
     }
     loop {
-        idle.as_mut().reset(Instant::now() + ctx.idle_timeout);
-        let next = tokio::select! {
-            biased;
-            n = stream.next() => n,
-            _ = &mut idle => fail!(PipeError::src(StoreError::transient(format!(
-                "the source sent nothing for {:?}", ctx.idle_timeout
-            ))).with_reason("timeout")),
+        let next = loop {
+            tokio::select! {
+                biased;
+                n = stream.next() => break n,
+                _ = &mut idle => {
+                    if !std::mem::take(&mut active) {
+                        fail!(PipeError::src(StoreError::transient(format!(
+                            "the source sent nothing for {:?}", ctx.idle_timeout
+                        ))).with_reason("timeout"));
+                    }
+                    idle.as_mut().reset(Instant::now() + ctx.idle_timeout);
+                }
+            }
         };
+        active = true;
         let mut chunk = match next {
             None => break,
             Some(Ok(b)) => b,
@@ -275,15 +290,40 @@ async fn feed(
             if let Some(bw) = &ctx.bandwidth {
                 bw.acquire(piece.len() as u64).await;
             }
+            // Held by this guard until the channel owns the chunk (a failed or dropped send
+            // gives it back); from then on the body releases it.
             let permit = ctx.budget.acquire(piece.len() as u64).await;
-            idle.as_mut().reset(Instant::now() + ctx.idle_timeout);
-            tokio::select! {
-                biased;
-                r = tx.send(Ok((piece, permit))) => if r.is_err() { return Err(FeedError::Gone) },
-                _ = &mut idle => fail!(PipeError::dst(StoreError::transient(format!(
-                    "the destination took no data for {:?}", ctx.idle_timeout
-                ))).with_reason("timeout")),
+            let weight = permit.bytes();
+            // Common case first: room in the buffer, no timer needed.
+            let piece = match tx.try_send(Ok((piece, weight))) {
+                Ok(()) => {
+                    permit.hand_over();
+                    continue;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(FeedError::Gone),
+                Err(mpsc::error::TrySendError::Full(item)) => item,
+            };
+            let send = tx.send(piece);
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut send => match r {
+                        Ok(()) => break,
+                        Err(_) => return Err(FeedError::Gone),
+                    },
+                    _ = &mut idle => {
+                        if !std::mem::take(&mut active) {
+                            fail!(PipeError::dst(StoreError::transient(format!(
+                                "the destination took no data for {:?}", ctx.idle_timeout
+                            ))).with_reason("timeout"));
+                        }
+                        idle.as_mut().reset(Instant::now() + ctx.idle_timeout);
+                    }
+                }
             }
+            permit.hand_over();
+            active = true;
         }
     }
     if got != len {
@@ -295,30 +335,67 @@ async fn feed(
     Ok(crc.sum())
 }
 
-/// The upload body: yields the channel's chunks and holds each chunk's permit until the
-/// consumer comes back for more.
+/// The upload body: yields the channel's chunks and keeps each chunk's budget bytes until the
+/// consumer comes back for more; on drop it gives back everything still queued.
 struct Body {
     rx: mpsc::Receiver<Item>,
-    held: Option<BudgetPermit>,
+    /// Budget bytes of consumed chunks not yet given back: released in batches (one
+    /// semaphore lock per batch, not per chunk), and always before the body waits.
+    held: u32,
+    release_batch: u32,
+    budget: Arc<MemoryBudget>,
     done: Arc<Notify>,
+}
+
+impl Body {
+    fn release_held(&mut self) {
+        if self.held > 0 {
+            self.budget.release(self.held);
+            self.held = 0;
+        }
+    }
 }
 
 impl Stream for Body {
     type Item = Result<Bytes, StoreError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.held = None;
+        // The consumer is back for more: the previous chunk is consumed.
+        if self.held >= self.release_batch {
+            self.release_held();
+        }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(Ok((b, permit)))) => {
-                self.held = Some(permit);
+            Poll::Ready(Some(Ok((b, weight)))) => {
+                self.held = self.held.saturating_add(weight);
                 Poll::Ready(Some(Ok(b)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Err(e))) => {
+                self.release_held();
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(None) => {
+                self.release_held();
                 self.done.notify_one();
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // Never wait while holding bytes: the feeder may be waiting for them.
+                self.release_held();
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        self.release_held();
+        // No new chunks after close; queued ones still carry budget bytes.
+        self.rx.close();
+        while let Ok(item) = self.rx.try_recv() {
+            if let Ok((_, weight)) = item {
+                self.budget.release(weight);
+            }
         }
     }
 }

@@ -25,7 +25,7 @@ pub struct Progress {
     pub lowest_concurrency_limit: AtomicU64,
     /// Retried parts and requests.
     pub retries: AtomicU64,
-    /// Bytes currently held in buffers between downloads and uploads.
+    /// Bytes held in buffers between downloads and uploads (sampled twice a second).
     pub buffered_bytes: AtomicU64,
     /// High-water mark of `buffered_bytes`.
     pub peak_buffered_bytes: AtomicU64,
