@@ -277,8 +277,9 @@ async fn main() {
         .await
         .expect("copy");
         println!(
-            "engine {:.2} GB/s",
-            size as f64 / t.elapsed().as_secs_f64() / 1e9
+            "engine {:.2} GB/s, peak RSS {} MiB",
+            size as f64 / t.elapsed().as_secs_f64() / 1e9,
+            peak_rss_kib() / 1024
         );
         return;
     }
