@@ -469,6 +469,12 @@ async fn multipart(
         .as_ref()
         .map(|d| state::state_path(d, &ctx.src_desc, &ctx.dst_desc));
 
+    // One copy per pair at a time: two would share (and wreck) one upload.
+    let _lock = match &state_path {
+        Some(p) => Some(state::lock(p)?),
+        None => None,
+    };
+
     // 1. Look for a previous run.
     let mut previous = None;
     if let Some(path) = &state_path {

@@ -880,3 +880,25 @@ async fn local_source_changed_mid_copy() {
     assert_eq!(mem.open_uploads(), 0);
     assert!(mem.object("k").is_none());
 }
+
+#[tokio::test]
+async fn the_same_pair_cannot_run_twice_at_once() {
+    let e = env(8 * PART);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 1,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let (s, d) = e.locs();
+    let p = Progress::new();
+    let first = tokio::spawn(copy(s, d, o.clone(), p.clone(), CancellationToken::new()));
+    while p.parts_done.load(Relaxed) < 1 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let err = e.run(o).await.0.unwrap_err();
+    assert!(matches!(err, TransferError::State(_)), "{err}");
+    assert!(err.to_string().contains("another copy"), "{err}");
+    e.assert_copied(&first.await.unwrap().unwrap());
+}
