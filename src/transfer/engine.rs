@@ -96,9 +96,13 @@ impl Ctx {
         self.progress.retries.fetch_add(1, Relaxed);
         metrics::counter!(m::RETRIES_TOTAL, "reason" => reason).increment(1);
         if reason == "crc_mismatch" {
-            self.progress.crc_mismatches.fetch_add(1, Relaxed);
-            metrics::counter!(m::CRC_MISMATCHES_TOTAL).increment(1);
+            self.note_crc_mismatch();
         }
+    }
+
+    fn note_crc_mismatch(&self) {
+        self.progress.crc_mismatches.fetch_add(1, Relaxed);
+        metrics::counter!(m::CRC_MISMATCHES_TOTAL).increment(1);
     }
 }
 
@@ -168,12 +172,19 @@ async fn run(
         ctx.pipe.budget.clone(),
     )));
 
-    let meta: Result<ObjectMeta, StoreError> = control!(
-        &ctx,
-        "HeadObject",
-        ctx.opts.request_timeout,
-        ctx.src.store.head(&ctx.src.key)
-    );
+    let head = async {
+        let r: Result<ObjectMeta, StoreError> = control!(
+            &ctx,
+            "HeadObject",
+            ctx.opts.request_timeout,
+            ctx.src.store.head(&ctx.src.key)
+        );
+        r
+    };
+    let meta = tokio::select! {
+        r = head => r,
+        _ = cancel.cancelled() => return Err(TransferError::Interrupted { state_file: None }),
+    };
     let meta =
         meta.map_err(|e| TransferError::store(format!("cannot read {}", ctx.src_desc), e))?;
     progress.total_bytes.store(meta.size, Relaxed);
@@ -358,7 +369,7 @@ async fn single_put(
             }
             Err(e) => {
                 if e.reason == "crc_mismatch" {
-                    ctx.note_retry("crc_mismatch");
+                    ctx.note_crc_mismatch();
                     if e.side == Side::Destination {
                         // The destination holds bytes it did not receive from us: remove them.
                         let _ = ctx.dst.store.delete(&ctx.dst.key).await;
@@ -648,7 +659,7 @@ async fn multipart(
     keeper.remove();
     if let Some(c) = uploaded.crc64 {
         if c != combined {
-            metrics::counter!(m::CRC_MISMATCHES_TOTAL).increment(1);
+            ctx.note_crc_mismatch();
             let _ = ctx.dst.store.delete(&ctx.dst.key).await;
             return Err(TransferError::CrcMismatch {
                 what: format!("{} after CompleteMultipartUpload", ctx.dst_desc),
@@ -698,8 +709,7 @@ async fn transfer_and_prove(
         if want == combined {
             return Ok(combined);
         }
-        metrics::counter!(m::CRC_MISMATCHES_TOTAL).increment(1);
-        ctx.progress.crc_mismatches.fetch_add(1, Relaxed);
+        ctx.note_crc_mismatch();
         if round >= REPAIR_ROUNDS {
             return Err(TransferError::CrcMismatch {
                 what: format!(
