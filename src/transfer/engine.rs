@@ -454,9 +454,10 @@ impl StateKeeper {
         Ok(())
     }
 
-    fn remove(&mut self) {
+    /// Deletes the state file, after any write in flight landed (else it would resurrect it).
+    async fn remove(&mut self) {
         if let Some(h) = self.writing.take() {
-            h.abort();
+            let _ = h.await;
         }
         self.dirty = false;
         if let Some(p) = &self.path {
@@ -656,7 +657,7 @@ async fn multipart(
         Ok(u) => u,
         Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
     };
-    keeper.remove();
+    keeper.remove().await;
     if let Some(c) = uploaded.crc64 {
         if c != combined {
             ctx.note_crc_mismatch();
@@ -1049,7 +1050,7 @@ async fn fail(
     match err {
         TransferError::SourceChanged { .. } | TransferError::CrcMismatch { .. } => {
             abort_quietly(ctx, upload_id).await;
-            keeper.remove();
+            keeper.remove().await;
             err
         }
         TransferError::Interrupted { .. } => match path {
@@ -1069,7 +1070,7 @@ async fn fail(
         },
         TransferError::State(_) => {
             abort_quietly(ctx, upload_id).await;
-            keeper.remove();
+            keeper.remove().await;
             err
         }
         other => match path {
