@@ -502,11 +502,19 @@ async fn multipart(
             } else if old.source_meta != fp
                 || old.source != ctx.src_desc
                 || old.destination != ctx.dst_desc
-                || !plan_ok
             {
                 warn!(
-                    "{} changed since the interrupted copy (ETag {} → {}); starting over",
-                    ctx.src_desc, old.source_meta.etag, fp.etag
+                    "{} changed since the interrupted copy (ETag {} → {}, size {} → {}); \
+                     starting over",
+                    ctx.src_desc, old.source_meta.etag, fp.etag, old.source_meta.size, fp.size
+                );
+                abort_quietly(ctx, &old.upload_id).await;
+                state::remove(path);
+            } else if !plan_ok {
+                warn!(
+                    part_size = old.part_size,
+                    "the interrupted copy's part size does not fit the destination's limits; \
+                     starting over"
                 );
                 abort_quietly(ctx, &old.upload_id).await;
                 state::remove(path);
