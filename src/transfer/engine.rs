@@ -150,6 +150,7 @@ async fn run(
         .store(opts.concurrency as u64, Relaxed);
     progress.set_limit(opts.concurrency);
     let pipe = PipeCtx {
+        progress: progress.clone(),
         budget: MemoryBudget::new(opts.memory, progress.clone()),
         bandwidth: opts.bandwidth.map(|b| Arc::new(TokenBucket::new(b))),
         idle_timeout: opts.idle_timeout,
@@ -345,7 +346,6 @@ async fn single_put(
         match r {
             Ok(p) => {
                 ctx.progress.acked_bytes.fetch_add(size, Relaxed);
-                metrics::counter!(m::BYTES_TOTAL, "direction" => "download").increment(size);
                 metrics::counter!(m::BYTES_TOTAL, "direction" => "upload").increment(size);
                 return Ok(Outcome {
                     crc64: p.crc64,
@@ -749,6 +749,7 @@ async fn transfer_and_prove(
             ctx.backoff(),
             ctx.opts.idle_timeout,
             ctx.opts.request_timeout,
+            ctx.progress.clone(),
         );
         let bad = tokio::select! {
             r = find => r,
@@ -894,7 +895,6 @@ async fn run_parts(
                 let p = &ctx.progress;
                 p.acked_bytes.fetch_add(spec.len, Relaxed);
                 p.parts_done.fetch_add(1, Relaxed);
-                metrics::counter!(m::BYTES_TOTAL, "direction" => "download").increment(spec.len);
                 metrics::counter!(m::BYTES_TOTAL, "direction" => "upload").increment(spec.len);
                 metrics::counter!(m::PARTS_TOTAL, "result" => "ok").increment(1);
                 aimd.on_success();

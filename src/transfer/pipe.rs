@@ -21,7 +21,7 @@ use crate::crc64::Crc64;
 use crate::store::{ByteStream, ErrorClass, StoreError, Uploaded};
 
 use super::budget::{MemoryBudget, TokenBucket};
-use super::Location;
+use super::{Location, Progress};
 
 /// Bytes one part may queue between its GET and its upload (the channel depth is derived from
 /// it), so that RSS stays near `concurrency × 4 MiB` regardless of the part size.
@@ -29,6 +29,7 @@ const PER_PART_BUFFER: usize = 4 * 1024 * 1024;
 
 /// What every pipe of a copy shares.
 pub(crate) struct PipeCtx {
+    pub progress: Arc<Progress>,
     pub budget: Arc<MemoryBudget>,
     pub bandwidth: Option<Arc<TokenBucket>>,
     pub idle_timeout: Duration,
@@ -227,7 +228,12 @@ async fn feed(
 ) -> Result<u64, FeedError> {
     let max_chunk = (ctx.chunk_size as u64).min(ctx.budget.max_chunk()).max(1) as usize;
     let mut crc = Crc64::new();
-    let mut got = 0u64;
+    // Every byte fetched counts (retried ones too: they are billed egress), once per attempt.
+    let mut counted = DownloadCount {
+        bytes: 0,
+        progress: &ctx.progress,
+    };
+    let got = &mut counted.bytes;
     // One timer for the whole stream, and no clock read per chunk: chunks only set `active`;
     // when the timer fires it is re-armed if anything moved during the last period, so a
     // stall is detected after between one and two idle periods.
@@ -263,7 +269,7 @@ async fn feed(
             Some(Ok(b)) => b,
             Some(Err(e)) => fail!(PipeError::src(e)),
         };
-        if got + chunk.len() as u64 > len {
+        if *got + chunk.len() as u64 > len {
             fail!(PipeError::src(StoreError::transient(format!(
                 "the source sent more than the {len} bytes requested"
             ))));
@@ -275,8 +281,8 @@ async fn feed(
                 std::mem::take(&mut chunk)
             };
             crc.update(&piece);
-            got += piece.len() as u64;
-            if got == len {
+            *got += piece.len() as u64;
+            if *got == len {
                 if let Some(want) = expected_crc {
                     if crc.sum() != want {
                         fail!(PipeError::src(StoreError::transient(format!(
@@ -326,13 +332,32 @@ async fn feed(
             active = true;
         }
     }
-    if got != len {
+    if *got != len {
         fail!(PipeError::src(StoreError::transient(format!(
-            "the source body ended after {got} of {len} bytes"
+            "the source body ended after {} of {len} bytes",
+            *got
         )))
         .with_reason("truncated"));
     }
     Ok(crc.sum())
+}
+
+/// Adds a range's fetched bytes to the download counters when the feed ends, however it ends.
+struct DownloadCount<'a> {
+    bytes: u64,
+    progress: &'a Progress,
+}
+
+impl Drop for DownloadCount<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.progress
+                .downloaded_bytes
+                .fetch_add(self.bytes, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!(crate::metrics::BYTES_TOTAL, "direction" => "download")
+                .increment(self.bytes);
+        }
+    }
 }
 
 /// The upload body: yields the channel's chunks and keeps each chunk's budget bytes until the

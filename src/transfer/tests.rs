@@ -102,6 +102,7 @@ async fn copies_objects_of_edge_sizes() {
         assert!(s.source_crc64_known);
         assert_eq!(s.retries, 0);
         assert_eq!(p.acked_bytes.load(Relaxed), size);
+        assert_eq!(p.downloaded_bytes.load(Relaxed), size);
         assert_eq!(p.inflight_parts.load(Relaxed), 0);
         assert_eq!(p.buffered_bytes.load(Relaxed), 0, "all budget returned");
         if parts > 0 {
@@ -241,6 +242,8 @@ async fn corrupted_download_is_found_and_resent() {
     let (r, p) = e.run(opts()).await;
     let s = r.unwrap();
     e.assert_copied(&s);
+    // The repair pass re-read everything once and re-fetched one part.
+    assert_eq!(p.downloaded_bytes.load(Relaxed), 2 * (6 * PART + 5) + PART);
     assert!(p.crc_mismatches.load(Relaxed) >= 1);
     let resent: u32 = (1..=7).map(|n| e.dst.part_uploads(n)).sum();
     assert_eq!(resent, 8, "exactly one part sent twice");
