@@ -106,6 +106,30 @@ where
     Fut: Future<Output = Result<Uploaded, StoreError>>,
 {
     let len = end - start;
+    // The GET first: the upload only starts once there are bytes to send, so a failing or
+    // slow source never leaves an idle UploadPart connection open (OSS would time it out).
+    let stream = if len == 0 {
+        // Nothing to fetch: an empty range request is invalid on some stores.
+        Box::pin(futures::stream::empty()) as ByteStream
+    } else {
+        match tokio::time::timeout(
+            ctx.request_timeout,
+            src.store.get_range(&src.key, start, end, if_match),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(PipeError::src(StoreError::transient(format!(
+                    "no response from {} within {:?}",
+                    src.describe(),
+                    ctx.request_timeout
+                )))
+                .with_reason("timeout"))
+            }
+            Ok(Err(e)) => return Err(PipeError::src(e)),
+            Ok(Ok(s)) => s,
+        }
+    };
     let (tx, rx) = mpsc::channel::<Item>(channel_depth(ctx.chunk_size));
     let body_done = Arc::new(Notify::new());
     let body: ByteStream = Box::pin(Body {
@@ -115,36 +139,7 @@ where
         budget: ctx.budget.clone(),
         done: body_done.clone(),
     });
-
-    let feeding = async {
-        let stream = if len == 0 {
-            // Nothing to fetch: an empty range request is invalid on some stores.
-            Box::pin(futures::stream::empty()) as ByteStream
-        } else {
-            match tokio::time::timeout(
-                ctx.request_timeout,
-                src.store.get_range(&src.key, start, end, if_match),
-            )
-            .await
-            {
-                Err(_) => {
-                    let e = StoreError::transient(format!(
-                        "no response from {} within {:?}",
-                        src.describe(),
-                        ctx.request_timeout
-                    ));
-                    let _ = tx.send(Err(e.clone())).await;
-                    return Err(FeedError::Pipe(PipeError::src(e).with_reason("timeout")));
-                }
-                Ok(Err(e)) => {
-                    let _ = tx.send(Err(e.clone())).await;
-                    return Err(FeedError::Pipe(PipeError::src(e)));
-                }
-                Ok(Ok(s)) => s,
-            }
-        };
-        feed(ctx, stream, len, expected_crc, tx).await
-    };
+    let feeding = feed(ctx, stream, len, expected_crc, tx);
     let up = async {
         let fut = upload(body);
         tokio::select! {
