@@ -905,3 +905,35 @@ async fn the_same_pair_cannot_run_twice_at_once() {
     assert!(err.to_string().contains("another copy"), "{err}");
     e.assert_copied(&first.await.unwrap().unwrap());
 }
+
+#[tokio::test]
+async fn resume_trusts_etags_when_the_destination_reports_no_crc() {
+    let e = env(10 * PART);
+    e.dst.set_report_crc(false);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let err = interrupted(&e, o.clone(), 3).await;
+    let TransferError::Interrupted {
+        state_file: Some(path),
+    } = err
+    else {
+        panic!()
+    };
+    // Tamper with one recorded ETag: without a CRC from the server, that part is not trusted.
+    let mut st = state::load(&path).unwrap().unwrap();
+    let kept = st.parts.len() as u64;
+    st.parts[1].etag.push('x');
+    let tampered = st.parts[1].number;
+    state::save(&path, &st).unwrap();
+    e.dst.clear_faults();
+    e.dst.reset_part_uploads();
+    let s = e.run(o).await.0.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(s.resumed_bytes, (kept - 1) * PART);
+    assert_eq!(e.dst.part_uploads(tampered), 1);
+}
