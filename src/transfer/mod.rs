@@ -5,6 +5,20 @@
 //! `concurrency` parts at once, each one ranged GET piped straight into one UploadPart through a
 //! small buffer charged against a global memory budget → fold the part CRC-64s and prove them
 //! against the source and the Complete response.
+//!
+//! Guarantees callers can rely on:
+//! * Memory: bytes buffered between GETs and uploads never exceed [`CopyOptions::memory`]
+//!   (a byte semaphore; each chunk carries its bytes until the uploader takes the next one),
+//!   and each part queues at most ~4 MiB, whatever the part size.
+//! * Proof: each part's CRC-64 is computed as it streams and must equal the destination's;
+//!   the folded part CRCs must equal the source's CRC-64 (a mismatch re-reads the source to
+//!   find and resend the corrupted parts) and the Complete response's. A final mismatch
+//!   deletes the destination object and returns [`TransferError::CrcMismatch`].
+//! * Resume: with a state directory, acknowledged parts survive a crash or Ctrl-C; a rerun
+//!   reconciles them with ListParts and sends only the rest. Without one, any failure or
+//!   interrupt aborts the upload, so nothing is left behind.
+//! * Errors: [`TransferError::Interrupted`] (exit 130 in the CLI), [`TransferError::SourceChanged`],
+//!   [`TransferError::Resumable`] (the message says how to resume) — all one line.
 
 pub mod budget;
 mod engine;
