@@ -792,7 +792,9 @@ async fn transfer_and_prove(
 struct Job {
     idx: usize,
     attempt: u32,
-    delay: Duration,
+    /// Not before this time (retry backoff). Waiting jobs hold no concurrency slot, so one
+    /// part backing off does not hold up the others.
+    ready_at: Option<Instant>,
     backoff: Backoff,
 }
 
@@ -822,7 +824,7 @@ async fn run_parts(
         .map(|idx| Job {
             idx,
             attempt: 1,
-            delay: Duration::ZERO,
+            ready_at: None,
             backoff: ctx.backoff(),
         })
         .collect();
@@ -835,10 +837,22 @@ async fn run_parts(
             stopping = true;
             grace = Some(Instant::now() + ctx.opts.grace);
         }
+        let mut next_ready: Option<Instant> = None;
         if !stopping && failure.is_none() {
+            let now = Instant::now();
             while set.len() < aimd.limit() {
-                let Some(job) = queue.pop_front() else { break };
+                // Retried jobs sit at the front; the scan stops at the first ready job.
+                let Some(i) = queue
+                    .iter()
+                    .position(|j| j.ready_at.map_or(true, |t| t <= now))
+                else {
+                    break;
+                };
+                let job = queue.remove(i).expect("index from position");
                 spawn_part(&mut set, ctx, specs, job, upload_id, etag);
+            }
+            if set.len() < aimd.limit() {
+                next_ready = queue.iter().filter_map(|j| j.ready_at).min();
             }
         }
         if set.is_empty() && (queue.is_empty() || stopping || failure.is_some()) {
@@ -847,6 +861,7 @@ async fn run_parts(
         let ev = tokio::select! {
             biased;
             _ = cancel.cancelled(), if !stopping => Event::Cancel,
+            _ = tokio::time::sleep_until(next_ready.unwrap_or_else(Instant::now)), if next_ready.is_some() => Event::Idle,
             _ = tokio::time::sleep_until(grace.unwrap_or_else(Instant::now)), if grace.is_some() => Event::GraceOver,
             // Before joins: a finished write must start the next one promptly, or acks pile
             // up unsaved while parts keep completing.
@@ -918,7 +933,7 @@ async fn run_parts(
                         aimd.on_throttle();
                         ctx.progress.set_limit(aimd.limit());
                     }
-                    job.delay = job.backoff.next(e.class());
+                    job.ready_at = Some(Instant::now() + job.backoff.next(e.class()));
                     job.attempt += 1;
                     queue.push_front(job);
                 } else {
@@ -966,9 +981,6 @@ fn spawn_part(
     let upload_id = upload_id.clone();
     let etag = etag.clone();
     set.spawn(async move {
-        if !job.delay.is_zero() {
-            tokio::time::sleep(job.delay).await;
-        }
         let _inflight = InflightGuard::new(ctx.progress.clone());
         let dst = ctx.dst.clone();
         let span = tracing::debug_span!("part", number = spec.number, attempt = job.attempt);

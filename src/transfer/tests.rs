@@ -937,3 +937,25 @@ async fn resume_trusts_etags_when_the_destination_reports_no_crc() {
     assert_eq!(s.resumed_bytes, (kept - 1) * PART);
     assert_eq!(e.dst.part_uploads(tampered), 1);
 }
+
+#[tokio::test]
+async fn a_part_backing_off_does_not_hold_up_the_others() {
+    let e = env(6 * PART);
+    e.dst.inject(
+        FaultRule::new(Op::UploadPart, Fault::Error(ErrorClass::Transient))
+            .part(1)
+            .times(1),
+    );
+    let o = CopyOptions {
+        concurrency: 1,
+        retry_base: Duration::from_millis(400),
+        retry_cap: Duration::from_millis(400),
+        ..opts()
+    };
+    let (s, d) = e.locs();
+    let p = Progress::new();
+    let task = tokio::spawn(copy(s, d, o, p.clone(), CancellationToken::new()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(p.parts_done.load(Relaxed), 5, "parts 2-6 went ahead");
+    e.assert_copied(&task.await.unwrap().unwrap());
+}
