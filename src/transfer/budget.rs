@@ -56,6 +56,11 @@ impl MemoryBudget {
         })
     }
 
+    /// The budget's size in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// The most one chunk may weigh (callers split bigger chunks).
     pub fn max_chunk(&self) -> u64 {
         self.limit.min(u32::MAX as u64)

@@ -117,10 +117,13 @@ fn validate(opts: &CopyOptions) -> Result<(), TransferError> {
     if opts.concurrency == 0 {
         return Err(TransferError::Plan("concurrency must be at least 1".into()));
     }
-    if opts.memory < 64 * 1024 {
+    let memory = opts
+        .shared_memory
+        .as_ref()
+        .map_or(opts.memory, |b| b.limit());
+    if memory < 64 * 1024 {
         return Err(TransferError::Plan(format!(
-            "memory budget {} bytes is too small: allow at least 64 KiB",
-            opts.memory
+            "memory budget {memory} bytes is too small: allow at least 64 KiB"
         )));
     }
     if opts.max_attempts == 0 {
@@ -149,15 +152,22 @@ async fn run(
         .lowest_concurrency_limit
         .store(opts.concurrency as u64, Relaxed);
     progress.set_limit(opts.concurrency);
+    let budget = opts
+        .shared_memory
+        .clone()
+        .unwrap_or_else(|| MemoryBudget::new(opts.memory, progress.clone()));
     let pipe = PipeCtx {
         progress: progress.clone(),
-        budget: MemoryBudget::new(opts.memory, progress.clone()),
-        bandwidth: opts.bandwidth.map(|b| Arc::new(TokenBucket::new(b))),
+        // Small against the budget, so withheld bytes never starve other parts for long.
+        release_batch: (budget.limit() / (4 * opts.concurrency as u64)).clamp(1, 256 * 1024) as u32,
+        budget,
+        bandwidth: opts
+            .shared_bandwidth
+            .clone()
+            .or_else(|| opts.bandwidth.map(|b| Arc::new(TokenBucket::new(b)))),
         idle_timeout: opts.idle_timeout,
         request_timeout: opts.request_timeout,
         chunk_size: opts.chunk_size,
-        // Small against the budget, so withheld bytes never starve other parts for long.
-        release_batch: (opts.memory / (4 * opts.concurrency as u64)).clamp(1, 256 * 1024) as u32,
     };
     let ctx = Arc::new(Ctx {
         src_desc: src.describe(),

@@ -96,6 +96,11 @@ pub struct CopyOptions {
     pub retry_base: Duration,
     /// Largest retry delay.
     pub retry_cap: Duration,
+    /// A memory budget shared with other copies (a daemon's global limit); replaces `memory`.
+    pub shared_memory: Option<Arc<budget::MemoryBudget>>,
+    /// A bandwidth bucket shared with other copies (a daemon's global cap); replaces
+    /// `bandwidth`.
+    pub shared_bandwidth: Option<Arc<budget::TokenBucket>>,
 }
 
 impl Default for CopyOptions {
@@ -114,6 +119,8 @@ impl Default for CopyOptions {
             chunk_size: 256 * 1024,
             retry_base: Duration::from_millis(200),
             retry_cap: Duration::from_secs(20),
+            shared_memory: None,
+            shared_bandwidth: None,
         }
     }
 }

@@ -959,3 +959,23 @@ async fn a_part_backing_off_does_not_hold_up_the_others() {
     assert_eq!(p.parts_done.load(Relaxed), 5, "parts 2-6 went ahead");
     e.assert_copied(&task.await.unwrap().unwrap());
 }
+
+#[tokio::test]
+async fn copies_can_share_one_memory_budget() {
+    let global = Progress::new();
+    let shared = budget::MemoryBudget::new(256 * KIB, global.clone());
+    let (a, b) = (env(4 * MIB), env(4 * MIB + 1));
+    let o = CopyOptions {
+        concurrency: 8,
+        part_size: Some(MIB),
+        chunk_size: 32 * 1024,
+        shared_memory: Some(shared.clone()),
+        ..opts()
+    };
+    let (ra, rb) = tokio::join!(a.run(o.clone()), b.run(o));
+    a.assert_copied(&ra.0.unwrap());
+    b.assert_copied(&rb.0.unwrap());
+    let peak = global.peak_buffered_bytes.load(Relaxed);
+    assert!(peak > 0 && peak <= 256 * KIB, "peak {peak}");
+    assert_eq!(shared.in_use(), 0);
+}
