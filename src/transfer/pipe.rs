@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -131,20 +132,21 @@ where
         }
     };
     let (tx, rx) = mpsc::channel::<Item>(channel_depth(ctx.chunk_size));
-    let body_done = Arc::new(Notify::new());
+    let signals = Arc::new(BodySignals::default());
     let body: ByteStream = Box::pin(Body {
         rx,
         held: 0,
         release_batch: ctx.release_batch,
         budget: ctx.budget.clone(),
-        done: body_done.clone(),
+        signals: signals.clone(),
+        remaining: len,
     });
     let feeding = feed(ctx, stream, len, expected_crc, tx);
     let up = async {
         let fut = upload(body);
         tokio::select! {
             r = fut => r.map_err(PipeError::dst),
-            _ = async { body_done.notified().await; tokio::time::sleep(ctx.request_timeout).await } => {
+            _ = async { signals.done.notified().await; tokio::time::sleep(ctx.request_timeout).await } => {
                 Err(PipeError::dst(StoreError::transient(format!(
                     "the destination did not answer within {:?} after the body was sent",
                     ctx.request_timeout
@@ -154,11 +156,29 @@ where
     };
     tokio::pin!(feeding, up);
     let mut fed: Option<u64> = None;
+    // Once everything is queued, the feeder no longer notices a consumer that stopped
+    // reading (a short part fits in the buffer): watch the body instead.
+    let stall = tokio::time::sleep(ctx.idle_timeout);
+    tokio::pin!(stall);
     loop {
         tokio::select! {
             biased;
+            _ = &mut stall, if fed.is_some() && !signals.finished.load(Relaxed) => {
+                if !signals.taken.swap(false, Relaxed) {
+                    return Err(PipeError::dst(StoreError::transient(format!(
+                        "the destination took no data for {:?}",
+                        ctx.idle_timeout
+                    )))
+                    .with_reason("timeout"));
+                }
+                stall.as_mut().reset(Instant::now() + ctx.idle_timeout);
+            },
             r = &mut feeding, if fed.is_none() => match r {
-                Ok(crc) => fed = Some(crc),
+                Ok(crc) => {
+                    fed = Some(crc);
+                    signals.taken.store(false, Relaxed);
+                    stall.as_mut().reset(Instant::now() + ctx.idle_timeout);
+                }
                 // The source failed (the error was also sent into the body): that is the cause.
                 Err(FeedError::Pipe(e)) => return Err(e),
                 // The uploader dropped the body: its own result says why.
@@ -364,7 +384,27 @@ struct Body {
     held: u32,
     release_batch: u32,
     budget: Arc<MemoryBudget>,
-    done: Arc<Notify>,
+    signals: Arc<BodySignals>,
+    /// Bytes not yet yielded: a consumer that knows the length may never poll for the end.
+    remaining: u64,
+}
+
+/// What the body tells the pipe about its consumer.
+#[derive(Default)]
+struct BodySignals {
+    /// A chunk was taken since the pipe last looked.
+    taken: AtomicBool,
+    /// The consumer read the end of the body.
+    finished: AtomicBool,
+    done: Notify,
+}
+
+impl BodySignals {
+    fn finish(&self) {
+        if !self.finished.swap(true, Relaxed) {
+            self.done.notify_one();
+        }
+    }
 }
 
 impl Body {
@@ -387,6 +427,11 @@ impl Stream for Body {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(Ok((b, weight)))) => {
                 self.held = self.held.saturating_add(weight);
+                self.signals.taken.store(true, Relaxed);
+                self.remaining = self.remaining.saturating_sub(b.len() as u64);
+                if self.remaining == 0 {
+                    self.signals.finish();
+                }
                 Poll::Ready(Some(Ok(b)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -395,7 +440,7 @@ impl Stream for Body {
             }
             Poll::Ready(None) => {
                 self.release_held();
-                self.done.notify_one();
+                self.signals.finish();
                 Poll::Ready(None)
             }
             Poll::Pending => {

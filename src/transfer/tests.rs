@@ -979,3 +979,36 @@ async fn copies_can_share_one_memory_budget() {
     assert!(peak > 0 && peak <= 256 * KIB, "peak {peak}");
     assert_eq!(shared.in_use(), 0);
 }
+
+#[tokio::test]
+async fn hung_requests_time_out_and_are_retried() {
+    let short = Duration::from_millis(150);
+    let o = CopyOptions {
+        idle_timeout: short,
+        request_timeout: short,
+        ..opts()
+    };
+    // A GET that never answers; an upload that never reads a part small enough to sit
+    // entirely in the buffer; one that never reads a part bigger than the buffer; a
+    // Complete that never answers.
+    let cases: Vec<(&str, u64, Op)> = vec![
+        ("get", PART, Op::Get),
+        ("small part", PART, Op::UploadPart),
+        ("big part", 8 * MIB, Op::UploadPart),
+        ("complete", PART, Op::Complete),
+    ];
+    for (name, part, op) in cases {
+        let e = env(3 * part);
+        let store = if op == Op::Get { &e.src } else { &e.dst };
+        store.inject(FaultRule::new(op, Fault::Hang).nth(1));
+        let (r, p) = e
+            .run(CopyOptions {
+                part_size: Some(part),
+                ..o.clone()
+            })
+            .await;
+        let s = r.unwrap_or_else(|err| panic!("{name}: {err}"));
+        e.assert_copied(&s);
+        assert_eq!(p.retries.load(Relaxed), 1, "{name}");
+    }
+}
