@@ -212,7 +212,8 @@ async fn run(
         "planned copy"
     );
 
-    let out = if meta.size < part_size {
+    let single = meta.size < part_size && meta.size <= ctx.dst.store.limits().max_single_put;
+    let out = if single {
         discard_stale_state(&ctx).await?;
         single_put(&ctx, &meta, &put_opts, &cancel).await
     } else {
