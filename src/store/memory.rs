@@ -55,6 +55,8 @@ pub enum Fault {
     Replace(Bytes),
     /// Any op: wait this long before answering.
     Delay(Duration),
+    /// Any op: never answer (and never read the request body).
+    Hang,
 }
 
 /// When a [`Fault`] fires.
@@ -345,6 +347,7 @@ impl MemoryStore {
                 tokio::time::sleep(d).await;
                 Ok(None)
             }
+            Some(Fault::Hang) => futures::future::pending().await,
             other => Ok(other),
         }
     }

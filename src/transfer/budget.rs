@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use super::Progress;
@@ -12,30 +12,53 @@ use super::Progress;
 /// A byte budget: every chunk acquires its length before it enters a part's buffer and gives
 /// it back when the uploader takes the next chunk (or drops the body). The total can never
 /// exceed `limit`, whatever the part size.
+///
+/// The hot path touches only the semaphore: a permit handed to a buffer is "forgotten" and
+/// given back with [`release`](Self::release) by whoever holds the chunk, so no reference
+/// count or shared counter is bumped per chunk (those cache lines would bounce between the
+/// cores running different parts). In-use bytes are derived from the semaphore when sampled.
 #[derive(Debug)]
 pub struct MemoryBudget {
-    sem: Arc<Semaphore>,
+    sem: Semaphore,
     limit: u64,
     progress: Arc<Progress>,
 }
 
-/// Bytes of one chunk charged to the budget; released on drop.
+/// Bytes of one chunk charged to the budget; released on drop unless handed over.
 #[derive(Debug)]
-pub struct BudgetPermit {
-    _permit: OwnedSemaphorePermit,
-    bytes: u64,
-    progress: Arc<Progress>,
+pub struct BudgetPermit<'a> {
+    permit: SemaphorePermit<'a>,
+    bytes: u32,
+}
+
+impl BudgetPermit<'_> {
+    /// Bytes this permit holds.
+    pub fn bytes(&self) -> u32 {
+        self.bytes
+    }
+
+    /// Detaches the bytes from this guard: the new holder must [`MemoryBudget::release`] them.
+    pub fn hand_over(self) -> u32 {
+        let n = self.bytes;
+        self.permit.forget();
+        n
+    }
 }
 
 impl MemoryBudget {
-    /// A budget of `limit` bytes (at least 1) reporting into `progress`.
+    /// A budget of `limit` bytes (at least 1) reporting its high-water mark into `progress`.
     pub fn new(limit: u64, progress: Arc<Progress>) -> Arc<Self> {
         let limit = limit.clamp(1, Semaphore::MAX_PERMITS as u64);
         Arc::new(Self {
-            sem: Arc::new(Semaphore::new(limit as usize)),
+            sem: Semaphore::new(limit as usize),
             limit,
             progress,
         })
+    }
+
+    /// The budget's size in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
     }
 
     /// The most one chunk may weigh (callers split bigger chunks).
@@ -44,27 +67,34 @@ impl MemoryBudget {
     }
 
     /// Waits until `bytes` (≤ [`max_chunk`](Self::max_chunk)) fit in the budget.
-    pub async fn acquire(&self, bytes: u64) -> BudgetPermit {
+    pub async fn acquire(&self, bytes: u64) -> BudgetPermit<'_> {
         let n = bytes.min(self.max_chunk()) as u32;
-        let permit = self
-            .sem
-            .clone()
-            .acquire_many_owned(n)
-            .await
-            .expect("the budget semaphore is never closed");
-        let now = self.progress.buffered_bytes.fetch_add(n as u64, Relaxed) + n as u64;
-        self.progress.peak_buffered_bytes.fetch_max(now, Relaxed);
-        BudgetPermit {
-            _permit: permit,
-            bytes: n as u64,
-            progress: self.progress.clone(),
+        // The synchronous attempt skips building a future in the common case; it cannot
+        // starve waiters, as released permits go to queued waiters first.
+        let permit = match self.sem.try_acquire_many(n) {
+            Ok(p) => p,
+            Err(_) => self
+                .sem
+                .acquire_many(n)
+                .await
+                .expect("the budget semaphore is never closed"),
+        };
+        let in_use = self.in_use();
+        // Read first: the shared line is only written when a new peak is reached.
+        if in_use > self.progress.peak_buffered_bytes.load(Relaxed) {
+            self.progress.peak_buffered_bytes.fetch_max(in_use, Relaxed);
         }
+        BudgetPermit { permit, bytes: n }
     }
-}
 
-impl Drop for BudgetPermit {
-    fn drop(&mut self) {
-        self.progress.buffered_bytes.fetch_sub(self.bytes, Relaxed);
+    /// Gives back bytes detached with [`BudgetPermit::hand_over`].
+    pub fn release(&self, bytes: u32) {
+        self.sem.add_permits(bytes as usize);
+    }
+
+    /// Bytes currently charged.
+    pub fn in_use(&self) -> u64 {
+        self.limit - self.sem.available_permits() as u64
     }
 }
 
@@ -122,15 +152,17 @@ mod tests {
         let p = Progress::new();
         let b = MemoryBudget::new(100, p.clone());
         let a = b.acquire(60).await;
-        assert_eq!(p.buffered_bytes.load(Relaxed), 60);
+        assert_eq!(b.in_use(), 60);
         let blocked = tokio::time::timeout(Duration::from_millis(20), b.acquire(50)).await;
         assert!(blocked.is_err(), "60 + 50 > 100 must wait");
         drop(a);
-        let c = b.acquire(50).await;
-        assert_eq!(p.buffered_bytes.load(Relaxed), 50);
+        assert_eq!(b.in_use(), 0);
+        let c = b.acquire(50).await.hand_over();
+        assert_eq!(b.in_use(), 50, "handed-over bytes stay charged");
         assert_eq!(p.peak_buffered_bytes.load(Relaxed), 60);
-        drop(c);
-        assert_eq!(p.buffered_bytes.load(Relaxed), 0);
+        b.release(c);
+        assert_eq!(b.in_use(), 0);
+        assert_eq!(b.acquire(1000).await.bytes, 100, "clamped to the budget");
     }
 
     #[tokio::test]

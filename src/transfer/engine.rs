@@ -96,9 +96,13 @@ impl Ctx {
         self.progress.retries.fetch_add(1, Relaxed);
         metrics::counter!(m::RETRIES_TOTAL, "reason" => reason).increment(1);
         if reason == "crc_mismatch" {
-            self.progress.crc_mismatches.fetch_add(1, Relaxed);
-            metrics::counter!(m::CRC_MISMATCHES_TOTAL).increment(1);
+            self.note_crc_mismatch();
         }
+    }
+
+    fn note_crc_mismatch(&self) {
+        self.progress.crc_mismatches.fetch_add(1, Relaxed);
+        metrics::counter!(m::CRC_MISMATCHES_TOTAL).increment(1);
     }
 }
 
@@ -113,10 +117,13 @@ fn validate(opts: &CopyOptions) -> Result<(), TransferError> {
     if opts.concurrency == 0 {
         return Err(TransferError::Plan("concurrency must be at least 1".into()));
     }
-    if opts.memory < 64 * 1024 {
+    let memory = opts
+        .shared_memory
+        .as_ref()
+        .map_or(opts.memory, |b| b.limit());
+    if memory < 64 * 1024 {
         return Err(TransferError::Plan(format!(
-            "memory budget {} bytes is too small: allow at least 64 KiB",
-            opts.memory
+            "memory budget {memory} bytes is too small: allow at least 64 KiB"
         )));
     }
     if opts.max_attempts == 0 {
@@ -145,9 +152,19 @@ async fn run(
         .lowest_concurrency_limit
         .store(opts.concurrency as u64, Relaxed);
     progress.set_limit(opts.concurrency);
+    let budget = opts
+        .shared_memory
+        .clone()
+        .unwrap_or_else(|| MemoryBudget::new(opts.memory, progress.clone()));
     let pipe = PipeCtx {
-        budget: MemoryBudget::new(opts.memory, progress.clone()),
-        bandwidth: opts.bandwidth.map(|b| Arc::new(TokenBucket::new(b))),
+        progress: progress.clone(),
+        // Small against the budget, so withheld bytes never starve other parts for long.
+        release_batch: (budget.limit() / (4 * opts.concurrency as u64)).clamp(1, 256 * 1024) as u32,
+        budget,
+        bandwidth: opts
+            .shared_bandwidth
+            .clone()
+            .or_else(|| opts.bandwidth.map(|b| Arc::new(TokenBucket::new(b)))),
         idle_timeout: opts.idle_timeout,
         request_timeout: opts.request_timeout,
         chunk_size: opts.chunk_size,
@@ -161,14 +178,24 @@ async fn run(
         progress: progress.clone(),
         pipe,
     });
-    let _gauges = AbortOnDropHandle::new(tokio::spawn(publish_gauges(progress.clone())));
+    let _gauges = AbortOnDropHandle::new(tokio::spawn(publish_gauges(
+        progress.clone(),
+        ctx.pipe.budget.clone(),
+    )));
 
-    let meta: Result<ObjectMeta, StoreError> = control!(
-        &ctx,
-        "HeadObject",
-        ctx.opts.request_timeout,
-        ctx.src.store.head(&ctx.src.key)
-    );
+    let head = async {
+        let r: Result<ObjectMeta, StoreError> = control!(
+            &ctx,
+            "HeadObject",
+            ctx.opts.request_timeout,
+            ctx.src.store.head(&ctx.src.key)
+        );
+        r
+    };
+    let meta = tokio::select! {
+        r = head => r,
+        _ = cancel.cancelled() => return Err(TransferError::Interrupted { state_file: None }),
+    };
     let meta =
         meta.map_err(|e| TransferError::store(format!("cannot read {}", ctx.src_desc), e))?;
     progress.total_bytes.store(meta.size, Relaxed);
@@ -185,13 +212,15 @@ async fn run(
         "planned copy"
     );
 
-    let out = if meta.size < part_size {
+    let single = meta.size < part_size && meta.size <= ctx.dst.store.limits().max_single_put;
+    let out = if single {
         discard_stale_state(&ctx).await?;
-        single_put(&ctx, &meta, &put_opts, &cancel).await?
+        single_put(&ctx, &meta, &put_opts, &cancel).await
     } else {
-        multipart(&ctx, &meta, part_size, &put_opts, &cancel).await?
+        multipart(&ctx, &meta, part_size, &put_opts, &cancel).await
     };
-    publish_now(&progress);
+    publish_now(&progress, &ctx.pipe.budget);
+    let out = out?;
     let seconds = started.elapsed().as_secs_f64();
     let moved = meta.size - out.resumed_bytes;
     let summary = CopySummary {
@@ -222,15 +251,16 @@ async fn run(
 }
 
 /// Gauges are sampled, not updated per chunk, to keep the hot path free of metric calls.
-async fn publish_gauges(progress: Arc<Progress>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+async fn publish_gauges(progress: Arc<Progress>, budget: Arc<MemoryBudget>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
-        publish_now(&progress);
+        publish_now(&progress, &budget);
     }
 }
 
-fn publish_now(p: &Progress) {
+fn publish_now(p: &Progress, budget: &MemoryBudget) {
+    p.buffered_bytes.store(budget.in_use(), Relaxed);
     metrics::gauge!(m::INFLIGHT_PARTS).set(p.inflight_parts.load(Relaxed) as f64);
     metrics::gauge!(m::BUFFERED_BYTES).set(p.buffered_bytes.load(Relaxed) as f64);
     metrics::gauge!(m::CONCURRENCY_LIMIT).set(p.concurrency_limit.load(Relaxed) as f64);
@@ -327,7 +357,6 @@ async fn single_put(
         match r {
             Ok(p) => {
                 ctx.progress.acked_bytes.fetch_add(size, Relaxed);
-                metrics::counter!(m::BYTES_TOTAL, "direction" => "download").increment(size);
                 metrics::counter!(m::BYTES_TOTAL, "direction" => "upload").increment(size);
                 return Ok(Outcome {
                     crc64: p.crc64,
@@ -351,7 +380,7 @@ async fn single_put(
             }
             Err(e) => {
                 if e.reason == "crc_mismatch" {
-                    ctx.note_retry("crc_mismatch");
+                    ctx.note_crc_mismatch();
                     if e.side == Side::Destination {
                         // The destination holds bytes it did not receive from us: remove them.
                         let _ = ctx.dst.store.delete(&ctx.dst.key).await;
@@ -436,9 +465,10 @@ impl StateKeeper {
         Ok(())
     }
 
-    fn remove(&mut self) {
+    /// Deletes the state file, after any write in flight landed (else it would resurrect it).
+    async fn remove(&mut self) {
         if let Some(h) = self.writing.take() {
-            h.abort();
+            let _ = h.await;
         }
         self.dirty = false;
         if let Some(p) = &self.path {
@@ -462,6 +492,12 @@ async fn multipart(
         .as_ref()
         .map(|d| state::state_path(d, &ctx.src_desc, &ctx.dst_desc));
 
+    // One copy per pair at a time: two would share (and wreck) one upload.
+    let _lock = match &state_path {
+        Some(p) => Some(state::lock(p)?),
+        None => None,
+    };
+
     // 1. Look for a previous run.
     let mut previous = None;
     if let Some(path) = &state_path {
@@ -477,11 +513,19 @@ async fn multipart(
             } else if old.source_meta != fp
                 || old.source != ctx.src_desc
                 || old.destination != ctx.dst_desc
-                || !plan_ok
             {
                 warn!(
-                    "{} changed since the interrupted copy (ETag {} → {}); starting over",
-                    ctx.src_desc, old.source_meta.etag, fp.etag
+                    "{} changed since the interrupted copy (ETag {} → {}, size {} → {}); \
+                     starting over",
+                    ctx.src_desc, old.source_meta.etag, fp.etag, old.source_meta.size, fp.size
+                );
+                abort_quietly(ctx, &old.upload_id).await;
+                state::remove(path);
+            } else if !plan_ok {
+                warn!(
+                    part_size = old.part_size,
+                    "the interrupted copy's part size does not fit the destination's limits; \
+                     starting over"
                 );
                 abort_quietly(ctx, &old.upload_id).await;
                 state::remove(path);
@@ -632,10 +676,10 @@ async fn multipart(
         Ok(u) => u,
         Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
     };
-    keeper.remove();
+    keeper.remove().await;
     if let Some(c) = uploaded.crc64 {
         if c != combined {
-            metrics::counter!(m::CRC_MISMATCHES_TOTAL).increment(1);
+            ctx.note_crc_mismatch();
             let _ = ctx.dst.store.delete(&ctx.dst.key).await;
             return Err(TransferError::CrcMismatch {
                 what: format!("{} after CompleteMultipartUpload", ctx.dst_desc),
@@ -685,8 +729,7 @@ async fn transfer_and_prove(
         if want == combined {
             return Ok(combined);
         }
-        metrics::counter!(m::CRC_MISMATCHES_TOTAL).increment(1);
-        ctx.progress.crc_mismatches.fetch_add(1, Relaxed);
+        ctx.note_crc_mismatch();
         if round >= REPAIR_ROUNDS {
             return Err(TransferError::CrcMismatch {
                 what: format!(
@@ -717,6 +760,7 @@ async fn transfer_and_prove(
             ctx.backoff(),
             ctx.opts.idle_timeout,
             ctx.opts.request_timeout,
+            ctx.progress.clone(),
         );
         let bad = tokio::select! {
             r = find => r,
@@ -759,7 +803,9 @@ async fn transfer_and_prove(
 struct Job {
     idx: usize,
     attempt: u32,
-    delay: Duration,
+    /// Not before this time (retry backoff). Waiting jobs hold no concurrency slot, so one
+    /// part backing off does not hold up the others.
+    ready_at: Option<Instant>,
     backoff: Backoff,
 }
 
@@ -789,7 +835,7 @@ async fn run_parts(
         .map(|idx| Job {
             idx,
             attempt: 1,
-            delay: Duration::ZERO,
+            ready_at: None,
             backoff: ctx.backoff(),
         })
         .collect();
@@ -802,10 +848,22 @@ async fn run_parts(
             stopping = true;
             grace = Some(Instant::now() + ctx.opts.grace);
         }
+        let mut next_ready: Option<Instant> = None;
         if !stopping && failure.is_none() {
+            let now = Instant::now();
             while set.len() < aimd.limit() {
-                let Some(job) = queue.pop_front() else { break };
+                // Retried jobs sit at the front; the scan stops at the first ready job.
+                let Some(i) = queue
+                    .iter()
+                    .position(|j| j.ready_at.map_or(true, |t| t <= now))
+                else {
+                    break;
+                };
+                let job = queue.remove(i).expect("index from position");
                 spawn_part(&mut set, ctx, specs, job, upload_id, etag);
+            }
+            if set.len() < aimd.limit() {
+                next_ready = queue.iter().filter_map(|j| j.ready_at).min();
             }
         }
         if set.is_empty() && (queue.is_empty() || stopping || failure.is_some()) {
@@ -814,9 +872,12 @@ async fn run_parts(
         let ev = tokio::select! {
             biased;
             _ = cancel.cancelled(), if !stopping => Event::Cancel,
+            _ = tokio::time::sleep_until(next_ready.unwrap_or_else(Instant::now)), if next_ready.is_some() => Event::Idle,
             _ = tokio::time::sleep_until(grace.unwrap_or_else(Instant::now)), if grace.is_some() => Event::GraceOver,
-            Some(r) = set.join_next() => Event::Joined(r),
+            // Before joins: a finished write must start the next one promptly, or acks pile
+            // up unsaved while parts keep completing.
             r = keeper.wait_write(), if keeper.is_writing() => Event::Wrote(r),
+            Some(r) = set.join_next() => Event::Joined(r),
             else => Event::Idle,
         };
         match ev {
@@ -860,7 +921,6 @@ async fn run_parts(
                 let p = &ctx.progress;
                 p.acked_bytes.fetch_add(spec.len, Relaxed);
                 p.parts_done.fetch_add(1, Relaxed);
-                metrics::counter!(m::BYTES_TOTAL, "direction" => "download").increment(spec.len);
                 metrics::counter!(m::BYTES_TOTAL, "direction" => "upload").increment(spec.len);
                 metrics::counter!(m::PARTS_TOTAL, "result" => "ok").increment(1);
                 aimd.on_success();
@@ -884,7 +944,7 @@ async fn run_parts(
                         aimd.on_throttle();
                         ctx.progress.set_limit(aimd.limit());
                     }
-                    job.delay = job.backoff.next(e.class());
+                    job.ready_at = Some(Instant::now() + job.backoff.next(e.class()));
                     job.attempt += 1;
                     queue.push_front(job);
                 } else {
@@ -932,9 +992,6 @@ fn spawn_part(
     let upload_id = upload_id.clone();
     let etag = etag.clone();
     set.spawn(async move {
-        if !job.delay.is_zero() {
-            tokio::time::sleep(job.delay).await;
-        }
         let _inflight = InflightGuard::new(ctx.progress.clone());
         let dst = ctx.dst.clone();
         let span = tracing::debug_span!("part", number = spec.number, attempt = job.attempt);
@@ -1024,7 +1081,7 @@ async fn fail(
     match err {
         TransferError::SourceChanged { .. } | TransferError::CrcMismatch { .. } => {
             abort_quietly(ctx, upload_id).await;
-            keeper.remove();
+            keeper.remove().await;
             err
         }
         TransferError::Interrupted { .. } => match path {
@@ -1044,7 +1101,7 @@ async fn fail(
         },
         TransferError::State(_) => {
             abort_quietly(ctx, upload_id).await;
-            keeper.remove();
+            keeper.remove().await;
             err
         }
         other => match path {

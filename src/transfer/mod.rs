@@ -5,6 +5,20 @@
 //! `concurrency` parts at once, each one ranged GET piped straight into one UploadPart through a
 //! small buffer charged against a global memory budget → fold the part CRC-64s and prove them
 //! against the source and the Complete response.
+//!
+//! Guarantees callers can rely on:
+//! * Memory: bytes buffered between GETs and uploads never exceed [`CopyOptions::memory`]
+//!   (a byte semaphore; each chunk carries its bytes until the uploader takes the next one),
+//!   and each part queues at most ~4 MiB, whatever the part size.
+//! * Proof: each part's CRC-64 is computed as it streams and must equal the destination's;
+//!   the folded part CRCs must equal the source's CRC-64 (a mismatch re-reads the source to
+//!   find and resend the corrupted parts) and the Complete response's. A final mismatch
+//!   deletes the destination object and returns [`TransferError::CrcMismatch`].
+//! * Resume: with a state directory, acknowledged parts survive a crash or Ctrl-C; a rerun
+//!   reconciles them with ListParts and sends only the rest. Without one, any failure or
+//!   interrupt aborts the upload, so nothing is left behind.
+//! * Errors: [`TransferError::Interrupted`] (exit 130 in the CLI), [`TransferError::SourceChanged`],
+//!   [`TransferError::Resumable`] (the message says how to resume) — all one line.
 
 pub mod budget;
 mod engine;
@@ -82,6 +96,11 @@ pub struct CopyOptions {
     pub retry_base: Duration,
     /// Largest retry delay.
     pub retry_cap: Duration,
+    /// A memory budget shared with other copies (a daemon's global limit); replaces `memory`.
+    pub shared_memory: Option<Arc<budget::MemoryBudget>>,
+    /// A bandwidth bucket shared with other copies (a daemon's global cap); replaces
+    /// `bandwidth`.
+    pub shared_bandwidth: Option<Arc<budget::TokenBucket>>,
 }
 
 impl Default for CopyOptions {
@@ -100,6 +119,8 @@ impl Default for CopyOptions {
             chunk_size: 256 * 1024,
             retry_base: Duration::from_millis(200),
             retry_cap: Duration::from_secs(20),
+            shared_memory: None,
+            shared_bandwidth: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,8 +21,8 @@ use tokio::time::Instant;
 use crate::crc64::Crc64;
 use crate::store::{ByteStream, ErrorClass, StoreError, Uploaded};
 
-use super::budget::{BudgetPermit, MemoryBudget, TokenBucket};
-use super::Location;
+use super::budget::{MemoryBudget, TokenBucket};
+use super::{Location, Progress};
 
 /// Bytes one part may queue between its GET and its upload (the channel depth is derived from
 /// it), so that RSS stays near `concurrency × 4 MiB` regardless of the part size.
@@ -29,11 +30,14 @@ const PER_PART_BUFFER: usize = 4 * 1024 * 1024;
 
 /// What every pipe of a copy shares.
 pub(crate) struct PipeCtx {
+    pub progress: Arc<Progress>,
     pub budget: Arc<MemoryBudget>,
     pub bandwidth: Option<Arc<TokenBucket>>,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
     pub chunk_size: usize,
+    /// Consumed bytes a body may keep charged before giving them back in one go.
+    pub release_batch: u32,
 }
 
 /// Which side of the pipe failed.
@@ -83,7 +87,8 @@ pub(crate) struct Piped {
     pub uploaded: Uploaded,
 }
 
-type Item = Result<(Bytes, BudgetPermit), StoreError>;
+/// A chunk and the budget bytes it carries (released by whoever ends up holding it).
+type Item = Result<(Bytes, u32), StoreError>;
 
 /// Streams source bytes `[start, end)` into `upload`. With `expected_crc`, the last chunk is
 /// withheld (and the upload failed) if the range's CRC-64 differs, so a whole-object PUT never
@@ -102,48 +107,46 @@ where
     Fut: Future<Output = Result<Uploaded, StoreError>>,
 {
     let len = end - start;
+    // The GET first: the upload only starts once there are bytes to send, so a failing or
+    // slow source never leaves an idle UploadPart connection open (OSS would time it out).
+    let stream = if len == 0 {
+        // Nothing to fetch: an empty range request is invalid on some stores.
+        Box::pin(futures::stream::empty()) as ByteStream
+    } else {
+        match tokio::time::timeout(
+            ctx.request_timeout,
+            src.store.get_range(&src.key, start, end, if_match),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(PipeError::src(StoreError::transient(format!(
+                    "no response from {} within {:?}",
+                    src.describe(),
+                    ctx.request_timeout
+                )))
+                .with_reason("timeout"))
+            }
+            Ok(Err(e)) => return Err(PipeError::src(e)),
+            Ok(Ok(s)) => s,
+        }
+    };
     let (tx, rx) = mpsc::channel::<Item>(channel_depth(ctx.chunk_size));
-    let body_done = Arc::new(Notify::new());
+    let signals = Arc::new(BodySignals::default());
     let body: ByteStream = Box::pin(Body {
         rx,
-        held: None,
-        done: body_done.clone(),
+        held: 0,
+        release_batch: ctx.release_batch,
+        budget: ctx.budget.clone(),
+        signals: signals.clone(),
+        remaining: len,
     });
-
-    let feeding = async {
-        let stream = if len == 0 {
-            // Nothing to fetch: an empty range request is invalid on some stores.
-            Box::pin(futures::stream::empty()) as ByteStream
-        } else {
-            match tokio::time::timeout(
-                ctx.request_timeout,
-                src.store.get_range(&src.key, start, end, if_match),
-            )
-            .await
-            {
-                Err(_) => {
-                    let e = StoreError::transient(format!(
-                        "no response from {} within {:?}",
-                        src.describe(),
-                        ctx.request_timeout
-                    ));
-                    let _ = tx.send(Err(e.clone())).await;
-                    return Err(FeedError::Pipe(PipeError::src(e).with_reason("timeout")));
-                }
-                Ok(Err(e)) => {
-                    let _ = tx.send(Err(e.clone())).await;
-                    return Err(FeedError::Pipe(PipeError::src(e)));
-                }
-                Ok(Ok(s)) => s,
-            }
-        };
-        feed(ctx, stream, len, expected_crc, tx).await
-    };
+    let feeding = feed(ctx, stream, len, expected_crc, tx);
     let up = async {
         let fut = upload(body);
         tokio::select! {
             r = fut => r.map_err(PipeError::dst),
-            _ = async { body_done.notified().await; tokio::time::sleep(ctx.request_timeout).await } => {
+            _ = async { signals.done.notified().await; tokio::time::sleep(ctx.request_timeout).await } => {
                 Err(PipeError::dst(StoreError::transient(format!(
                     "the destination did not answer within {:?} after the body was sent",
                     ctx.request_timeout
@@ -153,11 +156,29 @@ where
     };
     tokio::pin!(feeding, up);
     let mut fed: Option<u64> = None;
+    // Once everything is queued, the feeder no longer notices a consumer that stopped
+    // reading (a short part fits in the buffer): watch the body instead.
+    let stall = tokio::time::sleep(ctx.idle_timeout);
+    tokio::pin!(stall);
     loop {
         tokio::select! {
             biased;
+            _ = &mut stall, if fed.is_some() && !signals.finished.load(Relaxed) => {
+                if !signals.taken.swap(false, Relaxed) {
+                    return Err(PipeError::dst(StoreError::transient(format!(
+                        "the destination took no data for {:?}",
+                        ctx.idle_timeout
+                    )))
+                    .with_reason("timeout"));
+                }
+                stall.as_mut().reset(Instant::now() + ctx.idle_timeout);
+            },
             r = &mut feeding, if fed.is_none() => match r {
-                Ok(crc) => fed = Some(crc),
+                Ok(crc) => {
+                    fed = Some(crc);
+                    signals.taken.store(false, Relaxed);
+                    stall.as_mut().reset(Instant::now() + ctx.idle_timeout);
+                }
                 // The source failed (the error was also sent into the body): that is the cause.
                 Err(FeedError::Pipe(e)) => return Err(e),
                 // The uploader dropped the body: its own result says why.
@@ -222,10 +243,18 @@ async fn feed(
 ) -> Result<u64, FeedError> {
     let max_chunk = (ctx.chunk_size as u64).min(ctx.budget.max_chunk()).max(1) as usize;
     let mut crc = Crc64::new();
-    let mut got = 0u64;
-    // One timer for the whole stream, re-armed per chunk (no allocation per chunk).
+    // Every byte fetched counts (retried ones too: they are billed egress), once per attempt.
+    let mut counted = DownloadCount {
+        bytes: 0,
+        progress: &ctx.progress,
+    };
+    let got = &mut counted.bytes;
+    // One timer for the whole stream, and no clock read per chunk: chunks only set `active`;
+    // when the timer fires it is re-armed if anything moved during the last period, so a
+    // stall is detected after between one and two idle periods.
     let idle = tokio::time::sleep(ctx.idle_timeout);
     tokio::pin!(idle);
+    let mut active = false;
     // Sends an error into the body so the upload fails too, then reports it.
     macro_rules! fail {
         ($e:expr) => {{
@@ -235,20 +264,27 @@ async fn feed(
         }};
     }
     loop {
-        idle.as_mut().reset(Instant::now() + ctx.idle_timeout);
-        let next = tokio::select! {
-            biased;
-            n = stream.next() => n,
-            _ = &mut idle => fail!(PipeError::src(StoreError::transient(format!(
-                "the source sent nothing for {:?}", ctx.idle_timeout
-            ))).with_reason("timeout")),
+        let next = loop {
+            tokio::select! {
+                biased;
+                n = stream.next() => break n,
+                _ = &mut idle => {
+                    if !std::mem::take(&mut active) {
+                        fail!(PipeError::src(StoreError::transient(format!(
+                            "the source sent nothing for {:?}", ctx.idle_timeout
+                        ))).with_reason("timeout"));
+                    }
+                    idle.as_mut().reset(Instant::now() + ctx.idle_timeout);
+                }
+            }
         };
+        active = true;
         let mut chunk = match next {
             None => break,
             Some(Ok(b)) => b,
             Some(Err(e)) => fail!(PipeError::src(e)),
         };
-        if got + chunk.len() as u64 > len {
+        if *got + chunk.len() as u64 > len {
             fail!(PipeError::src(StoreError::transient(format!(
                 "the source sent more than the {len} bytes requested"
             ))));
@@ -260,8 +296,8 @@ async fn feed(
                 std::mem::take(&mut chunk)
             };
             crc.update(&piece);
-            got += piece.len() as u64;
-            if got == len {
+            *got += piece.len() as u64;
+            if *got == len {
                 if let Some(want) = expected_crc {
                     if crc.sum() != want {
                         fail!(PipeError::src(StoreError::transient(format!(
@@ -275,50 +311,156 @@ async fn feed(
             if let Some(bw) = &ctx.bandwidth {
                 bw.acquire(piece.len() as u64).await;
             }
+            // Held by this guard until the channel owns the chunk (a failed or dropped send
+            // gives it back); from then on the body releases it.
             let permit = ctx.budget.acquire(piece.len() as u64).await;
-            idle.as_mut().reset(Instant::now() + ctx.idle_timeout);
-            tokio::select! {
-                biased;
-                r = tx.send(Ok((piece, permit))) => if r.is_err() { return Err(FeedError::Gone) },
-                _ = &mut idle => fail!(PipeError::dst(StoreError::transient(format!(
-                    "the destination took no data for {:?}", ctx.idle_timeout
-                ))).with_reason("timeout")),
+            let weight = permit.bytes();
+            // Common case first: room in the buffer, no timer needed.
+            let piece = match tx.try_send(Ok((piece, weight))) {
+                Ok(()) => {
+                    permit.hand_over();
+                    continue;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(FeedError::Gone),
+                Err(mpsc::error::TrySendError::Full(item)) => item,
+            };
+            let send = tx.send(piece);
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut send => match r {
+                        Ok(()) => break,
+                        Err(_) => return Err(FeedError::Gone),
+                    },
+                    _ = &mut idle => {
+                        if !std::mem::take(&mut active) {
+                            fail!(PipeError::dst(StoreError::transient(format!(
+                                "the destination took no data for {:?}", ctx.idle_timeout
+                            ))).with_reason("timeout"));
+                        }
+                        idle.as_mut().reset(Instant::now() + ctx.idle_timeout);
+                    }
+                }
             }
+            permit.hand_over();
+            active = true;
         }
     }
-    if got != len {
+    if *got != len {
         fail!(PipeError::src(StoreError::transient(format!(
-            "the source body ended after {got} of {len} bytes"
+            "the source body ended after {} of {len} bytes",
+            *got
         )))
         .with_reason("truncated"));
     }
     Ok(crc.sum())
 }
 
-/// The upload body: yields the channel's chunks and holds each chunk's permit until the
-/// consumer comes back for more.
+/// Adds a range's fetched bytes to the download counters when the feed ends, however it ends.
+struct DownloadCount<'a> {
+    bytes: u64,
+    progress: &'a Progress,
+}
+
+impl Drop for DownloadCount<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.progress
+                .downloaded_bytes
+                .fetch_add(self.bytes, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!(crate::metrics::BYTES_TOTAL, "direction" => "download")
+                .increment(self.bytes);
+        }
+    }
+}
+
+/// The upload body: yields the channel's chunks and keeps each chunk's budget bytes until the
+/// consumer comes back for more; on drop it gives back everything still queued.
 struct Body {
     rx: mpsc::Receiver<Item>,
-    held: Option<BudgetPermit>,
-    done: Arc<Notify>,
+    /// Budget bytes of consumed chunks not yet given back: released in batches (one
+    /// semaphore lock per batch, not per chunk), and always before the body waits.
+    held: u32,
+    release_batch: u32,
+    budget: Arc<MemoryBudget>,
+    signals: Arc<BodySignals>,
+    /// Bytes not yet yielded: a consumer that knows the length may never poll for the end.
+    remaining: u64,
+}
+
+/// What the body tells the pipe about its consumer.
+#[derive(Default)]
+struct BodySignals {
+    /// A chunk was taken since the pipe last looked.
+    taken: AtomicBool,
+    /// The consumer read the end of the body.
+    finished: AtomicBool,
+    done: Notify,
+}
+
+impl BodySignals {
+    fn finish(&self) {
+        if !self.finished.swap(true, Relaxed) {
+            self.done.notify_one();
+        }
+    }
+}
+
+impl Body {
+    fn release_held(&mut self) {
+        if self.held > 0 {
+            self.budget.release(self.held);
+            self.held = 0;
+        }
+    }
 }
 
 impl Stream for Body {
     type Item = Result<Bytes, StoreError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.held = None;
+        // The consumer is back for more: the previous chunk is consumed.
+        if self.held >= self.release_batch {
+            self.release_held();
+        }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(Ok((b, permit)))) => {
-                self.held = Some(permit);
+            Poll::Ready(Some(Ok((b, weight)))) => {
+                self.held = self.held.saturating_add(weight);
+                self.signals.taken.store(true, Relaxed);
+                self.remaining = self.remaining.saturating_sub(b.len() as u64);
+                if self.remaining == 0 {
+                    self.signals.finish();
+                }
                 Poll::Ready(Some(Ok(b)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Err(e))) => {
+                self.release_held();
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(None) => {
-                self.done.notify_one();
+                self.release_held();
+                self.signals.finish();
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // Never wait while holding bytes: the feeder may be waiting for them.
+                self.release_held();
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        self.release_held();
+        // No new chunks after close; queued ones still carry budget bytes.
+        self.rx.close();
+        while let Ok(item) = self.rx.try_recv() {
+            if let Ok((_, weight)) = item {
+                self.budget.release(weight);
+            }
         }
     }
 }

@@ -13,6 +13,8 @@ pub struct Progress {
     pub acked_bytes: AtomicU64,
     /// Bytes kept from a previous run.
     pub resumed_bytes: AtomicU64,
+    /// Bytes fetched from the source, retried fetches included (billed egress).
+    pub downloaded_bytes: AtomicU64,
     /// Parts of the upload (0 for a single PUT).
     pub parts_total: AtomicU64,
     /// Parts acknowledged, including resumed ones.
@@ -25,7 +27,7 @@ pub struct Progress {
     pub lowest_concurrency_limit: AtomicU64,
     /// Retried parts and requests.
     pub retries: AtomicU64,
-    /// Bytes currently held in buffers between downloads and uploads.
+    /// Bytes held in buffers between downloads and uploads (sampled twice a second).
     pub buffered_bytes: AtomicU64,
     /// High-water mark of `buffered_bytes`.
     pub peak_buffered_bytes: AtomicU64,
@@ -39,6 +41,7 @@ pub struct ProgressSnapshot {
     pub total_bytes: u64,
     pub acked_bytes: u64,
     pub resumed_bytes: u64,
+    pub downloaded_bytes: u64,
     pub parts_total: u64,
     pub parts_done: u64,
     pub inflight_parts: u64,
@@ -57,6 +60,7 @@ impl Progress {
             total_bytes: self.total_bytes.load(Relaxed),
             acked_bytes: self.acked_bytes.load(Relaxed),
             resumed_bytes: self.resumed_bytes.load(Relaxed),
+            downloaded_bytes: self.downloaded_bytes.load(Relaxed),
             parts_total: self.parts_total.load(Relaxed),
             parts_done: self.parts_done.load(Relaxed),
             inflight_parts: self.inflight_parts.load(Relaxed),

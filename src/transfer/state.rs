@@ -159,6 +159,117 @@ pub fn remove(path: &Path) {
     }
 }
 
+/// Exclusive use of one state file by one copy, across processes (a lock file holding the
+/// pid, taken over when that process is gone) and within a process (the daemon may be asked
+/// to run the same pair twice). Released on drop.
+#[derive(Debug)]
+pub struct StateLock {
+    path: PathBuf,
+    key: PathBuf,
+}
+
+fn held_in_process() -> &'static std::sync::Mutex<std::collections::HashSet<PathBuf>> {
+    static HELD: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
+        std::sync::OnceLock::new();
+    HELD.get_or_init(Default::default)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Takes the lock for the state file `state`; fails if another live copy holds it.
+pub fn lock(state: &Path) -> Result<StateLock, TransferError> {
+    let busy = || {
+        TransferError::State(format!(
+            "another copy of the same source and destination is running (lock {}); wait for it \
+             to finish or stop it",
+            state.with_extension("lock").display()
+        ))
+    };
+    let key = state.to_path_buf();
+    if !held_in_process()
+        .lock()
+        .expect("lock set")
+        .insert(key.clone())
+    {
+        return Err(busy());
+    }
+    let path = state.with_extension("lock");
+    let release_key = || {
+        held_in_process().lock().expect("lock set").remove(&key);
+    };
+    let me = std::process::id();
+    for _ in 0..2 {
+        if let Some(dir) = path.parent() {
+            if !dir.exists() {
+                let mut b = std::fs::DirBuilder::new();
+                b.recursive(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::DirBuilderExt;
+                    b.mode(0o700);
+                }
+                if let Err(e) = b.create(dir) {
+                    release_key();
+                    return Err(TransferError::State(format!(
+                        "cannot create {}: {e}; choose a writable state directory",
+                        dir.display()
+                    )));
+                }
+            }
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                let _ = writeln!(f, "{me}");
+                return Ok(StateLock {
+                    path,
+                    key: key.clone(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok());
+                match owner {
+                    // Our own pid is stale here: the in-process set said nobody holds it.
+                    Some(pid) if pid != me && pid_alive(pid) => {
+                        release_key();
+                        return Err(busy());
+                    }
+                    _ => {
+                        tracing::debug!(path = %path.display(), "taking over a stale lock");
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+            Err(e) => {
+                release_key();
+                return Err(TransferError::State(format!(
+                    "cannot create {}: {e}; choose a writable state directory",
+                    path.display()
+                )));
+            }
+        }
+    }
+    release_key();
+    Err(busy())
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        held_in_process()
+            .lock()
+            .expect("lock set")
+            .remove(&self.key);
+    }
+}
+
 /// Serialises a u64 as a decimal string (CRC-64 values exceed JSON's safe integers).
 pub fn ser_u64_string<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&v.to_string())
@@ -242,6 +353,20 @@ mod tests {
         }
         remove(&path);
         assert!(load(&path).unwrap().is_none());
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s").join("copy-x.json");
+        let l = lock(&state).unwrap();
+        assert!(matches!(lock(&state), Err(TransferError::State(_))));
+        drop(l);
+        let l = lock(&state).unwrap();
+        drop(l);
+        // A lock file left by a dead process is taken over.
+        std::fs::write(state.with_extension("lock"), "4000000000\n").unwrap();
+        let _l = lock(&state).unwrap();
     }
 
     #[test]

@@ -102,6 +102,7 @@ async fn copies_objects_of_edge_sizes() {
         assert!(s.source_crc64_known);
         assert_eq!(s.retries, 0);
         assert_eq!(p.acked_bytes.load(Relaxed), size);
+        assert_eq!(p.downloaded_bytes.load(Relaxed), size);
         assert_eq!(p.inflight_parts.load(Relaxed), 0);
         assert_eq!(p.buffered_bytes.load(Relaxed), 0, "all budget returned");
         if parts > 0 {
@@ -241,6 +242,8 @@ async fn corrupted_download_is_found_and_resent() {
     let (r, p) = e.run(opts()).await;
     let s = r.unwrap();
     e.assert_copied(&s);
+    // The repair pass re-read everything once and re-fetched one part.
+    assert_eq!(p.downloaded_bytes.load(Relaxed), 2 * (6 * PART + 5) + PART);
     assert!(p.crc_mismatches.load(Relaxed) >= 1);
     let resent: u32 = (1..=7).map(|n| e.dst.part_uploads(n)).sum();
     assert_eq!(resent, 8, "exactly one part sent twice");
@@ -503,12 +506,15 @@ async fn resumes_after_the_process_dies() {
     drop(fut);
     // Let the background state write land (the kill -9 equivalent may lose the latest acks,
     // which are then simply sent again).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let path = state::state_path(dir.path(), "mem://src/obj", "mem://dst/copy");
+    let saved = state::load(&path).unwrap().expect("state on disk");
+    assert!(!saved.parts.is_empty());
     e.dst.clear_faults();
     e.dst.reset_part_uploads();
     let s = e.run(o).await.0.unwrap();
     e.assert_copied(&s);
-    assert!(s.resumed_bytes >= 4 * PART, "resumed {}", s.resumed_bytes);
+    assert_eq!(s.resumed_bytes, saved.parts.len() as u64 * PART);
     let sent: u32 = (1..=20).map(|n| e.dst.part_uploads(n)).sum();
     assert_eq!(sent as u64, 20 - s.resumed_bytes / PART);
 }
@@ -751,4 +757,258 @@ async fn bad_options_are_rejected() {
         err.to_string().contains("cannot read mem://empty/obj"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn shrunk_source_discards_the_old_multipart_upload() {
+    let e = env(12 * PART);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    interrupted(&e, o.clone(), 2).await;
+    assert_eq!(e.dst.open_uploads(), 1);
+    let e = Env {
+        bytes: data(1000, 3),
+        ..e
+    };
+    e.src.insert("obj", e.bytes.clone());
+    let s = e.run(o).await.0.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(s.parts, 0);
+    assert_eq!(e.dst.open_uploads(), 0, "the old upload was aborted");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn resume_keeps_the_recorded_part_size() {
+    let e = env(12 * PART);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    interrupted(&e, o.clone(), 3).await;
+    e.dst.clear_faults();
+    let s = e
+        .run(CopyOptions {
+            part_size: Some(3 * PART),
+            ..o
+        })
+        .await
+        .0
+        .unwrap();
+    e.assert_copied(&s);
+    assert_eq!(s.part_size, PART, "the interrupted upload's plan wins");
+    assert!(s.resumed_bytes >= 3 * PART);
+}
+
+#[tokio::test]
+async fn cancelled_before_start_sends_nothing() {
+    let e = env(8 * PART);
+    let (s, d) = e.locs();
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let err = copy(s, d, opts(), Progress::new(), cancel)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        TransferError::Interrupted { state_file: None }
+    ));
+    assert_eq!(e.dst.calls(Op::UploadPart), 0);
+    assert_eq!(e.dst.open_uploads(), 0);
+}
+
+#[tokio::test]
+async fn survives_random_faults_everywhere() {
+    let e = env(30 * PART + 99);
+    for (op, class) in [
+        (Op::Get, ErrorClass::Transient),
+        (Op::UploadPart, ErrorClass::Transient),
+        (Op::UploadPart, ErrorClass::Throttled),
+    ] {
+        let store = if op == Op::Get { &e.src } else { &e.dst };
+        store.inject(FaultRule::new(op, Fault::Error(class)).probability(0.1));
+    }
+    e.src
+        .inject(FaultRule::new(Op::Get, Fault::Break { after: 50_000 }).probability(0.1));
+    e.dst
+        .inject(FaultRule::new(Op::UploadPart, Fault::WrongCrc).probability(0.05));
+    let o = CopyOptions {
+        concurrency: 8,
+        max_attempts: 30,
+        ..opts()
+    };
+    let (r, p) = e.run(o).await;
+    e.assert_copied(&r.unwrap());
+    assert_eq!(p.parts_done.load(Relaxed), 31);
+}
+
+#[tokio::test]
+async fn local_source_changed_mid_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.raw");
+    std::fs::write(&path, data(10 * PART, 1)).unwrap();
+    let mem = MemoryStore::new("m");
+    mem.inject(FaultRule::new(
+        Op::UploadPart,
+        Fault::Delay(Duration::from_millis(20)),
+    ));
+    let p = Progress::new();
+    let o = CopyOptions {
+        concurrency: 2,
+        ..opts()
+    };
+    let run = copy(
+        Location::new(Arc::new(LocalFile::new(&path)), ""),
+        Location::new(mem.clone() as Arc<dyn ObjectStore>, "k"),
+        o,
+        p.clone(),
+        CancellationToken::new(),
+    );
+    let (r, _) = tokio::join!(run, async {
+        while p.parts_done.load(Relaxed) < 2 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        std::fs::write(&path, data(10 * PART + 1, 2)).unwrap();
+    });
+    let err = r.unwrap_err();
+    assert!(matches!(err, TransferError::SourceChanged { .. }), "{err}");
+    assert_eq!(mem.open_uploads(), 0);
+    assert!(mem.object("k").is_none());
+}
+
+#[tokio::test]
+async fn the_same_pair_cannot_run_twice_at_once() {
+    let e = env(8 * PART);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 1,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let (s, d) = e.locs();
+    let p = Progress::new();
+    let first = tokio::spawn(copy(s, d, o.clone(), p.clone(), CancellationToken::new()));
+    while p.parts_done.load(Relaxed) < 1 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let err = e.run(o).await.0.unwrap_err();
+    assert!(matches!(err, TransferError::State(_)), "{err}");
+    assert!(err.to_string().contains("another copy"), "{err}");
+    e.assert_copied(&first.await.unwrap().unwrap());
+}
+
+#[tokio::test]
+async fn resume_trusts_etags_when_the_destination_reports_no_crc() {
+    let e = env(10 * PART);
+    e.dst.set_report_crc(false);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let err = interrupted(&e, o.clone(), 3).await;
+    let TransferError::Interrupted {
+        state_file: Some(path),
+    } = err
+    else {
+        panic!()
+    };
+    // Tamper with one recorded ETag: without a CRC from the server, that part is not trusted.
+    let mut st = state::load(&path).unwrap().unwrap();
+    let kept = st.parts.len() as u64;
+    st.parts[1].etag.push('x');
+    let tampered = st.parts[1].number;
+    state::save(&path, &st).unwrap();
+    e.dst.clear_faults();
+    e.dst.reset_part_uploads();
+    let s = e.run(o).await.0.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(s.resumed_bytes, (kept - 1) * PART);
+    assert_eq!(e.dst.part_uploads(tampered), 1);
+}
+
+#[tokio::test]
+async fn a_part_backing_off_does_not_hold_up_the_others() {
+    let e = env(6 * PART);
+    e.dst.inject(
+        FaultRule::new(Op::UploadPart, Fault::Error(ErrorClass::Transient))
+            .part(1)
+            .times(1),
+    );
+    let o = CopyOptions {
+        concurrency: 1,
+        retry_base: Duration::from_millis(400),
+        retry_cap: Duration::from_millis(400),
+        ..opts()
+    };
+    let (s, d) = e.locs();
+    let p = Progress::new();
+    let task = tokio::spawn(copy(s, d, o, p.clone(), CancellationToken::new()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(p.parts_done.load(Relaxed), 5, "parts 2-6 went ahead");
+    e.assert_copied(&task.await.unwrap().unwrap());
+}
+
+#[tokio::test]
+async fn copies_can_share_one_memory_budget() {
+    let global = Progress::new();
+    let shared = budget::MemoryBudget::new(256 * KIB, global.clone());
+    let (a, b) = (env(4 * MIB), env(4 * MIB + 1));
+    let o = CopyOptions {
+        concurrency: 8,
+        part_size: Some(MIB),
+        chunk_size: 32 * 1024,
+        shared_memory: Some(shared.clone()),
+        ..opts()
+    };
+    let (ra, rb) = tokio::join!(a.run(o.clone()), b.run(o));
+    a.assert_copied(&ra.0.unwrap());
+    b.assert_copied(&rb.0.unwrap());
+    let peak = global.peak_buffered_bytes.load(Relaxed);
+    assert!(peak > 0 && peak <= 256 * KIB, "peak {peak}");
+    assert_eq!(shared.in_use(), 0);
+}
+
+#[tokio::test]
+async fn hung_requests_time_out_and_are_retried() {
+    let short = Duration::from_millis(150);
+    let o = CopyOptions {
+        idle_timeout: short,
+        request_timeout: short,
+        ..opts()
+    };
+    // A GET that never answers; an upload that never reads a part small enough to sit
+    // entirely in the buffer; one that never reads a part bigger than the buffer; a
+    // Complete that never answers.
+    let cases: Vec<(&str, u64, Op)> = vec![
+        ("get", PART, Op::Get),
+        ("small part", PART, Op::UploadPart),
+        ("big part", 8 * MIB, Op::UploadPart),
+        ("complete", PART, Op::Complete),
+    ];
+    for (name, part, op) in cases {
+        let e = env(3 * part);
+        let store = if op == Op::Get { &e.src } else { &e.dst };
+        store.inject(FaultRule::new(op, Fault::Hang).nth(1));
+        let (r, p) = e
+            .run(CopyOptions {
+                part_size: Some(part),
+                ..o.clone()
+            })
+            .await;
+        let s = r.unwrap_or_else(|err| panic!("{name}: {err}"));
+        e.assert_copied(&s);
+        assert_eq!(p.retries.load(Relaxed), 1, "{name}");
+    }
 }

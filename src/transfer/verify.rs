@@ -2,6 +2,8 @@
 //! way in (the per-part check only proves the destination stored what we sent; the source's
 //! whole-object CRC-64 proves what we sent is what the source holds).
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -10,7 +12,7 @@ use crate::crc64::Crc64;
 use crate::store::{PartSpec, StoreError};
 
 use super::retry::Backoff;
-use super::Location;
+use super::{Location, Progress};
 
 /// CRC-64 of source bytes `[start, end)`, read without buffering.
 pub(crate) async fn range_crc(
@@ -61,12 +63,14 @@ pub(crate) async fn find_bad_parts(
     backoff: Backoff,
     idle: Duration,
     request_timeout: Duration,
+    progress: Arc<Progress>,
 ) -> Result<Vec<usize>, StoreError> {
     // Every future owns its inputs: borrowed captures here would cost `copy` its `Send` proof.
     let checks = parts.into_iter().enumerate().map(move |(i, p)| {
         let mut backoff = backoff.clone();
         let src = src.clone();
         let if_match = if_match.clone();
+        let progress = progress.clone();
         async move {
             let mut attempt = 1;
             loop {
@@ -80,7 +84,12 @@ pub(crate) async fn find_bad_parts(
                 )
                 .await
                 {
-                    Ok(c) => return Ok((i, c)),
+                    Ok(c) => {
+                        progress.downloaded_bytes.fetch_add(p.len, Relaxed);
+                        metrics::counter!(crate::metrics::BYTES_TOTAL, "direction" => "download")
+                            .increment(p.len);
+                        return Ok((i, c));
+                    }
                     Err(e) if e.class.is_retryable() && attempt < max_attempts => {
                         attempt += 1;
                         tokio::time::sleep(backoff.next(e.class)).await;
