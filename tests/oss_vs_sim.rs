@@ -18,7 +18,7 @@ use ossrelay::sim::synthetic::Synthetic;
 use ossrelay::sim::{
     self, FaultKind, SimAccount, SimBucket, SimConfig, SimServer, SyntheticObject,
 };
-use ossrelay::store::{ByteStream, ErrorClass, PutOptions};
+use ossrelay::store::{ByteStream, ErrorClass, ObjectStore, PartSpec, PutOptions};
 
 const AK: &str = "LTAIsimAccessKey";
 const SK: &str = "sim-SECRET-never-printed";
@@ -746,7 +746,6 @@ async fn each_fault_kind_is_observable() {
     let data = pattern(len, 5);
     let b = client_with(&s, |c| {
         c.max_attempts = 2;
-        c.read_timeout = Duration::from_millis(400);
     })
     .bucket(BUCKET);
     put(&b, "f/obj", &data).await;
@@ -851,17 +850,21 @@ async fn each_fault_kind_is_observable() {
     assert_eq!(up.crc64, Some(crc64::checksum(&first)));
     s.set_faults(vec![(FaultKind::Corrupt, 1.0)]);
 
-    // stall: the body goes silent; the client gives up after read_timeout, not 30 s later.
+    // stall: the body goes silent for 30 s; the client gives up after its read timeout.
+    let quick = client_with(&s, |c| c.read_timeout = Duration::from_secs(1)).bucket(BUCKET);
     s.set_faults(vec![(FaultKind::Stall, 1.0)]);
     let started = Instant::now();
-    assert_eq!(
-        read_body(&b, "f/obj", all.clone()).await,
-        Err(ErrorClass::Transient)
-    );
+    let g = quick
+        .get_object("f/obj", Some(all.clone()), None)
+        .await
+        .unwrap();
+    let e = collect(g.body).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Transient, "{e}");
+    assert!(e.message.contains("stalled"), "{e}");
+    let waited = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(8),
+        "{waited:?}"
     );
 
     // Faults off: everything is fine again.
@@ -979,5 +982,105 @@ async fn synthetic_terabyte_head_and_discard_bucket() {
     assert_eq!(meta.etag, done.etag);
     let e = d.get_object("sink.raw", None, None).await.unwrap_err();
     assert_err(&e, 403, "AccessDenied", ErrorClass::Auth);
+    s.shutdown().await;
+}
+
+/// The engine sees OSS only through `ObjectStore`; the same calls work against the simulator.
+#[tokio::test]
+async fn object_store_trait_against_the_simulator() {
+    let s = start(|_| {}).await;
+    let store: Arc<dyn ObjectStore> = Arc::new(client(&s, SignVersion::V4).bucket(BUCKET));
+    assert_eq!(store.describe("a/b"), format!("oss://{BUCKET}/a/b"));
+    let data = pattern(KIB100 + 10, 8);
+    let up = store
+        .put(
+            "t/whole",
+            stream_of(data.clone()),
+            data.len() as u64,
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let meta = store.head("t/whole").await.unwrap();
+    assert_eq!((meta.size, meta.crc64), (data.len() as u64, up.crc64));
+    let r = collect(
+        store
+            .get_range("t/whole", 10, 5000, Some(&meta.etag))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.unwrap(), &data[10..5000]);
+    assert!(
+        collect(store.get_range("t/whole", 7, 7, None).await.unwrap())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let e = store
+        .get_range("t/whole", 0, 10, Some("FFFF"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!((e.class, e.status), (ErrorClass::Precondition, Some(412)));
+
+    let id = store
+        .create_multipart("t/mp", data.len() as u64, &PutOptions::default())
+        .await
+        .unwrap();
+    let cut = KIB100 as u64;
+    let p1 = store
+        .upload_part(
+            "t/mp",
+            &id,
+            PartSpec {
+                number: 1,
+                offset: 0,
+                len: cut,
+            },
+            stream_of(data.slice(..KIB100)),
+        )
+        .await
+        .unwrap();
+    let p2 = store
+        .upload_part(
+            "t/mp",
+            &id,
+            PartSpec {
+                number: 2,
+                offset: cut,
+                len: 10,
+            },
+            stream_of(data.slice(KIB100..)),
+        )
+        .await
+        .unwrap();
+    let listed = store.list_parts("t/mp", &id).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|p| (p.number, p.size))
+            .collect::<Vec<_>>(),
+        [(1, cut), (2, 10)]
+    );
+    let done = store
+        .complete("t/mp", &id, &[(1, p1.etag), (2, p2.etag)])
+        .await
+        .unwrap();
+    assert_eq!(done.crc64, Some(crc64::checksum(&data)));
+
+    let id = store
+        .create_multipart("t/aborted", 1, &PutOptions::default())
+        .await
+        .unwrap();
+    store.abort("t/aborted", &id).await.unwrap();
+    let e = store.list_parts("t/aborted", &id).await.unwrap_err();
+    assert_eq!(
+        (e.class, e.code.as_deref()),
+        (ErrorClass::NotFound, Some("NoSuchUpload"))
+    );
+    store.delete("t/mp").await.unwrap();
+    let e = store.head("t/mp").await.unwrap_err();
+    assert_eq!((e.class, e.status), (ErrorClass::NotFound, Some(404)));
     s.shutdown().await;
 }
