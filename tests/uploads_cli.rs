@@ -78,7 +78,10 @@ async fn uploads(s: &SimServer, secret: &str, args: &[&str]) -> Output {
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(!all.contains(SK), "secret leaked: {all}");
     assert!(!all.contains("panicked"), "{all}");
-    assert!(!all.contains('\x1b'), "terminal colour codes in piped output: {all:?}");
+    assert!(
+        !all.contains('\x1b'),
+        "terminal colour codes in piped output: {all:?}"
+    );
     out
 }
 
