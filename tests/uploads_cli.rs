@@ -27,6 +27,7 @@ async fn start() -> SimServer {
             name: BUCKET.into(),
             account: "1000000000000001".into(),
         }],
+        remote_buckets: vec![("images-bj".into(), "cn-beijing".into())],
         ..SimConfig::default()
     })
     .await
@@ -358,5 +359,7 @@ async fn bad_targets_and_credentials_fail_in_one_line() {
     assert_one_line_error(&out, 1, "check the AccessKey secret");
     let out = uploads(&s, SK, &["list", "oss://no-such-bucket/"]).await;
     assert_one_line_error(&out, 1, "no-such-bucket does not exist");
+    let out = uploads(&s, SK, &["abort", "oss://images-bj/x/"]).await;
+    assert_one_line_error(&out, 1, "is in region cn-beijing; use --region cn-beijing");
     s.shutdown().await;
 }
