@@ -5,6 +5,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use ossrelay::credentials::{Credentials, StaticProvider};
+use ossrelay::oss::xml::XmlElement;
 use ossrelay::oss::{
     EndpointSpec, LifecycleAction, LifecycleConfiguration, LifecycleRule, OssBucket, OssClient,
     OssConfig,
@@ -287,6 +288,23 @@ async fn protect_merges_a_rule_and_is_idempotent() {
         prefix: Some("logs/".into()),
         status: "Enabled".into(),
         expiration: Some(LifecycleAction::after_days(30)),
+        // An element ossrelay does not model must survive the merge untouched.
+        other: vec![XmlElement {
+            name: "Transition".into(),
+            text: String::new(),
+            children: vec![
+                XmlElement {
+                    name: "Days".into(),
+                    text: "7".into(),
+                    children: vec![],
+                },
+                XmlElement {
+                    name: "StorageClass".into(),
+                    text: "IA".into(),
+                    children: vec![],
+                },
+            ],
+        }],
         ..Default::default()
     };
     b.put_bucket_lifecycle(&LifecycleConfiguration {
@@ -328,6 +346,33 @@ async fn protect_merges_a_rule_and_is_idempotent() {
         puts,
         "no second write"
     );
+
+    // A whole-bucket rule that already aborts sooner covers every prefix.
+    let whole = LifecycleRule {
+        id: Some("abort-all".into()),
+        prefix: Some(String::new()),
+        status: "Enabled".into(),
+        abort_multipart_upload: Some(LifecycleAction::after_days(1)),
+        ..Default::default()
+    };
+    let seeded = LifecycleConfiguration {
+        rules: vec![existing.clone(), whole],
+    };
+    b.put_bucket_lifecycle(&seeded).await.unwrap();
+    let out = uploads(
+        &s,
+        SK,
+        &[
+            "protect",
+            &format!("oss://{BUCKET}/deep/er/"),
+            "--days",
+            "3",
+        ],
+    )
+    .await;
+    assert_ok(&out);
+    assert!(stdout(&out).contains("nothing changed"), "{}", stdout(&out));
+    assert_eq!(b.get_bucket_lifecycle().await.unwrap(), Some(seeded));
 
     let out = uploads(&s, SK, &["protect", &target, "--days", "0"]).await;
     assert_one_line_error(&out, 2, "--days");
