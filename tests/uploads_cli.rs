@@ -408,3 +408,38 @@ async fn bad_targets_and_credentials_fail_in_one_line() {
     assert_one_line_error(&out, 1, "is in region cn-beijing; use --region cn-beijing");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_failures_exit_1_and_keep_the_uploads() {
+    let s = start().await;
+    let b = bucket(&s);
+    let ids = initiate(&b, &["broken/a.raw"]).await;
+    s.set_fault_ops(Some(vec!["AbortMultipartUpload".into()]));
+    s.set_faults(vec![(ossrelay::sim::FaultKind::Error500, 1.0)]);
+    let out = uploads(&s, SK, &["abort", &format!("oss://{BUCKET}/broken/")]).await;
+    s.set_faults(vec![]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("warning: cannot abort") && l.contains(&ids[0])),
+        "{err}"
+    );
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("rerun"), "{err}");
+    assert_eq!(
+        open_ids(&b, "broken/").await,
+        ids,
+        "the upload is still there"
+    );
+    assert!(
+        s.stats()["requests"]["AbortMultipartUpload"]["500"].as_u64() > Some(1),
+        "retried"
+    );
+    // Rerunning once OSS is healthy finishes the job.
+    let out = uploads(&s, SK, &["abort", &format!("oss://{BUCKET}/broken/")]).await;
+    assert_ok(&out);
+    assert!(open_ids(&b, "broken/").await.is_empty());
+    s.shutdown().await;
+}
