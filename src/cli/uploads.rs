@@ -179,8 +179,15 @@ async fn abort(
         .list_multipart_uploads(Some(prefix).filter(|p| !p.is_empty()))
         .await
         .map_err(|e| e.to_string())?;
+    // Ages are measured on OSS's clock (Initiated is server time): with a skewed local clock
+    // (the client corrects its offset when OSS reports the skew) fresh uploads would look old.
+    let now = chrono::DateTime::<chrono::Utc>::from(bucket.client().now());
     let cutoff = older_than.map(|d| {
-        chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+        chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            // An age reaching before any representable date selects nothing.
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
     });
     let (mut aborted, mut failed) = (0usize, 0usize);
     for u in uploads {

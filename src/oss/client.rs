@@ -279,6 +279,8 @@ impl OssClient {
             bucket,
             key,
             region_flag: &self.inner.region_flag,
+            signing_region: &self.inner.region,
+            endpoint_host: &self.inner.endpoint.host,
         };
         let parts = Parts {
             ctx,

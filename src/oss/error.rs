@@ -69,6 +69,10 @@ pub struct ErrorContext<'a> {
     pub key: Option<&'a str>,
     /// Flag users pass to pick this side's region (e.g. `--src-region`).
     pub region_flag: &'a str,
+    /// Region in the V4 signature scope (names the mismatch in signing-region errors).
+    pub signing_region: &'a str,
+    /// Bare endpoint host the request went to (`oss-cn-hangzhou.aliyuncs.com`, `127.0.0.1`).
+    pub endpoint_host: &'a str,
 }
 
 impl ErrorContext<'_> {
@@ -164,13 +168,18 @@ impl OssError {
             );
         }
         let class = classify(status, code.as_deref());
-        let message = user_message(
-            status,
-            code.as_deref(),
-            server_message.as_deref(),
-            endpoint.as_deref(),
-            ctx,
-        );
+        let message =
+            if is_signing_region_error(code.as_deref(), ec.as_deref(), server_message.as_deref()) {
+                signing_region_message(ctx, get("HostId").as_deref(), server_message.as_deref())
+            } else {
+                user_message(
+                    status,
+                    code.as_deref(),
+                    server_message.as_deref(),
+                    endpoint.as_deref(),
+                    ctx,
+                )
+            };
         OssError {
             class,
             status: Some(status),
@@ -190,6 +199,62 @@ impl OssError {
     /// Whether this is the given service code.
     pub fn is_code(&self, code: &str) -> bool {
         self.code.as_deref() == Some(code)
+    }
+}
+
+/// Whether OSS rejected the V4 scope's region (EC 0002-00000226 / 0002-00000228; the code and
+/// wording are not documented, so the message is matched too).
+fn is_signing_region_error(code: Option<&str>, ec: Option<&str>, server: Option<&str>) -> bool {
+    matches!(ec, Some("0002-00000226" | "0002-00000228"))
+        || (code == Some("InvalidArgument")
+            && server.is_some_and(|m| m.to_ascii_lowercase().contains("signing region")))
+}
+
+/// Advice for a request signed for the wrong region: the endpoint's region, found in the
+/// endpoint host, the error's HostId (`bucket.oss-<region>.aliyuncs.com`) or OSS's message.
+fn signing_region_message(
+    ctx: &ErrorContext<'_>,
+    host_id: Option<&str>,
+    server: Option<&str>,
+) -> String {
+    let ours = ctx.signing_region;
+    let flag = if ctx.region_flag.is_empty() {
+        "--region"
+    } else {
+        ctx.region_flag
+    };
+    let from_host = |h: &str| {
+        region_from_endpoint_host(h).or_else(|| {
+            h.split_once('.')
+                .and_then(|(_, rest)| region_from_endpoint_host(rest))
+        })
+    };
+    let looks_like_region = |t: &&str| {
+        t.contains('-')
+            && !t.starts_with('-')
+            && !t.ends_with('-')
+            && t.starts_with(|c: char| c.is_ascii_lowercase())
+            && *t != ours
+    };
+    let right = from_host(ctx.endpoint_host)
+        .or_else(|| host_id.and_then(from_host))
+        .filter(|r| r != ours)
+        .or_else(|| {
+            server.and_then(|m| {
+                m.split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+                    .find(looks_like_region)
+                    .map(str::to_string)
+            })
+        });
+    let op = ctx.operation;
+    let target = ctx.target();
+    match right {
+        Some(r) => format!(
+            "{op} on {target}: the request was signed for region {ours} but the endpoint serves {r}; use {flag} {r}"
+        ),
+        None => format!(
+            "{op} on {target}: OSS rejected signing region {ours} for this endpoint; set {flag} to the region of the endpoint/bucket"
+        ),
     }
 }
 
@@ -323,7 +388,54 @@ mod tests {
             bucket: Some(bucket),
             key,
             region_flag: "--src-region",
+            signing_region: "cn-beijing",
+            endpoint_host: "127.0.0.1",
         }
+    }
+
+    #[test]
+    fn wrong_signing_region_names_the_endpoint_region() {
+        // Real OSS: terse message, the region is in HostId.
+        let body = b"<Error><Code>InvalidArgument</Code><Message>Invalid signing region in Authorization header.</Message><HostId>b.oss-cn-hangzhou.aliyuncs.com</HostId><EC>0002-00000226</EC></Error>";
+        let e = OssError::from_response(
+            400,
+            &HeaderMap::new(),
+            body,
+            &ctx("GetObject", "b", Some("k")),
+        );
+        assert_eq!(e.class, ErrorClass::Client);
+        assert!(
+            e.message.contains("signed for region cn-beijing but the endpoint serves cn-hangzhou; use --src-region cn-hangzhou"),
+            "{}",
+            e.message
+        );
+        // The region only in the message (simulator behind an IP endpoint).
+        let body = b"<Error><Code>InvalidArgument</Code><Message>Invalid signing region in Authorization header: cn-beijing (this endpoint serves eu-central-1).</Message><HostId>127.0.0.1:9000</HostId></Error>";
+        let e = OssError::from_response(
+            400,
+            &HeaderMap::new(),
+            body,
+            &ctx("GetObject", "b", Some("k")),
+        );
+        assert!(
+            e.message.contains("use --src-region eu-central-1"),
+            "{}",
+            e.message
+        );
+        // Nothing to go on: still says which flag to fix.
+        let body = b"<Error><Code>InvalidArgument</Code><Message>Invalid signing region.</Message><EC>0002-00000228</EC></Error>";
+        let e = OssError::from_response(
+            400,
+            &HeaderMap::new(),
+            body,
+            &ctx("GetObject", "b", Some("k")),
+        );
+        assert!(
+            e.message.contains("rejected signing region cn-beijing"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("set --src-region"), "{}", e.message);
     }
 
     #[test]

@@ -7,12 +7,15 @@ use super::{OssBucket, OssError};
 pub const RULE_ID_PREFIX: &str = "ossrelay-abort-incomplete-";
 
 /// Adds (to `cfg`) a rule aborting incomplete multipart uploads under `prefix` after `days`.
-/// Existing rules are kept as they are. Returns `false` if an enabled rule with that prefix
-/// already aborts uploads within `days` (nothing to do).
+/// Existing rules are kept as they are. Returns `false` if an enabled rule for that prefix or
+/// a shorter one containing it (`""` is the whole bucket) already aborts uploads within `days`
+/// (nothing to do).
 pub fn merge_abort_rule(cfg: &mut LifecycleConfiguration, prefix: &str, days: u32) -> bool {
     let covered = cfg.rules.iter().any(|r| {
         r.status.eq_ignore_ascii_case("Enabled")
-            && r.prefix.as_deref().unwrap_or("") == prefix
+            && prefix.starts_with(r.prefix.as_deref().unwrap_or(""))
+            // A Filter or Tag narrows the rule to some objects only; do not rely on it.
+            && !r.other.iter().any(|e| e.name == "Filter" || e.name == "Tag")
             && r.abort_multipart_upload
                 .as_ref()
                 .and_then(|a| a.days)
@@ -94,5 +97,38 @@ mod tests {
             cfg.rules[1].abort_multipart_upload.as_ref().unwrap().days,
             Some(1)
         );
+    }
+
+    #[test]
+    fn a_rule_for_a_containing_prefix_covers() {
+        let mut whole = rule("all", "");
+        whole.abort_multipart_upload = Some(LifecycleAction::after_days(2));
+        let mut cfg = LifecycleConfiguration {
+            rules: vec![whole.clone()],
+        };
+        assert!(!merge_abort_rule(&mut cfg, "exports/", 3));
+        assert!(!merge_abort_rule(&mut cfg, "", 2));
+        assert!(
+            merge_abort_rule(&mut cfg, "exports/", 1),
+            "longer than asked"
+        );
+        // A sibling prefix does not cover, nor a filtered rule.
+        let mut cfg = LifecycleConfiguration {
+            rules: vec![LifecycleRule {
+                prefix: Some("exp/".into()),
+                ..whole.clone()
+            }],
+        };
+        assert!(merge_abort_rule(&mut cfg, "exports/", 3));
+        let mut filtered = whole;
+        filtered.other.push(crate::oss::xml::XmlElement {
+            name: "Filter".into(),
+            text: String::new(),
+            children: Vec::new(),
+        });
+        let mut cfg = LifecycleConfiguration {
+            rules: vec![filtered],
+        };
+        assert!(merge_abort_rule(&mut cfg, "exports/", 3));
     }
 }

@@ -283,6 +283,11 @@ impl SimServer {
         self.shared.set_fault_ops(ops);
     }
 
+    /// Changes the server clock's offset at runtime (seconds, like [`SimConfig::clock_skew`]).
+    pub fn set_clock_skew(&self, secs: i64) {
+        self.shared.set_clock_skew(secs);
+    }
+
     /// `(size, crc64)` of an object, if it exists.
     pub fn object_crc64(&self, bucket: &str, key: &str) -> Option<(u64, u64)> {
         self.shared.object_crc64(bucket, key)

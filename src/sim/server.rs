@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -367,7 +367,7 @@ pub(crate) struct Shared {
     conn_rate: Option<u64>,
     latency: Duration,
     reject_path_style: bool,
-    clock_skew: i64,
+    clock_skew: AtomicI64,
     state: Mutex<State>,
     faults: Mutex<Faults>,
     stats: Stats,
@@ -563,7 +563,7 @@ impl Shared {
             conn_rate: cfg.conn_rate,
             latency: cfg.latency,
             reject_path_style: cfg.reject_path_style,
-            clock_skew: cfg.clock_skew,
+            clock_skew: AtomicI64::new(cfg.clock_skew),
             state: Mutex::new(state),
             faults: Mutex::new(Faults {
                 list: cfg.faults.clone(),
@@ -580,10 +580,11 @@ impl Shared {
 
     fn now(&self) -> SystemTime {
         let now = SystemTime::now();
-        if self.clock_skew >= 0 {
-            now + Duration::from_secs(self.clock_skew as u64)
+        let skew = self.clock_skew.load(Ordering::Relaxed);
+        if skew >= 0 {
+            now + Duration::from_secs(skew as u64)
         } else {
-            now - Duration::from_secs(self.clock_skew.unsigned_abs())
+            now - Duration::from_secs(skew.unsigned_abs())
         }
     }
 
@@ -600,6 +601,10 @@ impl Shared {
 
     pub(crate) fn set_faults(&self, faults: Vec<(FaultKind, f64)>) {
         self.faults.lock().expect("fault lock").list = faults;
+    }
+
+    pub(crate) fn set_clock_skew(&self, secs: i64) {
+        self.clock_skew.store(secs, Ordering::Relaxed);
     }
 
     pub(crate) fn set_fault_ops(&self, ops: Option<Vec<String>>) {
