@@ -98,7 +98,9 @@ pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
             ],
         )
         .and_then(|b| b.install())
-        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    crate::metrics::register_zeroes();
+    Ok(())
 }
 
 fn usage(msg: impl std::fmt::Display) -> i32 {
