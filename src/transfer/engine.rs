@@ -402,18 +402,42 @@ async fn single_put(
 // Multipart
 
 /// The resume state in memory, written to disk in the background as parts complete; writes
-/// coalesce, so a kill -9 loses at most the acknowledgements of the moment.
+/// coalesce. A recorded part keeps its concurrency slot until a write holding it landed
+/// ([`StateKeeper::unsaved`]), so a kill -9 never re-sends more than `concurrency` parts.
 struct StateKeeper {
     path: Option<PathBuf>,
     state: CopyState,
     dirty: bool,
     writing: Option<JoinHandle<Result<(), TransferError>>>,
+    /// Parts recorded since the last write started.
+    recorded_since_write: usize,
+    /// Parts recorded in the write in flight.
+    in_write: usize,
 }
 
 impl StateKeeper {
+    fn new(path: Option<PathBuf>, state: CopyState) -> Self {
+        Self {
+            path,
+            state,
+            dirty: true,
+            writing: None,
+            recorded_since_write: 0,
+            in_write: 0,
+        }
+    }
+
     fn record(&mut self, part: StatePart) {
         self.state.record(part);
+        if self.path.is_some() {
+            self.recorded_since_write += 1;
+        }
         self.mark();
+    }
+
+    /// Acknowledged parts not yet durably saved: they still count as in flight.
+    fn unsaved(&self) -> usize {
+        self.recorded_since_write + self.in_write
     }
 
     fn forget(&mut self, numbers: &[u32]) {
@@ -437,6 +461,7 @@ impl StateKeeper {
         };
         let snapshot = self.state.clone();
         self.dirty = false;
+        self.in_write = std::mem::take(&mut self.recorded_since_write);
         self.writing = Some(tokio::task::spawn_blocking(move || {
             state::save(&path, &snapshot)
         }));
@@ -451,6 +476,7 @@ impl StateKeeper {
         if let Some(h) = self.writing.as_mut() {
             let r = h.await;
             self.writing = None;
+            self.in_write = 0;
             r.map_err(|e| TransferError::State(format!("state writer failed: {e}")))??;
         }
         self.kick();
@@ -643,12 +669,7 @@ async fn multipart(
     p.resumed_bytes.store(resumed_bytes, Relaxed);
     p.acked_bytes.store(resumed_bytes, Relaxed);
 
-    let mut keeper = StateKeeper {
-        path: state_path.clone(),
-        state: st,
-        dirty: true,
-        writing: None,
-    };
+    let mut keeper = StateKeeper::new(state_path.clone(), st);
     let result = transfer_and_prove(
         ctx,
         meta,
@@ -851,7 +872,7 @@ async fn run_parts(
         let mut next_ready: Option<Instant> = None;
         if !stopping && failure.is_none() {
             let now = Instant::now();
-            while set.len() < aimd.limit() {
+            while set.len() + keeper.unsaved() < aimd.limit() {
                 // Retried jobs sit at the front; the scan stops at the first ready job.
                 let Some(i) = queue
                     .iter()
@@ -862,7 +883,7 @@ async fn run_parts(
                 let job = queue.remove(i).expect("index from position");
                 spawn_part(&mut set, ctx, specs, job, upload_id, etag);
             }
-            if set.len() < aimd.limit() {
+            if set.len() + keeper.unsaved() < aimd.limit() {
                 next_ready = queue.iter().filter_map(|j| j.ready_at).min();
             }
         }
