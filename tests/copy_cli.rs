@@ -97,14 +97,8 @@ async fn kill_9_then_rerun_resends_only_parts_in_flight() {
     let size = 192 * MIB;
     let part = 4 * MIB;
     let concurrency = 4u64;
-    let w = World::new(
-        |c| {
-            c.synthetic.push(ossrelay::sim::SyntheticObject {
-                bucket: SRC_BUCKET.into(),
-                key: "disk.raw".into(),
-                size,
-            })
-        },
+    let w = World::with_disk(
+        size,
         // ~4 × 24 MiB/s: the copy takes a few seconds, long enough to kill it mid-way.
         |c| c.conn_rate = Some(24 * MIB),
     )
@@ -159,17 +153,7 @@ async fn kill_9_then_rerun_resends_only_parts_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_exits_130_and_rerun_completes() {
     let size = 128 * MIB;
-    let w = World::new(
-        |c| {
-            c.synthetic.push(ossrelay::sim::SyntheticObject {
-                bucket: SRC_BUCKET.into(),
-                key: "disk.raw".into(),
-                size,
-            })
-        },
-        |c| c.conn_rate = Some(16 * MIB),
-    )
-    .await;
+    let w = World::with_disk(size, |c| c.conn_rate = Some(16 * MIB)).await;
     let mut args = w.copy_args("disk.raw", DISCARD_BUCKET, "disk.raw");
     args.extend([
         "--json".into(),
@@ -179,11 +163,7 @@ async fn sigint_exits_130_and_rerun_completes() {
         "4".into(),
     ]);
     let child = w.command(&args).spawn().unwrap();
-    let t0 = Instant::now();
-    while count(&w.dst.stats(), "UploadPart", "200") < 4 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    w.wait_for_parts(4).await;
     let pid = child.id() as i32;
     // SAFETY-free: plain kill(2) through the shell utility keeps the test free of libc.
     let status = std::process::Command::new("kill")
@@ -213,17 +193,7 @@ async fn sigint_exits_130_and_rerun_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_overwritten_mid_copy_fails_and_leaves_nothing() {
     let size = 96 * MIB;
-    let w = World::new(
-        |c| {
-            c.synthetic.push(ossrelay::sim::SyntheticObject {
-                bucket: SRC_BUCKET.into(),
-                key: "disk.raw".into(),
-                size,
-            })
-        },
-        |c| c.conn_rate = Some(16 * MIB),
-    )
-    .await;
+    let w = World::with_disk(size, |c| c.conn_rate = Some(16 * MIB)).await;
     let mut args = w.copy_args("disk.raw", DST_BUCKET, "disk.raw");
     args.extend([
         "--part-size".into(),
@@ -232,11 +202,7 @@ async fn source_overwritten_mid_copy_fails_and_leaves_nothing() {
         "4".into(),
     ]);
     let child = w.command(&args).spawn().unwrap();
-    let t0 = Instant::now();
-    while count(&w.dst.stats(), "UploadPart", "200") < 2 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    w.wait_for_parts(2).await;
     w.src
         .put_object_bytes(SRC_BUCKET, "disk.raw", Bytes::from(bytes(4096, 1)));
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())

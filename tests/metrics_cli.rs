@@ -33,21 +33,12 @@ fn value(text: &str, series_prefix: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_documented_names_with_sane_values_while_running() {
     let size = 96 * MIB;
-    let w = World::new(
-        |c| {
-            c.synthetic.push(ossrelay::sim::SyntheticObject {
-                bucket: SRC_BUCKET.into(),
-                key: "disk.raw".into(),
-                size,
-            })
-        },
-        |c| {
-            c.conn_rate = Some(16 * MIB);
-            c.faults = vec![(ossrelay::sim::FaultKind::Error500, 0.15)];
-            c.fault_ops = Some(vec!["UploadPart".into()]);
-            c.fault_seed = 3;
-        },
-    )
+    let w = World::with_disk(size, |c| {
+        c.conn_rate = Some(16 * MIB);
+        c.faults = vec![(ossrelay::sim::FaultKind::Error500, 0.15)];
+        c.fault_ops = Some(vec!["UploadPart".into()]);
+        c.fault_seed = 3;
+    })
     .await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

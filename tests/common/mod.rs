@@ -89,6 +89,33 @@ impl World {
         World { src, dst, dir }
     }
 
+    /// A world whose source bucket holds a synthetic `disk.raw` of `size` bytes.
+    pub async fn with_disk(size: u64, dst_cfg: impl FnOnce(&mut SimConfig)) -> Self {
+        Self::new(
+            |c| {
+                c.synthetic.push(sim::SyntheticObject {
+                    bucket: SRC_BUCKET.into(),
+                    key: "disk.raw".into(),
+                    size,
+                })
+            },
+            dst_cfg,
+        )
+        .await
+    }
+
+    /// Waits until the destination acknowledged `n` UploadParts (at most 60 s).
+    pub async fn wait_for_parts(&self, n: u64) {
+        let t0 = std::time::Instant::now();
+        while count(&self.dst.stats(), "UploadPart", "200") < n {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(60),
+                "the copy made no progress"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
