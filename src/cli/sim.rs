@@ -96,7 +96,7 @@ pub struct SimArgs {
 }
 
 fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
-    if v.is_finite() && v >= 0.0 && v < 1e9 {
+    if (0.0..1e9).contains(&v) {
         Ok(Duration::from_secs_f64(v))
     } else {
         Err(format!(
@@ -124,9 +124,11 @@ fn parse_image(s: &str, default_account: &str) -> Result<SimImage, String> {
                 "account" => img.account = v.into(),
                 "name" => img.name = v.into(),
                 "nvme" => img.nvme = v.into(),
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "--image: unknown option {k:?} (os, arch, platform, boot, account, name, nvme)"
-                )),
+                ))
+                }
             }
         }
     }
