@@ -150,6 +150,7 @@ async fn import(
         ("DiskDeviceMapping.1.OSSObject", object),
         ("DiskDeviceMapping.1.DiskImageSize", "1"),
     ];
+    p.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
     p.extend_from_slice(extra);
     call(s, creds, ECS, "ImportImage", &p).await
 }
@@ -563,6 +564,78 @@ async fn cancel_task_and_describe_images_filters() {
             .unwrap_err(),
     );
     assert_eq!(e.1, "Throttling.User");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn attached_policies_take_time_to_propagate_and_synthetic_disks_import() {
+    let mut cfg = config();
+    cfg.role_propagation = Duration::from_millis(700);
+    cfg.synthetic = vec![ossrelay::sim::SyntheticObject {
+        bucket: "src-bkt".into(),
+        key: "huge.raw".into(),
+        size: 100 << 30,
+    }];
+    cfg.roles.push(SimRole {
+        account: "111".into(),
+        name: "AliyunECSImageImportDefaultRole".into(),
+        trusted: "ecs".into(),
+    });
+    let s = sim::start(cfg).await.unwrap();
+    let c1 = a1();
+    let role = "AliyunECSImageExportDefaultRole";
+    let trust = r#"{"Statement":[{"Action":"sts:AssumeRole","Effect":"Allow","Principal":{"Service":["ecs.aliyuncs.com"]}}],"Version":"1"}"#;
+    call(
+        &s,
+        &c1,
+        RAM,
+        "CreateRole",
+        &[("RoleName", role), ("AssumeRolePolicyDocument", trust)],
+    )
+    .await
+    .unwrap();
+    call(
+        &s,
+        &c1,
+        RAM,
+        "AttachPolicyToRole",
+        &[
+            ("PolicyType", "System"),
+            ("PolicyName", "AliyunECSImageExportRolePolicy"),
+            ("RoleName", role),
+        ],
+    )
+    .await
+    .unwrap();
+    let export = [
+        ("RegionId", REGION),
+        ("ImageId", IMAGE),
+        ("OSSBucket", "src-bkt"),
+    ];
+    let e = api(call(&s, &c1, ECS, "ExportImage", &export)
+        .await
+        .unwrap_err());
+    assert_eq!(e.1, "NoSetRoletoECSServiceAcount", "not propagated yet");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    call(&s, &c1, ECS, "ExportImage", &export).await.unwrap();
+
+    // A 100 GiB generated disk imports without being read.
+    let r = import(
+        &s,
+        &c1,
+        "src-bkt",
+        "huge.raw",
+        "huge-1",
+        &[("DiskDeviceMapping.1.DiskImageSize", "100")],
+    )
+    .await
+    .unwrap();
+    let t = wait_task(&s, &c1, r["TaskId"].as_str().unwrap()).await;
+    assert_eq!(t["TaskStatus"], "Finished", "{t}");
+    let id = r["ImageId"].as_str().unwrap();
+    let (size, crc) = s.object_crc64("src-bkt", "huge.raw").unwrap();
+    assert_eq!(s.image_crc64(id), Some((size, crc)));
+    assert_eq!(s.image(id).unwrap()["Size"], 100);
     s.shutdown().await;
 }
 

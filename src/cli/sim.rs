@@ -93,6 +93,10 @@ pub struct SimArgs {
     /// How often the metadata service issues new credentials, in seconds.
     #[arg(long, default_value_t = 3600.0, value_name = "SECS")]
     pub imds_rotation: f64,
+    /// Seconds before a policy attached through RAM lets ExportImage / ImportImage use the
+    /// role (RAM's propagation delay).
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub role_propagation: f64,
 }
 
 fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
@@ -266,6 +270,7 @@ impl SimArgs {
             None => (first.clone(), r.clone()),
         });
         cfg.imds_rotation = seconds("imds-rotation", self.imds_rotation)?;
+        cfg.role_propagation = seconds("role-propagation", self.role_propagation)?;
         if cfg.imds_rotation.is_zero() {
             return Err("--imds-rotation must be positive".into());
         }
@@ -413,6 +418,8 @@ mod tests {
             "222:relay-vm",
             "--imds-rotation",
             "1.5",
+            "--role-propagation",
+            "2",
         ])
         .config()
         .unwrap();
@@ -431,6 +438,7 @@ mod tests {
         assert_eq!(c.sts_ttl, Some(Duration::from_secs(2)));
         assert_eq!(c.imds_role, Some(("222".into(), "relay-vm".into())));
         assert_eq!(c.imds_rotation, Duration::from_millis(1500));
+        assert_eq!(c.role_propagation, Duration::from_secs(2));
         assert!(args(&["--image", "m-x"]).config().is_err());
         assert!(args(&["--image", "m-x:1MiB:colour=red"]).config().is_err());
         assert!(args(&["--role", "a"]).config().is_err());

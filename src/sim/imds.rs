@@ -70,7 +70,8 @@ pub(crate) fn serve(shared: &Arc<Shared>, parts: &http::request::Parts) -> Respo
     let path = parts.uri.path();
     let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
     let cloud = &shared.cloud;
-    let mut st = cloud.state.lock().expect("cloud lock");
+    let mut guard = cloud.state.lock().expect("cloud lock");
+    let st = &mut *guard;
     let imds = &mut st.imds;
     if path == "/latest/api/token" {
         if parts.method != Method::PUT {
@@ -119,10 +120,28 @@ pub(crate) fn serve(shared: &Arc<Shared>, parts: &http::request::Parts) -> Respo
         .as_nanos();
     let period = (since / rotation.as_nanos()) as u64;
     if imds.current.as_ref().map(|c| c.period) != Some(period) {
-        let issued = cloud.started + rotation * period as u32;
+        let issued = cloud.started
+            + Duration::from_nanos(
+                (rotation.as_nanos() * period as u128).min(u64::MAX as u128) as u64
+            );
         let (ak, secret, token) = new_triple();
         let expires = issued + rotation * 2;
         shared.add_temporary_credentials(&ak, &secret, &token, &account, expires);
+        let role_id = st
+            .roles
+            .get(&account, &role)
+            .map(|r| r.id.clone())
+            .unwrap_or_default();
+        st.sessions.insert(
+            ak.clone(),
+            super::sts::Session {
+                account: account.clone(),
+                role_name: role.clone(),
+                role_id,
+                session_name: "ecs-instance".into(),
+            },
+        );
+        let imds = &mut st.imds;
         imds.current = Some(Issued {
             period,
             ak,
@@ -132,7 +151,7 @@ pub(crate) fn serve(shared: &Arc<Shared>, parts: &http::request::Parts) -> Respo
             expires,
         });
     }
-    let c = imds.current.as_ref().expect("issued above");
+    let c = st.imds.current.as_ref().expect("issued above");
     let body = serde_json::json!({
         "AccessKeyId": c.ak,
         "AccessKeySecret": c.secret,

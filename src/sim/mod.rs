@@ -238,6 +238,8 @@ pub struct SimConfig {
     pub imds_role: Option<(String, String)>,
     /// How often the metadata service issues new credentials (each set lives two periods).
     pub imds_rotation: Duration,
+    /// Delay before a policy attached through RAM lets ExportImage / ImportImage use the role.
+    pub role_propagation: Duration,
 }
 
 impl Default for SimConfig {
@@ -268,6 +270,7 @@ impl Default for SimConfig {
             sts_ttl: None,
             imds_role: None,
             imds_rotation: Duration::from_secs(3600),
+            role_propagation: Duration::ZERO,
         }
     }
 }
