@@ -718,6 +718,51 @@ async fn signature_errors_follow_the_reference() {
         body.starts_with("<?xml") && body.contains("<Code>SignatureDoesNotMatch</Code>"),
         "{body}"
     );
+
+    // A V3 (ACS3-HMAC-SHA256) request signed by the client's V3 signer.
+    let host = ep.trim_start_matches("http://").to_string();
+    let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let v3_headers = |nonce: &str| {
+        vec![
+            ("host".to_string(), host.clone()),
+            ("x-acs-action".to_string(), "DescribeImages".to_string()),
+            ("x-acs-version".to_string(), ECS.to_string()),
+            ("x-acs-date".to_string(), now.clone()),
+            ("x-acs-signature-nonce".to_string(), nonce.to_string()),
+            ("x-acs-content-sha256".to_string(), empty.to_string()),
+        ]
+    };
+    let query = vec![("RegionId".to_string(), REGION.to_string())];
+    let c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    for (secret, want) in [("sk1", 200u16), ("wrong", 400)] {
+        let headers = v3_headers(&format!("v3-{secret}"));
+        let auth =
+            ossrelay::ecs::rpc::authorization_v3("ak1", secret, "POST", &query, &headers, empty);
+        let mut b = http::Request::builder()
+            .method(Method::POST)
+            .uri(format!("{ep}/?RegionId={REGION}"));
+        for (k, v) in &headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        b = b.header("authorization", auth);
+        let resp = c
+            .request(b.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, want, "{body}");
+        if want == 200 {
+            assert!(
+                body.starts_with("<?xml"),
+                "no Format parameter: XML, {body}"
+            );
+            assert!(body.contains("<ImageId>m-src0001</ImageId>"), "{body}");
+        } else {
+            assert!(body.contains("SignatureDoesNotMatch"), "{body}");
+        }
+    }
     s.shutdown().await;
 }
 
