@@ -453,6 +453,62 @@ async fn export_then_import_proves_the_same_disk() {
     s.shutdown().await;
 }
 
+fn fixed_vhd(raw: &[u8], disk_type: u32) -> Vec<u8> {
+    let mut f = [0u8; 512];
+    f[..8].copy_from_slice(b"conectix");
+    f[8..12].copy_from_slice(&2u32.to_be_bytes());
+    f[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+    f[16..24].copy_from_slice(&u64::MAX.to_be_bytes());
+    f[40..48].copy_from_slice(&(raw.len() as u64).to_be_bytes());
+    f[48..56].copy_from_slice(&(raw.len() as u64).to_be_bytes());
+    f[60..64].copy_from_slice(&disk_type.to_be_bytes());
+    let sum: u32 = f.iter().map(|&b| b as u32).sum();
+    f[64..68].copy_from_slice(&(!sum).to_be_bytes());
+    let mut v = raw.to_vec();
+    v.extend_from_slice(&f);
+    v
+}
+
+#[tokio::test]
+async fn vhd_imports_check_the_footer() {
+    let s = sim::start(config()).await.unwrap();
+    let c2 = a2();
+    let raw: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    s.put_object_bytes("dst-bkt", "fixed.vhd", Bytes::from(fixed_vhd(&raw, 2)));
+    s.put_object_bytes("dst-bkt", "dynamic.vhd", Bytes::from(fixed_vhd(&raw, 3)));
+    // Auto-detected (no Format) fixed VHD: the disk is everything before the footer.
+    let r = import(&s, &c2, "dst-bkt", "fixed.vhd", "vhd-ok", &[])
+        .await
+        .unwrap();
+    let t = wait_task(&s, &c2, r["TaskId"].as_str().unwrap()).await;
+    assert_eq!(t["TaskStatus"], "Finished", "{t}");
+    let id = r["ImageId"].as_str().unwrap();
+    assert_eq!(
+        s.image_crc64(id),
+        Some((raw.len() as u64, crc64::checksum(&raw)))
+    );
+    assert_eq!(
+        s.image(id).unwrap()["DiskDeviceMappings"]["DiskDeviceMapping"][0]["Format"],
+        "VHD"
+    );
+    let r = import(
+        &s,
+        &c2,
+        "dst-bkt",
+        "dynamic.vhd",
+        "vhd-bad",
+        &[("DiskDeviceMapping.1.Format", "VHD")],
+    )
+    .await
+    .unwrap();
+    let t = wait_task(&s, &c2, r["TaskId"].as_str().unwrap()).await;
+    assert_eq!(
+        t["OperationProgressSet"]["OperationProgress"][0]["ErrorCode"],
+        "InvalidVHDImage.IncorrectSize"
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn cancel_task_and_describe_images_filters() {
     let mut cfg = config();

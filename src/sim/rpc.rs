@@ -568,7 +568,13 @@ fn body_of(b: Vec<u8>) -> Body {
         .boxed_unsync()
 }
 
-fn render(status: u16, root: &str, v: &serde_json::Value, json: bool) -> Response<Body> {
+fn render(
+    status: u16,
+    root: &str,
+    v: &serde_json::Value,
+    json: bool,
+    request_id: &str,
+) -> Response<Body> {
     let (ct, body) = if json {
         (
             "application/json;charset=utf-8",
@@ -582,6 +588,7 @@ fn render(status: u16, root: &str, v: &serde_json::Value, json: bool) -> Respons
     Response::builder()
         .status(status)
         .header("content-type", ct)
+        .header("x-acs-request-id", request_id)
         .body(body_of(body))
         .expect("valid response")
 }
@@ -646,7 +653,13 @@ pub(crate) async fn serve(
             "The request body is too large or was cut off.",
         );
         shared.rpc_record("Unsupported", 400);
-        return render(400, "Error", &error_json(&e, &req, None), req.json());
+        return render(
+            400,
+            "Error",
+            &error_json(&e, &req, None),
+            req.json(),
+            &req.request_id,
+        );
     };
     req.body_sha256 = hex::encode(Sha256::digest(&raw));
     if form {
@@ -667,7 +680,13 @@ pub(crate) async fn serve(
             if let Some(m) = v.as_object_mut() {
                 m.insert("RequestId".into(), req.request_id.clone().into());
             }
-            render(200, &format!("{action}Response"), &v, req.json())
+            render(
+                200,
+                &format!("{action}Response"),
+                &v,
+                req.json(),
+                &req.request_id,
+            )
         }
         Err(e) => {
             tracing::debug!(action = %action, code = %e.code, status = e.status, "RPC error");
@@ -676,6 +695,7 @@ pub(crate) async fn serve(
                 "Error",
                 &error_json(&e, &req, product),
                 req.json(),
+                &req.request_id,
             )
         }
     };
