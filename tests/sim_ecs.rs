@@ -510,6 +510,77 @@ async fn vhd_imports_check_the_footer() {
 }
 
 #[tokio::test]
+async fn imported_data_disks_export_as_separate_objects() {
+    let mut cfg = config();
+    cfg.roles.push(SimRole {
+        account: "222".into(),
+        name: "AliyunECSImageExportDefaultRole".into(),
+        trusted: "ecs".into(),
+    });
+    let s = sim::start(cfg).await.unwrap();
+    let c2 = a2();
+    let sys: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 241) as u8).collect();
+    let data: Vec<u8> = (0..(512u32 << 10)).map(|i| (i % 239) as u8).collect();
+    s.put_object_bytes("dst-bkt", "sys.raw", Bytes::from(sys.clone()));
+    s.put_object_bytes("dst-bkt", "data.raw", Bytes::from(data.clone()));
+    let r = import(
+        &s,
+        &c2,
+        "dst-bkt",
+        "sys.raw",
+        "two-disks",
+        &[
+            ("DiskDeviceMapping.2.OSSBucket", "dst-bkt"),
+            ("DiskDeviceMapping.2.OSSObject", "data.raw"),
+            ("DiskDeviceMapping.2.DiskImageSize", "2"),
+        ],
+    )
+    .await
+    .unwrap();
+    let t = wait_task(&s, &c2, r["TaskId"].as_str().unwrap()).await;
+    assert_eq!(t["TaskStatus"], "Finished", "{t}");
+    let id = r["ImageId"].as_str().unwrap().to_string();
+    let maps = s.image(&id).unwrap()["DiskDeviceMappings"]["DiskDeviceMapping"].clone();
+    assert_eq!(maps[1]["Type"], "data");
+    assert_eq!(maps[1]["Size"], "2");
+    let t = call(
+        &s,
+        &c2,
+        ECS,
+        "ExportImage",
+        &[
+            ("RegionId", REGION),
+            ("ImageId", &id),
+            ("OSSBucket", "dst-bkt"),
+            ("OSSPrefix", "x"),
+        ],
+    )
+    .await
+    .unwrap();
+    let done = wait_task(&s, &c2, t["TaskId"].as_str().unwrap()).await;
+    assert_eq!(done["TaskStatus"], "Finished", "{done}");
+    assert_eq!(done["TotalCount"], 2);
+    for (key, member, want) in [
+        (
+            format!("x_{id}_system.raw.tar.gz"),
+            format!("x_{id}_system.raw"),
+            &sys,
+        ),
+        (
+            format!("x_{id}_data_xvdb.raw.tar.gz"),
+            format!("x_{id}_data_xvdb.raw"),
+            &data,
+        ),
+    ] {
+        let m = gunzip_tar(&s.get_object_bytes("dst-bkt", &key).unwrap());
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].0, member);
+        assert!(&m[0].1 == want, "{key} content differs");
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn cancel_task_and_describe_images_filters() {
     let mut cfg = config();
     cfg.task_duration = Duration::from_secs(30);
