@@ -691,6 +691,34 @@ async fn cancel_task_and_describe_images_filters() {
             .unwrap_err(),
     );
     assert_eq!(e.1, "Throttling.User");
+    s.set_faults(Vec::new());
+    // Scripted errors, including an error Code on HTTP 200; the client retries through them.
+    s.add_rpc_fault(sim::RpcFault {
+        action: "DescribeTasks".into(),
+        code: "ServiceUnavailable".into(),
+        status: 200,
+        count: 1,
+    });
+    let e = call(&s, &c1, ECS, "DescribeTasks", &[("RegionId", REGION)])
+        .await
+        .unwrap_err();
+    let RpcError::Api(a) = e else { panic!("{e}") };
+    assert_eq!((a.status, a.code.as_str()), (200, "ServiceUnavailable"));
+    s.add_rpc_fault(sim::RpcFault {
+        action: "*".into(),
+        code: "Throttling.User".into(),
+        status: 400,
+        count: 2,
+    });
+    let retrying = RpcClient::new().with_retry(RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(20),
+    });
+    let req = RpcRequest::new(s.ecs_endpoint(), ECS, "DescribeTasks").param("RegionId", REGION);
+    let ok = retrying.call(&c1, &req).await.unwrap();
+    assert_eq!(ok["TotalCount"], 1);
+    assert_eq!(s.stats()["requests"]["DescribeTasks"]["400"], 2);
     s.shutdown().await;
 }
 

@@ -33,7 +33,7 @@ use super::server::{BucketPlace, Shared};
 use super::store::{self, Content};
 use super::sts::Session;
 use super::synthetic::Synthetic;
-use super::{SimConfig, SimError};
+use super::{RpcFault, SimConfig, SimError};
 use crate::crc64;
 
 /// ECS actions served.
@@ -62,6 +62,7 @@ pub(crate) struct Cloud {
     pub(crate) started: SystemTime,
     pub(crate) nonces: Mutex<Nonces>,
     pub(crate) state: Mutex<CloudState>,
+    scripted: Mutex<Vec<RpcFault>>,
 }
 
 #[derive(Default)]
@@ -264,7 +265,27 @@ impl Cloud {
             started: now,
             nonces: Mutex::new(Nonces::default()),
             state: Mutex::new(st),
+            scripted: Mutex::new(cfg.rpc_faults.clone()),
         })
+    }
+
+    /// Adds scripted RPC errors at runtime.
+    pub(crate) fn add_rpc_fault(&self, f: RpcFault) {
+        self.scripted.lock().expect("fault lock").push(f);
+    }
+
+    /// The next scripted error for `action`, if any is left.
+    pub(crate) fn scripted_fault(&self, action: &str) -> Option<RpcError> {
+        let mut list = self.scripted.lock().expect("fault lock");
+        let f = list
+            .iter_mut()
+            .find(|f| f.count > 0 && (f.action == action || f.action == "*"))?;
+        f.count -= 1;
+        Some(RpcError::new(
+            f.status,
+            f.code.clone(),
+            format!("Injected by the simulator for {action}."),
+        ))
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, CloudState> {

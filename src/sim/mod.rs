@@ -199,6 +199,16 @@ pub struct SimRole {
     pub trusted: String,
 }
 
+/// A scripted RPC error: the next `count` calls of `action` (`*` = any) are answered with
+/// `code` and HTTP `status` (200 reproduces gateways that send an error `Code` with 200).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcFault {
+    pub action: String,
+    pub code: String,
+    pub status: u16,
+    pub count: u32,
+}
+
 /// Everything the simulator can be told at start.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -240,6 +250,8 @@ pub struct SimConfig {
     pub imds_rotation: Duration,
     /// Delay before a policy attached through RAM lets ExportImage / ImportImage use the role.
     pub role_propagation: Duration,
+    /// Scripted ECS / RAM / STS errors (after signature verification).
+    pub rpc_faults: Vec<RpcFault>,
 }
 
 impl Default for SimConfig {
@@ -271,6 +283,7 @@ impl Default for SimConfig {
             imds_role: None,
             imds_rotation: Duration::from_secs(3600),
             role_propagation: Duration::ZERO,
+            rpc_faults: Vec::new(),
         }
     }
 }
@@ -352,6 +365,11 @@ impl SimServer {
     /// `FailureMessage` when its import failed.
     pub fn image(&self, image_id: &str) -> Option<serde_json::Value> {
         self.shared.cloud.image(image_id)
+    }
+
+    /// Scripts an RPC error for the next `count` calls of an action (see [`RpcFault`]).
+    pub fn add_rpc_fault(&self, fault: RpcFault) {
+        self.shared.cloud.add_rpc_fault(fault);
     }
 
     /// The bound socket address.

@@ -765,6 +765,9 @@ fn dispatch(
     if let Some(e) = shared.rpc_fault(action) {
         return Err(e);
     }
+    if let Some(e) = shared.cloud.scripted_fault(action) {
+        return Err(e);
+    }
     match product {
         Product::Ecs => super::ecs::handle(shared, &caller, req, action),
         Product::Ram => super::ram::handle(shared, &caller, req, action),
