@@ -1059,3 +1059,32 @@ async fn metadata_service_rotates_role_credentials() {
     assert_eq!(r.status().as_u16(), 404);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn metadata_token_modes() {
+    for (mode, v1_allowed, v2_works) in [
+        (sim::ImdsTokens::Required, false, true),
+        (sim::ImdsTokens::Unsupported, true, false),
+    ] {
+        let mut cfg = config();
+        cfg.imds_role = Some(("222".into(), "relay-vm".into()));
+        cfg.imds_tokens = mode;
+        let s = sim::start(cfg).await.unwrap();
+        let env = EnvLookup::from_map([("OSSRELAY_IMDS_ENDPOINT", s.endpoint())]);
+        let v2_only = EcsRamRoleProvider::new(None, &env).with_imdsv1_disabled(true);
+        assert_eq!(v2_only.credentials().await.is_ok(), v2_works, "{mode:?}");
+        let fallback = EcsRamRoleProvider::new(None, &env);
+        assert_eq!(
+            fallback.credentials().await.is_ok(),
+            v1_allowed || v2_works,
+            "{mode:?}"
+        );
+        let (st, _) = raw_get(&format!(
+            "{}/latest/meta-data/ram/security-credentials/relay-vm",
+            s.endpoint()
+        ))
+        .await;
+        assert_eq!(st == 200, v1_allowed, "{mode:?}");
+        s.shutdown().await;
+    }
+}

@@ -103,6 +103,10 @@ pub struct SimArgs {
     /// `ImportImage:Throttling.User:400:2`; repeatable.
     #[arg(long = "rpc-fault", value_name = "ACTION:CODE[:STATUS[:COUNT]]")]
     pub rpc_faults: Vec<String>,
+    /// IMDSv2 tokens of the metadata service: `optional` (v1 also served), `required`
+    /// (tokenless requests get 401) or `unsupported` (the token call is 404).
+    #[arg(long, default_value = "optional", value_name = "MODE")]
+    pub imds_tokens: String,
 }
 
 fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
@@ -277,6 +281,7 @@ impl SimArgs {
         });
         cfg.imds_rotation = seconds("imds-rotation", self.imds_rotation)?;
         cfg.role_propagation = seconds("role-propagation", self.role_propagation)?;
+        cfg.imds_tokens = self.imds_tokens.parse()?;
         for f in &self.rpc_faults {
             let bad = || format!("--rpc-fault expects ACTION:CODE[:STATUS[:COUNT]], got {f:?}");
             let parts: Vec<&str> = f.split(':').collect();
@@ -492,6 +497,14 @@ mod tests {
             ]
         );
         assert!(args(&["--rpc-fault", "ImportImage"]).config().is_err());
+        assert!(args(&["--imds-tokens", "sometimes"]).config().is_err());
+        assert_eq!(
+            args(&["--imds-tokens", "required"])
+                .config()
+                .unwrap()
+                .imds_tokens,
+            crate::sim::ImdsTokens::Required
+        );
         assert!(args(&["--rpc-fault", "A:B:99"]).config().is_err());
         assert!(args(&["--image", "m-x"]).config().is_err());
         assert!(args(&["--image", "m-x:1MiB:colour=red"]).config().is_err());

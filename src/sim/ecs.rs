@@ -57,6 +57,7 @@ pub(crate) struct Cloud {
     /// `(account, role)` served by the metadata service.
     pub(crate) imds_role: Option<(String, String)>,
     pub(crate) imds_rotation: Duration,
+    pub(crate) imds_tokens: super::ImdsTokens,
     /// Delay before a policy attached through RAM is seen by ECS.
     pub(crate) role_propagation: Duration,
     pub(crate) started: SystemTime,
@@ -261,6 +262,7 @@ impl Cloud {
             sts_ttl: cfg.sts_ttl,
             imds_role: cfg.imds_role.clone(),
             imds_rotation: cfg.imds_rotation,
+            imds_tokens: cfg.imds_tokens,
             role_propagation: cfg.role_propagation,
             started: now,
             nonces: Mutex::new(Nonces::default()),

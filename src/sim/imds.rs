@@ -4,7 +4,9 @@
 //! Served on the simulator's listener under `/latest/` (so a bucket named `latest` cannot be
 //! used path-style). Choices: a new credential set is issued at the start of every rotation
 //! period and expires two periods after its issue, so the previous set stays valid while
-//! clients switch; a wrong or expired token is `401`; requests without a token (v1) are served.
+//! clients switch; a wrong or expired token is `401`; requests without a token (v1) are served
+//! unless tokens are configured as required (then `401`); with tokens unsupported the token
+//! call is `404`, as on old metadata servers.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -17,6 +19,7 @@ use http_body_util::{BodyExt, Full};
 
 use super::server::{Body, Shared};
 use super::sts::{new_triple, ts};
+use super::ImdsTokens;
 
 const TOKEN_TTL_HEADER: &str = "x-aliyun-ecs-metadata-token-ttl-seconds";
 const TOKEN_HEADER: &str = "x-aliyun-ecs-metadata-token";
@@ -73,7 +76,11 @@ pub(crate) fn serve(shared: &Arc<Shared>, parts: &http::request::Parts) -> Respo
     let mut guard = cloud.state.lock().expect("cloud lock");
     let st = &mut *guard;
     let imds = &mut st.imds;
+    let mode = cloud.imds_tokens;
     if path == "/latest/api/token" {
+        if mode == ImdsTokens::Unsupported {
+            return not_found();
+        }
         if parts.method != Method::PUT {
             return reply(405, "text/plain", "Method Not Allowed");
         }
@@ -96,10 +103,17 @@ pub(crate) fn serve(shared: &Arc<Shared>, parts: &http::request::Parts) -> Respo
     if parts.method != Method::GET {
         return reply(405, "text/plain", "Method Not Allowed");
     }
-    if let Some(t) = header(TOKEN_HEADER) {
-        if !imds.tokens.get(t).is_some_and(|exp| now < *exp) {
+    match header(TOKEN_HEADER) {
+        _ if mode == ImdsTokens::Unsupported => {}
+        Some(t) => {
+            if !imds.tokens.get(t).is_some_and(|exp| now < *exp) {
+                return reply(401, "text/plain", "Unauthorized");
+            }
+        }
+        None if mode == ImdsTokens::Required => {
             return reply(401, "text/plain", "Unauthorized");
         }
+        None => {}
     }
     let Some((account, role)) = cloud.imds_role.clone() else {
         return not_found();

@@ -199,6 +199,32 @@ pub struct SimRole {
     pub trusted: String,
 }
 
+/// How the metadata service treats IMDSv2 tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ImdsTokens {
+    /// Tokens are issued; requests without one (v1) are served too.
+    #[default]
+    Optional,
+    /// Requests without a token get `401` (hardened mode).
+    Required,
+    /// No v2: `PUT /latest/api/token` answers `404` and token headers are ignored.
+    Unsupported,
+}
+
+impl FromStr for ImdsTokens {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "optional" => Ok(Self::Optional),
+            "required" => Ok(Self::Required),
+            "unsupported" => Ok(Self::Unsupported),
+            other => Err(format!(
+                "unknown token mode {other:?}; expected optional, required or unsupported"
+            )),
+        }
+    }
+}
+
 /// A scripted RPC error: the next `count` calls of `action` (`*` = any) are answered with
 /// `code` and HTTP `status` (200 reproduces gateways that send an error `Code` with 200).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,6 +278,8 @@ pub struct SimConfig {
     pub role_propagation: Duration,
     /// Scripted ECS / RAM / STS errors (after signature verification).
     pub rpc_faults: Vec<RpcFault>,
+    /// IMDSv2 token handling of the metadata service.
+    pub imds_tokens: ImdsTokens,
 }
 
 impl Default for SimConfig {
@@ -284,6 +312,7 @@ impl Default for SimConfig {
             imds_rotation: Duration::from_secs(3600),
             role_propagation: Duration::ZERO,
             rpc_faults: Vec::new(),
+            imds_tokens: ImdsTokens::Optional,
         }
     }
 }
