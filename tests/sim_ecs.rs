@@ -1159,3 +1159,49 @@ async fn metadata_token_modes() {
         s.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn export_into_a_directory_store_reads_back_over_oss() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.store = ossrelay::sim::StoreKind::Dir(dir.path().to_path_buf());
+    cfg.roles.push(SimRole {
+        account: "111".into(),
+        name: "AliyunECSImageExportDefaultRole".into(),
+        trusted: "ecs".into(),
+    });
+    let s = sim::start(cfg).await.unwrap();
+    let c1 = a1();
+    let t = call(
+        &s,
+        &c1,
+        ECS,
+        "ExportImage",
+        &[
+            ("RegionId", REGION),
+            ("ImageId", IMAGE),
+            ("OSSBucket", "src-bkt"),
+        ],
+    )
+    .await
+    .unwrap();
+    let done = wait_task(&s, &c1, t["TaskId"].as_str().unwrap()).await;
+    assert_eq!(done["TaskStatus"], "Finished", "{done}");
+    let key = "m-src0001_system.raw.tar.gz";
+    let ep = s.endpoint();
+    let r = Req::new(&ep, Method::GET, "src-bkt", key)
+        .creds(Some(("ak1", "sk1")))
+        .send()
+        .await;
+    assert_eq!(r.status.as_u16(), 200);
+    let crc = r.crc();
+    let body = r.body.unwrap();
+    assert_eq!(crc, crc64::checksum(&body));
+    let m = gunzip_tar(&body);
+    assert_eq!(m[0].0, "m-src0001_system.raw");
+    assert_eq!(
+        (m[0].1.len() as u64, crc64::checksum(&m[0].1)),
+        s.image_crc64(IMAGE).unwrap()
+    );
+    s.shutdown().await;
+}
