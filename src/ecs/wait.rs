@@ -1,0 +1,249 @@
+//! Waiting for ECS tasks and images: a polling schedule that backs off to ~15 s with jitter,
+//! an overall timeout (real exports of TB images take hours), cancellation, and failure
+//! reports that carry the task's error code plus a hint about what to do.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use super::ecs::{DescribeImagesInput, EcsApi, Image, TaskAttribute, TaskStatus};
+use super::rpc::RpcError;
+
+/// When to poll.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PollSchedule {
+    pub initial: Duration,
+    pub factor: f64,
+    pub max: Duration,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Polls that may fail in a row with retryable errors before the wait fails.
+    pub max_consecutive_errors: u32,
+}
+
+impl Default for PollSchedule {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(3),
+            factor: 1.5,
+            max: Duration::from_secs(15),
+            timeout: Duration::from_secs(12 * 3600),
+            max_consecutive_errors: 20,
+        }
+    }
+}
+
+impl PollSchedule {
+    /// The delay after `current`, grown by `factor`, capped at `max`.
+    pub fn next(&self, current: Duration) -> Duration {
+        current.mul_f64(self.factor).min(self.max)
+    }
+
+    /// `d` ±10 %, so many waiters do not poll in lockstep.
+    pub fn jitter(d: Duration) -> Duration {
+        d.mul_f64(rand::thread_rng().gen_range(0.9..1.1))
+    }
+}
+
+/// Why a wait ended without success.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    #[error("task {task_id} ended {status}{}{}", fmt_code(.code, .message), fmt_hint(.code))]
+    TaskFailed {
+        task_id: String,
+        status: String,
+        code: String,
+        message: String,
+    },
+    #[error("image {image_id} ended {status}; the import failed (check the disk objects' format and size, then retry)")]
+    ImageFailed { image_id: String, status: String },
+    #[error("image {image_id} is not in region {region} (not found with any status)")]
+    ImageGone { image_id: String, region: String },
+    #[error("gave up waiting for {what} after {after:?} (raise --timeout; the task keeps running and a rerun picks it up)")]
+    Timeout { what: String, after: Duration },
+    #[error("interrupted while waiting for {what}")]
+    Interrupted { what: String },
+}
+
+fn fmt_code(code: &str, message: &str) -> String {
+    match (code.is_empty(), message.is_empty()) {
+        (true, true) => String::new(),
+        (false, true) => format!(": {code}"),
+        (true, false) => format!(": {message}"),
+        (false, false) => format!(": {code}: {message}"),
+    }
+}
+
+fn fmt_hint(code: &str) -> String {
+    hint_for(code)
+        .map(|h| format!(" (hint: {h})"))
+        .unwrap_or_default()
+}
+
+/// What a user can do about an ECS / RAM error code, when we know.
+pub fn hint_for(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "NoSetRoletoECSServiceAcount" | "NoSetRoletoECSServiceAccount" | "InvalidOSS.NotAuthorized" => {
+            "the ECS service role is missing or lacks its policy: run `ossrelay preflight --fix`"
+        }
+        "ImageIsExporting" => "an export of this image is already running; wait for it or cancel its task",
+        "ImageIsImporting" => "an import with this image is already running",
+        "InvalidOSSBucket.NotFound" | "InvalidOSSBucket.NotMatched" => {
+            "the bucket must exist in the same region as the image (check with `ossrelay preflight --bucket`)"
+        }
+        "InvalidOSSObject.NotFound" => "the disk object is not in the bucket of this region",
+        "InvalidImageName.Duplicated" => "an image with this name exists; pass another --image-name",
+        "UnsupportedSuffix.OSSObject" => "import the unpacked .raw object, not the exported .raw.tar.gz",
+        "InvalidImageFormat.RegionNotSupported" => "this region exports RAW only; omit --format",
+        "QuotaExceed.Image" => "the custom image quota of the region is used up; delete unused images",
+        "IncorrectImageStatus" => "the image must be Available",
+        "InvalidImageId.NotFound" => "the image id is not in this region or account (check --region and the profile)",
+        "Forbidden.RAM" | "NoPermission" | "Forbidden" => {
+            "the caller lacks a RAM permission for this action; grant it or use another profile"
+        }
+        "InvalidImage.DiskAmountOrSize" => {
+            "export supports at most 4 data disks of 500 GiB each; use CopyImage + sharing instead"
+        }
+        "ImageNotSupported" => "marketplace-derived or encrypted images cannot be exported",
+        "InvalidOSSObject.Size" => "the disk object is empty",
+        _ => return None,
+    })
+}
+
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = cancel.cancelled() => false,
+    }
+}
+
+/// Fetches until `check` says the value is final (`Ok(true)`) or fails. Retryable RPC errors
+/// are tolerated (up to `max_consecutive_errors` in a row) because a wait spans hours.
+async fn poll_until<T, F, Fut, C>(
+    what: &str,
+    schedule: &PollSchedule,
+    cancel: &CancellationToken,
+    mut fetch: F,
+    mut check: C,
+) -> Result<T, WaitError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RpcError>>,
+    C: FnMut(&T) -> Result<bool, WaitError>,
+{
+    let started = Instant::now();
+    let mut delay = schedule.initial;
+    let mut errors = 0u32;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(WaitError::Interrupted { what: what.into() });
+        }
+        let fetched = tokio::select! {
+            r = fetch() => r,
+            _ = cancel.cancelled() => return Err(WaitError::Interrupted { what: what.into() }),
+        };
+        match fetched {
+            Ok(v) => {
+                errors = 0;
+                if check(&v)? {
+                    return Ok(v);
+                }
+            }
+            Err(e) if e.is_retryable() && errors < schedule.max_consecutive_errors => {
+                errors += 1;
+                tracing::warn!(error = %e, errors, "polling {what} failed; will poll again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if started.elapsed() >= schedule.timeout {
+            return Err(WaitError::Timeout {
+                what: what.into(),
+                after: schedule.timeout,
+            });
+        }
+        let left = schedule.timeout.saturating_sub(started.elapsed());
+        if !sleep_or_cancel(PollSchedule::jitter(delay).min(left), cancel).await {
+            return Err(WaitError::Interrupted { what: what.into() });
+        }
+        delay = schedule.next(delay);
+    }
+}
+
+/// Waits for a task to finish; `on_progress` sees every answer. `Failed` or any unknown
+/// terminal state is an error carrying the operation's error code and message.
+pub async fn wait_task(
+    ecs: &dyn EcsApi,
+    task_id: &str,
+    schedule: &PollSchedule,
+    cancel: &CancellationToken,
+    on_progress: &mut (dyn FnMut(&TaskAttribute) + Send),
+) -> Result<TaskAttribute, WaitError> {
+    poll_until(
+        &format!("task {task_id}"),
+        schedule,
+        cancel,
+        || ecs.describe_task_attribute(task_id),
+        |t: &TaskAttribute| {
+            on_progress(t);
+            match &t.task_status {
+                TaskStatus::Finished => Ok(true),
+                TaskStatus::Waiting | TaskStatus::Processing => Ok(false),
+                other => {
+                    let (code, message) = t.failure().unwrap_or_default();
+                    Err(WaitError::TaskFailed {
+                        task_id: task_id.to_string(),
+                        status: other.as_str().to_string(),
+                        code,
+                        message,
+                    })
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Waits for an imported image to become `Available` (DescribeImages with every status, since
+/// the default filter hides images that are still being created).
+pub async fn wait_image(
+    ecs: &dyn EcsApi,
+    image_id: &str,
+    schedule: &PollSchedule,
+    cancel: &CancellationToken,
+    on_progress: &mut (dyn FnMut(&Image) + Send),
+) -> Result<Image, WaitError> {
+    let query = DescribeImagesInput::by_id(image_id);
+    let region = ecs.region().to_string();
+    let list = poll_until(
+        &format!("image {image_id}"),
+        schedule,
+        cancel,
+        || ecs.describe_images(&query),
+        |list| {
+            let Some(img) = list.images.iter().find(|i| i.image_id == image_id) else {
+                return Err(WaitError::ImageGone {
+                    image_id: image_id.to_string(),
+                    region: region.clone(),
+                });
+            };
+            on_progress(img);
+            match img.status.as_str() {
+                "Available" => Ok(true),
+                "Creating" | "Waiting" => Ok(false),
+                other => Err(WaitError::ImageFailed {
+                    image_id: image_id.to_string(),
+                    status: other.to_string(),
+                }),
+            }
+        },
+    )
+    .await?;
+    Ok(list
+        .images
+        .into_iter()
+        .find(|i| i.image_id == image_id)
+        .unwrap_or_default())
+}
