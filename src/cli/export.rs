@@ -179,3 +179,51 @@ pub async fn run(args: ExportArgs) -> i32 {
     }
     EXIT_OK
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct W {
+        #[command(flatten)]
+        a: ExportArgs,
+    }
+
+    #[test]
+    fn flags() {
+        let a = W::try_parse_from([
+            "x",
+            "--region",
+            "cn-hangzhou",
+            "--image-id",
+            "m-1",
+            "--bucket",
+            "b1b",
+            "--format",
+            "vhd",
+            "--wait",
+            "--ecs-endpoint",
+            "http://127.0.0.1:9",
+        ])
+        .unwrap()
+        .a;
+        assert_eq!(a.format, Some(ImageFormat::Vhd));
+        assert_eq!(a.timeout, Duration::from_secs(12 * 3600));
+        assert!(a.wait && !a.json);
+        assert!(W::try_parse_from(["x", "--region", "r", "--image-id", "m-1"]).is_err());
+        assert!(W::try_parse_from([
+            "x",
+            "--region",
+            "r",
+            "--image-id",
+            "m-1",
+            "--bucket",
+            "b",
+            "--format",
+            "vmdk"
+        ])
+        .is_err());
+    }
+}

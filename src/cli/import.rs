@@ -300,3 +300,91 @@ pub async fn run(args: ImportArgs) -> i32 {
     }
     EXIT_OK
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ecs::ecs::{DiskDeviceMapping, ImageFeatures};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct W {
+        #[command(flatten)]
+        a: ImportArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<ImportArgs, clap::Error> {
+        let mut v = vec!["x", "--region", "eu-central-1", "--image-name", "img"];
+        v.extend_from_slice(extra);
+        W::try_parse_from(v).map(|w| w.a)
+    }
+
+    #[test]
+    fn flags_and_like_precedence() {
+        assert!(parse(&[]).is_err(), "--disk is required");
+        assert!(parse(&["--disk", "oss://b1/k", "--arch", "sparc"]).is_err());
+        let a = parse(&[
+            "--disk",
+            "oss://bkt/sys.raw",
+            "--disk",
+            "oss://bkt/data.qcow2",
+            "--like",
+            "cn-hangzhou:m-src",
+            "--boot-mode",
+            "BIOS",
+            "--arch",
+            "x86_64",
+            "--wait",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(
+            parse_like(a.like.as_deref().unwrap()).unwrap(),
+            ("cn-hangzhou".to_string(), "m-src".to_string())
+        );
+        assert!(parse_like("m-src").is_err());
+        let like = Image {
+            image_id: "m-src".into(),
+            architecture: "arm64".into(),
+            os_type: "linux".into(),
+            platform: "Ubuntu".into(),
+            boot_mode: "UEFI".into(),
+            features: ImageFeatures {
+                nvme_support: "supported".into(),
+                imds_support: String::new(),
+            },
+            disk_device_mappings: vec![
+                DiskDeviceMapping {
+                    size: "40".into(),
+                    r#type: "system".into(),
+                    ..Default::default()
+                },
+                DiskDeviceMapping {
+                    size: "200".into(),
+                    r#type: "data".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Image::default()
+        };
+        let disks = vec![
+            ("bkt".to_string(), "sys.raw".to_string()),
+            ("bkt".to_string(), "data.qcow2".to_string()),
+        ];
+        let input = build_input(&a, &disks, Some(&like));
+        // Explicit flags win over --like; the rest comes from the like image.
+        assert_eq!(input.boot_mode.as_deref(), Some("BIOS"));
+        assert_eq!(input.architecture.as_deref(), Some("x86_64"));
+        assert_eq!(input.os_type.as_deref(), Some("linux"));
+        assert_eq!(input.platform.as_deref(), Some("Ubuntu"));
+        assert_eq!(input.nvme_support.as_deref(), Some("supported"));
+        assert_eq!(input.imds_support, None);
+        assert_eq!(input.disks[0].disk_image_size, Some(40));
+        assert_eq!(input.disks[1].disk_image_size, Some(200));
+        assert_eq!(input.disks[0].format, Some(ImageFormat::Raw));
+        assert_eq!(input.disks[1].format, Some(ImageFormat::Qcow2));
+        let plain = build_input(&a, &disks[..1], None);
+        assert_eq!(plain.os_type, None);
+        assert_eq!(plain.disks[0].disk_image_size, None);
+    }
+}

@@ -327,3 +327,69 @@ pub async fn run(args: MigrateArgs) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct W {
+        #[command(flatten)]
+        a: MigrateArgs,
+    }
+
+    #[test]
+    fn parses_all_endpoint_flags_and_copy_options() {
+        let w = W::try_parse_from([
+            "x",
+            "--src-region",
+            "cn-hangzhou",
+            "--image-id",
+            "m-1",
+            "--src-bucket",
+            "src",
+            "--dst-region",
+            "eu-central-1",
+            "--dst-bucket",
+            "dst",
+            "--src-endpoint",
+            "http://a",
+            "--dst-endpoint",
+            "http://b",
+            "--src-ecs-endpoint",
+            "http://a",
+            "--dst-ecs-endpoint",
+            "http://b",
+            "--src-ram-endpoint",
+            "http://a",
+            "--dst-ram-endpoint",
+            "http://b",
+            "--src-sts-endpoint",
+            "http://a",
+            "--dst-sts-endpoint",
+            "http://b",
+            "--keep-objects",
+            "--json",
+            "--timeout",
+            "30m",
+            "--concurrency",
+            "4",
+            "--part-size",
+            "8MiB",
+            "--format",
+            "qcow2",
+        ])
+        .unwrap();
+        let a = w.a;
+        assert_eq!(a.dst_ram_endpoint.as_deref(), Some("http://b"));
+        assert_eq!(a.src_sts_endpoint.as_deref(), Some("http://a"));
+        assert_eq!(a.timeout, Duration::from_secs(1800));
+        assert_eq!(a.part_size, Some(8 << 20));
+        assert_eq!(a.format, Some(ImageFormat::Qcow2));
+        assert_eq!(a.export_prefix, "ossrelay");
+        assert!(a.keep_objects && a.json);
+        // Every required flag is required.
+        assert!(W::try_parse_from(["x", "--src-region", "r", "--image-id", "m-1"]).is_err());
+    }
+}

@@ -170,3 +170,40 @@ pub async fn run(args: PreflightArgs) -> i32 {
         EXIT_FAILED
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct W {
+        #[command(flatten)]
+        a: PreflightArgs,
+    }
+
+    #[test]
+    fn flags() {
+        let a = W::try_parse_from([
+            "x",
+            "--region",
+            "r1",
+            "--bucket",
+            "b1",
+            "--bucket",
+            "b2",
+            "--fix",
+            "--propagation-wait",
+            "5s",
+            "--ram-endpoint",
+            "http://h",
+        ])
+        .unwrap()
+        .a;
+        assert_eq!(a.buckets, ["b1", "b2"]);
+        assert!(a.fix);
+        assert_eq!(a.propagation_wait, Duration::from_secs(5));
+        assert_eq!(a.ram_endpoint.as_deref(), Some("http://h"));
+        assert!(W::try_parse_from(["x"]).is_err(), "--region is required");
+    }
+}
