@@ -1,7 +1,10 @@
 //! `ossrelay sim`: run the OSS simulator until SIGINT/SIGTERM.
 //!
 //! When ready it prints exactly one JSON line on stdout, e.g.
-//! `{"endpoint":"http://127.0.0.1:40123","region":"cn-hangzhou"}`; logs go to stderr.
+//! `{"ecs_endpoint":"http://127.0.0.1:40123","endpoint":"http://127.0.0.1:40123","region":"cn-hangzhou"}`;
+//! logs go to stderr. `ecs_endpoint` serves ECS, RAM, STS and the instance metadata service;
+//! it is the same listener as `endpoint`, so no separate `sts_endpoint` / `ram_endpoint` /
+//! `imds_endpoint` keys are printed.
 
 use std::future::Future;
 use std::io::Write;
@@ -9,7 +12,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::sim::{FaultKind, SimAccount, SimBucket, SimConfig, StoreKind, SyntheticObject};
+use crate::sim::{
+    FaultKind, SimAccount, SimBucket, SimConfig, SimImage, SimRole, StoreKind, SyntheticObject,
+};
 
 /// Flags of `ossrelay sim`.
 #[derive(clap::Args, Clone)]
@@ -65,6 +70,69 @@ pub struct SimArgs {
         value_name = "SECS"
     )]
     pub clock_skew: i64,
+    /// Custom image with a synthetic disk (repeatable), e.g.
+    /// `m-src001:64MiB:os=linux,arch=x86_64,platform=Ubuntu,boot=BIOS`; other options:
+    /// `account=NAME` (default: the first account), `name=IMAGE_NAME`, `nvme=supported`.
+    #[arg(long = "image", value_name = "ID:SIZE[:OPTIONS]")]
+    pub images: Vec<String>,
+    /// RAM role that TRUSTED_ACCOUNT (comma list) may assume, ARN
+    /// `acs:ram::<ACCOUNT>:role/<ROLE_NAME>`; TRUSTED `ecs` or empty = the ECS service
+    /// (e.g. `a:AliyunECSImageExportDefaultRole:ecs`, which also gets its system policy).
+    #[arg(long = "role", value_name = "ACCOUNT:ROLE_NAME:TRUSTED_ACCOUNT")]
+    pub roles: Vec<String>,
+    /// Duration of an ExportImage / ImportImage task in (fractional) seconds.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub task_seconds: f64,
+    /// Lifetime of AssumeRole credentials in seconds (default: the requested DurationSeconds).
+    #[arg(long, value_name = "SECS")]
+    pub sts_ttl: Option<f64>,
+    /// Instance RAM role served by the metadata service (`/latest/...`):
+    /// `[ACCOUNT:]ROLE_NAME` (default account: the first).
+    #[arg(long, value_name = "[ACCOUNT:]NAME")]
+    pub imds_role: Option<String>,
+    /// How often the metadata service issues new credentials, in seconds.
+    #[arg(long, default_value_t = 3600.0, value_name = "SECS")]
+    pub imds_rotation: f64,
+}
+
+fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
+    if (0.0..1e9).contains(&v) {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(format!(
+            "--{flag} must be a non-negative number of seconds, got {v}"
+        ))
+    }
+}
+
+fn parse_image(s: &str, default_account: &str) -> Result<SimImage, String> {
+    let bad = || format!("--image expects ID:SIZE[:os=..,arch=..,platform=..,boot=..], got {s:?}");
+    let mut it = s.splitn(3, ':');
+    let (id, size) = match (it.next(), it.next()) {
+        (Some(id), Some(size)) if !id.is_empty() => (id, size),
+        _ => return Err(bad()),
+    };
+    let mut img = SimImage::new(id, parse_size(size)?, default_account);
+    if let Some(opts) = it.next() {
+        for kv in opts.split(',').filter(|o| !o.is_empty()) {
+            let (k, v) = kv.split_once('=').ok_or_else(bad)?;
+            match k {
+                "os" => img.os_type = v.into(),
+                "arch" => img.architecture = v.into(),
+                "platform" => img.platform = v.into(),
+                "boot" => img.boot_mode = v.into(),
+                "account" => img.account = v.into(),
+                "name" => img.name = v.into(),
+                "nvme" => img.nvme = v.into(),
+                _ => {
+                    return Err(format!(
+                    "--image: unknown option {k:?} (os, arch, platform, boot, account, name, nvme)"
+                ))
+                }
+            }
+        }
+    }
+    Ok(img)
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -171,6 +239,36 @@ impl SimArgs {
         }
         cfg.reject_path_style = self.reject_path_style;
         cfg.clock_skew = self.clock_skew;
+        for i in &self.images {
+            cfg.images.push(parse_image(i, &first)?);
+        }
+        for r in &self.roles {
+            let mut it = r.splitn(3, ':');
+            match (it.next(), it.next(), it.next()) {
+                (Some(a), Some(n), t) if !a.is_empty() && !n.is_empty() => {
+                    cfg.roles.push(SimRole {
+                        account: a.into(),
+                        name: n.into(),
+                        trusted: t.unwrap_or_default().into(),
+                    })
+                }
+                _ => {
+                    return Err(format!(
+                        "--role expects ACCOUNT:ROLE_NAME:TRUSTED_ACCOUNT, got {r:?}"
+                    ))
+                }
+            }
+        }
+        cfg.task_duration = seconds("task-seconds", self.task_seconds)?;
+        cfg.sts_ttl = self.sts_ttl.map(|t| seconds("sts-ttl", t)).transpose()?;
+        cfg.imds_role = self.imds_role.as_ref().map(|r| match r.split_once(':') {
+            Some((a, n)) => (a.to_string(), n.to_string()),
+            None => (first.clone(), r.clone()),
+        });
+        cfg.imds_rotation = seconds("imds-rotation", self.imds_rotation)?;
+        if cfg.imds_rotation.is_zero() {
+            return Err("--imds-rotation must be positive".into());
+        }
         Ok(cfg)
     }
 }
@@ -183,7 +281,11 @@ pub async fn run_until(
 ) -> Result<i32, String> {
     let cfg = args.config()?;
     let server = crate::sim::start(cfg).await.map_err(|e| e.to_string())?;
-    let line = serde_json::json!({"endpoint": server.endpoint(), "region": server.region()});
+    let line = serde_json::json!({
+        "endpoint": server.endpoint(),
+        "region": server.region(),
+        "ecs_endpoint": server.ecs_endpoint(),
+    });
     writeln!(out, "{line}").map_err(|e| format!("cannot write the ready line: {e}"))?;
     out.flush()
         .map_err(|e| format!("cannot write the ready line: {e}"))?;
@@ -288,6 +390,55 @@ mod tests {
         assert!(args(&["--account", "x:y"]).config().is_err());
     }
 
+    #[test]
+    fn cloud_flags_to_config() {
+        let c = args(&[
+            "--account",
+            "111:ak1:s1",
+            "--account",
+            "222:ak2:s2",
+            "--image",
+            "m-a:8MiB",
+            "--image",
+            "m-b:1GiB:os=linux,arch=arm64,platform=Ubuntu,boot=UEFI,account=222",
+            "--role",
+            "222:migrator:111",
+            "--role",
+            "111:AliyunECSImageExportDefaultRole:ecs",
+            "--task-seconds",
+            "0.5",
+            "--sts-ttl",
+            "2",
+            "--imds-role",
+            "222:relay-vm",
+            "--imds-rotation",
+            "1.5",
+        ])
+        .config()
+        .unwrap();
+        assert_eq!(c.images[0].size, 8 << 20);
+        assert_eq!(c.images[0].account, "111");
+        assert_eq!(
+            (
+                c.images[1].architecture.as_str(),
+                c.images[1].boot_mode.as_str()
+            ),
+            ("arm64", "UEFI")
+        );
+        assert_eq!(c.images[1].account, "222");
+        assert_eq!(c.roles[0].trusted, "111");
+        assert_eq!(c.task_duration, Duration::from_millis(500));
+        assert_eq!(c.sts_ttl, Some(Duration::from_secs(2)));
+        assert_eq!(c.imds_role, Some(("222".into(), "relay-vm".into())));
+        assert_eq!(c.imds_rotation, Duration::from_millis(1500));
+        assert!(args(&["--image", "m-x"]).config().is_err());
+        assert!(args(&["--image", "m-x:1MiB:colour=red"]).config().is_err());
+        assert!(args(&["--role", "a"]).config().is_err());
+        assert!(args(&["--task-seconds", "inf"]).config().is_err());
+        let d = args(&["--imds-role", "vm"]).config().unwrap();
+        assert_eq!(d.imds_role, Some(("sim".into(), "vm".into())));
+    }
+
     #[tokio::test]
     async fn ready_line_is_exact_json() {
         let a = args(&["--listen", "127.0.0.1:0", "--region", "us-west-1"]);
@@ -305,7 +456,7 @@ mod tests {
         );
         assert_eq!(
             text.trim_end(),
-            format!("{{\"endpoint\":\"{ep}\",\"region\":\"us-west-1\"}}")
+            format!("{{\"ecs_endpoint\":\"{ep}\",\"endpoint\":\"{ep}\",\"region\":\"us-west-1\"}}")
         );
     }
 }

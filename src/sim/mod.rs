@@ -7,6 +7,13 @@
 //! checking their CRC-64, injects faults from a seeded RNG, and models a WAN link (per-connection
 //! bandwidth cap and first-byte latency). `GET /-/stats` (no auth) reports counters as JSON.
 //!
+//! The same listener also serves the ECS, RAM and STS RPC APIs (requests on `/` carrying
+//! `Action` + `Version`; see [`rpc`]) and an ECS instance metadata service (paths under
+//! `/latest/`), so one URL is the endpoint of every simulated product: custom images with
+//! synthetic disks, ExportImage / ImportImage tasks that progress over simulated time and
+//! read / write the simulated OSS, RAM roles, AssumeRole across simulated accounts (an
+//! account's name is its account ID), and rotating instance-role credentials.
+//!
 //! Choices where OSS is undocumented or the reference marks behaviour UNCONFIRMED:
 //! * discard buckets: ETag = upper hex of `crc64 (16 hex) ‖ size (16 hex)` unless the client sent
 //!   `Content-MD5` (then the real MD5 is computed and checked), because MD5 would cap the
@@ -27,9 +34,14 @@
 //!   `"reset"`, a client that went away under `"client_closed"`.
 
 pub mod auth;
+mod ecs;
+mod imds;
+mod ram;
 pub mod range;
+pub mod rpc;
 mod server;
 mod store;
+mod sts;
 pub mod synthetic;
 mod wan;
 pub mod xml;
@@ -141,6 +153,52 @@ impl std::fmt::Display for FaultKind {
     }
 }
 
+/// A preloaded custom image whose system disk is synthetic (mostly zeros, scattered data).
+#[derive(Clone, Debug)]
+pub struct SimImage {
+    /// Image ID, e.g. `m-src0001`.
+    pub id: String,
+    /// Disk size in bytes (a multiple of 512).
+    pub size: u64,
+    /// Owner account name.
+    pub account: String,
+    /// Image name (empty: `img-<id>`).
+    pub name: String,
+    pub os_type: String,
+    pub architecture: String,
+    pub platform: String,
+    pub boot_mode: String,
+    /// `Features.NvmeSupport`: `supported` / `unsupported`.
+    pub nvme: String,
+}
+
+impl SimImage {
+    /// A Linux x86_64 BIOS image of `size` bytes owned by `account`.
+    pub fn new(id: &str, size: u64, account: &str) -> Self {
+        Self {
+            id: id.into(),
+            size,
+            account: account.into(),
+            name: String::new(),
+            os_type: "linux".into(),
+            architecture: "x86_64".into(),
+            platform: "Others Linux".into(),
+            boot_mode: "BIOS".into(),
+            nvme: "unsupported".into(),
+        }
+    }
+}
+
+/// A preloaded RAM role `acs:ram::<account>:role/<name>`.
+#[derive(Clone, Debug)]
+pub struct SimRole {
+    pub account: String,
+    pub name: String,
+    /// Comma-separated accounts that may assume it; empty or `ecs` = the ECS service (the
+    /// default export / import service roles then get their system policy attached).
+    pub trusted: String,
+}
+
 /// Everything the simulator can be told at start.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -168,6 +226,18 @@ pub struct SimConfig {
     pub reject_path_style: bool,
     /// Seconds added to the server clock (tests of skew handling).
     pub clock_skew: i64,
+    /// Custom images served by the ECS API.
+    pub images: Vec<SimImage>,
+    /// RAM roles present at start.
+    pub roles: Vec<SimRole>,
+    /// How long an ExportImage / ImportImage task takes (at least).
+    pub task_duration: Duration,
+    /// Lifetime of AssumeRole credentials, replacing the requested DurationSeconds.
+    pub sts_ttl: Option<Duration>,
+    /// `(account, role name)` whose credentials the metadata service hands out.
+    pub imds_role: Option<(String, String)>,
+    /// How often the metadata service issues new credentials (each set lives two periods).
+    pub imds_rotation: Duration,
 }
 
 impl Default for SimConfig {
@@ -192,6 +262,12 @@ impl Default for SimConfig {
             latency: Duration::ZERO,
             reject_path_style: false,
             clock_skew: 0,
+            images: Vec::new(),
+            roles: Vec::new(),
+            task_duration: Duration::from_secs(5),
+            sts_ttl: None,
+            imds_role: None,
+            imds_rotation: Duration::from_secs(3600),
         }
     }
 }
@@ -257,6 +333,22 @@ impl SimServer {
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The ECS, RAM, STS and metadata endpoint: the same listener as OSS.
+    pub fn ecs_endpoint(&self) -> String {
+        self.endpoint()
+    }
+
+    /// `(size, crc64)` of an `Available` image's system disk.
+    pub fn image_crc64(&self, image_id: &str) -> Option<(u64, u64)> {
+        self.shared.cloud.image_crc64(image_id)
+    }
+
+    /// An image as DescribeImages shows it (any status), plus `FailureCode` /
+    /// `FailureMessage` when its import failed.
+    pub fn image(&self, image_id: &str) -> Option<serde_json::Value> {
+        self.shared.cloud.image(image_id)
     }
 
     /// The bound socket address.

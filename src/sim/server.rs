@@ -371,6 +371,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     faults: Mutex<Faults>,
     stats: Stats,
+    /// ECS / RAM / STS / IMDS state (see `super::ecs`).
+    pub(crate) cloud: super::ecs::Cloud,
 }
 
 fn valid_bucket_name(b: &str) -> bool {
@@ -571,6 +573,7 @@ impl Shared {
                 rng: StdRng::seed_from_u64(cfg.fault_seed),
             }),
             stats: Stats::default(),
+            cloud: super::ecs::Cloud::new(cfg)?,
         })
     }
 
@@ -1178,6 +1181,16 @@ impl Shared {
                 .header("content-type", "application/json")
                 .body(full(body))
                 .expect("valid response"));
+        }
+        // ECS / RAM / STS (RPC on `/` with Action + Version) and the metadata service share
+        // this listener; everything else is OSS.
+        if bare && super::imds::is_imds(&parts) {
+            let resp = super::imds::serve(&self, &parts);
+            self.stats.record("Metadata", resp.status().as_str());
+            return Ok(resp);
+        }
+        if super::rpc::is_rpc(&parts) {
+            return Ok(super::rpc::serve(self.clone(), parts, body, host).await);
         }
         let ctx = self.parse_ctx(&parts, &host, bare);
         let plan = self.pick_fault(ctx.op);
@@ -2730,6 +2743,149 @@ fn check_md5(expected: Option<[u8; 16]>, got: Option<[u8; 16]>) -> Result<(), Os
         )
         .ec("0017-00000503")),
         _ => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hooks for the ECS / RAM / STS / metadata simulation (super::{rpc, ecs, ram, sts, imds})
+
+/// Where a bucket lives, as the ECS side sees it.
+pub(crate) enum BucketPlace {
+    /// In this region, owned by this account.
+    Local(String),
+    /// In another region.
+    Remote(String),
+    Missing,
+}
+
+/// What ImportImage needs of an object.
+pub(crate) struct ObjectInfo {
+    pub(crate) size: u64,
+    pub(crate) storage_class: String,
+    pub(crate) content: Content,
+}
+
+/// A body being written into the store by the simulator itself (ExportImage).
+pub(crate) struct BlobWriter {
+    sink: Sink,
+    crc: crc64::Crc64,
+    md5: Md5,
+    size: u64,
+}
+
+impl BlobWriter {
+    pub(crate) async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.crc.update(&chunk);
+        self.md5.update(&chunk);
+        self.size += chunk.len() as u64;
+        self.sink.write(chunk).await
+    }
+}
+
+impl Shared {
+    pub(crate) fn sim_now(&self) -> SystemTime {
+        self.now()
+    }
+
+    pub(crate) fn key_lookup(&self, ak: &str) -> Option<KeyInfo> {
+        self.key_info(ak)
+    }
+
+    pub(crate) fn rpc_record(&self, op: &str, status: u16) {
+        self.stats.record(op, &status.to_string());
+    }
+
+    /// An injected fault for an RPC action: error500 → 500 InternalError, slowdown →
+    /// 400 Throttling.User, reset → 503 ServiceUnavailable.
+    pub(crate) fn rpc_fault(&self, op: &str) -> Option<super::rpc::RpcError> {
+        use super::rpc::RpcError;
+        Some(match self.pick_fault(op)?.kind {
+            FaultKind::Error500 => RpcError::new(
+                500,
+                "InternalError",
+                "The request processing has failed due to some unknown error.",
+            ),
+            FaultKind::Slowdown => RpcError::new(
+                400,
+                "Throttling.User",
+                "Request was denied due to user flow control.",
+            ),
+            _ => RpcError::new(
+                503,
+                "ServiceUnavailable",
+                "The request has failed due to a temporary failure of the server.",
+            ),
+        })
+    }
+
+    pub(crate) fn bucket_place(&self, bucket: &str) -> BucketPlace {
+        if let Some(r) = self.remote.get(bucket) {
+            return BucketPlace::Remote(r.clone());
+        }
+        match self.lock().buckets.get(bucket) {
+            Some(b) => BucketPlace::Local(b.account.clone()),
+            None => BucketPlace::Missing,
+        }
+    }
+
+    pub(crate) fn object_info(&self, bucket: &str, key: &str) -> Option<ObjectInfo> {
+        let st = self.lock();
+        let o = st.buckets.get(bucket)?.objects.get(key)?;
+        Some(ObjectInfo {
+            size: o.size,
+            storage_class: o.storage_class.clone(),
+            content: o.content.clone(),
+        })
+    }
+
+    pub(crate) async fn blob_writer(&self, bucket: &str) -> io::Result<BlobWriter> {
+        Ok(BlobWriter {
+            sink: Sink::open(self.blob_dir.as_deref(), self.is_discard(bucket)).await?,
+            crc: crc64::Crc64::new(),
+            md5: Md5::new(),
+            size: 0,
+        })
+    }
+
+    /// Stores what `w` received as `bucket/key` (as a PutObject would).
+    pub(crate) async fn commit_blob(
+        &self,
+        bucket: &str,
+        key: &str,
+        w: BlobWriter,
+    ) -> io::Result<()> {
+        let BlobWriter {
+            sink,
+            crc,
+            md5,
+            size,
+        } = w;
+        let seg = sink.finish().await?;
+        let content = match seg {
+            Some(s) => Content::Stored(vec![s]),
+            None => Content::Discarded,
+        };
+        let now = secs(self.now());
+        let mut st = self.lock();
+        let Some(b) = st.buckets.get_mut(bucket) else {
+            return Err(io::Error::other(format!(
+                "bucket {bucket} no longer exists"
+            )));
+        };
+        b.objects.insert(
+            key.to_string(),
+            Object {
+                size,
+                crc: crc.sum(),
+                etag: upper_hex(&md5.finalize()),
+                last_modified: now,
+                object_type: "Normal",
+                storage_class: "Standard".into(),
+                headers: vec![("content-type".into(), default_content_type(key).into())],
+                content,
+            },
+        );
+        Ok(())
     }
 }
 

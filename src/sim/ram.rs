@@ -1,0 +1,387 @@
+//! Simulated RAM: roles per account, their trust policies and attached system policies.
+//!
+//! Choices where the reference is silent: every caller may manage the roles of its own account
+//! (no RAM permission model); role names compare case-insensitively; system policies are any
+//! name starting with `Aliyun` (others → `EntityNotExist.Policy`); a preloaded role named
+//! `AliyunECSImageExportDefaultRole` / `AliyunECSImageImportDefaultRole` gets its system policy
+//! attached, as the console's one-click authorization does.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::{json, Value};
+
+use super::rpc::{Caller, RpcError, RpcRequest};
+use super::server::Shared;
+
+/// RAM actions served.
+pub const ACTIONS: &[&str] = &[
+    "GetRole",
+    "CreateRole",
+    "UpdateRole",
+    "AttachPolicyToRole",
+    "ListPoliciesForRole",
+];
+
+/// The export service role.
+pub const EXPORT_ROLE: &str = "AliyunECSImageExportDefaultRole";
+/// Its system policy.
+pub const EXPORT_POLICY: &str = "AliyunECSImageExportRolePolicy";
+/// The import service role.
+pub const IMPORT_ROLE: &str = "AliyunECSImageImportDefaultRole";
+/// Its system policy.
+pub const IMPORT_POLICY: &str = "AliyunECSImageImportRolePolicy";
+
+/// The trust document of the ECS service roles.
+pub const ECS_SERVICE_TRUST: &str = r#"{"Statement":[{"Action":"sts:AssumeRole","Effect":"Allow","Principal":{"Service":["ecs.aliyuncs.com"]}}],"Version":"1"}"#;
+
+/// A policy attached to a role.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub name: String,
+    pub policy_type: String,
+    pub attached: SystemTime,
+}
+
+/// A RAM role.
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub id: String,
+    pub name: String,
+    pub account: String,
+    pub description: String,
+    pub trust: String,
+    pub max_session: u64,
+    pub created: SystemTime,
+    pub updated: SystemTime,
+    pub policies: Vec<Attached>,
+}
+
+impl Role {
+    /// `acs:ram::<account>:role/<name>`.
+    pub fn arn(&self) -> String {
+        format!("acs:ram::{}:role/{}", self.account, self.name)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "RoleId": self.id,
+            "RoleName": self.name,
+            "Arn": self.arn(),
+            "Description": self.description,
+            "AssumeRolePolicyDocument": self.trust,
+            "CreateDate": ts(self.created),
+            "UpdateDate": ts(self.updated),
+            "MaxSessionDuration": self.max_session,
+            "RolePrincipalName": format!("{}@role.{}.onaliyunservice.com", self.name.to_ascii_lowercase(), self.account),
+            "IsServiceLinkedRole": false,
+        })
+    }
+
+    /// Whether the trust policy lets `account` (its root or any of its identities) assume it.
+    pub fn trusts_account(&self, account: &str) -> bool {
+        principals(&self.trust, "RAM").iter().any(|p| {
+            p == account
+                || p.strip_prefix("acs:ram::")
+                    .and_then(|r| r.split_once(':'))
+                    .is_some_and(|(uid, _)| uid == account)
+        })
+    }
+
+    /// Whether the system policy `name` is attached.
+    pub fn has_policy(&self, name: &str) -> bool {
+        self.policies.iter().any(|p| p.name == name)
+    }
+}
+
+/// The `Principal.<kind>` values of the Allow + `sts:AssumeRole` statements of a trust document.
+fn principals(doc: &str, kind: &str) -> Vec<String> {
+    let Ok(v) = serde_json::from_str::<Value>(doc) else {
+        return Vec::new();
+    };
+    let as_list = |v: &Value| -> Vec<String> {
+        match v {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let mut out = Vec::new();
+    for st in v["Statement"].as_array().into_iter().flatten() {
+        let allow = st["Effect"].as_str() == Some("Allow");
+        let assume = as_list(&st["Action"]).iter().any(|a| a == "sts:AssumeRole");
+        if allow && assume {
+            out.extend(as_list(&st["Principal"][kind]));
+        }
+    }
+    out
+}
+
+/// A trust document letting the given accounts' roots assume a role.
+pub fn account_trust(accounts: &[&str]) -> String {
+    let ram: Vec<String> = accounts
+        .iter()
+        .map(|a| format!("acs:ram::{a}:root"))
+        .collect();
+    json!({"Statement":[{"Action":"sts:AssumeRole","Effect":"Allow","Principal":{"RAM":ram}}],"Version":"1"}).to_string()
+}
+
+/// All roles, keyed by (account, lower-case name).
+#[derive(Default)]
+pub struct Roles {
+    map: BTreeMap<(String, String), Role>,
+}
+
+fn ts(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn role_id() -> String {
+    format!("3{:018}", rand::random::<u64>() % 1_000_000_000_000_000_000)
+}
+
+impl Roles {
+    /// The role `name` of `account`.
+    pub fn get(&self, account: &str, name: &str) -> Option<&Role> {
+        self.map
+            .get(&(account.to_string(), name.to_ascii_lowercase()))
+    }
+
+    fn get_mut(&mut self, account: &str, name: &str) -> Option<&mut Role> {
+        self.map
+            .get_mut(&(account.to_string(), name.to_ascii_lowercase()))
+    }
+
+    /// Creates a role (no validation: config preload and CreateRole both end here).
+    pub fn insert(
+        &mut self,
+        account: &str,
+        name: &str,
+        trust: &str,
+        description: &str,
+        now: SystemTime,
+    ) -> &Role {
+        let role = Role {
+            id: role_id(),
+            name: name.to_string(),
+            account: account.to_string(),
+            description: description.to_string(),
+            trust: trust.to_string(),
+            max_session: 3600,
+            created: now,
+            updated: now,
+            policies: Vec::new(),
+        };
+        let key = (account.to_string(), name.to_ascii_lowercase());
+        self.map.insert(key.clone(), role);
+        &self.map[&key]
+    }
+
+    /// Attaches a system policy (idempotent).
+    pub fn attach(&mut self, account: &str, name: &str, policy: &str, now: SystemTime) {
+        if let Some(r) = self.get_mut(account, name) {
+            if !r.has_policy(policy) {
+                r.policies.push(Attached {
+                    name: policy.to_string(),
+                    policy_type: "System".into(),
+                    attached: now,
+                });
+            }
+        }
+    }
+
+    /// Preloads `--role ACCOUNT:ROLE:TRUSTED` (TRUSTED empty or `ecs` = the ECS service).
+    pub fn preload(&mut self, account: &str, name: &str, trusted: &str, now: SystemTime) {
+        let trust = if trusted.is_empty() || trusted.eq_ignore_ascii_case("ecs") {
+            ECS_SERVICE_TRUST.to_string()
+        } else {
+            account_trust(&trusted.split(',').collect::<Vec<_>>())
+        };
+        self.insert(account, name, &trust, "", now);
+        for (role, policy) in [(EXPORT_ROLE, EXPORT_POLICY), (IMPORT_ROLE, IMPORT_POLICY)] {
+            if name.eq_ignore_ascii_case(role) {
+                self.attach(account, name, policy, now);
+            }
+        }
+    }
+}
+
+fn not_exist(name: &str) -> RpcError {
+    RpcError::new(
+        404,
+        "EntityNotExist.Role",
+        format!("The role not exists: {name}."),
+    )
+}
+
+fn valid_role_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+}
+
+fn valid_trust(doc: &str) -> bool {
+    serde_json::from_str::<Value>(doc).is_ok_and(|v| v["Statement"].is_array())
+}
+
+/// Serves one RAM action for `caller`'s account.
+pub(crate) fn handle(
+    shared: &Arc<Shared>,
+    caller: &Caller,
+    req: &RpcRequest,
+    action: &str,
+) -> Result<Value, RpcError> {
+    let now = shared.sim_now();
+    let acct = caller.account.as_str();
+    let mut st = shared.cloud.state.lock().expect("cloud lock");
+    let roles = &mut st.roles;
+    match action {
+        "GetRole" => {
+            let name = req.required("RoleName")?;
+            let r = roles.get(acct, name).ok_or_else(|| not_exist(name))?;
+            Ok(json!({"Role": r.json()}))
+        }
+        "CreateRole" => {
+            let name = req.required("RoleName")?;
+            if !valid_role_name(name) {
+                return Err(RpcError::new(
+                    400,
+                    "InvalidParameter.RoleName.InvalidChars",
+                    "The parameter \"RoleName\" contains invalid chars or is longer than 64 characters.",
+                ));
+            }
+            let doc = req.required("AssumeRolePolicyDocument")?;
+            if !valid_trust(doc) {
+                return Err(RpcError::new(
+                    400,
+                    "MalformedPolicyDocument",
+                    "The policy document is malformed.",
+                ));
+            }
+            let max = match req.get("MaxSessionDuration").filter(|v| !v.is_empty()) {
+                None => 3600,
+                Some(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|m| (3600..=43200).contains(m))
+                    .ok_or_else(|| {
+                        RpcError::new(
+                            400,
+                            "InvalidParameter.MaxSessionDuration",
+                            "The parameter \"MaxSessionDuration\" must be between 3600 and 43200.",
+                        )
+                    })?,
+            };
+            if roles.get(acct, name).is_some() {
+                return Err(RpcError::new(
+                    409,
+                    "EntityAlreadyExists.Role",
+                    format!("The role already exists: {name}."),
+                ));
+            }
+            let desc = req.get("Description").unwrap_or_default();
+            roles.insert(acct, name, doc, desc, now);
+            let r = roles.get_mut(acct, name).expect("just inserted");
+            r.max_session = max;
+            Ok(json!({"Role": r.json()}))
+        }
+        "UpdateRole" => {
+            let name = req.required("RoleName")?;
+            let r = roles.get_mut(acct, name).ok_or_else(|| not_exist(name))?;
+            if let Some(doc) = req
+                .get("NewAssumeRolePolicyDocument")
+                .filter(|d| !d.is_empty())
+            {
+                if !valid_trust(doc) {
+                    return Err(RpcError::new(
+                        400,
+                        "MalformedPolicyDocument",
+                        "The policy document is malformed.",
+                    ));
+                }
+                r.trust = doc.to_string();
+            }
+            if let Some(d) = req.get("NewDescription") {
+                r.description = d.to_string();
+            }
+            r.updated = now;
+            Ok(json!({"Role": r.json()}))
+        }
+        "AttachPolicyToRole" => {
+            let ptype = req.required("PolicyType")?;
+            let policy = req.required("PolicyName")?;
+            let name = req.required("RoleName")?;
+            if ptype != "System" && ptype != "Custom" {
+                return Err(RpcError::invalid("PolicyType", ptype));
+            }
+            if ptype != "System" || !policy.starts_with("Aliyun") {
+                return Err(RpcError::new(
+                    404,
+                    "EntityNotExist.Policy",
+                    format!("The policy not exists: {policy}."),
+                ));
+            }
+            let r = roles.get(acct, name).ok_or_else(|| not_exist(name))?;
+            if r.has_policy(policy) {
+                return Err(RpcError::new(
+                    409,
+                    "EntityAlreadyExists.Role.Policy",
+                    format!("The policy already attached to the role: {policy}."),
+                ));
+            }
+            roles.attach(acct, name, policy, now);
+            Ok(json!({}))
+        }
+        "ListPoliciesForRole" => {
+            let name = req.required("RoleName")?;
+            let r = roles.get(acct, name).ok_or_else(|| not_exist(name))?;
+            let list: Vec<Value> = r
+                .policies
+                .iter()
+                .map(|p| {
+                    json!({
+                        "PolicyName": p.name,
+                        "PolicyType": p.policy_type,
+                        "Description": "",
+                        "DefaultVersion": "v1",
+                        "AttachDate": ts(p.attached),
+                    })
+                })
+                .collect();
+            Ok(json!({"Policies": {"Policy": list}}))
+        }
+        _ => Err(RpcError::new(
+            404,
+            "InvalidAction.NotFound",
+            "Specified api is not found, please check your url and method.",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_documents() {
+        let now = SystemTime::now();
+        let mut r = Roles::default();
+        r.preload("111", "migrator", "222,333", now);
+        r.preload("111", EXPORT_ROLE, "", now);
+        let m = r.get("111", "MIGRATOR").unwrap();
+        assert_eq!(m.arn(), "acs:ram::111:role/migrator");
+        assert!(m.trusts_account("222") && m.trusts_account("333"));
+        assert!(!m.trusts_account("111") && !m.trusts_account("22"));
+        let e = r.get("111", EXPORT_ROLE).unwrap();
+        assert!(e.has_policy(EXPORT_POLICY));
+        assert!(!e.trusts_account("111"));
+        assert_eq!(principals(&e.trust, "Service"), vec!["ecs.aliyuncs.com"]);
+        assert!(r.get("222", "migrator").is_none());
+    }
+}
