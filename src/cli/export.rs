@@ -43,6 +43,9 @@ pub struct ExportArgs {
     /// aliyun CLI profile (default: the credential chain).
     #[arg(long)]
     pub profile: Option<String>,
+    /// Retries, 5 s apart, while ECS reports its service role missing (a new role propagates).
+    #[arg(long, default_value_t = 12)]
+    pub role_retries: u32,
     /// OSS endpoint override.
     #[arg(long)]
     pub oss_endpoint: Option<String>,
@@ -129,7 +132,14 @@ pub async fn run(args: ExportArgs) -> i32 {
         image_format: args.format,
         role_name: None,
     };
-    let started = retry_missing_role(RoleRetry::default(), || side.ecs.export_image(&input)).await;
+    let started = retry_missing_role(
+        RoleRetry {
+            retries: args.role_retries,
+            ..RoleRetry::default()
+        },
+        || side.ecs.export_image(&input),
+    )
+    .await;
     let task_id = match started {
         Ok(t) if !t.task_id.is_empty() => t.task_id,
         Ok(_) => {

@@ -83,6 +83,9 @@ pub struct ImportArgs {
     /// aliyun CLI profile (default: the credential chain).
     #[arg(long)]
     pub profile: Option<String>,
+    /// Retries, 5 s apart, while ECS reports its service role missing (a new role propagates).
+    #[arg(long, default_value_t = 12)]
+    pub role_retries: u32,
     /// OSS endpoint override.
     #[arg(long)]
     pub oss_endpoint: Option<String>,
@@ -247,7 +250,14 @@ pub async fn run(args: ImportArgs) -> i32 {
         None => None,
     };
     let input = build_input(&args, &disks, like_image.as_ref());
-    let started = retry_missing_role(RoleRetry::default(), || side.ecs.import_image(&input)).await;
+    let started = retry_missing_role(
+        RoleRetry {
+            retries: args.role_retries,
+            ..RoleRetry::default()
+        },
+        || side.ecs.import_image(&input),
+    )
+    .await;
     let (image_id, task_id) = match started {
         Ok(t) if !t.image_id.is_empty() => (t.image_id, t.task_id),
         Ok(_) => {

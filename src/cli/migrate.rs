@@ -67,6 +67,9 @@ pub struct MigrateArgs {
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+    /// Retries, 5 s apart, while ECS reports its service role missing (a new role propagates).
+    #[arg(long, default_value_t = 12)]
+    pub role_retries: u32,
 
     /// Source OSS endpoint override.
     #[arg(long)]
@@ -206,7 +209,10 @@ pub async fn run(args: MigrateArgs) -> i32 {
             timeout: args.timeout,
             ..PollSchedule::default()
         },
-        role_retry: RoleRetry::default(),
+        role_retry: RoleRetry {
+            retries: args.role_retries,
+            ..RoleRetry::default()
+        },
         copy,
     };
     let backends = Backends {
