@@ -247,3 +247,249 @@ pub async fn wait_image(
         .find(|i| i.image_id == image_id)
         .unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ecs::ecs::{
+        DescribeTasksInput, ExportImageInput, ImageList, ImportImageInput, OperationProgress,
+        TaskList, TaskStarted,
+    };
+    use crate::ecs::rpc::ApiError;
+    use async_trait::async_trait;
+    use std::sync::Mutex;
+
+    /// Answers DescribeTaskAttribute / DescribeImages from a script, one entry per poll.
+    struct Scripted {
+        tasks: Mutex<Vec<Result<TaskAttribute, RpcError>>>,
+        images: Mutex<Vec<ImageList>>,
+    }
+
+    fn err(code: &str, status: u16) -> RpcError {
+        RpcError::Api(Box::new(ApiError {
+            action: "DescribeTaskAttribute".into(),
+            status,
+            code: code.into(),
+            message: "m".into(),
+            request_id: "r".into(),
+            host_id: None,
+            recommend: None,
+            retry_after: None,
+        }))
+    }
+
+    fn task(status: TaskStatus, pct: &str) -> TaskAttribute {
+        TaskAttribute {
+            task_id: "t-1".into(),
+            task_status: status,
+            task_process: pct.into(),
+            ..TaskAttribute::default()
+        }
+    }
+
+    #[async_trait]
+    impl EcsApi for Scripted {
+        fn region(&self) -> &str {
+            "r1"
+        }
+        async fn export_image(&self, _: &ExportImageInput) -> Result<TaskStarted, RpcError> {
+            unreachable!("not polled")
+        }
+        async fn describe_task_attribute(&self, _: &str) -> Result<TaskAttribute, RpcError> {
+            let mut g = self.tasks.lock().unwrap();
+            if g.len() > 1 {
+                g.remove(0)
+            } else {
+                g[0].clone()
+            }
+        }
+        async fn describe_tasks(&self, _: &DescribeTasksInput) -> Result<TaskList, RpcError> {
+            unreachable!("not polled")
+        }
+        async fn cancel_task(&self, _: &str) -> Result<(), RpcError> {
+            unreachable!("not polled")
+        }
+        async fn import_image(&self, _: &ImportImageInput) -> Result<TaskStarted, RpcError> {
+            unreachable!("not polled")
+        }
+        async fn describe_images(&self, q: &DescribeImagesInput) -> Result<ImageList, RpcError> {
+            // Without every status an importing image would be invisible.
+            assert_eq!(
+                q.status.as_deref(),
+                Some(crate::ecs::ecs::ALL_IMAGE_STATUSES)
+            );
+            let mut g = self.images.lock().unwrap();
+            Ok(if g.len() > 1 {
+                g.remove(0)
+            } else {
+                g[0].clone()
+            })
+        }
+    }
+
+    fn fast() -> PollSchedule {
+        PollSchedule {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+            timeout: Duration::from_secs(5),
+            max_consecutive_errors: 2,
+            ..PollSchedule::default()
+        }
+    }
+
+    #[test]
+    fn schedule_backs_off_to_the_cap() {
+        let s = PollSchedule::default();
+        let mut d = s.initial;
+        let mut seen = vec![d];
+        for _ in 0..10 {
+            d = s.next(d);
+            seen.push(d);
+        }
+        assert!(seen.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*seen.last().unwrap(), Duration::from_secs(15));
+        for _ in 0..20 {
+            let j = PollSchedule::jitter(Duration::from_secs(10));
+            assert!(j >= Duration::from_secs(9) && j <= Duration::from_secs(11));
+        }
+    }
+
+    #[tokio::test]
+    async fn task_progress_transient_errors_and_finish() {
+        let ecs = Scripted {
+            tasks: Mutex::new(vec![
+                Ok(task(TaskStatus::Waiting, "")),
+                Err(err("Throttling.User", 400)),
+                Ok(task(TaskStatus::Processing, "40%")),
+                Err(err("ServiceUnavailable", 503)),
+                Ok(task(TaskStatus::Finished, "100%")),
+            ]),
+            images: Mutex::new(vec![]),
+        };
+        let mut seen = Vec::new();
+        let mut cb = |t: &TaskAttribute| seen.push(t.percent());
+        let t = wait_task(&ecs, "t-1", &fast(), &CancellationToken::new(), &mut cb)
+            .await
+            .unwrap();
+        assert_eq!(t.task_status, TaskStatus::Finished);
+        assert_eq!(seen, [None, Some(40.0), Some(100.0)]);
+    }
+
+    #[tokio::test]
+    async fn failed_task_carries_code_and_hint() {
+        let mut failed = task(TaskStatus::Failed, "10%");
+        failed.operation_progress_set = vec![OperationProgress {
+            operation_status: "Failed".into(),
+            error_code: "InvalidOSSBucket.NotFound".into(),
+            error_msg: "The bucket does not exist in this region.".into(),
+            ..OperationProgress::default()
+        }];
+        let ecs = Scripted {
+            tasks: Mutex::new(vec![Ok(failed)]),
+            images: Mutex::new(vec![]),
+        };
+        let e = wait_task(&ecs, "t-1", &fast(), &CancellationToken::new(), &mut |_| {})
+            .await
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(
+                "task t-1 ended Failed: InvalidOSSBucket.NotFound: The bucket does not exist"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("hint: the bucket must exist in the same region"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn persistent_errors_timeout_and_cancel_end_the_wait() {
+        let ecs = Scripted {
+            tasks: Mutex::new(vec![Err(err("InternalError", 500))]),
+            images: Mutex::new(vec![]),
+        };
+        let e = wait_task(&ecs, "t-1", &fast(), &CancellationToken::new(), &mut |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(e, WaitError::Rpc(_)), "{e}");
+        let ecs = Scripted {
+            tasks: Mutex::new(vec![Err(err("InvalidTaskId.NotFound", 400))]),
+            images: Mutex::new(vec![]),
+        };
+        let e = wait_task(&ecs, "t-1", &fast(), &CancellationToken::new(), &mut |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(e, WaitError::Rpc(_)), "not retried: {e}");
+
+        let ecs = Scripted {
+            tasks: Mutex::new(vec![Ok(task(TaskStatus::Processing, "1%"))]),
+            images: Mutex::new(vec![]),
+        };
+        let mut s = fast();
+        s.timeout = Duration::from_millis(30);
+        let e = wait_task(&ecs, "t-1", &s, &CancellationToken::new(), &mut |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(e, WaitError::Timeout { .. }), "{e}");
+        assert!(e.to_string().contains("--timeout"));
+
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let e = wait_task(&ecs, "t-1", &fast(), &cancel, &mut |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(e, WaitError::Interrupted { .. }), "{e}");
+    }
+
+    fn images(status: &str) -> ImageList {
+        ImageList {
+            images: vec![Image {
+                image_id: "m-1".into(),
+                status: status.into(),
+                progress: "50%".into(),
+                ..Image::default()
+            }],
+            ..ImageList::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn image_wait_outcomes() {
+        let ecs = Scripted {
+            tasks: Mutex::new(vec![]),
+            images: Mutex::new(vec![
+                images("Waiting"),
+                images("Creating"),
+                images("Available"),
+            ]),
+        };
+        let mut n = 0;
+        let img = wait_image(&ecs, "m-1", &fast(), &CancellationToken::new(), &mut |_| {
+            n += 1
+        })
+        .await
+        .unwrap();
+        assert_eq!(img.status, "Available");
+        assert_eq!(n, 3);
+
+        let ecs = Scripted {
+            tasks: Mutex::new(vec![]),
+            images: Mutex::new(vec![images("CreateFailed")]),
+        };
+        let e = wait_image(&ecs, "m-1", &fast(), &CancellationToken::new(), &mut |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(e, WaitError::ImageFailed { .. }), "{e}");
+
+        let ecs = Scripted {
+            tasks: Mutex::new(vec![]),
+            images: Mutex::new(vec![ImageList::default()]),
+        };
+        let e = wait_image(&ecs, "m-1", &fast(), &CancellationToken::new(), &mut |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(e, WaitError::ImageGone { .. }), "{e}");
+    }
+}
