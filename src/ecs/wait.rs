@@ -217,6 +217,8 @@ pub async fn wait_image(
 ) -> Result<Image, WaitError> {
     let query = DescribeImagesInput::by_id(image_id);
     let region = ecs.region().to_string();
+    // A just-created image may not be listed yet: only repeated absence means it is gone.
+    let mut missing = 0u32;
     let list = poll_until(
         &format!("image {image_id}"),
         schedule,
@@ -224,11 +226,16 @@ pub async fn wait_image(
         || ecs.describe_images(&query),
         |list| {
             let Some(img) = list.images.iter().find(|i| i.image_id == image_id) else {
+                missing += 1;
+                if missing <= schedule.max_consecutive_errors {
+                    return Ok(false);
+                }
                 return Err(WaitError::ImageGone {
                     image_id: image_id.to_string(),
                     region: region.clone(),
                 });
             };
+            missing = 0;
             on_progress(img);
             match img.status.as_str() {
                 "Available" => Ok(true),
