@@ -226,6 +226,8 @@ async fn export_then_import_across_two_accounts() {
             &format!("oss://{DST_BUCKET}/{member}"),
             "--profile",
             "dst",
+            "--oss-endpoint",
+            &dst_ep,
             "--ecs-endpoint",
             &dst_ep,
         ]))
@@ -237,6 +239,34 @@ async fn export_then_import_across_two_accounts() {
         stderr(&out)
     );
     assert!(stderr(&out).contains("--image-name"), "{}", stderr(&out));
+
+    // A missing disk object is reported before any ImportImage call.
+    let imports_before = count_all(&w.dst.stats(), "ImportImage");
+    assert_eq!(imports_before, 2, "{}", w.dst.stats());
+    let out = w
+        .run(s(&[
+            "import",
+            "--region",
+            DST_REGION,
+            "--image-name",
+            "other-name",
+            "--disk",
+            &format!("oss://{DST_BUCKET}/no-such.raw"),
+            "--profile",
+            "dst",
+            "--oss-endpoint",
+            &dst_ep,
+            "--ecs-endpoint",
+            &dst_ep,
+        ]))
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("oss://dst-bucket/no-such.raw"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(count_all(&w.dst.stats(), "ImportImage"), imports_before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,6 +290,8 @@ async fn export_without_role_says_run_preflight_fix() {
         SRC_BUCKET,
         "--profile",
         "src",
+        "--oss-endpoint",
+        &ep,
         "--ecs-endpoint",
         &ep,
         "--role-retries",

@@ -125,6 +125,29 @@ pub async fn run(args: ExportArgs) -> i32 {
             return EXIT_FAILED;
         }
     };
+    // ExportImage only writes into a bucket of the image's region; say so before the task
+    // fails asynchronously. Other lookup failures (e.g. no oss:GetBucketInfo) are left to ECS.
+    match side.bucket(&args.bucket) {
+        Ok(b) => match b.get_bucket_info().await {
+            Ok(info) if info.region != args.region => {
+                eprintln!(
+                    "error: bucket {} is in {}, not {}: ExportImage writes only into a bucket of the image's region",
+                    args.bucket, info.region, args.region
+                );
+                return EXIT_FAILED;
+            }
+            Ok(_) => {}
+            Err(e) if e.class == crate::store::ErrorClass::NotFound => {
+                eprintln!("error: bucket {}: {e}", args.bucket);
+                return EXIT_FAILED;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check the bucket's region; continuing"),
+        },
+        Err(e) => {
+            eprintln!("error: --bucket: {e}");
+            return EXIT_USAGE;
+        }
+    }
     let input = ExportImageInput {
         image_id: args.image_id.clone(),
         oss_bucket: args.bucket.clone(),

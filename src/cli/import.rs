@@ -59,13 +59,16 @@ pub struct ImportArgs {
     /// existing image, REGION:m-….
     #[arg(long)]
     pub like: Option<String>,
+    /// OS type of the image.
     #[arg(long, value_enum)]
     pub os_type: Option<OsType>,
     /// Platform, e.g. Ubuntu, CentOS, "Others Linux".
     #[arg(long)]
     pub platform: Option<String>,
+    /// CPU architecture.
     #[arg(long, value_enum)]
     pub arch: Option<Arch>,
+    /// Firmware (arm64 needs UEFI).
     #[arg(long, value_enum)]
     pub boot_mode: Option<BootMode>,
     /// Format of every disk (default: from the object name, else detected by ECS).
@@ -230,6 +233,28 @@ pub async fn run(args: ImportArgs) -> i32 {
             return EXIT_FAILED;
         }
     };
+    // A missing or empty disk object fails the import only after the task started; check now.
+    for (bucket, key) in &disks {
+        let b = match side.bucket(bucket) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: --disk oss://{bucket}/{key}: {e}");
+                return EXIT_USAGE;
+            }
+        };
+        match b.head_object(key).await {
+            Ok(meta) if meta.size == 0 => {
+                eprintln!("error: oss://{bucket}/{key} is empty");
+                return EXIT_FAILED;
+            }
+            Ok(_) => {}
+            Err(e) if e.class == crate::store::ErrorClass::NotFound => {
+                eprintln!("error: oss://{bucket}/{key}: {e}");
+                return EXIT_FAILED;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check oss://{bucket}/{key}; continuing"),
+        }
+    }
     let like_image = match &like {
         Some((region, id)) => {
             let ecs = side.ecs_in(region);
