@@ -513,3 +513,22 @@ async fn migrate_state_machine_over_the_wire_with_an_unpacking_relay() {
         .unwrap()
         .starts_with("oss://"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_refuses_a_bucket_outside_its_region_before_exporting() {
+    let w = World::new(with_image_and_export_role, with_import_role).await;
+    let mut args = migrate_args(&w);
+    let i = args.iter().position(|a| a == "--dst-region").unwrap();
+    args[i + 1] = "ap-southeast-1".into();
+    let out = w.run(args).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // The simulated endpoint serves one region, so the V4 signing region already tells.
+    assert!(err.contains("--dst-bucket dst-bucket"), "{err}");
+    assert!(
+        err.contains(DST_REGION) && err.contains("ap-southeast-1"),
+        "{err}"
+    );
+    assert!(!err.contains("export task"), "{err}");
+    assert_eq!(count_all(&w.src.stats(), "ExportImage"), 0);
+}

@@ -96,6 +96,33 @@ impl Side {
     }
 }
 
+/// Checks that `bucket` exists and is in this side's region (ECS exports and imports only use
+/// buckets of the image's region). Lookup failures that may be transient or a missing
+/// oss:GetBucketInfo permission are logged and let through for ECS to judge.
+pub async fn check_bucket_region(side: &Side, bucket: &str, flag: &str) -> Result<(), String> {
+    let b = side.bucket(bucket).map_err(|e| format!("{flag}: {e}"))?;
+    match b.get_bucket_info().await {
+        Ok(info) if info.region != side.region => Err(format!(
+            "bucket {bucket} is in {}, not {}: ECS exports and imports only use a bucket of the image's region",
+            info.region, side.region
+        )),
+        Ok(_) => Ok(()),
+        // No such bucket, or one the endpoint cannot serve (wrong region): both are fatal.
+        Err(e)
+            if matches!(
+                e.class,
+                crate::store::ErrorClass::NotFound | crate::store::ErrorClass::Client
+            ) || e.endpoint.is_some() =>
+        {
+            Err(format!("{flag} {bucket}: {e}"))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, bucket, "cannot check the bucket's region; continuing");
+            Ok(())
+        }
+    }
+}
+
 /// Parses `90`, `90s`, `15m`, `6h`, `2d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();

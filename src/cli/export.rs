@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::cloud::{parse_duration, task_line, Endpoints, Side, StatusLine};
+use super::cloud::{check_bucket_region, parse_duration, task_line, Endpoints, Side, StatusLine};
 use super::util::install_interrupt_handler;
 use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::ecs::ecs::{validate_oss_prefix, EcsApi, ExportImageInput, ImageFormat, TaskAttribute};
@@ -125,28 +125,9 @@ pub async fn run(args: ExportArgs) -> i32 {
             return EXIT_FAILED;
         }
     };
-    // ExportImage only writes into a bucket of the image's region; say so before the task
-    // fails asynchronously. Other lookup failures (e.g. no oss:GetBucketInfo) are left to ECS.
-    match side.bucket(&args.bucket) {
-        Ok(b) => match b.get_bucket_info().await {
-            Ok(info) if info.region != args.region => {
-                eprintln!(
-                    "error: bucket {} is in {}, not {}: ExportImage writes only into a bucket of the image's region",
-                    args.bucket, info.region, args.region
-                );
-                return EXIT_FAILED;
-            }
-            Ok(_) => {}
-            Err(e) if e.class == crate::store::ErrorClass::NotFound => {
-                eprintln!("error: bucket {}: {e}", args.bucket);
-                return EXIT_FAILED;
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot check the bucket's region; continuing"),
-        },
-        Err(e) => {
-            eprintln!("error: --bucket: {e}");
-            return EXIT_USAGE;
-        }
+    if let Err(e) = check_bucket_region(&side, &args.bucket, "--bucket").await {
+        eprintln!("error: {e}");
+        return EXIT_FAILED;
     }
     let input = ExportImageInput {
         image_id: args.image_id.clone(),

@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::cloud::{image_line, parse_duration, task_line, Endpoints, Side, StatusLine};
+use super::cloud::{
+    check_bucket_region, image_line, parse_duration, task_line, Endpoints, Side, StatusLine,
+};
 use super::copy::default_state_dir;
 use super::progress;
 use super::util::{human_bytes, install_interrupt_handler, parse_rate, parse_size};
@@ -192,6 +194,16 @@ pub async fn run(args: MigrateArgs) -> i32 {
         }
     };
 
+    // Minutes here save an hour-long export into a bucket the import can never read.
+    for (side, bucket, flag) in [
+        (&src, &args.src_bucket, "--src-bucket"),
+        (&dst, &args.dst_bucket, "--dst-bucket"),
+    ] {
+        if let Err(e) = check_bucket_region(side, bucket, flag).await {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+    }
     let cfg = MigrateConfig {
         key: MigrationKey {
             src_region: args.src_region.clone(),
