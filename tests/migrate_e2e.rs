@@ -532,3 +532,51 @@ async fn migrate_refuses_a_bucket_outside_its_region_before_exporting() {
     assert!(!err.contains("export task"), "{err}");
     assert_eq!(count_all(&w.src.stats(), "ExportImage"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_while_waiting_exits_130_and_rerun_resumes_the_same_export() {
+    let w = World::new(
+        |c| {
+            with_image_and_export_role(c);
+            c.task_duration = Duration::from_secs(4);
+        },
+        with_import_role,
+    )
+    .await;
+    let child = w.command(&migrate_args(&w)).spawn().unwrap();
+    let pid = child.id();
+    // Wait until the state file records the export task.
+    let t0 = std::time::Instant::now();
+    loop {
+        let recorded = std::fs::read_dir(w.state_dir())
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+            .any(|t| t.contains("\"stage\": \"wait-export\""));
+        if recorded {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "export never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("rerun the same command to resume"), "{err}");
+
+    let out = w.run(migrate_args(&w)).await;
+    let err = stderr(&out);
+    assert!(err.contains("resuming at stage wait-export"), "{err}");
+    assert_eq!(count_all(&w.src.stats(), "ExportImage"), 1, "{err}");
+    // It went on past the export (and stops at the relay until the unpack stage lands).
+    assert!(err.contains("relaying disk 1/1"), "{err}");
+}

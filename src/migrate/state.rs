@@ -16,7 +16,7 @@ pub const STATE_VERSION: u32 = 1;
 
 /// Where a migration is. Stages run in this order; each is re-entrant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum Stage {
     /// Look up the source image and start ExportImage.
     Export,
