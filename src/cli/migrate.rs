@@ -112,6 +112,103 @@ pub struct MigrateArgs {
     pub bandwidth: Option<u64>,
 }
 
+/// Prints migration [`Event`]s on stderr: stage changes, task progress, a progress bar per disk.
+pub(crate) struct Printer {
+    quiet: bool,
+    status: StatusLine,
+    bar: Mutex<Option<progress::Bar>>,
+}
+
+impl Printer {
+    pub(crate) fn new(quiet: bool) -> Self {
+        Self {
+            quiet,
+            status: StatusLine::default(),
+            bar: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn on(&self, e: Event<'_>) {
+        if self.quiet {
+            return;
+        }
+        let (status, bar) = (&self.status, &self.bar);
+        match e {
+            Event::Resumed { stage, path } => eprintln!(
+                "resuming at stage {} (state {})",
+                stage.as_str(),
+                path.display()
+            ),
+            Event::Stage(s) => tracing::info!(stage = s.as_str(), "migration stage"),
+            Event::ExportStarted { task_id, adopted } => eprintln!(
+                "export task {task_id} {}",
+                if adopted {
+                    "found running, waiting for it"
+                } else {
+                    "started"
+                }
+            ),
+            Event::ExportProgress(t) => status.show(task_line("export", t)),
+            Event::Exported(disks) => {
+                for d in disks {
+                    eprintln!(
+                        "exported {} disk: oss://{}/{}",
+                        d.role, d.source_bucket, d.source_key
+                    );
+                }
+            }
+            Event::DiskStarted {
+                index,
+                total,
+                source,
+                destination,
+                progress: p,
+            } => {
+                eprintln!(
+                    "relaying disk {}/{total}: {source} -> {destination}",
+                    index + 1
+                );
+                let mut g = bar.lock().unwrap_or_else(|p| p.into_inner());
+                *g = Some(progress::spawn(p));
+            }
+            Event::DiskDone { result, .. } => {
+                if let Some(b) = bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    tokio::spawn(b.finish());
+                }
+                eprintln!(
+                    "relayed {} ({}, CRC-64 {})",
+                    result.destination,
+                    human_bytes(result.bytes as f64),
+                    result.crc64
+                );
+            }
+            Event::ImportStarted {
+                image_id,
+                task_id,
+                adopted,
+            } => eprintln!(
+                "image {image_id} {}{}",
+                if adopted {
+                    "found importing, waiting for it"
+                } else {
+                    "importing"
+                },
+                task_id.map(|t| format!(" (task {t})")).unwrap_or_default()
+            ),
+            Event::ImportProgress(i) => status.show(image_line(i)),
+            Event::Deleted { object } => eprintln!("deleted {object}"),
+        }
+    }
+
+    /// Stops a progress bar still running (after a failure mid-relay).
+    pub(crate) async fn finish(&self) {
+        let last = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(b) = last {
+            b.finish().await;
+        }
+    }
+}
+
 fn usage(msg: impl std::fmt::Display) -> i32 {
     eprintln!("error: {msg}");
     EXIT_USAGE
@@ -238,83 +335,10 @@ pub async fn run(args: MigrateArgs) -> i32 {
     let cancel = CancellationToken::new();
     install_interrupt_handler(cancel.clone());
     let quiet = args.quiet;
-    let status = StatusLine::default();
-    let bar: Mutex<Option<progress::Bar>> = Mutex::new(None);
-    let sink = |e: Event<'_>| {
-        if quiet {
-            return;
-        }
-        match e {
-            Event::Resumed { stage, path } => eprintln!(
-                "resuming at stage {} (state {})",
-                stage.as_str(),
-                path.display()
-            ),
-            Event::Stage(s) => tracing::info!(stage = s.as_str(), "migration stage"),
-            Event::ExportStarted { task_id, adopted } => eprintln!(
-                "export task {task_id} {}",
-                if adopted {
-                    "found running, waiting for it"
-                } else {
-                    "started"
-                }
-            ),
-            Event::ExportProgress(t) => status.show(task_line("export", t)),
-            Event::Exported(disks) => {
-                for d in disks {
-                    eprintln!(
-                        "exported {} disk: oss://{}/{}",
-                        d.role, d.source_bucket, d.source_key
-                    );
-                }
-            }
-            Event::DiskStarted {
-                index,
-                total,
-                source,
-                destination,
-                progress: p,
-            } => {
-                eprintln!(
-                    "relaying disk {}/{total}: {source} -> {destination}",
-                    index + 1
-                );
-                let mut g = bar.lock().unwrap_or_else(|p| p.into_inner());
-                *g = Some(progress::spawn(p));
-            }
-            Event::DiskDone { result, .. } => {
-                if let Some(b) = bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    tokio::spawn(b.finish());
-                }
-                eprintln!(
-                    "relayed {} ({}, CRC-64 {})",
-                    result.destination,
-                    human_bytes(result.bytes as f64),
-                    result.crc64
-                );
-            }
-            Event::ImportStarted {
-                image_id,
-                task_id,
-                adopted,
-            } => eprintln!(
-                "image {image_id} {}{}",
-                if adopted {
-                    "found importing, waiting for it"
-                } else {
-                    "importing"
-                },
-                task_id.map(|t| format!(" (task {t})")).unwrap_or_default()
-            ),
-            Event::ImportProgress(i) => status.show(image_line(i)),
-            Event::Deleted { object } => eprintln!("deleted {object}"),
-        }
-    };
+    let printer = Printer::new(quiet);
+    let sink = |e: Event<'_>| printer.on(e);
     let result = migrate::migrate(&cfg, &backends, &cancel, &sink).await;
-    let last_bar = bar.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(b) = last_bar {
-        b.finish().await;
-    }
+    printer.finish().await;
     match result {
         Ok(out) => {
             if args.json {
