@@ -4,6 +4,7 @@
 mod cloud;
 mod copy;
 mod demo;
+mod demo_migrate;
 pub mod export;
 pub mod import;
 pub mod migrate;
