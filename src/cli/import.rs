@@ -56,7 +56,7 @@ pub struct ImportArgs {
     #[arg(long = "disk", required = true)]
     pub disks: Vec<String>,
     /// Copy architecture, OS type, platform, boot mode, disk sizes and features from an
-    /// existing image, REGION:m-….
+    /// existing image, REGION:m-… (read with the same credentials).
     #[arg(long)]
     pub like: Option<String>,
     /// OS type of the image.
