@@ -150,6 +150,7 @@ async fn import(
         ("DiskDeviceMapping.1.OSSObject", object),
         ("DiskDeviceMapping.1.DiskImageSize", "1"),
     ];
+    p.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
     p.extend_from_slice(extra);
     call(s, creds, ECS, "ImportImage", &p).await
 }
@@ -452,6 +453,133 @@ async fn export_then_import_proves_the_same_disk() {
     s.shutdown().await;
 }
 
+fn fixed_vhd(raw: &[u8], disk_type: u32) -> Vec<u8> {
+    let mut f = [0u8; 512];
+    f[..8].copy_from_slice(b"conectix");
+    f[8..12].copy_from_slice(&2u32.to_be_bytes());
+    f[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+    f[16..24].copy_from_slice(&u64::MAX.to_be_bytes());
+    f[40..48].copy_from_slice(&(raw.len() as u64).to_be_bytes());
+    f[48..56].copy_from_slice(&(raw.len() as u64).to_be_bytes());
+    f[60..64].copy_from_slice(&disk_type.to_be_bytes());
+    let sum: u32 = f.iter().map(|&b| b as u32).sum();
+    f[64..68].copy_from_slice(&(!sum).to_be_bytes());
+    let mut v = raw.to_vec();
+    v.extend_from_slice(&f);
+    v
+}
+
+#[tokio::test]
+async fn vhd_imports_check_the_footer() {
+    let s = sim::start(config()).await.unwrap();
+    let c2 = a2();
+    let raw: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    s.put_object_bytes("dst-bkt", "fixed.vhd", Bytes::from(fixed_vhd(&raw, 2)));
+    s.put_object_bytes("dst-bkt", "dynamic.vhd", Bytes::from(fixed_vhd(&raw, 3)));
+    // Auto-detected (no Format) fixed VHD: the disk is everything before the footer.
+    let r = import(&s, &c2, "dst-bkt", "fixed.vhd", "vhd-ok", &[])
+        .await
+        .unwrap();
+    let t = wait_task(&s, &c2, r["TaskId"].as_str().unwrap()).await;
+    assert_eq!(t["TaskStatus"], "Finished", "{t}");
+    let id = r["ImageId"].as_str().unwrap();
+    assert_eq!(
+        s.image_crc64(id),
+        Some((raw.len() as u64, crc64::checksum(&raw)))
+    );
+    assert_eq!(
+        s.image(id).unwrap()["DiskDeviceMappings"]["DiskDeviceMapping"][0]["Format"],
+        "VHD"
+    );
+    let r = import(
+        &s,
+        &c2,
+        "dst-bkt",
+        "dynamic.vhd",
+        "vhd-bad",
+        &[("DiskDeviceMapping.1.Format", "VHD")],
+    )
+    .await
+    .unwrap();
+    let t = wait_task(&s, &c2, r["TaskId"].as_str().unwrap()).await;
+    assert_eq!(
+        t["OperationProgressSet"]["OperationProgress"][0]["ErrorCode"],
+        "InvalidVHDImage.IncorrectSize"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn imported_data_disks_export_as_separate_objects() {
+    let mut cfg = config();
+    cfg.roles.push(SimRole {
+        account: "222".into(),
+        name: "AliyunECSImageExportDefaultRole".into(),
+        trusted: "ecs".into(),
+    });
+    let s = sim::start(cfg).await.unwrap();
+    let c2 = a2();
+    let sys: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 241) as u8).collect();
+    let data: Vec<u8> = (0..(512u32 << 10)).map(|i| (i % 239) as u8).collect();
+    s.put_object_bytes("dst-bkt", "sys.raw", Bytes::from(sys.clone()));
+    s.put_object_bytes("dst-bkt", "data.raw", Bytes::from(data.clone()));
+    let r = import(
+        &s,
+        &c2,
+        "dst-bkt",
+        "sys.raw",
+        "two-disks",
+        &[
+            ("DiskDeviceMapping.2.OSSBucket", "dst-bkt"),
+            ("DiskDeviceMapping.2.OSSObject", "data.raw"),
+            ("DiskDeviceMapping.2.DiskImageSize", "2"),
+        ],
+    )
+    .await
+    .unwrap();
+    let t = wait_task(&s, &c2, r["TaskId"].as_str().unwrap()).await;
+    assert_eq!(t["TaskStatus"], "Finished", "{t}");
+    let id = r["ImageId"].as_str().unwrap().to_string();
+    let maps = s.image(&id).unwrap()["DiskDeviceMappings"]["DiskDeviceMapping"].clone();
+    assert_eq!(maps[1]["Type"], "data");
+    assert_eq!(maps[1]["Size"], "2");
+    let t = call(
+        &s,
+        &c2,
+        ECS,
+        "ExportImage",
+        &[
+            ("RegionId", REGION),
+            ("ImageId", &id),
+            ("OSSBucket", "dst-bkt"),
+            ("OSSPrefix", "x"),
+        ],
+    )
+    .await
+    .unwrap();
+    let done = wait_task(&s, &c2, t["TaskId"].as_str().unwrap()).await;
+    assert_eq!(done["TaskStatus"], "Finished", "{done}");
+    assert_eq!(done["TotalCount"], 2);
+    for (key, member, want) in [
+        (
+            format!("x_{id}_system.raw.tar.gz"),
+            format!("x_{id}_system.raw"),
+            &sys,
+        ),
+        (
+            format!("x_{id}_data_xvdb.raw.tar.gz"),
+            format!("x_{id}_data_xvdb.raw"),
+            &data,
+        ),
+    ] {
+        let m = gunzip_tar(&s.get_object_bytes("dst-bkt", &key).unwrap());
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].0, member);
+        assert!(&m[0].1 == want, "{key} content differs");
+    }
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn cancel_task_and_describe_images_filters() {
     let mut cfg = config();
@@ -563,6 +691,106 @@ async fn cancel_task_and_describe_images_filters() {
             .unwrap_err(),
     );
     assert_eq!(e.1, "Throttling.User");
+    s.set_faults(Vec::new());
+    // Scripted errors, including an error Code on HTTP 200; the client retries through them.
+    s.add_rpc_fault(sim::RpcFault {
+        action: "DescribeTasks".into(),
+        code: "ServiceUnavailable".into(),
+        status: 200,
+        count: 1,
+    });
+    let e = call(&s, &c1, ECS, "DescribeTasks", &[("RegionId", REGION)])
+        .await
+        .unwrap_err();
+    let RpcError::Api(a) = e else { panic!("{e}") };
+    assert_eq!((a.status, a.code.as_str()), (200, "ServiceUnavailable"));
+    s.add_rpc_fault(sim::RpcFault {
+        action: "*".into(),
+        code: "Throttling.User".into(),
+        status: 400,
+        count: 2,
+    });
+    let retrying = RpcClient::new().with_retry(RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(20),
+    });
+    let req = RpcRequest::new(s.ecs_endpoint(), ECS, "DescribeTasks").param("RegionId", REGION);
+    let ok = retrying.call(&c1, &req).await.unwrap();
+    assert_eq!(ok["TotalCount"], 1);
+    assert_eq!(s.stats()["requests"]["DescribeTasks"]["400"], 2);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn attached_policies_take_time_to_propagate_and_synthetic_disks_import() {
+    let mut cfg = config();
+    cfg.role_propagation = Duration::from_millis(700);
+    cfg.synthetic = vec![ossrelay::sim::SyntheticObject {
+        bucket: "src-bkt".into(),
+        key: "huge.raw".into(),
+        size: 100 << 30,
+    }];
+    cfg.roles.push(SimRole {
+        account: "111".into(),
+        name: "AliyunECSImageImportDefaultRole".into(),
+        trusted: "ecs".into(),
+    });
+    let s = sim::start(cfg).await.unwrap();
+    let c1 = a1();
+    let role = "AliyunECSImageExportDefaultRole";
+    let trust = r#"{"Statement":[{"Action":"sts:AssumeRole","Effect":"Allow","Principal":{"Service":["ecs.aliyuncs.com"]}}],"Version":"1"}"#;
+    call(
+        &s,
+        &c1,
+        RAM,
+        "CreateRole",
+        &[("RoleName", role), ("AssumeRolePolicyDocument", trust)],
+    )
+    .await
+    .unwrap();
+    call(
+        &s,
+        &c1,
+        RAM,
+        "AttachPolicyToRole",
+        &[
+            ("PolicyType", "System"),
+            ("PolicyName", "AliyunECSImageExportRolePolicy"),
+            ("RoleName", role),
+        ],
+    )
+    .await
+    .unwrap();
+    let export = [
+        ("RegionId", REGION),
+        ("ImageId", IMAGE),
+        ("OSSBucket", "src-bkt"),
+    ];
+    let e = api(call(&s, &c1, ECS, "ExportImage", &export)
+        .await
+        .unwrap_err());
+    assert_eq!(e.1, "NoSetRoletoECSServiceAcount", "not propagated yet");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    call(&s, &c1, ECS, "ExportImage", &export).await.unwrap();
+
+    // A 100 GiB generated disk imports without being read.
+    let r = import(
+        &s,
+        &c1,
+        "src-bkt",
+        "huge.raw",
+        "huge-1",
+        &[("DiskDeviceMapping.1.DiskImageSize", "100")],
+    )
+    .await
+    .unwrap();
+    let t = wait_task(&s, &c1, r["TaskId"].as_str().unwrap()).await;
+    assert_eq!(t["TaskStatus"], "Finished", "{t}");
+    let id = r["ImageId"].as_str().unwrap();
+    let (size, crc) = s.object_crc64("src-bkt", "huge.raw").unwrap();
+    assert_eq!(s.image_crc64(id), Some((size, crc)));
+    assert_eq!(s.image(id).unwrap()["Size"], 100);
     s.shutdown().await;
 }
 
@@ -645,6 +873,51 @@ async fn signature_errors_follow_the_reference() {
         body.starts_with("<?xml") && body.contains("<Code>SignatureDoesNotMatch</Code>"),
         "{body}"
     );
+
+    // A V3 (ACS3-HMAC-SHA256) request signed by the client's V3 signer.
+    let host = ep.trim_start_matches("http://").to_string();
+    let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let v3_headers = |nonce: &str| {
+        vec![
+            ("host".to_string(), host.clone()),
+            ("x-acs-action".to_string(), "DescribeImages".to_string()),
+            ("x-acs-version".to_string(), ECS.to_string()),
+            ("x-acs-date".to_string(), now.clone()),
+            ("x-acs-signature-nonce".to_string(), nonce.to_string()),
+            ("x-acs-content-sha256".to_string(), empty.to_string()),
+        ]
+    };
+    let query = vec![("RegionId".to_string(), REGION.to_string())];
+    let c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    for (secret, want) in [("sk1", 200u16), ("wrong", 400)] {
+        let headers = v3_headers(&format!("v3-{secret}"));
+        let auth =
+            ossrelay::ecs::rpc::authorization_v3("ak1", secret, "POST", &query, &headers, empty);
+        let mut b = http::Request::builder()
+            .method(Method::POST)
+            .uri(format!("{ep}/?RegionId={REGION}"));
+        for (k, v) in &headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        b = b.header("authorization", auth);
+        let resp = c
+            .request(b.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, want, "{body}");
+        if want == 200 {
+            assert!(
+                body.starts_with("<?xml"),
+                "no Format parameter: XML, {body}"
+            );
+            assert!(body.contains("<ImageId>m-src0001</ImageId>"), "{body}");
+        } else {
+            assert!(body.contains("SignatureDoesNotMatch"), "{body}");
+        }
+    }
     s.shutdown().await;
 }
 
@@ -785,4 +1058,33 @@ async fn metadata_service_rotates_role_credentials() {
     .unwrap();
     assert_eq!(r.status().as_u16(), 404);
     s.shutdown().await;
+}
+
+#[tokio::test]
+async fn metadata_token_modes() {
+    for (mode, v1_allowed, v2_works) in [
+        (sim::ImdsTokens::Required, false, true),
+        (sim::ImdsTokens::Unsupported, true, false),
+    ] {
+        let mut cfg = config();
+        cfg.imds_role = Some(("222".into(), "relay-vm".into()));
+        cfg.imds_tokens = mode;
+        let s = sim::start(cfg).await.unwrap();
+        let env = EnvLookup::from_map([("OSSRELAY_IMDS_ENDPOINT", s.endpoint())]);
+        let v2_only = EcsRamRoleProvider::new(None, &env).with_imdsv1_disabled(true);
+        assert_eq!(v2_only.credentials().await.is_ok(), v2_works, "{mode:?}");
+        let fallback = EcsRamRoleProvider::new(None, &env);
+        assert_eq!(
+            fallback.credentials().await.is_ok(),
+            v1_allowed || v2_works,
+            "{mode:?}"
+        );
+        let (st, _) = raw_get(&format!(
+            "{}/latest/meta-data/ram/security-credentials/relay-vm",
+            s.endpoint()
+        ))
+        .await;
+        assert_eq!(st == 200, v1_allowed, "{mode:?}");
+        s.shutdown().await;
+    }
 }

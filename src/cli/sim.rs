@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::sim::{
-    FaultKind, SimAccount, SimBucket, SimConfig, SimImage, SimRole, StoreKind, SyntheticObject,
+    FaultKind, RpcFault, SimAccount, SimBucket, SimConfig, SimImage, SimRole, StoreKind,
+    SyntheticObject,
 };
 
 /// Flags of `ossrelay sim`.
@@ -93,6 +94,19 @@ pub struct SimArgs {
     /// How often the metadata service issues new credentials, in seconds.
     #[arg(long, default_value_t = 3600.0, value_name = "SECS")]
     pub imds_rotation: f64,
+    /// Seconds before a policy attached through RAM lets ExportImage / ImportImage use the
+    /// role (RAM's propagation delay).
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub role_propagation: f64,
+    /// Answer the next COUNT (default 1) calls of ACTION (`*` = any) with error CODE and HTTP
+    /// STATUS (default 400; 200 = an error Code on HTTP 200), e.g.
+    /// `ImportImage:Throttling.User:400:2`; repeatable.
+    #[arg(long = "rpc-fault", value_name = "ACTION:CODE[:STATUS[:COUNT]]")]
+    pub rpc_faults: Vec<String>,
+    /// IMDSv2 tokens of the metadata service: `optional` (v1 also served), `required`
+    /// (tokenless requests get 401) or `unsupported` (the token call is 404).
+    #[arg(long, default_value = "optional", value_name = "MODE")]
+    pub imds_tokens: String,
 }
 
 fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
@@ -266,6 +280,33 @@ impl SimArgs {
             None => (first.clone(), r.clone()),
         });
         cfg.imds_rotation = seconds("imds-rotation", self.imds_rotation)?;
+        cfg.role_propagation = seconds("role-propagation", self.role_propagation)?;
+        cfg.imds_tokens = self.imds_tokens.parse()?;
+        for f in &self.rpc_faults {
+            let bad = || format!("--rpc-fault expects ACTION:CODE[:STATUS[:COUNT]], got {f:?}");
+            let parts: Vec<&str> = f.split(':').collect();
+            if parts.len() < 2 || parts.len() > 4 || parts[0].is_empty() || parts[1].is_empty() {
+                return Err(bad());
+            }
+            let status = match parts.get(2) {
+                None => 400,
+                Some(s) => s
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|s| (200..=599).contains(s))
+                    .ok_or_else(bad)?,
+            };
+            let count = match parts.get(3) {
+                None => 1,
+                Some(c) => c.parse::<u32>().map_err(|_| bad())?,
+            };
+            cfg.rpc_faults.push(RpcFault {
+                action: parts[0].into(),
+                code: parts[1].into(),
+                status,
+                count,
+            });
+        }
         if cfg.imds_rotation.is_zero() {
             return Err("--imds-rotation must be positive".into());
         }
@@ -413,6 +454,12 @@ mod tests {
             "222:relay-vm",
             "--imds-rotation",
             "1.5",
+            "--role-propagation",
+            "2",
+            "--rpc-fault",
+            "ImportImage:Throttling.User:400:2",
+            "--rpc-fault",
+            "*:ServiceUnavailable:200",
         ])
         .config()
         .unwrap();
@@ -431,6 +478,34 @@ mod tests {
         assert_eq!(c.sts_ttl, Some(Duration::from_secs(2)));
         assert_eq!(c.imds_role, Some(("222".into(), "relay-vm".into())));
         assert_eq!(c.imds_rotation, Duration::from_millis(1500));
+        assert_eq!(c.role_propagation, Duration::from_secs(2));
+        assert_eq!(
+            c.rpc_faults,
+            vec![
+                RpcFault {
+                    action: "ImportImage".into(),
+                    code: "Throttling.User".into(),
+                    status: 400,
+                    count: 2
+                },
+                RpcFault {
+                    action: "*".into(),
+                    code: "ServiceUnavailable".into(),
+                    status: 200,
+                    count: 1
+                },
+            ]
+        );
+        assert!(args(&["--rpc-fault", "ImportImage"]).config().is_err());
+        assert!(args(&["--imds-tokens", "sometimes"]).config().is_err());
+        assert_eq!(
+            args(&["--imds-tokens", "required"])
+                .config()
+                .unwrap()
+                .imds_tokens,
+            crate::sim::ImdsTokens::Required
+        );
+        assert!(args(&["--rpc-fault", "A:B:99"]).config().is_err());
         assert!(args(&["--image", "m-x"]).config().is_err());
         assert!(args(&["--image", "m-x:1MiB:colour=red"]).config().is_err());
         assert!(args(&["--role", "a"]).config().is_err());

@@ -33,7 +33,7 @@ use super::server::{BucketPlace, Shared};
 use super::store::{self, Content};
 use super::sts::Session;
 use super::synthetic::Synthetic;
-use super::{SimConfig, SimError};
+use super::{RpcFault, SimConfig, SimError};
 use crate::crc64;
 
 /// ECS actions served.
@@ -57,9 +57,13 @@ pub(crate) struct Cloud {
     /// `(account, role)` served by the metadata service.
     pub(crate) imds_role: Option<(String, String)>,
     pub(crate) imds_rotation: Duration,
+    pub(crate) imds_tokens: super::ImdsTokens,
+    /// Delay before a policy attached through RAM is seen by ECS.
+    pub(crate) role_propagation: Duration,
     pub(crate) started: SystemTime,
     pub(crate) nonces: Mutex<Nonces>,
     pub(crate) state: Mutex<CloudState>,
+    scripted: Mutex<Vec<RpcFault>>,
 }
 
 #[derive(Default)]
@@ -258,10 +262,32 @@ impl Cloud {
             sts_ttl: cfg.sts_ttl,
             imds_role: cfg.imds_role.clone(),
             imds_rotation: cfg.imds_rotation,
+            imds_tokens: cfg.imds_tokens,
+            role_propagation: cfg.role_propagation,
             started: now,
             nonces: Mutex::new(Nonces::default()),
             state: Mutex::new(st),
+            scripted: Mutex::new(cfg.rpc_faults.clone()),
         })
+    }
+
+    /// Adds scripted RPC errors at runtime.
+    pub(crate) fn add_rpc_fault(&self, f: RpcFault) {
+        self.scripted.lock().expect("fault lock").push(f);
+    }
+
+    /// The next scripted error for `action`, if any is left.
+    pub(crate) fn scripted_fault(&self, action: &str) -> Option<RpcError> {
+        let mut list = self.scripted.lock().expect("fault lock");
+        let f = list
+            .iter_mut()
+            .find(|f| f.count > 0 && (f.action == action || f.action == "*"))?;
+        f.count -= 1;
+        Some(RpcError::new(
+            f.status,
+            f.code.clone(),
+            format!("Injected by the simulator for {action}."),
+        ))
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, CloudState> {
@@ -461,6 +487,7 @@ fn no_role(role: &str) -> RpcError {
 
 fn check_role(
     st: &CloudState,
+    now: SystemTime,
     account: &str,
     req: &RpcRequest,
     default_role: &str,
@@ -471,7 +498,9 @@ fn check_role(
         .filter(|r| !r.is_empty())
         .unwrap_or(default_role);
     match st.roles.get(account, role) {
-        Some(r) if !role.eq_ignore_ascii_case(default_role) || r.has_policy(policy) => Ok(()),
+        Some(r) if !role.eq_ignore_ascii_case(default_role) || r.policy_effective(policy, now) => {
+            Ok(())
+        }
         _ => Err(no_role(role)),
     }
 }
@@ -777,6 +806,7 @@ fn export_image(
     };
     check_role(
         &st,
+        shared.sim_now(),
         &caller.account,
         req,
         ram::EXPORT_ROLE,
@@ -1190,6 +1220,7 @@ fn import_image(
     st.refresh();
     check_role(
         &st,
+        shared.sim_now(),
         &caller.account,
         req,
         ram::IMPORT_ROLE,
@@ -1361,20 +1392,27 @@ fn vhd_footer(tail: &[u8]) -> Option<(u64, u32)> {
     Some((current, disk_type))
 }
 
-/// Reads the object once: CRC-64 of the disk bytes, and the format checks.
-async fn check_import(d: ImportDisk) -> Result<Disk, (String, String)> {
-    let fail = |c: &str, m: String| (c.to_string(), m);
+/// The first and last 512 bytes and the CRC-64 of `content` (a synthetic object's CRC is
+/// known, so huge generated disks import without being read).
+async fn scan(content: &Content, size: u64) -> std::io::Result<(Vec<u8>, Vec<u8>, u64)> {
+    if let Content::Synthetic(syn) = content {
+        let grab = |a: u64, b: u64| {
+            syn.chunks(a, b)
+                .flat_map(|c| c.to_vec())
+                .collect::<Vec<u8>>()
+        };
+        return Ok((
+            grab(0, size.min(512)),
+            grab(size.saturating_sub(512), size),
+            syn.crc(),
+        ));
+    }
     let mut head = Vec::new();
     let mut tail: Vec<u8> = Vec::new();
     let mut all = crc64::Crc64::new();
-    let mut body = store::content_stream(d.content.clone(), 0, d.size);
+    let mut body = store::content_stream(content.clone(), 0, size);
     while let Some(c) = body.next().await {
-        let c = c.map_err(|e| {
-            fail(
-                "ImportImageFailed",
-                format!("Reading the OSS object failed: {e}"),
-            )
-        })?;
+        let c = c?;
         if head.len() < 512 {
             let take = (512 - head.len()).min(c.len());
             head.extend_from_slice(&c[..take]);
@@ -1385,6 +1423,18 @@ async fn check_import(d: ImportDisk) -> Result<Disk, (String, String)> {
         }
         all.update(&c);
     }
+    Ok((head, tail, all.sum()))
+}
+
+/// Reads the object once: CRC-64 of the disk bytes, and the format checks.
+async fn check_import(d: ImportDisk) -> Result<Disk, (String, String)> {
+    let fail = |c: &str, m: String| (c.to_string(), m);
+    let (head, tail, all) = scan(&d.content, d.size).await.map_err(|e| {
+        fail(
+            "ImportImageFailed",
+            format!("Reading the OSS object failed: {e}"),
+        )
+    })?;
     let format = match d.format.as_str() {
         "" if qcow2(&head) => "QCOW2",
         "" if vmdk(&head) => "VMDK",
@@ -1414,7 +1464,7 @@ async fn check_import(d: ImportDisk) -> Result<Disk, (String, String)> {
                     ),
                 ));
             }
-            (d.size, all.sum())
+            (d.size, all)
         }
         "VHD" => {
             let Some((current, kind)) = vhd_footer(&tail) else {
@@ -1463,7 +1513,7 @@ async fn check_import(d: ImportDisk) -> Result<Disk, (String, String)> {
                     ),
                 ));
             }
-            (d.size, all.sum())
+            (d.size, all)
         }
         _ => {
             if !vmdk(&head) {
@@ -1472,7 +1522,7 @@ async fn check_import(d: ImportDisk) -> Result<Disk, (String, String)> {
                     "The object is not a VMDK image (bad header magic).".into(),
                 ));
             }
-            (d.size, all.sum())
+            (d.size, all)
         }
     };
     Ok(Disk {

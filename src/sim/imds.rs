@@ -4,7 +4,9 @@
 //! Served on the simulator's listener under `/latest/` (so a bucket named `latest` cannot be
 //! used path-style). Choices: a new credential set is issued at the start of every rotation
 //! period and expires two periods after its issue, so the previous set stays valid while
-//! clients switch; a wrong or expired token is `401`; requests without a token (v1) are served.
+//! clients switch; a wrong or expired token is `401`; requests without a token (v1) are served
+//! unless tokens are configured as required (then `401`); with tokens unsupported the token
+//! call is `404`, as on old metadata servers.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -17,6 +19,7 @@ use http_body_util::{BodyExt, Full};
 
 use super::server::{Body, Shared};
 use super::sts::{new_triple, ts};
+use super::ImdsTokens;
 
 const TOKEN_TTL_HEADER: &str = "x-aliyun-ecs-metadata-token-ttl-seconds";
 const TOKEN_HEADER: &str = "x-aliyun-ecs-metadata-token";
@@ -70,9 +73,14 @@ pub(crate) fn serve(shared: &Arc<Shared>, parts: &http::request::Parts) -> Respo
     let path = parts.uri.path();
     let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
     let cloud = &shared.cloud;
-    let mut st = cloud.state.lock().expect("cloud lock");
+    let mut guard = cloud.state.lock().expect("cloud lock");
+    let st = &mut *guard;
     let imds = &mut st.imds;
+    let mode = cloud.imds_tokens;
     if path == "/latest/api/token" {
+        if mode == ImdsTokens::Unsupported {
+            return not_found();
+        }
         if parts.method != Method::PUT {
             return reply(405, "text/plain", "Method Not Allowed");
         }
@@ -95,10 +103,17 @@ pub(crate) fn serve(shared: &Arc<Shared>, parts: &http::request::Parts) -> Respo
     if parts.method != Method::GET {
         return reply(405, "text/plain", "Method Not Allowed");
     }
-    if let Some(t) = header(TOKEN_HEADER) {
-        if !imds.tokens.get(t).is_some_and(|exp| now < *exp) {
+    match header(TOKEN_HEADER) {
+        _ if mode == ImdsTokens::Unsupported => {}
+        Some(t) => {
+            if !imds.tokens.get(t).is_some_and(|exp| now < *exp) {
+                return reply(401, "text/plain", "Unauthorized");
+            }
+        }
+        None if mode == ImdsTokens::Required => {
             return reply(401, "text/plain", "Unauthorized");
         }
+        None => {}
     }
     let Some((account, role)) = cloud.imds_role.clone() else {
         return not_found();
@@ -119,10 +134,28 @@ pub(crate) fn serve(shared: &Arc<Shared>, parts: &http::request::Parts) -> Respo
         .as_nanos();
     let period = (since / rotation.as_nanos()) as u64;
     if imds.current.as_ref().map(|c| c.period) != Some(period) {
-        let issued = cloud.started + rotation * period as u32;
+        let issued = cloud.started
+            + Duration::from_nanos(
+                (rotation.as_nanos() * period as u128).min(u64::MAX as u128) as u64
+            );
         let (ak, secret, token) = new_triple();
         let expires = issued + rotation * 2;
         shared.add_temporary_credentials(&ak, &secret, &token, &account, expires);
+        let role_id = st
+            .roles
+            .get(&account, &role)
+            .map(|r| r.id.clone())
+            .unwrap_or_default();
+        st.sessions.insert(
+            ak.clone(),
+            super::sts::Session {
+                account: account.clone(),
+                role_name: role.clone(),
+                role_id,
+                session_name: "ecs-instance".into(),
+            },
+        );
+        let imds = &mut st.imds;
         imds.current = Some(Issued {
             period,
             ak,
@@ -132,7 +165,7 @@ pub(crate) fn serve(shared: &Arc<Shared>, parts: &http::request::Parts) -> Respo
             expires,
         });
     }
-    let c = imds.current.as_ref().expect("issued above");
+    let c = st.imds.current.as_ref().expect("issued above");
     let body = serde_json::json!({
         "AccessKeyId": c.ak,
         "AccessKeySecret": c.secret,

@@ -199,6 +199,42 @@ pub struct SimRole {
     pub trusted: String,
 }
 
+/// How the metadata service treats IMDSv2 tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ImdsTokens {
+    /// Tokens are issued; requests without one (v1) are served too.
+    #[default]
+    Optional,
+    /// Requests without a token get `401` (hardened mode).
+    Required,
+    /// No v2: `PUT /latest/api/token` answers `404` and token headers are ignored.
+    Unsupported,
+}
+
+impl FromStr for ImdsTokens {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "optional" => Ok(Self::Optional),
+            "required" => Ok(Self::Required),
+            "unsupported" => Ok(Self::Unsupported),
+            other => Err(format!(
+                "unknown token mode {other:?}; expected optional, required or unsupported"
+            )),
+        }
+    }
+}
+
+/// A scripted RPC error: the next `count` calls of `action` (`*` = any) are answered with
+/// `code` and HTTP `status` (200 reproduces gateways that send an error `Code` with 200).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcFault {
+    pub action: String,
+    pub code: String,
+    pub status: u16,
+    pub count: u32,
+}
+
 /// Everything the simulator can be told at start.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -238,6 +274,12 @@ pub struct SimConfig {
     pub imds_role: Option<(String, String)>,
     /// How often the metadata service issues new credentials (each set lives two periods).
     pub imds_rotation: Duration,
+    /// Delay before a policy attached through RAM lets ExportImage / ImportImage use the role.
+    pub role_propagation: Duration,
+    /// Scripted ECS / RAM / STS errors (after signature verification).
+    pub rpc_faults: Vec<RpcFault>,
+    /// IMDSv2 token handling of the metadata service.
+    pub imds_tokens: ImdsTokens,
 }
 
 impl Default for SimConfig {
@@ -268,6 +310,9 @@ impl Default for SimConfig {
             sts_ttl: None,
             imds_role: None,
             imds_rotation: Duration::from_secs(3600),
+            role_propagation: Duration::ZERO,
+            rpc_faults: Vec::new(),
+            imds_tokens: ImdsTokens::Optional,
         }
     }
 }
@@ -349,6 +394,11 @@ impl SimServer {
     /// `FailureMessage` when its import failed.
     pub fn image(&self, image_id: &str) -> Option<serde_json::Value> {
         self.shared.cloud.image(image_id)
+    }
+
+    /// Scripts an RPC error for the next `count` calls of an action (see [`RpcFault`]).
+    pub fn add_rpc_fault(&self, fault: RpcFault) {
+        self.shared.cloud.add_rpc_fault(fault);
     }
 
     /// The bound socket address.

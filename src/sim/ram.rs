@@ -4,7 +4,9 @@
 //! (no RAM permission model); role names compare case-insensitively; system policies are any
 //! name starting with `Aliyun` (others → `EntityNotExist.Policy`); a preloaded role named
 //! `AliyunECSImageExportDefaultRole` / `AliyunECSImageImportDefaultRole` gets its system policy
-//! attached, as the console's one-click authorization does.
+//! attached, as the console's one-click authorization does. A policy attached through the API
+//! becomes visible to ECS only after the configured propagation delay (real RAM is eventually
+//! consistent; packer sleeps and retries `NoSetRoletoECSServiceAcount` for this reason).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,6 +44,8 @@ pub struct Attached {
     pub name: String,
     pub policy_type: String,
     pub attached: SystemTime,
+    /// When ECS starts seeing it (RAM propagation delay).
+    pub effective: SystemTime,
 }
 
 /// A RAM role.
@@ -92,6 +96,13 @@ impl Role {
     /// Whether the system policy `name` is attached.
     pub fn has_policy(&self, name: &str) -> bool {
         self.policies.iter().any(|p| p.name == name)
+    }
+
+    /// Whether the policy is attached and has propagated by `now`.
+    pub fn policy_effective(&self, name: &str, now: SystemTime) -> bool {
+        self.policies
+            .iter()
+            .any(|p| p.name == name && now >= p.effective)
     }
 }
 
@@ -183,14 +194,22 @@ impl Roles {
         &self.map[&key]
     }
 
-    /// Attaches a system policy (idempotent).
-    pub fn attach(&mut self, account: &str, name: &str, policy: &str, now: SystemTime) {
+    /// Attaches a system policy (idempotent), visible to ECS from `effective`.
+    pub fn attach(
+        &mut self,
+        account: &str,
+        name: &str,
+        policy: &str,
+        now: SystemTime,
+        effective: SystemTime,
+    ) {
         if let Some(r) = self.get_mut(account, name) {
             if !r.has_policy(policy) {
                 r.policies.push(Attached {
                     name: policy.to_string(),
                     policy_type: "System".into(),
                     attached: now,
+                    effective,
                 });
             }
         }
@@ -206,7 +225,7 @@ impl Roles {
         self.insert(account, name, &trust, "", now);
         for (role, policy) in [(EXPORT_ROLE, EXPORT_POLICY), (IMPORT_ROLE, IMPORT_POLICY)] {
             if name.eq_ignore_ascii_case(role) {
-                self.attach(account, name, policy, now);
+                self.attach(account, name, policy, now, now);
             }
         }
     }
@@ -335,7 +354,8 @@ pub(crate) fn handle(
                     format!("The policy already attached to the role: {policy}."),
                 ));
             }
-            roles.attach(acct, name, policy, now);
+            let effective = now + shared.cloud.role_propagation;
+            roles.attach(acct, name, policy, now, effective);
             Ok(json!({}))
         }
         "ListPoliciesForRole" => {
