@@ -580,3 +580,68 @@ async fn ctrl_c_while_waiting_exits_130_and_rerun_resumes_the_same_export() {
     // It went on past the export (and stops at the relay until the unpack stage lands).
     assert!(err.contains("relaying disk 1/1"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_roles_propagate_while_export_retries_and_throttling_is_retried() {
+    let w = World::new(
+        |c| {
+            with_image_and_export_role(c);
+            c.roles.clear();
+            // A role attached through RAM becomes usable only after this delay.
+            c.role_propagation = Duration::from_secs(3);
+            c.rpc_faults.push(ossrelay::sim::RpcFault {
+                action: "DescribeTaskAttribute".into(),
+                code: "Throttling.User".into(),
+                status: 400,
+                count: 2,
+            });
+        },
+        |_| {},
+    )
+    .await;
+    let ep = w.src.endpoint();
+    let endpoints = s(&[
+        "--profile",
+        "src",
+        "--oss-endpoint",
+        &ep,
+        "--ecs-endpoint",
+        &ep,
+        "--ram-endpoint",
+        &ep,
+        "--sts-endpoint",
+        &ep,
+    ]);
+    let mut fix = s(&[
+        "preflight",
+        "--region",
+        SRC_REGION,
+        "--fix",
+        "--propagation-wait",
+        "1s",
+    ]);
+    fix.extend(endpoints.clone());
+    let out = w.run(fix).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+
+    let mut export = s(&[
+        "export",
+        "--region",
+        SRC_REGION,
+        "--image-id",
+        IMAGE,
+        "--bucket",
+        SRC_BUCKET,
+        "--wait",
+        "--json",
+    ]);
+    export.extend(endpoints[..6].iter().cloned());
+    let out = w.run(export).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stats = w.src.stats();
+    // Refused while the role propagated, then accepted; throttled polls were retried.
+    assert!(count(&stats, "ExportImage", "403") >= 1, "{stats}");
+    assert_eq!(count(&stats, "ExportImage", "200"), 1, "{stats}");
+    assert_eq!(count(&stats, "DescribeTaskAttribute", "400"), 2, "{stats}");
+    assert_eq!(summary(&out)["objects"].as_array().unwrap().len(), 1);
+}
