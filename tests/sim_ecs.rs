@@ -107,7 +107,7 @@ async fn wait_task(s: &SimServer, creds: &dyn CredentialsProvider, task: &str) -
             creds,
             ECS,
             "DescribeTaskAttribute",
-            &[("RegionId", REGION), ("TaskId", task)],
+            &[("RegionId", s.region()), ("TaskId", task)],
         )
         .await
         .unwrap();
@@ -577,6 +577,77 @@ async fn imported_data_disks_export_as_separate_objects() {
         assert_eq!(m[0].0, member);
         assert!(&m[0].1 == want, "{key} content differs");
     }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn vhd_export_where_the_region_supports_it() {
+    let mut cfg = config();
+    cfg.region = "eu-central-1".into();
+    cfg.roles.push(SimRole {
+        account: "111".into(),
+        name: "AliyunECSImageExportDefaultRole".into(),
+        trusted: "ecs".into(),
+    });
+    cfg.roles.push(SimRole {
+        account: "111".into(),
+        name: "AliyunECSImageImportDefaultRole".into(),
+        trusted: "ecs".into(),
+    });
+    let s = sim::start(cfg).await.unwrap();
+    let c1 = a1();
+    let region = "eu-central-1";
+    let e = api(call(
+        &s,
+        &c1,
+        ECS,
+        "ExportImage",
+        &[
+            ("RegionId", region),
+            ("ImageId", IMAGE),
+            ("OSSBucket", "src-bkt"),
+            ("ImageFormat", "qcow2"),
+        ],
+    )
+    .await
+    .unwrap_err());
+    assert_eq!(e.1, "InvalidImageFormat.RegionNotSupported");
+    let t = call(
+        &s,
+        &c1,
+        ECS,
+        "ExportImage",
+        &[
+            ("RegionId", region),
+            ("ImageId", IMAGE),
+            ("OSSBucket", "src-bkt"),
+            ("OSSPrefix", "v"),
+            ("ImageFormat", "vhd"),
+        ],
+    )
+    .await
+    .unwrap();
+    let done = wait_task(&s, &c1, t["TaskId"].as_str().unwrap()).await;
+    assert_eq!(done["TaskStatus"], "Finished", "{done}");
+    let key = "v_m-src0001_system.vhd";
+    let (size, _) = s.object_crc64("src-bkt", key).unwrap();
+    assert_eq!(size, IMAGE_SIZE + 512);
+    // Importing the VHD back yields the same disk.
+    let mut p = vec![
+        ("RegionId", region),
+        ("ImageName", "back-from-vhd"),
+        ("DiskDeviceMapping.1.OSSBucket", "src-bkt"),
+        ("DiskDeviceMapping.1.OSSObject", key),
+        ("DiskDeviceMapping.1.Format", "VHD"),
+    ];
+    p.push(("DiskDeviceMapping.1.DiskImageSize", "1"));
+    let r = call(&s, &c1, ECS, "ImportImage", &p).await.unwrap();
+    let t = wait_task(&s, &c1, r["TaskId"].as_str().unwrap()).await;
+    assert_eq!(t["TaskStatus"], "Finished", "{t}");
+    assert_eq!(
+        s.image_crc64(r["ImageId"].as_str().unwrap()),
+        s.image_crc64(IMAGE)
+    );
     s.shutdown().await;
 }
 
@@ -1087,4 +1158,50 @@ async fn metadata_token_modes() {
         assert_eq!(st == 200, v1_allowed, "{mode:?}");
         s.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn export_into_a_directory_store_reads_back_over_oss() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.store = ossrelay::sim::StoreKind::Dir(dir.path().to_path_buf());
+    cfg.roles.push(SimRole {
+        account: "111".into(),
+        name: "AliyunECSImageExportDefaultRole".into(),
+        trusted: "ecs".into(),
+    });
+    let s = sim::start(cfg).await.unwrap();
+    let c1 = a1();
+    let t = call(
+        &s,
+        &c1,
+        ECS,
+        "ExportImage",
+        &[
+            ("RegionId", REGION),
+            ("ImageId", IMAGE),
+            ("OSSBucket", "src-bkt"),
+        ],
+    )
+    .await
+    .unwrap();
+    let done = wait_task(&s, &c1, t["TaskId"].as_str().unwrap()).await;
+    assert_eq!(done["TaskStatus"], "Finished", "{done}");
+    let key = "m-src0001_system.raw.tar.gz";
+    let ep = s.endpoint();
+    let r = Req::new(&ep, Method::GET, "src-bkt", key)
+        .creds(Some(("ak1", "sk1")))
+        .send()
+        .await;
+    assert_eq!(r.status.as_u16(), 200);
+    let crc = r.crc();
+    let body = r.body.unwrap();
+    assert_eq!(crc, crc64::checksum(&body));
+    let m = gunzip_tar(&body);
+    assert_eq!(m[0].0, "m-src0001_system.raw");
+    assert_eq!(
+        (m[0].1.len() as u64, crc64::checksum(&m[0].1)),
+        s.image_crc64(IMAGE).unwrap()
+    );
+    s.shutdown().await;
 }

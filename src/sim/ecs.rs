@@ -7,8 +7,9 @@
 //! duration has passed *and* the work (compressing or checksumming the disk) is done.
 //!
 //! Choices where the reference is UNCONFIRMED: a cancelled task ends as `Cancelled` (its import
-//! image as `CreateFailed`); only `ImageFormat=raw` exports (other formats →
-//! `InvalidImageFormat.RegionNotSupported`); a VHD import's disk is the object minus its
+//! image as `CreateFailed`); `ImageFormat=vhd` is honoured in the regions the 2025 doc lists
+//! (an uncompressed fixed VHD `<prefix>_<imageId>_system.vhd`), QCOW2 / VMDK / VDI and VHD
+//! elsewhere are `InvalidImageFormat.RegionNotSupported`; a VHD import's disk is the object minus its
 //! footer, QCOW2/VMDK disks are kept as uploaded; an import's failure reason is shown in
 //! DescribeTaskAttribute's `OperationProgress` (`ErrorCode` / `ErrorMsg`) — DescribeImages only
 //! says `CreateFailed`, as the real API; a bucket of another account is
@@ -760,27 +761,28 @@ fn export_image(
             "The specified OSSPrefix is not valid: 1-30 letters and digits.",
         ));
     }
-    match req
-        .get("ImageFormat")
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("") | Some("raw") => {}
-        Some("vhd" | "qcow2" | "vmdk" | "vdi") => {
-            return Err(RpcError::new(
+    let vhd =
+        match req
+            .get("ImageFormat")
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("") | Some("raw") => false,
+            Some("vhd") if VHD_EXPORT_REGIONS.contains(&shared.cloud.region.as_str()) => true,
+            Some("vhd" | "qcow2" | "vmdk" | "vdi") => return Err(RpcError::new(
                 400,
                 "InvalidImageFormat.RegionNotSupported",
                 "The specified region does not support exporting to this image format; export RAW.",
-            ))
-        }
-        Some(_) => {
-            return Err(RpcError::new(
-                400,
-                "InvalidImageFormat.Malformed",
-                "The specified ImageFormat is not valid.",
-            ))
-        }
-    }
+            )),
+            Some(_) => {
+                return Err(RpcError::new(
+                    400,
+                    "InvalidImageFormat.Malformed",
+                    "The specified ImageFormat is not valid.",
+                ))
+            }
+        };
+    let ext = if vhd { "vhd" } else { "raw.tar.gz" };
     let dry_run = req.flag("DryRun")?;
     let cloud = &shared.cloud;
     let mut st = cloud.lock();
@@ -840,9 +842,9 @@ fn export_image(
     let names: Vec<String> = (0..disks.len())
         .map(|i| {
             if i == 0 {
-                format!("{stem}_system.raw.tar.gz")
+                format!("{stem}_system.{ext}")
             } else {
-                format!("{stem}_data_xvd{}.raw.tar.gz", (b'a' + i as u8) as char)
+                format!("{stem}_data_xvd{}.{ext}", (b'a' + i as u8) as char)
             }
         })
         .collect();
@@ -852,7 +854,10 @@ fn export_image(
             vec![
                 ("OSSBucket".to_string(), bucket.to_string()),
                 ("OSSObject".to_string(), n.clone()),
-                ("ImageFormat".to_string(), "raw".to_string()),
+                (
+                    "ImageFormat".to_string(),
+                    if vhd { "vhd" } else { "raw" }.to_string(),
+                ),
             ]
         })
         .collect();
@@ -879,7 +884,12 @@ fn export_image(
         let mut result = Ok(Vec::new());
         for (disk, key) in disks.iter().zip(&names) {
             let member = key.trim_end_matches(".tar.gz").to_string();
-            if let Err(e) = write_export(&sh, &bucket, key, &member, disk).await {
+            let written = if vhd {
+                write_vhd(&sh, &bucket, key, disk).await
+            } else {
+                write_export(&sh, &bucket, key, &member, disk).await
+            };
+            if let Err(e) = written {
                 tracing::warn!(error = %e, key = %key, "simulated export failed");
                 result = Err((
                     "ExportImageFailed".to_string(),
@@ -894,6 +904,81 @@ fn export_image(
         }
     });
     Ok(json!({"TaskId": task_id, "RegionId": cloud.region}))
+}
+
+/// Regions where ExportImage honours `ImageFormat` (2025 doc); the simulator produces VHD
+/// there and refuses QCOW2 / VMDK / VDI everywhere.
+const VHD_EXPORT_REGIONS: &[&str] = &[
+    "ap-northeast-1",
+    "ap-southeast-5",
+    "eu-central-1",
+    "me-east-1",
+    "us-east-1",
+    "eu-west-1",
+    "ap-southeast-1",
+    "ap-southeast-3",
+    "us-west-1",
+];
+
+/// The 512-byte footer of a fixed-size VHD holding `size` bytes.
+fn vhd_footer_for(size: u64) -> [u8; 512] {
+    let mut f = [0u8; 512];
+    f[..8].copy_from_slice(b"conectix");
+    f[8..12].copy_from_slice(&2u32.to_be_bytes());
+    f[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+    f[16..24].copy_from_slice(&u64::MAX.to_be_bytes());
+    f[28..32].copy_from_slice(b"sim ");
+    f[36..40].copy_from_slice(b"Wi2k");
+    f[40..48].copy_from_slice(&size.to_be_bytes());
+    f[48..56].copy_from_slice(&size.to_be_bytes());
+    // CHS geometry per the VHD spec's algorithm.
+    let sectors = (size / 512).min(65535 * 16 * 255);
+    let (mut spt, mut heads, mut cth);
+    if sectors >= 65535 * 16 * 63 {
+        spt = 255;
+        heads = 16;
+        cth = sectors / spt;
+    } else {
+        spt = 17;
+        cth = sectors / spt;
+        heads = cth.div_ceil(1024).max(4);
+        if cth >= heads * 1024 || heads > 16 {
+            spt = 31;
+            heads = 16;
+            cth = sectors / spt;
+        }
+        if cth >= heads * 1024 {
+            spt = 63;
+            heads = 16;
+            cth = sectors / spt;
+        }
+    }
+    let cyl = (cth / heads).min(65535) as u16;
+    f[56..58].copy_from_slice(&cyl.to_be_bytes());
+    f[58] = heads as u8;
+    f[59] = spt as u8;
+    f[60..64].copy_from_slice(&2u32.to_be_bytes());
+    f[68..84].copy_from_slice(&rand::random::<[u8; 16]>());
+    let sum: u32 = f.iter().map(|&b| b as u32).sum();
+    f[64..68].copy_from_slice(&(!sum).to_be_bytes());
+    f
+}
+
+/// Streams `disk ‖ fixed-VHD footer` into `bucket/key`.
+async fn write_vhd(
+    shared: &Arc<Shared>,
+    bucket: &str,
+    key: &str,
+    disk: &Disk,
+) -> std::io::Result<()> {
+    let mut w = shared.blob_writer(bucket).await?;
+    let mut body = store::content_stream(disk.content.clone(), 0, disk.size);
+    while let Some(c) = body.next().await {
+        w.write(c?).await?;
+    }
+    w.write(Bytes::copy_from_slice(&vhd_footer_for(disk.size)))
+        .await?;
+    shared.commit_blob(bucket, key, w).await
 }
 
 /// A ustar/GNU header block for one regular file (GNU base-256 size above 8 GiB − 1).

@@ -105,11 +105,10 @@ pub(crate) fn serve(shared: &Arc<Shared>, parts: &http::request::Parts) -> Respo
     }
     match header(TOKEN_HEADER) {
         _ if mode == ImdsTokens::Unsupported => {}
-        Some(t) => {
-            if !imds.tokens.get(t).is_some_and(|exp| now < *exp) {
-                return reply(401, "text/plain", "Unauthorized");
-            }
+        Some(t) if !imds.tokens.get(t).is_some_and(|exp| now < *exp) => {
+            return reply(401, "text/plain", "Unauthorized");
         }
+        Some(_) => {}
         None if mode == ImdsTokens::Required => {
             return reply(401, "text/plain", "Unauthorized");
         }
