@@ -645,3 +645,59 @@ async fn fixed_roles_propagate_while_export_retries_and_throttling_is_retried() 
     assert_eq!(count(&stats, "DescribeTaskAttribute", "400"), 2, "{stats}");
     assert_eq!(summary(&out)["objects"].as_array().unwrap().len(), 1);
 }
+
+/// Where ExportImage honours `ImageFormat=vhd`, no unpacking is needed: the binary runs the
+/// whole migration to an Available image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_binary_end_to_end_with_a_vhd_export() {
+    const VHD_REGION: &str = "ap-southeast-1";
+    let w = World::new(
+        |c| {
+            with_image_and_export_role(c);
+            c.region = VHD_REGION.into();
+        },
+        with_import_role,
+    )
+    .await;
+    let mut args = migrate_args(&w);
+    let i = args.iter().position(|a| a == "--src-region").unwrap();
+    args[i + 1] = VHD_REGION.into();
+    args.extend(s(&["--format", "vhd", "--image-name", "web-eu"]));
+    let out = w.run(args.clone()).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let sum = summary(&out);
+    let new_id = sum["image_id"].as_str().unwrap().to_string();
+    assert_eq!(sum["region"], DST_REGION);
+    let key = format!("ossrelay_{IMAGE}_system.vhd");
+    assert_eq!(
+        sum["disks"][0]["source"],
+        format!("oss://{SRC_BUCKET}/{key}")
+    );
+    assert_eq!(
+        sum["disks"][0]["destination"],
+        format!("oss://{DST_BUCKET}/{key}")
+    );
+    // The imported disk is bit-identical to the source image's.
+    let (size, crc) = w.src.image_crc64(IMAGE).unwrap();
+    assert_eq!(w.dst.image_crc64(&new_id), Some((size, crc)));
+    let img = w.dst.image(&new_id).unwrap();
+    assert_eq!(img["Status"], "Available");
+    assert_eq!(img["ImageName"], "web-eu");
+    assert_eq!(img["BootMode"], "UEFI");
+    assert_eq!(img["Features"]["NvmeSupport"], "supported");
+    // Objects cleaned up on both sides.
+    assert!(w.src.get_object_bytes(SRC_BUCKET, &key).is_none());
+    assert!(w.dst.get_object_bytes(DST_BUCKET, &key).is_none());
+    assert!(
+        err.contains(&format!("deleted oss://{DST_BUCKET}/{key}")),
+        "{err}"
+    );
+
+    // Rerunning the finished migration changes nothing and prints the same result.
+    let again = w.run(args).await;
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert_eq!(summary(&again), sum);
+    assert_eq!(count_all(&w.src.stats(), "ExportImage"), 1);
+    assert_eq!(count_all(&w.dst.stats(), "ImportImage"), 1);
+}
