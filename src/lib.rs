@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod ecs;
 pub mod locate;
 pub mod metrics;
+pub mod migrate;
 pub mod oss;
 pub mod sim;
 pub mod store;

@@ -112,6 +112,16 @@ pub struct SideOptions {
 /// flag, else the profile, else the default.
 pub fn oss_client(side: &SideOptions) -> Result<OssClient, LocateError> {
     let (creds, profile_region) = credentials::resolve(side.profile.as_deref())?;
+    oss_client_with(side, creds, profile_region)
+}
+
+/// [`oss_client`] with credentials the caller already resolved (so one provider, and one
+/// credential cache, serves OSS and the RPC products of the same side).
+pub fn oss_client_with(
+    side: &SideOptions,
+    creds: Arc<dyn credentials::CredentialsProvider>,
+    profile_region: Option<String>,
+) -> Result<OssClient, LocateError> {
     let region = side
         .region
         .clone()

@@ -33,6 +33,10 @@ pub struct DemoArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Migrate a custom image instead: ExportImage → relay (unpacking the .raw.tar.gz) →
+    /// ImportImage → Available, between two simulated regions and accounts.
+    #[arg(long)]
+    pub migrate: bool,
 }
 
 const SRC_REGION: &str = "cn-hangzhou";
@@ -48,7 +52,12 @@ fn free_port() -> Option<SocketAddr> {
 
 /// Runs the demo; returns the exit code.
 pub async fn run(args: DemoArgs) -> i32 {
-    match demo(args).await {
+    let result = if args.migrate {
+        super::demo_migrate::run(args.size, args.concurrency, args.quiet).await
+    } else {
+        demo(args).await
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");

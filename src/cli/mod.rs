@@ -1,8 +1,14 @@
 //! The command line: clap definitions and dispatch. Each subcommand lives in its own file and
 //! turns flags into library calls; nothing here speaks HTTP or XML.
 
+mod cloud;
 mod copy;
 mod demo;
+mod demo_migrate;
+pub mod export;
+pub mod import;
+pub mod migrate;
+pub mod preflight;
 mod progress;
 pub mod sim;
 mod uploads;
@@ -41,6 +47,14 @@ enum Command {
     Sim(Box<sim::SimArgs>),
     /// Relay a synthetic image between two in-process simulated regions, end to end.
     Demo(demo::DemoArgs),
+    /// Check credentials, buckets and the ECS image service roles of a region (--fix creates roles).
+    Preflight(preflight::PreflightArgs),
+    /// Export a custom image into an OSS bucket of its region.
+    Export(export::ExportArgs),
+    /// Import disk objects from an OSS bucket as a custom image.
+    Import(Box<import::ImportArgs>),
+    /// Migrate an image to another region/account: export, relay, import (resumable).
+    Migrate(Box<migrate::MigrateArgs>),
 }
 
 /// Entry point used by `main.rs`; returns the process exit code.
@@ -76,6 +90,10 @@ pub fn main() -> i32 {
                 }
             },
             Command::Demo(args) => demo::run(args).await,
+            Command::Preflight(args) => preflight::run(args).await,
+            Command::Export(args) => export::run(args).await,
+            Command::Import(args) => import::run(*args).await,
+            Command::Migrate(args) => migrate::run(*args).await,
         }
     });
     // In-flight requests may hold the runtime; do not wait for them on exit.

@@ -1,0 +1,269 @@
+//! `ossrelay demo --migrate`: the whole image migration between two simulated regions and
+//! accounts — ExportImage → relay (unpacking the `.raw.tar.gz`) → ImportImage → Available —
+//! through the real ECS and OSS clients, signatures and state machine.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::migrate::Printer;
+use super::util::{human_bytes, install_interrupt_handler};
+use super::{EXIT_INTERRUPTED, EXIT_OK};
+use crate::credentials::{Credentials, StaticProvider};
+use crate::ecs::ecs::EcsClient;
+use crate::ecs::ram::RoleRetry;
+use crate::ecs::wait::PollSchedule;
+use crate::migrate::{self, Backends, Event, MigrateConfig, MigrationKey, RelayFn};
+use crate::oss::{EndpointSpec, OssClient, OssConfig};
+use crate::sim::{self, SimAccount, SimBucket, SimConfig, SimImage, SimRole};
+use crate::store::ObjectStore;
+use crate::transfer::CopyOptions;
+
+const SRC_REGION: &str = "cn-hangzhou";
+const DST_REGION: &str = "eu-central-1";
+const SRC_BUCKET: &str = "images-hangzhou";
+const DST_BUCKET: &str = "images-frankfurt";
+const IMAGE: &str = "m-demo0001";
+
+/// Runs the migration demo with a disk of `size` bytes; returns the exit code.
+pub async fn run(size: u64, concurrency: usize, quiet: bool) -> Result<i32, String> {
+    run_with(size, concurrency, quiet, migrate::default_relay()).await
+}
+
+/// [`run`] with another relay step.
+pub async fn run_with(
+    size: u64,
+    concurrency: usize,
+    quiet: bool,
+    relay: RelayFn,
+) -> Result<i32, String> {
+    let size = size.div_ceil(512) * 512;
+    let src_account = SimAccount {
+        name: "1111111111111111".into(),
+        access_key_id: "LTAIdemoSourceKey".into(),
+        access_key_secret: "demo-source-secret".into(),
+    };
+    let dst_account = SimAccount {
+        name: "2222222222222222".into(),
+        access_key_id: "LTAIdemoTargetKey".into(),
+        access_key_secret: "demo-target-secret".into(),
+    };
+    let accounts = vec![src_account.clone(), dst_account.clone()];
+    let mut image = SimImage::new(IMAGE, size, &src_account.name);
+    image.name = "web-server".into();
+    image.platform = "Ubuntu".into();
+    image.boot_mode = "UEFI".into();
+    let service_role = |account: &SimAccount, name: &str| SimRole {
+        account: account.name.clone(),
+        name: name.into(),
+        trusted: "ecs".into(),
+    };
+    let src_sim = sim::start(SimConfig {
+        region: SRC_REGION.into(),
+        accounts: accounts.clone(),
+        buckets: vec![SimBucket {
+            name: SRC_BUCKET.into(),
+            account: src_account.name.clone(),
+        }],
+        images: vec![image],
+        roles: vec![service_role(
+            &src_account,
+            "AliyunECSImageExportDefaultRole",
+        )],
+        task_duration: Duration::from_secs(2),
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(|e| format!("cannot start the source simulator: {e}"))?;
+    let dst_sim = sim::start(SimConfig {
+        region: DST_REGION.into(),
+        accounts,
+        buckets: vec![SimBucket {
+            name: DST_BUCKET.into(),
+            account: dst_account.name.clone(),
+        }],
+        roles: vec![service_role(
+            &dst_account,
+            "AliyunECSImageImportDefaultRole",
+        )],
+        task_duration: Duration::from_secs(2),
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(|e| format!("cannot start the destination simulator: {e}"))?;
+    println!(
+        "source:      simulated ECS+OSS {SRC_REGION} (account {}) at {}, image {IMAGE} ({})",
+        src_account.name,
+        src_sim.endpoint(),
+        human_bytes(size as f64)
+    );
+    println!(
+        "destination: simulated ECS+OSS {DST_REGION} (account {}) at {}",
+        dst_account.name,
+        dst_sim.endpoint()
+    );
+
+    let creds = |a: &SimAccount| {
+        Arc::new(StaticProvider(Credentials::new(
+            a.access_key_id.clone(),
+            a.access_key_secret.clone(),
+        )))
+    };
+    let bucket = |endpoint: String, region: &str, a: &SimAccount, name: &str| {
+        OssClient::new(OssConfig::new(
+            EndpointSpec::Url(endpoint),
+            region.to_string(),
+            creds(a),
+        ))
+        .map(|c| Arc::new(c.bucket(name)) as Arc<dyn ObjectStore>)
+        .map_err(|e| format!("cannot build the OSS client: {e}"))
+    };
+    let backends = Backends {
+        src_ecs: Arc::new(EcsClient::new(
+            SRC_REGION,
+            Some(src_sim.endpoint()),
+            creds(&src_account),
+        )),
+        dst_ecs: Arc::new(EcsClient::new(
+            DST_REGION,
+            Some(dst_sim.endpoint()),
+            creds(&dst_account),
+        )),
+        src_store: bucket(src_sim.endpoint(), SRC_REGION, &src_account, SRC_BUCKET)?,
+        dst_store: bucket(dst_sim.endpoint(), DST_REGION, &dst_account, DST_BUCKET)?,
+        relay,
+    };
+    let state_dir = std::env::temp_dir().join(format!(
+        "ossrelay-demo-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let cfg = MigrateConfig {
+        key: MigrationKey {
+            src_region: SRC_REGION.into(),
+            image_id: IMAGE.into(),
+            dst_region: DST_REGION.into(),
+            dst_bucket: DST_BUCKET.into(),
+        },
+        src_bucket: SRC_BUCKET.into(),
+        image_name: None,
+        export_prefix: "ossrelay".into(),
+        export_format: None,
+        keep_objects: false,
+        state_dir: state_dir.clone(),
+        poll: PollSchedule {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(1),
+            timeout: Duration::from_secs(3600),
+            ..PollSchedule::default()
+        },
+        role_retry: RoleRetry::default(),
+        copy: CopyOptions {
+            concurrency,
+            state_dir: Some(state_dir.clone()),
+            ..CopyOptions::default()
+        },
+    };
+    let cancel = CancellationToken::new();
+    install_interrupt_handler(cancel.clone());
+    let printer = Printer::new(quiet);
+    let sink = |e: Event<'_>| printer.on(e);
+    let result = migrate::migrate(&cfg, &backends, &cancel, &sink).await;
+    printer.finish().await;
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let out = match result {
+        Ok(o) => o,
+        Err(e) if e.is_interrupted() => {
+            eprintln!("interrupted");
+            return Ok(EXIT_INTERRUPTED);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    // Ask the simulators themselves, independently of the client's own claim.
+    let src_truth = src_sim.image_crc64(IMAGE);
+    let dst_truth = dst_sim.image_crc64(&out.image_id);
+    if src_truth.is_none() || src_truth != dst_truth {
+        return Err(format!(
+            "verification failed: source disk {src_truth:?} != imported disk {dst_truth:?} (size, CRC-64)"
+        ));
+    }
+    println!(
+        "migrated:    {IMAGE} ({SRC_REGION}) -> {} ({DST_REGION}), Available",
+        out.image_id
+    );
+    for d in &out.disks {
+        println!(
+            "disk:        {} -> {} ({}, CRC-64 {})",
+            d.source,
+            d.destination,
+            human_bytes(d.bytes as f64),
+            d.crc64
+        );
+    }
+    println!("verified:    the imported disk's CRC-64 equals the source image's (checked in both simulators)");
+    src_sim.shutdown().await;
+    dst_sim.shutdown().await;
+    Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrate::{DiskResult, MigrateError};
+    use crate::store::PutOptions;
+    use futures::StreamExt as _;
+    use std::io::Read as _;
+
+    /// Stands in for the streaming unpack stage: reads the small tarball whole.
+    fn unpacking_relay() -> RelayFn {
+        Arc::new(|src, dst, _opts, _progress, _cancel| {
+            Box::pin(async move {
+                let fail = |e: crate::store::StoreError| MigrateError::State(e.to_string());
+                let meta = src.store.head(&src.key).await.map_err(fail)?;
+                let mut body = src
+                    .store
+                    .get_range(&src.key, 0, meta.size, None)
+                    .await
+                    .map_err(fail)?;
+                let mut tgz = Vec::new();
+                while let Some(c) = body.next().await {
+                    tgz.extend_from_slice(&c.map_err(fail)?);
+                }
+                let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&tgz[..]));
+                let mut raw = Vec::new();
+                ar.entries()
+                    .unwrap()
+                    .next()
+                    .unwrap()
+                    .unwrap()
+                    .read_to_end(&mut raw)
+                    .unwrap();
+                let (len, crc) = (raw.len() as u64, crate::crc64::checksum(&raw));
+                let stream = futures::stream::once(async move { Ok(bytes::Bytes::from(raw)) });
+                dst.store
+                    .put(&dst.key, Box::pin(stream), len, &PutOptions::default())
+                    .await
+                    .map_err(fail)?;
+                Ok(DiskResult {
+                    source: src.describe(),
+                    destination: dst.describe(),
+                    bytes: len,
+                    crc64: crc,
+                })
+            })
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_migration_reaches_available_and_verifies() {
+        let code = run_with(1 << 20, 4, true, unpacking_relay()).await.unwrap();
+        assert_eq!(code, EXIT_OK);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_migration_without_unpack_says_so() {
+        let err = run(1 << 20, 4, true).await.unwrap_err();
+        assert!(err.contains("needs the unpack stage"), "{err}");
+    }
+}

@@ -1,0 +1,437 @@
+//! `ossrelay migrate`: export an image in one region/account, relay its disks, import it in
+//! another, resumably (see [`crate::migrate`]).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::cloud::{
+    check_bucket_region, image_line, parse_duration, task_line, Endpoints, Side, StatusLine,
+};
+use super::copy::default_state_dir;
+use super::progress;
+use super::util::{human_bytes, install_interrupt_handler, parse_rate, parse_size};
+use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
+use crate::ecs::ecs::{validate_oss_prefix, ImageFormat};
+use crate::ecs::ram::RoleRetry;
+use crate::ecs::wait::PollSchedule;
+use crate::migrate::{self, Backends, Event, MigrateConfig, MigrateError, MigrationKey};
+use crate::transfer::CopyOptions;
+
+/// Flags of `ossrelay migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Region of the source image.
+    #[arg(long)]
+    pub src_region: String,
+    /// Source custom image, m-….
+    #[arg(long)]
+    pub image_id: String,
+    /// Bucket in the source region that receives the export.
+    #[arg(long)]
+    pub src_bucket: String,
+    /// Region of the new image.
+    #[arg(long)]
+    pub dst_region: String,
+    /// Bucket in the destination region the import reads from.
+    #[arg(long)]
+    pub dst_bucket: String,
+    /// aliyun CLI profile of the source account (default: the credential chain).
+    #[arg(long)]
+    pub src_profile: Option<String>,
+    /// aliyun CLI profile of the destination account (default: the credential chain).
+    #[arg(long)]
+    pub dst_profile: Option<String>,
+    /// Name of the new image (default: the source image's name).
+    #[arg(long)]
+    pub image_name: Option<String>,
+    /// Keep the exported and relayed objects (default: delete them once the image is Available).
+    #[arg(long)]
+    pub keep_objects: bool,
+    /// Where the migration and copy state live (default: $XDG_STATE_HOME/ossrelay or ~/.local/state/ossrelay).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// ExportImage object prefix (letters and digits).
+    #[arg(long, default_value = "ossrelay")]
+    pub export_prefix: String,
+    /// Export format (RAW arrives as .raw.tar.gz and is unpacked on the way; qcow2/vhd only in some regions).
+    #[arg(long, value_enum)]
+    pub format: Option<ImageFormat>,
+    /// Give up waiting for the export or the import after this long (each).
+    #[arg(long, value_parser = parse_duration, default_value = "12h")]
+    pub timeout: Duration,
+    /// Print one final JSON object {image_id, region, disks} on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Retries, 5 s apart, while ECS reports its service role missing (a new role propagates).
+    #[arg(long, default_value_t = 12)]
+    pub role_retries: u32,
+
+    /// Source OSS endpoint override.
+    #[arg(long)]
+    pub src_endpoint: Option<String>,
+    /// Destination OSS endpoint override.
+    #[arg(long)]
+    pub dst_endpoint: Option<String>,
+    /// Source ECS endpoint override.
+    #[arg(long)]
+    pub src_ecs_endpoint: Option<String>,
+    /// Destination ECS endpoint override.
+    #[arg(long)]
+    pub dst_ecs_endpoint: Option<String>,
+    /// Source RAM endpoint override.
+    #[arg(long)]
+    pub src_ram_endpoint: Option<String>,
+    /// Destination RAM endpoint override.
+    #[arg(long)]
+    pub dst_ram_endpoint: Option<String>,
+    /// Source STS endpoint override.
+    #[arg(long)]
+    pub src_sts_endpoint: Option<String>,
+    /// Destination STS endpoint override.
+    #[arg(long)]
+    pub dst_sts_endpoint: Option<String>,
+
+    /// Parts in flight per disk relay.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Part size, e.g. 64MiB (default: automatic).
+    #[arg(long, value_parser = parse_size)]
+    pub part_size: Option<u64>,
+    /// Buffer budget for all streams together.
+    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+    pub memory: u64,
+    /// Cap on bytes per second, e.g. 200MiB/s.
+    #[arg(long, value_parser = parse_rate)]
+    pub bandwidth: Option<u64>,
+}
+
+/// Prints migration [`Event`]s on stderr: stage changes, task progress, a progress bar per disk.
+pub(crate) struct Printer {
+    quiet: bool,
+    status: StatusLine,
+    bar: Mutex<Option<progress::Bar>>,
+}
+
+impl Printer {
+    pub(crate) fn new(quiet: bool) -> Self {
+        Self {
+            quiet,
+            status: StatusLine::default(),
+            bar: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn on(&self, e: Event<'_>) {
+        if self.quiet {
+            return;
+        }
+        let (status, bar) = (&self.status, &self.bar);
+        match e {
+            Event::Resumed { stage, path } => eprintln!(
+                "resuming at stage {} (state {})",
+                stage.as_str(),
+                path.display()
+            ),
+            Event::Stage(s) => tracing::info!(stage = s.as_str(), "migration stage"),
+            Event::ExportStarted { task_id, adopted } => eprintln!(
+                "export task {task_id} {}",
+                if adopted {
+                    "found running, waiting for it"
+                } else {
+                    "started"
+                }
+            ),
+            Event::ExportProgress(t) => status.show(task_line("export", t)),
+            Event::Exported(disks) => {
+                for d in disks {
+                    eprintln!(
+                        "exported {} disk: oss://{}/{}",
+                        d.role, d.source_bucket, d.source_key
+                    );
+                }
+            }
+            Event::DiskStarted {
+                index,
+                total,
+                source,
+                destination,
+                progress: p,
+            } => {
+                eprintln!(
+                    "relaying disk {}/{total}: {source} -> {destination}",
+                    index + 1
+                );
+                let mut g = bar.lock().unwrap_or_else(|p| p.into_inner());
+                *g = Some(progress::spawn(p));
+            }
+            Event::DiskDone { result, .. } => {
+                if let Some(b) = bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    tokio::spawn(b.finish());
+                }
+                eprintln!(
+                    "relayed {} ({}, CRC-64 {})",
+                    result.destination,
+                    human_bytes(result.bytes as f64),
+                    result.crc64
+                );
+            }
+            Event::ImportStarted {
+                image_id,
+                task_id,
+                adopted,
+            } => eprintln!(
+                "image {image_id} {}{}",
+                if adopted {
+                    "found importing, waiting for it"
+                } else {
+                    "importing"
+                },
+                task_id.map(|t| format!(" (task {t})")).unwrap_or_default()
+            ),
+            Event::ImportProgress(i) => status.show(image_line(i)),
+            Event::Deleted { object } => eprintln!("deleted {object}"),
+        }
+    }
+
+    /// Stops a progress bar still running (after a failure mid-relay).
+    pub(crate) async fn finish(&self) {
+        let last = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(b) = last {
+            b.finish().await;
+        }
+    }
+}
+
+fn usage(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {msg}");
+    EXIT_USAGE
+}
+
+/// Runs the command; returns the exit code.
+pub async fn run(args: MigrateArgs) -> i32 {
+    if !args.image_id.starts_with("m-") {
+        return usage(format!(
+            "--image-id {:?} is not a custom image id (m-…)",
+            args.image_id
+        ));
+    }
+    if let Err(e) = validate_oss_prefix(&args.export_prefix) {
+        return usage(format!("--export-prefix: {e}"));
+    }
+    for b in [&args.src_bucket, &args.dst_bucket] {
+        if let Err(e) = crate::locate::validate_bucket_name(b) {
+            return usage(e);
+        }
+    }
+    let copy = CopyOptions {
+        concurrency: args.concurrency,
+        part_size: args.part_size,
+        memory: args.memory,
+        bandwidth: args.bandwidth,
+        ..CopyOptions::default()
+    };
+    if let Err(e) = copy.validate() {
+        return usage(e);
+    }
+    let Some(state_dir) = args.state_dir.clone().or_else(default_state_dir) else {
+        return usage("no state directory: pass --state-dir (HOME is not set)");
+    };
+    let copy = CopyOptions {
+        state_dir: Some(state_dir.clone()),
+        ..copy
+    };
+
+    let src = match Side::new(
+        &args.src_region,
+        args.src_profile.as_deref(),
+        Endpoints {
+            oss: args.src_endpoint.clone(),
+            ecs: args.src_ecs_endpoint.clone(),
+            ram: args.src_ram_endpoint.clone(),
+            sts: args.src_sts_endpoint.clone(),
+        },
+        "--src-region",
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: source: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let dst = match Side::new(
+        &args.dst_region,
+        args.dst_profile.as_deref(),
+        Endpoints {
+            oss: args.dst_endpoint.clone(),
+            ecs: args.dst_ecs_endpoint.clone(),
+            ram: args.dst_ram_endpoint.clone(),
+            sts: args.dst_sts_endpoint.clone(),
+        },
+        "--dst-region",
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: destination: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let (src_store, dst_store) = match (src.bucket(&args.src_bucket), dst.bucket(&args.dst_bucket))
+    {
+        (Ok(s), Ok(d)) => (s, d),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+    };
+
+    // Minutes here save an hour-long export into a bucket the import can never read.
+    for (side, bucket, flag) in [
+        (&src, &args.src_bucket, "--src-bucket"),
+        (&dst, &args.dst_bucket, "--dst-bucket"),
+    ] {
+        if let Err(e) = check_bucket_region(side, bucket, flag).await {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+    }
+    let cfg = MigrateConfig {
+        key: MigrationKey {
+            src_region: args.src_region.clone(),
+            image_id: args.image_id.clone(),
+            dst_region: args.dst_region.clone(),
+            dst_bucket: args.dst_bucket.clone(),
+        },
+        src_bucket: args.src_bucket.clone(),
+        image_name: args.image_name.clone(),
+        export_prefix: args.export_prefix.clone(),
+        export_format: args.format,
+        keep_objects: args.keep_objects,
+        state_dir,
+        poll: PollSchedule {
+            timeout: args.timeout,
+            ..PollSchedule::default()
+        },
+        role_retry: RoleRetry {
+            retries: args.role_retries,
+            ..RoleRetry::default()
+        },
+        copy,
+    };
+    let backends = Backends {
+        src_ecs: Arc::new(src.ecs.clone()),
+        dst_ecs: Arc::new(dst.ecs.clone()),
+        src_store: Arc::new(src_store),
+        dst_store: Arc::new(dst_store),
+        relay: migrate::default_relay(),
+    };
+
+    let cancel = CancellationToken::new();
+    install_interrupt_handler(cancel.clone());
+    let quiet = args.quiet;
+    let printer = Printer::new(quiet);
+    let sink = |e: Event<'_>| printer.on(e);
+    let result = migrate::migrate(&cfg, &backends, &cancel, &sink).await;
+    printer.finish().await;
+    match result {
+        Ok(out) => {
+            if args.json {
+                match serde_json::to_string(&out) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("error: cannot encode the summary: {e}");
+                        return EXIT_FAILED;
+                    }
+                }
+            } else {
+                if !quiet {
+                    eprintln!("image {} is Available in {}", out.image_id, out.region);
+                }
+                println!("{}", out.image_id);
+            }
+            EXIT_OK
+        }
+        Err(e) if e.is_interrupted() => {
+            eprintln!("{e}");
+            EXIT_INTERRUPTED
+        }
+        Err(e @ MigrateError::Usage(_)) => usage(e),
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("rerun the same command to resume from this point");
+            EXIT_FAILED
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct W {
+        #[command(flatten)]
+        a: MigrateArgs,
+    }
+
+    #[test]
+    fn parses_all_endpoint_flags_and_copy_options() {
+        let w = W::try_parse_from([
+            "x",
+            "--src-region",
+            "cn-hangzhou",
+            "--image-id",
+            "m-1",
+            "--src-bucket",
+            "src",
+            "--dst-region",
+            "eu-central-1",
+            "--dst-bucket",
+            "dst",
+            "--src-endpoint",
+            "http://a",
+            "--dst-endpoint",
+            "http://b",
+            "--src-ecs-endpoint",
+            "http://a",
+            "--dst-ecs-endpoint",
+            "http://b",
+            "--src-ram-endpoint",
+            "http://a",
+            "--dst-ram-endpoint",
+            "http://b",
+            "--src-sts-endpoint",
+            "http://a",
+            "--dst-sts-endpoint",
+            "http://b",
+            "--keep-objects",
+            "--json",
+            "--timeout",
+            "30m",
+            "--concurrency",
+            "4",
+            "--part-size",
+            "8MiB",
+            "--format",
+            "qcow2",
+        ])
+        .unwrap();
+        let a = w.a;
+        assert_eq!(a.dst_ram_endpoint.as_deref(), Some("http://b"));
+        assert_eq!(a.src_sts_endpoint.as_deref(), Some("http://a"));
+        assert_eq!(a.timeout, Duration::from_secs(1800));
+        assert_eq!(a.part_size, Some(8 << 20));
+        assert_eq!(a.format, Some(ImageFormat::Qcow2));
+        assert_eq!(a.export_prefix, "ossrelay");
+        assert!(a.keep_objects && a.json);
+        // Every required flag is required.
+        assert!(W::try_parse_from(["x", "--src-region", "r", "--image-id", "m-1"]).is_err());
+    }
+}
