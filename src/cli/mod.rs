@@ -3,7 +3,9 @@
 
 mod copy;
 mod demo;
+mod jobs;
 mod progress;
+pub mod serve;
 pub mod sim;
 mod uploads;
 mod util;
@@ -41,6 +43,10 @@ enum Command {
     Sim(Box<sim::SimArgs>),
     /// Relay a synthetic image between two in-process simulated regions, end to end.
     Demo(demo::DemoArgs),
+    /// Run the relay daemon: an HTTP API with a persistent job queue and /metrics.
+    Serve(Box<serve::ServeArgs>),
+    /// Submit and follow jobs on a running daemon (`ossrelay serve`).
+    Jobs(Box<jobs::JobsArgs>),
 }
 
 /// Entry point used by `main.rs`; returns the process exit code.
@@ -76,6 +82,8 @@ pub fn main() -> i32 {
                 }
             },
             Command::Demo(args) => demo::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
+            Command::Jobs(args) => jobs::run(*args).await,
         }
     });
     // In-flight requests may hold the runtime; do not wait for them on exit.
