@@ -337,8 +337,11 @@ async fn run_inner(args: JobsArgs) -> Result<i32, CallError> {
     Ok(EXIT_OK)
 }
 
+/// Ids go into the path as one segment whatever a user typed (`/` and `.` stay escaped).
 fn enc(id: &str) -> String {
-    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
+    const SEGMENT: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_');
+    percent_encoding::utf8_percent_encode(id, SEGMENT).to_string()
 }
 
 async fn watch(api: &Api, id: &str) -> Result<i32, CallError> {

@@ -35,6 +35,9 @@ pub const MEMORY_BUDGET_BYTES: &str = "ossrelay_daemon_memory_budget_bytes";
 /// Bytes charged to the global memory budget now.
 pub const MEMORY_IN_USE_BYTES: &str = "ossrelay_daemon_memory_in_use_bytes";
 
+/// Highest value the global memory budget reached since the daemon started.
+pub const MEMORY_PEAK_BYTES: &str = "ossrelay_daemon_memory_peak_bytes";
+
 /// Every metric name the daemon itself exports (the engine's are in [`crate::metrics`]).
 pub const DAEMON_METRICS: &[&str] = &[
     BUILD_INFO,
@@ -49,6 +52,7 @@ pub const DAEMON_METRICS: &[&str] = &[
     MAX_JOBS,
     MEMORY_BUDGET_BYTES,
     MEMORY_IN_USE_BYTES,
+    MEMORY_PEAK_BYTES,
 ];
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -90,6 +94,13 @@ pub fn render(s: &Scheduler, engine: Option<&PrometheusHandle>) -> String {
         "Bytes charged to the global memory budget now.",
     );
     let _ = writeln!(out, "{MEMORY_IN_USE_BYTES} {}", s.memory_in_use());
+    header(
+        &mut out,
+        MEMORY_PEAK_BYTES,
+        "gauge",
+        "Highest value the global memory budget reached since the daemon started.",
+    );
+    let _ = writeln!(out, "{MEMORY_PEAK_BYTES} {}", s.memory_peak());
     header(&mut out, JOBS, "gauge", "Jobs by state.");
     for st in JobState::ALL {
         let n = jobs.iter().filter(|j| j.state == st).count();
