@@ -113,10 +113,14 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 fn fill_live(job: &mut Job, live: &Live) {
     let s = live.progress.snapshot();
-    job.bytes_done = s.acked_bytes;
-    job.bytes_total = s.total_bytes;
-    job.parts_done = s.parts_done;
-    job.parts_total = s.parts_total;
+    // Until the engine has planned (and reconciled saved parts), keep the figures of the
+    // previous run rather than showing a resumed job at zero.
+    if s.total_bytes > 0 {
+        job.bytes_done = s.acked_bytes;
+        job.bytes_total = s.total_bytes;
+        job.parts_done = s.parts_done;
+        job.parts_total = s.parts_total;
+    }
     job.inflight_parts = s.inflight_parts;
     job.retries = live.base_retries + s.retries;
     let secs = live.started.elapsed().as_secs_f64();
