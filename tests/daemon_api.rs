@@ -282,6 +282,10 @@ async fn invalid_requests_are_refused_with_reasons() {
         (with("destination", json!("s3://b/k")), "destination"),
         (with("no_such_option", json!(true)), "no_such_option"),
         (with("access_key_secret", json!("s")), "access_key_secret"),
+        (
+            with("dst_endpoint", json!("https://collector.example.com")),
+            "dst_endpoint",
+        ),
     ];
     for (body, field) in cases {
         let (s, v) = d.call("POST", "/v1/jobs", Some(&body)).await;
@@ -431,13 +435,112 @@ async fn tokens_guard_the_api() {
         .run(vec![
             "jobs".into(),
             "--server".into(),
-            server,
+            server.clone(),
             "--token-file".into(),
             tf.clone(),
             "list".into(),
         ])
         .await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // `jobs submit copy` sends the copy options and prints the new id.
+    let mut args: Vec<String> = [
+        "jobs",
+        "--server",
+        &server,
+        "--token-file",
+        &tf,
+        "submit",
+        "copy",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        format!("oss://{SRC_BUCKET}/none.raw"),
+        format!("oss://{DST_BUCKET}/none.raw"),
+        "--src-endpoint".into(),
+        w.src.endpoint(),
+        "--dst-endpoint".into(),
+        w.dst.endpoint(),
+        "--src-profile".into(),
+        "src".into(),
+        "--dst-profile".into(),
+        "dst".into(),
+        "--part-size".into(),
+        "8MiB".into(),
+        "--concurrency".into(),
+        "3".into(),
+    ]);
+    let out = w.run(args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    let j = d.job(&id).await;
+    assert_eq!(
+        (j["part_size"].as_u64(), j["concurrency"].as_u64()),
+        (Some(8 * MIB), Some(3)),
+        "{j}"
+    );
+    assert_eq!(j["src_profile"], "src");
+    // `jobs submit migrate` reaches the daemon, which says what it supports.
+    let out = w
+        .run(
+            [
+                "jobs",
+                "--server",
+                &server,
+                "--token-file",
+                &tf,
+                "submit",
+                "migrate",
+                "--set",
+                "image_id=m-123",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kind migrate is not supported by this daemon yet"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bandwidth_cap_is_shared_by_all_jobs() {
+    let size = 6 * MIB;
+    let w = World::new(
+        |c| {
+            c.synthetic.push(synthetic("one.raw", size));
+            c.synthetic.push(synthetic("two.raw", size));
+        },
+        |_| {},
+    )
+    .await;
+    let d = start_daemon(
+        w.dir.path(),
+        &w.state_dir(),
+        &["--max-jobs", "2", "--bandwidth", "4MiB/s"],
+    )
+    .await;
+    let t0 = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for key in ["one.raw", "two.raw"] {
+        let mut body = copy_job(&w, key, DISCARD_BUCKET, key);
+        body["part_size"] = json!("1MiB");
+        ids.push(d.submit(&body).await["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let j = d.wait_state(id, "succeeded", Duration::from_secs(30)).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+    }
+    // 12 MiB through one 4 MiB/s bucket (1 MiB burst) takes at least 2.75 s; two separate
+    // 4 MiB/s caps would finish in about 1.5 s.
+    let el = t0.elapsed().as_secs_f64();
+    assert!(el >= 2.5, "12 MiB moved in {el:.2}s: the cap is not shared");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

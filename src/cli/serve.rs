@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// File holding the API bearer token; requests then need "Authorization: Bearer <token>".
     #[arg(long, env = "OSSRELAY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Let jobs name any src_endpoint/dst_endpoint (default: only https://….aliyuncs.com and
+    /// this machine, so API clients cannot send signed requests elsewhere).
+    #[arg(long)]
+    pub allow_any_endpoint: bool,
 }
 
 fn default_state_dir() -> Option<PathBuf> {
@@ -90,6 +94,7 @@ pub async fn run(args: ServeArgs) -> i32 {
         memory: args.memory,
         bandwidth: args.bandwidth,
         token,
+        allow_any_endpoint: args.allow_any_endpoint,
     };
     if let Err(e) = cfg.validate() {
         eprintln!("error: {e}");

@@ -25,6 +25,8 @@ pub struct ApiState {
     /// (only allowed on loopback addresses).
     pub token: Option<String>,
     pub prometheus: Option<PrometheusHandle>,
+    /// Accept any `src_endpoint`/`dst_endpoint` (see [`jobs::check_policy`]).
+    pub allow_any_endpoint: bool,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -345,7 +347,10 @@ async fn submit(st: &ApiState, req: Request<Incoming>) -> Resp {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let spec = match jobs::parse_spec(v) {
+    let spec = match jobs::parse_spec(v).and_then(|s| {
+        jobs::check_policy(&s, st.allow_any_endpoint)?;
+        Ok(s)
+    }) {
         Ok(s) => s,
         Err(e) => {
             return error(

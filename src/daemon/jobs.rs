@@ -386,6 +386,60 @@ fn parse_copy(obj: &mut Map<String, Value>) -> Result<CopySpec, InvalidField> {
     Ok(spec)
 }
 
+/// The host of an `http(s)://host[:port]/…` URL, lowercased (brackets kept for IPv6).
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.contains('@') {
+        return None;
+    }
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// Whether an endpoint override is acceptable without `--allow-any-endpoint`: Alibaba Cloud
+/// endpoints over HTTPS, or this machine (a simulator, a local proxy). Anything else would let
+/// an API client send the daemon's signed requests, and any STS token in them, to a host of
+/// its choosing.
+pub fn endpoint_allowed(url: &str) -> bool {
+    let Some(host) = url_host(url) else {
+        return false;
+    };
+    if matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]") {
+        return true;
+    }
+    url.starts_with("https://") && host.ends_with(".aliyuncs.com")
+}
+
+/// Checks what a job may do on this daemon (beyond being well-formed).
+pub fn check_policy(spec: &JobSpec, allow_any_endpoint: bool) -> Result<(), InvalidField> {
+    let JobSpec::Copy(c) = spec;
+    if allow_any_endpoint {
+        return Ok(());
+    }
+    for (field, v) in [
+        ("src_endpoint", &c.src_endpoint),
+        ("dst_endpoint", &c.dst_endpoint),
+    ] {
+        if let Some(url) = v {
+            if !endpoint_allowed(url) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{url:?} is neither an https://….aliyuncs.com endpoint nor on this machine; \
+                         start the daemon with --allow-any-endpoint to permit it"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl CopySpec {
     /// How to reach the source.
     pub fn src_side(&self) -> SideOptions {
@@ -526,6 +580,37 @@ mod tests {
             e.message,
             "kind migrate is not supported by this daemon yet"
         );
+    }
+
+    #[test]
+    fn endpoint_policy() {
+        for ok in [
+            "http://127.0.0.1:9000",
+            "http://localhost:1/",
+            "http://[::1]:80",
+            "https://oss-cn-hangzhou.aliyuncs.com",
+            "https://oss-eu-central-1-internal.aliyuncs.com/",
+        ] {
+            assert!(endpoint_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "http://oss-cn-hangzhou.aliyuncs.com",
+            "https://evil.example.com",
+            "https://aliyuncs.com.evil.example",
+            "https://127.0.0.1@evil.example",
+            "http://127.0.0.2",
+            "not a url",
+        ] {
+            assert!(!endpoint_allowed(bad), "{bad}");
+        }
+        let spec = parse_spec(json!({"kind":"copy","source":"oss://abc/k",
+            "destination":"oss://abd/k","dst_endpoint":"https://evil.example.com"}))
+        .unwrap();
+        assert_eq!(
+            check_policy(&spec, false).unwrap_err().field,
+            "dst_endpoint"
+        );
+        assert!(check_policy(&spec, true).is_ok());
     }
 
     #[test]

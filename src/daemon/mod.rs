@@ -40,6 +40,8 @@ pub struct DaemonConfig {
     pub bandwidth: Option<u64>,
     /// Bearer token; required unless `listen` is a loopback address.
     pub token: Option<String>,
+    /// Accept endpoint overrides other than Alibaba Cloud HTTPS endpoints and this machine.
+    pub allow_any_endpoint: bool,
 }
 
 /// Why the daemon could not start.
@@ -173,6 +175,7 @@ impl Daemon {
             scheduler: scheduler.clone(),
             token: cfg.token.clone(),
             prometheus,
+            allow_any_endpoint: cfg.allow_any_endpoint,
         });
         let server = tokio::spawn(api::serve(listener, state, stop.clone()));
         Ok(Self {

@@ -317,8 +317,20 @@ impl Scheduler {
     ) {
         let dir = self.job_dir(&job.id);
         tracing::info!(job = %job.id, kind = job.spec.kind(), "job started");
-        let outcome = match &job.spec {
-            JobSpec::Copy(spec) => self.run_copy(spec, &dir, progress, cancel).await,
+        let run = async {
+            match &job.spec {
+                JobSpec::Copy(spec) => self.run_copy(spec, &dir, progress, cancel).await,
+            }
+        };
+        // A bug in one job must not leave its slot taken forever: record it as a failure.
+        let outcome = match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(TransferError::Plan(
+                "internal error while running the job (see the daemon's log); resume it to retry"
+                    .into(),
+            )),
         };
         self.finish(&job.id, outcome).await;
     }
