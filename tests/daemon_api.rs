@@ -320,8 +320,20 @@ async fn invalid_requests_are_refused_with_reasons() {
     assert_eq!(s, 413);
 
     // Unknown ids, malformed ids and traversal attempts never reach the file system.
-    let (s, v) = d.call("GET", "/v1/jobs/j-0123456789abcdef", None).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    for (method, path) in [
+        ("GET", "/v1/jobs/j-0123456789abcdef"),
+        ("DELETE", "/v1/jobs/j-0123456789abcdef"),
+        ("POST", "/v1/jobs/j-0123456789abcdef/cancel"),
+        ("POST", "/v1/jobs/j-0123456789abcdef/pause"),
+        ("POST", "/v1/jobs/j-0123456789abcdef/resume"),
+    ] {
+        let (s, v) = d.call(method, path, None).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (404, Some("not_found")),
+            "{method} {path}"
+        );
+    }
     for path in [
         "/v1/jobs/../../etc/passwd",
         "/v1/jobs/..%2F..%2Fjobs.redb",

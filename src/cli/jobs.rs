@@ -59,8 +59,12 @@ pub enum JobsCommand {
     Pause { id: String },
     /// Queue a paused (or failed) job again; it continues from its acknowledged parts.
     Resume { id: String },
-    /// Forget a finished job.
-    Delete { id: String },
+    /// Forget a finished job (a failed job's upload is aborted unless --keep-upload).
+    Delete {
+        id: String,
+        #[arg(long)]
+        keep_upload: bool,
+    },
     /// Follow a job's progress until it finishes (exit 0 only if it succeeded).
     Watch { id: String },
 }
@@ -328,8 +332,9 @@ async fn run_inner(args: JobsArgs) -> Result<i32, CallError> {
                 .await?;
             println!("{}", job_line(&v));
         }
-        JobsCommand::Delete { id } => {
-            api.call(Method::DELETE, &format!("/v1/jobs/{}", enc(&id)), None)
+        JobsCommand::Delete { id, keep_upload } => {
+            let q = if keep_upload { "?keep_upload=true" } else { "" };
+            api.call(Method::DELETE, &format!("/v1/jobs/{}{q}", enc(&id)), None)
                 .await?;
         }
         JobsCommand::Watch { id } => return watch(&api, &id).await,

@@ -251,7 +251,17 @@ async fn route(st: &ApiState, req: Request<Incoming>, method: &Method, path: &st
             Some(j) => json_response(StatusCode::OK, &job_json(&j)),
             None => job_error(JobError::NotFound(id.to_string())),
         },
-        (&Method::DELETE, [id]) => match st.scheduler.delete(id).await {
+        (&Method::DELETE, [id]) => match st
+            .scheduler
+            .delete(
+                id,
+                matches!(
+                    query_param(req.uri().query(), "keep_upload"),
+                    Some("true" | "1")
+                ),
+            )
+            .await
+        {
             Ok(()) => Response::builder()
                 .status(StatusCode::NO_CONTENT)
                 .body(Full::new(Bytes::new()))

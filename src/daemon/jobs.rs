@@ -92,7 +92,11 @@ pub struct CopySpec {
 }
 
 /// What a job does. New kinds (such as `migrate`) become new variants; everything that
-/// depends on the kind matches on this enum, so the compiler lists the places to extend.
+/// depends on the kind matches on this enum, so the compiler lists the places to extend:
+/// [`parse_spec`] (the `"migrate"` arm answers 400 until then), [`check_policy`],
+/// `Scheduler::run_job` (run it with the job's token and progress), `Scheduler::abort_leftover`
+/// (undo what a cancelled job started), `JobSpec::kind`, the OpenAPI `JobRequest` schema and
+/// `ossrelay jobs submit migrate` (which already sends `--set KEY=VALUE` pairs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum JobSpec {

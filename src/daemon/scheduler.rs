@@ -717,8 +717,9 @@ impl Scheduler {
         Ok(job)
     }
 
-    /// Forgets a finished job. A failed job's leftover upload is aborted first.
-    pub async fn delete(&self, id: &str) -> Result<(), JobError> {
+    /// Forgets a finished job. A failed job's leftover upload is aborted first unless
+    /// `keep_upload` (then it is left to `ossrelay uploads abort` or a lifecycle rule).
+    pub async fn delete(&self, id: &str, keep_upload: bool) -> Result<(), JobError> {
         let spec = {
             let g = self.lock();
             let e = g
@@ -733,10 +734,12 @@ impl Scheduler {
             }
             e.job.spec.clone()
         };
-        if let Err(e) = self.abort_leftover(id, &spec).await {
-            return Err(JobError::Conflict(format!(
-                "cannot delete job {id} yet: {e}"
-            )));
+        if !keep_upload {
+            if let Err(e) = self.abort_leftover(id, &spec).await {
+                return Err(JobError::Conflict(format!(
+                    "cannot delete job {id} yet: {e} (DELETE with ?keep_upload=true to delete it anyway)"
+                )));
+            }
         }
         self.store.delete(id)?;
         self.lock().jobs.remove(id);
