@@ -46,6 +46,18 @@ async fn kill_9_then_restart_resumes_running_and_keeps_queued() {
     })
     .await;
     assert_eq!(d.job(&b).await["state"], "queued");
+    // A `jobs watch` started now follows the job across the restart.
+    let server = format!("http://{}", d.addr);
+    let watch = w
+        .command(&[
+            "jobs".into(),
+            "--server".into(),
+            server,
+            "watch".into(),
+            a.clone(),
+        ])
+        .spawn()
+        .unwrap();
 
     d.child.kill().unwrap(); // SIGKILL: no chance to save anything beyond what is on disk.
     let _ = d.child.wait();
@@ -54,7 +66,15 @@ async fn kill_9_then_restart_resumes_running_and_keeps_queued() {
     assert!(acked_before * PART < size, "finished before the kill");
     assert_eq!(before["open_uploads"], 1);
 
-    let d = start_daemon(w.dir.path(), &state, &["--max-jobs", "1"]).await;
+    // Down long enough for the watcher to notice.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let addr = d.addr.clone();
+    let d = start_daemon(
+        w.dir.path(),
+        &state,
+        &["--max-jobs", "1", "--listen", &addr],
+    )
+    .await;
     let ja = d.job(&a).await;
     assert!(
         ["queued", "running"].contains(&ja["state"].as_str().unwrap()),
@@ -86,6 +106,17 @@ async fn kill_9_then_restart_resumes_running_and_keeps_queued() {
     let src = w.src.object_crc64(SRC_BUCKET, "disk.raw").unwrap();
     assert_eq!(w.dst.object_crc64(DISCARD_BUCKET, "a.raw"), Some(src));
     assert_eq!(ja["result"]["crc64"], src.1.to_string());
+
+    let out = tokio::task::spawn_blocking(move || watch.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&src.1.to_string()),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("not answering"), "{}", stderr(&out));
 
     let jb = d.wait_state(&b, "succeeded", Duration::from_secs(30)).await;
     assert_eq!(jb["state"], "succeeded", "{jb}");

@@ -122,6 +122,10 @@ struct Api {
 /// A failed API call: the exit code and a one-line message.
 struct CallError(i32, String);
 
+/// How messages about a daemon that does not accept connections begin (`watch` waits for a
+/// restarting daemon rather than giving up).
+const UNREACHABLE: &str = "cannot reach the daemon";
+
 impl Api {
     async fn call(
         &self,
@@ -146,11 +150,19 @@ impl Api {
             .map_err(|e| CallError(EXIT_USAGE, format!("invalid server URL {url:?}: {e}")))?;
         let resp = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
             .await
-            .map_err(|_| CallError(EXIT_FAILED, format!("{} did not answer within 60s", self.base)))?
+            .map_err(|_| {
+                CallError(
+                    EXIT_FAILED,
+                    format!("{} did not answer within 60s", self.base),
+                )
+            })?
             .map_err(|e| {
                 CallError(
                     EXIT_FAILED,
-                    format!("cannot reach the daemon at {}: {e} (is `ossrelay serve` running? see --server)", self.base),
+                    format!(
+                        "{UNREACHABLE} at {}: {e} (is `ossrelay serve` running? see --server)",
+                        self.base
+                    ),
                 )
             })?;
         let status = resp.status().as_u16();
@@ -365,8 +377,26 @@ async fn watch(api: &Api, id: &str) -> Result<i32, CallError> {
         b
     });
     let mut last_state = String::new();
+    let mut down_since: Option<std::time::Instant> = None;
     loop {
-        let (_, j) = api.call(http::Method::GET, &path, None).await?;
+        let j = match api.call(http::Method::GET, &path, None).await {
+            Ok((_, j)) => {
+                down_since = None;
+                j
+            }
+            Err(e) if e.1.starts_with(UNREACHABLE) => {
+                let since = *down_since.get_or_insert_with(|| {
+                    eprintln!("{id}: the daemon is not answering; waiting up to 60s for it");
+                    std::time::Instant::now()
+                });
+                if since.elapsed() > Duration::from_secs(60) {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let state = j["state"].as_str().unwrap_or("").to_string();
         let done = j["bytes_done"].as_u64().unwrap_or(0);
         let total = j["bytes_total"].as_u64().unwrap_or(0);

@@ -32,15 +32,16 @@ impl Drop for Daemon {
 /// Starts `ossrelay serve --listen 127.0.0.1:0 --state-dir STATE extra…` with the world's
 /// clean credential environment and waits for its ready line.
 pub async fn start_daemon(dir: &Path, state: &Path, extra: &[&str]) -> Daemon {
-    let mut args: Vec<String> = vec![
-        "serve".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
+    let mut args: Vec<String> = vec!["serve".into()];
+    if !extra.contains(&"--listen") {
+        args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+    }
+    args.extend([
         "--state-dir".into(),
         state.display().to_string(),
         "--log".into(),
         "info".into(),
-    ];
+    ]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let token = extra.iter().position(|a| *a == "--token-file").map(|i| {
         std::fs::read_to_string(extra[i + 1])
