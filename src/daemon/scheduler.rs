@@ -111,15 +111,32 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Acknowledged bytes, object size, acknowledged parts and planned parts recorded in the
+/// engine's resume state in `dir`, if there is one.
+fn saved_progress(dir: &Path) -> Option<(u64, u64, u64, u64)> {
+    let path = std::fs::read_dir(dir).ok()?.find_map(|e| {
+        let p = e.ok()?.path();
+        let name = p.file_name()?.to_str()?;
+        (name.starts_with("copy-") && name.ends_with(".json")).then_some(p)
+    })?;
+    let st = state::load(&path).ok()??;
+    let done: u64 = st.parts.iter().map(|p| p.size).sum();
+    let total = st.source_meta.size;
+    let parts_total = total.div_ceil(st.part_size.max(1));
+    Some((done, total, st.parts.len() as u64, parts_total))
+}
+
 fn fill_live(job: &mut Job, live: &Live) {
     let s = live.progress.snapshot();
-    // Until the engine has planned (and reconciled saved parts), keep the figures of the
+    // Until the engine has planned and reconciled the saved parts, keep the figures of the
     // previous run rather than showing a resumed job at zero.
     if s.total_bytes > 0 {
-        job.bytes_done = s.acked_bytes;
         job.bytes_total = s.total_bytes;
-        job.parts_done = s.parts_done;
         job.parts_total = s.parts_total;
+    }
+    if s.acked_bytes > 0 {
+        job.bytes_done = s.acked_bytes;
+        job.parts_done = s.parts_done;
     }
     job.inflight_parts = s.inflight_parts;
     job.retries = live.base_retries + s.retries;
@@ -162,6 +179,15 @@ impl Scheduler {
             inner.next_seq = inner.next_seq.max(job.seq + 1);
             match job.state {
                 JobState::Running => {
+                    // The resume state is written after every acknowledged part; the job
+                    // record only every few seconds. Show the more recent figure.
+                    let dir = cfg.state_dir.join("jobs").join(&job.id);
+                    if let Some((done, total, parts_done, parts_total)) = saved_progress(&dir) {
+                        job.bytes_done = done;
+                        job.bytes_total = total;
+                        job.parts_done = parts_done;
+                        job.parts_total = parts_total;
+                    }
                     job.state = JobState::Queued;
                     job.stage = "queued".into();
                     job.inflight_parts = 0;
