@@ -301,7 +301,19 @@ pub fn parse_spec(body: Value) -> Result<JobSpec, InvalidField> {
         }
     };
     if let Some(field) = obj.keys().next() {
-        return Err(invalid(field, "unknown field"));
+        let why = match field.as_str() {
+            "memory" | "bandwidth" => {
+                "is a daemon-wide budget shared by all jobs: set it with `ossrelay serve --memory/--bandwidth`"
+            }
+            "state_dir" | "no_resume" => {
+                "is managed by the daemon (each job keeps its resume state under --state-dir)"
+            }
+            "json" | "quiet" | "metrics_listen" => {
+                "is a command-line display option; the daemon reports through its API and /metrics"
+            }
+            _ => "unknown field",
+        };
+        return Err(invalid(field, why));
     }
     Ok(spec)
 }
@@ -579,6 +591,11 @@ mod tests {
             let e = parse_spec(body.clone()).unwrap_err();
             assert_eq!(e.field, field, "{body}: {e}");
         }
+        let e = parse_spec(json!({"kind":"copy","source":"oss://abc/k",
+            "destination":"oss://abd/k","memory":"1GiB"}))
+        .unwrap_err();
+        assert_eq!(e.field, "memory");
+        assert!(e.message.contains("serve --memory"), "{e}");
         let e = parse_spec(json!({"kind":"migrate"})).unwrap_err();
         assert_eq!(
             e.message,
