@@ -108,6 +108,8 @@ async fn submit_list_progress_metrics_watch_and_delete() {
     let inflight = sample(&m, "ossrelay_job_inflight_parts", &label).unwrap();
     assert!((0.0..=2.0).contains(&inflight), "{inflight}");
     assert_eq!(sample(&m, "ossrelay_daemon_max_jobs", ""), Some(2.0));
+    let limit = sample(&m, "ossrelay_job_concurrency_limit", &label).unwrap();
+    assert!((1.0..=2.0).contains(&limit), "{limit}");
 
     // `jobs watch` follows it to the end and exits 0.
     let out = w

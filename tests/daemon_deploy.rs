@@ -117,7 +117,7 @@ fn dashboard_uses_only_exported_metrics_and_has_the_required_panels() {
     }
     for needle in [
         "ossrelay_job_bytes_total",
-        "ossrelay_concurrency_limit",
+        "ossrelay_job_concurrency_limit",
         "ossrelay_request_duration_seconds_bucket",
         "ossrelay_retries_total",
     ] {

@@ -175,6 +175,9 @@ pub struct Job {
     pub parts_total: u64,
     #[serde(default)]
     pub inflight_parts: u64,
+    /// The engine's current adaptive limit on parts in flight (lowered on throttling).
+    #[serde(default)]
+    pub concurrency_limit: u64,
     /// Bytes per second acknowledged during the current run.
     #[serde(default)]
     pub throughput_bytes_per_sec: f64,
@@ -669,6 +672,7 @@ mod tests {
             parts_done: 0,
             parts_total: 0,
             inflight_parts: 0,
+            concurrency_limit: 0,
             throughput_bytes_per_sec: 0.0,
             eta_seconds: None,
             retries: 0,

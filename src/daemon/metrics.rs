@@ -26,6 +26,8 @@ pub const JOB_SIZE_BYTES: &str = "ossrelay_job_size_bytes";
 pub const JOB_RETRIES_TOTAL: &str = "ossrelay_job_retries_total";
 /// Parts of a job in flight, label `job`.
 pub const JOB_INFLIGHT_PARTS: &str = "ossrelay_job_inflight_parts";
+/// The engine's adaptive limit on parts in flight of a running job, label `job`.
+pub const JOB_CONCURRENCY_LIMIT: &str = "ossrelay_job_concurrency_limit";
 /// Estimated seconds until a running job completes, label `job` (absent when unknown).
 pub const JOB_ETA_SECONDS: &str = "ossrelay_job_eta_seconds";
 /// Jobs allowed to run at once.
@@ -48,6 +50,7 @@ pub const DAEMON_METRICS: &[&str] = &[
     JOB_SIZE_BYTES,
     JOB_RETRIES_TOTAL,
     JOB_INFLIGHT_PARTS,
+    JOB_CONCURRENCY_LIMIT,
     JOB_ETA_SECONDS,
     MAX_JOBS,
     MEMORY_BUDGET_BYTES,
@@ -179,6 +182,19 @@ pub fn render(s: &Scheduler, engine: Option<&PrometheusHandle>) -> String {
             out,
             "{JOB_INFLIGHT_PARTS}{{job=\"{}\"}} {}",
             j.id, j.inflight_parts
+        );
+    }
+    header(
+        &mut out,
+        JOB_CONCURRENCY_LIMIT,
+        "gauge",
+        "The engine's adaptive limit on parts in flight of the running job.",
+    );
+    for j in jobs.iter().filter(|j| j.state == JobState::Running) {
+        let _ = writeln!(
+            out,
+            "{JOB_CONCURRENCY_LIMIT}{{job=\"{}\"}} {}",
+            j.id, j.concurrency_limit
         );
     }
     header(

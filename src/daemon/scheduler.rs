@@ -139,6 +139,7 @@ fn fill_live(job: &mut Job, live: &Live) {
         job.parts_done = s.parts_done;
     }
     job.inflight_parts = s.inflight_parts;
+    job.concurrency_limit = s.concurrency_limit;
     job.retries = live.base_retries + s.retries;
     let secs = live.started.elapsed().as_secs_f64();
     let sent = s.acked_bytes.saturating_sub(s.resumed_bytes);
@@ -414,6 +415,7 @@ impl Scheduler {
             let j = &mut e.job;
             j.state = new_state;
             j.inflight_parts = 0;
+            j.concurrency_limit = 0;
             j.throughput_bytes_per_sec = if new_state == JobState::Running {
                 j.throughput_bytes_per_sec
             } else {
@@ -534,6 +536,7 @@ impl Scheduler {
                 parts_done: 0,
                 parts_total: 0,
                 inflight_parts: 0,
+                concurrency_limit: 0,
                 throughput_bytes_per_sec: 0.0,
                 eta_seconds: None,
                 retries: 0,

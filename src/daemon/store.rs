@@ -143,6 +143,7 @@ mod tests {
             parts_done: 0,
             parts_total: 0,
             inflight_parts: 0,
+            concurrency_limit: 0,
             throughput_bytes_per_sec: 0.0,
             eta_seconds: None,
             retries: 0,
