@@ -274,6 +274,23 @@ async fn every_documented_route_is_served_and_metrics_are_exported() {
         );
         assert!(s < 500, "{method} {p}: {s} {text}");
     }
+    // Every field of a served job is documented in the Job schema.
+    let job_props = schema_properties(&repo("docs/openapi.yaml"), "Job");
+    let id = d
+        .submit(&copy_job(&w, "none.raw", DST_BUCKET, "none.raw"))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let j = d
+        .wait_state(&id, "failed", std::time::Duration::from_secs(30))
+        .await;
+    for k in j.as_object().unwrap().keys() {
+        assert!(
+            job_props.contains(k),
+            "job field {k} is not in the OpenAPI Job schema"
+        );
+    }
     // Daemon series are present from the start (job series appear with jobs).
     let m = d.metrics().await;
     for name in ossrelay::daemon::metrics::DAEMON_METRICS {
