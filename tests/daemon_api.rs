@@ -411,6 +411,17 @@ async fn tokens_guard_the_api() {
     std::fs::write(&token_file, "s3cret-token-0123456789abcdef\n").unwrap();
     let tf = token_file.display().to_string();
     let d = start_daemon(w.dir.path(), &state, &["--token-file", &tf]).await;
+    // A second daemon on the same state directory refuses to start.
+    let out = w
+        .run(vec![
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--state-dir".into(),
+            state.display().to_string(),
+        ])
+        .await;
+    assert_clean_failure(&out, 1, "another `ossrelay serve`");
     let (s, _) = d.call_raw("GET", "/v1/jobs", "", None).await;
     assert_eq!(s, 401);
     let (s, _) = d
