@@ -89,20 +89,28 @@ pub struct SubmitCopy {
     pub src: String,
     /// Destination: oss://BUCKET/KEY (a key ending in `/` takes the source's name).
     pub dst: String,
+    /// Source region (default: the profile's region_id, else cn-hangzhou).
     #[arg(long)]
     pub src_region: Option<String>,
+    /// Destination region (default: the profile's region_id, else cn-hangzhou).
     #[arg(long)]
     pub dst_region: Option<String>,
+    /// Source endpoint URL override.
     #[arg(long)]
     pub src_endpoint: Option<String>,
+    /// Destination endpoint URL override.
     #[arg(long)]
     pub dst_endpoint: Option<String>,
+    /// Use the source region's -internal endpoint.
     #[arg(long)]
     pub src_internal: bool,
+    /// Use the destination region's -internal endpoint.
     #[arg(long)]
     pub dst_internal: bool,
+    /// aliyun CLI profile for the source, as known to the daemon (default: its credential chain).
     #[arg(long)]
     pub src_profile: Option<String>,
+    /// aliyun CLI profile for the destination, as known to the daemon (default: its credential chain).
     #[arg(long)]
     pub dst_profile: Option<String>,
     /// Parts in flight for this job.
