@@ -59,6 +59,12 @@ fn job_error(e: JobError) -> Resp {
             None,
         ),
         JobError::Conflict(m) => error(StatusCode::CONFLICT, "conflict", m, None),
+        e @ JobError::TooMany(_) => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_jobs",
+            e.to_string(),
+            None,
+        ),
         JobError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m, None),
         JobError::Store(e) => {
             tracing::error!(error = %e, "job database error");

@@ -44,7 +44,13 @@ pub enum JobError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Unavailable(String),
+    #[error("the daemon already holds {0} jobs; delete finished jobs before submitting more")]
+    TooMany(usize),
 }
+
+/// Jobs the daemon keeps (any state) before refusing new ones: bounds the database, the
+/// job list and the per-job metric series.
+pub const MAX_STORED_JOBS: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Intent {
@@ -520,6 +526,9 @@ impl Scheduler {
         }
         let job = {
             let mut g = self.lock();
+            if g.jobs.len() >= MAX_STORED_JOBS {
+                return Err(JobError::TooMany(g.jobs.len()));
+            }
             let seq = g.next_seq;
             g.next_seq += 1;
             let job = Job {
