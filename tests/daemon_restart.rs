@@ -66,6 +66,19 @@ async fn kill_9_then_restart_resumes_running_and_keeps_queued() {
     assert!(acked_before * PART < size, "finished before the kill");
     assert_eq!(before["open_uploads"], 1);
 
+    // The killed daemon's lock is left behind; make it look held by a live process (in a
+    // container the restarted daemon often gets the same pid back).
+    let job_dir = state.join("jobs").join(&a);
+    let state_file = std::fs::read_dir(&job_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("resume state of the running job");
+    std::fs::write(
+        state_file.with_extension("lock"),
+        format!("{}\n", std::process::id()),
+    )
+    .unwrap();
     // Down long enough for the watcher to notice.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let addr = d.addr.clone();

@@ -117,6 +117,25 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+fn remove_stale_locks(jobs_dir: &Path) {
+    let Ok(dirs) = std::fs::read_dir(jobs_dir) else {
+        return;
+    };
+    for d in dirs.flatten() {
+        let Ok(files) = std::fs::read_dir(d.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let p = f.path();
+            if p.extension().is_some_and(|e| e == "lock") {
+                if let Err(e) = std::fs::remove_file(&p) {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot remove a stale lock");
+                }
+            }
+        }
+    }
+}
+
 /// Acknowledged bytes, object size, acknowledged parts and planned parts recorded in the
 /// engine's resume state in `dir`, if there is one.
 fn saved_progress(dir: &Path) -> Option<(u64, u64, u64, u64)> {
@@ -138,6 +157,8 @@ fn fill_live(job: &mut Job, live: &Live) {
     // previous run rather than showing a resumed job at zero.
     if s.total_bytes > 0 {
         job.bytes_total = s.total_bytes;
+    }
+    if s.parts_total > 0 {
         job.parts_total = s.parts_total;
     }
     if s.acked_bytes > 0 {
@@ -176,6 +197,10 @@ impl Scheduler {
         create_private_dir(&cfg.state_dir).map_err(|e| io("the state directory", e))?;
         create_private_dir(&cfg.state_dir.join("jobs")).map_err(|e| io("jobs/", e))?;
         let store = JobStore::open(&cfg.state_dir)?;
+        // The database is opened exclusively, so no other daemon uses these job directories:
+        // resume-state locks left by a killed process are stale. Removing them matters in
+        // containers, where the restarted daemon often gets the dead one's pid back.
+        remove_stale_locks(&cfg.state_dir.join("jobs"));
         let budget_progress = Progress::new();
         let memory = MemoryBudget::new(cfg.memory, budget_progress.clone());
         let bandwidth = cfg.bandwidth.map(|b| Arc::new(TokenBucket::new(b)));
