@@ -183,6 +183,12 @@ async fn queue_pause_resume_and_cancel_leave_no_upload_behind() {
     body["part_size"] = json!(4 * MIB);
     body["concurrency"] = json!(2);
     let a = d.submit(&body).await["id"].as_str().unwrap().to_string();
+    let (s, v) = d.call("POST", "/v1/jobs", Some(&body.to_string())).await;
+    assert_eq!(
+        s, 409,
+        "a second job writing the same object is refused: {v}"
+    );
+    assert!(v["error"]["message"].as_str().unwrap().contains(&a), "{v}");
     body["destination"] = json!(format!("oss://{DISCARD_BUCKET}/b.raw"));
     let b = d.submit(&body).await["id"].as_str().unwrap().to_string();
 

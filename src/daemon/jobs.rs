@@ -104,6 +104,29 @@ pub enum JobSpec {
 }
 
 impl JobSpec {
+    /// Whether two jobs write the same object (same destination URL, endpoint and region).
+    pub fn same_target(&self, other: &JobSpec) -> bool {
+        match (self, other) {
+            (JobSpec::Copy(a), JobSpec::Copy(b)) => {
+                let dest = |c: &CopySpec| {
+                    let mut d = c.destination.clone();
+                    if d.ends_with('/') {
+                        if let Ok(src) = c.source.parse::<ObjectUrl>() {
+                            d.push_str(&locate::base_name(&src).unwrap_or_default());
+                        }
+                    }
+                    (
+                        d,
+                        c.dst_endpoint.clone(),
+                        c.dst_region.clone(),
+                        c.dst_internal,
+                    )
+                };
+                dest(a) == dest(b)
+            }
+        }
+    }
+
     /// The `kind` name.
     pub fn kind(&self) -> &'static str {
         match self {

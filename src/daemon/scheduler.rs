@@ -554,6 +554,18 @@ impl Scheduler {
             if g.jobs.len() >= MAX_STORED_JOBS {
                 return Err(JobError::TooMany(g.jobs.len()));
             }
+            // Two jobs writing the same object would race two uploads to the same key.
+            if let Some(other) = g
+                .jobs
+                .values()
+                .find(|e| !e.job.state.is_finished() && e.job.spec.same_target(&spec))
+            {
+                return Err(JobError::Conflict(format!(
+                    "job {} ({}) already writes this destination",
+                    other.job.id,
+                    other.job.state.as_str()
+                )));
+            }
             let seq = g.next_seq;
             g.next_seq += 1;
             let job = Job {
