@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod crc64;
 pub mod credentials;
+pub mod daemon;
 pub mod ecs;
 pub mod locate;
 pub mod metrics;

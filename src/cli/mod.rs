@@ -9,7 +9,9 @@ pub mod export;
 pub mod import;
 pub mod migrate;
 pub mod preflight;
+mod jobs;
 mod progress;
+pub mod serve;
 pub mod sim;
 mod uploads;
 mod util;
@@ -55,6 +57,10 @@ enum Command {
     Import(Box<import::ImportArgs>),
     /// Migrate an image to another region/account: export, relay, import (resumable).
     Migrate(Box<migrate::MigrateArgs>),
+    /// Run the relay daemon: an HTTP API with a persistent job queue and /metrics.
+    Serve(Box<serve::ServeArgs>),
+    /// Submit and follow jobs on a running daemon (`ossrelay serve`).
+    Jobs(Box<jobs::JobsArgs>),
 }
 
 /// Entry point used by `main.rs`; returns the process exit code.
@@ -94,6 +100,8 @@ pub fn main() -> i32 {
             Command::Export(args) => export::run(args).await,
             Command::Import(args) => import::run(*args).await,
             Command::Migrate(args) => migrate::run(*args).await,
+            Command::Serve(args) => serve::run(*args).await,
+            Command::Jobs(args) => jobs::run(*args).await,
         }
     });
     // In-flight requests may hold the runtime; do not wait for them on exit.

@@ -1,0 +1,468 @@
+//! `ossrelay jobs …`: a client of the daemon's HTTP API (`ossrelay serve`).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Map, Value};
+
+use super::util::human_bytes;
+use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+
+/// Flags of `ossrelay jobs`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// The daemon's URL.
+    #[arg(
+        long,
+        env = "OSSRELAY_SERVER",
+        default_value = "http://127.0.0.1:9870",
+        global = true
+    )]
+    pub server: String,
+    /// File holding the daemon's bearer token.
+    #[arg(long, env = "OSSRELAY_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: JobsCommand,
+}
+
+/// `ossrelay jobs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Submit a job; prints its id.
+    #[command(subcommand)]
+    Submit(SubmitCommand),
+    /// List jobs (optionally only those in one state).
+    List {
+        /// queued, running, paused, succeeded, failed or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job as JSON.
+    Show { id: String },
+    /// Cancel a job; its multipart upload is aborted unless --keep-upload.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        keep_upload: bool,
+    },
+    /// Pause a job, keeping its acknowledged parts.
+    Pause { id: String },
+    /// Queue a paused (or failed) job again; it continues from its acknowledged parts.
+    Resume { id: String },
+    /// Forget a finished job (a failed job's upload is aborted unless --keep-upload).
+    Delete {
+        id: String,
+        #[arg(long)]
+        keep_upload: bool,
+    },
+    /// Follow a job's progress until it finishes (exit 0 only if it succeeded).
+    Watch { id: String },
+}
+
+/// What to submit.
+#[derive(Debug, Subcommand)]
+pub enum SubmitCommand {
+    /// A copy job, with the options of `ossrelay copy`.
+    Copy(Box<SubmitCopy>),
+    /// A migrate job; options are passed as KEY=VALUE pairs.
+    Migrate {
+        /// An option of the migrate job, e.g. --set source_region=cn-hangzhou.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+}
+
+/// `jobs submit copy` flags (the daemon-side subset of `ossrelay copy`).
+#[derive(Debug, Args)]
+pub struct SubmitCopy {
+    /// Source: oss://BUCKET/KEY.
+    pub src: String,
+    /// Destination: oss://BUCKET/KEY (a key ending in `/` takes the source's name).
+    pub dst: String,
+    /// Source region (default: the profile's region_id, else cn-hangzhou).
+    #[arg(long)]
+    pub src_region: Option<String>,
+    /// Destination region (default: the profile's region_id, else cn-hangzhou).
+    #[arg(long)]
+    pub dst_region: Option<String>,
+    /// Source endpoint URL override.
+    #[arg(long)]
+    pub src_endpoint: Option<String>,
+    /// Destination endpoint URL override.
+    #[arg(long)]
+    pub dst_endpoint: Option<String>,
+    /// Use the source region's -internal endpoint.
+    #[arg(long)]
+    pub src_internal: bool,
+    /// Use the destination region's -internal endpoint.
+    #[arg(long)]
+    pub dst_internal: bool,
+    /// aliyun CLI profile for the source, as known to the daemon (default: its credential chain).
+    #[arg(long)]
+    pub src_profile: Option<String>,
+    /// aliyun CLI profile for the destination, as known to the daemon (default: its credential chain).
+    #[arg(long)]
+    pub dst_profile: Option<String>,
+    /// Parts in flight for this job.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Part size, e.g. 64MiB.
+    #[arg(long)]
+    pub part_size: Option<String>,
+}
+
+struct Api {
+    base: String,
+    token: Option<String>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+/// A failed API call: the exit code and a one-line message.
+struct CallError(i32, String);
+
+/// How messages about a daemon that does not accept connections begin (`watch` waits for a
+/// restarting daemon rather than giving up).
+const UNREACHABLE: &str = "cannot reach the daemon";
+
+impl Api {
+    async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), CallError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = http::Request::builder().method(method).uri(&url);
+        if let Some(t) = &self.token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let bytes = match &body {
+            Some(v) => {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+                Bytes::from(v.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let req = req
+            .body(Full::new(bytes))
+            .map_err(|e| CallError(EXIT_USAGE, format!("invalid server URL {url:?}: {e}")))?;
+        let resp = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
+            .await
+            .map_err(|_| {
+                CallError(
+                    EXIT_FAILED,
+                    format!("{} did not answer within 60s", self.base),
+                )
+            })?
+            .map_err(|e| {
+                CallError(
+                    EXIT_FAILED,
+                    format!(
+                        "{UNREACHABLE} at {}: {e} (is `ossrelay serve` running? see --server)",
+                        self.base
+                    ),
+                )
+            })?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| CallError(EXIT_FAILED, format!("reading the daemon's answer: {e}")))?
+            .to_bytes();
+        let v: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned()))
+        };
+        if status >= 400 {
+            let msg = v["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
+            let code = if status == 400 {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILED
+            };
+            return Err(CallError(code, format!("{msg} (HTTP {status})")));
+        }
+        Ok((status, v))
+    }
+}
+
+fn job_line(j: &Value) -> String {
+    let done = j["bytes_done"].as_u64().unwrap_or(0);
+    let total = j["bytes_total"].as_u64().unwrap_or(0);
+    let pct = if total > 0 {
+        done as f64 * 100.0 / total as f64
+    } else {
+        0.0
+    };
+    format!(
+        "{:<18} {:<6} {:<9} {:<12} {:>5.1}% {:>11} {} -> {}",
+        j["id"].as_str().unwrap_or("?"),
+        j["kind"].as_str().unwrap_or("?"),
+        j["state"].as_str().unwrap_or("?"),
+        j["stage"].as_str().unwrap_or("?"),
+        pct,
+        human_bytes(total as f64),
+        j["source"].as_str().unwrap_or(""),
+        j["destination"].as_str().unwrap_or(""),
+    )
+}
+
+fn copy_body(c: &SubmitCopy) -> Value {
+    let mut m = Map::new();
+    m.insert("kind".into(), json!("copy"));
+    m.insert("source".into(), json!(c.src));
+    m.insert("destination".into(), json!(c.dst));
+    let opt = [
+        ("src_region", &c.src_region),
+        ("dst_region", &c.dst_region),
+        ("src_endpoint", &c.src_endpoint),
+        ("dst_endpoint", &c.dst_endpoint),
+        ("src_profile", &c.src_profile),
+        ("dst_profile", &c.dst_profile),
+        ("part_size", &c.part_size),
+    ];
+    for (k, v) in opt {
+        if let Some(v) = v {
+            m.insert(k.into(), json!(v));
+        }
+    }
+    if c.src_internal {
+        m.insert("src_internal".into(), json!(true));
+    }
+    if c.dst_internal {
+        m.insert("dst_internal".into(), json!(true));
+    }
+    if let Some(n) = c.concurrency {
+        m.insert("concurrency".into(), json!(n));
+    }
+    Value::Object(m)
+}
+
+fn migrate_body(set: &[String]) -> Result<Value, CallError> {
+    let mut m = Map::new();
+    m.insert("kind".into(), json!("migrate"));
+    for kv in set {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| CallError(EXIT_USAGE, format!("--set {kv:?}: use KEY=VALUE")))?;
+        // Numbers and booleans go as JSON values; anything else as a string.
+        let val = serde_json::from_str::<Value>(v)
+            .ok()
+            .filter(|x| x.is_number() || x.is_boolean())
+            .unwrap_or_else(|| json!(v));
+        m.insert(k.to_string(), val);
+    }
+    Ok(Value::Object(m))
+}
+
+/// Runs the command; returns the exit code.
+pub async fn run(args: JobsArgs) -> i32 {
+    match run_inner(args).await {
+        Ok(code) => code,
+        Err(CallError(code, msg)) => {
+            eprintln!("error: {msg}");
+            code
+        }
+    }
+}
+
+async fn run_inner(args: JobsArgs) -> Result<i32, CallError> {
+    let base = args.server.trim_end_matches('/').to_string();
+    if !base.starts_with("http://") {
+        return Err(CallError(
+            EXIT_USAGE,
+            format!("--server {base:?}: give an http:// URL (put a TLS proxy in front of the daemon for remote use)"),
+        ));
+    }
+    let token = match &args.token_file {
+        Some(p) => Some(super::serve::read_token(p).map_err(|e| CallError(EXIT_USAGE, e))?),
+        None => None,
+    };
+    let api = Api {
+        base,
+        token,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+    };
+    use http::Method;
+    match args.command {
+        JobsCommand::Submit(s) => {
+            let body = match &s {
+                SubmitCommand::Copy(c) => copy_body(c),
+                SubmitCommand::Migrate { set } => migrate_body(set)?,
+            };
+            let (_, j) = api.call(Method::POST, "/v1/jobs", Some(body)).await?;
+            println!("{}", j["id"].as_str().unwrap_or(""));
+        }
+        JobsCommand::List { state, json } => {
+            let path = match &state {
+                Some(s) => format!("/v1/jobs?state={s}"),
+                None => "/v1/jobs".into(),
+            };
+            let (_, v) = api.call(Method::GET, &path, None).await?;
+            if json {
+                println!("{v}");
+            } else {
+                for j in v["jobs"].as_array().into_iter().flatten() {
+                    println!("{}", job_line(j));
+                }
+            }
+        }
+        JobsCommand::Show { id } => {
+            let (_, v) = api
+                .call(Method::GET, &format!("/v1/jobs/{}", enc(&id)), None)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        JobsCommand::Cancel { id, keep_upload } => {
+            let body = json!({ "keep_upload": keep_upload });
+            let (_, v) = api
+                .call(
+                    Method::POST,
+                    &format!("/v1/jobs/{}/cancel", enc(&id)),
+                    Some(body),
+                )
+                .await?;
+            println!("{}", job_line(&v));
+        }
+        JobsCommand::Pause { id } => {
+            let (_, v) = api
+                .call(Method::POST, &format!("/v1/jobs/{}/pause", enc(&id)), None)
+                .await?;
+            println!("{}", job_line(&v));
+        }
+        JobsCommand::Resume { id } => {
+            let (_, v) = api
+                .call(Method::POST, &format!("/v1/jobs/{}/resume", enc(&id)), None)
+                .await?;
+            println!("{}", job_line(&v));
+        }
+        JobsCommand::Delete { id, keep_upload } => {
+            let q = if keep_upload { "?keep_upload=true" } else { "" };
+            api.call(Method::DELETE, &format!("/v1/jobs/{}{q}", enc(&id)), None)
+                .await?;
+        }
+        JobsCommand::Watch { id } => return watch(&api, &id).await,
+    }
+    Ok(EXIT_OK)
+}
+
+/// Ids go into the path as one segment whatever a user typed (`/` and `.` stay escaped).
+fn enc(id: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_');
+    percent_encoding::utf8_percent_encode(id, SEGMENT).to_string()
+}
+
+async fn watch(api: &Api, id: &str) -> Result<i32, CallError> {
+    let path = format!("/v1/jobs/{}", enc(id));
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::with_draw_target(
+            Some(0),
+            indicatif::ProgressDrawTarget::stderr_with_hz(5),
+        );
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut last_state = String::new();
+    let mut down_since: Option<std::time::Instant> = None;
+    loop {
+        let j = match api.call(http::Method::GET, &path, None).await {
+            Ok((_, j)) => {
+                down_since = None;
+                j
+            }
+            Err(e) if e.1.starts_with(UNREACHABLE) => {
+                let since = *down_since.get_or_insert_with(|| {
+                    eprintln!("{id}: the daemon is not answering; waiting up to 60s for it");
+                    std::time::Instant::now()
+                });
+                if since.elapsed() > Duration::from_secs(60) {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let state = j["state"].as_str().unwrap_or("").to_string();
+        let done = j["bytes_done"].as_u64().unwrap_or(0);
+        let total = j["bytes_total"].as_u64().unwrap_or(0);
+        let rate = j["throughput_bytes_per_sec"].as_f64().unwrap_or(0.0);
+        let eta = j["eta_seconds"]
+            .as_f64()
+            .map(|s| format!("ETA {:.0}s", s))
+            .unwrap_or_default();
+        let msg = format!(
+            "{} {}/s {} {} parts in flight, {} retries",
+            j["stage"].as_str().unwrap_or(""),
+            human_bytes(rate),
+            eta,
+            j["inflight_parts"].as_u64().unwrap_or(0),
+            j["retries"].as_u64().unwrap_or(0)
+        );
+        match &bar {
+            Some(b) => {
+                b.set_length(total);
+                b.set_position(done);
+                b.set_message(msg);
+            }
+            None if state != last_state => eprintln!("{id}: {state}"),
+            None => {}
+        }
+        last_state = state.clone();
+        if matches!(
+            state.as_str(),
+            "succeeded" | "failed" | "cancelled" | "paused"
+        ) {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            return Ok(match state.as_str() {
+                "succeeded" => {
+                    let r = &j["result"];
+                    println!(
+                        "{id} succeeded: {} -> {}, {} in {:.1}s, CRC-64 {}",
+                        r["source"].as_str().unwrap_or(""),
+                        r["destination"].as_str().unwrap_or(""),
+                        human_bytes(r["bytes"].as_f64().unwrap_or(0.0)),
+                        r["seconds"].as_f64().unwrap_or(0.0),
+                        r["crc64"].as_str().unwrap_or("?")
+                    );
+                    EXIT_OK
+                }
+                other => {
+                    eprintln!(
+                        "{id} {other}{}",
+                        j["last_error"]
+                            .as_str()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    );
+                    EXIT_FAILED
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,150 @@
+//! `ossrelay serve`: run the relay daemon (see [`crate::daemon`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use super::util::{parse_rate, parse_size};
+use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
+use crate::daemon::{self, Daemon, DaemonConfig, DaemonError};
+
+/// Flags of `ossrelay serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTP API and /metrics. A non-loopback address requires --token-file.
+    #[arg(long, default_value = "127.0.0.1:9870")]
+    pub listen: SocketAddr,
+    /// Job database and per-job resume state (default: $STATE_DIRECTORY as set by systemd,
+    /// else $XDG_STATE_HOME/ossrelay/daemon or ~/.local/state/ossrelay/daemon).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Jobs running at once; the others wait in FIFO order.
+    #[arg(long, default_value_t = 2)]
+    pub max_jobs: usize,
+    /// Buffer budget shared by all running jobs.
+    #[arg(long, value_parser = parse_size, default_value = "512MiB")]
+    pub memory: u64,
+    /// Cap on bytes per second shared by all running jobs, e.g. 500MiB/s (default: unlimited).
+    #[arg(long, value_parser = parse_rate)]
+    pub bandwidth: Option<u64>,
+    /// File holding the API bearer token; requests then need "Authorization: Bearer <token>".
+    #[arg(long, env = "OSSRELAY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Let jobs name any src_endpoint/dst_endpoint (default: only https://….aliyuncs.com and
+    /// this machine, so API clients cannot send signed requests elsewhere).
+    #[arg(long)]
+    pub allow_any_endpoint: bool,
+}
+
+fn default_state_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("STATE_DIRECTORY").filter(|v| !v.is_empty()) {
+        // systemd may list several directories separated by ':'; the first is ours.
+        let first = d
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        return Some(PathBuf::from(first));
+    }
+    super::copy::default_state_dir().map(|d| d.join("daemon"))
+}
+
+/// Reads a token file: the first line, trimmed. Warns when others may read it.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        return Err(format!("the token file {} is empty", path.display()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(path) {
+            if m.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "the token file is readable by other users; chmod 600 it");
+            }
+        }
+    }
+    Ok(token)
+}
+
+/// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
+pub async fn run(args: ServeArgs) -> i32 {
+    let token = match &args.token_file {
+        Some(p) => match read_token(p) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_USAGE;
+            }
+        },
+        None => None,
+    };
+    let Some(state_dir) = args.state_dir.clone().or_else(default_state_dir) else {
+        eprintln!("error: no state directory: pass --state-dir DIR (HOME is not set)");
+        return EXIT_USAGE;
+    };
+    let cfg = DaemonConfig {
+        listen: args.listen,
+        state_dir,
+        max_jobs: args.max_jobs,
+        memory: args.memory,
+        bandwidth: args.bandwidth,
+        token,
+        allow_any_endpoint: args.allow_any_endpoint,
+    };
+    if let Err(e) = cfg.validate() {
+        eprintln!("error: {e}");
+        return EXIT_USAGE;
+    }
+    let prometheus = daemon::install_metrics();
+    let d = match Daemon::start(cfg.clone(), prometheus).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return match e {
+                DaemonError::TokenRequired(_) | DaemonError::Config(_) => EXIT_USAGE,
+                _ => EXIT_FAILED,
+            };
+        }
+    };
+    // One machine-readable line, so supervisors and tests learn the bound port.
+    println!(
+        "{}",
+        serde_json::json!({"listen": format!("http://{}", d.addr), "state_dir": cfg.state_dir})
+    );
+    tracing::info!(listen = %d.addr, state_dir = %cfg.state_dir.display(), "ossrelay daemon ready");
+    if wait_for_signal().await.is_err() {
+        eprintln!("error: cannot install signal handlers");
+        d.shutdown().await;
+        return EXIT_FAILED;
+    }
+    eprintln!("shutting down: saving job state (running jobs resume on the next start)");
+    // A second signal exits at once; resume state on disk is consistent at every moment.
+    tokio::spawn(async {
+        if wait_for_signal().await.is_ok() {
+            eprintln!("interrupted again: exiting now");
+            std::process::exit(EXIT_INTERRUPTED);
+        }
+    });
+    d.shutdown().await;
+    EXIT_OK
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}

@@ -1,0 +1,713 @@
+//! The job model: what a client submits, what the daemon stores and what it reports.
+//!
+//! Submitted bodies are checked field by field (not with a derived deserializer) so that every
+//! `400` names the offending field, and unknown fields are refused rather than ignored: a typo
+//! in `part_size` must not silently run a copy with the default.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::locate::{self, ObjectUrl, SideOptions};
+use crate::transfer::{CopyOptions, CopySummary, Location};
+
+/// Lifecycle of a job. Terminal states: `succeeded`, `failed`, `cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Paused,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state, in display order.
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Paused,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    /// The lowercase name used in JSON, query strings and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Paused => "paused",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a lowercase state name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the job will not change state by itself any more.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// Options of a `copy` job: the CLI's long option names with `_` for `-`. Credentials are
+/// never part of it; they are resolved from profiles or the chain when the job runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopySpec {
+    pub source: String,
+    pub destination: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_endpoint: Option<String>,
+    #[serde(default)]
+    pub src_internal: bool,
+    #[serde(default)]
+    pub dst_internal: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_profile: Option<String>,
+    /// Parts in flight for this job (default 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// Part size in bytes (default: automatic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_size: Option<u64>,
+}
+
+/// What a job does. New kinds (such as `migrate`) become new variants; everything that
+/// depends on the kind matches on this enum, so the compiler lists the places to extend:
+/// [`parse_spec`] (the `"migrate"` arm answers 400 until then), [`check_policy`],
+/// `Scheduler::run_job` (run it with the job's token and progress), `Scheduler::abort_leftover`
+/// (undo what a cancelled job started), `JobSpec::kind`, the OpenAPI `JobRequest` schema and
+/// `ossrelay jobs submit migrate` (which already sends `--set KEY=VALUE` pairs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum JobSpec {
+    Copy(CopySpec),
+}
+
+impl JobSpec {
+    /// Whether two jobs write the same object (same destination URL, endpoint and region).
+    pub fn same_target(&self, other: &JobSpec) -> bool {
+        match (self, other) {
+            (JobSpec::Copy(a), JobSpec::Copy(b)) => {
+                let dest = |c: &CopySpec| {
+                    let mut d = c.destination.clone();
+                    if d.ends_with('/') {
+                        if let Ok(src) = c.source.parse::<ObjectUrl>() {
+                            d.push_str(&locate::base_name(&src).unwrap_or_default());
+                        }
+                    }
+                    (
+                        d,
+                        c.dst_endpoint.clone(),
+                        c.dst_region.clone(),
+                        c.dst_internal,
+                    )
+                };
+                dest(a) == dest(b)
+            }
+        }
+    }
+
+    /// The `kind` name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobSpec::Copy(_) => "copy",
+        }
+    }
+}
+
+/// The result of a finished job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// Whole-object CRC-64/XZ as a decimal string (as OSS writes it).
+    pub crc64: String,
+    pub bytes: u64,
+    pub parts: u32,
+    pub part_size: u64,
+    pub seconds: f64,
+    pub throughput_bytes_per_sec: f64,
+    pub retries: u64,
+    pub resumed_bytes: u64,
+    pub source: String,
+    pub destination: String,
+}
+
+impl From<&CopySummary> for JobResult {
+    fn from(s: &CopySummary) -> Self {
+        Self {
+            crc64: s.crc64.to_string(),
+            bytes: s.bytes,
+            parts: s.parts,
+            part_size: s.part_size,
+            seconds: s.seconds,
+            throughput_bytes_per_sec: s.throughput_bytes_per_sec,
+            retries: s.retries,
+            resumed_bytes: s.resumed_bytes,
+            source: s.source.clone(),
+            destination: s.destination.clone(),
+        }
+    }
+}
+
+/// One job as stored in the database and returned by the API (live figures are filled in by
+/// the scheduler when a job is running).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    /// Submission order; the queue is FIFO by this number.
+    pub seq: u64,
+    #[serde(flatten)]
+    pub spec: JobSpec,
+    pub state: JobState,
+    /// Finer-grained position: `queued`, `planning`, `transferring`, `verifying`, `paused`,
+    /// `done`, `failed`, `cancelled`.
+    pub stage: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    /// Bytes the destination acknowledged (resumed bytes included).
+    #[serde(default)]
+    pub bytes_done: u64,
+    /// Size of the object (0 until planned).
+    #[serde(default)]
+    pub bytes_total: u64,
+    #[serde(default)]
+    pub parts_done: u64,
+    #[serde(default)]
+    pub parts_total: u64,
+    #[serde(default)]
+    pub inflight_parts: u64,
+    /// The engine's current adaptive limit on parts in flight (lowered on throttling).
+    #[serde(default)]
+    pub concurrency_limit: u64,
+    /// Bytes per second acknowledged during the current run.
+    #[serde(default)]
+    pub throughput_bytes_per_sec: f64,
+    /// Seconds left at the current throughput; `null` when unknown.
+    #[serde(default)]
+    pub eta_seconds: Option<f64>,
+    /// Retried parts and requests, over all runs.
+    #[serde(default)]
+    pub retries: u64,
+    /// Times the job was started (a restart after a crash counts again).
+    #[serde(default)]
+    pub runs: u32,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub result: Option<JobResult>,
+}
+
+/// A submitted body that cannot become a job; `field` names what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidField {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> InvalidField {
+    InvalidField {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Parses a byte size: a JSON number of bytes or a string such as `"64MiB"`.
+pub fn parse_size_value(field: &str, v: &Value) -> Result<u64, InvalidField> {
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| invalid(field, "must be a non-negative whole number of bytes")),
+        Value::String(s) => parse_size::Config::new()
+            .with_binary()
+            .parse_size(s.trim())
+            .map_err(|e| {
+                invalid(
+                    field,
+                    format!("invalid size {s:?} ({e}); use e.g. \"64MiB\""),
+                )
+            }),
+        _ => Err(invalid(
+            field,
+            "must be a number of bytes or a string like \"64MiB\"",
+        )),
+    }
+}
+
+fn take_string(obj: &mut Map<String, Value>, field: &str) -> Result<Option<String>, InvalidField> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.len() <= 2048 => Ok(Some(s)),
+        Some(Value::String(_)) => Err(invalid(field, "is longer than 2048 characters")),
+        Some(_) => Err(invalid(field, "must be a string")),
+    }
+}
+
+fn take_bool(obj: &mut Map<String, Value>, field: &str) -> Result<bool, InvalidField> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(b),
+        Some(_) => Err(invalid(field, "must be true or false")),
+    }
+}
+
+fn check_endpoint(field: &str, v: &Option<String>) -> Result<(), InvalidField> {
+    if let Some(url) = v {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(
+                field,
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_name(field: &str, v: &Option<String>) -> Result<(), InvalidField> {
+    if let Some(s) = v {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ok {
+            return Err(invalid(
+                field,
+                "must be 1-128 characters of letters, digits, '-', '_' and '.'",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Turns a submitted JSON body into a job spec. Refuses unknown fields and unsupported kinds.
+pub fn parse_spec(body: Value) -> Result<JobSpec, InvalidField> {
+    let Value::Object(mut obj) = body else {
+        return Err(invalid("body", "must be a JSON object"));
+    };
+    let kind = match obj.remove("kind") {
+        Some(Value::String(k)) => k,
+        Some(_) => return Err(invalid("kind", "must be a string such as \"copy\"")),
+        None => return Err(invalid("kind", "is required (\"copy\")")),
+    };
+    let spec = match kind.as_str() {
+        "copy" => JobSpec::Copy(parse_copy(&mut obj)?),
+        "migrate" => {
+            return Err(invalid(
+                "kind",
+                "kind migrate is not supported by this daemon yet",
+            ))
+        }
+        other => {
+            return Err(invalid(
+                "kind",
+                format!("unknown kind {other:?}; supported: \"copy\""),
+            ))
+        }
+    };
+    if let Some(field) = obj.keys().next() {
+        let why = match field.as_str() {
+            "memory" | "bandwidth" => {
+                "is a daemon-wide budget shared by all jobs: set it with `ossrelay serve --memory/--bandwidth`"
+            }
+            "state_dir" | "no_resume" => {
+                "is managed by the daemon (each job keeps its resume state under --state-dir)"
+            }
+            "json" | "quiet" | "metrics_listen" => {
+                "is a command-line display option; the daemon reports through its API and /metrics"
+            }
+            _ => "unknown field",
+        };
+        return Err(invalid(field, why));
+    }
+    Ok(spec)
+}
+
+fn parse_copy(obj: &mut Map<String, Value>) -> Result<CopySpec, InvalidField> {
+    let source = take_string(obj, "source")?.ok_or_else(|| invalid("source", "is required"))?;
+    let destination =
+        take_string(obj, "destination")?.ok_or_else(|| invalid("destination", "is required"))?;
+    let src: ObjectUrl = source.parse().map_err(|e: String| invalid("source", e))?;
+    let dst: ObjectUrl = destination
+        .parse()
+        .map_err(|e: String| invalid("destination", e))?;
+    // A daemon reads and writes only object storage: a local path in a request would let any
+    // API client read or overwrite files as the daemon's user.
+    match &src {
+        ObjectUrl::Oss { key, .. } if key.is_empty() || key.ends_with('/') => {
+            return Err(invalid(
+                "source",
+                format!("{source} does not name an object: give oss://BUCKET/KEY"),
+            ))
+        }
+        ObjectUrl::Oss { .. } => {}
+        ObjectUrl::Local(_) => {
+            return Err(invalid(
+                "source",
+                "must be oss://BUCKET/KEY (the daemon does not read local files)",
+            ))
+        }
+    }
+    if let ObjectUrl::Local(_) = dst {
+        return Err(invalid(
+            "destination",
+            "must be oss://BUCKET/KEY (the daemon does not write local files)",
+        ));
+    }
+    let concurrency = match obj.remove("concurrency") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n @ 1..=1024) => Some(n as usize),
+            _ => {
+                return Err(invalid(
+                    "concurrency",
+                    "must be a whole number from 1 to 1024",
+                ))
+            }
+        },
+    };
+    let part_size = match obj.remove("part_size") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let p = parse_size_value("part_size", &v)?;
+            let l = crate::store::OSS_LIMITS;
+            if p < l.min_part_size || p > l.max_part_size {
+                return Err(invalid(
+                    "part_size",
+                    format!("{p} is out of range: OSS parts are 100KiB to 5GiB"),
+                ));
+            }
+            Some(p)
+        }
+    };
+    let spec = CopySpec {
+        source,
+        destination,
+        src_region: take_string(obj, "src_region")?,
+        dst_region: take_string(obj, "dst_region")?,
+        src_endpoint: take_string(obj, "src_endpoint")?,
+        dst_endpoint: take_string(obj, "dst_endpoint")?,
+        src_internal: take_bool(obj, "src_internal")?,
+        dst_internal: take_bool(obj, "dst_internal")?,
+        src_profile: take_string(obj, "src_profile")?,
+        dst_profile: take_string(obj, "dst_profile")?,
+        concurrency,
+        part_size,
+    };
+    check_endpoint("src_endpoint", &spec.src_endpoint)?;
+    check_endpoint("dst_endpoint", &spec.dst_endpoint)?;
+    check_name("src_region", &spec.src_region)?;
+    check_name("dst_region", &spec.dst_region)?;
+    check_name("src_profile", &spec.src_profile)?;
+    check_name("dst_profile", &spec.dst_profile)?;
+    let same_side = spec.src_endpoint == spec.dst_endpoint && spec.src_region == spec.dst_region;
+    if same_side && src == dst {
+        return Err(invalid("destination", "is the same object as the source"));
+    }
+    Ok(spec)
+}
+
+/// The host of an `http(s)://host[:port]/…` URL, lowercased (brackets kept for IPv6).
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.contains('@') {
+        return None;
+    }
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// Whether an endpoint override is acceptable without `--allow-any-endpoint`: Alibaba Cloud
+/// endpoints over HTTPS, or this machine (a simulator, a local proxy). Anything else would let
+/// an API client send the daemon's signed requests, and any STS token in them, to a host of
+/// its choosing.
+pub fn endpoint_allowed(url: &str) -> bool {
+    let Some(host) = url_host(url) else {
+        return false;
+    };
+    if matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]") {
+        return true;
+    }
+    url.starts_with("https://") && host.ends_with(".aliyuncs.com")
+}
+
+/// Checks what a job may do on this daemon (beyond being well-formed).
+pub fn check_policy(spec: &JobSpec, allow_any_endpoint: bool) -> Result<(), InvalidField> {
+    let JobSpec::Copy(c) = spec;
+    if allow_any_endpoint {
+        return Ok(());
+    }
+    for (field, v) in [
+        ("src_endpoint", &c.src_endpoint),
+        ("dst_endpoint", &c.dst_endpoint),
+    ] {
+        if let Some(url) = v {
+            if !endpoint_allowed(url) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{url:?} is neither an https://….aliyuncs.com endpoint nor on this machine; \
+                         start the daemon with --allow-any-endpoint to permit it"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl CopySpec {
+    /// How to reach the source.
+    pub fn src_side(&self) -> SideOptions {
+        SideOptions {
+            region: self.src_region.clone(),
+            endpoint: self.src_endpoint.clone(),
+            internal: self.src_internal,
+            profile: self.src_profile.clone(),
+            region_flag: Some("src_region"),
+        }
+    }
+
+    /// How to reach the destination.
+    pub fn dst_side(&self) -> SideOptions {
+        SideOptions {
+            region: self.dst_region.clone(),
+            endpoint: self.dst_endpoint.clone(),
+            internal: self.dst_internal,
+            profile: self.dst_profile.clone(),
+            region_flag: Some("dst_region"),
+        }
+    }
+
+    /// Resolves both sides (credentials are looked up now, at run time).
+    pub fn locations(&self) -> Result<(Location, Location), String> {
+        let src: ObjectUrl = self.source.parse().map_err(|e| format!("source: {e}"))?;
+        let dst: ObjectUrl = self
+            .destination
+            .parse()
+            .map_err(|e| format!("destination: {e}"))?;
+        let s = locate::resolve(&src, &self.src_side(), None)
+            .map_err(|e| format!("source {src}: {e}"))?;
+        let d = locate::resolve(&dst, &self.dst_side(), locate::base_name(&src).as_deref())
+            .map_err(|e| format!("destination {dst}: {e}"))?;
+        Ok((s, d))
+    }
+
+    /// Engine options for this job; the daemon adds its shared budgets.
+    pub fn copy_options(&self, state_dir: &Path) -> CopyOptions {
+        CopyOptions {
+            concurrency: self.concurrency.unwrap_or(16),
+            part_size: self.part_size,
+            state_dir: Some(state_dir.to_path_buf()),
+            resume: true,
+            ..CopyOptions::default()
+        }
+    }
+}
+
+/// Whether `id` has the shape of a job id (so it can never name a path outside the state
+/// directory, whatever a client sends).
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 18
+        && id.starts_with("j-")
+        && id[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A fresh random job id such as `j-3f9c0a1b2c3d4e5f`.
+pub fn new_id() -> String {
+    format!("j-{:016x}", rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_a_copy_job_with_sizes_as_strings_or_numbers() {
+        let spec = parse_spec(json!({"kind":"copy","source":"oss://src-b/a.raw",
+            "destination":"oss://dst-b/","part_size":"1MiB","concurrency":4,
+            "src_endpoint":"http://127.0.0.1:1","dst_profile":"dst"}))
+        .unwrap();
+        let JobSpec::Copy(c) = spec;
+        assert_eq!(c.part_size, Some(1 << 20));
+        assert_eq!(c.concurrency, Some(4));
+        assert_eq!(c.dst_profile.as_deref(), Some("dst"));
+        let spec = parse_spec(json!({"kind":"copy","source":"oss://src-b/a.raw",
+            "destination":"oss://dst-b/x","part_size":204800}))
+        .unwrap();
+        let JobSpec::Copy(c) = spec;
+        assert_eq!(c.part_size, Some(204800));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (body, field) in [
+            (json!([]), "body"),
+            (json!({"source":"oss://abc/k"}), "kind"),
+            (json!({"kind":"bogus"}), "kind"),
+            (json!({"kind":"migrate"}), "kind"),
+            (json!({"kind":"copy","destination":"oss://abc/k"}), "source"),
+            (json!({"kind":"copy","source":"oss://abc/k"}), "destination"),
+            (
+                json!({"kind":"copy","source":"/etc/passwd","destination":"oss://abc/k"}),
+                "source",
+            ),
+            (
+                json!({"kind":"copy","source":"oss://abc/k","destination":"/tmp/x"}),
+                "destination",
+            ),
+            (
+                json!({"kind":"copy","source":"oss://abc/k","destination":"oss://abd/k","part_size":"huge"}),
+                "part_size",
+            ),
+            (
+                json!({"kind":"copy","source":"oss://abc/k","destination":"oss://abd/k","part_size":1}),
+                "part_size",
+            ),
+            (
+                json!({"kind":"copy","source":"oss://abc/k","destination":"oss://abd/k","concurrency":0}),
+                "concurrency",
+            ),
+            (
+                json!({"kind":"copy","source":"oss://abc/k","destination":"oss://abd/k","src_endpoint":"ftp://x"}),
+                "src_endpoint",
+            ),
+            (
+                json!({"kind":"copy","source":"oss://abc/k","destination":"oss://abd/k","dst_profile":"../x"}),
+                "dst_profile",
+            ),
+            (
+                json!({"kind":"copy","source":"oss://abc/k","destination":"oss://abd/k","partsize":5}),
+                "partsize",
+            ),
+            (
+                json!({"kind":"copy","source":"oss://abc/k","destination":"oss://abc/k"}),
+                "destination",
+            ),
+        ] {
+            let e = parse_spec(body.clone()).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+        }
+        let e = parse_spec(json!({"kind":"copy","source":"oss://abc/k",
+            "destination":"oss://abd/k","memory":"1GiB"}))
+        .unwrap_err();
+        assert_eq!(e.field, "memory");
+        assert!(e.message.contains("serve --memory"), "{e}");
+        let e = parse_spec(json!({"kind":"migrate"})).unwrap_err();
+        assert_eq!(
+            e.message,
+            "kind migrate is not supported by this daemon yet"
+        );
+    }
+
+    #[test]
+    fn endpoint_policy() {
+        for ok in [
+            "http://127.0.0.1:9000",
+            "http://localhost:1/",
+            "http://[::1]:80",
+            "https://oss-cn-hangzhou.aliyuncs.com",
+            "https://oss-eu-central-1-internal.aliyuncs.com/",
+        ] {
+            assert!(endpoint_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "http://oss-cn-hangzhou.aliyuncs.com",
+            "https://evil.example.com",
+            "https://aliyuncs.com.evil.example",
+            "https://127.0.0.1@evil.example",
+            "http://127.0.0.2",
+            "not a url",
+        ] {
+            assert!(!endpoint_allowed(bad), "{bad}");
+        }
+        let spec = parse_spec(json!({"kind":"copy","source":"oss://abc/k",
+            "destination":"oss://abd/k","dst_endpoint":"https://evil.example.com"}))
+        .unwrap();
+        assert_eq!(
+            check_policy(&spec, false).unwrap_err().field,
+            "dst_endpoint"
+        );
+        assert!(check_policy(&spec, true).is_ok());
+    }
+
+    #[test]
+    fn ids_are_checked_strictly() {
+        let id = new_id();
+        assert!(valid_id(&id), "{id}");
+        for bad in [
+            "",
+            "..",
+            "j-../../etc/passwd",
+            "j-0123456789abcdeg",
+            "J-0123456789abcdef",
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn job_round_trips_through_json_with_its_kind() {
+        let job = Job {
+            id: new_id(),
+            seq: 3,
+            spec: JobSpec::Copy(CopySpec {
+                source: "oss://abc/k".into(),
+                destination: "oss://abd/k".into(),
+                ..CopySpec::default()
+            }),
+            state: JobState::Queued,
+            stage: "queued".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            started_at: None,
+            finished_at: None,
+            bytes_done: 0,
+            bytes_total: 0,
+            parts_done: 0,
+            parts_total: 0,
+            inflight_parts: 0,
+            concurrency_limit: 0,
+            throughput_bytes_per_sec: 0.0,
+            eta_seconds: None,
+            retries: 0,
+            runs: 0,
+            last_error: None,
+            result: None,
+        };
+        let v = serde_json::to_value(&job).unwrap();
+        assert_eq!(v["kind"], "copy");
+        assert_eq!(v["state"], "queued");
+        assert_eq!(v["source"], "oss://abc/k");
+        let back: Job = serde_json::from_value(v).unwrap();
+        assert_eq!(back, job);
+    }
+}

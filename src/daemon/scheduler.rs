@@ -1,0 +1,846 @@
+//! The scheduler: a FIFO queue, at most `max_jobs` running, global memory and bandwidth
+//! budgets shared by every running job, pause/resume/cancel, and crash recovery.
+//!
+//! Pause cancels the job's token and keeps its resume state; resume puts it back in the
+//! queue, and the engine continues from the acknowledged parts. On shutdown running jobs are
+//! stopped the same way but stay `running` in the database, so the next start resumes them.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::jobs::{CopySpec, Job, JobResult, JobSpec, JobState};
+use super::store::{JobStore, StoreError};
+use crate::transfer::budget::{MemoryBudget, TokenBucket};
+use crate::transfer::{self, state, Progress, TransferError};
+
+/// Daemon-wide limits.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Root of the daemon's state: `jobs.redb` and one subdirectory per job.
+    pub state_dir: PathBuf,
+    /// Jobs running at once; the rest wait in FIFO order.
+    pub max_jobs: usize,
+    /// Buffer bytes shared by all running jobs.
+    pub memory: u64,
+    /// Bytes per second shared by all running jobs; `None` = unlimited.
+    pub bandwidth: Option<u64>,
+}
+
+/// Why a job operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("no job {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the daemon already holds {0} jobs; delete finished jobs before submitting more")]
+    TooMany(usize),
+}
+
+/// Jobs the daemon keeps (any state) before refusing new ones: bounds the database, the
+/// job list and the per-job metric series.
+pub const MAX_STORED_JOBS: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intent {
+    Run,
+    Pause,
+    Cancel { keep_upload: bool },
+}
+
+struct Live {
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+    intent: Intent,
+    started: Instant,
+    /// Retries of earlier runs (the engine's counter restarts at 0 each run).
+    base_retries: u64,
+}
+
+struct Entry {
+    job: Job,
+    live: Option<Live>,
+}
+
+#[derive(Default)]
+struct Inner {
+    jobs: BTreeMap<String, Entry>,
+    queue: VecDeque<String>,
+    running: usize,
+    next_seq: u64,
+}
+
+/// The job scheduler; one per daemon.
+pub struct Scheduler {
+    inner: Mutex<Inner>,
+    wake: Notify,
+    changed: watch::Sender<u64>,
+    store: JobStore,
+    cfg: SchedulerConfig,
+    memory: Arc<MemoryBudget>,
+    bandwidth: Option<Arc<TokenBucket>>,
+    budget_progress: Arc<Progress>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Creates `dir` (and parents) with mode 0700.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+fn remove_stale_locks(jobs_dir: &Path) {
+    let Ok(dirs) = std::fs::read_dir(jobs_dir) else {
+        return;
+    };
+    for d in dirs.flatten() {
+        let Ok(files) = std::fs::read_dir(d.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let p = f.path();
+            if p.extension().is_some_and(|e| e == "lock") {
+                if let Err(e) = std::fs::remove_file(&p) {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot remove a stale lock");
+                }
+            }
+        }
+    }
+}
+
+/// Acknowledged bytes, object size, acknowledged parts and planned parts recorded in the
+/// engine's resume state in `dir`, if there is one.
+fn saved_progress(dir: &Path) -> Option<(u64, u64, u64, u64)> {
+    let path = std::fs::read_dir(dir).ok()?.find_map(|e| {
+        let p = e.ok()?.path();
+        let name = p.file_name()?.to_str()?;
+        (name.starts_with("copy-") && name.ends_with(".json")).then_some(p)
+    })?;
+    let st = state::load(&path).ok()??;
+    let done: u64 = st.parts.iter().map(|p| p.size).sum();
+    let total = st.source_meta.size;
+    let parts_total = total.div_ceil(st.part_size.max(1));
+    Some((done, total, st.parts.len() as u64, parts_total))
+}
+
+fn fill_live(job: &mut Job, live: &Live) {
+    let s = live.progress.snapshot();
+    // Until the engine has planned and reconciled the saved parts, keep the figures of the
+    // previous run rather than showing a resumed job at zero.
+    if s.total_bytes > 0 {
+        job.bytes_total = s.total_bytes;
+    }
+    if s.parts_total > 0 {
+        job.parts_total = s.parts_total;
+    }
+    if s.acked_bytes > 0 {
+        job.bytes_done = s.acked_bytes;
+        job.parts_done = s.parts_done;
+    }
+    job.inflight_parts = s.inflight_parts;
+    job.concurrency_limit = s.concurrency_limit;
+    job.retries = live.base_retries + s.retries;
+    let secs = live.started.elapsed().as_secs_f64();
+    let sent = s.acked_bytes.saturating_sub(s.resumed_bytes);
+    job.throughput_bytes_per_sec = if secs > 0.0 { sent as f64 / secs } else { 0.0 };
+    job.eta_seconds = (job.throughput_bytes_per_sec > 0.0 && s.total_bytes > 0)
+        .then(|| s.total_bytes.saturating_sub(s.acked_bytes) as f64 / job.throughput_bytes_per_sec);
+    job.stage = match live.intent {
+        Intent::Pause => "pausing",
+        Intent::Cancel { .. } => "cancelling",
+        Intent::Run if s.total_bytes == 0 => "planning",
+        Intent::Run if s.acked_bytes < s.total_bytes => "transferring",
+        Intent::Run => "verifying",
+    }
+    .to_string();
+}
+
+impl Scheduler {
+    /// Opens the state directory and job table and recovers jobs from a previous run: those
+    /// that were running go to the front of the queue (their engine state resumes them),
+    /// queued ones keep their order, finished ones keep their results.
+    pub fn open(cfg: SchedulerConfig) -> Result<Arc<Self>, JobError> {
+        let io = |what: &str, e: std::io::Error| {
+            JobError::Unavailable(format!(
+                "cannot create {what} in {}: {e}",
+                cfg.state_dir.display()
+            ))
+        };
+        create_private_dir(&cfg.state_dir).map_err(|e| io("the state directory", e))?;
+        create_private_dir(&cfg.state_dir.join("jobs")).map_err(|e| io("jobs/", e))?;
+        let store = JobStore::open(&cfg.state_dir)?;
+        // The database is opened exclusively, so no other daemon uses these job directories:
+        // resume-state locks left by a killed process are stale. Removing them matters in
+        // containers, where the restarted daemon often gets the dead one's pid back.
+        remove_stale_locks(&cfg.state_dir.join("jobs"));
+        let budget_progress = Progress::new();
+        let memory = MemoryBudget::new(cfg.memory, budget_progress.clone());
+        let bandwidth = cfg.bandwidth.map(|b| Arc::new(TokenBucket::new(b)));
+        let mut inner = Inner::default();
+        let mut resumed = Vec::new();
+        let mut queued = Vec::new();
+        for mut job in store.load_all()? {
+            inner.next_seq = inner.next_seq.max(job.seq + 1);
+            match job.state {
+                JobState::Running => {
+                    // The resume state is written after every acknowledged part; the job
+                    // record only every few seconds. Show the more recent figure.
+                    let dir = cfg.state_dir.join("jobs").join(&job.id);
+                    if let Some((done, total, parts_done, parts_total)) = saved_progress(&dir) {
+                        job.bytes_done = done;
+                        job.bytes_total = total;
+                        job.parts_done = parts_done;
+                        job.parts_total = parts_total;
+                    }
+                    job.state = JobState::Queued;
+                    job.stage = "queued".into();
+                    job.inflight_parts = 0;
+                    store.put(&job)?;
+                    resumed.push(job.id.clone());
+                }
+                JobState::Queued => queued.push(job.id.clone()),
+                _ => {}
+            }
+            inner.jobs.insert(job.id.clone(), Entry { job, live: None });
+        }
+        if !resumed.is_empty() {
+            tracing::info!(jobs = resumed.len(), "resuming jobs that were running");
+        }
+        inner.queue = resumed.into_iter().chain(queued).collect();
+        let (changed, _) = watch::channel(0);
+        Ok(Arc::new(Self {
+            inner: Mutex::new(inner),
+            wake: Notify::new(),
+            changed,
+            store,
+            cfg,
+            memory,
+            bandwidth,
+            budget_progress,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn job_dir(&self, id: &str) -> PathBuf {
+        self.cfg.state_dir.join("jobs").join(id)
+    }
+
+    fn notify_changed(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// The configured limits.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+
+    /// Bytes currently charged to the global memory budget.
+    pub fn memory_in_use(&self) -> u64 {
+        self.memory.in_use()
+    }
+
+    /// Highest value the global memory budget reached.
+    pub fn memory_peak(&self) -> u64 {
+        self.budget_progress.peak_buffered_bytes.load(Relaxed)
+    }
+
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Starts the dispatcher and the progress checkpointer.
+    pub fn start(self: &Arc<Self>) {
+        let me = self.clone();
+        self.tasks.spawn(async move { me.dispatch_loop().await });
+        let me = self.clone();
+        self.tasks.spawn(async move { me.checkpoint_loop().await });
+    }
+
+    async fn dispatch_loop(self: Arc<Self>) {
+        loop {
+            self.fill_slots();
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Saves live byte counts so a restarted daemon shows where jobs were.
+    async fn checkpoint_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let snapshot: Vec<Job> = {
+                let mut g = self.lock();
+                g.jobs
+                    .values_mut()
+                    .filter_map(|e| {
+                        let live = e.live.as_ref()?;
+                        fill_live(&mut e.job, live);
+                        Some(e.job.clone())
+                    })
+                    .collect()
+            };
+            for j in snapshot {
+                if let Err(e) = self.store.put(&j) {
+                    tracing::warn!(job = %j.id, error = %e, "cannot checkpoint job progress");
+                }
+            }
+        }
+    }
+
+    fn fill_slots(self: &Arc<Self>) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let mut g = self.lock();
+        while g.running < self.cfg.max_jobs {
+            let Some(id) = g.queue.pop_front() else { break };
+            let Some(entry) = g.jobs.get_mut(&id) else {
+                continue;
+            };
+            if entry.job.state != JobState::Queued {
+                continue;
+            }
+            let progress = Progress::new();
+            let cancel = CancellationToken::new();
+            entry.job.state = JobState::Running;
+            entry.job.stage = "planning".into();
+            entry.job.started_at = Some(now());
+            entry.job.runs += 1;
+            entry.job.last_error = None;
+            entry.live = Some(Live {
+                progress: progress.clone(),
+                cancel: cancel.clone(),
+                intent: Intent::Run,
+                started: Instant::now(),
+                base_retries: entry.job.retries,
+            });
+            let job = entry.job.clone();
+            g.running += 1;
+            if let Err(e) = self.store.put(&job) {
+                tracing::warn!(job = %job.id, error = %e, "cannot record job start");
+            }
+            let me = self.clone();
+            self.tasks
+                .spawn(async move { me.run_job(job, progress, cancel).await });
+        }
+        drop(g);
+        self.notify_changed();
+    }
+
+    async fn run_job(
+        self: Arc<Self>,
+        job: Job,
+        progress: Arc<Progress>,
+        cancel: CancellationToken,
+    ) {
+        let dir = self.job_dir(&job.id);
+        tracing::info!(job = %job.id, kind = job.spec.kind(), "job started");
+        let run = async {
+            match &job.spec {
+                JobSpec::Copy(spec) => self.run_copy(spec, &dir, progress, cancel).await,
+            }
+        };
+        // A bug in one job must not leave its slot taken forever: record it as a failure.
+        let outcome = match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(TransferError::Plan(
+                "internal error while running the job (see the daemon's log); resume it to retry"
+                    .into(),
+            )),
+        };
+        self.finish(&job.id, outcome).await;
+    }
+
+    async fn run_copy(
+        &self,
+        spec: &CopySpec,
+        dir: &Path,
+        progress: Arc<Progress>,
+        cancel: CancellationToken,
+    ) -> Result<JobResult, TransferError> {
+        create_private_dir(dir)
+            .map_err(|e| TransferError::State(format!("cannot create {}: {e}", dir.display())))?;
+        let (src, dst) = spec.locations().map_err(TransferError::Plan)?;
+        let mut opts = spec.copy_options(dir);
+        opts.shared_memory = Some(self.memory.clone());
+        opts.shared_bandwidth = self.bandwidth.clone();
+        // The shared budget replaces the per-copy one; keep validation consistent with it.
+        opts.memory = self.memory.limit();
+        transfer::copy(src, dst, opts, progress, cancel)
+            .await
+            .map(|s| JobResult::from(&s))
+    }
+
+    async fn finish(&self, id: &str, outcome: Result<JobResult, TransferError>) {
+        let (intent, spec) = {
+            let mut g = self.lock();
+            let Some(e) = g.jobs.get_mut(id) else { return };
+            let intent = e.live.as_ref().map_or(Intent::Run, |l| l.intent);
+            if let Some(live) = &e.live {
+                fill_live(&mut e.job, live);
+            }
+            (intent, e.job.spec.clone())
+        };
+        let shutting_down = self.shutdown.is_cancelled();
+        let mut abort_error = None;
+        let new_state = match (&outcome, intent) {
+            (Ok(_), _) => JobState::Succeeded,
+            (Err(_), Intent::Pause) => JobState::Paused,
+            (Err(_), Intent::Cancel { keep_upload }) => {
+                if !keep_upload {
+                    abort_error = self.abort_leftover(id, &spec).await.err();
+                }
+                JobState::Cancelled
+            }
+            // Stays `running` in the database: the next start resumes it.
+            (Err(_), Intent::Run) if shutting_down => JobState::Running,
+            (Err(_), Intent::Run) => JobState::Failed,
+        };
+        let job = {
+            let mut g = self.lock();
+            g.running = g.running.saturating_sub(1);
+            let Some(e) = g.jobs.get_mut(id) else { return };
+            e.live = None;
+            let j = &mut e.job;
+            j.state = new_state;
+            j.inflight_parts = 0;
+            j.concurrency_limit = 0;
+            j.throughput_bytes_per_sec = if new_state == JobState::Running {
+                j.throughput_bytes_per_sec
+            } else {
+                0.0
+            };
+            if new_state != JobState::Running {
+                j.eta_seconds = None;
+            }
+            match &outcome {
+                Ok(r) => {
+                    j.bytes_done = r.bytes;
+                    j.bytes_total = r.bytes;
+                    j.parts_done = r.parts as u64;
+                    j.parts_total = r.parts as u64;
+                    j.result = Some(r.clone());
+                    j.stage = "done".into();
+                }
+                Err(e) => {
+                    j.stage = match new_state {
+                        JobState::Paused => "paused",
+                        JobState::Cancelled => "cancelled",
+                        JobState::Running => "interrupted",
+                        _ => "failed",
+                    }
+                    .into();
+                    if new_state == JobState::Failed {
+                        j.last_error = Some(e.root().to_string());
+                    }
+                    if let Some(a) = &abort_error {
+                        j.last_error = Some(format!("cancelled, but {a}"));
+                    }
+                }
+            }
+            if new_state.is_finished() {
+                j.finished_at = Some(now());
+            }
+            j.clone()
+        };
+        tracing::info!(job = %id, state = job.state.as_str(), error = ?job.last_error, "job stopped");
+        if matches!(job.state, JobState::Succeeded)
+            || (job.state == JobState::Cancelled && abort_error.is_none())
+        {
+            self.remove_dir(id);
+        }
+        if let Err(e) = self.store.put(&job) {
+            tracing::warn!(job = %id, error = %e, "cannot record job result");
+        }
+        self.wake.notify_one();
+        self.notify_changed();
+    }
+
+    fn remove_dir(&self, id: &str) {
+        let dir = self.job_dir(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job state");
+            }
+        }
+    }
+
+    /// Aborts the multipart upload a stopped copy left behind (found through its resume state).
+    async fn abort_leftover(&self, id: &str, spec: &JobSpec) -> Result<(), String> {
+        let JobSpec::Copy(spec) = spec;
+        let dir = self.job_dir(id);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        let files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("copy-") && n.ends_with(".json"))
+            })
+            .collect();
+        for path in files {
+            let Some(st) = state::load(&path).map_err(|e| e.to_string())? else {
+                continue;
+            };
+            let (_, dst) = spec
+                .locations()
+                .map_err(|e| format!("cannot abort upload {}: {e}", st.upload_id))?;
+            match dst.store.abort(&dst.key, &st.upload_id).await {
+                Ok(()) => {}
+                Err(e) if e.class == crate::store::ErrorClass::NotFound => {}
+                Err(e) => {
+                    return Err(format!(
+                        "aborting upload {} of {} failed: {e}",
+                        st.upload_id, st.destination
+                    ))
+                }
+            }
+            state::remove(&path);
+        }
+        Ok(())
+    }
+
+    /// Queues a new job.
+    pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<Job, JobError> {
+        if self.shutdown.is_cancelled() {
+            return Err(JobError::Unavailable("the daemon is shutting down".into()));
+        }
+        let job = {
+            let mut g = self.lock();
+            if g.jobs.len() >= MAX_STORED_JOBS {
+                return Err(JobError::TooMany(g.jobs.len()));
+            }
+            // Two jobs writing the same object would race two uploads to the same key.
+            if let Some(other) = g
+                .jobs
+                .values()
+                .find(|e| !e.job.state.is_finished() && e.job.spec.same_target(&spec))
+            {
+                return Err(JobError::Conflict(format!(
+                    "job {} ({}) already writes this destination",
+                    other.job.id,
+                    other.job.state.as_str()
+                )));
+            }
+            let seq = g.next_seq;
+            g.next_seq += 1;
+            let job = Job {
+                id: super::jobs::new_id(),
+                seq,
+                spec,
+                state: JobState::Queued,
+                stage: "queued".into(),
+                created_at: now(),
+                started_at: None,
+                finished_at: None,
+                bytes_done: 0,
+                bytes_total: 0,
+                parts_done: 0,
+                parts_total: 0,
+                inflight_parts: 0,
+                concurrency_limit: 0,
+                throughput_bytes_per_sec: 0.0,
+                eta_seconds: None,
+                retries: 0,
+                runs: 0,
+                last_error: None,
+                result: None,
+            };
+            self.store.put(&job)?;
+            g.jobs.insert(
+                job.id.clone(),
+                Entry {
+                    job: job.clone(),
+                    live: None,
+                },
+            );
+            g.queue.push_back(job.id.clone());
+            job
+        };
+        tracing::info!(job = %job.id, kind = job.spec.kind(), "job queued");
+        self.wake.notify_one();
+        self.notify_changed();
+        Ok(job)
+    }
+
+    /// One job with live figures.
+    pub fn get(&self, id: &str) -> Option<Job> {
+        let mut g = self.lock();
+        let e = g.jobs.get_mut(id)?;
+        if let Some(live) = &e.live {
+            fill_live(&mut e.job, live);
+        }
+        Some(e.job.clone())
+    }
+
+    /// Jobs in submission order, optionally only those in `state`.
+    pub fn list(&self, state: Option<JobState>) -> Vec<Job> {
+        let mut g = self.lock();
+        let mut out: Vec<Job> = g
+            .jobs
+            .values_mut()
+            .filter(|e| state.map_or(true, |s| e.job.state == s))
+            .map(|e| {
+                if let Some(live) = &e.live {
+                    fill_live(&mut e.job, live);
+                }
+                e.job.clone()
+            })
+            .collect();
+        out.sort_by_key(|j| j.seq);
+        out
+    }
+
+    /// Waits (up to `limit`) until job `id` is no longer running.
+    async fn wait_stopped(&self, id: &str, limit: Duration) {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let running = self.lock().jobs.get(id).is_some_and(|e| e.live.is_some());
+            if !running {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    fn persist(&self, job: &Job) -> Result<(), JobError> {
+        self.store.put(job)?;
+        self.notify_changed();
+        Ok(())
+    }
+
+    /// Cancels a job; its multipart upload is aborted unless `keep_upload`. Returns the job
+    /// once it has stopped (or after a bounded wait).
+    pub async fn cancel(&self, id: &str, keep_upload: bool) -> Result<Job, JobError> {
+        let stopped_spec = {
+            let mut g = self.lock();
+            let e = g
+                .jobs
+                .get_mut(id)
+                .ok_or_else(|| JobError::NotFound(id.into()))?;
+            match e.job.state {
+                s if s.is_finished() => {
+                    return Err(JobError::Conflict(format!(
+                        "job {id} is already {}",
+                        s.as_str()
+                    )))
+                }
+                JobState::Running => {
+                    if let Some(live) = &mut e.live {
+                        live.intent = Intent::Cancel { keep_upload };
+                        live.cancel.cancel();
+                    }
+                    None
+                }
+                _ => {
+                    e.job.stage = "cancelling".into();
+                    let spec = e.job.spec.clone();
+                    g.queue.retain(|q| q != id);
+                    Some(spec)
+                }
+            }
+        };
+        match stopped_spec {
+            None => self.wait_stopped(id, Duration::from_secs(20)).await,
+            Some(spec) => {
+                let abort = if keep_upload {
+                    Ok(())
+                } else {
+                    self.abort_leftover(id, &spec).await
+                };
+                let job = {
+                    let mut g = self.lock();
+                    let e = g
+                        .jobs
+                        .get_mut(id)
+                        .ok_or_else(|| JobError::NotFound(id.into()))?;
+                    e.job.state = JobState::Cancelled;
+                    e.job.stage = "cancelled".into();
+                    e.job.finished_at = Some(now());
+                    if let Err(a) = &abort {
+                        e.job.last_error = Some(format!("cancelled, but {a}"));
+                    }
+                    e.job.clone()
+                };
+                if abort.is_ok() {
+                    self.remove_dir(id);
+                }
+                self.persist(&job)?;
+            }
+        }
+        self.get(id).ok_or_else(|| JobError::NotFound(id.into()))
+    }
+
+    /// Pauses a queued or running job, keeping its resume state.
+    pub async fn pause(&self, id: &str) -> Result<Job, JobError> {
+        let was_running = {
+            let mut g = self.lock();
+            let e = g
+                .jobs
+                .get_mut(id)
+                .ok_or_else(|| JobError::NotFound(id.into()))?;
+            match e.job.state {
+                JobState::Running => {
+                    if let Some(live) = &mut e.live {
+                        live.intent = Intent::Pause;
+                        live.cancel.cancel();
+                    }
+                    true
+                }
+                JobState::Queued => {
+                    e.job.state = JobState::Paused;
+                    e.job.stage = "paused".into();
+                    let job = e.job.clone();
+                    g.queue.retain(|q| q != id);
+                    drop(g);
+                    self.persist(&job)?;
+                    false
+                }
+                JobState::Paused => false,
+                s => {
+                    return Err(JobError::Conflict(format!(
+                        "job {id} is {} and cannot be paused",
+                        s.as_str()
+                    )))
+                }
+            }
+        };
+        if was_running {
+            self.wait_stopped(id, Duration::from_secs(20)).await;
+        }
+        self.get(id).ok_or_else(|| JobError::NotFound(id.into()))
+    }
+
+    /// Puts a paused (or failed) job back in the queue; it continues from its saved parts.
+    pub fn resume(&self, id: &str) -> Result<Job, JobError> {
+        let job = {
+            let mut g = self.lock();
+            let e = g
+                .jobs
+                .get_mut(id)
+                .ok_or_else(|| JobError::NotFound(id.into()))?;
+            match e.job.state {
+                JobState::Paused | JobState::Failed => {
+                    e.job.state = JobState::Queued;
+                    e.job.stage = "queued".into();
+                    e.job.finished_at = None;
+                    let job = e.job.clone();
+                    g.queue.push_back(id.to_string());
+                    job
+                }
+                JobState::Queued | JobState::Running => return Ok(e.job.clone()),
+                s => {
+                    return Err(JobError::Conflict(format!(
+                        "job {id} is {} and cannot be resumed",
+                        s.as_str()
+                    )))
+                }
+            }
+        };
+        self.persist(&job)?;
+        self.wake.notify_one();
+        Ok(job)
+    }
+
+    /// Forgets a finished job. A failed job's leftover upload is aborted first unless
+    /// `keep_upload` (then it is left to `ossrelay uploads abort` or a lifecycle rule).
+    pub async fn delete(&self, id: &str, keep_upload: bool) -> Result<(), JobError> {
+        let spec = {
+            let g = self.lock();
+            let e = g
+                .jobs
+                .get(id)
+                .ok_or_else(|| JobError::NotFound(id.into()))?;
+            if !e.job.state.is_finished() {
+                return Err(JobError::Conflict(format!(
+                    "job {id} is {}; cancel it before deleting it",
+                    e.job.state.as_str()
+                )));
+            }
+            e.job.spec.clone()
+        };
+        if !keep_upload {
+            if let Err(e) = self.abort_leftover(id, &spec).await {
+                return Err(JobError::Conflict(format!(
+                    "cannot delete job {id} yet: {e} (DELETE with ?keep_upload=true to delete it anyway)"
+                )));
+            }
+        }
+        self.store.delete(id)?;
+        self.lock().jobs.remove(id);
+        self.remove_dir(id);
+        self.notify_changed();
+        Ok(())
+    }
+
+    /// Stops starting jobs, interrupts running ones (their state is saved and they stay
+    /// `running` for the next start) and waits for them, at most `limit`.
+    pub async fn shutdown(&self, limit: Duration) {
+        self.shutdown.cancel();
+        {
+            let g = self.lock();
+            for e in g.jobs.values() {
+                if let Some(live) = &e.live {
+                    live.cancel.cancel();
+                }
+            }
+        }
+        self.tasks.close();
+        if tokio::time::timeout(limit, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("jobs did not stop in time; their saved state is still consistent");
+        }
+    }
+}

@@ -1,0 +1,648 @@
+//! `ossrelay serve` end to end against the simulator: submit, list, progress, metrics, watch,
+//! pause/resume/cancel, validation, auth and the global memory budget.
+
+mod common;
+mod daemon_support;
+
+use std::time::Duration;
+
+use common::*;
+use daemon_support::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_list_progress_metrics_watch_and_delete() {
+    let size = 48 * MIB;
+    let w = World::new(
+        |c| c.synthetic.push(synthetic("disk.raw", size)),
+        |c| c.conn_rate = Some(6 * MIB),
+    )
+    .await;
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+    let (s, v) = d.call("GET", "/healthz", None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
+    let (s, _) = d.call("GET", "/readyz", None).await;
+    assert_eq!(s, 200);
+
+    let mut body = copy_job(&w, "disk.raw", DISCARD_BUCKET, "copy/");
+    body["part_size"] = json!("4MiB");
+    body["concurrency"] = json!(2);
+    let job = d.submit(&body).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("j-"), "{job}");
+    assert!(
+        ["queued", "running"].contains(&job["state"].as_str().unwrap()),
+        "{job}"
+    );
+    assert_eq!(job["kind"], "copy");
+    assert_eq!(job["part_size"], 4 * MIB, "sizes are stored as bytes");
+
+    let (s, list) = d.call("GET", "/v1/jobs", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(list["jobs"][0]["id"], id.as_str());
+    let (_, none) = d.call("GET", "/v1/jobs?state=succeeded", None).await;
+    assert_eq!(none["jobs"].as_array().unwrap().len(), 0, "{none}");
+
+    // Progress moves, with throughput and an ETA while running.
+    let j1 = d
+        .wait_job(&id, Duration::from_secs(30), |j| {
+            j["state"] == "running" && j["bytes_done"].as_u64().unwrap() > 0
+        })
+        .await;
+    let b1 = j1["bytes_done"].as_u64().unwrap();
+    let j2 = d
+        .wait_job(&id, Duration::from_secs(30), |j| {
+            j["bytes_done"].as_u64().unwrap() > b1 || j["state"] != "running"
+        })
+        .await;
+    assert_eq!(j2["state"], "running", "the copy should still run: {j2}");
+    assert_eq!(j2["bytes_total"], size);
+    assert_eq!(j2["stage"], "transferring");
+    assert!(
+        j2["throughput_bytes_per_sec"].as_f64().unwrap() > 0.0,
+        "{j2}"
+    );
+    assert!(j2["eta_seconds"].as_f64().unwrap() > 0.0, "{j2}");
+
+    // Metrics while it runs: documented names with sane values.
+    let m = d.metrics().await;
+    let label = format!("job=\"{id}\"");
+    let done = sample(&m, "ossrelay_job_bytes_total", &label).expect("job bytes");
+    assert!(done > 0.0 && done <= size as f64, "{done}");
+    assert_eq!(
+        sample(&m, "ossrelay_job_size_bytes", &label),
+        Some(size as f64)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "ossrelay_job_state",
+            &format!("{label},state=\"running\"")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "ossrelay_job_stage",
+            &format!("{label},stage=\"transferring\"")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m, "ossrelay_jobs", "state=\"running\""), Some(1.0));
+    assert_eq!(sample(&m, "ossrelay_jobs", "state=\"queued\""), Some(0.0));
+    assert_eq!(sample(&m, "ossrelay_build_info", "version="), Some(1.0));
+    assert!(
+        sample(&m, "ossrelay_bytes_total", "direction=\"upload\"").unwrap() > 0.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "ossrelay_requests_total", "operation=\"UploadPart\"").is_some(),
+        "{m}"
+    );
+    assert!(
+        m.contains("ossrelay_request_duration_seconds_bucket"),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "ossrelay_crc_mismatches_total", ""), Some(0.0));
+    let inflight = sample(&m, "ossrelay_job_inflight_parts", &label).unwrap();
+    assert!((0.0..=2.0).contains(&inflight), "{inflight}");
+    assert_eq!(sample(&m, "ossrelay_daemon_max_jobs", ""), Some(2.0));
+    let limit = sample(&m, "ossrelay_job_concurrency_limit", &label).unwrap();
+    assert!((1.0..=2.0).contains(&limit), "{limit}");
+
+    // `jobs watch` follows it to the end and exits 0.
+    let out = w
+        .run(vec![
+            "jobs".into(),
+            "--server".into(),
+            format!("http://{}", d.addr),
+            "watch".into(),
+            id.clone(),
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (src_size, src_crc) = w.src.object_crc64(SRC_BUCKET, "disk.raw").unwrap();
+    assert!(
+        stdout(&out).contains(&src_crc.to_string()),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        w.dst.object_crc64(DISCARD_BUCKET, "copy/disk.raw"),
+        Some((src_size, src_crc)),
+        "a destination key ending in / takes the source's name"
+    );
+    let done = d.job(&id).await;
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["stage"], "done");
+    assert_eq!(done["result"]["crc64"], src_crc.to_string());
+    assert_eq!(done["bytes_done"], size);
+    assert!(done["finished_at"].is_string());
+    assert_eq!(w.dst.stats()["open_uploads"], 0);
+
+    // `jobs list` and `jobs show` through the binary.
+    let server = format!("http://{}", d.addr);
+    let out = w
+        .run(vec![
+            "jobs".into(),
+            "--server".into(),
+            server.clone(),
+            "list".into(),
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&id) && stdout(&out).contains("succeeded"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Deleting a finished job removes it and its metric labels.
+    let (s, _) = d.call("DELETE", &format!("/v1/jobs/{id}"), None).await;
+    assert_eq!(s, 204);
+    let (s, v) = d.call("GET", &format!("/v1/jobs/{id}"), None).await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["error"]["code"], "not_found");
+    let m = d.metrics().await;
+    assert!(!m.contains(&id), "deleted job still labelled in /metrics");
+    let (s, _) = d.call("DELETE", &format!("/v1/jobs/{id}"), None).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_pause_resume_and_cancel_leave_no_upload_behind() {
+    let size = 96 * MIB;
+    let w = World::new(
+        |c| c.synthetic.push(synthetic("big.raw", size)),
+        |c| c.conn_rate = Some(6 * MIB),
+    )
+    .await;
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &["--max-jobs", "1"]).await;
+    let mut body = copy_job(&w, "big.raw", DISCARD_BUCKET, "a.raw");
+    body["part_size"] = json!(4 * MIB);
+    body["concurrency"] = json!(2);
+    let a = d.submit(&body).await["id"].as_str().unwrap().to_string();
+    let (s, v) = d.call("POST", "/v1/jobs", Some(&body.to_string())).await;
+    assert_eq!(
+        s, 409,
+        "a second job writing the same object is refused: {v}"
+    );
+    assert!(v["error"]["message"].as_str().unwrap().contains(&a), "{v}");
+    body["destination"] = json!(format!("oss://{DISCARD_BUCKET}/b.raw"));
+    let b = d.submit(&body).await["id"].as_str().unwrap().to_string();
+
+    d.wait_job(&a, Duration::from_secs(30), |j| {
+        j["bytes_done"].as_u64().unwrap() >= 8 * MIB
+    })
+    .await;
+    assert_eq!(
+        d.job(&b).await["state"],
+        "queued",
+        "--max-jobs 1 keeps the second job queued"
+    );
+    let (s, _) = d.call("GET", "/v1/jobs?state=queued", None).await;
+    assert_eq!(s, 200);
+
+    // Cancelling a queued job: nothing was started, nothing to abort.
+    let (s, v) = d.call("POST", &format!("/v1/jobs/{b}/cancel"), None).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
+    let (s, v) = d.call("POST", &format!("/v1/jobs/{b}/pause"), None).await;
+    assert_eq!(s, 409, "a cancelled job cannot be paused: {v}");
+
+    // Pause keeps the upload and its parts; nothing moves while paused.
+    let (s, v) = d.call("POST", &format!("/v1/jobs/{a}/pause"), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "paused", "{v}");
+    let paused_at = v["bytes_done"].as_u64().unwrap();
+    assert!(paused_at >= 8 * MIB && paused_at < size, "{v}");
+    assert_eq!(
+        w.dst.stats()["open_uploads"],
+        1,
+        "pause keeps the multipart upload"
+    );
+    let in_before = w.dst.stats()["bytes_in"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        w.dst.stats()["bytes_in"].as_u64().unwrap(),
+        in_before,
+        "bytes moved while paused"
+    );
+    let (_, m) = d.call_raw("GET", "/metrics", "", None).await;
+    assert_eq!(sample(&m, "ossrelay_jobs", "state=\"paused\""), Some(1.0));
+
+    // Resume continues from the acknowledged parts (resumed bytes are not sent again).
+    let (s, v) = d.call("POST", &format!("/v1/jobs/{a}/resume"), None).await;
+    assert_eq!(s, 200, "{v}");
+    let j = d
+        .wait_job(&a, Duration::from_secs(30), |j| {
+            j["state"] == "running" && j["bytes_done"].as_u64().unwrap() > paused_at
+        })
+        .await;
+    assert_eq!(j["runs"], 2, "{j}");
+    let in_after = w.dst.stats()["bytes_in"].as_u64().unwrap();
+    let sent = in_after - in_before;
+    assert!(
+        sent <= j["bytes_done"].as_u64().unwrap() - paused_at + 2 * 4 * MIB,
+        "resume re-sent acknowledged parts: {sent} bytes in after resume, {j}"
+    );
+
+    // Cancel aborts the multipart upload.
+    let (s, v) = d.call("POST", &format!("/v1/jobs/{a}/cancel"), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "cancelled", "{v}");
+    assert_eq!(
+        w.dst.stats()["open_uploads"],
+        0,
+        "cancel must abort the upload"
+    );
+    assert!(
+        !w.state_dir().join("jobs").join(&a).exists(),
+        "the job's resume state is removed"
+    );
+    let (s, _) = d.call("POST", &format!("/v1/jobs/{a}/resume"), None).await;
+    assert_eq!(s, 409);
+    let (s, _) = d.call("DELETE", &format!("/v1/jobs/{a}"), None).await;
+    assert_eq!(s, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_are_refused_with_reasons() {
+    let w = World::new(|_| {}, |_| {}).await;
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+    let good = copy_job(&w, "x.raw", DST_BUCKET, "x.raw");
+    let with = |k: &str, v: serde_json::Value| {
+        let mut b = good.clone();
+        b[k] = v;
+        b.to_string()
+    };
+    let cases: Vec<(String, &str)> = vec![
+        ("{not json".into(), "body"),
+        ("[1,2]".into(), "body"),
+        (json!({"source": "oss://abc/k"}).to_string(), "kind"),
+        (with("kind", json!("teleport")), "kind"),
+        (with("part_size", json!("lots")), "part_size"),
+        (with("part_size", json!(10)), "part_size"),
+        (with("concurrency", json!(-1)), "concurrency"),
+        (with("concurrency", json!("8")), "concurrency"),
+        (with("src_endpoint", json!("ftp://x")), "src_endpoint"),
+        (with("source", json!("/etc/passwd")), "source"),
+        (with("destination", json!("s3://b/k")), "destination"),
+        (with("no_such_option", json!(true)), "no_such_option"),
+        (with("access_key_secret", json!("s")), "access_key_secret"),
+        (
+            with("dst_endpoint", json!("https://collector.example.com")),
+            "dst_endpoint",
+        ),
+    ];
+    for (body, field) in cases {
+        let (s, v) = d.call("POST", "/v1/jobs", Some(&body)).await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().len() > 5, "{v}");
+    }
+    let (s, v) = d
+        .call("POST", "/v1/jobs", Some(r#"{"kind":"migrate"}"#))
+        .await;
+    assert_eq!(s, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("kind migrate is not supported by this daemon yet"),
+        "{v}"
+    );
+    let (s, v) = d.call("GET", "/v1/jobs?state=sleeping", None).await;
+    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("state")));
+
+    // Oversize bodies: declared or streamed.
+    let big = format!(r#"{{"kind":"copy","pad":"{}"}}"#, "x".repeat(100 * 1024));
+    let (s, _) = d.call("POST", "/v1/jobs", Some(&big)).await;
+    assert_eq!(s, 413);
+    let chunked = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        big.len(),
+        big
+    );
+    let (s, _) = raw(&d.addr, chunked.as_bytes()).await;
+    assert_eq!(s, 413);
+
+    // Unknown ids, malformed ids and traversal attempts never reach the file system.
+    for (method, path) in [
+        ("GET", "/v1/jobs/j-0123456789abcdef"),
+        ("DELETE", "/v1/jobs/j-0123456789abcdef"),
+        ("POST", "/v1/jobs/j-0123456789abcdef/cancel"),
+        ("POST", "/v1/jobs/j-0123456789abcdef/pause"),
+        ("POST", "/v1/jobs/j-0123456789abcdef/resume"),
+    ] {
+        let (s, v) = d.call(method, path, None).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (404, Some("not_found")),
+            "{method} {path}"
+        );
+    }
+    for path in [
+        "/v1/jobs/../../etc/passwd",
+        "/v1/jobs/..%2F..%2Fjobs.redb",
+        "/v1/jobs/%2e%2e",
+        "/v1/jobs/j-0123456789abcdef/../../jobs.redb",
+        "/v1/jobs/j-..%2f..%2fjobs.redb",
+    ] {
+        for method in ["GET", "DELETE", "POST"] {
+            let p = if method == "POST" {
+                format!("{path}/cancel")
+            } else {
+                path.to_string()
+            };
+            let (s, body) = d.call_raw(method, &p, "", None).await;
+            assert!(s == 404 || s == 400, "{method} {p}: {s} {body}");
+        }
+    }
+    assert!(
+        w.state_dir().join("jobs.redb").exists(),
+        "the database is still there"
+    );
+    let (s, _) = d.call("PUT", "/v1/jobs", Some("{}")).await;
+    assert_eq!(s, 405);
+    let (s, _) = d.call("GET", "/v2/jobs", None).await;
+    assert_eq!(s, 404);
+
+    // A job whose source does not exist fails with a readable error, and can be deleted.
+    let id = d.submit(&good).await["id"].as_str().unwrap().to_string();
+    let j = d.wait_state(&id, "failed", Duration::from_secs(30)).await;
+    assert_eq!(j["state"], "failed", "{j}");
+    let err = j["last_error"].as_str().unwrap();
+    assert!(err.contains("x.raw"), "{err}");
+    assert!(!j.to_string().contains("SECRET-do-not-leak"), "{j}");
+    let (s, _) = d.call("DELETE", &format!("/v1/jobs/{id}"), None).await;
+    assert_eq!(s, 204);
+    // Deleting a queued/running job is refused.
+    let (s, _) = d.call("GET", "/v1/jobs", None).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_the_api() {
+    let w = World::new(|_| {}, |_| {}).await;
+    let state = w.state_dir();
+    // Non-loopback without a token: refuses to start.
+    let out = w
+        .run(vec![
+            "serve".into(),
+            "--listen".into(),
+            "0.0.0.0:0".into(),
+            "--state-dir".into(),
+            state.display().to_string(),
+        ])
+        .await;
+    assert_clean_failure(&out, 2, "token");
+    // A token that is too short is refused too.
+    let short = w.dir.path().join("short-token");
+    std::fs::write(&short, "abc\n").unwrap();
+    let out = w
+        .run(vec![
+            "serve".into(),
+            "--listen".into(),
+            "0.0.0.0:0".into(),
+            "--state-dir".into(),
+            state.display().to_string(),
+            "--token-file".into(),
+            short.display().to_string(),
+        ])
+        .await;
+    assert_clean_failure(&out, 2, "token");
+
+    let token_file = w.dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token-0123456789abcdef\n").unwrap();
+    let tf = token_file.display().to_string();
+    let d = start_daemon(w.dir.path(), &state, &["--token-file", &tf]).await;
+    // A second daemon on the same state directory refuses to start.
+    let out = w
+        .run(vec![
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--state-dir".into(),
+            state.display().to_string(),
+        ])
+        .await;
+    assert_clean_failure(&out, 1, "another `ossrelay serve`");
+    let (s, _) = d.call_raw("GET", "/v1/jobs", "", None).await;
+    assert_eq!(s, 401);
+    let (s, _) = d
+        .call_raw(
+            "GET",
+            "/v1/jobs",
+            "Authorization: Bearer wrong-token-0123456789abc\r\n",
+            None,
+        )
+        .await;
+    assert_eq!(s, 401);
+    let (s, _) = d
+        .call_raw("GET", "/metrics", "Authorization: Basic czNjcmV0\r\n", None)
+        .await;
+    assert_eq!(s, 401);
+    let (s, _) = d.call_raw("POST", "/v1/jobs", "", Some("{}")).await;
+    assert_eq!(s, 401, "validation must not run before authentication");
+    let (s, v) = d.call("GET", "/v1/jobs", None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = d.call_raw("GET", "/healthz", "", None).await;
+    assert_eq!(s, 200, "health checks need no token");
+
+    // The CLI client reads the token from --token-file.
+    let server = format!("http://{}", d.addr);
+    let out = w
+        .run(vec![
+            "jobs".into(),
+            "--server".into(),
+            server.clone(),
+            "list".into(),
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+    let out = w
+        .run(vec![
+            "jobs".into(),
+            "--server".into(),
+            server.clone(),
+            "--token-file".into(),
+            tf.clone(),
+            "list".into(),
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // `jobs submit copy` sends the copy options and prints the new id.
+    let mut args: Vec<String> = [
+        "jobs",
+        "--server",
+        &server,
+        "--token-file",
+        &tf,
+        "submit",
+        "copy",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        format!("oss://{SRC_BUCKET}/none.raw"),
+        format!("oss://{DST_BUCKET}/none.raw"),
+        "--src-endpoint".into(),
+        w.src.endpoint(),
+        "--dst-endpoint".into(),
+        w.dst.endpoint(),
+        "--src-profile".into(),
+        "src".into(),
+        "--dst-profile".into(),
+        "dst".into(),
+        "--part-size".into(),
+        "8MiB".into(),
+        "--concurrency".into(),
+        "3".into(),
+    ]);
+    let out = w.run(args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    let j = d.job(&id).await;
+    assert_eq!(
+        (j["part_size"].as_u64(), j["concurrency"].as_u64()),
+        (Some(8 * MIB), Some(3)),
+        "{j}"
+    );
+    assert_eq!(j["src_profile"], "src");
+    // `jobs submit migrate` reaches the daemon, which says what it supports.
+    let out = w
+        .run(
+            [
+                "jobs",
+                "--server",
+                &server,
+                "--token-file",
+                &tf,
+                "submit",
+                "migrate",
+                "--set",
+                "image_id=m-123",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kind migrate is not supported by this daemon yet"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bandwidth_cap_is_shared_by_all_jobs() {
+    let size = 6 * MIB;
+    let w = World::new(
+        |c| {
+            c.synthetic.push(synthetic("one.raw", size));
+            c.synthetic.push(synthetic("two.raw", size));
+        },
+        |_| {},
+    )
+    .await;
+    let d = start_daemon(
+        w.dir.path(),
+        &w.state_dir(),
+        &["--max-jobs", "2", "--bandwidth", "4MiB/s"],
+    )
+    .await;
+    let t0 = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for key in ["one.raw", "two.raw"] {
+        let mut body = copy_job(&w, key, DISCARD_BUCKET, key);
+        body["part_size"] = json!("1MiB");
+        ids.push(d.submit(&body).await["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let j = d.wait_state(id, "succeeded", Duration::from_secs(30)).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+    }
+    // 12 MiB through one 4 MiB/s bucket (1 MiB burst) takes at least 2.75 s; two separate
+    // 4 MiB/s caps would finish in about 1.5 s.
+    let el = t0.elapsed().as_secs_f64();
+    assert!(el >= 2.5, "12 MiB moved in {el:.2}s: the cap is not shared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_jobs_share_the_global_memory_budget() {
+    let size = 24 * MIB;
+    let budget = 2 * MIB;
+    let w = World::new(
+        |c| {
+            c.synthetic.push(synthetic("one.raw", size));
+            c.synthetic.push(synthetic("two.raw", size));
+        },
+        |c| c.conn_rate = Some(4 * MIB),
+    )
+    .await;
+    let d = start_daemon(
+        w.dir.path(),
+        &w.state_dir(),
+        &["--max-jobs", "2", "--memory", "2MiB"],
+    )
+    .await;
+    let mut ids = Vec::new();
+    for key in ["one.raw", "two.raw"] {
+        let mut body = copy_job(&w, key, DISCARD_BUCKET, key);
+        body["part_size"] = json!("1MiB");
+        body["concurrency"] = json!(8);
+        ids.push(d.submit(&body).await["id"].as_str().unwrap().to_string());
+    }
+    // Both run at once and both make progress: neither starves the other.
+    let mut both_moving = false;
+    let mut max_in_use = 0.0f64;
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(45) {
+        let a = d.job(&ids[0]).await;
+        let b = d.job(&ids[1]).await;
+        let m = d.metrics().await;
+        max_in_use = max_in_use.max(sample(&m, "ossrelay_daemon_memory_in_use_bytes", "").unwrap());
+        if a["state"] == "running"
+            && b["state"] == "running"
+            && a["bytes_done"].as_u64().unwrap() > 0
+            && b["bytes_done"].as_u64().unwrap() > 0
+        {
+            both_moving = true;
+        }
+        if a["state"] == "succeeded" && b["state"] == "succeeded" {
+            break;
+        }
+        assert!(a["state"] != "failed" && b["state"] != "failed", "{a} {b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        both_moving,
+        "the two jobs never made progress at the same time"
+    );
+    for (id, key) in ids.iter().zip(["one.raw", "two.raw"]) {
+        assert_eq!(d.job(id).await["state"], "succeeded");
+        assert_eq!(
+            w.dst.object_crc64(DISCARD_BUCKET, key),
+            w.src.object_crc64(SRC_BUCKET, key)
+        );
+    }
+    let m = d.metrics().await;
+    let peak = sample(&m, "ossrelay_daemon_memory_peak_bytes", "").unwrap();
+    assert!(
+        peak > 0.0 && peak <= budget as f64,
+        "peak {peak} over budget {budget}"
+    );
+    assert!(max_in_use <= budget as f64, "{max_in_use}");
+    assert_eq!(
+        sample(&m, "ossrelay_daemon_memory_budget_bytes", ""),
+        Some(budget as f64)
+    );
+    let buffered = sample(&m, "ossrelay_buffered_bytes", "").unwrap();
+    assert!(buffered <= budget as f64, "{buffered}");
+}
