@@ -44,7 +44,11 @@ fn ready_line_stats_and_sigterm() {
     let obj = v.as_object().unwrap();
     let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     keys.sort();
-    assert_eq!(keys, ["endpoint", "region"]);
+    assert_eq!(keys, ["ecs_endpoint", "endpoint", "region"]);
+    assert!(
+        line.starts_with("{\"endpoint\":"),
+        "the contract's keys come first: {line}"
+    );
     assert_eq!(v["region"], "cn-hangzhou");
     let endpoint = v["endpoint"].as_str().unwrap().to_string();
     let addr = endpoint

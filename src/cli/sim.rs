@@ -1,7 +1,7 @@
 //! `ossrelay sim`: run the OSS simulator until SIGINT/SIGTERM.
 //!
 //! When ready it prints exactly one JSON line on stdout, e.g.
-//! `{"ecs_endpoint":"http://127.0.0.1:40123","endpoint":"http://127.0.0.1:40123","region":"cn-hangzhou"}`;
+//! `{"endpoint":"http://127.0.0.1:40123","region":"cn-hangzhou","ecs_endpoint":"http://127.0.0.1:40123"}`;
 //! logs go to stderr. `ecs_endpoint` serves ECS, RAM, STS and the instance metadata service;
 //! it is the same listener as `endpoint`, so no separate `sts_endpoint` / `ram_endpoint` /
 //! `imds_endpoint` keys are printed.
@@ -322,11 +322,19 @@ pub async fn run_until(
 ) -> Result<i32, String> {
     let cfg = args.config()?;
     let server = crate::sim::start(cfg).await.map_err(|e| e.to_string())?;
-    let line = serde_json::json!({
-        "endpoint": server.endpoint(),
-        "region": server.region(),
-        "ecs_endpoint": server.ecs_endpoint(),
-    });
+    // A struct, not json!(): the contract's keys come first, in the documented order.
+    #[derive(serde::Serialize)]
+    struct Ready<'a> {
+        endpoint: String,
+        region: &'a str,
+        ecs_endpoint: String,
+    }
+    let line = serde_json::to_string(&Ready {
+        endpoint: server.endpoint(),
+        region: server.region(),
+        ecs_endpoint: server.ecs_endpoint(),
+    })
+    .map_err(|e| format!("cannot encode the ready line: {e}"))?;
     writeln!(out, "{line}").map_err(|e| format!("cannot write the ready line: {e}"))?;
     out.flush()
         .map_err(|e| format!("cannot write the ready line: {e}"))?;
@@ -531,7 +539,7 @@ mod tests {
         );
         assert_eq!(
             text.trim_end(),
-            format!("{{\"ecs_endpoint\":\"{ep}\",\"endpoint\":\"{ep}\",\"region\":\"us-west-1\"}}")
+            format!("{{\"endpoint\":\"{ep}\",\"region\":\"us-west-1\",\"ecs_endpoint\":\"{ep}\"}}")
         );
     }
 }
