@@ -25,8 +25,9 @@ use super::budget::{MemoryBudget, TokenBucket};
 use super::{Location, Progress};
 
 /// Bytes one part may queue between its GET and its upload (the channel depth is derived from
-/// it), so that RSS stays near `concurrency × 4 MiB` regardless of the part size.
-const PER_PART_BUFFER: usize = 4 * 1024 * 1024;
+/// it). Kept small: a queued chunk pins its whole HTTP read buffer whatever its length, so the
+/// number of slots, not bytes, bounds RSS; hyper's write queue and the sockets buffer more.
+const PER_PART_BUFFER: usize = 1024 * 1024;
 
 /// What every pipe of a copy shares.
 pub(crate) struct PipeCtx {
