@@ -1,6 +1,6 @@
 //! `copy`: plan, (resume or) start the upload, schedule parts, prove, complete.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::crc64;
 use crate::metrics as m;
 use crate::store::{
-    ByteStream, ErrorClass, ListedPart, ObjectMeta, PartSpec, PutOptions, StoreError, Uploaded,
+    ErrorClass, ListedPart, ObjectMeta, PartSpec, PutOptions, StoreError, Uploaded,
 };
 
 use super::budget::{MemoryBudget, TokenBucket};
@@ -812,8 +812,6 @@ struct Job {
 enum Event {
     Cancel,
     GraceOver,
-    /// A part's body was fully handed to its upload (part index, attempt).
-    Sent((usize, u32)),
     Joined(Result<(Job, Result<super::pipe::Piped, PipeError>), tokio::task::JoinError>),
     Wrote(Result<(), TransferError>),
     Idle,
@@ -842,13 +840,6 @@ async fn run_parts(
         })
         .collect();
     let mut set = JoinSet::new();
-    // A part whose body is all sent only waits for the upload's response: its slot goes to
-    // the next part, whose GET latency then overlaps that wait instead of following it (on a
-    // WAN, two round trips per part). `running` maps a part in `set` to its attempt, so a
-    // late signal from an earlier attempt is ignored; waiting parts are capped at the limit.
-    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, u32)>();
-    let mut running: HashMap<usize, u32> = HashMap::new();
-    let mut sent: HashSet<usize> = HashSet::new();
     let mut stopping = false;
     let mut grace: Option<Instant> = None;
     let mut failure: Option<TransferError> = None;
@@ -860,10 +851,7 @@ async fn run_parts(
         let mut next_ready: Option<Instant> = None;
         if !stopping && failure.is_none() {
             let now = Instant::now();
-            let has_room = |set_len: usize, sent: &HashSet<usize>, limit: usize| {
-                set_len.saturating_sub(sent.len()) < limit && set_len < 2 * limit
-            };
-            while has_room(set.len(), &sent, aimd.limit()) {
+            while set.len() < aimd.limit() {
                 // Retried jobs sit at the front; the scan stops at the first ready job.
                 let Some(i) = queue
                     .iter()
@@ -872,10 +860,9 @@ async fn run_parts(
                     break;
                 };
                 let job = queue.remove(i).expect("index from position");
-                running.insert(job.idx, job.attempt);
-                spawn_part(&mut set, ctx, specs, job, upload_id, etag, &sent_tx);
+                spawn_part(&mut set, ctx, specs, job, upload_id, etag);
             }
-            if has_room(set.len(), &sent, aimd.limit()) {
+            if set.len() < aimd.limit() {
                 next_ready = queue.iter().filter_map(|j| j.ready_at).min();
             }
         }
@@ -890,21 +877,11 @@ async fn run_parts(
             // Before joins: a finished write must start the next one promptly, or acks pile
             // up unsaved while parts keep completing.
             r = keeper.wait_write(), if keeper.is_writing() => Event::Wrote(r),
-            Some(m) = sent_rx.recv(), if !set.is_empty() => Event::Sent(m),
             Some(r) = set.join_next() => Event::Joined(r),
             else => Event::Idle,
         };
-        if let Event::Joined(Ok((job, _))) = &ev {
-            running.remove(&job.idx);
-            sent.remove(&job.idx);
-        }
         match ev {
             Event::Idle => {}
-            Event::Sent((idx, attempt)) => {
-                if running.get(&idx) == Some(&attempt) {
-                    sent.insert(idx);
-                }
-            }
             Event::Cancel => {
                 info!(
                     inflight = set.len(),
@@ -1009,13 +986,11 @@ fn spawn_part(
     job: Job,
     upload_id: &Arc<str>,
     etag: &Arc<str>,
-    sent_tx: &SentTx,
 ) {
     let ctx = ctx.clone();
     let spec = specs[job.idx];
     let upload_id = upload_id.clone();
     let etag = etag.clone();
-    let signal = Some((sent_tx.clone(), (job.idx, job.attempt)));
     set.spawn(async move {
         let _inflight = InflightGuard::new(ctx.progress.clone());
         let dst = ctx.dst.clone();
@@ -1028,11 +1003,6 @@ fn spawn_part(
             if_match(&etag),
             None,
             move |body| async move {
-                let body: ByteStream = Box::pin(SentSignal {
-                    inner: body,
-                    remaining: spec.len,
-                    signal,
-                });
                 dst.store
                     .upload_part(&dst.key, &upload_id, spec, body)
                     .await
@@ -1042,37 +1012,6 @@ fn spawn_part(
         .await;
         (job, r)
     });
-}
-
-/// Where a part reports (part index, attempt) once its body is all sent.
-type SentTx = tokio::sync::mpsc::UnboundedSender<(usize, u32)>;
-
-/// An upload body that tells the scheduler when its last byte has been taken (the consumer
-/// knows the length and may never poll for the end).
-struct SentSignal {
-    inner: ByteStream,
-    remaining: u64,
-    signal: Option<(SentTx, (usize, u32))>,
-}
-
-impl futures::Stream for SentSignal {
-    type Item = Result<bytes::Bytes, StoreError>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let r = self.inner.as_mut().poll_next(cx);
-        if let std::task::Poll::Ready(Some(Ok(b))) = &r {
-            self.remaining = self.remaining.saturating_sub(b.len() as u64);
-            if self.remaining == 0 {
-                if let Some((tx, m)) = self.signal.take() {
-                    let _ = tx.send(m);
-                }
-            }
-        }
-        r
-    }
 }
 
 /// CompleteMultipartUpload with retries. OSS finishes a completion even if the client lost the
