@@ -37,8 +37,9 @@ pub(crate) const MAX_XML_BODY: usize = 16 * 1024 * 1024;
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// OSS allows 15 minutes of skew; beyond 14 a bodiless 403 is taken as RequestTimeTooSkewed.
 const SKEW_SUSPECT_MS: u64 = 14 * 60 * 1000;
-/// Bytes hyper reads from a connection at a time (also the largest response body chunk).
-const READ_BUF_SIZE: usize = 64 * 1024;
+/// Largest read from a connection (so largest response body chunk), and most request body
+/// bytes queued for writing on one connection.
+const CONN_BUF_SIZE: usize = 64 * 1024;
 
 /// Client settings. Build with [`OssConfig::new`] and adjust fields.
 #[derive(Clone)]
@@ -209,11 +210,11 @@ impl OssClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(50))
             .pool_max_idle_per_host(256)
-            // One small fixed read size instead of hyper's adaptive 8-400 KiB: a body chunk
-            // keeps its whole read buffer alive until it is uploaded, however few bytes the
-            // read returned, so the buffer size (not the bytes) is what queued chunks cost.
-            // With up to 400 KiB per chunk, RSS grew with the length of a copy.
-            .http1_read_buf_exact_size(READ_BUF_SIZE)
+            // Small connection buffers: a body chunk keeps its whole read buffer alive until
+            // it is uploaded, however few bytes the read returned, and hyper queues chunks up
+            // to this size per upload connection. With hyper's default (~400 KiB, reads up to
+            // that size) the queued and pinned buffers made RSS depend on how long a copy ran.
+            .http1_max_buf_size(CONN_BUF_SIZE)
             .build(https);
         Ok(OssClient {
             inner: Arc::new(Inner {
