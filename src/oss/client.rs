@@ -37,6 +37,9 @@ pub(crate) const MAX_XML_BODY: usize = 16 * 1024 * 1024;
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// OSS allows 15 minutes of skew; beyond 14 a bodiless 403 is taken as RequestTimeTooSkewed.
 const SKEW_SUSPECT_MS: u64 = 14 * 60 * 1000;
+/// Largest read from a connection (so largest response body chunk), and most request body
+/// bytes queued for writing on one connection.
+const CONN_BUF_SIZE: usize = 64 * 1024;
 
 /// Client settings. Build with [`OssConfig::new`] and adjust fields.
 #[derive(Clone)]
@@ -207,6 +210,11 @@ impl OssClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(50))
             .pool_max_idle_per_host(256)
+            // Small connection buffers: a body chunk keeps its whole read buffer alive until
+            // it is uploaded, however few bytes the read returned, and hyper queues chunks up
+            // to this size per upload connection. With hyper's default (~400 KiB, reads up to
+            // that size) the queued and pinned buffers made RSS depend on how long a copy ran.
+            .http1_max_buf_size(CONN_BUF_SIZE)
             .build(https);
         Ok(OssClient {
             inner: Arc::new(Inner {

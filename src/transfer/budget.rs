@@ -79,12 +79,25 @@ impl MemoryBudget {
                 .await
                 .expect("the budget semaphore is never closed"),
         };
+        self.note_peak();
+        BudgetPermit { permit, bytes: n }
+    }
+
+    /// Takes `bytes` (≤ [`max_chunk`](Self::max_chunk)) if they fit now, already detached:
+    /// the caller must [`release`](Self::release) the returned weight.
+    pub fn try_take(&self, bytes: u64) -> Option<u32> {
+        let n = bytes.min(self.max_chunk()) as u32;
+        self.sem.try_acquire_many(n).ok()?.forget();
+        self.note_peak();
+        Some(n)
+    }
+
+    fn note_peak(&self) {
         let in_use = self.in_use();
         // Read first: the shared line is only written when a new peak is reached.
         if in_use > self.progress.peak_buffered_bytes.load(Relaxed) {
             self.progress.peak_buffered_bytes.fetch_max(in_use, Relaxed);
         }
-        BudgetPermit { permit, bytes: n }
     }
 
     /// Gives back bytes detached with [`BudgetPermit::hand_over`].

@@ -9,7 +9,8 @@
 //! Guarantees callers can rely on:
 //! * Memory: bytes buffered between GETs and uploads never exceed [`CopyOptions::memory`]
 //!   (a byte semaphore; each chunk carries its bytes until the uploader takes the next one),
-//!   and each part queues at most ~4 MiB, whatever the part size.
+//!   and a part holds no more than one chunk between its GET and its upload, whatever the part
+//!   size (the upload body pulls from the GET body).
 //! * Proof: each part's CRC-64 is computed as it streams and must equal the destination's;
 //!   the folded part CRCs must equal the source's CRC-64 (a mismatch re-reads the source to
 //!   find and resend the corrupted parts) and the Complete response's. A final mismatch

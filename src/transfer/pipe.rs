@@ -1,21 +1,24 @@
-//! The hot path: one ranged GET streamed into one upload through a small bounded buffer.
+//! The hot path: one ranged GET streamed into one upload.
 //!
-//! A feeder reads the GET body, checks the byte count, updates the CRC-64, charges each chunk
-//! to the memory budget (and the bandwidth bucket) and hands it, with its permit, to a bounded
-//! channel. The upload body drains the channel; a chunk's permit is released when the uploader
-//! asks for the next chunk or drops the body. Both halves run in the part's task, so nothing is
-//! spawned per part and a failed upload simply drops the GET.
+//! The upload body pulls straight from the GET body: each time the uploader asks for data, the
+//! body takes the next source chunk, checks the byte count, updates the CRC-64, charges it to
+//! the memory budget (and the bandwidth bucket) and hands it over, with no copy and no task in
+//! between (a feeder task with a channel cost a task hop and two wake-ups per chunk, about a
+//! fifth more CPU per byte than the bare GET-into-PUT). A chunk's budget bytes are released
+//! when the uploader asks for the next one or drops the body. The part's task only watches:
+//! stalls on either side, the response timeout, and the outcome the body records.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
-use tokio::sync::{mpsc, Notify};
+use futures::future::BoxFuture;
+use futures::Stream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::crc64::Crc64;
@@ -23,10 +26,6 @@ use crate::store::{ByteStream, ErrorClass, StoreError, Uploaded};
 
 use super::budget::{MemoryBudget, TokenBucket};
 use super::{Location, Progress};
-
-/// Bytes one part may queue between its GET and its upload (the channel depth is derived from
-/// it), so that RSS stays near `concurrency × 4 MiB` regardless of the part size.
-const PER_PART_BUFFER: usize = 4 * 1024 * 1024;
 
 /// What every pipe of a copy shares.
 pub(crate) struct PipeCtx {
@@ -87,9 +86,6 @@ pub(crate) struct Piped {
     pub uploaded: Uploaded,
 }
 
-/// A chunk and the budget bytes it carries (released by whoever ends up holding it).
-type Item = Result<(Bytes, u32), StoreError>;
-
 /// Streams source bytes `[start, end)` into `upload`. With `expected_crc`, the last chunk is
 /// withheld (and the upload failed) if the range's CRC-64 differs, so a whole-object PUT never
 /// commits corrupted bytes.
@@ -131,280 +127,151 @@ where
             Ok(Ok(s)) => s,
         }
     };
-    let (tx, rx) = mpsc::channel::<Item>(channel_depth(ctx.chunk_size));
-    let signals = Arc::new(BodySignals::default());
+    let shared = Arc::new(Shared::default());
+    if len == 0 {
+        *shared.outcome.lock().expect("pipe outcome") = Some(Ok(Crc64::new().sum()));
+    }
     let body: ByteStream = Box::pin(Body {
-        rx,
+        src: stream,
+        len,
+        got: 0,
+        crc: Crc64::new(),
+        expected_crc,
+        max_chunk: (ctx.chunk_size as u64).min(ctx.budget.max_chunk()).max(1) as usize,
+        rest: Bytes::new(),
+        ready: None,
+        bandwidth: ctx.bandwidth.clone(),
+        bw_wait: None,
+        budget: ctx.budget.clone(),
+        budget_wait: None,
         held: 0,
         release_batch: ctx.release_batch,
-        budget: ctx.budget.clone(),
-        signals: signals.clone(),
-        remaining: len,
+        shared: shared.clone(),
+        progress: ctx.progress.clone(),
+        ended: false,
+        unyielded: 0,
     });
-    let feeding = feed(ctx, stream, len, expected_crc, tx);
-    let up = async {
-        let fut = upload(body);
-        tokio::select! {
-            r = fut => r.map_err(PipeError::dst),
-            _ = async { signals.done.notified().await; tokio::time::sleep(ctx.request_timeout).await } => {
-                Err(PipeError::dst(StoreError::transient(format!(
-                    "the destination did not answer within {:?} after the body was sent",
-                    ctx.request_timeout
-                ))).with_reason("timeout"))
-            }
-        }
-    };
-    tokio::pin!(feeding, up);
-    let mut fed: Option<u64> = None;
-    // Once everything is queued, the feeder no longer notices a consumer that stopped
-    // reading (a short part fits in the buffer): watch the body instead.
+    let up = upload(body);
+    tokio::pin!(up);
+    // One timer: while the body moves, it checks every idle period that a chunk was taken
+    // (a stall is noticed after one to two periods); once the body is all sent, it bounds
+    // the wait for the response.
     let stall = tokio::time::sleep(ctx.idle_timeout);
     tokio::pin!(stall);
+    let mut sent = false;
     loop {
         tokio::select! {
             biased;
-            _ = &mut stall, if fed.is_some() && !signals.finished.load(Relaxed) => {
-                if !signals.taken.swap(false, Relaxed) {
+            r = &mut up => {
+                let outcome = shared.outcome.lock().expect("pipe outcome").take();
+                return match (r, outcome) {
+                    // The source failed (the body passed the error on): that is the cause.
+                    (_, Some(Err(e))) => Err(e),
+                    (Err(e), _) => Err(PipeError::dst(e)),
+                    (Ok(_), None) => Err(PipeError::dst(StoreError::transient(
+                        "the destination accepted a body that was not fully sent",
+                    ))),
+                    (Ok(uploaded), Some(Ok(crc64))) => {
+                        if let Some(reported) = uploaded.crc64 {
+                            if reported != crc64 {
+                                return Err(PipeError::dst(StoreError::transient(format!(
+                                    "the destination reports CRC-64 {reported} for bytes {start}-{end}, \
+                                     but {crc64} was sent"
+                                )))
+                                .with_reason("crc_mismatch"));
+                            }
+                        }
+                        Ok(Piped { crc64, uploaded })
+                    }
+                };
+            }
+            _ = shared.done.notified(), if !sent => {
+                sent = true;
+                stall.as_mut().reset(Instant::now() + ctx.request_timeout);
+            }
+            _ = &mut stall => {
+                if sent {
                     return Err(PipeError::dst(StoreError::transient(format!(
-                        "the destination took no data for {:?}",
-                        ctx.idle_timeout
+                        "the destination did not answer within {:?} after the body was sent",
+                        ctx.request_timeout
                     )))
                     .with_reason("timeout"));
                 }
-                stall.as_mut().reset(Instant::now() + ctx.idle_timeout);
-            },
-            r = &mut feeding, if fed.is_none() => match r {
-                Ok(crc) => {
-                    fed = Some(crc);
-                    signals.taken.store(false, Relaxed);
-                    stall.as_mut().reset(Instant::now() + ctx.idle_timeout);
-                }
-                // The source failed (the error was also sent into the body): that is the cause.
-                Err(FeedError::Pipe(e)) => return Err(e),
-                // The uploader dropped the body: its own result says why.
-                Err(FeedError::Gone) => {
-                    return Err(up.await.err().unwrap_or_else(|| {
-                        PipeError::dst(StoreError::transient(
-                            "the destination accepted a body that was not fully sent",
-                        ))
-                    }))
-                }
-            },
-            r = &mut up => {
-                let uploaded = r?;
-                let crc64 = match fed {
-                    Some(c) => c,
-                    None => match feeding.await {
-                        Ok(c) => c,
-                        Err(FeedError::Pipe(e)) => return Err(e),
-                        Err(FeedError::Gone) => {
-                            return Err(PipeError::dst(StoreError::transient(
-                                "the destination stopped reading the body early",
+                if !shared.taken.swap(false, Relaxed) {
+                    match shared.waiting.load(Relaxed) {
+                        WAIT_SOURCE => {
+                            return Err(PipeError::src(StoreError::transient(format!(
+                                "the source sent nothing for {:?}",
+                                ctx.idle_timeout
                             )))
+                            .with_reason("timeout"))
                         }
-                    },
-                };
-                if let Some(reported) = uploaded.crc64 {
-                    if reported != crc64 {
-                        return Err(PipeError::dst(StoreError::transient(format!(
-                            "the destination reports CRC-64 {reported} for bytes {start}-{end}, \
-                             but {crc64} was sent"
-                        )))
-                        .with_reason("crc_mismatch"));
-                    }
-                }
-                return Ok(Piped { crc64, uploaded });
-            }
-        }
-    }
-}
-
-fn channel_depth(chunk_size: usize) -> usize {
-    (PER_PART_BUFFER / chunk_size.max(1)).clamp(2, 64)
-}
-
-enum FeedError {
-    Pipe(PipeError),
-    Gone,
-}
-
-impl From<PipeError> for FeedError {
-    fn from(e: PipeError) -> Self {
-        Self::Pipe(e)
-    }
-}
-
-async fn feed(
-    ctx: &PipeCtx,
-    mut stream: ByteStream,
-    len: u64,
-    expected_crc: Option<u64>,
-    tx: mpsc::Sender<Item>,
-) -> Result<u64, FeedError> {
-    let max_chunk = (ctx.chunk_size as u64).min(ctx.budget.max_chunk()).max(1) as usize;
-    let mut crc = Crc64::new();
-    // Every byte fetched counts (retried ones too: they are billed egress), once per attempt.
-    let mut counted = DownloadCount {
-        bytes: 0,
-        progress: &ctx.progress,
-    };
-    let got = &mut counted.bytes;
-    // One timer for the whole stream, and no clock read per chunk: chunks only set `active`;
-    // when the timer fires it is re-armed if anything moved during the last period, so a
-    // stall is detected after between one and two idle periods.
-    let idle = tokio::time::sleep(ctx.idle_timeout);
-    tokio::pin!(idle);
-    let mut active = false;
-    // Sends an error into the body so the upload fails too, then reports it.
-    macro_rules! fail {
-        ($e:expr) => {{
-            let e: PipeError = $e;
-            let _ = tx.try_send(Err(e.err.clone()));
-            return Err(FeedError::Pipe(e));
-        }};
-    }
-    loop {
-        let next = loop {
-            tokio::select! {
-                biased;
-                n = stream.next() => break n,
-                _ = &mut idle => {
-                    if !std::mem::take(&mut active) {
-                        fail!(PipeError::src(StoreError::transient(format!(
-                            "the source sent nothing for {:?}", ctx.idle_timeout
-                        ))).with_reason("timeout"));
-                    }
-                    idle.as_mut().reset(Instant::now() + ctx.idle_timeout);
-                }
-            }
-        };
-        active = true;
-        let mut chunk = match next {
-            None => break,
-            Some(Ok(b)) => b,
-            Some(Err(e)) => fail!(PipeError::src(e)),
-        };
-        if *got + chunk.len() as u64 > len {
-            fail!(PipeError::src(StoreError::transient(format!(
-                "the source sent more than the {len} bytes requested"
-            ))));
-        }
-        while !chunk.is_empty() {
-            let piece = if chunk.len() > max_chunk {
-                chunk.split_to(max_chunk)
-            } else {
-                std::mem::take(&mut chunk)
-            };
-            crc.update(&piece);
-            *got += piece.len() as u64;
-            if *got == len {
-                if let Some(want) = expected_crc {
-                    if crc.sum() != want {
-                        fail!(PipeError::src(StoreError::transient(format!(
-                            "the source bytes have CRC-64 {}, but the source reports {want}",
-                            crc.sum()
-                        )))
-                        .with_reason("crc_mismatch"));
-                    }
-                }
-            }
-            if let Some(bw) = &ctx.bandwidth {
-                bw.acquire(piece.len() as u64).await;
-            }
-            // Held by this guard until the channel owns the chunk (a failed or dropped send
-            // gives it back); from then on the body releases it.
-            let permit = ctx.budget.acquire(piece.len() as u64).await;
-            let weight = permit.bytes();
-            // Common case first: room in the buffer, no timer needed.
-            let piece = match tx.try_send(Ok((piece, weight))) {
-                Ok(()) => {
-                    permit.hand_over();
-                    continue;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(FeedError::Gone),
-                Err(mpsc::error::TrySendError::Full(item)) => item,
-            };
-            let send = tx.send(piece);
-            tokio::pin!(send);
-            loop {
-                tokio::select! {
-                    biased;
-                    r = &mut send => match r {
-                        Ok(()) => break,
-                        Err(_) => return Err(FeedError::Gone),
-                    },
-                    _ = &mut idle => {
-                        if !std::mem::take(&mut active) {
-                            fail!(PipeError::dst(StoreError::transient(format!(
-                                "the destination took no data for {:?}", ctx.idle_timeout
-                            ))).with_reason("timeout"));
+                        WAIT_CONSUMER => {
+                            return Err(PipeError::dst(StoreError::transient(format!(
+                                "the destination took no data for {:?}",
+                                ctx.idle_timeout
+                            )))
+                            .with_reason("timeout"))
                         }
-                        idle.as_mut().reset(Instant::now() + ctx.idle_timeout);
+                        // Waiting for the shared budget or bandwidth: not a stall of this part.
+                        _ => {}
                     }
                 }
+                stall.as_mut().reset(Instant::now() + ctx.idle_timeout);
             }
-            permit.hand_over();
-            active = true;
-        }
-    }
-    if *got != len {
-        fail!(PipeError::src(StoreError::transient(format!(
-            "the source body ended after {} of {len} bytes",
-            *got
-        )))
-        .with_reason("truncated"));
-    }
-    Ok(crc.sum())
-}
-
-/// Adds a range's fetched bytes to the download counters when the feed ends, however it ends.
-struct DownloadCount<'a> {
-    bytes: u64,
-    progress: &'a Progress,
-}
-
-impl Drop for DownloadCount<'_> {
-    fn drop(&mut self) {
-        if self.bytes > 0 {
-            self.progress
-                .downloaded_bytes
-                .fetch_add(self.bytes, std::sync::atomic::Ordering::Relaxed);
-            metrics::counter!(crate::metrics::BYTES_TOTAL, "direction" => "download")
-                .increment(self.bytes);
         }
     }
 }
 
-/// The upload body: yields the channel's chunks and keeps each chunk's budget bytes until the
-/// consumer comes back for more; on drop it gives back everything still queued.
+/// Bytes a body hands over in one go before it lets other tasks run (network bodies return
+/// `Pending` far more often than this).
+const YIELD_AFTER: usize = 1024 * 1024;
+
+/// What the body is waiting for when it is not producing (for the stall diagnosis).
+const WAIT_CONSUMER: u8 = 0;
+const WAIT_SOURCE: u8 = 1;
+const WAIT_BUDGET: u8 = 2;
+
+/// What the body tells the pipe.
+#[derive(Default)]
+struct Shared {
+    /// A chunk was handed to the uploader since the pipe last looked.
+    taken: AtomicBool,
+    /// One of the `WAIT_*` values.
+    waiting: AtomicU8,
+    /// Set once, when every byte has been handed over.
+    done: Notify,
+    /// The range's CRC-64 once all bytes were read (and checked against `expected_crc`),
+    /// or the source failure that ended the body.
+    outcome: Mutex<Option<Result<u64, PipeError>>>,
+}
+
+/// The upload body: pulls, checks, hashes and charges source chunks on demand.
 struct Body {
-    rx: mpsc::Receiver<Item>,
-    /// Budget bytes of consumed chunks not yet given back: released in batches (one
-    /// semaphore lock per batch, not per chunk), and always before the body waits.
+    src: ByteStream,
+    len: u64,
+    /// Source bytes received (including `rest` and `ready`).
+    got: u64,
+    crc: Crc64,
+    expected_crc: Option<u64>,
+    max_chunk: usize,
+    /// The part of the current source chunk not yet split off.
+    rest: Bytes,
+    /// A piece hashed and counted, waiting for bandwidth and budget.
+    ready: Option<Bytes>,
+    bandwidth: Option<Arc<TokenBucket>>,
+    bw_wait: Option<BoxFuture<'static, ()>>,
+    budget: Arc<MemoryBudget>,
+    budget_wait: Option<BoxFuture<'static, u32>>,
+    /// Budget bytes of handed-over chunks not yet given back: released in batches (one
+    /// semaphore operation per batch, not per chunk), and always before the body waits.
     held: u32,
     release_batch: u32,
-    budget: Arc<MemoryBudget>,
-    signals: Arc<BodySignals>,
-    /// Bytes not yet yielded: a consumer that knows the length may never poll for the end.
-    remaining: u64,
-}
-
-/// What the body tells the pipe about its consumer.
-#[derive(Default)]
-struct BodySignals {
-    /// A chunk was taken since the pipe last looked.
-    taken: AtomicBool,
-    /// The consumer read the end of the body.
-    finished: AtomicBool,
-    done: Notify,
-}
-
-impl BodySignals {
-    fn finish(&self) {
-        if !self.finished.swap(true, Relaxed) {
-            self.done.notify_one();
-        }
-    }
+    shared: Arc<Shared>,
+    progress: Arc<Progress>,
+    ended: bool,
+    /// Bytes handed over since the body last returned `Pending`.
+    unyielded: usize,
 }
 
 impl Body {
@@ -414,39 +281,139 @@ impl Body {
             self.held = 0;
         }
     }
+
+    /// Never wait while holding bytes: other parts may be waiting for them.
+    fn pending(&mut self, waiting: u8) -> Poll<Option<Result<Bytes, StoreError>>> {
+        self.release_held();
+        self.unyielded = 0;
+        self.shared.waiting.store(waiting, Relaxed);
+        Poll::Pending
+    }
+
+    /// Ends the body with a source failure, recorded for the pipe.
+    fn fail(&mut self, e: PipeError) -> Poll<Option<Result<Bytes, StoreError>>> {
+        self.ended = true;
+        self.release_held();
+        let err = e.err.clone();
+        *self.shared.outcome.lock().expect("pipe outcome") = Some(Err(e));
+        Poll::Ready(Some(Err(err)))
+    }
 }
 
 impl Stream for Body {
     type Item = Result<Bytes, StoreError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        // The consumer is back for more: the previous chunk is consumed.
-        if self.held >= self.release_batch {
-            self.release_held();
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
         }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(Ok((b, weight)))) => {
-                self.held = self.held.saturating_add(weight);
-                self.signals.taken.store(true, Relaxed);
-                self.remaining = self.remaining.saturating_sub(b.len() as u64);
-                if self.remaining == 0 {
-                    self.signals.finish();
+        // The consumer is back for more: the previous chunks are consumed.
+        if this.held >= this.release_batch {
+            this.release_held();
+        }
+        // A source and consumer that are always ready (memory, local files) would otherwise
+        // keep the worker for a whole part, and parts would run one after the other.
+        if this.unyielded >= YIELD_AFTER {
+            cx.waker().wake_by_ref();
+            return this.pending(WAIT_CONSUMER);
+        }
+        loop {
+            if this.ready.is_some() {
+                if let Some(w) = this.bw_wait.as_mut() {
+                    match w.as_mut().poll(cx) {
+                        Poll::Pending => return this.pending(WAIT_BUDGET),
+                        Poll::Ready(()) => this.bw_wait = None,
+                    }
                 }
-                Poll::Ready(Some(Ok(b)))
+                let n = this.ready.as_ref().map_or(0, |b| b.len() as u64);
+                let weight = match this.budget_wait.as_mut() {
+                    Some(w) => match w.as_mut().poll(cx) {
+                        Poll::Pending => return this.pending(WAIT_BUDGET),
+                        Poll::Ready(weight) => {
+                            this.budget_wait = None;
+                            weight
+                        }
+                    },
+                    None => match this.budget.try_take(n) {
+                        Some(weight) => weight,
+                        None => {
+                            // Give back ours first: the wait may be for them.
+                            this.release_held();
+                            let b = this.budget.clone();
+                            this.budget_wait =
+                                Some(Box::pin(async move { b.acquire(n).await.hand_over() }));
+                            continue;
+                        }
+                    },
+                };
+                this.held = this.held.saturating_add(weight);
+                let piece = this.ready.take().expect("checked above");
+                this.shared.taken.store(true, Relaxed);
+                this.shared.waiting.store(WAIT_CONSUMER, Relaxed);
+                if this.got == this.len && this.rest.is_empty() {
+                    // A consumer that knows the length may never poll for the end.
+                    this.ended = true;
+                    this.shared.done.notify_one();
+                }
+                this.unyielded += piece.len();
+                return Poll::Ready(Some(Ok(piece)));
             }
-            Poll::Ready(Some(Err(e))) => {
-                self.release_held();
-                Poll::Ready(Some(Err(e)))
+            if !this.rest.is_empty() {
+                let piece = if this.rest.len() > this.max_chunk {
+                    this.rest.split_to(this.max_chunk)
+                } else {
+                    std::mem::take(&mut this.rest)
+                };
+                this.crc.update(&piece);
+                if this.got == this.len && this.rest.is_empty() {
+                    let sum = this.crc.sum();
+                    if let Some(want) = this.expected_crc {
+                        if sum != want {
+                            return this.fail(
+                                PipeError::src(StoreError::transient(format!(
+                                    "the source bytes have CRC-64 {sum}, but the source reports {want}"
+                                )))
+                                .with_reason("crc_mismatch"),
+                            );
+                        }
+                    }
+                    *this.shared.outcome.lock().expect("pipe outcome") = Some(Ok(sum));
+                }
+                if let Some(bw) = &this.bandwidth {
+                    let (bw, n) = (bw.clone(), piece.len() as u64);
+                    this.bw_wait = Some(Box::pin(async move { bw.acquire(n).await }));
+                }
+                this.ready = Some(piece);
+                continue;
             }
-            Poll::Ready(None) => {
-                self.release_held();
-                self.signals.finish();
-                Poll::Ready(None)
+            if this.got == this.len {
+                this.ended = true;
+                this.shared.done.notify_one();
+                return Poll::Ready(None);
             }
-            Poll::Pending => {
-                // Never wait while holding bytes: the feeder may be waiting for them.
-                self.release_held();
-                Poll::Pending
+            match this.src.as_mut().poll_next(cx) {
+                Poll::Pending => return this.pending(WAIT_SOURCE),
+                Poll::Ready(None) => {
+                    let (got, len) = (this.got, this.len);
+                    return this.fail(
+                        PipeError::src(StoreError::transient(format!(
+                            "the source body ended after {got} of {len} bytes"
+                        )))
+                        .with_reason("truncated"),
+                    );
+                }
+                Poll::Ready(Some(Err(e))) => return this.fail(PipeError::src(e)),
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if this.got + chunk.len() as u64 > this.len {
+                        let len = this.len;
+                        return this.fail(PipeError::src(StoreError::transient(format!(
+                            "the source sent more than the {len} bytes requested"
+                        ))));
+                    }
+                    this.got += chunk.len() as u64;
+                    this.rest = chunk;
+                }
             }
         }
     }
@@ -455,12 +422,13 @@ impl Stream for Body {
 impl Drop for Body {
     fn drop(&mut self) {
         self.release_held();
-        // No new chunks after close; queued ones still carry budget bytes.
-        self.rx.close();
-        while let Ok(item) = self.rx.try_recv() {
-            if let Ok((_, weight)) = item {
-                self.budget.release(weight);
-            }
+        // Every byte fetched counts (retried ones too: they are billed egress).
+        if self.got > 0 {
+            self.progress
+                .downloaded_bytes
+                .fetch_add(self.got, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!(crate::metrics::BYTES_TOTAL, "direction" => "download")
+                .increment(self.got);
         }
     }
 }
