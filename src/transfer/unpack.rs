@@ -1078,6 +1078,21 @@ async fn multipart(
     let (mut st, listed) =
         start_or_resume(ctx, meta, raw_size, planned, put_opts, &state_path).await?;
     let part_size = st.part_size;
+    if ctx.pipe.budget.limit() < part_size + ctx.opts.chunk_size as u64 {
+        // A resumed plan with parts bigger than this run's memory would never fill a part.
+        let e = TransferError::Plan(format!(
+            "the interrupted unpack uses {part_size}-byte parts, which do not fit this run's \
+             --memory; rerun with at least {} bytes of --memory (or --no-resume)",
+            (part_size + ctx.opts.chunk_size as u64) * 4 / 3 + 1
+        ));
+        return Err(match &state_path {
+            Some(p) => TransferError::Resumable {
+                source: Box::new(e),
+                state_file: p.clone(),
+            },
+            None => e,
+        });
+    }
     let specs = plan::parts(raw_size, part_size);
     let mut done: Vec<Option<StatePart>> = vec![None; specs.len()];
     // Parts a previous run recorded and the destination confirms: trusted only once the
