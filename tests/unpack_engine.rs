@@ -331,3 +331,177 @@ async fn named_target_takes_the_member_name() {
         &data[..]
     );
 }
+
+/// A source whose bytes can be swapped while HEAD keeps reporting the same fingerprint: the
+/// only way to make a resumed run regenerate different bytes for a recorded part.
+struct Swappable {
+    meta: ObjectMeta,
+    data: Mutex<Bytes>,
+}
+
+#[async_trait]
+impl ObjectStore for Swappable {
+    fn describe(&self, key: &str) -> String {
+        format!("swap://{key}")
+    }
+    async fn head(&self, _key: &str) -> Result<ObjectMeta, StoreError> {
+        Ok(self.meta.clone())
+    }
+    async fn get_range(
+        &self,
+        _key: &str,
+        start: u64,
+        end: u64,
+        _if_match: Option<&str>,
+    ) -> Result<ByteStream, StoreError> {
+        let b = self
+            .data
+            .lock()
+            .unwrap()
+            .slice(start as usize..end as usize);
+        Ok(Box::pin(futures::stream::iter([Ok(b)])))
+    }
+    async fn put(
+        &self,
+        _: &str,
+        _: ByteStream,
+        _: u64,
+        _: &PutOptions,
+    ) -> Result<Uploaded, StoreError> {
+        unreachable!("source only")
+    }
+    async fn create_multipart(
+        &self,
+        _: &str,
+        _: u64,
+        _: &PutOptions,
+    ) -> Result<String, StoreError> {
+        unreachable!("source only")
+    }
+    async fn upload_part(
+        &self,
+        _: &str,
+        _: &str,
+        _: PartSpec,
+        _: ByteStream,
+    ) -> Result<Uploaded, StoreError> {
+        unreachable!("source only")
+    }
+    async fn list_parts(&self, _: &str, _: &str) -> Result<Vec<ListedPart>, StoreError> {
+        unreachable!("source only")
+    }
+    async fn complete(
+        &self,
+        _: &str,
+        _: &str,
+        _: &[(u32, String)],
+    ) -> Result<Uploaded, StoreError> {
+        unreachable!("source only")
+    }
+    async fn abort(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        unreachable!("source only")
+    }
+    async fn delete(&self, _: &str) -> Result<(), StoreError> {
+        unreachable!("source only")
+    }
+}
+
+/// Stored (level 0) gzip: flipping a RAW byte keeps the archive's length.
+fn stored_archive(data: &[u8]) -> Vec<u8> {
+    let mut tar_bytes = tar::gnu_header("r_system.raw", data.len() as u64, b'0').to_vec();
+    tar_bytes.extend_from_slice(data);
+    tar_bytes.resize(tar_bytes.len().div_ceil(512) * 512 + 1024, 0);
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), Compression::none());
+    std::io::Write::write_all(&mut enc, &tar_bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+async fn unpack_into(
+    src: Arc<Swappable>,
+    dst: Arc<MemoryStore>,
+    state: &std::path::Path,
+) -> Result<transfer::UnpackSummary, TransferError> {
+    transfer::copy_unpack(
+        Location::new(src, "r.raw.tar.gz"),
+        UnpackTarget::Fixed(Location::new(dst, "r_system.raw")),
+        CopyOptions {
+            concurrency: 1,
+            part_size: Some(MIB),
+            state_dir: Some(state.to_path_buf()),
+            max_attempts: 1,
+            ..opts()
+        },
+        Progress::new(),
+        CancellationToken::new(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_skips_recorded_parts_only_when_regenerated_bytes_match() {
+    use ossrelay::store::memory::{Fault, FaultRule, Op};
+    let raw = noise(4 * MIB as usize, 11);
+    let good = stored_archive(&raw);
+    let mut changed_raw = raw.clone();
+    changed_raw[(MIB + MIB / 2) as usize] ^= 1; // inside part 2
+    let changed = stored_archive(&changed_raw);
+    assert_eq!(good.len(), changed.len());
+    let meta = ObjectMeta {
+        size: good.len() as u64,
+        etag: "same-etag".into(),
+        crc64: Some(crc64::checksum(&good)),
+        ..ObjectMeta::default()
+    };
+
+    for swap in [false, true] {
+        let state = tempfile::tempdir().unwrap();
+        let src = Arc::new(Swappable {
+            meta: meta.clone(),
+            data: Mutex::new(Bytes::from(good.clone())),
+        });
+        let dst = MemoryStore::new("dst");
+        // Run 1 dies at part 4 (one part at a time, so parts 1-3 are recorded).
+        dst.inject(
+            FaultRule::new(
+                Op::UploadPart,
+                Fault::Error(ossrelay::store::ErrorClass::Auth),
+            )
+            .part(4),
+        );
+        let err = unpack_into(src.clone(), dst.clone(), state.path())
+            .await
+            .expect_err("part 4 fails");
+        assert!(matches!(err, TransferError::Resumable { .. }), "{err}");
+        dst.clear_faults();
+        dst.reset_part_uploads();
+        if swap {
+            *src.data.lock().unwrap() = Bytes::from(changed.clone());
+        }
+        let r = unpack_into(src, dst.clone(), state.path()).await;
+        assert_eq!(
+            dst.part_uploads(1),
+            0,
+            "swap={swap}: part 1 was verified, not resent"
+        );
+        assert_eq!(
+            dst.part_uploads(3),
+            0,
+            "swap={swap}: part 3 was verified, not resent"
+        );
+        assert_eq!(dst.part_uploads(4), 1);
+        if swap {
+            // Part 2 regenerated differently: not trusted, sent again; then the compressed
+            // stream's CRC-64 exposes the changed source and nothing is kept.
+            assert_eq!(dst.part_uploads(2), 1, "a mismatching part must be resent");
+            let err = r.expect_err("changed source");
+            assert!(matches!(err, TransferError::CrcMismatch { .. }), "{err}");
+            assert!(dst.object("r_system.raw").is_none());
+            assert_eq!(dst.open_uploads(), 0);
+        } else {
+            let s = r.expect("resume completes");
+            assert_eq!(dst.part_uploads(2), 0);
+            assert_eq!(s.copy.resumed_bytes, 3 * MIB);
+            assert_eq!(dst.object("r_system.raw").unwrap().as_ref(), &raw[..]);
+        }
+    }
+}
