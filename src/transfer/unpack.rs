@@ -463,6 +463,13 @@ struct DecodeEnd {
 enum DecodeError {
     /// The archive itself is unusable (corrupt, truncated, several members...).
     Archive(String),
+    /// Decoding failed, and the compressed bytes read do not have the source's CRC-64: they
+    /// were damaged on the way (worth another attempt).
+    Transit {
+        msg: String,
+        expected: u64,
+        actual: u64,
+    },
     /// The input ended early because fetching failed, or the consumer went away.
     Stopped,
 }
@@ -492,25 +499,62 @@ struct DecoderIo {
     chunk: usize,
 }
 
+/// The source as HEAD described it: what the compressed stream must add up to.
+#[derive(Debug, Clone, Copy)]
+struct SourceSum {
+    size: u64,
+    crc64: Option<u64>,
+}
+
 fn decode(
     reader: CompressedReader,
     io: DecoderIo,
     fetch_failed: Arc<AtomicBool>,
+    source: SourceSum,
 ) -> Result<DecodeEnd, DecodeError> {
-    let r = decode_inner(reader, &io);
+    let mut gz = flate2::bufread::GzDecoder::new(reader);
+    let r = decode_inner(&mut gz, &io);
     // An input cut short by a failed fetch looks like truncation: say "stopped" instead, the
     // fetch error is the real cause.
-    match r {
-        Err(DecodeError::Archive(_)) if fetch_failed.load(Relaxed) || io.stop.is_cancelled() => {
-            Err(DecodeError::Stopped)
+    let stopped = |io: &DecoderIo| fetch_failed.load(Relaxed) || io.stop.is_cancelled();
+    let msg = match r {
+        Err(DecodeError::Archive(_)) if stopped(&io) => return Err(DecodeError::Stopped),
+        Err(DecodeError::Archive(msg)) => msg,
+        other => return other,
+    };
+    // The archive, or the bytes on their way? Read the rest and compare with the source's
+    // CRC-64 (costs the rest of the download, but tells a broken export from a bad network).
+    let reader = gz.get_mut();
+    loop {
+        let n = reader.fill_buf().map(|b| b.len()).unwrap_or(0);
+        if n == 0 {
+            break;
         }
-        other => other,
+        reader.consume(n);
+    }
+    if stopped(&io) {
+        return Err(DecodeError::Stopped);
+    }
+    let complete = reader.ended && reader.crc.len() == source.size;
+    match source.crc64 {
+        Some(want) if complete && reader.crc.sum() != want => Err(DecodeError::Transit {
+            msg,
+            expected: want,
+            actual: reader.crc.sum(),
+        }),
+        Some(_) if complete => Err(DecodeError::Archive(format!(
+            "{msg} (the bytes read have the CRC-64 the source reports: the archive itself is \
+             damaged)"
+        ))),
+        _ => Err(DecodeError::Archive(msg)),
     }
 }
 
-fn decode_inner(reader: CompressedReader, io: &DecoderIo) -> Result<DecodeEnd, DecodeError> {
-    let mut gz = flate2::bufread::GzDecoder::new(reader);
-    let member = match tar::next_header(&mut gz).map_err(tar_err)? {
+fn decode_inner(
+    gz: &mut flate2::bufread::GzDecoder<CompressedReader>,
+    io: &DecoderIo,
+) -> Result<DecodeEnd, DecodeError> {
+    let member = match tar::next_header(gz).map_err(tar_err)? {
         Some(h) => h,
         None => {
             return Err(DecodeError::Archive(
@@ -577,7 +621,7 @@ fn decode_inner(reader: CompressedReader, io: &DecoderIo) -> Result<DecodeEnd, D
     let mut pad = [0u8; tar::BLOCK];
     gz.read_exact(&mut pad[..padding as usize])
         .map_err(archive_io)?;
-    if let Some(next) = tar::next_header(&mut gz).map_err(tar_err)? {
+    if let Some(next) = tar::next_header(gz).map_err(tar_err)? {
         return Err(DecodeError::Archive(format!(
             "the archive holds more than one member ({name:?}, then the {} {:?}): an image \
              export holds exactly one disk image; unpack it by hand or copy with --unpack never",
@@ -599,7 +643,7 @@ fn decode_inner(reader: CompressedReader, io: &DecoderIo) -> Result<DecodeEnd, D
             ));
         }
     }
-    let mut reader = gz.into_inner();
+    let reader = gz.get_mut();
     if !reader.fill_buf().map_err(archive_io)?.is_empty() {
         return Err(DecodeError::Archive(
             "unexpected data after the gzip stream: an image export is a single gzip member".into(),
@@ -621,6 +665,7 @@ fn decode_inner(reader: CompressedReader, io: &DecoderIo) -> Result<DecodeEnd, D
 
 /// The fetcher and the decoder of one unpack; both stop when this is dropped.
 struct Pipeline {
+    src_desc: String,
     stop: CancellationToken,
     fetcher: Option<FetchHandle>,
     fetch_failed: Arc<AtomicBool>,
@@ -648,8 +693,14 @@ impl Pipeline {
             Some(d) => Some(d.await),
             None => None,
         };
-        if let Some(Ok(Err(DecodeError::Archive(msg)))) = &dec {
-            return TransferError::Archive(msg.clone());
+        match &dec {
+            Some(Ok(Err(DecodeError::Archive(msg)))) => return TransferError::Archive(msg.clone()),
+            Some(Ok(Err(DecodeError::Transit {
+                msg,
+                expected,
+                actual,
+            }))) => return self.transit(msg, *expected, *actual),
+            _ => {}
         }
         if self.fetch_failed.load(Relaxed) {
             if let Some(f) = self.fetcher.take() {
@@ -666,6 +717,17 @@ impl Pipeline {
         }
     }
 
+    fn transit(&self, msg: &str, expected: u64, actual: u64) -> TransferError {
+        TransferError::CrcMismatch {
+            what: format!(
+                "the compressed bytes read from {} (decoding failed: {msg})",
+                self.src_desc
+            ),
+            expected,
+            actual,
+        }
+    }
+
     /// Waits for the decoder's end of stream (all RAW bytes were handed out already).
     async fn finish(&mut self) -> Result<DecodeEnd, TransferError> {
         let r = match self.decoder.take() {
@@ -675,10 +737,20 @@ impl Pipeline {
         match r {
             Ok(Ok(end)) => Ok(end),
             Ok(Err(DecodeError::Archive(msg))) => Err(TransferError::Archive(msg)),
+            Ok(Err(DecodeError::Transit {
+                msg,
+                expected,
+                actual,
+            })) => Err(self.transit(&msg, expected, actual)),
             _ => Err(self.cause().await),
         }
     }
 }
+
+/// Whole-unpack attempts after a CRC-64 mismatch (bytes damaged on the way): without a
+/// checksum per range, a damaged range can only be told by the end-to-end proof, and parts
+/// sent after it cannot be trusted, so the attempt starts over.
+const REPAIR_ROUNDS: u32 = 2;
 
 async fn run(
     src: Location,
@@ -688,6 +760,37 @@ async fn run(
     cancel: CancellationToken,
 ) -> Result<UnpackSummary, TransferError> {
     engine::validate(&opts)?;
+    let mut dst = Some(dst);
+    let mut round = 0;
+    loop {
+        match run_once(&src, &mut dst, &opts, &progress, &cancel).await {
+            Err(e @ TransferError::CrcMismatch { .. }) if round < REPAIR_ROUNDS => {
+                round += 1;
+                warn!(error = %e, round, "CRC-64 mismatch: the upload was discarded; unpacking again");
+                progress.retries.fetch_add(1, Relaxed);
+                metrics::counter!(m::RETRIES_TOTAL, "reason" => "crc_mismatch").increment(1);
+                for c in [
+                    &progress.acked_bytes,
+                    &progress.parts_done,
+                    &progress.resumed_bytes,
+                ] {
+                    c.store(0, Relaxed);
+                }
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn run_once(
+    src: &Location,
+    dst_slot: &mut Option<UnpackTarget>,
+    opts: &CopyOptions,
+    progress: &Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<UnpackSummary, TransferError> {
+    let (src, opts, progress, cancel) =
+        (src.clone(), opts.clone(), progress.clone(), cancel.clone());
     let started = std::time::Instant::now();
     let mem = plan_memory(&opts);
     progress.set_limit(opts.concurrency);
@@ -764,9 +867,14 @@ async fn run(
             chunk: opts.chunk_size.max(64 * 1024),
         };
         let ff = fetch_failed.clone();
-        tokio::task::spawn_blocking(move || decode(reader, io, ff))
+        let sum = SourceSum {
+            size: meta.size,
+            crc64: meta.crc64,
+        };
+        tokio::task::spawn_blocking(move || decode(reader, io, ff, sum))
     };
     let mut pipeline = Pipeline {
+        src_desc: src_desc.clone(),
         stop,
         fetcher: Some(fetcher),
         fetch_failed,
@@ -782,10 +890,11 @@ async fn run(
         },
         _ = cancel.cancelled() => return Err(TransferError::Interrupted { state_file: None }),
     };
-    let dst = match dst {
+    let dst = match dst_slot.take().expect("destination") {
         UnpackTarget::Fixed(l) => l,
         UnpackTarget::Named(f) => f(member.base_name()).map_err(TransferError::Plan)?,
     };
+    *dst_slot = Some(UnpackTarget::Fixed(dst.clone()));
     let ctx = Arc::new(Ctx {
         src_desc: src_desc.clone(),
         dst_desc: dst.describe(),
