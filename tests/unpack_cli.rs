@@ -275,3 +275,39 @@ async fn kill_9_mid_unpack_then_rerun_completes_without_resending_recorded_parts
     assert!(got.as_ref() == raw.as_slice(), "RAW differs after resume");
     assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_on_both_sides_are_retried_and_the_raw_is_verified() {
+    use ossrelay::sim::FaultKind;
+    let w = World::new(|_| {}, |_| {}).await;
+    let faults = vec![
+        (FaultKind::Error500, 0.03),
+        (FaultKind::Slowdown, 0.03),
+        (FaultKind::Reset, 0.03),
+        (FaultKind::Truncate, 0.03),
+    ];
+    w.src.set_faults(faults.clone());
+    w.dst.set_faults(faults);
+    let raw = disk(6 * MIB + 7, 31);
+    let archive = gnu_archive(w.dir.path(), &[("f_system.raw", &raw)], &["f_system.raw"]);
+    w.src
+        .put_object_bytes(SRC_BUCKET, "f_system.raw.tar.gz", Bytes::from(archive));
+    // A small budget: many short ranges and 1 MiB parts, so faults hit both sides.
+    let args = with_unpack_args(
+        w.copy_args("f_system.raw.tar.gz", DST_BUCKET, "f/"),
+        &["--json", "--part-size", "1MiB", "--memory", "8MiB"],
+    );
+    let out = w.run(args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s = summary(&out);
+    let got = w
+        .dst
+        .get_object_bytes(DST_BUCKET, "f/f_system.raw")
+        .unwrap();
+    assert!(got.as_ref() == raw.as_slice(), "RAW differs");
+    assert_eq!(
+        s["crc64"].as_str(),
+        Some(crc64::checksum(&raw).to_string().as_str())
+    );
+    assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
+}
