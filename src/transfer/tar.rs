@@ -123,7 +123,9 @@ fn cstr(field: &[u8]) -> String {
 }
 
 fn check_checksum(b: &[u8; BLOCK]) -> Result<(), TarError> {
-    let recorded = parse_number(&b[148..156])?;
+    let not_tar =
+        || bad("tar header checksum mismatch: the data is not a tar archive or is corrupt");
+    let recorded = parse_number(&b[148..156]).map_err(|_| not_tar())?;
     let mut unsigned: u64 = 0;
     let mut signed: i64 = 0;
     for (i, &x) in b.iter().enumerate() {
@@ -132,9 +134,7 @@ fn check_checksum(b: &[u8; BLOCK]) -> Result<(), TarError> {
         signed += x as i8 as i64;
     }
     if recorded != unsigned && recorded as i64 != signed {
-        return Err(bad(
-            "tar header checksum mismatch: the data is not a tar archive or is corrupt",
-        ));
+        return Err(not_tar());
     }
     Ok(())
 }

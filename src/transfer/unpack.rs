@@ -174,6 +174,16 @@ fn plan_parts(
             (part + chunk) * 4 / 3 + 1
         )));
     }
+    let fit = plan_mem.raw_memory / part;
+    if fit < 3 {
+        warn!(
+            part_size = part,
+            "only {fit} part(s) of the RAW fit in the unpack's share of --memory (3/4), so few \
+             uploads can run while the archive is decompressed; raise --memory to about {} to \
+             keep the uploads parallel",
+            part * 6
+        );
+    }
     Ok(part)
 }
 
@@ -204,12 +214,13 @@ impl Drop for Charged {
     }
 }
 
-/// Charges `n` bytes (≤ u32::MAX) to `budget`, returning a guard-free weight.
+/// Charges `n` bytes (at most the budget's largest chunk) to `budget`; the caller must
+/// give them back (usually by wrapping the bytes in [`Charged`]).
 async fn charge(budget: &MemoryBudget, n: u64) -> u32 {
     budget.acquire(n).await.hand_over()
 }
 
-/// Splits `data` (already charged as a whole) into pieces no bigger than the budget's chunk.
+/// Wraps bytes already charged to `budget` so that dropping them gives the charge back.
 fn charged(data: Bytes, budget: &Arc<MemoryBudget>) -> Charged {
     Charged {
         data,
