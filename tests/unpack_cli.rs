@@ -311,3 +311,68 @@ async fn faults_on_both_sides_are_retried_and_the_raw_is_verified() {
     );
     assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_mid_unpack_exits_130_and_rerun_completes() {
+    let len = 24 * MIB;
+    let w = World::new(|_| {}, |c| c.conn_rate = Some(4 * MIB as u64)).await;
+    let raw = bytes(len, 41);
+    // POSIX (PAX) format this time: the reader must skip the extended header.
+    let payload = w.dir.path().join("pax");
+    std::fs::create_dir_all(&payload).unwrap();
+    std::fs::write(payload.join("s_system.raw"), &raw).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar --format=posix -C '{}' -cf - s_system.raw | gzip -1 -c",
+            payload.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    w.src
+        .put_object_bytes(SRC_BUCKET, "s_system.raw.tar.gz", Bytes::from(out.stdout));
+    let args = with_unpack_args(
+        w.copy_args("s_system.raw.tar.gz", DST_BUCKET, "s/"),
+        &["--json", "--part-size", "1MiB", "--concurrency", "4"],
+    );
+    let child = w.command(&args).spawn().unwrap();
+    let t0 = Instant::now();
+    while count(&w.dst.stats(), "UploadPart", "200") < 4 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert_eq!(
+        w.dst.stats()["open_uploads"].as_u64(),
+        Some(1),
+        "upload kept for resume"
+    );
+    let recorded = recorded_parts(&w.state_dir());
+    assert!(!recorded.is_empty());
+    let before = count(&w.dst.stats(), "UploadPart", "200");
+
+    let out = w.run(args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!(
+        s["resumed_bytes"].as_u64(),
+        Some(recorded.len() as u64 * MIB as u64)
+    );
+    let after = count(&w.dst.stats(), "UploadPart", "200");
+    assert_eq!(after - before, (len / MIB) as u64 - recorded.len() as u64);
+    let got = w
+        .dst
+        .get_object_bytes(DST_BUCKET, "s/s_system.raw")
+        .unwrap();
+    assert!(got.as_ref() == raw.as_slice(), "RAW differs after resume");
+    assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
+}
