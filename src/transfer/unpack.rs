@@ -467,7 +467,6 @@ struct DecodeEnd {
     compressed_bytes: u64,
     compressed_crc: u64,
     raw_bytes: u64,
-    raw_crc: u64,
 }
 
 /// Why the decoder stopped.
@@ -588,7 +587,6 @@ fn decode_inner(
         .blocking_send(Decoded::Header(member))
         .map_err(|_| DecodeError::Stopped)?;
 
-    let mut raw_crc = Crc64::new();
     let mut left = size;
     let max = (io.chunk as u64).min(io.raw_budget.max_chunk()).max(1);
     while left > 0 {
@@ -622,7 +620,6 @@ fn decode_inner(
             }
         }
         let data = buf.freeze();
-        raw_crc.update(&data);
         left -= n;
         let c = charged(data, &io.raw_budget);
         io.out
@@ -667,7 +664,6 @@ fn decode_inner(
         compressed_bytes: reader.crc.len(),
         compressed_crc: reader.crc.sum(),
         raw_bytes: size,
-        raw_crc: raw_crc.sum(),
     })
 }
 
@@ -998,7 +994,7 @@ fn prove(
     ctx: &Ctx,
     meta: &ObjectMeta,
     end: &DecodeEnd,
-    parts_crc: Option<u64>,
+    parts_crc: Option<(u64, u64)>,
 ) -> Result<(), TransferError> {
     if end.compressed_bytes != meta.size {
         return Err(TransferError::Archive(format!(
@@ -1016,12 +1012,12 @@ fn prove(
             });
         }
     }
-    if let Some(parts) = parts_crc {
-        if parts != end.raw_crc {
+    if let Some((parts, stream)) = parts_crc {
+        if parts != stream {
             ctx.note_crc_mismatch();
             return Err(TransferError::CrcMismatch {
                 what: format!("the parts sent to {} against the RAW stream", ctx.dst_desc),
-                expected: end.raw_crc,
+                expected: stream,
                 actual: parts,
             });
         }
@@ -1268,7 +1264,7 @@ async fn multipart(
         cancel,
     )
     .await;
-    let resumed_bytes = match r {
+    let (resumed_bytes, stream_crc) = match r {
         Ok(b) => b,
         Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
     };
@@ -1282,7 +1278,7 @@ async fn multipart(
         Ok(end) => end,
         Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
     };
-    if let Err(e) = prove(ctx, meta, &end, Some(combined)) {
+    if let Err(e) = prove(ctx, meta, &end, Some((combined, stream_crc))) {
         return Err(fail(ctx, e, &upload_id, &mut keeper).await);
     }
     let list: Vec<(u32, String)> = done
@@ -1330,8 +1326,12 @@ async fn send_parts(
     upload_id: &Arc<str>,
     pipeline: &mut Pipeline,
     cancel: &CancellationToken,
-) -> Result<u64, TransferError> {
+) -> Result<(u64, u64), TransferError> {
     let mut set: UploadSet = JoinSet::new();
+    // Two CRC-64 passes here, off the decoder's thread: one per part (proved by UploadPart)
+    // and one over the whole RAW stream in arrival order (proved against the folded parts,
+    // which catches any cutting or ordering slip).
+    let mut stream_crc = Crc64::new();
     let mut resumed = 0u64;
     let mut idx = 0usize;
     let mut buf: Vec<Charged> = Vec::new();
@@ -1362,6 +1362,7 @@ async fn send_parts(
                     c
                 };
                 crc.update(&piece.data);
+                stream_crc.update(&piece.data);
                 buf_len += piece.data.len() as u64;
                 buf.push(piece);
                 if buf_len == spec.len {
@@ -1459,7 +1460,7 @@ async fn send_parts(
         return Err(f);
     }
     flushed?;
-    Ok(resumed)
+    Ok((resumed, stream_crc.sum()))
 }
 
 /// Waits for in-flight uploads and records their acknowledgements.
