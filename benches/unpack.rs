@@ -185,8 +185,20 @@ fn main() {
         .spawn()
         .expect("spawn ossrelay");
     let status_path = format!("/proc/{}/status", child.id());
+    let stat_path = format!("/proc/{}/stat", child.id());
     let mut peak_kib = 0u64;
+    let mut cpu_ticks = 0u64;
     loop {
+        // utime + stime (fields 14 and 15), sampled until the process exits.
+        if let Ok(s) = std::fs::read_to_string(&stat_path) {
+            if let Some(rest) = s.rsplit(')').next() {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                if f.len() > 13 {
+                    let t = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+                    cpu_ticks = cpu_ticks.max(t);
+                }
+            }
+        }
         if let Ok(s) = std::fs::read_to_string(&status_path) {
             for line in s.lines() {
                 if let Some(v) = line.strip_prefix("VmHWM:") {
@@ -222,6 +234,18 @@ fn main() {
         secs,
         summary["parts"],
         summary["part_size"].as_u64().unwrap_or(0) / MIB
+    );
+    // Clock ticks are 100 Hz on Linux.
+    let cpu = cpu_ticks as f64 / 100.0;
+    println!(
+        "relay CPU: {cpu:.1} core-seconds ({:.2} cores on average) on a machine with {} cores, load average {}",
+        cpu / secs,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or("?")
     );
     println!(
         "ratio: relay / ceiling = {:.2} (target >= 0.90; the simulator shares the machine's cores)",
