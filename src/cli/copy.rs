@@ -10,7 +10,10 @@ use tokio_util::sync::CancellationToken;
 use super::util::{install_interrupt_handler, parse_rate, parse_size};
 use super::{progress, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::locate::{self, ObjectUrl, SideOptions};
-use crate::transfer::{self, CopyOptions, Progress, TransferError};
+use crate::transfer::{
+    self, CopyOptions, CopySummary, Progress, TransferError, UnpackMode, UnpackSummary,
+    UnpackTarget,
+};
 
 /// Flags of `ossrelay copy` (names are a contract: scripts and checks rely on them).
 #[derive(Debug, Args)]
@@ -72,6 +75,17 @@ pub struct CopyArgs {
     /// Serve Prometheus /metrics on this address while running, e.g. 127.0.0.1:9871.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Unpack a gzip'd tar (an ECS `.raw.tar.gz` export) into its one RAW file: `auto` when
+    /// the source ends in .tar.gz or .tgz, `always`, or `never` (copy the bytes as they are).
+    /// A destination ending in `/` is named after the tar member.
+    #[arg(long, value_enum, default_value_t = UnpackMode::Auto)]
+    pub unpack: UnpackMode,
+}
+
+/// What a finished copy reports.
+enum Finished {
+    Plain(CopySummary),
+    Unpacked(UnpackSummary),
 }
 
 /// Default resume-state directory: `$XDG_STATE_HOME/ossrelay` or `~/.local/state/ossrelay`.
@@ -162,7 +176,19 @@ pub async fn run(args: CopyArgs) -> i32 {
             return EXIT_FAILED;
         }
     };
-    let dst_loc = match locate::resolve(&dst, &dst_side, locate::base_name(&src).as_deref()) {
+    let src_name = match &src {
+        ObjectUrl::Oss { key, .. } => key.clone(),
+        ObjectUrl::Local(p) => p.display().to_string(),
+    };
+    let unpack = args.unpack.applies(&src_name);
+    // When unpacking, a destination "directory" is named after the tar member, known only
+    // once the archive is being read: check now that the destination can be reached at all.
+    let probe_name = if unpack {
+        Some("unpacked.raw".to_string())
+    } else {
+        locate::base_name(&src)
+    };
+    let dst_loc = match locate::resolve(&dst, &dst_side, probe_name.as_deref()) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: destination {dst}: {e}");
@@ -192,14 +218,37 @@ pub async fn run(args: CopyArgs) -> i32 {
     install_interrupt_handler(cancel.clone());
     let prog = Arc::new(Progress::default());
     let bar = (!args.quiet).then(|| progress::spawn(prog.clone()));
-    let result = transfer::copy(src_loc, dst_loc, opts, prog, cancel).await;
+    let result = if unpack {
+        let target = {
+            let (dst, dst_side) = (dst.clone(), dst_side.clone());
+            UnpackTarget::Named(Box::new(move |member: &str| {
+                locate::resolve(&dst, &dst_side, Some(member))
+                    .map_err(|e| format!("destination {dst}: {e}"))
+            }))
+        };
+        transfer::copy_unpack(src_loc, target, opts, prog, cancel)
+            .await
+            .map(Finished::Unpacked)
+    } else {
+        transfer::copy(src_loc, dst_loc, opts, prog, cancel)
+            .await
+            .map(Finished::Plain)
+    };
     if let Some(bar) = bar {
         bar.finish().await;
     }
     match result {
-        Ok(summary) => {
+        Ok(finished) => {
+            let json = match &finished {
+                Finished::Plain(s) => serde_json::to_string(s),
+                Finished::Unpacked(s) => serde_json::to_string(s),
+            };
+            let summary = match &finished {
+                Finished::Plain(s) => s,
+                Finished::Unpacked(s) => &s.copy,
+            };
             if args.json {
-                match serde_json::to_string(&summary) {
+                match json {
                     Ok(s) => println!("{s}"),
                     Err(e) => {
                         eprintln!("error: cannot encode the summary: {e}");
@@ -207,7 +256,21 @@ pub async fn run(args: CopyArgs) -> i32 {
                     }
                 }
             } else if !args.quiet {
-                eprintln!("{}", progress::summary_line(&summary));
+                eprintln!("{}", progress::summary_line(summary));
+                if let Finished::Unpacked(u) = &finished {
+                    eprintln!(
+                        "unpacked {:?} from {} compressed bytes (CRC-64 {}{}); gzip CRC-32 and \
+                         length verified",
+                        u.member,
+                        u.source_bytes,
+                        u.source_crc64,
+                        if u.copy.source_crc64_known {
+                            ", matches the source"
+                        } else {
+                            ""
+                        }
+                    );
+                }
             }
             EXIT_OK
         }

@@ -57,6 +57,7 @@ macro_rules! control {
         }
     }};
 }
+pub(super) use control;
 
 /// Rounds of "re-read the source, find the corrupted parts, send them again" before giving up.
 const REPAIR_ROUNDS: u32 = 2;
@@ -77,22 +78,22 @@ pub async fn copy(
     run(src, dst, opts, progress, cancel).instrument(span).await
 }
 
-struct Ctx {
-    src: Location,
-    dst: Location,
-    src_desc: String,
-    dst_desc: String,
-    opts: CopyOptions,
-    progress: Arc<Progress>,
-    pipe: PipeCtx,
+pub(super) struct Ctx {
+    pub(super) src: Location,
+    pub(super) dst: Location,
+    pub(super) src_desc: String,
+    pub(super) dst_desc: String,
+    pub(super) opts: CopyOptions,
+    pub(super) progress: Arc<Progress>,
+    pub(super) pipe: PipeCtx,
 }
 
 impl Ctx {
-    fn backoff(&self) -> Backoff {
+    pub(super) fn backoff(&self) -> Backoff {
         Backoff::new(self.opts.retry_base, self.opts.retry_cap)
     }
 
-    fn note_retry(&self, reason: &'static str) {
+    pub(super) fn note_retry(&self, reason: &'static str) {
         self.progress.retries.fetch_add(1, Relaxed);
         metrics::counter!(m::RETRIES_TOTAL, "reason" => reason).increment(1);
         if reason == "crc_mismatch" {
@@ -100,7 +101,7 @@ impl Ctx {
         }
     }
 
-    fn note_crc_mismatch(&self) {
+    pub(super) fn note_crc_mismatch(&self) {
         self.progress.crc_mismatches.fetch_add(1, Relaxed);
         metrics::counter!(m::CRC_MISMATCHES_TOTAL).increment(1);
     }
@@ -113,7 +114,7 @@ struct Outcome {
     resumed_bytes: u64,
 }
 
-fn validate(opts: &CopyOptions) -> Result<(), TransferError> {
+pub(super) fn validate(opts: &CopyOptions) -> Result<(), TransferError> {
     if opts.concurrency == 0 {
         return Err(TransferError::Plan("concurrency must be at least 1".into()));
     }
@@ -251,7 +252,7 @@ async fn run(
 }
 
 /// Gauges are sampled, not updated per chunk, to keep the hot path free of metric calls.
-async fn publish_gauges(progress: Arc<Progress>, budget: Arc<MemoryBudget>) {
+pub(super) async fn publish_gauges(progress: Arc<Progress>, budget: Arc<MemoryBudget>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
@@ -259,18 +260,18 @@ async fn publish_gauges(progress: Arc<Progress>, budget: Arc<MemoryBudget>) {
     }
 }
 
-fn publish_now(p: &Progress, budget: &MemoryBudget) {
+pub(super) fn publish_now(p: &Progress, budget: &MemoryBudget) {
     p.buffered_bytes.store(budget.in_use(), Relaxed);
     metrics::gauge!(m::INFLIGHT_PARTS).set(p.inflight_parts.load(Relaxed) as f64);
     metrics::gauge!(m::BUFFERED_BYTES).set(p.buffered_bytes.load(Relaxed) as f64);
     metrics::gauge!(m::CONCURRENCY_LIMIT).set(p.concurrency_limit.load(Relaxed) as f64);
 }
 
-fn if_match(etag: &str) -> Option<&str> {
+pub(super) fn if_match(etag: &str) -> Option<&str> {
     (!etag.is_empty()).then_some(etag)
 }
 
-async fn source_changed(ctx: &Ctx, old_etag: &str) -> TransferError {
+pub(super) async fn source_changed(ctx: &Ctx, old_etag: &str) -> TransferError {
     let new_etag = match tokio::time::timeout(
         ctx.opts.request_timeout,
         ctx.src.store.head(&ctx.src.key),
@@ -288,7 +289,7 @@ async fn source_changed(ctx: &Ctx, old_etag: &str) -> TransferError {
     }
 }
 
-async fn abort_quietly(ctx: &Ctx, upload_id: &str) {
+pub(super) async fn abort_quietly(ctx: &Ctx, upload_id: &str) {
     let r: Result<(), StoreError> = control!(
         ctx,
         "AbortMultipartUpload",
@@ -404,11 +405,11 @@ async fn single_put(
 /// The resume state in memory, written to disk in the background as parts complete; writes
 /// coalesce. A recorded part keeps its concurrency slot until a write holding it landed
 /// ([`StateKeeper::unsaved`]), so a kill -9 never re-sends more than `concurrency` parts.
-struct StateKeeper {
-    path: Option<PathBuf>,
-    state: CopyState,
-    dirty: bool,
-    writing: Option<JoinHandle<Result<(), TransferError>>>,
+pub(super) struct StateKeeper {
+    pub(super) path: Option<PathBuf>,
+    pub(super) state: CopyState,
+    pub(super) dirty: bool,
+    pub(super) writing: Option<JoinHandle<Result<(), TransferError>>>,
     /// Parts recorded since the last write started.
     recorded_since_write: usize,
     /// Parts recorded in the write in flight.
@@ -416,7 +417,7 @@ struct StateKeeper {
 }
 
 impl StateKeeper {
-    fn new(path: Option<PathBuf>, state: CopyState) -> Self {
+    pub(super) fn new(path: Option<PathBuf>, state: CopyState) -> Self {
         Self {
             path,
             state,
@@ -427,7 +428,7 @@ impl StateKeeper {
         }
     }
 
-    fn record(&mut self, part: StatePart) {
+    pub(super) fn record(&mut self, part: StatePart) {
         self.state.record(part);
         if self.path.is_some() {
             self.recorded_since_write += 1;
@@ -436,11 +437,11 @@ impl StateKeeper {
     }
 
     /// Acknowledged parts not yet durably saved: they still count as in flight.
-    fn unsaved(&self) -> usize {
+    pub(super) fn unsaved(&self) -> usize {
         self.recorded_since_write + self.in_write
     }
 
-    fn forget(&mut self, numbers: &[u32]) {
+    pub(super) fn forget(&mut self, numbers: &[u32]) {
         self.state.parts.retain(|p| !numbers.contains(&p.number));
         self.mark();
     }
@@ -467,12 +468,12 @@ impl StateKeeper {
         }));
     }
 
-    fn is_writing(&self) -> bool {
+    pub(super) fn is_writing(&self) -> bool {
         self.writing.is_some()
     }
 
     /// Waits for the write in progress (cancel-safe: the handle stays until it finished).
-    async fn wait_write(&mut self) -> Result<(), TransferError> {
+    pub(super) async fn wait_write(&mut self) -> Result<(), TransferError> {
         if let Some(h) = self.writing.as_mut() {
             let r = h.await;
             self.writing = None;
@@ -483,7 +484,7 @@ impl StateKeeper {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), TransferError> {
+    pub(super) async fn flush(&mut self) -> Result<(), TransferError> {
         while self.is_writing() || (self.dirty && self.path.is_some()) {
             self.kick();
             self.wait_write().await?;
@@ -492,7 +493,7 @@ impl StateKeeper {
     }
 
     /// Deletes the state file, after any write in flight landed (else it would resurrect it).
-    async fn remove(&mut self) {
+    pub(super) async fn remove(&mut self) {
         if let Some(h) = self.writing.take() {
             let _ = h.await;
         }
@@ -1037,7 +1038,7 @@ fn spawn_part(
 
 /// CompleteMultipartUpload with retries. OSS finishes a completion even if the client lost the
 /// response, so a `NoSuchUpload` after a failed attempt is checked with HEAD.
-async fn complete(
+pub(super) async fn complete(
     ctx: &Ctx,
     upload_id: &str,
     parts: &[(u32, String)],
@@ -1092,7 +1093,7 @@ async fn complete(
 }
 
 /// Decides what happens to the upload and the state after a failure.
-async fn fail(
+pub(super) async fn fail(
     ctx: &Ctx,
     err: TransferError,
     upload_id: &str,

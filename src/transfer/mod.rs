@@ -28,6 +28,8 @@ pub mod plan;
 pub mod progress;
 pub mod retry;
 pub mod state;
+pub mod tar;
+pub mod unpack;
 mod verify;
 
 use std::path::PathBuf;
@@ -39,6 +41,7 @@ use crate::store::{ObjectStore, StoreError};
 pub use engine::copy;
 pub use plan::plan_part_size;
 pub use progress::{Progress, ProgressSnapshot};
+pub use unpack::{copy_unpack, UnpackMode, UnpackSummary, UnpackTarget};
 
 /// One side of a copy: a store and a key in it.
 #[derive(Clone)]
@@ -209,6 +212,9 @@ pub enum TransferError {
     Plan(String),
     #[error("resume state: {0}")]
     State(String),
+    /// The source is not a usable image archive (corrupt, truncated, not one regular file).
+    #[error("{0}; nothing was written to the destination")]
+    Archive(String),
     #[error("{source}; progress is saved in {}: rerun the same command to resume (or pass --no-resume to start over)", .state_file.display())]
     Resumable {
         #[source]
