@@ -346,27 +346,40 @@ fn migrate_args(w: &World) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrate_binary_exports_once_and_stops_at_the_unpack_stage() {
+async fn migrate_binary_unpacks_the_export_and_imports_an_identical_disk() {
     let w = World::new(with_image_and_export_role, with_import_role).await;
     let out = w.run(migrate_args(&w)).await;
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("needs the unpack stage"), "{err}");
-    assert!(err.contains("export task t-"), "{err}");
-    // Rerun: resumes at the relay, no second export.
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    let image_id = v["image_id"].as_str().unwrap().to_string();
+    // The image the destination ECS built holds exactly the source image's disk.
+    let src_disk = w.src.image_crc64(IMAGE).expect("source image");
+    assert_eq!(w.dst.image_crc64(&image_id), Some(src_disk), "{v}");
+    let disk = &v["disks"][0];
+    assert_eq!(disk["bytes"].as_u64(), Some(src_disk.0), "{v}");
+    assert_eq!(
+        disk["crc64"].as_str(),
+        Some(src_disk.1.to_string().as_str())
+    );
+    assert!(
+        disk["destination"].as_str().unwrap().ends_with(".raw"),
+        "{v}"
+    );
+    assert_eq!(count_all(&w.src.stats(), "ExportImage"), 1);
+    assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
+    // Rerun: everything is done, nothing is repeated.
     let out = w.run(migrate_args(&w)).await;
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("resuming at stage relay"), "{err}");
-    assert!(!err.contains("export task"), "{err}");
-    let files: Vec<_> = std::fs::read_dir(w.state_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("migrate-"))
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    let text = std::fs::read_to_string(w.state_dir().join(&files[0])).unwrap();
-    assert!(!text.contains("SECRET"), "no secrets in the state file");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(count_all(&w.src.stats(), "ExportImage"), 1);
+    assert_eq!(count_all(&w.dst.stats(), "ImportImage"), 1);
+    for e in std::fs::read_dir(w.state_dir()).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            assert!(!text.contains("SECRET"), "secret in {}", p.display());
+        }
+    }
 }
 
 /// A stand-in for the streaming unpack stage: reads the (small) tarball, writes its member.
@@ -577,8 +590,9 @@ async fn ctrl_c_while_waiting_exits_130_and_rerun_resumes_the_same_export() {
     let err = stderr(&out);
     assert!(err.contains("resuming at stage wait-export"), "{err}");
     assert_eq!(count_all(&w.src.stats(), "ExportImage"), 1, "{err}");
-    // It went on past the export (and stops at the relay until the unpack stage lands).
+    // It went on past the export, relayed (unpacking) and imported.
     assert!(err.contains("relaying disk 1/1"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,8 +92,21 @@ pub async fn relay_disk(
     cancel: CancellationToken,
 ) -> Result<DiskResult, MigrateError> {
     if is_tar_gz(&src.key) {
-        return Err(MigrateError::UnpackUnavailable {
-            source_desc: src.describe(),
+        // ImportImage does not take .tar.gz: stream the member out of the archive, unpacked.
+        let s = transfer::copy_unpack(
+            src,
+            transfer::UnpackTarget::Fixed(dst),
+            opts,
+            progress,
+            cancel,
+        )
+        .await
+        .map_err(MigrateError::from_transfer)?;
+        return Ok(DiskResult {
+            source: s.copy.source,
+            destination: s.copy.destination,
+            bytes: s.copy.bytes,
+            crc64: s.copy.crc64,
         });
     }
     let s = transfer::copy(src, dst, opts, progress, cancel)
@@ -130,8 +143,6 @@ pub enum MigrateError {
         bucket: String,
         expected: String,
     },
-    #[error("unpacking .raw.tar.gz exports needs the unpack stage ({source_desc})")]
-    UnpackUnavailable { source_desc: String },
     #[error(transparent)]
     Transfer(TransferError),
     #[error("deleting {object}: {source}")]
