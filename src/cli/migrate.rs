@@ -2,23 +2,20 @@
 //! another, resumably (see [`crate::migrate`]).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::cloud::{
-    check_bucket_region, image_line, parse_duration, task_line, Endpoints, Side, StatusLine,
-};
+use super::cloud::{image_line, parse_duration, task_line, Endpoints, StatusLine};
 use super::copy::default_state_dir;
 use super::progress;
 use super::util::{human_bytes, install_interrupt_handler, parse_rate, parse_size};
 use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
-use crate::ecs::ecs::{validate_oss_prefix, ImageFormat};
-use crate::ecs::ram::RoleRetry;
-use crate::ecs::wait::PollSchedule;
-use crate::migrate::{self, Backends, Event, MigrateConfig, MigrateError, MigrationKey};
+use crate::ecs::ecs::ImageFormat;
+use crate::migrate::setup::{MigrateParams, SetupError};
+use crate::migrate::{self, Event, MigrateError};
 use crate::transfer::CopyOptions;
 
 /// Flags of `ossrelay migrate`.
@@ -214,122 +211,63 @@ fn usage(msg: impl std::fmt::Display) -> i32 {
     EXIT_USAGE
 }
 
-/// Runs the command; returns the exit code.
-pub async fn run(args: MigrateArgs) -> i32 {
-    if !args.image_id.starts_with("m-") {
-        return usage(format!(
-            "--image-id {:?} is not a custom image id (m-…)",
-            args.image_id
-        ));
-    }
-    if let Err(e) = validate_oss_prefix(&args.export_prefix) {
-        return usage(format!("--export-prefix: {e}"));
-    }
-    for b in [&args.src_bucket, &args.dst_bucket] {
-        if let Err(e) = crate::locate::validate_bucket_name(b) {
-            return usage(e);
+impl MigrateArgs {
+    /// The library's description of this migration (`state_dir` already defaulted).
+    pub fn params(&self, state_dir: PathBuf) -> MigrateParams {
+        MigrateParams {
+            src_region: self.src_region.clone(),
+            image_id: self.image_id.clone(),
+            src_bucket: self.src_bucket.clone(),
+            dst_region: self.dst_region.clone(),
+            dst_bucket: self.dst_bucket.clone(),
+            src_profile: self.src_profile.clone(),
+            dst_profile: self.dst_profile.clone(),
+            image_name: self.image_name.clone(),
+            keep_objects: self.keep_objects,
+            export_prefix: self.export_prefix.clone(),
+            format: self.format,
+            timeout: self.timeout,
+            role_retries: self.role_retries,
+            src: Endpoints {
+                oss: self.src_endpoint.clone(),
+                ecs: self.src_ecs_endpoint.clone(),
+                ram: self.src_ram_endpoint.clone(),
+                sts: self.src_sts_endpoint.clone(),
+            },
+            dst: Endpoints {
+                oss: self.dst_endpoint.clone(),
+                ecs: self.dst_ecs_endpoint.clone(),
+                ram: self.dst_ram_endpoint.clone(),
+                sts: self.dst_sts_endpoint.clone(),
+            },
+            copy: CopyOptions {
+                concurrency: self.concurrency,
+                part_size: self.part_size,
+                memory: self.memory,
+                bandwidth: self.bandwidth,
+                ..CopyOptions::default()
+            },
+            state_dir,
         }
     }
-    let copy = CopyOptions {
-        concurrency: args.concurrency,
-        part_size: args.part_size,
-        memory: args.memory,
-        bandwidth: args.bandwidth,
-        ..CopyOptions::default()
-    };
-    if let Err(e) = copy.validate() {
-        return usage(e);
-    }
+}
+
+/// Runs the command; returns the exit code.
+pub async fn run(args: MigrateArgs) -> i32 {
     let Some(state_dir) = args.state_dir.clone().or_else(default_state_dir) else {
         return usage("no state directory: pass --state-dir (HOME is not set)");
     };
-    let copy = CopyOptions {
-        state_dir: Some(state_dir.clone()),
-        ..copy
-    };
-
-    let src = match Side::new(
-        &args.src_region,
-        args.src_profile.as_deref(),
-        Endpoints {
-            oss: args.src_endpoint.clone(),
-            ecs: args.src_ecs_endpoint.clone(),
-            ram: args.src_ram_endpoint.clone(),
-            sts: args.src_sts_endpoint.clone(),
-        },
-        "--src-region",
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: source: {e}");
-            return EXIT_FAILED;
-        }
-    };
-    let dst = match Side::new(
-        &args.dst_region,
-        args.dst_profile.as_deref(),
-        Endpoints {
-            oss: args.dst_endpoint.clone(),
-            ecs: args.dst_ecs_endpoint.clone(),
-            ram: args.dst_ram_endpoint.clone(),
-            sts: args.dst_sts_endpoint.clone(),
-        },
-        "--dst-region",
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: destination: {e}");
-            return EXIT_FAILED;
-        }
-    };
-    let (src_store, dst_store) = match (src.bucket(&args.src_bucket), dst.bucket(&args.dst_bucket))
-    {
-        (Ok(s), Ok(d)) => (s, d),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: {e}");
-            return EXIT_FAILED;
-        }
-    };
-
-    // Minutes here save an hour-long export into a bucket the import can never read.
-    for (side, bucket, flag) in [
-        (&src, &args.src_bucket, "--src-bucket"),
-        (&dst, &args.dst_bucket, "--dst-bucket"),
-    ] {
-        if let Err(e) = check_bucket_region(side, bucket, flag).await {
-            eprintln!("error: {e}");
-            return EXIT_FAILED;
-        }
+    let params = args.params(state_dir);
+    if let Err(e) = params.validate() {
+        return usage(e);
     }
-    let cfg = MigrateConfig {
-        key: MigrationKey {
-            src_region: args.src_region.clone(),
-            image_id: args.image_id.clone(),
-            dst_region: args.dst_region.clone(),
-            dst_bucket: args.dst_bucket.clone(),
-        },
-        src_bucket: args.src_bucket.clone(),
-        image_name: args.image_name.clone(),
-        export_prefix: args.export_prefix.clone(),
-        export_format: args.format,
-        keep_objects: args.keep_objects,
-        state_dir,
-        poll: PollSchedule {
-            timeout: args.timeout,
-            ..PollSchedule::default()
-        },
-        role_retry: RoleRetry {
-            retries: args.role_retries,
-            ..RoleRetry::default()
-        },
-        copy,
-    };
-    let backends = Backends {
-        src_ecs: Arc::new(src.ecs.clone()),
-        dst_ecs: Arc::new(dst.ecs.clone()),
-        src_store: Arc::new(src_store),
-        dst_store: Arc::new(dst_store),
-        relay: migrate::default_relay(),
+    let (cfg, backends) = match params.prepare().await {
+        Ok(x) => x,
+        Err(SetupError::Usage(e)) => return usage(e),
+        Err(SetupError::Failed(e)) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
     };
 
     let cancel = CancellationToken::new();

@@ -1,7 +1,7 @@
 //! The command line: clap definitions and dispatch. Each subcommand lives in its own file and
 //! turns flags into library calls; nothing here speaks HTTP or XML.
 
-mod cloud;
+pub mod cloud;
 mod copy;
 mod demo;
 mod demo_migrate;

@@ -10,6 +10,7 @@
 //! The stages talk to ECS through [`EcsApi`] and relay through a pluggable [`RelayFn`], so the
 //! whole state machine runs in tests without HTTP.
 
+pub mod setup;
 pub mod state;
 
 use std::future::Future;
