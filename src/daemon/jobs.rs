@@ -91,16 +91,124 @@ pub struct CopySpec {
     pub part_size: Option<u64>,
 }
 
-/// What a job does. New kinds (such as `migrate`) become new variants; everything that
-/// depends on the kind matches on this enum, so the compiler lists the places to extend:
-/// [`parse_spec`] (the `"migrate"` arm answers 400 until then), [`check_policy`],
-/// `Scheduler::run_job` (run it with the job's token and progress), `Scheduler::abort_leftover`
-/// (undo what a cancelled job started), `JobSpec::kind`, the OpenAPI `JobRequest` schema and
-/// `ossrelay jobs submit migrate` (which already sends `--set KEY=VALUE` pairs).
+/// Options of a `migrate` job: the `ossrelay migrate` long option names with `_` for `-`.
+/// The state directory is the job's own; the export/import wait limit is the CLI default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateSpec {
+    pub src_region: String,
+    pub image_id: String,
+    pub src_bucket: String,
+    pub dst_region: String,
+    pub dst_bucket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
+    #[serde(default)]
+    pub keep_objects: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_prefix: Option<String>,
+    /// `raw`, `vhd` or `qcow2` (default: the region's default, RAW).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_ecs_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_ecs_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_ram_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_ram_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_sts_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_sts_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_size: Option<u64>,
+}
+
+/// The endpoint fields of a migrate job, with their values.
+impl MigrateSpec {
+    pub fn endpoints(&self) -> [(&'static str, &Option<String>); 8] {
+        [
+            ("src_endpoint", &self.src_endpoint),
+            ("dst_endpoint", &self.dst_endpoint),
+            ("src_ecs_endpoint", &self.src_ecs_endpoint),
+            ("dst_ecs_endpoint", &self.dst_ecs_endpoint),
+            ("src_ram_endpoint", &self.src_ram_endpoint),
+            ("dst_ram_endpoint", &self.dst_ram_endpoint),
+            ("src_sts_endpoint", &self.src_sts_endpoint),
+            ("dst_sts_endpoint", &self.dst_sts_endpoint),
+        ]
+    }
+
+    /// The library's description of this migration, with its state in `state_dir`.
+    pub fn params(&self, state_dir: &Path) -> crate::migrate::setup::MigrateParams {
+        use crate::cli::cloud::Endpoints;
+        crate::migrate::setup::MigrateParams {
+            src_region: self.src_region.clone(),
+            image_id: self.image_id.clone(),
+            src_bucket: self.src_bucket.clone(),
+            dst_region: self.dst_region.clone(),
+            dst_bucket: self.dst_bucket.clone(),
+            src_profile: self.src_profile.clone(),
+            dst_profile: self.dst_profile.clone(),
+            image_name: self.image_name.clone(),
+            keep_objects: self.keep_objects,
+            export_prefix: self
+                .export_prefix
+                .clone()
+                .unwrap_or_else(|| "ossrelay".into()),
+            format: self.format.as_deref().and_then(parse_format),
+            timeout: std::time::Duration::from_secs(12 * 3600),
+            role_retries: 12,
+            src: Endpoints {
+                oss: self.src_endpoint.clone(),
+                ecs: self.src_ecs_endpoint.clone(),
+                ram: self.src_ram_endpoint.clone(),
+                sts: self.src_sts_endpoint.clone(),
+            },
+            dst: Endpoints {
+                oss: self.dst_endpoint.clone(),
+                ecs: self.dst_ecs_endpoint.clone(),
+                ram: self.dst_ram_endpoint.clone(),
+                sts: self.dst_sts_endpoint.clone(),
+            },
+            copy: CopyOptions {
+                concurrency: self.concurrency.unwrap_or(16),
+                part_size: self.part_size,
+                resume: true,
+                ..CopyOptions::default()
+            },
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+}
+
+fn parse_format(s: &str) -> Option<crate::ecs::ecs::ImageFormat> {
+    use crate::ecs::ecs::ImageFormat;
+    [ImageFormat::Raw, ImageFormat::Vhd, ImageFormat::Qcow2]
+        .into_iter()
+        .find(|f| f.export_name() == s)
+}
+
+/// What a job does. Everything that depends on the kind matches on this enum, so the
+/// compiler lists the places to extend: [`parse_spec`], [`check_policy`],
+/// `Scheduler::run_job`, `Scheduler::abort_leftover`, `JobSpec::kind`, the OpenAPI
+/// `JobRequest` schema and `ossrelay jobs submit`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum JobSpec {
     Copy(CopySpec),
+    Migrate(MigrateSpec),
 }
 
 impl JobSpec {
@@ -124,6 +232,12 @@ impl JobSpec {
                 };
                 dest(a) == dest(b)
             }
+            // Same migration key = the same state and the same new image.
+            (JobSpec::Migrate(a), JobSpec::Migrate(b)) => {
+                (&a.src_region, &a.image_id, &a.dst_region, &a.dst_bucket)
+                    == (&b.src_region, &b.image_id, &b.dst_region, &b.dst_bucket)
+            }
+            _ => false,
         }
     }
 
@@ -131,6 +245,7 @@ impl JobSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             JobSpec::Copy(_) => "copy",
+            JobSpec::Migrate(_) => "migrate",
         }
     }
 }
@@ -149,6 +264,12 @@ pub struct JobResult {
     pub resumed_bytes: u64,
     pub source: String,
     pub destination: String,
+    /// The new image (migrate jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// The new image's region (migrate jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 impl From<&CopySummary> for JobResult {
@@ -164,6 +285,8 @@ impl From<&CopySummary> for JobResult {
             resumed_bytes: s.resumed_bytes,
             source: s.source.clone(),
             destination: s.destination.clone(),
+            image_id: None,
+            region: None,
         }
     }
 }
@@ -309,20 +432,15 @@ pub fn parse_spec(body: Value) -> Result<JobSpec, InvalidField> {
     let kind = match obj.remove("kind") {
         Some(Value::String(k)) => k,
         Some(_) => return Err(invalid("kind", "must be a string such as \"copy\"")),
-        None => return Err(invalid("kind", "is required (\"copy\")")),
+        None => return Err(invalid("kind", "is required (\"copy\" or \"migrate\")")),
     };
     let spec = match kind.as_str() {
         "copy" => JobSpec::Copy(parse_copy(&mut obj)?),
-        "migrate" => {
-            return Err(invalid(
-                "kind",
-                "kind migrate is not supported by this daemon yet",
-            ))
-        }
+        "migrate" => JobSpec::Migrate(parse_migrate(&mut obj)?),
         other => {
             return Err(invalid(
                 "kind",
-                format!("unknown kind {other:?}; supported: \"copy\""),
+                format!("unknown kind {other:?}; supported: \"copy\", \"migrate\""),
             ))
         }
     };
@@ -375,6 +493,37 @@ fn parse_copy(obj: &mut Map<String, Value>) -> Result<CopySpec, InvalidField> {
             "must be oss://BUCKET/KEY (the daemon does not write local files)",
         ));
     }
+    let (concurrency, part_size) = take_copy_tuning(obj)?;
+    let spec = CopySpec {
+        source,
+        destination,
+        src_region: take_string(obj, "src_region")?,
+        dst_region: take_string(obj, "dst_region")?,
+        src_endpoint: take_string(obj, "src_endpoint")?,
+        dst_endpoint: take_string(obj, "dst_endpoint")?,
+        src_internal: take_bool(obj, "src_internal")?,
+        dst_internal: take_bool(obj, "dst_internal")?,
+        src_profile: take_string(obj, "src_profile")?,
+        dst_profile: take_string(obj, "dst_profile")?,
+        concurrency,
+        part_size,
+    };
+    check_endpoint("src_endpoint", &spec.src_endpoint)?;
+    check_endpoint("dst_endpoint", &spec.dst_endpoint)?;
+    check_name("src_region", &spec.src_region)?;
+    check_name("dst_region", &spec.dst_region)?;
+    check_name("src_profile", &spec.src_profile)?;
+    check_name("dst_profile", &spec.dst_profile)?;
+    let same_side = spec.src_endpoint == spec.dst_endpoint && spec.src_region == spec.dst_region;
+    if same_side && src == dst {
+        return Err(invalid("destination", "is the same object as the source"));
+    }
+    Ok(spec)
+}
+
+fn take_copy_tuning(
+    obj: &mut Map<String, Value>,
+) -> Result<(Option<usize>, Option<u64>), InvalidField> {
     let concurrency = match obj.remove("concurrency") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
@@ -401,29 +550,67 @@ fn parse_copy(obj: &mut Map<String, Value>) -> Result<CopySpec, InvalidField> {
             Some(p)
         }
     };
-    let spec = CopySpec {
-        source,
-        destination,
-        src_region: take_string(obj, "src_region")?,
-        dst_region: take_string(obj, "dst_region")?,
-        src_endpoint: take_string(obj, "src_endpoint")?,
-        dst_endpoint: take_string(obj, "dst_endpoint")?,
-        src_internal: take_bool(obj, "src_internal")?,
-        dst_internal: take_bool(obj, "dst_internal")?,
+    Ok((concurrency, part_size))
+}
+
+fn required(obj: &mut Map<String, Value>, field: &str) -> Result<String, InvalidField> {
+    take_string(obj, field)?.ok_or_else(|| invalid(field, "is required"))
+}
+
+fn parse_migrate(obj: &mut Map<String, Value>) -> Result<MigrateSpec, InvalidField> {
+    let (concurrency, part_size) = take_copy_tuning(obj)?;
+    let spec = MigrateSpec {
+        src_region: required(obj, "src_region")?,
+        image_id: required(obj, "image_id")?,
+        src_bucket: required(obj, "src_bucket")?,
+        dst_region: required(obj, "dst_region")?,
+        dst_bucket: required(obj, "dst_bucket")?,
         src_profile: take_string(obj, "src_profile")?,
         dst_profile: take_string(obj, "dst_profile")?,
+        image_name: take_string(obj, "image_name")?,
+        keep_objects: take_bool(obj, "keep_objects")?,
+        export_prefix: take_string(obj, "export_prefix")?,
+        format: take_string(obj, "format")?,
+        src_endpoint: take_string(obj, "src_endpoint")?,
+        dst_endpoint: take_string(obj, "dst_endpoint")?,
+        src_ecs_endpoint: take_string(obj, "src_ecs_endpoint")?,
+        dst_ecs_endpoint: take_string(obj, "dst_ecs_endpoint")?,
+        src_ram_endpoint: take_string(obj, "src_ram_endpoint")?,
+        dst_ram_endpoint: take_string(obj, "dst_ram_endpoint")?,
+        src_sts_endpoint: take_string(obj, "src_sts_endpoint")?,
+        dst_sts_endpoint: take_string(obj, "dst_sts_endpoint")?,
         concurrency,
         part_size,
     };
-    check_endpoint("src_endpoint", &spec.src_endpoint)?;
-    check_endpoint("dst_endpoint", &spec.dst_endpoint)?;
-    check_name("src_region", &spec.src_region)?;
-    check_name("dst_region", &spec.dst_region)?;
+    for (field, v) in spec.endpoints() {
+        check_endpoint(field, v)?;
+    }
+    check_name("src_region", &Some(spec.src_region.clone()))?;
+    check_name("dst_region", &Some(spec.dst_region.clone()))?;
     check_name("src_profile", &spec.src_profile)?;
     check_name("dst_profile", &spec.dst_profile)?;
-    let same_side = spec.src_endpoint == spec.dst_endpoint && spec.src_region == spec.dst_region;
-    if same_side && src == dst {
-        return Err(invalid("destination", "is the same object as the source"));
+    if !spec.image_id.starts_with("m-") {
+        return Err(invalid(
+            "image_id",
+            format!("{:?} is not a custom image id (m-…)", spec.image_id),
+        ));
+    }
+    check_name("image_id", &Some(spec.image_id.clone()))?;
+    for (field, b) in [("src_bucket", &spec.src_bucket), ("dst_bucket", &spec.dst_bucket)] {
+        locate::validate_bucket_name(b).map_err(|e| invalid(field, e))?;
+    }
+    if let Some(p) = &spec.export_prefix {
+        crate::ecs::ecs::validate_oss_prefix(p).map_err(|e| invalid("export_prefix", e))?;
+    }
+    if let Some(f) = &spec.format {
+        if parse_format(f).is_none() {
+            return Err(invalid("format", "must be \"raw\", \"vhd\" or \"qcow2\""));
+        }
+    }
+    if let Some(n) = &spec.image_name {
+        if n.is_empty() || n.len() > 128 {
+            return Err(invalid("image_name", "must be 1-128 characters"));
+        }
     }
     Ok(spec)
 }
@@ -459,14 +646,17 @@ pub fn endpoint_allowed(url: &str) -> bool {
 
 /// Checks what a job may do on this daemon (beyond being well-formed).
 pub fn check_policy(spec: &JobSpec, allow_any_endpoint: bool) -> Result<(), InvalidField> {
-    let JobSpec::Copy(c) = spec;
     if allow_any_endpoint {
         return Ok(());
     }
-    for (field, v) in [
-        ("src_endpoint", &c.src_endpoint),
-        ("dst_endpoint", &c.dst_endpoint),
-    ] {
+    let fields: Vec<(&str, &Option<String>)> = match spec {
+        JobSpec::Copy(c) => vec![
+            ("src_endpoint", &c.src_endpoint),
+            ("dst_endpoint", &c.dst_endpoint),
+        ],
+        JobSpec::Migrate(m) => m.endpoints().to_vec(),
+    };
+    for (field, v) in fields {
         if let Some(url) = v {
             if !endpoint_allowed(url) {
                 return Err(invalid(
@@ -557,14 +747,18 @@ mod tests {
             "destination":"oss://dst-b/","part_size":"1MiB","concurrency":4,
             "src_endpoint":"http://127.0.0.1:1","dst_profile":"dst"}))
         .unwrap();
-        let JobSpec::Copy(c) = spec;
+        let JobSpec::Copy(c) = spec else {
+            panic!("not a copy")
+        };
         assert_eq!(c.part_size, Some(1 << 20));
         assert_eq!(c.concurrency, Some(4));
         assert_eq!(c.dst_profile.as_deref(), Some("dst"));
         let spec = parse_spec(json!({"kind":"copy","source":"oss://src-b/a.raw",
             "destination":"oss://dst-b/x","part_size":204800}))
         .unwrap();
-        let JobSpec::Copy(c) = spec;
+        let JobSpec::Copy(c) = spec else {
+            panic!("not a copy")
+        };
         assert_eq!(c.part_size, Some(204800));
     }
 
@@ -574,7 +768,7 @@ mod tests {
             (json!([]), "body"),
             (json!({"source":"oss://abc/k"}), "kind"),
             (json!({"kind":"bogus"}), "kind"),
-            (json!({"kind":"migrate"}), "kind"),
+            (json!({"kind":"migrate"}), "src_region"),
             (json!({"kind":"copy","destination":"oss://abc/k"}), "source"),
             (json!({"kind":"copy","source":"oss://abc/k"}), "destination"),
             (
@@ -622,11 +816,65 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.field, "memory");
         assert!(e.message.contains("serve --memory"), "{e}");
-        let e = parse_spec(json!({"kind":"migrate"})).unwrap_err();
-        assert_eq!(
-            e.message,
-            "kind migrate is not supported by this daemon yet"
-        );
+    }
+
+    fn migrate_body() -> Value {
+        json!({"kind":"migrate","src_region":"cn-hangzhou","image_id":"m-1","src_bucket":"src-b",
+            "dst_region":"eu-central-1","dst_bucket":"dst-b"})
+    }
+
+    #[test]
+    fn parses_a_migrate_job_and_names_bad_fields() {
+        let mut body = migrate_body();
+        body["dst_ram_endpoint"] = json!("http://127.0.0.1:9");
+        body["part_size"] = json!("8MiB");
+        body["keep_objects"] = json!(true);
+        body["format"] = json!("vhd");
+        let JobSpec::Migrate(m) = parse_spec(body).unwrap() else {
+            panic!("not a migrate job")
+        };
+        assert_eq!(m.part_size, Some(8 << 20));
+        assert!(m.keep_objects);
+        let p = m.params(Path::new("/tmp/x"));
+        assert_eq!(p.dst.ram.as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(p.format, Some(crate::ecs::ecs::ImageFormat::Vhd));
+        assert_eq!(p.copy.part_size, Some(8 << 20));
+        for (field, v) in [
+            ("image_id", json!("i-1")),
+            ("src_bucket", json!("Bad_Bucket")),
+            ("dst_bucket", json!(5)),
+            ("src_ecs_endpoint", json!("ftp://x")),
+            ("format", json!("iso")),
+            ("concurrency", json!(0)),
+            ("part_size", json!("huge")),
+            ("export_prefix", json!("a/b")),
+            ("keep_objects", json!("yes")),
+            ("timeout", json!("1h")),
+        ] {
+            let mut body = migrate_body();
+            body[field] = v;
+            let e = parse_spec(body.clone()).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+        }
+        for field in ["src_region", "image_id", "src_bucket", "dst_region", "dst_bucket"] {
+            let mut body = migrate_body();
+            body.as_object_mut().unwrap().remove(field);
+            assert_eq!(parse_spec(body).unwrap_err().field, field);
+        }
+        // The endpoint policy covers every endpoint field of a migration.
+        for field in ["src_endpoint", "dst_sts_endpoint", "src_ram_endpoint", "dst_ecs_endpoint"] {
+            let mut body = migrate_body();
+            body[field] = json!("https://evil.example.com");
+            let spec = parse_spec(body).unwrap();
+            assert_eq!(check_policy(&spec, false).unwrap_err().field, field);
+            assert!(check_policy(&spec, true).is_ok());
+        }
+        // Two jobs for the same migration key conflict; another image does not.
+        let a = parse_spec(migrate_body()).unwrap();
+        let mut other = migrate_body();
+        other["image_id"] = json!("m-2");
+        assert!(a.same_target(&parse_spec(migrate_body()).unwrap()));
+        assert!(!a.same_target(&parse_spec(other).unwrap()));
     }
 
     #[test]

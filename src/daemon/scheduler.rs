@@ -15,7 +15,8 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::jobs::{CopySpec, Job, JobResult, JobSpec, JobState};
+use super::jobs::{CopySpec, Job, JobResult, JobSpec, JobState, MigrateSpec};
+use crate::migrate::{self, setup::SetupError, Event};
 use super::store::{JobStore, StoreError};
 use crate::transfer::budget::{MemoryBudget, TokenBucket};
 use crate::transfer::{self, state, Progress, TransferError};
@@ -66,6 +67,30 @@ struct Live {
     started: Instant,
     /// Retries of earlier runs (the engine's counter restarts at 0 each run).
     base_retries: u64,
+    /// Stage and current disk of a migrate job (unused by copies).
+    migrate: Arc<MigrateLive>,
+}
+
+/// What a running migrate job reports: its stage and the progress of the disk in relay.
+#[derive(Default)]
+struct MigrateLive {
+    stage: Mutex<Option<&'static str>>,
+    disk: Mutex<Option<Arc<Progress>>>,
+}
+
+impl MigrateLive {
+    fn on(&self, e: Event<'_>) {
+        let lock = |m: &Mutex<Option<&'static str>>, v| {
+            *m.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+        };
+        match e {
+            Event::Resumed { stage, .. } | Event::Stage(stage) => lock(&self.stage, stage.as_str()),
+            Event::DiskStarted { progress, .. } => {
+                *self.disk.lock().unwrap_or_else(|p| p.into_inner()) = Some(progress);
+            }
+            _ => {}
+        }
+    }
 }
 
 struct Entry {
@@ -152,7 +177,15 @@ fn saved_progress(dir: &Path) -> Option<(u64, u64, u64, u64)> {
 }
 
 fn fill_live(job: &mut Job, live: &Live) {
-    let s = live.progress.snapshot();
+    let is_migrate = matches!(job.spec, JobSpec::Migrate(_));
+    // A migration relays one disk at a time, each with its own engine progress.
+    let disk = live
+        .migrate
+        .disk
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let s = disk.unwrap_or_else(|| live.progress.clone()).snapshot();
     // Until the engine has planned and reconciled the saved parts, keep the figures of the
     // previous run rather than showing a resumed job at zero.
     if s.total_bytes > 0 {
@@ -173,9 +206,15 @@ fn fill_live(job: &mut Job, live: &Live) {
     job.throughput_bytes_per_sec = if secs > 0.0 { sent as f64 / secs } else { 0.0 };
     job.eta_seconds = (job.throughput_bytes_per_sec > 0.0 && s.total_bytes > 0)
         .then(|| s.total_bytes.saturating_sub(s.acked_bytes) as f64 / job.throughput_bytes_per_sec);
+    let migrate_stage = *live
+        .migrate
+        .stage
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     job.stage = match live.intent {
         Intent::Pause => "pausing",
         Intent::Cancel { .. } => "cancelling",
+        Intent::Run if is_migrate => migrate_stage.unwrap_or("export"),
         Intent::Run if s.total_bytes == 0 => "planning",
         Intent::Run if s.acked_bytes < s.total_bytes => "transferring",
         Intent::Run => "verifying",
@@ -353,7 +392,9 @@ impl Scheduler {
                 intent: Intent::Run,
                 started: Instant::now(),
                 base_retries: entry.job.retries,
+                migrate: Arc::new(MigrateLive::default()),
             });
+            let mig = entry.live.as_ref().map(|l| l.migrate.clone()).unwrap_or_default();
             let job = entry.job.clone();
             g.running += 1;
             if let Err(e) = self.store.put(&job) {
@@ -361,7 +402,7 @@ impl Scheduler {
             }
             let me = self.clone();
             self.tasks
-                .spawn(async move { me.run_job(job, progress, cancel).await });
+                .spawn(async move { me.run_job(job, progress, cancel, mig).await });
         }
         drop(g);
         self.notify_changed();
@@ -372,12 +413,14 @@ impl Scheduler {
         job: Job,
         progress: Arc<Progress>,
         cancel: CancellationToken,
+        mig: Arc<MigrateLive>,
     ) {
         let dir = self.job_dir(&job.id);
         tracing::info!(job = %job.id, kind = job.spec.kind(), "job started");
         let run = async {
             match &job.spec {
                 JobSpec::Copy(spec) => self.run_copy(spec, &dir, progress, cancel).await,
+                JobSpec::Migrate(spec) => self.run_migrate(spec, &dir, cancel, &mig).await,
             }
         };
         // A bug in one job must not leave its slot taken forever: record it as a failure.
@@ -411,6 +454,54 @@ impl Scheduler {
         transfer::copy(src, dst, opts, progress, cancel)
             .await
             .map(|s| JobResult::from(&s))
+    }
+
+    /// Runs (or resumes, from the state file in the job's directory) a migration.
+    async fn run_migrate(
+        &self,
+        spec: &MigrateSpec,
+        dir: &Path,
+        cancel: CancellationToken,
+        mig: &MigrateLive,
+    ) -> Result<JobResult, TransferError> {
+        create_private_dir(dir)
+            .map_err(|e| TransferError::State(format!("cannot create {}: {e}", dir.display())))?;
+        let started = Instant::now();
+        let mut params = spec.params(dir);
+        params.copy.shared_memory = Some(self.memory.clone());
+        params.copy.shared_bandwidth = self.bandwidth.clone();
+        params.copy.memory = self.memory.limit();
+        let (cfg, backends) = params.prepare().await.map_err(|e| match e {
+            SetupError::Usage(m) | SetupError::Failed(m) => TransferError::Plan(m),
+        })?;
+        let sink = |e: Event<'_>| mig.on(e);
+        let out = migrate::migrate(&cfg, &backends, &cancel, &sink)
+            .await
+            .map_err(|e| TransferError::Plan(e.to_string()))?;
+        let bytes = out.disks.iter().map(|d| d.bytes).sum();
+        let seconds = started.elapsed().as_secs_f64();
+        Ok(JobResult {
+            crc64: out
+                .disks
+                .first()
+                .map(|d| d.crc64.to_string())
+                .unwrap_or_default(),
+            bytes,
+            parts: 0,
+            part_size: spec.part_size.unwrap_or(0),
+            seconds,
+            throughput_bytes_per_sec: if seconds > 0.0 {
+                bytes as f64 / seconds
+            } else {
+                0.0
+            },
+            retries: 0,
+            resumed_bytes: 0,
+            source: format!("{}/{}", spec.src_region, spec.image_id),
+            destination: format!("{}/{}", out.region, out.image_id),
+            image_id: Some(out.image_id),
+            region: Some(out.region),
+        })
     }
 
     async fn finish(&self, id: &str, outcome: Result<JobResult, TransferError>) {
@@ -509,7 +600,11 @@ impl Scheduler {
 
     /// Aborts the multipart upload a stopped copy left behind (found through its resume state).
     async fn abort_leftover(&self, id: &str, spec: &JobSpec) -> Result<(), String> {
-        let JobSpec::Copy(spec) = spec;
+        // A stopped migration leaves no upload of its own to abort: its relay's uploads are
+        // resumed by the next run, and its intermediate objects are named in its state file.
+        let JobSpec::Copy(spec) = spec else {
+            return Ok(());
+        };
         let dir = self.job_dir(id);
         let Ok(rd) = std::fs::read_dir(&dir) else {
             return Ok(());
