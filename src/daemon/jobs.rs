@@ -596,7 +596,10 @@ fn parse_migrate(obj: &mut Map<String, Value>) -> Result<MigrateSpec, InvalidFie
         ));
     }
     check_name("image_id", &Some(spec.image_id.clone()))?;
-    for (field, b) in [("src_bucket", &spec.src_bucket), ("dst_bucket", &spec.dst_bucket)] {
+    for (field, b) in [
+        ("src_bucket", &spec.src_bucket),
+        ("dst_bucket", &spec.dst_bucket),
+    ] {
         locate::validate_bucket_name(b).map_err(|e| invalid(field, e))?;
     }
     if let Some(p) = &spec.export_prefix {
@@ -856,13 +859,24 @@ mod tests {
             let e = parse_spec(body.clone()).unwrap_err();
             assert_eq!(e.field, field, "{body}: {e}");
         }
-        for field in ["src_region", "image_id", "src_bucket", "dst_region", "dst_bucket"] {
+        for field in [
+            "src_region",
+            "image_id",
+            "src_bucket",
+            "dst_region",
+            "dst_bucket",
+        ] {
             let mut body = migrate_body();
             body.as_object_mut().unwrap().remove(field);
             assert_eq!(parse_spec(body).unwrap_err().field, field);
         }
         // The endpoint policy covers every endpoint field of a migration.
-        for field in ["src_endpoint", "dst_sts_endpoint", "src_ram_endpoint", "dst_ecs_endpoint"] {
+        for field in [
+            "src_endpoint",
+            "dst_sts_endpoint",
+            "src_ram_endpoint",
+            "dst_ecs_endpoint",
+        ] {
             let mut body = migrate_body();
             body[field] = json!("https://evil.example.com");
             let spec = parse_spec(body).unwrap();

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::jobs::{CopySpec, Job, JobResult, JobSpec, JobState, MigrateSpec};
-use crate::migrate::{self, setup::SetupError, Event};
 use super::store::{JobStore, StoreError};
+use crate::migrate::{self, setup::SetupError, Event};
 use crate::transfer::budget::{MemoryBudget, TokenBucket};
 use crate::transfer::{self, state, Progress, TransferError};
 
@@ -206,11 +206,7 @@ fn fill_live(job: &mut Job, live: &Live) {
     job.throughput_bytes_per_sec = if secs > 0.0 { sent as f64 / secs } else { 0.0 };
     job.eta_seconds = (job.throughput_bytes_per_sec > 0.0 && s.total_bytes > 0)
         .then(|| s.total_bytes.saturating_sub(s.acked_bytes) as f64 / job.throughput_bytes_per_sec);
-    let migrate_stage = *live
-        .migrate
-        .stage
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let migrate_stage = *live.migrate.stage.lock().unwrap_or_else(|p| p.into_inner());
     job.stage = match live.intent {
         Intent::Pause => "pausing",
         Intent::Cancel { .. } => "cancelling",
@@ -394,7 +390,11 @@ impl Scheduler {
                 base_retries: entry.job.retries,
                 migrate: Arc::new(MigrateLive::default()),
             });
-            let mig = entry.live.as_ref().map(|l| l.migrate.clone()).unwrap_or_default();
+            let mig = entry
+                .live
+                .as_ref()
+                .map(|l| l.migrate.clone())
+                .unwrap_or_default();
             let job = entry.job.clone();
             g.running += 1;
             if let Err(e) = self.store.put(&job) {

@@ -75,10 +75,20 @@ impl MigrateParams {
         let side = |region: &str, profile: &Option<String>, ep: &Endpoints, flag| {
             Side::new(region, profile.as_deref(), ep.clone(), flag)
         };
-        let src = side(&self.src_region, &self.src_profile, &self.src, "--src-region")
-            .map_err(|e| SetupError::Failed(format!("source: {e}")))?;
-        let dst = side(&self.dst_region, &self.dst_profile, &self.dst, "--dst-region")
-            .map_err(|e| SetupError::Failed(format!("destination: {e}")))?;
+        let src = side(
+            &self.src_region,
+            &self.src_profile,
+            &self.src,
+            "--src-region",
+        )
+        .map_err(|e| SetupError::Failed(format!("source: {e}")))?;
+        let dst = side(
+            &self.dst_region,
+            &self.dst_profile,
+            &self.dst,
+            "--dst-region",
+        )
+        .map_err(|e| SetupError::Failed(format!("destination: {e}")))?;
         let src_store = src
             .bucket(&self.src_bucket)
             .map_err(|e| SetupError::Failed(e.to_string()))?;
