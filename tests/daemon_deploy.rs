@@ -255,6 +255,35 @@ fn openapi_request_fields_are_the_ones_the_server_accepts() {
     for p in &props {
         assert!(job_props.contains(p), "Job schema lacks option {p}");
     }
+
+    // The same for migrate jobs.
+    let props = schema_properties(&doc, "MigrateRequest");
+    let mut body = json!({"kind": "migrate"});
+    for p in &props {
+        let v = match p.as_str() {
+            "kind" => continue,
+            "keep_objects" => json!(true),
+            "concurrency" => json!(4),
+            "part_size" => json!("1MiB"),
+            "image_id" => json!("m-1"),
+            "format" => json!("vhd"),
+            "export_prefix" => json!("ossrelay"),
+            p if p.ends_with("_endpoint") => json!("http://127.0.0.1:1"),
+            _ => json!("name-1"),
+        };
+        body[p.as_str()] = v;
+    }
+    let spec = ossrelay::daemon::jobs::parse_spec(body.clone())
+        .unwrap_or_else(|e| panic!("documented migrate field refused: {e}"));
+    let shown = serde_json::to_value(&spec).unwrap();
+    let shown: BTreeSet<String> = shown.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(
+        shown, props,
+        "documented MigrateRequest fields vs. the server's"
+    );
+    for p in &props {
+        assert!(job_props.contains(p), "Job schema lacks migrate option {p}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
