@@ -125,4 +125,33 @@ async fn migrate_job_survives_kill_9_and_imports_an_identical_image() {
     assert_eq!(w.dst.image_crc64(new_id), Some(src), "{done}");
     assert_eq!(done["bytes_done"], done["result"]["bytes"]);
     assert!(done["result"]["bytes"].as_u64().unwrap() > 0, "{done}");
+
+    // The CLI client: the list names the migration; a bad option is refused naming it.
+    let server = format!("http://{}", d.addr);
+    let out = w
+        .run(vec![
+            "jobs".into(),
+            "--server".into(),
+            server.clone(),
+            "list".into(),
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let list = stdout(&out);
+    assert!(list.contains("migrate"), "{list}");
+    assert!(list.contains(&format!("{SRC_REGION}/{IMAGE}")), "{list}");
+    let mut args: Vec<String> = vec!["jobs".into(), "--server".into(), server, "submit".into()];
+    args.push("migrate".into());
+    for kv in [
+        format!("src_region={SRC_REGION}"),
+        "image_id=i-123".into(),
+        format!("src_bucket={SRC_BUCKET}"),
+        format!("dst_region={DST_REGION}"),
+        format!("dst_bucket={DST_BUCKET}"),
+    ] {
+        args.extend(["--set".into(), kv]);
+    }
+    let out = w.run(args).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("image_id"), "{}", stderr(&out));
 }

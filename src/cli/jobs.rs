@@ -76,7 +76,7 @@ pub enum SubmitCommand {
     Copy(Box<SubmitCopy>),
     /// A migrate job; options are passed as KEY=VALUE pairs.
     Migrate {
-        /// An option of the migrate job, e.g. --set source_region=cn-hangzhou.
+        /// An option of the migrate job, e.g. --set src_region=cn-hangzhou (the `ossrelay migrate` option names with `_`).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
@@ -218,9 +218,21 @@ fn job_line(j: &Value) -> String {
         j["stage"].as_str().unwrap_or("?"),
         pct,
         human_bytes(total as f64),
-        j["source"].as_str().unwrap_or(""),
-        j["destination"].as_str().unwrap_or(""),
+        endpoint_label(j, "source", "src_region", "image_id"),
+        endpoint_label(j, "destination", "dst_region", "dst_bucket"),
     )
+}
+
+/// A copy's URL, or for a migrate job `REGION/IMAGE` and `REGION/BUCKET`.
+fn endpoint_label(j: &Value, url: &str, region: &str, name: &str) -> String {
+    match j[url].as_str() {
+        Some(u) => u.to_string(),
+        None => format!(
+            "{}/{}",
+            j[region].as_str().unwrap_or(""),
+            j[name].as_str().unwrap_or("")
+        ),
+    }
 }
 
 fn copy_body(c: &SubmitCopy) -> Value {
