@@ -18,13 +18,13 @@ use crate::transfer::{self, CopyOptions, Location, Progress, TransferError};
 /// Flags of `ossrelay demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Size of the synthetic disk image to relay.
-    #[arg(long, value_parser = parse_size, default_value = "2GiB")]
-    pub size: u64,
+    /// Size of the synthetic disk image (default: 64MiB for the migration, 2GiB with --relay-only).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
     /// Parts in flight.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// Model a WAN link on the source side, e.g. 32MiB/s per connection.
+    /// Model a WAN link on the source side, e.g. 32MiB/s per connection (--relay-only).
     #[arg(long, value_parser = super::util::parse_rate)]
     pub conn_rate: Option<u64>,
     /// Address for the Prometheus endpoint (default: a free loopback port).
@@ -33,11 +33,19 @@ pub struct DemoArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
-    /// Migrate a custom image instead: ExportImage → relay (unpacking the .raw.tar.gz) →
-    /// ImportImage → Available, between two simulated regions and accounts.
+    /// Only relay a disk object between the two buckets, without the ExportImage / ImportImage
+    /// around it.
     #[arg(long)]
+    pub relay_only: bool,
+    /// The whole migration (the default; kept for older scripts).
+    #[arg(long, hide = true, conflicts_with = "relay_only")]
     pub migrate: bool,
 }
+
+/// Default disk size of the migration demo: the simulated export gzips the whole image.
+const MIGRATE_DEFAULT_SIZE: u64 = 64 << 20;
+/// Default disk size of the relay-only demo.
+const RELAY_DEFAULT_SIZE: u64 = 2 << 30;
 
 const SRC_REGION: &str = "cn-hangzhou";
 const DST_REGION: &str = "eu-central-1";
@@ -52,10 +60,17 @@ fn free_port() -> Option<SocketAddr> {
 
 /// Runs the demo; returns the exit code.
 pub async fn run(args: DemoArgs) -> i32 {
-    let result = if args.migrate {
-        super::demo_migrate::run(args.size, args.concurrency, args.quiet).await
-    } else {
+    let result = if args.relay_only {
         demo(args).await
+    } else {
+        let metrics = args.metrics_listen.or_else(free_port);
+        super::demo_migrate::run(
+            args.size.unwrap_or(MIGRATE_DEFAULT_SIZE),
+            args.concurrency,
+            args.quiet,
+            metrics,
+        )
+        .await
     };
     match result {
         Ok(code) => code,
@@ -67,6 +82,7 @@ pub async fn run(args: DemoArgs) -> i32 {
 }
 
 async fn demo(args: DemoArgs) -> Result<i32, String> {
+    let size = args.size.unwrap_or(RELAY_DEFAULT_SIZE);
     let src_account = SimAccount {
         name: "1111111111111111".into(),
         access_key_id: "LTAIdemoSourceKey".into(),
@@ -87,7 +103,7 @@ async fn demo(args: DemoArgs) -> Result<i32, String> {
         synthetic: vec![SyntheticObject {
             bucket: SRC_BUCKET.into(),
             key: KEY.into(),
-            size: args.size,
+            size,
         }],
         conn_rate: args.conn_rate,
         ..SimConfig::default()
@@ -126,7 +142,7 @@ async fn demo(args: DemoArgs) -> Result<i32, String> {
     println!("metrics:     http://{metrics_addr}/metrics");
     println!(
         "relaying oss://{SRC_BUCKET}/{KEY} ({}) -> oss://{DST_BUCKET}/{KEY}",
-        human_bytes(args.size as f64)
+        human_bytes(size as f64)
     );
 
     let client = |endpoint: String, region: &str, acct: &SimAccount| {

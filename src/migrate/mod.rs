@@ -162,6 +162,22 @@ pub enum MigrateError {
     Interrupted { stage: &'static str, path: String },
     #[error("{0}")]
     Usage(String),
+    #[error("checking {object} before the import: {source}")]
+    Check {
+        object: String,
+        #[source]
+        source: StoreError,
+    },
+    /// The relayed object no longer holds what the relay wrote: importing it would build an
+    /// image that differs from the source.
+    #[error("{object} changed after the relay ({got_bytes} bytes, CRC-64 {got_crc}; the relay wrote {bytes} bytes, CRC-64 {crc}); not importing it: rerun to relay the disk again")]
+    RelayedObjectChanged {
+        object: String,
+        bytes: u64,
+        crc: String,
+        got_bytes: u64,
+        got_crc: String,
+    },
 }
 
 impl MigrateError {
@@ -687,6 +703,40 @@ impl Run<'_> {
         format!("ossrelay-{}", &hex::encode(h.finalize())[..32])
     }
 
+    /// Checks each relayed object still has the size and CRC-64 the relay recorded, so the
+    /// import never builds an image from bytes that differ from the source. A changed disk is
+    /// marked for relaying again on the next run.
+    async fn verify_relayed(&mut self) -> Result<(), MigrateError> {
+        for i in 0..self.state.disks.len() {
+            let d = self.state.disks[i].clone();
+            let object = self.b.dst_store.describe(&d.destination_key);
+            let meta = self
+                .b
+                .dst_store
+                .head(&d.destination_key)
+                .await
+                .map_err(|source| MigrateError::Check {
+                    object: object.clone(),
+                    source,
+                })?;
+            let crc_differs = matches!((d.crc64, meta.crc64), (Some(a), Some(b)) if a != b);
+            if meta.size != d.bytes || crc_differs {
+                let show = |c: Option<u64>| c.map_or_else(|| "unknown".into(), |c| c.to_string());
+                self.state.disks[i].copied = false;
+                self.state.stage = Stage::Relay;
+                self.save()?;
+                return Err(MigrateError::RelayedObjectChanged {
+                    object,
+                    bytes: d.bytes,
+                    crc: show(d.crc64),
+                    got_bytes: meta.size,
+                    got_crc: show(meta.crc64),
+                });
+            }
+        }
+        Ok(())
+    }
+
     async fn import(&mut self) -> Result<(), MigrateError> {
         if self.state.new_image_id.is_none() {
             // An explicit --image-name wins (e.g. after a name clash); otherwise keep the name
@@ -706,6 +756,7 @@ impl Run<'_> {
             let (image_id, task_id, adopted) = match self.find_our_import(&name).await? {
                 Some(img) => (img.image_id, None, true),
                 None => {
+                    self.verify_relayed().await?;
                     let input = import_input(
                         &name,
                         self.state.source_image.as_ref(),
