@@ -22,6 +22,35 @@ pub struct Endpoints {
     pub sts: Option<String>,
 }
 
+/// The endpoint override flags of the single-side commands (`preflight`, `export`, `import`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EndpointArgs {
+    /// OSS endpoint override.
+    #[arg(long)]
+    pub oss_endpoint: Option<String>,
+    /// ECS endpoint override, e.g. http://127.0.0.1:9000.
+    #[arg(long)]
+    pub ecs_endpoint: Option<String>,
+    /// RAM endpoint override.
+    #[arg(long)]
+    pub ram_endpoint: Option<String>,
+    /// STS endpoint override.
+    #[arg(long)]
+    pub sts_endpoint: Option<String>,
+}
+
+impl EndpointArgs {
+    /// The overrides as [`Endpoints`].
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            oss: self.oss_endpoint.clone(),
+            ecs: self.ecs_endpoint.clone(),
+            ram: self.ram_endpoint.clone(),
+            sts: self.sts_endpoint.clone(),
+        }
+    }
+}
+
 /// Region, credentials and clients of one side.
 pub struct Side {
     pub region: String,

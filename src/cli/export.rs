@@ -6,7 +6,9 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::cloud::{check_bucket_region, parse_duration, task_line, Endpoints, Side, StatusLine};
+use super::cloud::{
+    check_bucket_region, parse_duration, task_line, EndpointArgs, Side, StatusLine,
+};
 use super::util::install_interrupt_handler;
 use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::ecs::ecs::{validate_oss_prefix, EcsApi, ExportImageInput, ImageFormat, TaskAttribute};
@@ -46,18 +48,8 @@ pub struct ExportArgs {
     /// Retries, 5 s apart, while ECS reports its service role missing (a new role propagates).
     #[arg(long, default_value_t = 12)]
     pub role_retries: u32,
-    /// OSS endpoint override.
-    #[arg(long)]
-    pub oss_endpoint: Option<String>,
-    /// ECS endpoint override, e.g. http://127.0.0.1:9000.
-    #[arg(long)]
-    pub ecs_endpoint: Option<String>,
-    /// RAM endpoint override.
-    #[arg(long)]
-    pub ram_endpoint: Option<String>,
-    /// STS endpoint override.
-    #[arg(long)]
-    pub sts_endpoint: Option<String>,
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
 }
 
 /// The final `--json` object.
@@ -111,12 +103,7 @@ pub async fn run(args: ExportArgs) -> i32 {
     let side = match Side::new(
         &args.region,
         args.profile.as_deref(),
-        Endpoints {
-            oss: args.oss_endpoint.clone(),
-            ecs: args.ecs_endpoint.clone(),
-            ram: args.ram_endpoint.clone(),
-            sts: args.sts_endpoint.clone(),
-        },
+        args.endpoints.endpoints(),
         "--region",
     ) {
         Ok(s) => s,

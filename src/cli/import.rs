@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::cloud::{image_line, parse_duration, Endpoints, Side, StatusLine};
+use super::cloud::{image_line, parse_duration, EndpointArgs, Side, StatusLine};
 use super::export::wait_failed;
 use super::util::install_interrupt_handler;
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
@@ -89,18 +89,8 @@ pub struct ImportArgs {
     /// Retries, 5 s apart, while ECS reports its service role missing (a new role propagates).
     #[arg(long, default_value_t = 12)]
     pub role_retries: u32,
-    /// OSS endpoint override.
-    #[arg(long)]
-    pub oss_endpoint: Option<String>,
-    /// ECS endpoint override, e.g. http://127.0.0.1:9000.
-    #[arg(long)]
-    pub ecs_endpoint: Option<String>,
-    /// RAM endpoint override.
-    #[arg(long)]
-    pub ram_endpoint: Option<String>,
-    /// STS endpoint override.
-    #[arg(long)]
-    pub sts_endpoint: Option<String>,
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
 }
 
 /// The final `--json` object.
@@ -219,12 +209,7 @@ pub async fn run(args: ImportArgs) -> i32 {
     let side = match Side::new(
         &args.region,
         args.profile.as_deref(),
-        Endpoints {
-            oss: args.oss_endpoint.clone(),
-            ecs: args.ecs_endpoint.clone(),
-            ram: args.ram_endpoint.clone(),
-            sts: args.sts_endpoint.clone(),
-        },
+        args.endpoints.endpoints(),
         "--region",
     ) {
         Ok(s) => s,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::cloud::{parse_duration, Endpoints, Side};
+use super::cloud::{parse_duration, EndpointArgs, Side};
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::ecs::ram::{check_service_role, RoleCheck, ServiceRole};
 use crate::ecs::wait::hint_for;
@@ -28,18 +28,8 @@ pub struct PreflightArgs {
     /// After --fix changed a role, wait this long for RAM to propagate it.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub propagation_wait: Duration,
-    /// OSS endpoint override, e.g. http://127.0.0.1:9000.
-    #[arg(long)]
-    pub oss_endpoint: Option<String>,
-    /// ECS endpoint override.
-    #[arg(long)]
-    pub ecs_endpoint: Option<String>,
-    /// RAM endpoint override.
-    #[arg(long)]
-    pub ram_endpoint: Option<String>,
-    /// STS endpoint override.
-    #[arg(long)]
-    pub sts_endpoint: Option<String>,
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
 }
 
 fn report(ok: bool, line: String) {
@@ -69,12 +59,7 @@ pub async fn run(args: PreflightArgs) -> i32 {
     let side = match Side::new(
         &args.region,
         args.profile.as_deref(),
-        Endpoints {
-            oss: args.oss_endpoint.clone(),
-            ecs: args.ecs_endpoint.clone(),
-            ram: args.ram_endpoint.clone(),
-            sts: args.sts_endpoint.clone(),
-        },
+        args.endpoints.endpoints(),
         "--region",
     ) {
         Ok(s) => s,
@@ -203,7 +188,7 @@ mod tests {
         assert_eq!(a.buckets, ["b1", "b2"]);
         assert!(a.fix);
         assert_eq!(a.propagation_wait, Duration::from_secs(5));
-        assert_eq!(a.ram_endpoint.as_deref(), Some("http://h"));
+        assert_eq!(a.endpoints.ram_endpoint.as_deref(), Some("http://h"));
         assert!(W::try_parse_from(["x"]).is_err(), "--region is required");
     }
 }
