@@ -126,6 +126,7 @@ async fn kill_9_then_rerun_resends_only_parts_in_flight() {
     }
     child.kill().unwrap(); // SIGKILL
     let _ = child.wait();
+    w.wait_dst_quiet().await;
     let before = w.dst.stats();
     let acked_before = count(&before, "UploadPart", "200");
     assert!(

@@ -250,6 +250,7 @@ async fn kill_9_mid_unpack_then_rerun_completes_without_resending_recorded_parts
     }
     child.kill().unwrap(); // SIGKILL
     let _ = child.wait();
+    w.wait_dst_quiet().await;
     let before = count(&w.dst.stats(), "UploadPart", "200");
     assert!(before < parts, "the unpack finished before the kill");
     let recorded = recorded_parts(&w.state_dir());

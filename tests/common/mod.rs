@@ -116,6 +116,21 @@ impl World {
         }
     }
 
+    /// After killing a client, waits until the destination stopped receiving: the kernel may
+    /// still hold request bytes the (paced) simulator reads and completes after the kill.
+    pub async fn wait_dst_quiet(&self) {
+        let mut last = self.dst.stats()["bytes_in"].as_u64();
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let now = self.dst.stats()["bytes_in"].as_u64();
+            if now == last {
+                return;
+            }
+            last = now;
+        }
+        panic!("the destination kept receiving for 30 s after the client was killed");
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
