@@ -13,7 +13,7 @@ use super::util::install_interrupt_handler;
 use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::ecs::ecs::{validate_oss_prefix, EcsApi, ExportImageInput, ImageFormat, TaskAttribute};
 use crate::ecs::ram::{retry_missing_role, RoleRetry};
-use crate::ecs::wait::{hint_for, wait_task, PollSchedule, WaitError};
+use crate::ecs::wait::{hint_suffix, wait_task, PollSchedule, WaitError};
 
 /// Flags of `ossrelay export`.
 #[derive(Debug, Args)]
@@ -138,11 +138,7 @@ pub async fn run(args: ExportArgs) -> i32 {
             return EXIT_FAILED;
         }
         Err(e) => {
-            let hint = e
-                .code()
-                .and_then(hint_for)
-                .map(|h| format!(" (hint: {h})"))
-                .unwrap_or_default();
+            let hint = hint_suffix(e.code());
             eprintln!("error: {e}{hint}");
             return EXIT_FAILED;
         }

@@ -14,7 +14,7 @@ use crate::ecs::ecs::{
     DescribeImagesInput, EcsApi, Image, ImageFormat, ImportDisk, ImportImageInput,
 };
 use crate::ecs::ram::{retry_missing_role, RoleRetry};
-use crate::ecs::wait::{hint_for, wait_image, PollSchedule};
+use crate::ecs::wait::{hint_suffix, wait_image, PollSchedule};
 use crate::locate::ObjectUrl;
 use crate::migrate::is_tar_gz;
 
@@ -275,11 +275,7 @@ pub async fn run(args: ImportArgs) -> i32 {
             return EXIT_FAILED;
         }
         Err(e) => {
-            let hint = e
-                .code()
-                .and_then(hint_for)
-                .map(|h| format!(" (hint: {h})"))
-                .unwrap_or_default();
+            let hint = hint_suffix(e.code());
             eprintln!("error: {e}{hint}");
             return EXIT_FAILED;
         }

@@ -8,7 +8,7 @@ use clap::Args;
 use super::cloud::{parse_duration, EndpointArgs, Side};
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::ecs::ram::{check_service_role, RoleCheck, ServiceRole};
-use crate::ecs::wait::hint_for;
+use crate::ecs::wait::hint_suffix;
 
 /// Flags of `ossrelay preflight`.
 #[derive(Debug, Args)]
@@ -133,11 +133,7 @@ pub async fn run(args: PreflightArgs) -> i32 {
                 }
             }
             Err(e) => {
-                let hint = e
-                    .code()
-                    .and_then(hint_for)
-                    .map(|h| format!(" (hint: {h})"))
-                    .unwrap_or_default();
+                let hint = hint_suffix(e.code());
                 fail(format!("role {}: {e}{hint}", role.role_name()));
             }
         }

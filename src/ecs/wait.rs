@@ -84,6 +84,14 @@ fn fmt_hint(code: &str) -> String {
 }
 
 /// What a user can do about an ECS / RAM error code, when we know.
+/// `" (hint: …)"` for an error code with a known remedy, else an empty string: the suffix every
+/// user-facing ECS error message carries.
+pub fn hint_suffix(code: Option<&str>) -> String {
+    code.and_then(hint_for)
+        .map(|h| format!(" (hint: {h})"))
+        .unwrap_or_default()
+}
+
 pub fn hint_for(code: &str) -> Option<&'static str> {
     Some(match code {
         "NoSetRoletoECSServiceAcount" | "NoSetRoletoECSServiceAccount" | "InvalidOSS.NotAuthorized" => {

@@ -27,7 +27,7 @@ use crate::ecs::ecs::{
 };
 use crate::ecs::ram::{retry_missing_role, RoleRetry};
 use crate::ecs::rpc::RpcError;
-use crate::ecs::wait::{hint_for, wait_image, wait_task, PollSchedule, WaitError};
+use crate::ecs::wait::{hint_suffix, wait_image, wait_task, PollSchedule, WaitError};
 use crate::store::{ErrorClass, ObjectStore, StoreError};
 use crate::transfer::{self, CopyOptions, Location, Progress, TransferError};
 
@@ -124,7 +124,7 @@ pub async fn relay_disk(
 /// Why a migration stopped. Messages say what to do; rerunning resumes in every case.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("{step}: {source}{}", source.code().and_then(hint_for).map(|h| format!(" (hint: {h})")).unwrap_or_default())]
+    #[error("{step}: {source}{}", hint_suffix(source.code()))]
     Api {
         step: &'static str,
         #[source]
