@@ -27,9 +27,9 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, Read};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -228,8 +228,71 @@ fn charged(data: Bytes, budget: &Arc<MemoryBudget>) -> Charged {
     }
 }
 
+/// Recycled RAW chunk buffers: the decoder thread is the relay's bottleneck, and a fresh
+/// buffer costs it a zeroing pass and page faults that a returned one does not. Every
+/// buffer's bytes are charged to the RAW budget while in use, so the buffers alive at once
+/// (in use or pooled) never exceed the budget.
+struct BufPool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+    size: usize,
+}
+
+/// A pooled buffer lent to a [`Bytes`]; goes back to the pool when the last view drops.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: Arc<BufPool>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if let Ok(mut free) = self.pool.free.lock() {
+            free.push(buf);
+        }
+    }
+}
+
+impl BufPool {
+    fn new(size: usize) -> Arc<Self> {
+        Arc::new(Self {
+            free: std::sync::Mutex::new(Vec::new()),
+            size,
+        })
+    }
+
+    /// A buffer of `size` initialised bytes (contents unspecified).
+    fn take(&self) -> Vec<u8> {
+        let reused = self.free.lock().ok().and_then(|mut f| f.pop());
+        reused.unwrap_or_else(|| vec![0u8; self.size])
+    }
+
+    /// Lends the first `len` bytes of `buf` out as [`Bytes`].
+    fn lend(self: &Arc<Self>, buf: Vec<u8>, len: usize) -> Bytes {
+        Bytes::from_owner(Pooled {
+            buf,
+            pool: self.clone(),
+        })
+        .slice(..len)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fetching the compressed object
+
+/// One fetched range of the compressed object with a CRC-64 computed as it arrived, so the
+/// decoder thread does not have to: of the range itself out of `fetch_range`, of the whole
+/// stream up to the range's end once `fetch_all` has passed it on.
+struct Range {
+    chunks: Vec<Charged>,
+    crc: u64,
+    len: u64,
+}
 
 /// Fetches one range with retries; the bytes are charged to `budget` for their whole stay.
 async fn fetch_range(
@@ -239,14 +302,14 @@ async fn fetch_range(
     etag: Arc<str>,
     start: u64,
     end: u64,
-) -> Result<Vec<Charged>, TransferError> {
+) -> Result<Range, TransferError> {
     let len = end - start;
     let mut backoff = ctx.backoff();
     let mut attempt = 1;
     loop {
         let r = fetch_once(&ctx, &fetch_budget, bandwidth.as_deref(), &etag, start, end).await;
         match r {
-            Ok(chunks) => return Ok(chunks),
+            Ok(range) => return Ok(range),
             Err(e) if e.class == ErrorClass::Precondition => {
                 return Err(engine::source_changed(&ctx, &etag).await)
             }
@@ -276,7 +339,7 @@ async fn fetch_once(
     etag: &str,
     start: u64,
     end: u64,
-) -> Result<Vec<Charged>, StoreError> {
+) -> Result<Range, StoreError> {
     let len = end - start;
     let mut stream = match tokio::time::timeout(
         ctx.opts.request_timeout,
@@ -296,6 +359,7 @@ async fn fetch_once(
     };
     let mut got = 0u64;
     let mut chunks = Vec::new();
+    let mut crc = Crc64::new();
     loop {
         let next = match tokio::time::timeout(ctx.opts.idle_timeout, stream.next()).await {
             Ok(n) => n,
@@ -314,6 +378,7 @@ async fn fetch_once(
             )));
         }
         got += chunk.len() as u64;
+        crc.update(&chunk);
         ctx.progress
             .downloaded_bytes
             .fetch_add(chunk.len() as u64, Relaxed);
@@ -333,7 +398,11 @@ async fn fetch_once(
             "the source body ended after {got} of {len} bytes"
         )));
     }
-    Ok(chunks)
+    Ok(Range {
+        chunks,
+        crc: crc.sum(),
+        len: got,
+    })
 }
 
 /// Feeds the ranges, in order, to the decoder; up to `window` are fetched at once.
@@ -343,7 +412,7 @@ async fn fetch_all(
     bandwidth: Option<Arc<TokenBucket>>,
     meta: ObjectMeta,
     plan: Plan,
-    tx: mpsc::Sender<Vec<Charged>>,
+    tx: mpsc::Sender<Range>,
     failed: Arc<AtomicBool>,
 ) -> Result<(), TransferError> {
     let etag: Arc<str> = Arc::from(meta.etag.as_str());
@@ -363,8 +432,11 @@ async fn fetch_all(
             )
         })
         .buffered(plan.window);
+    // The running CRC-64 of the compressed stream, folded here rather than on the decoder's
+    // thread.
+    let (mut crc, mut len) = (0u64, 0u64);
     while let Some(r) = ranges.next().await {
-        let r = match r {
+        let mut r = match r {
             Ok(r) => r,
             Err(e) => {
                 // Before `tx` is dropped: the decoder must know its input ended on a failure.
@@ -372,6 +444,9 @@ async fn fetch_all(
                 return Err(e);
             }
         };
+        crc = crc64::combine(crc, r.crc, r.len);
+        len += r.len;
+        (r.crc, r.len) = (crc, len);
         if tx.send(r).await.is_err() {
             break; // the decoder stopped; it says why
         }
@@ -385,21 +460,24 @@ async fn fetch_all(
 /// The compressed bytes as a `BufRead`, in order, with their CRC-64; each piece's charge is
 /// given back once the decoder consumed it.
 struct CompressedReader {
-    rx: mpsc::Receiver<Vec<Charged>>,
+    rx: mpsc::Receiver<Range>,
     queue: VecDeque<Charged>,
     current: Option<Charged>,
     pos: usize,
-    crc: Crc64,
+    /// CRC-64 and length of the stream up to the end of the last range received.
+    crc: u64,
+    len: u64,
     ended: bool,
     handle: tokio::runtime::Handle,
     stop: CancellationToken,
+    /// Time spent waiting for the fetcher (the network is behind the decoder).
+    waited: Duration,
 }
 
 impl CompressedReader {
     fn advance(&mut self) -> bool {
         loop {
             if let Some(c) = self.queue.pop_front() {
-                self.crc.update(&c.data);
                 self.current = Some(c);
                 self.pos = 0;
                 return true;
@@ -407,14 +485,19 @@ impl CompressedReader {
             if self.ended {
                 return false;
             }
+            let t = Instant::now();
             let next = self.handle.block_on(async {
                 tokio::select! {
                     v = self.rx.recv() => v,
                     _ = self.stop.cancelled() => None,
                 }
             });
+            self.waited += t.elapsed();
             match next {
-                Some(v) => self.queue.extend(v),
+                Some(r) => {
+                    (self.crc, self.len) = (r.crc, r.len);
+                    self.queue.extend(r.chunks);
+                }
                 None => {
                     self.ended = true;
                     return false;
@@ -509,6 +592,29 @@ struct DecoderIo {
     chunk: usize,
 }
 
+/// Where the decoder thread's time went: what it waited for tells which side limits the relay.
+#[derive(Debug, Default)]
+struct Stalls {
+    /// Waiting for RAW memory (uploads are behind).
+    budget: Duration,
+    /// Waiting for the part cutter to take a chunk.
+    output: Duration,
+}
+
+/// CPU time of the calling thread: with the wall time it tells waiting from being descheduled.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// The source as HEAD described it: what the compressed stream must add up to.
 #[derive(Debug, Clone, Copy)]
 struct SourceSum {
@@ -522,8 +628,25 @@ fn decode(
     fetch_failed: Arc<AtomicBool>,
     source: SourceSum,
 ) -> Result<DecodeEnd, DecodeError> {
+    let started = Instant::now();
+    let cpu_start = thread_cpu();
     let mut gz = flate2::bufread::GzDecoder::new(reader);
-    let r = decode_inner(&mut gz, &io);
+    let mut stalls = Stalls::default();
+    let r = decode_inner(&mut gz, &io, &mut stalls);
+    let wall = started.elapsed();
+    let input = gz.get_ref().waited;
+    let cpu = thread_cpu().saturating_sub(cpu_start);
+    debug!(
+        wall_ms = wall.as_millis() as u64,
+        cpu_ms = cpu.as_millis() as u64,
+        input_wait_ms = input.as_millis() as u64,
+        budget_wait_ms = stalls.budget.as_millis() as u64,
+        output_wait_ms = stalls.output.as_millis() as u64,
+        working_ms = wall
+            .saturating_sub(input + stalls.budget + stalls.output)
+            .as_millis() as u64,
+        "decoder finished"
+    );
     // An input cut short by a failed fetch looks like truncation: say "stopped" instead, the
     // fetch error is the real cause.
     let stopped = |io: &DecoderIo| fetch_failed.load(Relaxed) || io.stop.is_cancelled();
@@ -545,12 +668,12 @@ fn decode(
     if stopped(&io) {
         return Err(DecodeError::Stopped);
     }
-    let complete = reader.ended && reader.crc.len() == source.size;
+    let complete = reader.ended && reader.len == source.size;
     match source.crc64 {
-        Some(want) if complete && reader.crc.sum() != want => Err(DecodeError::Transit {
+        Some(want) if complete && reader.crc != want => Err(DecodeError::Transit {
             msg,
             expected: want,
-            actual: reader.crc.sum(),
+            actual: reader.crc,
         }),
         Some(_) if complete => Err(DecodeError::Archive(format!(
             "{msg} (the bytes read have the CRC-64 the source reports: the archive itself is \
@@ -563,6 +686,7 @@ fn decode(
 fn decode_inner(
     gz: &mut flate2::bufread::GzDecoder<CompressedReader>,
     io: &DecoderIo,
+    stalls: &mut Stalls,
 ) -> Result<DecodeEnd, DecodeError> {
     let member = match tar::next_header(gz).map_err(tar_err)? {
         Some(h) => h,
@@ -589,21 +713,24 @@ fn decode_inner(
 
     let mut left = size;
     let max = (io.chunk as u64).min(io.raw_budget.max_chunk()).max(1);
+    let pool = BufPool::new(max as usize);
     while left > 0 {
         let n = left.min(max);
+        let t = Instant::now();
         let acquired = io.handle.block_on(async {
             tokio::select! {
                 w = charge(&io.raw_budget, n) => Some(w),
                 _ = io.stop.cancelled() => None,
             }
         });
+        stalls.budget += t.elapsed();
         if acquired.is_none() {
             return Err(DecodeError::Stopped);
         }
-        let mut buf = BytesMut::zeroed(n as usize);
+        let mut buf = pool.take();
         let mut filled = 0;
-        while filled < buf.len() {
-            match gz.read(&mut buf[filled..]) {
+        while filled < n as usize {
+            match gz.read(&mut buf[filled..n as usize]) {
                 Ok(0) => {
                     io.raw_budget.release(n as u32);
                     return Err(DecodeError::Archive(format!(
@@ -619,12 +746,14 @@ fn decode_inner(
                 }
             }
         }
-        let data = buf.freeze();
+        let data = pool.lend(buf, n as usize);
         left -= n;
         let c = charged(data, &io.raw_budget);
+        let t = Instant::now();
         io.out
             .blocking_send(Decoded::Data(c))
             .map_err(|_| DecodeError::Stopped)?;
+        stalls.output += t.elapsed();
     }
     let mut pad = [0u8; tar::BLOCK];
     gz.read_exact(&mut pad[..padding as usize])
@@ -661,8 +790,8 @@ fn decode_inner(
         return Err(DecodeError::Stopped);
     }
     Ok(DecodeEnd {
-        compressed_bytes: reader.crc.len(),
-        compressed_crc: reader.crc.sum(),
+        compressed_bytes: reader.len,
+        compressed_crc: reader.crc,
         raw_bytes: size,
     })
 }
@@ -842,7 +971,7 @@ async fn run_once(
     );
 
     let stop = CancellationToken::new();
-    let (ctx_tx, ctx_rx) = mpsc::channel::<Vec<Charged>>(1);
+    let (ctx_tx, ctx_rx) = mpsc::channel::<Range>(1);
     let fetch_failed = Arc::new(AtomicBool::new(false));
     let fetcher = AbortOnDropHandle::new(tokio::spawn(fetch_all(
         pre.clone(),
@@ -853,7 +982,8 @@ async fn run_once(
         ctx_tx,
         fetch_failed.clone(),
     )));
-    let (out_tx, out_rx) = mpsc::channel::<Decoded>(16);
+    // Deep enough to ride out a busy cutter: the RAW budget, not this queue, bounds memory.
+    let (out_tx, out_rx) = mpsc::channel::<Decoded>(256);
     let handle = tokio::runtime::Handle::current();
     let decoder = {
         let reader = CompressedReader {
@@ -861,10 +991,12 @@ async fn run_once(
             queue: VecDeque::new(),
             current: None,
             pos: 0,
-            crc: Crc64::new(),
+            crc: 0,
+            len: 0,
             ended: false,
             handle: handle.clone(),
             stop: stop.clone(),
+            waited: Duration::ZERO,
         };
         let io = DecoderIo {
             raw_budget: raw_budget.clone(),
@@ -1323,10 +1455,11 @@ async fn send_parts(
     cancel: &CancellationToken,
 ) -> Result<(u64, u64), TransferError> {
     let mut set: UploadSet = JoinSet::new();
-    // Two CRC-64 passes here, off the decoder's thread: one per part (proved by UploadPart)
-    // and one over the whole RAW stream in arrival order (proved against the folded parts,
-    // which catches any cutting or ordering slip).
-    let mut stream_crc = Crc64::new();
+    // One CRC-64 pass here, off the decoder's thread: per part as it is cut (proved by
+    // UploadPart), each folded in cut order into the whole RAW stream's CRC (proved against
+    // the parts folded by number, which catches any numbering or ordering slip). A second
+    // pass over the bytes would cost the core the simulator and the uploads share.
+    let mut stream_crc = 0u64;
     let mut resumed = 0u64;
     let mut idx = 0usize;
     let mut buf: Vec<Charged> = Vec::new();
@@ -1357,10 +1490,10 @@ async fn send_parts(
                     c
                 };
                 crc.update(&piece.data);
-                stream_crc.update(&piece.data);
                 buf_len += piece.data.len() as u64;
                 buf.push(piece);
                 if buf_len == spec.len {
+                    stream_crc = crc64::combine(stream_crc, crc.sum(), spec.len);
                     ready = Some((idx, std::mem::take(&mut buf), crc.sum()));
                     crc = Crc64::new();
                     buf_len = 0;
@@ -1455,7 +1588,7 @@ async fn send_parts(
         return Err(f);
     }
     flushed?;
-    Ok((resumed, stream_crc.sum()))
+    Ok((resumed, stream_crc))
 }
 
 /// Waits for in-flight uploads and records their acknowledgements.
@@ -1586,5 +1719,32 @@ async fn upload_part(
             ),
             err,
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooled_buffers_come_back_only_when_every_view_is_gone() {
+        let pool = BufPool::new(8);
+        let mut buf = pool.take();
+        buf[..5].copy_from_slice(b"hello");
+        let ptr = buf.as_ptr();
+        let mut whole = pool.lend(buf, 5);
+        assert_eq!(&whole[..], b"hello");
+        let head = whole.split_to(2);
+        drop(whole);
+        assert!(
+            pool.free.lock().unwrap().is_empty(),
+            "a view is still alive"
+        );
+        assert_eq!(&head[..], b"he");
+        drop(head);
+        let again = pool.take();
+        assert_eq!(again.as_ptr(), ptr, "the returned buffer is reused");
+        assert_eq!(again.len(), 8);
+        assert_eq!(pool.take().len(), 8, "an empty pool allocates");
     }
 }
