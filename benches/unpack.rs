@@ -8,7 +8,7 @@
 //! The archive stands for a realistic disk: mostly zeros with incompressible 1 MiB blocks
 //! (one in four). It is assembled from independently deflated 1 MiB blocks (full flushes),
 //! so building 4 GiB of RAW takes seconds; the decoder sees an ordinary gzip stream.
-//! `--quick` uses 1 GiB of RAW instead of 4 GiB.
+//! `--quick` uses 1 GiB of RAW instead of 4 GiB; `--verbose` prints the relay's log.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -207,7 +207,7 @@ fn main() {
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", "simak")
         .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "simsecret")
         .env("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
-        .env("OSSRELAY_LOG", "warn,ossrelay::transfer::unpack=debug")
+        .env("OSSRELAY_LOG", "info,ossrelay::transfer::unpack=debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -256,6 +256,9 @@ fn main() {
         .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "ossrelay copy --unpack failed: {err}");
+    if std::env::args().any(|a| a == "--verbose") {
+        eprint!("{err}");
+    }
     let decoder = err
         .lines()
         .find(|l| l.contains("decoder finished"))

@@ -405,6 +405,23 @@ async fn fetch_once(
     })
 }
 
+/// The ranges to fetch: full `range`s, except that the first few ramp up from 1/8 of it so
+/// the decoder (which cannot start before the first range is whole) starts sooner.
+fn range_bounds(size: u64, range: u64) -> impl Iterator<Item = (u64, u64)> {
+    let mut start = 0u64;
+    let mut next = (range / 8).max(64 * 1024).min(range);
+    std::iter::from_fn(move || {
+        if start >= size {
+            return None;
+        }
+        let end = (start + next).min(size);
+        let r = (start, end);
+        start = end;
+        next = (next * 2).min(range);
+        Some(r)
+    })
+}
+
 /// Feeds the ranges, in order, to the decoder; up to `window` are fetched at once.
 async fn fetch_all(
     ctx: Arc<Ctx>,
@@ -417,11 +434,8 @@ async fn fetch_all(
 ) -> Result<(), TransferError> {
     let etag: Arc<str> = Arc::from(meta.etag.as_str());
     let size = meta.size;
-    let n = size.div_ceil(plan.range);
-    let mut ranges = futures::stream::iter(0..n)
-        .map(|i| {
-            let start = i * plan.range;
-            let end = (start + plan.range).min(size);
+    let mut ranges = futures::stream::iter(range_bounds(size, plan.range))
+        .map(|(start, end)| {
             fetch_range(
                 ctx.clone(),
                 fetch_budget.clone(),
@@ -1725,6 +1739,34 @@ async fn upload_part(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_ramp_up_then_cover_the_object_exactly() {
+        let m = MIB;
+        let r: Vec<_> = range_bounds(40 * m, 8 * m).collect();
+        assert_eq!(
+            r,
+            vec![
+                (0, m),
+                (m, 3 * m),
+                (3 * m, 7 * m),
+                (7 * m, 15 * m),
+                (15 * m, 23 * m),
+                (23 * m, 31 * m),
+                (31 * m, 39 * m),
+                (39 * m, 40 * m)
+            ]
+        );
+        assert_eq!(range_bounds(0, 8 * m).count(), 0);
+        assert_eq!(range_bounds(10, 8 * m).collect::<Vec<_>>(), vec![(0, 10)]);
+        // Small ranges never shrink below 64 KiB nor exceed the planned range.
+        let r: Vec<_> = range_bounds(300 * 1024, 64 * 1024).collect();
+        assert!(r.iter().all(|(a, b)| b - a <= 64 * 1024));
+        assert_eq!(r.last().unwrap().1, 300 * 1024);
+        for w in r.windows(2) {
+            assert_eq!(w[0].1, w[1].0);
+        }
+    }
 
     #[test]
     fn pooled_buffers_come_back_only_when_every_view_is_gone() {
