@@ -164,7 +164,12 @@ impl OssError {
         };
         let mut xml_bytes: Vec<u8> = body.to_vec();
         if xml_bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            if let Some(err) = hdr("x-oss-err") {
+            // Raw, not through `hdr`: the base64 may be longer than a shown field.
+            if let Some(err) = headers
+                .get("x-oss-err")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+            {
                 if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(err) {
                     xml_bytes = decoded;
                 }
