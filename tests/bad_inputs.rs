@@ -3,6 +3,7 @@
 //! lists them all; each row runs the real binary against two simulators.
 
 mod common;
+mod daemon_support;
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use ossrelay::sim::{self, SimConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::*;
+use serde_json::json;
 
 const GIB: u64 = 1 << 30;
 
@@ -1039,4 +1041,199 @@ fn check(w: &World, case: &Case, out: &std::process::Output) -> Result<(), Strin
         }
     }
     Ok(())
+}
+
+/// (name, method, path, body, status, blamed field or "").
+type ApiCase = (
+    &'static str,
+    &'static str,
+    String,
+    Option<String>,
+    u16,
+    &'static str,
+);
+
+/// The daemon API's share of the table (the cases tests/daemon_api.rs already runs — invalid
+/// JSON, unknown kind and fields, oversize bodies, unknown ids, traversal — are not repeated):
+/// each request is refused with its status, a named field where one is to blame, a readable
+/// message, and the daemon stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_api_bad_inputs() {
+    let w = World::new(|_| {}, |_| {}).await;
+    let d = daemon_support::start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+    let good = daemon_support::copy_job(&w, "x.raw", DST_BUCKET, "x.raw");
+    let with = |k: &str, v: serde_json::Value| {
+        let mut b = good.clone();
+        b[k] = v;
+        b.to_string()
+    };
+    let without = |k: &str| {
+        let mut b = good.clone();
+        b.as_object_mut().unwrap().remove(k);
+        b.to_string()
+    };
+    // (name, method, path, body, status, field or "" when no single field is to blame)
+    let cases: Vec<ApiCase> = vec![
+        (
+            "empty body",
+            "POST",
+            "/v1/jobs".into(),
+            Some(String::new()),
+            400,
+            "",
+        ),
+        (
+            "JSON null",
+            "POST",
+            "/v1/jobs".into(),
+            Some("null".into()),
+            400,
+            "",
+        ),
+        (
+            "JSON string",
+            "POST",
+            "/v1/jobs".into(),
+            Some("\"copy\"".into()),
+            400,
+            "",
+        ),
+        (
+            "trailing garbage",
+            "POST",
+            "/v1/jobs".into(),
+            Some(format!("{good} {{")),
+            400,
+            "",
+        ),
+        (
+            "missing source",
+            "POST",
+            "/v1/jobs".into(),
+            Some(without("source")),
+            400,
+            "source",
+        ),
+        (
+            "missing destination",
+            "POST",
+            "/v1/jobs".into(),
+            Some(without("destination")),
+            400,
+            "destination",
+        ),
+        (
+            "source not a string",
+            "POST",
+            "/v1/jobs".into(),
+            Some(with("source", json!(5))),
+            400,
+            "source",
+        ),
+        (
+            "source empty key",
+            "POST",
+            "/v1/jobs".into(),
+            Some(with("source", json!(format!("oss://{SRC_BUCKET}/")))),
+            400,
+            "source",
+        ),
+        (
+            "destination bad bucket",
+            "POST",
+            "/v1/jobs".into(),
+            Some(with("destination", json!("oss://Bad_Bucket/k"))),
+            400,
+            "destination",
+        ),
+        (
+            "concurrency 0",
+            "POST",
+            "/v1/jobs".into(),
+            Some(with("concurrency", json!(0))),
+            400,
+            "concurrency",
+        ),
+        (
+            "concurrency 1e30",
+            "POST",
+            "/v1/jobs".into(),
+            Some(with("concurrency", json!(1e30))),
+            400,
+            "concurrency",
+        ),
+        (
+            "part_size 6GiB",
+            "POST",
+            "/v1/jobs".into(),
+            Some(with("part_size", json!("6GiB"))),
+            400,
+            "part_size",
+        ),
+        (
+            "memory absurd",
+            "POST",
+            "/v1/jobs".into(),
+            Some(with("memory", json!("100TiB"))),
+            400,
+            "memory",
+        ),
+        (
+            "src_profile not a string",
+            "POST",
+            "/v1/jobs".into(),
+            Some(with("src_profile", json!({"a": 1}))),
+            400,
+            "src_profile",
+        ),
+        (
+            "id with a NUL",
+            "GET",
+            "/v1/jobs/j-%00".into(),
+            None,
+            404,
+            "",
+        ),
+        (
+            "id of 5000 chars",
+            "GET",
+            format!("/v1/jobs/j-{}", "a".repeat(5000)),
+            None,
+            404,
+            "",
+        ),
+        (
+            "id with unicode",
+            "DELETE",
+            "/v1/jobs/j-%E2%80%AE0123".into(),
+            None,
+            404,
+            "",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, method, path, body, status, field) in &cases {
+        let (s, text) = d.call_raw(method, path, "", body.as_deref()).await;
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        let msg = v["error"]["message"].as_str().unwrap_or("");
+        let ok = s == *status
+            && (field.is_empty() || v["error"]["field"] == *field)
+            && (*status == 404 || msg.len() > 5)
+            && !msg.contains('\n');
+        if !ok {
+            failures.push(format!(
+                "[{name}] {method} {}: {s} {text}",
+                &path[..path.len().min(60)]
+            ));
+        }
+    }
+    // Still alive and serving.
+    let (s, _) = d.call("GET", "/v1/jobs", None).await;
+    assert_eq!(s, 200);
+    assert!(
+        failures.is_empty(),
+        "{} failing rows:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
