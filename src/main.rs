@@ -1,5 +1,6 @@
 fn main() {
     limit_malloc_arenas();
+    ignore_sigxfsz();
     std::process::exit(ossrelay::cli::main());
 }
 
@@ -12,5 +13,16 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only adjusts allocator parameters; called before any thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// A file-size limit (`ulimit -f`) would otherwise kill the process with SIGXFSZ mid-write, with
+/// no message and a state file that cannot say why; ignored, the write fails with EFBIG and the
+/// copy stops with an error naming the file.
+fn ignore_sigxfsz() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal to SIG_IGN installs no handler code; called before any thread.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }

@@ -268,62 +268,8 @@ async fn faults_at_a_few_percent_are_survived_and_verified() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clear_one_line_errors() {
-    let w = World::new(|_| {}, |_| {}).await;
-    w.src
-        .put_object_bytes(SRC_BUCKET, "obj", Bytes::from(bytes(1000, 3)));
-
-    // Missing key.
-    let out = w.run(w.copy_args("no-such-key", DST_BUCKET, "x")).await;
-    assert_clean_failure(&out, 1, "no-such-key");
-    // Missing destination bucket.
-    let out = w.run(w.copy_args("obj", "no-such-bucket", "x")).await;
-    assert_clean_failure(&out, 1, "no-such-bucket");
-    // Wrong secret for the destination.
-    let mut args = w.copy_args("obj", DST_BUCKET, "x");
-    let i = args.iter().position(|a| a == "dst").unwrap();
-    args[i] = "wrong".into();
-    let out = w.run(args).await;
-    assert_clean_failure(&out, 1, "secret");
-    // Another account's bucket: source credentials against the destination bucket.
-    let mut args = w.copy_args("obj", DST_BUCKET, "x");
-    let i = args.iter().position(|a| a == "dst").unwrap();
-    args[i] = "src".into();
-    let out = w.run(args).await;
-    assert_clean_failure(&out, 1, "denied");
-    // Unknown profile.
-    let mut args = w.copy_args("obj", DST_BUCKET, "x");
-    let i = args.iter().position(|a| a == "dst").unwrap();
-    args[i] = "nobody".into();
-    let out = w.run(args).await;
-    assert_clean_failure(&out, 1, "nobody");
-    // Usage errors exit 2.
-    let mut args = w.copy_args("obj", DST_BUCKET, "x");
-    args.extend(["--concurrency".into(), "0".into()]);
-    assert_clean_failure(&w.run(args).await, 2, "concurrency");
-    let mut args = w.copy_args("obj", DST_BUCKET, "x");
-    args[1] = "s3://a/b".into();
-    assert_clean_failure(&w.run(args).await, 2, "scheme");
-    // Nothing was left behind by any failed attempt.
-    assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_region_names_the_right_one() {
-    let w = World::new(
-        |_| {},
-        |c| {
-            c.remote_buckets
-                .push(("elsewhere-bucket".into(), "cn-beijing".into()))
-        },
-    )
-    .await;
-    w.src
-        .put_object_bytes(SRC_BUCKET, "obj", Bytes::from(bytes(1000, 3)));
-    let out = w.run(w.copy_args("obj", "elsewhere-bucket", "x")).await;
-    assert_clean_failure(&out, 1, "cn-beijing");
-}
+// Bad inputs (missing objects and buckets, wrong secrets, other accounts, unknown profiles,
+// usage errors, wrong regions, ...) are rows of the table in tests/bad_inputs.rs.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_file_round_trip() {

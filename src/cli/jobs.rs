@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Map, Value};
 
 use super::util::human_bytes;
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+
+/// Cap on a daemon answer read by `ossrelay jobs`.
+const MAX_ANSWER: usize = 64 << 20;
 
 /// Flags of `ossrelay jobs`.
 #[derive(Debug, Args)]
@@ -174,11 +177,20 @@ impl Api {
                 )
             })?;
         let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
+        // --server may point at anything; a hostile or mistaken endpoint must not make us
+        // buffer an unbounded answer (the daemon's largest, a full job list, is far smaller).
+        let body = Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()
             .await
-            .map_err(|e| CallError(EXIT_FAILED, format!("reading the daemon's answer: {e}")))?
+            .map_err(|e| {
+                CallError(
+                    EXIT_FAILED,
+                    format!(
+                        "reading the answer of {}: {e} (limit {MAX_ANSWER} bytes; is --server an `ossrelay serve`?)",
+                        self.base
+                    ),
+                )
+            })?
             .to_bytes();
         let v: Value = if body.is_empty() {
             Value::Null

@@ -344,7 +344,7 @@ pub fn interpret_response(
     let doc = match parsed {
         Ok(v @ serde_json::Value::Object(_)) => v,
         Ok(_) | Err(_) => {
-            let snippet: String = String::from_utf8_lossy(body).chars().take(200).collect();
+            let snippet = crate::oss::error::one_line(&String::from_utf8_lossy(body), 200);
             return Err(RpcError::InvalidResponse {
                 action: action.into(),
                 endpoint: endpoint.into(),
@@ -357,7 +357,12 @@ pub fn interpret_response(
             });
         }
     };
-    let field = |k: &str| doc.get(k).and_then(value_to_string);
+    // Server text goes into one-line errors: no control characters, bounded length.
+    let field = |k: &str| {
+        doc.get(k)
+            .and_then(value_to_string)
+            .map(|s| crate::oss::error::one_line(&s, 500))
+    };
     let code = field("Code").filter(|c| !c.is_empty());
     let is_error = match &code {
         Some(c) => !SUCCESS_CODES.iter().any(|s| c.eq_ignore_ascii_case(s)),

@@ -240,6 +240,22 @@ fn parse_url(url: &str) -> Result<(Scheme, String, Option<u16>), OssError> {
     if host.is_empty() {
         return Err(bad("empty host"));
     }
+    // Caught here, a typo names the flag; caught by the HTTP stack, it was "invalid uri
+    // character" on the first request, after credentials were already resolved.
+    let plain = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    let ok = match plain {
+        Some(v6) => v6
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.'),
+        None => host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_'),
+    };
+    if !ok {
+        return Err(bad(
+            "the host may hold only letters, digits, '-', '_' and '.'",
+        ));
+    }
     Ok((scheme, host.to_ascii_lowercase(), port))
 }
 
@@ -322,6 +338,9 @@ mod tests {
     fn bad_urls_are_rejected() {
         for url in [
             "ftp://x",
+            "not a url",
+            "http://ex ample.com",
+            "http://[::1",
             "https://",
             "https://h/path",
             "https://h:99999",

@@ -61,6 +61,35 @@ impl fmt::Display for OssError {
     }
 }
 
+/// Longest server-provided field (code, message, request id, ...) we repeat in an error.
+const MAX_SERVER_FIELD: usize = 300;
+
+/// Makes server-provided text safe for a one-line error: control characters (newlines
+/// included) and bidi overrides become spaces, runs of them collapse, and the result is cut at
+/// `max` characters (with `…`).
+pub fn one_line(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max + 4));
+    let mut space = false;
+    for (n, c) in s.trim().chars().enumerate() {
+        if n >= max {
+            out.push('…');
+            break;
+        }
+        let bad = c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
+        if bad || c == ' ' {
+            if !space {
+                out.push(' ');
+            }
+            space = true;
+        } else {
+            out.push(c);
+            space = false;
+        }
+    }
+    out.trim_end().to_string()
+}
+
 /// Request facts that make error messages specific.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ErrorContext<'a> {
@@ -130,19 +159,31 @@ impl OssError {
             headers
                 .get(n)
                 .and_then(|v| v.to_str().ok())
-                .map(|s| s.trim().to_string())
+                .map(|s| one_line(s, MAX_SERVER_FIELD))
                 .filter(|s| !s.is_empty())
         };
         let mut xml_bytes: Vec<u8> = body.to_vec();
         if xml_bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            if let Some(err) = hdr("x-oss-err") {
+            // Raw, not through `hdr`: the base64 may be longer than a shown field.
+            if let Some(err) = headers
+                .get("x-oss-err")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+            {
                 if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(err) {
                     xml_bytes = decoded;
                 }
             }
         }
         let fields = xml::parse_error_fields(&xml_bytes);
-        let get = |n: &str| fields.get(n).cloned().filter(|s| !s.is_empty());
+        // Everything the server says ends up in our one-line error: no newlines, no terminal
+        // control or bidi characters, and a bounded length, whatever the server sent.
+        let get = |n: &str| {
+            fields
+                .get(n)
+                .map(|s| one_line(s, MAX_SERVER_FIELD))
+                .filter(|s| !s.is_empty())
+        };
 
         let code = get("Code");
         let server_message = get("Message");
@@ -379,6 +420,16 @@ pub fn clock_offset_ms(server_time: SystemTime, local_time: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_text_becomes_one_safe_line() {
+        assert_eq!(
+            one_line("  a\r\n\tb\u{202e}c \u{1b}[31m ", 100),
+            "a b c [31m"
+        );
+        assert_eq!(one_line(&"x".repeat(10), 4), "xxxx…");
+        assert_eq!(one_line("", 4), "");
+    }
     use http::HeaderValue;
     use std::time::{Duration, UNIX_EPOCH};
 

@@ -40,13 +40,31 @@ pub struct LocalFile {
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    // A full disk, a file-size limit, a read-only mount or a path through a regular file do not
+    // heal by retrying: failing at once (with a hint) beats minutes of backoff.
+    let hint = match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Some(
+            "the file system is full (or over quota): free space or choose another destination",
+        ),
+        Some(libc::EFBIG) => {
+            Some("the file exceeds the file size limit (ulimit -f or the file system's maximum)")
+        }
+        Some(libc::EROFS) => Some("the file system is mounted read-only"),
+        Some(libc::ENOTDIR) => Some("a component of the path is a regular file, not a directory"),
+        Some(libc::EISDIR) => Some("the path is a directory; name a file"),
+        _ => None,
+    };
     let class = match e.kind() {
+        _ if hint.is_some() => ErrorClass::Client,
         ErrorKind::NotFound => ErrorClass::NotFound,
         ErrorKind::PermissionDenied => ErrorClass::Auth,
         ErrorKind::InvalidInput | ErrorKind::InvalidData => ErrorClass::Client,
         _ => ErrorClass::Transient,
     };
-    StoreError::new(class, format!("{what} {}: {e}", path.display()))
+    match hint {
+        Some(h) => StoreError::new(class, format!("{what} {}: {e}; {h}", path.display())),
+        None => StoreError::new(class, format!("{what} {}: {e}", path.display())),
+    }
 }
 
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {

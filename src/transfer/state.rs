@@ -110,16 +110,7 @@ pub fn load(path: &Path) -> Result<Option<CopyState>, TransferError> {
 /// directory (created with mode 0700).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    if !dir.exists() {
-        let mut b = std::fs::DirBuilder::new();
-        b.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            b.mode(0o700);
-        }
-        b.create(dir)?;
-    }
+    private_dir(dir)?;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create(true).truncate(true);
@@ -135,6 +126,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and parents) with mode 0700; an existing directory of ours that group or
+/// others can read is tightened to 0700, since state files name buckets, keys and upload ids
+/// (and `mkdir -p` under umask 022 would have left it 0755).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            b.mode(0o700);
+        }
+        b.create(dir)?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let m = std::fs::metadata(dir)?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if m.is_dir() && m.uid() == me && m.mode() & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
     }
     Ok(())
 }
@@ -202,28 +220,22 @@ pub fn lock(state: &Path) -> Result<StateLock, TransferError> {
     let me = std::process::id();
     for _ in 0..2 {
         if let Some(dir) = path.parent() {
-            if !dir.exists() {
-                let mut b = std::fs::DirBuilder::new();
-                b.recursive(true);
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::DirBuilderExt;
-                    b.mode(0o700);
-                }
-                if let Err(e) = b.create(dir) {
-                    release_key();
-                    return Err(TransferError::State(format!(
-                        "cannot create {}: {e}; choose a writable state directory",
-                        dir.display()
-                    )));
-                }
+            if let Err(e) = private_dir(dir) {
+                release_key();
+                return Err(TransferError::State(format!(
+                    "cannot create {}: {e}; choose a writable state directory",
+                    dir.display()
+                )));
             }
         }
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
         {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(0o600);
+        }
+        match o.open(&path) {
             Ok(mut f) => {
                 let _ = writeln!(f, "{me}");
                 return Ok(StateLock {
