@@ -31,7 +31,10 @@
 //! * a reset fault on CompleteMultipartUpload completes the upload, then drops the connection
 //!   (the "lost Complete response" case); on other non-upload operations it drops the
 //!   connection before answering. A dropped connection is counted in `/-/stats` under status
-//!   `"reset"`, a client that went away under `"client_closed"`.
+//!   `"reset"`, a client that went away under `"client_closed"`;
+//! * an outage ([`SimServer::set_outage`]) resets connections rather than refusing them (the
+//!   listener stays bound so the port cannot be taken); connections reset on accept are
+//!   counted under `Connect` / `"outage"`.
 
 pub mod auth;
 mod ecs;
@@ -418,6 +421,18 @@ impl SimServer {
     /// Replaces the fault table at runtime (the RNG keeps its sequence).
     pub fn set_faults(&self, faults: Vec<(FaultKind, f64)>) {
         self.shared.set_faults(faults);
+    }
+
+    /// Switches a full outage on or off: while on, every connection is reset (new ones at
+    /// once, open ones at their next read or write), like a region whose front end is down.
+    pub fn set_outage(&self, on: bool) {
+        self.shared.set_outage(on);
+    }
+
+    /// Makes every connection a slow loris (`Some(bytes per second)`, each direction) or
+    /// restores normal speed (`None`): requests are accepted but neither fail nor finish.
+    pub fn set_slow_loris(&self, rate: Option<u64>) {
+        self.shared.set_slow_loris(rate);
     }
 
     /// Restricts faults to the given operations (`None` = all).

@@ -29,7 +29,7 @@ use super::auth::{self, AuthError, AuthRequest, KeyInfo, Principal};
 use super::range::{self, RangeOutcome};
 use super::store::{self, Content, Segment, Sink};
 use super::synthetic::Synthetic;
-use super::wan::ConnIo;
+use super::wan::{ConnIo, Link};
 use super::xml::{self, el, esc, iso};
 use super::{FaultKind, SimAccount, SimConfig, SimError, StoreKind};
 use crate::crc64;
@@ -368,6 +368,8 @@ pub(crate) struct Shared {
     latency: Duration,
     reject_path_style: bool,
     clock_skew: AtomicI64,
+    /// Runtime outage and slow-loris switches shared with every connection.
+    link: Arc<Link>,
     state: Mutex<State>,
     faults: Mutex<Faults>,
     stats: Stats,
@@ -566,6 +568,7 @@ impl Shared {
             latency: cfg.latency,
             reject_path_style: cfg.reject_path_style,
             clock_skew: AtomicI64::new(cfg.clock_skew),
+            link: Arc::new(Link::default()),
             state: Mutex::new(state),
             faults: Mutex::new(Faults {
                 list: cfg.faults.clone(),
@@ -608,6 +611,16 @@ impl Shared {
 
     pub(crate) fn set_clock_skew(&self, secs: i64) {
         self.clock_skew.store(secs, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_outage(&self, on: bool) {
+        self.link.outage.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_slow_loris(&self, rate: Option<u64>) {
+        self.link
+            .loris
+            .store(rate.map_or(0, |r| r.max(1)), Ordering::Relaxed);
     }
 
     pub(crate) fn set_fault_ops(&self, ops: Option<Vec<String>>) {
@@ -747,11 +760,18 @@ pub(crate) async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        if shared.link.outage.load(Ordering::Relaxed) {
+            // Down: the connection is reset before a byte is read.
+            shared.stats.record("Connect", "outage");
+            let _ = stream.set_zero_linger();
+            drop(stream);
+            continue;
+        }
         let shared = shared.clone();
         let cancel = cancel.clone();
         tracker.spawn(async move {
             let reset = Arc::new(AtomicBool::new(false));
-            let io = ConnIo::new(stream, shared.conn_rate, reset.clone());
+            let io = ConnIo::new(stream, shared.conn_rate, reset.clone(), shared.link.clone());
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 let reset = reset.clone();
