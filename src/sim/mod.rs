@@ -110,11 +110,12 @@ pub enum FaultKind {
     Slowdown,
     /// Connection dropped (RST) mid-body (request body for uploads, response body for GET).
     Reset,
-    /// GET body shorter than its Content-Length.
+    /// GET body shorter than its Content-Length; on an upload (see below), bytes lost on the
+    /// way, answered with `400 RequestTimeout`.
     Truncate,
-    /// One bit flipped in a GET body.
+    /// One bit flipped in a GET body, or (see below) in what an upload stores.
     Corrupt,
-    /// GET body pauses for 30 s.
+    /// GET body pauses for 30 s; (see below) the server stops reading an upload for 30 s.
     Stall,
 }
 
@@ -255,7 +256,8 @@ pub struct SimConfig {
     /// Fault kinds with their per-request probability.
     pub faults: Vec<(FaultKind, f64)>,
     pub fault_seed: u64,
-    /// Restrict faults to these operation names (e.g. `GetObject`).
+    /// Restrict faults to these operation names (e.g. `GetObject`). Naming `UploadPart` or
+    /// `PutObject` here also lets truncate, corrupt and stall strike upload bodies.
     pub fault_ops: Option<Vec<String>>,
     /// Bytes/s per connection and direction.
     pub conn_rate: Option<u64>,

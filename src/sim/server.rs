@@ -721,7 +721,10 @@ impl Shared {
                 return None;
             }
         }
-        let body_faults = op == "GetObject";
+        // Uploads get body faults only when named in `fault_ops`, so a fault table written
+        // for downloads keeps meaning what it did.
+        let body_faults =
+            op == "GetObject" || (matches!(op, "UploadPart" | "PutObject") && f.ops.is_some());
         let list = f.list.clone();
         for (kind, p) in list {
             let applies = match kind {
@@ -1012,9 +1015,12 @@ impl Shared {
         mut body: Incoming,
         discard: bool,
         want_md5: bool,
-        reset_at: Option<u64>,
+        fault: Option<BodyFault>,
         limit: Option<u64>,
     ) -> Result<Received, Fail> {
+        let reset_at = fault.filter(|f| f.kind == FaultKind::Reset).map(|f| f.at);
+        let mut other = fault.filter(|f| f.kind != FaultKind::Reset);
+        let mut truncated = false;
         let mut pace = limit.map(Pace::new);
         let mut sink = Sink::open(self.blob_dir.as_deref(), discard)
             .await
@@ -1050,8 +1056,27 @@ impl Shared {
                     return Err(Fail::Reset);
                 }
             }
+            let mut data = data;
+            if let Some(f) = other.filter(|f| n + len > f.at) {
+                other = None;
+                let cut = (f.at - n) as usize;
+                match f.kind {
+                    // Bytes lost on the way: the server counts only what arrived.
+                    FaultKind::Truncate => truncated = true,
+                    FaultKind::Corrupt => {
+                        let mut m = BytesMut::from(&data[..]);
+                        m[cut] ^= 1 << f.bit;
+                        data = m.freeze();
+                    }
+                    FaultKind::Stall => tokio::time::sleep(STALL).await,
+                    _ => {}
+                }
+            }
             n += len;
             self.stats.bytes_in.fetch_add(len, Ordering::Relaxed);
+            if truncated {
+                continue;
+            }
             crc.update(&data);
             if let Some(m) = md5.as_mut() {
                 m.update(&data);
@@ -1060,6 +1085,15 @@ impl Shared {
         }
         if reset_at.is_some() {
             return Err(Fail::Reset);
+        }
+        if truncated {
+            // OSS waits for the missing bytes, then gives up with RequestTimeout.
+            return Err(OssError::new(
+                400,
+                "RequestTimeout",
+                "Your socket connection to the server was not read from or written to within the timeout period.",
+            )
+            .into());
         }
         let segment = sink.finish().await.map_err(internal)?;
         Ok(Received {
@@ -1071,13 +1105,36 @@ impl Shared {
     }
 }
 
-fn reset_point(plan: Option<FaultPlan>, ctx: &Ctx) -> Option<u64> {
-    let p = plan.filter(|p| p.kind == FaultKind::Reset)?;
+/// A fault striking a request body (uploads), at byte `at` of it.
+#[derive(Clone, Copy)]
+struct BodyFault {
+    kind: FaultKind,
+    at: u64,
+    bit: u8,
+}
+
+/// Where in an upload's body a planned fault strikes. A reset comes within the first half
+/// (so some bytes always went unread); the body kinds anywhere.
+fn body_fault(plan: Option<FaultPlan>, ctx: &Ctx) -> Option<BodyFault> {
+    let p = plan.filter(|p| {
+        matches!(
+            p.kind,
+            FaultKind::Reset | FaultKind::Truncate | FaultKind::Corrupt | FaultKind::Stall
+        )
+    })?;
     let len = ctx
         .h("content-length")
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    Some((p.at * len as f64 / 2.0) as u64)
+    let at = match p.kind {
+        FaultKind::Reset => (p.at * len as f64 / 2.0) as u64,
+        _ => ((p.at * len as f64) as u64).min(len.saturating_sub(1)),
+    };
+    Some(BodyFault {
+        kind: p.kind,
+        at,
+        bit: p.bit,
+    })
 }
 
 enum Step {
@@ -1879,7 +1936,7 @@ impl Shared {
                 body,
                 discard,
                 !discard || expected_md5.is_some(),
-                reset_point(plan, ctx),
+                body_fault(plan, ctx),
                 limit,
             )
             .await?;
@@ -2425,7 +2482,7 @@ impl Shared {
                 body,
                 discard,
                 !discard || expected_md5.is_some(),
-                reset_point(plan, ctx),
+                body_fault(plan, ctx),
                 limit,
             )
             .await?;

@@ -205,9 +205,8 @@ impl AsyncWrite for ConnIo {
         this.check_outage()?;
         if let Some(l) = this.loris() {
             let allow = ready!(l.write.poll_allow(cx, data.len()));
-            let n = ready!(
-                Pin::new(&mut this.stream).poll_write(cx, &data[..allow.min(data.len())])
-            )?;
+            let n =
+                ready!(Pin::new(&mut this.stream).poll_write(cx, &data[..allow.min(data.len())]))?;
             if let Some(l) = this.loris.as_mut() {
                 l.write.consume(n);
             }
