@@ -138,7 +138,7 @@ fn judge(w: &World, case: &str, out: &Output, data: &[u8], secs: f64, faulted: S
                 retries: 0,
                 failed: failed_requests(&faulted_stats),
                 secs,
-                note: lines[0].chars().take(110).collect(),
+                note: lines[0].to_string(),
             }
         }
         other => panic!("{case}: exit {other:?}; stderr: {err}"),
@@ -154,8 +154,16 @@ fn print_table(title: &str, rows: &[Row]) {
     for r in rows {
         eprintln!(
             "{:<28} {:<20} {:>7} {:>7} {:>6.1}  {}",
-            r.case, r.outcome, r.retries, r.failed, r.secs, r.note
+            r.case,
+            r.outcome,
+            r.retries,
+            r.failed,
+            r.secs,
+            r.note.chars().take(100).collect::<String>()
         );
+    }
+    for r in rows.iter().filter(|r| r.note.chars().count() > 100) {
+        eprintln!("{}: {}", r.case, r.note);
     }
     eprintln!("(retries: the tool's --json count; failed: requests the disturbed simulator failed or dropped)");
 }
@@ -262,6 +270,8 @@ enum Disturb {
     Outage(Duration),
     /// The destination dribbles 512 B/s on every connection for this long.
     SlowLoris(Duration),
+    /// The destination dribbles 512 B/s on every connection from the start, for good.
+    SlowLorisForever,
 }
 
 /// Runs `copy` (with `--dst-profile dst_profile`) while `disturb` acts on the world, judges
@@ -285,11 +295,14 @@ async fn disturbed_case(
     }
     let mut cmd = w.command(&a);
     cmd.env("ALIBABA_CLOUD_STS_ENDPOINT", w.dst.endpoint());
+    if matches!(disturb, Disturb::SlowLorisForever) {
+        w.dst.set_slow_loris(Some(512));
+    }
     let t0 = Instant::now();
     let child = cmd.spawn().expect("spawn ossrelay");
     let wait = tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait"));
     match disturb {
-        Disturb::Nothing => {}
+        Disturb::Nothing | Disturb::SlowLorisForever => {}
         Disturb::Outage(d) => {
             parts_landed(&w, 3).await;
             w.src.set_outage(true);
@@ -348,6 +361,33 @@ fn add_role_profile(w: &World) {
             "region_id": DST_REGION
         }));
     std::fs::write(&path, cfg.to_string()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_for_good_fails_cleanly_instead_of_hanging() {
+    let (row, stats) = disturbed_case(
+        "slow-loris dst for good",
+        SIZE,
+        |_| {},
+        "dst",
+        Disturb::SlowLorisForever,
+    )
+    .await;
+    print_table(
+        "a destination that never speeds up",
+        std::slice::from_ref(&row),
+    );
+    assert_eq!(row.outcome, "exit 1", "{}", row.note);
+    assert!(
+        row.note.contains(DST_BUCKET),
+        "names the destination: {}",
+        row.note
+    );
+    assert_eq!(
+        count(&stats, "CompleteMultipartUpload", "200"),
+        0,
+        "{stats}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
