@@ -60,6 +60,8 @@ enum Side {
     Get,
     /// Faults on the destination's uploads.
     Upload,
+    /// Both regions disturbed at once.
+    Both,
 }
 
 /// Requests the faulted simulator did not answer with success (what the client had to retry).
@@ -84,9 +86,10 @@ fn judge(w: &World, case: &str, out: &Output, data: &[u8], secs: f64, faulted: S
     let err = stderr(out);
     assert!(!err.contains("panicked"), "{case}: panic: {err}");
     assert!(!err.contains("SECRET-do-not-leak"), "{case}: secret: {err}");
-    let faulted_stats = match faulted {
-        Side::Get => w.src.stats(),
-        Side::Upload => w.dst.stats(),
+    let failed_now = || match faulted {
+        Side::Get => failed_requests(&w.src.stats()),
+        Side::Upload => failed_requests(&w.dst.stats()),
+        Side::Both => failed_requests(&w.src.stats()) + failed_requests(&w.dst.stats()),
     };
     match out.status.code() {
         Some(0) => {
@@ -116,7 +119,7 @@ fn judge(w: &World, case: &str, out: &Output, data: &[u8], secs: f64, faulted: S
                 case: case.into(),
                 outcome: "ok, CRC-64 verified".into(),
                 retries: s["retries"].as_u64().unwrap_or(0),
-                failed: failed_requests(&faulted_stats),
+                failed: failed_now(),
                 secs,
                 note: String::new(),
             }
@@ -136,7 +139,7 @@ fn judge(w: &World, case: &str, out: &Output, data: &[u8], secs: f64, faulted: S
                 case: case.into(),
                 outcome: "exit 1".into(),
                 retries: 0,
-                failed: failed_requests(&faulted_stats),
+                failed: failed_now(),
                 secs,
                 note: lines[0].to_string(),
             }
@@ -188,14 +191,14 @@ fn args(w: &World) -> Vec<String> {
 
 async fn matrix_case(kind: FaultKind, rate: f64, side: Side, seed: u64) -> Row {
     let faults = vec![(kind, rate)];
-    let ops: Vec<String> = match side {
-        Side::Get => vec!["GetObject".into()],
+    let (src_f, dst_f, ops): (_, _, Vec<String>) = match side {
+        Side::Get => (faults, Vec::new(), vec!["GetObject".into()]),
         // Naming the upload operations lets truncate/corrupt/stall strike upload bodies.
-        Side::Upload => vec!["UploadPart".into(), "PutObject".into()],
-    };
-    let (src_f, dst_f) = match side {
-        Side::Get => (faults, Vec::new()),
-        Side::Upload => (Vec::new(), faults),
+        Side::Upload | Side::Both => (
+            Vec::new(),
+            faults,
+            vec!["UploadPart".into(), "PutObject".into()],
+        ),
     };
     let w = World::new(
         |c: &mut SimConfig| {
@@ -328,7 +331,7 @@ async fn disturbed_case(
         &out,
         &data,
         t0.elapsed().as_secs_f64(),
-        Side::Upload,
+        Side::Both,
     );
     (row, w.dst.stats())
 }
@@ -439,7 +442,11 @@ async fn outage_skew_expiring_credentials_and_slow_loris() {
     }
     // The outage and the slow loris were felt (the client retried through them), and the
     // copies outlived them.
-    assert!(rows[0].failed > 0 && rows[0].retries > 0, "outage not felt");
+    assert!(
+        rows[0].failed > 0 && rows[0].retries > 0,
+        "outage not felt: {}",
+        outage.1
+    );
     assert!(rows[0].secs > 10.0, "the copy ended before the outage did");
     assert!(
         rows[3].retries > 0 && rows[3].secs > 8.0,
@@ -464,4 +471,36 @@ async fn outage_skew_expiring_credentials_and_slow_loris() {
     ] {
         assert_eq!(count(&creds.1, op, "403"), 0, "{op}: {}", creds.1);
     }
+}
+
+/// One raw `GET /-/stats`: the body, or `None` when the connection failed.
+async fn raw_stats(endpoint: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /-/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.ok()?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.starts_with("HTTP/1.1 200").then_some(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_switch_resets_connections_and_counts_them() {
+    let w = World::new(|_| {}, |_| {}).await;
+    assert!(raw_stats(&w.dst.endpoint()).await.is_some(), "up before");
+    w.dst.set_outage(true);
+    assert!(
+        raw_stats(&w.dst.endpoint()).await.is_none(),
+        "served in an outage"
+    );
+    assert!(
+        count(&w.dst.stats(), "Connection", "outage") >= 1,
+        "{}",
+        w.dst.stats()
+    );
+    w.dst.set_outage(false);
+    assert!(raw_stats(&w.dst.endpoint()).await.is_some(), "up after");
 }

@@ -33,8 +33,8 @@
 //!   connection before answering. A dropped connection is counted in `/-/stats` under status
 //!   `"reset"`, a client that went away under `"client_closed"`;
 //! * an outage ([`SimServer::set_outage`]) resets connections rather than refusing them (the
-//!   listener stays bound so the port cannot be taken); connections reset on accept are
-//!   counted under `Connect` / `"outage"`.
+//!   listener stays bound so the port cannot be taken); connections it reset (on accept or
+//!   mid-request) are counted under `Connection` / `"outage"`.
 
 pub mod auth;
 mod ecs;

@@ -595,7 +595,14 @@ impl Shared {
     }
 
     pub(crate) fn stats_json(&self) -> serde_json::Value {
-        let requests = self.stats.requests.lock().expect("stats lock").clone();
+        let mut requests = self.stats.requests.lock().expect("stats lock").clone();
+        let resets = self.link.outage_resets.load(Ordering::Relaxed);
+        if resets > 0 {
+            requests
+                .entry("Connection".into())
+                .or_default()
+                .insert("outage".into(), resets);
+        }
         let open = self.lock().uploads.len();
         serde_json::json!({
             "requests": requests,
@@ -765,7 +772,7 @@ pub(crate) async fn accept_loop(
         let _ = stream.set_nodelay(true);
         if shared.link.outage.load(Ordering::Relaxed) {
             // Down: the connection is reset before a byte is read.
-            shared.stats.record("Connect", "outage");
+            shared.link.outage_resets.fetch_add(1, Ordering::Relaxed);
             let _ = stream.set_zero_linger();
             drop(stream);
             continue;

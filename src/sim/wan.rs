@@ -75,6 +75,8 @@ pub struct Link {
     /// Slow loris (bytes/s, 0 = off): every connection moves at most this many bytes per
     /// second in each direction, in tiny bursts, so requests neither fail nor finish.
     pub loris: AtomicU64,
+    /// Connections the outage reset (on accept or mid-request).
+    pub outage_resets: AtomicU64,
 }
 
 /// A slow-loris pacer, remembered with the rate it was built for.
@@ -121,6 +123,7 @@ impl ConnIo {
         }
         if self.link.outage.load(Ordering::Relaxed) {
             self.reset.store(true, Ordering::Relaxed);
+            self.link.outage_resets.fetch_add(1, Ordering::Relaxed);
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionReset,
                 "simulated outage",
