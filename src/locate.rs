@@ -106,6 +106,9 @@ pub struct SideOptions {
     /// The flag that sets `region`, named in wrong-region hints (`--src-region`, ...).
     #[serde(skip)]
     pub region_flag: Option<&'static str>,
+    /// Longest wait for response headers and longest silence inside a body (default 60 s).
+    #[serde(skip)]
+    pub read_timeout: Option<std::time::Duration>,
 }
 
 /// Builds an OSS client for one side: credentials from the profile or chain, region from the
@@ -137,6 +140,9 @@ pub fn oss_client_with(
     let mut cfg = OssConfig::new(endpoint, region, creds);
     if let Some(flag) = side.region_flag {
         cfg.region_flag = flag.to_string();
+    }
+    if let Some(t) = side.read_timeout {
+        cfg.read_timeout = t;
     }
     OssClient::new(cfg).map_err(|e| LocateError::Client {
         what: "OSS".into(),

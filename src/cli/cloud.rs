@@ -103,6 +103,7 @@ impl Side {
                 internal: false,
                 profile: profile.map(str::to_string),
                 region_flag: Some(region_flag),
+                ..SideOptions::default()
             },
             creds,
             endpoints,

@@ -80,6 +80,22 @@ pub struct CopyArgs {
     /// A destination ending in `/` is named after the tar member.
     #[arg(long, value_enum, default_value_t = UnpackMode::Auto)]
     pub unpack: UnpackMode,
+    /// Seconds a request may wait for its response, or a body may go without moving a byte,
+    /// before it is cut and retried on a new connection (a stalled or slow-loris peer).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_stall_timeout)]
+    pub stall_timeout: std::time::Duration,
+}
+
+/// `--stall-timeout`: seconds (fractions allowed, optional `s` suffix), 0.1 to 3600.
+fn parse_stall_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let t = t.strip_suffix('s').unwrap_or(t);
+    match t.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(std::time::Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0.1 and 3600, e.g. 30 or 2.5"
+        )),
+    }
 }
 
 /// What a finished copy reports.
@@ -150,6 +166,8 @@ pub async fn run(args: CopyArgs) -> i32 {
         bandwidth: args.bandwidth,
         state_dir: args.state_dir.clone().or_else(default_state_dir),
         resume: !args.no_resume,
+        idle_timeout: args.stall_timeout,
+        request_timeout: args.stall_timeout,
         ..CopyOptions::default()
     };
     if let Err(e) = opts.validate() {
@@ -161,6 +179,7 @@ pub async fn run(args: CopyArgs) -> i32 {
         internal: args.src_internal,
         profile: args.src_profile.clone(),
         region_flag: Some("--src-region"),
+        read_timeout: Some(args.stall_timeout),
     };
     let dst_side = SideOptions {
         region: args.dst_region.clone(),
@@ -168,6 +187,7 @@ pub async fn run(args: CopyArgs) -> i32 {
         internal: args.dst_internal,
         profile: args.dst_profile.clone(),
         region_flag: Some("--dst-region"),
+        read_timeout: Some(args.stall_timeout),
     };
     let src_loc = match locate::resolve(&src, &src_side, None) {
         Ok(l) => l,

@@ -90,6 +90,7 @@ fn open(bucket: &str, side: &BucketSide) -> Result<OssBucket, String> {
         internal: side.internal,
         profile: side.profile.clone(),
         region_flag: Some("--region"),
+        ..SideOptions::default()
     };
     locate::oss_bucket(bucket, &side).map_err(|e| e.to_string())
 }

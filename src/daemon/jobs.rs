@@ -686,6 +686,7 @@ impl CopySpec {
             internal: self.src_internal,
             profile: self.src_profile.clone(),
             region_flag: Some("src_region"),
+            ..SideOptions::default()
         }
     }
 
@@ -697,6 +698,7 @@ impl CopySpec {
             internal: self.dst_internal,
             profile: self.dst_profile.clone(),
             region_flag: Some("dst_region"),
+            ..SideOptions::default()
         }
     }
 

@@ -596,6 +596,10 @@ impl ObjectStore for OssBucket {
         format!("oss://{}/{key}", self.name)
     }
 
+    fn retries(&self) -> u64 {
+        self.client.retries()
+    }
+
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         Ok(self.head_object(key).await?)
     }

@@ -121,6 +121,8 @@ pub(crate) struct Inner {
     /// Server clock minus local clock, learned from RequestTimeTooSkewed.
     clock_offset_ms: AtomicI64,
     epoch: Instant,
+    /// Requests retried inside [`OssClient`] (streaming bodies are retried by the engine).
+    retries: AtomicU64,
 }
 
 impl fmt::Debug for OssClient {
@@ -228,6 +230,7 @@ impl OssClient {
                 region_flag: cfg.region_flag,
                 http: client,
                 clock_offset_ms: AtomicI64::new(0),
+                retries: AtomicU64::new(0),
                 epoch: Instant::now(),
             }),
         })
@@ -332,6 +335,7 @@ impl OssClient {
                             }
                             metrics::counter!(crate::metrics::RETRIES_TOTAL, "reason" => e.class.as_str())
                                 .increment(1);
+                            self.inner.retries.fetch_add(1, Ordering::Relaxed);
                             if e.class != ErrorClass::ClockSkew {
                                 sleep = next_backoff(sleep);
                                 tracing::debug!(op, attempt, error = %e, delay_ms = sleep.as_millis() as u64, "retrying OSS request");
@@ -343,6 +347,11 @@ impl OssClient {
                 }
             }
         }
+    }
+
+    /// Requests this client retried on its own so far.
+    pub fn retries(&self) -> u64 {
+        self.inner.retries.load(Ordering::Relaxed)
     }
 
     fn elapsed_ms(&self) -> u64 {

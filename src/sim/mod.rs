@@ -31,7 +31,10 @@
 //! * a reset fault on CompleteMultipartUpload completes the upload, then drops the connection
 //!   (the "lost Complete response" case); on other non-upload operations it drops the
 //!   connection before answering. A dropped connection is counted in `/-/stats` under status
-//!   `"reset"`, a client that went away under `"client_closed"`.
+//!   `"reset"`, a client that went away under `"client_closed"`;
+//! * an outage ([`SimServer::set_outage`]) resets connections rather than refusing them (the
+//!   listener stays bound so the port cannot be taken); connections it reset (on accept or
+//!   mid-request) are counted under `Connection` / `"outage"`.
 
 pub mod auth;
 mod ecs;
@@ -107,11 +110,12 @@ pub enum FaultKind {
     Slowdown,
     /// Connection dropped (RST) mid-body (request body for uploads, response body for GET).
     Reset,
-    /// GET body shorter than its Content-Length.
+    /// GET body shorter than its Content-Length; on an upload (see below), bytes lost on the
+    /// way, answered with `400 RequestTimeout`.
     Truncate,
-    /// One bit flipped in a GET body.
+    /// One bit flipped in a GET body, or (see below) in what an upload stores.
     Corrupt,
-    /// GET body pauses for 30 s.
+    /// GET body pauses for 30 s; (see below) the server stops reading an upload for 30 s.
     Stall,
 }
 
@@ -252,7 +256,8 @@ pub struct SimConfig {
     /// Fault kinds with their per-request probability.
     pub faults: Vec<(FaultKind, f64)>,
     pub fault_seed: u64,
-    /// Restrict faults to these operation names (e.g. `GetObject`).
+    /// Restrict faults to these operation names (e.g. `GetObject`). Naming `UploadPart` or
+    /// `PutObject` here also lets truncate, corrupt and stall strike upload bodies.
     pub fault_ops: Option<Vec<String>>,
     /// Bytes/s per connection and direction.
     pub conn_rate: Option<u64>,
@@ -418,6 +423,18 @@ impl SimServer {
     /// Replaces the fault table at runtime (the RNG keeps its sequence).
     pub fn set_faults(&self, faults: Vec<(FaultKind, f64)>) {
         self.shared.set_faults(faults);
+    }
+
+    /// Switches a full outage on or off: while on, every connection is reset (new ones at
+    /// once, open ones at their next read or write), like a region whose front end is down.
+    pub fn set_outage(&self, on: bool) {
+        self.shared.set_outage(on);
+    }
+
+    /// Makes every connection a slow loris (`Some(bytes per second)`, each direction) or
+    /// restores normal speed (`None`): requests are accepted but neither fail nor finish.
+    pub fn set_slow_loris(&self, rate: Option<u64>) {
+        self.shared.set_slow_loris(rate);
     }
 
     /// Restricts faults to the given operations (`None` = all).

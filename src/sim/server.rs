@@ -29,7 +29,7 @@ use super::auth::{self, AuthError, AuthRequest, KeyInfo, Principal};
 use super::range::{self, RangeOutcome};
 use super::store::{self, Content, Segment, Sink};
 use super::synthetic::Synthetic;
-use super::wan::ConnIo;
+use super::wan::{ConnIo, Link};
 use super::xml::{self, el, esc, iso};
 use super::{FaultKind, SimAccount, SimConfig, SimError, StoreKind};
 use crate::crc64;
@@ -368,6 +368,8 @@ pub(crate) struct Shared {
     latency: Duration,
     reject_path_style: bool,
     clock_skew: AtomicI64,
+    /// Runtime outage and slow-loris switches shared with every connection.
+    link: Arc<Link>,
     state: Mutex<State>,
     faults: Mutex<Faults>,
     stats: Stats,
@@ -566,6 +568,7 @@ impl Shared {
             latency: cfg.latency,
             reject_path_style: cfg.reject_path_style,
             clock_skew: AtomicI64::new(cfg.clock_skew),
+            link: Arc::new(Link::default()),
             state: Mutex::new(state),
             faults: Mutex::new(Faults {
                 list: cfg.faults.clone(),
@@ -592,7 +595,14 @@ impl Shared {
     }
 
     pub(crate) fn stats_json(&self) -> serde_json::Value {
-        let requests = self.stats.requests.lock().expect("stats lock").clone();
+        let mut requests = self.stats.requests.lock().expect("stats lock").clone();
+        let resets = self.link.outage_resets.load(Ordering::Relaxed);
+        if resets > 0 {
+            requests
+                .entry("Connection".into())
+                .or_default()
+                .insert("outage".into(), resets);
+        }
         let open = self.lock().uploads.len();
         serde_json::json!({
             "requests": requests,
@@ -608,6 +618,16 @@ impl Shared {
 
     pub(crate) fn set_clock_skew(&self, secs: i64) {
         self.clock_skew.store(secs, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_outage(&self, on: bool) {
+        self.link.outage.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_slow_loris(&self, rate: Option<u64>) {
+        self.link
+            .loris
+            .store(rate.map_or(0, |r| r.max(1)), Ordering::Relaxed);
     }
 
     pub(crate) fn set_fault_ops(&self, ops: Option<Vec<String>>) {
@@ -708,7 +728,10 @@ impl Shared {
                 return None;
             }
         }
-        let body_faults = op == "GetObject";
+        // Uploads get body faults only when named in `fault_ops`, so a fault table written
+        // for downloads keeps meaning what it did.
+        let body_faults =
+            op == "GetObject" || (matches!(op, "UploadPart" | "PutObject") && f.ops.is_some());
         let list = f.list.clone();
         for (kind, p) in list {
             let applies = match kind {
@@ -747,11 +770,18 @@ pub(crate) async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        if shared.link.outage.load(Ordering::Relaxed) {
+            // Down: the connection is reset before a byte is read.
+            shared.link.outage_resets.fetch_add(1, Ordering::Relaxed);
+            let _ = stream.set_zero_linger();
+            drop(stream);
+            continue;
+        }
         let shared = shared.clone();
         let cancel = cancel.clone();
         tracker.spawn(async move {
             let reset = Arc::new(AtomicBool::new(false));
-            let io = ConnIo::new(stream, shared.conn_rate, reset.clone());
+            let io = ConnIo::new(stream, shared.conn_rate, reset.clone(), shared.link.clone());
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 let reset = reset.clone();
@@ -992,9 +1022,12 @@ impl Shared {
         mut body: Incoming,
         discard: bool,
         want_md5: bool,
-        reset_at: Option<u64>,
+        fault: Option<BodyFault>,
         limit: Option<u64>,
     ) -> Result<Received, Fail> {
+        let reset_at = fault.filter(|f| f.kind == FaultKind::Reset).map(|f| f.at);
+        let mut other = fault.filter(|f| f.kind != FaultKind::Reset);
+        let mut truncated = false;
         let mut pace = limit.map(Pace::new);
         let mut sink = Sink::open(self.blob_dir.as_deref(), discard)
             .await
@@ -1030,8 +1063,27 @@ impl Shared {
                     return Err(Fail::Reset);
                 }
             }
+            let mut data = data;
+            if let Some(f) = other.filter(|f| n + len > f.at) {
+                other = None;
+                let cut = (f.at - n) as usize;
+                match f.kind {
+                    // Bytes lost on the way: the server counts only what arrived.
+                    FaultKind::Truncate => truncated = true,
+                    FaultKind::Corrupt => {
+                        let mut m = BytesMut::from(&data[..]);
+                        m[cut] ^= 1 << f.bit;
+                        data = m.freeze();
+                    }
+                    FaultKind::Stall => tokio::time::sleep(STALL).await,
+                    _ => {}
+                }
+            }
             n += len;
             self.stats.bytes_in.fetch_add(len, Ordering::Relaxed);
+            if truncated {
+                continue;
+            }
             crc.update(&data);
             if let Some(m) = md5.as_mut() {
                 m.update(&data);
@@ -1040,6 +1092,15 @@ impl Shared {
         }
         if reset_at.is_some() {
             return Err(Fail::Reset);
+        }
+        if truncated {
+            // OSS waits for the missing bytes, then gives up with RequestTimeout.
+            return Err(OssError::new(
+                400,
+                "RequestTimeout",
+                "Your socket connection to the server was not read from or written to within the timeout period.",
+            )
+            .into());
         }
         let segment = sink.finish().await.map_err(internal)?;
         Ok(Received {
@@ -1051,13 +1112,36 @@ impl Shared {
     }
 }
 
-fn reset_point(plan: Option<FaultPlan>, ctx: &Ctx) -> Option<u64> {
-    let p = plan.filter(|p| p.kind == FaultKind::Reset)?;
+/// A fault striking a request body (uploads), at byte `at` of it.
+#[derive(Clone, Copy)]
+struct BodyFault {
+    kind: FaultKind,
+    at: u64,
+    bit: u8,
+}
+
+/// Where in an upload's body a planned fault strikes. A reset comes within the first half
+/// (so some bytes always went unread); the body kinds anywhere.
+fn body_fault(plan: Option<FaultPlan>, ctx: &Ctx) -> Option<BodyFault> {
+    let p = plan.filter(|p| {
+        matches!(
+            p.kind,
+            FaultKind::Reset | FaultKind::Truncate | FaultKind::Corrupt | FaultKind::Stall
+        )
+    })?;
     let len = ctx
         .h("content-length")
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    Some((p.at * len as f64 / 2.0) as u64)
+    let at = match p.kind {
+        FaultKind::Reset => (p.at * len as f64 / 2.0) as u64,
+        _ => ((p.at * len as f64) as u64).min(len.saturating_sub(1)),
+    };
+    Some(BodyFault {
+        kind: p.kind,
+        at,
+        bit: p.bit,
+    })
 }
 
 enum Step {
@@ -1859,7 +1943,7 @@ impl Shared {
                 body,
                 discard,
                 !discard || expected_md5.is_some(),
-                reset_point(plan, ctx),
+                body_fault(plan, ctx),
                 limit,
             )
             .await?;
@@ -2405,7 +2489,7 @@ impl Shared {
                 body,
                 discard,
                 !discard || expected_md5.is_some(),
-                reset_point(plan, ctx),
+                body_fault(plan, ctx),
                 limit,
             )
             .await?;

@@ -1,9 +1,10 @@
-//! Per-connection I/O wrapper: the WAN model's bandwidth cap (a token bucket per direction)
-//! and the "reset" fault (close with SO_LINGER 0 so the peer sees a TCP RST).
+//! Per-connection I/O wrapper: the WAN model's bandwidth cap (a token bucket per direction),
+//! the "reset" fault (close with SO_LINGER 0 so the peer sees a TCP RST), and the runtime
+//! link switches of [`Link`]: a full outage and a slow-loris dribble.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -23,9 +24,13 @@ struct Pacer {
 
 impl Pacer {
     fn new(rate: u64) -> Self {
-        let rate = rate.max(1) as f64;
         // 20 ms worth of burst keeps pacing smooth without tiny writes.
-        let burst = (rate / 50.0).max(16.0 * 1024.0);
+        Self::with_burst(rate, (rate as f64 / 50.0).max(16.0 * 1024.0))
+    }
+
+    fn with_burst(rate: u64, burst: f64) -> Self {
+        let rate = rate.max(1) as f64;
+        let burst = burst.max(1.0);
         Self {
             rate,
             burst,
@@ -61,24 +66,90 @@ impl Pacer {
 
 use std::future::Future;
 
+/// Switches shared by every connection of one simulator, flipped at runtime.
+#[derive(Debug, Default)]
+pub struct Link {
+    /// Full outage: new connections are reset at once and open ones fail their next read or
+    /// write with a reset, the way a dead load balancer or a cut link looks to a client.
+    pub outage: AtomicBool,
+    /// Slow loris (bytes/s, 0 = off): every connection moves at most this many bytes per
+    /// second in each direction, in tiny bursts, so requests neither fail nor finish.
+    pub loris: AtomicU64,
+    /// Connections the outage reset (on accept or mid-request).
+    pub outage_resets: AtomicU64,
+}
+
+/// A slow-loris pacer, remembered with the rate it was built for.
+struct Loris {
+    rate: u64,
+    read: Pacer,
+    write: Pacer,
+}
+
 /// The server side of one TCP connection.
 pub struct ConnIo {
     stream: TcpStream,
     read: Option<Pacer>,
     write: Option<Pacer>,
     reset: Arc<AtomicBool>,
+    link: Arc<Link>,
+    loris: Option<Loris>,
 }
 
 impl ConnIo {
     /// Wraps `stream`; `rate` caps each direction in bytes/s; setting `reset` before the
-    /// connection is dropped turns the close into an RST.
-    pub fn new(stream: TcpStream, rate: Option<u64>, reset: Arc<AtomicBool>) -> Self {
+    /// connection is dropped turns the close into an RST; `link` carries the runtime
+    /// outage and slow-loris switches.
+    pub fn new(
+        stream: TcpStream,
+        rate: Option<u64>,
+        reset: Arc<AtomicBool>,
+        link: Arc<Link>,
+    ) -> Self {
         Self {
             stream,
             read: rate.map(Pacer::new),
             write: rate.map(Pacer::new),
             reset,
+            link,
+            loris: None,
         }
+    }
+
+    /// `Err` when the link is down (the connection then closes with an RST).
+    fn check_outage(&self) -> io::Result<()> {
+        if self.reset.load(Ordering::Relaxed) {
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        if self.link.outage.load(Ordering::Relaxed) {
+            self.reset.store(true, Ordering::Relaxed);
+            self.link.outage_resets.fetch_add(1, Ordering::Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "simulated outage",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The slow-loris pacers, (re)built when the rate changed; `None` when it is off.
+    fn loris(&mut self) -> Option<&mut Loris> {
+        let rate = self.link.loris.load(Ordering::Relaxed);
+        if rate == 0 {
+            self.loris = None;
+            return None;
+        }
+        if self.loris.as_ref().map(|l| l.rate) != Some(rate) {
+            // A burst of a quarter second's worth: the peer sees a trickle, never a pause
+            // long enough to look dead on its own.
+            let burst = (rate as f64 / 4.0).max(1.0);
+            self.loris = Some(Loris {
+                rate,
+                read: Pacer::with_burst(rate, burst),
+                write: Pacer::with_burst(rate, burst),
+            });
+        }
+        self.loris.as_mut()
     }
 }
 
@@ -97,13 +168,25 @@ impl AsyncRead for ConnIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.reset.load(Ordering::Relaxed) {
-            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        this.check_outage()?;
+        let mut want = buf.remaining();
+        if let Some(l) = this.loris() {
+            want = ready!(l.read.poll_allow(cx, want));
+            let mut limited = buf.take(want);
+            ready!(Pin::new(&mut this.stream).poll_read(cx, &mut limited))?;
+            let n = limited.filled().len();
+            // SAFETY: `limited` wrote (and so initialised) `n` bytes of `buf`'s unfilled part.
+            unsafe { buf.assume_init(n) };
+            buf.advance(n);
+            if let Some(l) = this.loris.as_mut() {
+                l.read.consume(n);
+            }
+            return Poll::Ready(Ok(()));
         }
         let Some(pacer) = this.read.as_mut() else {
             return Pin::new(&mut this.stream).poll_read(cx, buf);
         };
-        let allow = ready!(pacer.poll_allow(cx, buf.remaining()));
+        let allow = ready!(pacer.poll_allow(cx, want));
         let mut limited = buf.take(allow);
         ready!(Pin::new(&mut this.stream).poll_read(cx, &mut limited))?;
         let n = limited.filled().len();
@@ -122,8 +205,15 @@ impl AsyncWrite for ConnIo {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.reset.load(Ordering::Relaxed) {
-            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        this.check_outage()?;
+        if let Some(l) = this.loris() {
+            let allow = ready!(l.write.poll_allow(cx, data.len()));
+            let n =
+                ready!(Pin::new(&mut this.stream).poll_write(cx, &data[..allow.min(data.len())]))?;
+            if let Some(l) = this.loris.as_mut() {
+                l.write.consume(n);
+            }
+            return Poll::Ready(Ok(n));
         }
         let Some(pacer) = this.write.as_mut() else {
             return Pin::new(&mut this.stream).poll_write(cx, data);
@@ -140,7 +230,11 @@ impl AsyncWrite for ConnIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.write.is_none() && !this.reset.load(Ordering::Relaxed) {
+        if this.write.is_none()
+            && !this.reset.load(Ordering::Relaxed)
+            && !this.link.outage.load(Ordering::Relaxed)
+            && this.link.loris.load(Ordering::Relaxed) == 0
+        {
             return Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         }
         let first = bufs
@@ -151,6 +245,7 @@ impl AsyncWrite for ConnIo {
     }
 
     fn is_write_vectored(&self) -> bool {
+        // `poll_write_vectored` falls back to one buffer at a time once a switch is on.
         self.write.is_none()
     }
 
@@ -174,7 +269,12 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
-            let mut io = ConnIo::new(s, Some(1 << 20), Arc::new(AtomicBool::new(false)));
+            let mut io = ConnIo::new(
+                s,
+                Some(1 << 20),
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(Link::default()),
+            );
             io.write_all(&vec![7u8; 512 * 1024]).await.unwrap();
             io.shutdown().await.unwrap();
         });

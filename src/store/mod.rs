@@ -193,6 +193,12 @@ pub trait ObjectStore: Send + Sync + 'static {
         OSS_LIMITS
     }
 
+    /// Requests this store retried on its own so far (a copy reports the growth during its
+    /// run with its own retries).
+    fn retries(&self) -> u64 {
+        0
+    }
+
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
 
     /// Bytes `[start, end)` of the object; with `if_match`, fails with

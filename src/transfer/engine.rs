@@ -149,6 +149,9 @@ async fn run(
 ) -> Result<CopySummary, TransferError> {
     validate(&opts)?;
     let started = std::time::Instant::now();
+    // The stores retry some requests themselves; the summary counts those too.
+    let store_retries = |src: &Location, dst: &Location| src.store.retries() + dst.store.retries();
+    let retries_before = store_retries(&src, &dst);
     progress
         .lowest_concurrency_limit
         .store(opts.concurrency as u64, Relaxed);
@@ -237,7 +240,8 @@ async fn run(
         crc64: out.crc64,
         parts: out.parts,
         part_size: out.part_size,
-        retries: progress.retries.load(Relaxed),
+        retries: progress.retries.load(Relaxed)
+            + store_retries(&ctx.src, &ctx.dst).saturating_sub(retries_before),
         resumed_bytes: out.resumed_bytes,
         source_crc64_known: meta.crc64.is_some(),
     };
