@@ -124,22 +124,9 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Creates `dir` (and parents) with mode 0700.
+/// Creates `dir` (and parents) with mode 0700 (see [`crate::transfer::state::private_dir`]).
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
-    b.create(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
+    crate::transfer::state::private_dir(dir)
 }
 
 fn remove_stale_locks(jobs_dir: &Path) {

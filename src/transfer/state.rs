@@ -130,9 +130,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Creates `dir` (and parents) with mode 0700; an existing directory of ours that group or
-/// others can read is tightened to 0700, since state files name buckets, keys and upload ids
-/// (and `mkdir -p` under umask 022 would have left it 0755).
+/// Creates `dir` (and parents) with mode 0700. An existing directory that group or others can
+/// read is tightened to 0700 only when it is plainly a state directory of ours (owned by us,
+/// not sticky, holding nothing but ossrelay's files): `--state-dir /var/lib` run as root must
+/// not lock everyone else out of `/var/lib`. Anything else gets a warning instead.
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     if !dir.exists() {
         let mut b = std::fs::DirBuilder::new();
@@ -148,13 +149,41 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let m = std::fs::metadata(dir)?;
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
-        if m.is_dir() && m.uid() == me && m.mode() & 0o077 != 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        if m.is_dir() && m.mode() & 0o077 != 0 {
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            let sticky = m.mode() & 0o1000 != 0;
+            if m.uid() == me && !sticky && holds_only_state(dir) {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            } else {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    mode = format_args!("{:o}", m.mode() & 0o7777),
+                    "the state directory is readable by other users; its files are private \
+                     (0600) but their names and count are not: use a directory of its own, or \
+                     chmod 700 it"
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// Whether every entry of `dir` is one ossrelay writes into a state directory.
+#[cfg(unix)]
+fn holds_only_state(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.into_iter().all(|e| {
+        let Ok(e) = e else { return false };
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.starts_with("copy-")
+            || name.starts_with("migrate-")
+            || name.starts_with("jobs")
+            || name.ends_with(".lock")
+    })
 }
 
 /// Saves `state` at `path`.
@@ -390,6 +419,50 @@ mod tests {
         assert_ne!(
             state_path(dir.path(), "a", "b"),
             state_path(dir.path(), "b", "a")
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_plain_state_dirs_are_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let root = tempfile::tempdir().unwrap();
+
+        let fresh = root.path().join("a/b");
+        private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+
+        let ours = root.path().join("ours");
+        std::fs::create_dir(&ours).unwrap();
+        std::fs::write(ours.join("copy-0123.json"), b"{}").unwrap();
+        std::fs::write(ours.join("copy-0123.lock"), b"1").unwrap();
+        set(&ours, 0o755);
+        private_dir(&ours).unwrap();
+        assert_eq!(mode(&ours), 0o700, "a state dir of ours is tightened");
+
+        let shared = root.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::write(shared.join("someone-elses.conf"), b"x").unwrap();
+        set(&shared, 0o755);
+        private_dir(&shared).unwrap();
+        assert_eq!(
+            mode(&shared),
+            0o755,
+            "a directory holding other files is left alone"
+        );
+
+        let sticky = root.path().join("tmp");
+        std::fs::create_dir(&sticky).unwrap();
+        set(&sticky, 0o1777);
+        private_dir(&sticky).unwrap();
+        assert_eq!(
+            mode(&sticky),
+            0o1777,
+            "a sticky (/tmp-like) directory is left alone"
         );
     }
 }
