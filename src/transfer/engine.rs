@@ -508,41 +508,41 @@ impl StateKeeper {
     }
 }
 
-async fn multipart(
+/// What [`open_upload`] resumes or starts.
+pub(super) struct Upload<'a> {
+    /// The source as recorded in the state file.
+    pub source: String,
+    /// Bytes the destination object will have.
+    pub size: u64,
+    pub fingerprint: SourceFingerprint,
+    pub planned_part_size: u64,
+    pub put_opts: &'a PutOptions,
+    pub state_path: Option<&'a std::path::Path>,
+    /// Whether a recorded part size above `size` (one short part) is a valid plan.
+    pub single_part_ok: bool,
+}
+
+/// Finds the interrupted upload recorded in the state file and lists its parts, or (when
+/// there is none, or it no longer matches the source, the destination or the limits) aborts
+/// it and starts a new upload, saved to the state file before any part is sent.
+pub(super) async fn open_upload(
     ctx: &Arc<Ctx>,
-    meta: &ObjectMeta,
-    planned_part_size: u64,
-    put_opts: &PutOptions,
-    cancel: &CancellationToken,
-) -> Result<Outcome, TransferError> {
-    let fp = SourceFingerprint::from(meta);
+    up: Upload<'_>,
+) -> Result<(CopyState, Option<Vec<ListedPart>>), TransferError> {
     let limits = ctx.dst.store.limits();
-    let state_path = ctx
-        .opts
-        .state_dir
-        .as_ref()
-        .map(|d| state::state_path(d, &ctx.src_desc, &ctx.dst_desc));
-
-    // One copy per pair at a time: two would share (and wreck) one upload.
-    let _lock = match &state_path {
-        Some(p) => Some(state::lock(p)?),
-        None => None,
-    };
-
-    // 1. Look for a previous run.
-    let mut previous = None;
-    if let Some(path) = &state_path {
+    let fp = up.fingerprint;
+    if let Some(path) = up.state_path {
         if let Some(old) = state::load(path)? {
             let plan_ok = old.part_size >= limits.min_part_size
                 && old.part_size <= limits.max_part_size
-                && meta.size.div_ceil(old.part_size) <= limits.max_parts as u64
-                && meta.size >= old.part_size;
+                && up.size.div_ceil(old.part_size) <= limits.max_parts as u64
+                && (up.single_part_ok || up.size >= old.part_size);
             if !ctx.opts.resume {
                 info!(upload_id = %old.upload_id, "not resuming (--no-resume): aborting the previous upload");
                 abort_quietly(ctx, &old.upload_id).await;
                 state::remove(path);
             } else if old.source_meta != fp
-                || old.source != ctx.src_desc
+                || old.source != up.source
                 || old.destination != ctx.dst_desc
             {
                 warn!(
@@ -568,7 +568,10 @@ async fn multipart(
                     ctx.dst.store.list_parts(&ctx.dst.key, &old.upload_id)
                 );
                 match listed {
-                    Ok(l) => previous = Some((old, l)),
+                    Ok(l) => {
+                        info!(upload_id = %old.upload_id, recorded = old.parts.len(), "resuming");
+                        return Ok((old, Some(l)));
+                    }
                     Err(e) if e.class == ErrorClass::NotFound => {
                         warn!(upload_id = %old.upload_id, "the interrupted upload no longer exists; starting over");
                         state::remove(path);
@@ -582,50 +585,77 @@ async fn multipart(
                                 ),
                                 e,
                             )),
-                            state_file: path.clone(),
+                            state_file: path.to_path_buf(),
                         })
                     }
                 }
             }
         }
     }
-
-    // 2. Resume (reconcile with what the destination really holds) or start a new upload.
-    let (mut st, listed) = match previous {
-        Some((old, listed)) => {
-            info!(upload_id = %old.upload_id, recorded = old.parts.len(), "resuming");
-            (old, Some(listed))
-        }
-        None => {
-            let created: Result<String, StoreError> = control!(
-                ctx,
-                "InitiateMultipartUpload",
-                ctx.opts.request_timeout,
-                ctx.dst
-                    .store
-                    .create_multipart(&ctx.dst.key, meta.size, put_opts)
-            );
-            let upload_id = created.map_err(|e| {
-                TransferError::store(format!("cannot start an upload to {}", ctx.dst_desc), e)
-            })?;
-            let st = CopyState {
-                version: STATE_VERSION,
-                source: ctx.src_desc.clone(),
-                destination: ctx.dst_desc.clone(),
-                upload_id,
-                part_size: planned_part_size,
-                source_meta: fp.clone(),
-                parts: Vec::new(),
-            };
-            if let Some(path) = &state_path {
-                if let Err(e) = state::save(path, &st) {
-                    abort_quietly(ctx, &st.upload_id).await;
-                    return Err(e);
-                }
-            }
-            (st, None)
-        }
+    let created: Result<String, StoreError> = control!(
+        ctx,
+        "InitiateMultipartUpload",
+        ctx.opts.request_timeout,
+        ctx.dst
+            .store
+            .create_multipart(&ctx.dst.key, up.size, up.put_opts)
+    );
+    let upload_id = created.map_err(|e| {
+        TransferError::store(format!("cannot start an upload to {}", ctx.dst_desc), e)
+    })?;
+    let st = CopyState {
+        version: STATE_VERSION,
+        source: up.source,
+        destination: ctx.dst_desc.clone(),
+        upload_id,
+        part_size: up.planned_part_size,
+        source_meta: fp,
+        parts: Vec::new(),
     };
+    if let Some(path) = up.state_path {
+        if let Err(e) = state::save(path, &st) {
+            abort_quietly(ctx, &st.upload_id).await;
+            return Err(e);
+        }
+    }
+    Ok((st, None))
+}
+
+async fn multipart(
+    ctx: &Arc<Ctx>,
+    meta: &ObjectMeta,
+    planned_part_size: u64,
+    put_opts: &PutOptions,
+    cancel: &CancellationToken,
+) -> Result<Outcome, TransferError> {
+    let fp = SourceFingerprint::from(meta);
+    let state_path = ctx
+        .opts
+        .state_dir
+        .as_ref()
+        .map(|d| state::state_path(d, &ctx.src_desc, &ctx.dst_desc));
+
+    // One copy per pair at a time: two would share (and wreck) one upload.
+    let _lock = match &state_path {
+        Some(p) => Some(state::lock(p)?),
+        None => None,
+    };
+
+    // 1 + 2. Resume a previous run (reconciled below with what the destination really
+    // holds) or start a new upload.
+    let (mut st, listed) = open_upload(
+        ctx,
+        Upload {
+            source: ctx.src_desc.clone(),
+            size: meta.size,
+            fingerprint: fp,
+            planned_part_size,
+            put_opts,
+            state_path: state_path.as_deref(),
+            single_part_ok: false,
+        },
+    )
+    .await?;
     let part_size = st.part_size;
     let specs: Arc<Vec<PartSpec>> = Arc::new(plan::parts(meta.size, part_size));
     let mut done: Vec<Option<StatePart>> = vec![None; specs.len()];

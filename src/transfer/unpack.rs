@@ -45,7 +45,7 @@ use super::budget::{MemoryBudget, TokenBucket};
 use super::engine::{self, control, Ctx, StateKeeper};
 use super::pipe::PipeCtx;
 use super::progress::InflightGuard;
-use super::state::{self, CopyState, SourceFingerprint, StatePart, STATE_VERSION};
+use super::state::{self, SourceFingerprint, StatePart};
 use super::tar::{self, MemberHeader};
 use super::{plan, CopyOptions, CopySummary, Location, Progress, TransferError};
 
@@ -1217,91 +1217,6 @@ async fn empty_member(
     Ok((out, end))
 }
 
-/// Loads resume state for this pair, or starts a new upload. Returns the state and, when
-/// resuming, the destination's part list.
-async fn start_or_resume(
-    ctx: &Arc<Ctx>,
-    meta: &ObjectMeta,
-    raw_size: u64,
-    planned: u64,
-    put_opts: &PutOptions,
-    state_path: &Option<std::path::PathBuf>,
-) -> Result<(CopyState, Option<Vec<ListedPart>>), TransferError> {
-    let fp = SourceFingerprint::from(meta);
-    let limits = ctx.dst.store.limits();
-    let source = state_source(ctx);
-    if let Some(path) = state_path {
-        if let Some(old) = state::load(path)? {
-            let plan_ok = old.part_size >= limits.min_part_size
-                && old.part_size <= limits.max_part_size
-                && raw_size.div_ceil(old.part_size) <= limits.max_parts as u64;
-            if !ctx.opts.resume
-                || old.source_meta != fp
-                || old.source != source
-                || old.destination != ctx.dst_desc
-                || !plan_ok
-            {
-                info!(upload_id = %old.upload_id, "not resuming the earlier unpack: starting over");
-                engine::abort_quietly(ctx, &old.upload_id).await;
-                state::remove(path);
-            } else {
-                let listed: Result<Vec<ListedPart>, StoreError> = control!(
-                    ctx,
-                    "ListParts",
-                    ctx.opts.request_timeout,
-                    ctx.dst.store.list_parts(&ctx.dst.key, &old.upload_id)
-                );
-                match listed {
-                    Ok(l) => return Ok((old, Some(l))),
-                    Err(e) if e.class == ErrorClass::NotFound => {
-                        warn!(upload_id = %old.upload_id, "the interrupted upload no longer exists; starting over");
-                        state::remove(path);
-                    }
-                    Err(e) => {
-                        return Err(TransferError::Resumable {
-                            source: Box::new(TransferError::store(
-                                format!(
-                                    "cannot list the parts already uploaded to {}",
-                                    ctx.dst_desc
-                                ),
-                                e,
-                            )),
-                            state_file: path.clone(),
-                        })
-                    }
-                }
-            }
-        }
-    }
-    let created: Result<String, StoreError> = control!(
-        ctx,
-        "InitiateMultipartUpload",
-        ctx.opts.request_timeout,
-        ctx.dst
-            .store
-            .create_multipart(&ctx.dst.key, raw_size, put_opts)
-    );
-    let upload_id = created.map_err(|e| {
-        TransferError::store(format!("cannot start an upload to {}", ctx.dst_desc), e)
-    })?;
-    let st = CopyState {
-        version: STATE_VERSION,
-        source,
-        destination: ctx.dst_desc.clone(),
-        upload_id,
-        part_size: planned,
-        source_meta: fp,
-        parts: Vec::new(),
-    };
-    if let Some(path) = state_path {
-        if let Err(e) = state::save(path, &st) {
-            engine::abort_quietly(ctx, &st.upload_id).await;
-            return Err(e);
-        }
-    }
-    Ok((st, None))
-}
-
 /// Decides what survives a failure: a broken archive leaves nothing behind (parts already
 /// sent may hold wrong bytes); anything else is handled as in a plain copy.
 async fn fail(
@@ -1337,8 +1252,20 @@ async fn multipart(
         Some(p) => Some(state::lock(p)?),
         None => None,
     };
-    let (mut st, listed) =
-        start_or_resume(ctx, meta, raw_size, planned, put_opts, &state_path).await?;
+    let (mut st, listed) = engine::open_upload(
+        ctx,
+        engine::Upload {
+            source: state_source(ctx),
+            size: raw_size,
+            fingerprint: SourceFingerprint::from(meta),
+            planned_part_size: planned,
+            put_opts,
+            state_path: state_path.as_deref(),
+            // The RAW's size is known only from the archive: one short part is a valid plan.
+            single_part_ok: true,
+        },
+    )
+    .await?;
     let part_size = st.part_size;
     if ctx.pipe.budget.limit() < part_size + ctx.opts.chunk_size as u64 {
         // A resumed plan with parts bigger than this run's memory would never fill a part.
