@@ -728,6 +728,10 @@ fn decode_inner(
     let mut left = size;
     let max = (io.chunk as u64).min(io.raw_budget.max_chunk()).max(1);
     let pool = BufPool::new(max as usize);
+    // Inflate writes into this cache-resident buffer; one bulk copy then moves each chunk to
+    // the (never cached) buffer it waits in for its upload. Inflating straight into those
+    // cost inflate ~18 % (bench: 1 vs 768 cycling 256 KiB output buffers, 1098 vs 905 MB/s).
+    let mut scratch = vec![0u8; max as usize];
     while left > 0 {
         let n = left.min(max);
         let t = Instant::now();
@@ -744,7 +748,7 @@ fn decode_inner(
         let mut buf = pool.take();
         let mut filled = 0;
         while filled < n as usize {
-            match gz.read(&mut buf[filled..n as usize]) {
+            match gz.read(&mut scratch[filled..n as usize]) {
                 Ok(0) => {
                     io.raw_budget.release(n as u32);
                     return Err(DecodeError::Archive(format!(
@@ -760,6 +764,7 @@ fn decode_inner(
                 }
             }
         }
+        buf[..n as usize].copy_from_slice(&scratch[..n as usize]);
         let data = pool.lend(buf, n as usize);
         left -= n;
         let c = charged(data, &io.raw_budget);
