@@ -45,39 +45,9 @@ fn dst_side(task: Duration) -> impl FnOnce(&mut SimConfig) {
 }
 
 fn migrate_args(w: &World, dst_profile: &str) -> Vec<String> {
-    let (src_ep, dst_ep) = (w.src.endpoint(), w.dst.endpoint());
-    s(&[
-        "migrate",
-        "--src-region",
-        SRC_REGION,
-        "--image-id",
-        IMAGE,
-        "--src-bucket",
-        SRC_BUCKET,
-        "--dst-region",
-        DST_REGION,
-        "--dst-bucket",
-        DST_BUCKET,
-        "--src-profile",
-        "src",
-        "--dst-profile",
-        dst_profile,
-        "--src-endpoint",
-        &src_ep,
-        "--src-ecs-endpoint",
-        &src_ep,
-        "--dst-endpoint",
-        &dst_ep,
-        "--dst-ecs-endpoint",
-        &dst_ep,
-        "--dst-sts-endpoint",
-        &dst_ep,
-        "--state-dir",
-        &w.state_dir().display().to_string(),
-        "--role-retries",
-        "1",
-        "--json",
-    ])
+    let mut a = w.migrate_args(IMAGE, dst_profile);
+    a.extend(["--role-retries".into(), "1".into()]);
+    a
 }
 
 /// Adds a RamRoleArn profile `dst-role`: the source account's AccessKey assuming

@@ -249,41 +249,10 @@ async fn migrate_at_debug_level_shows_no_secret() {
     )
     .await;
     std::fs::set_permissions(w.state_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (src_ep, dst_ep) = (w.src.endpoint(), w.dst.endpoint());
-    let state = w.state_dir().display().to_string();
     let args = |dst_profile: &str| -> Vec<String> {
-        [
-            "migrate",
-            "--src-region",
-            SRC_REGION,
-            "--image-id",
-            IMAGE,
-            "--src-bucket",
-            SRC_BUCKET,
-            "--dst-region",
-            DST_REGION,
-            "--dst-bucket",
-            DST_BUCKET,
-            "--src-profile",
-            "src",
-            "--dst-profile",
-            dst_profile,
-            "--src-endpoint",
-            &src_ep,
-            "--src-ecs-endpoint",
-            &src_ep,
-            "--dst-endpoint",
-            &dst_ep,
-            "--dst-ecs-endpoint",
-            &dst_ep,
-            "--state-dir",
-            &state,
-            "--json",
-            "--log",
-            "debug",
-        ]
-        .map(String::from)
-        .to_vec()
+        let mut a = w.migrate_args(IMAGE, dst_profile);
+        a.extend(["--log".into(), "debug".into()]);
+        a
     };
     // A wrong destination secret first: the failure and its state must be clean too.
     let out = w.run(args("wrong")).await;

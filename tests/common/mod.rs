@@ -160,6 +160,44 @@ impl World {
     }
 
     /// A `Command` for the binary with a clean credential environment pointing at our profiles.
+    /// `ossrelay migrate` arguments for `image` from the source sim's region to the
+    /// destination's (both sims serve OSS, ECS and STS on one endpoint).
+    pub fn migrate_args(&self, image: &str, dst_profile: &str) -> Vec<String> {
+        let (src_ep, dst_ep) = (self.src.endpoint(), self.dst.endpoint());
+        [
+            "migrate",
+            "--src-region",
+            SRC_REGION,
+            "--image-id",
+            image,
+            "--src-bucket",
+            SRC_BUCKET,
+            "--dst-region",
+            DST_REGION,
+            "--dst-bucket",
+            DST_BUCKET,
+            "--src-profile",
+            "src",
+            "--dst-profile",
+            dst_profile,
+            "--src-endpoint",
+            &src_ep,
+            "--src-ecs-endpoint",
+            &src_ep,
+            "--dst-endpoint",
+            &dst_ep,
+            "--dst-ecs-endpoint",
+            &dst_ep,
+            "--dst-sts-endpoint",
+            &dst_ep,
+            "--state-dir",
+            &self.state_dir().display().to_string(),
+            "--json",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     pub fn command(&self, args: &[String]) -> Command {
         command_in(self.dir.path(), args)
     }
