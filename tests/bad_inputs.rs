@@ -189,9 +189,7 @@ async fn every_bad_input_fails_with_one_clear_line() {
         &src_acct,
         future,
     );
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(w.dir.path().join("config.json")).unwrap()).unwrap();
-    for p in [
+    w.add_profiles([
         serde_json::json!({"name": "sts-expired", "mode": "StsToken", "access_key_id": "STS.expiredKey",
             "access_key_secret": "sts-expired-secret", "sts_token": "expired-token", "region_id": SRC_REGION}),
         serde_json::json!({"name": "sts-badtoken", "mode": "StsToken", "access_key_id": "STS.liveKey",
@@ -201,10 +199,7 @@ async fn every_bad_input_fails_with_one_clear_line() {
         serde_json::json!({"name": "nokey", "mode": "AK", "access_key_id": "", "access_key_secret": ""}),
         serde_json::json!({"name": "unknown-ak", "mode": "AK", "access_key_id": "LTAInobodyKnowsMe",
             "access_key_secret": "whatever", "region_id": SRC_REGION}),
-    ] {
-        config["profiles"].as_array_mut().unwrap().push(p);
-    }
-    std::fs::write(w.dir.path().join("config.json"), config.to_string()).unwrap();
+    ]);
     let bad_json = config_with(&w, "bad.json", "{\"current\": \"src\", \"profiles\": [ {");
     let not_object = config_with(&w, "list.json", "[1, 2, 3]");
     let binary_cfg = config_with(&w, "binary.json", "\u{0}\u{1}\u{2}\u{fffd}garbage");

@@ -50,28 +50,6 @@ fn migrate_args(w: &World, dst_profile: &str) -> Vec<String> {
     a
 }
 
-/// Adds a RamRoleArn profile `dst-role`: the source account's AccessKey assuming
-/// `MIGRATOR_ROLE` of the destination account.
-fn add_role_profile(w: &World) {
-    let path = w.dir.path().join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    cfg["profiles"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "name": "dst-role",
-            "mode": "RamRoleArn",
-            "access_key_id": src_account().access_key_id,
-            "access_key_secret": src_account().access_key_secret,
-            "ram_role_arn": format!("acs:ram::{}:role/{MIGRATOR_ROLE}", dst_account().name),
-            "ram_session_name": "ossrelay-test",
-            "expired_seconds": 900,
-            "region_id": DST_REGION
-        }));
-    std::fs::write(&path, cfg.to_string()).unwrap();
-}
-
 fn assert_imported_identical(w: &World, out: &std::process::Output) -> String {
     let err = stderr(out);
     assert_eq!(out.status.code(), Some(0), "{err}");
@@ -98,7 +76,7 @@ async fn ram_role_arn_destination_survives_expiring_sts_credentials() {
         c.conn_rate = Some(1 << 20);
     })
     .await;
-    add_role_profile(&w);
+    w.add_role_profile(MIGRATOR_ROLE);
     let mut args = migrate_args(&w, "dst-role");
     args.extend(s(&["--concurrency", "2", "--part-size", "1MiB"]));
     let t0 = Instant::now();

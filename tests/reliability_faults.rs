@@ -292,7 +292,7 @@ async fn disturbed_case(
         .put_object_bytes(SRC_BUCKET, KEY, Bytes::from(data.clone()));
     let mut a = args(&w);
     if dst_profile != "dst" {
-        add_role_profile(&w);
+        w.add_role_profile("relay");
         let i = a.iter().position(|x| x == "--dst-profile").unwrap();
         a[i + 1] = dst_profile.into();
     }
@@ -307,7 +307,7 @@ async fn disturbed_case(
     match disturb {
         Disturb::Nothing | Disturb::SlowLorisForever => {}
         Disturb::Outage(d) => {
-            parts_landed(&w, 3).await;
+            w.wait_for_parts(3).await;
             w.src.set_outage(true);
             w.dst.set_outage(true);
             tokio::time::sleep(d).await;
@@ -315,7 +315,7 @@ async fn disturbed_case(
             w.dst.set_outage(false);
         }
         Disturb::SlowLoris(d) => {
-            parts_landed(&w, 3).await;
+            w.wait_for_parts(3).await;
             w.dst.set_slow_loris(Some(512));
             tokio::time::sleep(d).await;
             w.dst.set_slow_loris(None);
@@ -334,36 +334,6 @@ async fn disturbed_case(
         Side::Both,
     );
     (row, w.dst.stats())
-}
-
-/// Waits until the destination acknowledged `n` parts, or the copy already ended.
-async fn parts_landed(w: &World, n: u64) {
-    let t0 = Instant::now();
-    while count(&w.dst.stats(), "UploadPart", "200") < n && t0.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A profile `dst-role`: the source account's AccessKey assuming a destination role whose
-/// STS credentials the simulator makes last 3 s.
-fn add_role_profile(w: &World) {
-    let path = w.dir.path().join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    cfg["profiles"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "name": "dst-role",
-            "mode": "RamRoleArn",
-            "access_key_id": src_account().access_key_id,
-            "access_key_secret": src_account().access_key_secret,
-            "ram_role_arn": format!("acs:ram::{}:role/relay", dst_account().name),
-            "ram_session_name": "ossrelay-faults",
-            "expired_seconds": 900,
-            "region_id": DST_REGION
-        }));
-    std::fs::write(&path, cfg.to_string()).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,19 +117,16 @@ fn add_sts_profiles(w: &World) {
         &acct,
         SystemTime::now() - Duration::from_secs(60),
     );
-    let path = w.dir.path().join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    for (name, ak, token) in [
-        ("sts", "STS.hygieneLive", STS_TOKEN),
-        ("sts-expired", "STS.hygieneOld", OLD_TOKEN),
-    ] {
-        config["profiles"].as_array_mut().unwrap().push(
+    w.add_profiles(
+        [
+            ("sts", "STS.hygieneLive", STS_TOKEN),
+            ("sts-expired", "STS.hygieneOld", OLD_TOKEN),
+        ]
+        .map(|(name, ak, token)| {
             serde_json::json!({"name": name, "mode": "StsToken", "access_key_id": ak,
-                "access_key_secret": STS_SECRET, "sts_token": token, "region_id": SRC_REGION}),
-        );
-    }
-    std::fs::write(&path, config.to_string()).unwrap();
+                "access_key_secret": STS_SECRET, "sts_token": token, "region_id": SRC_REGION})
+        }),
+    );
 }
 
 fn set(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {

@@ -187,21 +187,7 @@ async fn run(
         ctx.pipe.budget.clone(),
     )));
 
-    let head = async {
-        let r: Result<ObjectMeta, StoreError> = control!(
-            &ctx,
-            "HeadObject",
-            ctx.opts.request_timeout,
-            ctx.src.store.head(&ctx.src.key)
-        );
-        r
-    };
-    let meta = tokio::select! {
-        r = head => r,
-        _ = cancel.cancelled() => return Err(TransferError::Interrupted { state_file: None }),
-    };
-    let meta =
-        meta.map_err(|e| TransferError::store(format!("cannot read {}", ctx.src_desc), e))?;
+    let meta = head_source(&ctx, &cancel).await?;
     progress.total_bytes.store(meta.size, Relaxed);
     let part_size = plan::plan_part_size(meta.size, ctx.opts.part_size, ctx.dst.store.limits())?;
     let put_opts = PutOptions {
@@ -506,6 +492,27 @@ impl StateKeeper {
             state::remove(p);
         }
     }
+}
+
+/// HEADs the source with the control-request retries; cancellable.
+pub(super) async fn head_source(
+    ctx: &Arc<Ctx>,
+    cancel: &CancellationToken,
+) -> Result<ObjectMeta, TransferError> {
+    let head = async {
+        let r: Result<ObjectMeta, StoreError> = control!(
+            ctx,
+            "HeadObject",
+            ctx.opts.request_timeout,
+            ctx.src.store.head(&ctx.src.key)
+        );
+        r
+    };
+    let meta = tokio::select! {
+        r = head => r,
+        _ = cancel.cancelled() => return Err(TransferError::Interrupted { state_file: None }),
+    };
+    meta.map_err(|e| TransferError::store(format!("cannot read {}", ctx.src_desc), e))
 }
 
 /// What [`open_upload`] resumes or starts.

@@ -968,20 +968,7 @@ async fn run_once(
         progress: progress.clone(),
         pipe: pipe_ctx(&opts, &progress, &raw_budget, bandwidth.clone()),
     });
-    let head = async {
-        let r: Result<ObjectMeta, StoreError> = control!(
-            &pre,
-            "HeadObject",
-            pre.opts.request_timeout,
-            pre.src.store.head(&pre.src.key)
-        );
-        r
-    };
-    let meta = tokio::select! {
-        r = head => r,
-        _ = cancel.cancelled() => return Err(TransferError::Interrupted { state_file: None }),
-    };
-    let meta = meta.map_err(|e| TransferError::store(format!("cannot read {src_desc}"), e))?;
+    let meta = engine::head_source(&pre, &cancel).await?;
     info!(
         size = meta.size,
         range = mem.range,

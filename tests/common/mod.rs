@@ -198,6 +198,30 @@ impl World {
         .to_vec()
     }
 
+    /// Appends `profiles` to the world's aliyun config file.
+    pub fn add_profiles(&self, profiles: impl IntoIterator<Item = serde_json::Value>) {
+        let path = self.dir.path().join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        config["profiles"].as_array_mut().unwrap().extend(profiles);
+        std::fs::write(&path, config.to_string()).unwrap();
+    }
+
+    /// Adds a RamRoleArn profile `dst-role`: the source account's AccessKey assuming `role`
+    /// of the destination account.
+    pub fn add_role_profile(&self, role: &str) {
+        self.add_profiles([serde_json::json!({
+            "name": "dst-role",
+            "mode": "RamRoleArn",
+            "access_key_id": src_account().access_key_id,
+            "access_key_secret": src_account().access_key_secret,
+            "ram_role_arn": format!("acs:ram::{}:role/{role}", dst_account().name),
+            "ram_session_name": "ossrelay-test",
+            "expired_seconds": 900,
+            "region_id": DST_REGION
+        })]);
+    }
+
     pub fn command(&self, args: &[String]) -> Command {
         command_in(self.dir.path(), args)
     }
