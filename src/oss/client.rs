@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -123,6 +123,8 @@ pub(crate) struct Inner {
     epoch: Instant,
     /// Requests retried inside [`OssClient`] (streaming bodies are retried by the engine).
     retries: AtomicU64,
+    /// Whether the endpoint has sent any HTTP response yet (see [`OssError::never_answered`]).
+    answered: AtomicBool,
 }
 
 impl fmt::Debug for OssClient {
@@ -231,6 +233,7 @@ impl OssClient {
                 http: client,
                 clock_offset_ms: AtomicI64::new(0),
                 retries: AtomicU64::new(0),
+                answered: AtomicBool::new(false),
                 epoch: Instant::now(),
             }),
         })
@@ -331,6 +334,15 @@ impl OssClient {
                         Err(mut e) => {
                             e.attempts = attempt;
                             if !e.class.is_retryable() || attempt >= self.inner.max_attempts {
+                                if e.never_answered && e.class.is_retryable() {
+                                    // Callers retry transient errors again, for minutes: an
+                                    // endpoint that never answered is a configuration problem
+                                    // until proven otherwise, so say so now.
+                                    e.class = ErrorClass::Client;
+                                    e.message.push_str(
+                                        "; the endpoint has not answered any request: check the endpoint, region and network",
+                                    );
+                                }
                                 return Err(e);
                             }
                             metrics::counter!(crate::metrics::RETRIES_TOTAL, "reason" => e.class.as_str())
@@ -442,11 +454,13 @@ impl OssClient {
             Ok(r) => r,
             Err(e) => {
                 metrics::counter!(crate::metrics::REQUESTS_TOTAL, "service" => "oss", "operation" => ctx.operation, "status" => "error").increment(1);
-                let err = network_error(ctx, &host, &*e, self.inner.read_timeout);
+                let mut err = network_error(ctx, &host, &*e, self.inner.read_timeout);
+                err.never_answered = !self.inner.answered.load(Ordering::Relaxed) && no_server(&*e);
                 span.in_scope(|| tracing::debug!(error = %err, "OSS request failed"));
                 return Err(err);
             }
         };
+        self.inner.answered.store(true, Ordering::Relaxed);
         let status = resp.status().as_u16();
         metrics::counter!(crate::metrics::REQUESTS_TOTAL, "service" => "oss", "operation" => ctx.operation, "status" => status.to_string()).increment(1);
         let request_id = resp
@@ -625,6 +639,26 @@ fn network_error(
         target(ctx),
         chain.join(": ")
     ))
+}
+
+/// Whether `e` means nobody speaking HTTP is there: the connection (DNS, TCP, TLS handshake)
+/// failed, or the peer's answer is not HTTP. A reset or timeout after connecting is not.
+fn no_server(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(le) = err.downcast_ref::<hyper_util::client::legacy::Error>() {
+            if le.is_connect() {
+                return true;
+            }
+        }
+        if let Some(he) = err.downcast_ref::<hyper::Error>() {
+            if he.is_parse() || he.is_parse_status() {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The rustls error inside (possibly nested) `io::Error` wrappers, which hide it from
@@ -882,6 +916,62 @@ mod tests {
             .map(|_| next_backoff(Duration::from_secs(2)).as_millis())
             .collect();
         assert!(samples.len() > 10, "no jitter: {samples:?}");
+    }
+
+    fn client_for(addr: SocketAddr) -> OssClient {
+        use crate::credentials::{Credentials, StaticProvider};
+        let mut cfg = OssConfig::new(
+            super::super::endpoint::EndpointSpec::Url(format!("http://{addr}")),
+            "cn-hangzhou",
+            Arc::new(StaticProvider(Credentials::new("LTAIexample", "secret"))),
+        );
+        cfg.force_path_style = true;
+        OssClient::new(cfg).unwrap()
+    }
+
+    /// An endpoint that never answered fails after the client's own attempts with a
+    /// non-retryable error (callers would otherwise retry it again for minutes); once it
+    /// has answered, the same refusal is a transient outage.
+    #[tokio::test]
+    async fn refusal_is_final_only_before_the_first_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let e = client_for(addr)
+            .bucket("bkt")
+            .head_object("k")
+            .await
+            .unwrap_err();
+        assert_eq!(e.class, ErrorClass::Client, "{e}");
+        assert!(e.never_answered);
+        assert_eq!(e.attempts, 4, "the client still retried: {e}");
+        assert!(e.message.contains("has not answered any request"), "{e}");
+
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 8192];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = c.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                got.extend_from_slice(&buf[..n]);
+            }
+            c.write_all(b"HTTP/1.1 404 Not Found\r\nx-oss-request-id: R1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            // The listener is dropped here: later connections are refused.
+        });
+        let b = client_for(addr).bucket("bkt");
+        let e = b.head_object("k").await.unwrap_err();
+        assert_eq!(e.status, Some(404), "{e}");
+        server.await.unwrap();
+        let e = b.head_object("k").await.unwrap_err();
+        assert_eq!(e.class, ErrorClass::Transient, "{e}");
+        assert!(!e.never_answered);
+        assert!(!e.message.contains("has not answered"), "{e}");
     }
 
     #[test]

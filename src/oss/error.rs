@@ -36,6 +36,9 @@ pub struct OssError {
     pub operation: Option<&'static str>,
     /// Attempts made before giving up (1 when not retried).
     pub attempts: u32,
+    /// No HTTP answer at all (refused, no such host, not HTTP) from an endpoint that has not
+    /// answered any request yet: most likely a wrong endpoint or region, not a blip.
+    pub never_answered: bool,
 }
 
 impl fmt::Display for OssError {
@@ -129,6 +132,7 @@ impl OssError {
             server_time: None,
             operation: None,
             attempts: 1,
+            never_answered: false,
         }
     }
 
@@ -234,6 +238,7 @@ impl OssError {
             server_time,
             operation: Some(ctx.operation),
             attempts: 1,
+            never_answered: false,
         }
     }
 
