@@ -8,7 +8,8 @@
 //! The archive stands for a realistic disk: mostly zeros with incompressible 1 MiB blocks
 //! (one in four). It is assembled from independently deflated 1 MiB blocks (full flushes),
 //! so building 4 GiB of RAW takes seconds; the decoder sees an ordinary gzip stream.
-//! `--quick` uses 1 GiB of RAW instead of 4 GiB; `--verbose` prints the relay's log.
+//! `--quick` uses 1 GiB of RAW instead of 4 GiB; `--verbose` prints the relay's log;
+//! `UNPACK_BENCH_ARGS` adds flags to the `copy` command line.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -188,6 +189,11 @@ fn main() {
         Bytes::from(archive),
     );
     let dir = tempfile::tempdir().unwrap();
+    // Extra `copy` flags for experiments, e.g. UNPACK_BENCH_ARGS="--part-size 16MiB".
+    let extra = std::env::var("UNPACK_BENCH_ARGS").unwrap_or_default();
+    if !extra.is_empty() {
+        println!("extra copy flags: {extra}");
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_ossrelay"))
         .args([
             "copy",
@@ -204,6 +210,7 @@ fn main() {
             "--state-dir",
             &dir.path().display().to_string(),
         ])
+        .args(extra.split_whitespace())
         .env("ALIBABA_CLOUD_ACCESS_KEY_ID", "simak")
         .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "simsecret")
         .env("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")

@@ -271,6 +271,76 @@ async fn a_corrupted_compressed_byte_leaves_no_object_and_no_upload() {
     );
 }
 
+/// gzip's trailer is checked against CRC-32s computed partly by the decoder (tar blocks) and
+/// partly by the part cutter (member data): a wrong CRC-32 or length fails as a damaged
+/// archive, after every part was sent, and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_gzip_trailer_leaves_no_object_and_no_upload() {
+    let data = noise(3 * MIB as usize + 100, 9);
+    let good = small_archive(&data);
+    let n = good.len();
+    for (what, at) in [
+        ("CRC-32", n - 8),
+        ("CRC-32 high byte", n - 5),
+        ("length", n - 4),
+    ] {
+        let mut archive = good.clone();
+        archive[at] ^= 0x01;
+        let src = MemoryStore::new("src");
+        src.insert("img.tar.gz", archive);
+        let dst = MemoryStore::new("dst");
+        let err = transfer::copy_unpack(
+            Location::new(src, "img.tar.gz"),
+            UnpackTarget::Fixed(Location::new(dst.clone(), "disk.raw")),
+            CopyOptions {
+                part_size: Some(MIB),
+                ..opts()
+            },
+            Progress::new(),
+            CancellationToken::new(),
+        )
+        .await
+        .expect_err(what);
+        assert!(
+            matches!(err.root(), TransferError::Archive(m)
+                if m.contains("gzip trailer does not match") && m.contains("archive itself is damaged")),
+            "{what}: {err}"
+        );
+        assert!(dst.object("disk.raw").is_none(), "{what}");
+        assert_eq!(dst.open_uploads(), 0, "{what}: the upload was aborted");
+    }
+}
+
+/// Optional gzip header fields (as `gzip` writes for a named file) are skipped correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_headers_with_optional_fields_unpack() {
+    let data = noise(MIB as usize + 3, 11);
+    let plain = small_archive(&data);
+    // FEXTRA + FNAME + FCOMMENT + FHCRC before the same deflate stream and trailer.
+    let mut archive = vec![0x1f, 0x8b, 8, 4 | 8 | 16 | 2, 0, 0, 0, 0, 0, 3];
+    archive.extend_from_slice(&[5, 0, b'A', b'B', 1, 0, b'z']);
+    archive.extend_from_slice(b"disk_system.raw.tar\0");
+    archive.extend_from_slice(b"an export\0");
+    archive.extend_from_slice(&[0xAB, 0xCD]);
+    archive.extend_from_slice(&plain[10..]);
+    let src = MemoryStore::new("src");
+    src.insert("img.tgz", archive);
+    let dst = MemoryStore::new("dst");
+    transfer::copy_unpack(
+        Location::new(src, "img.tgz"),
+        UnpackTarget::Fixed(Location::new(dst.clone(), "disk.raw")),
+        CopyOptions {
+            part_size: Some(MIB),
+            ..opts()
+        },
+        Progress::new(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("unpacks");
+    assert_eq!(dst.object("disk.raw").unwrap().as_ref(), &data[..]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_destination_round_trip_with_part_cutting() {
     // Sizes around the part boundary, chunk boundaries and the zero-length member.

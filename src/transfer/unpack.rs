@@ -3,9 +3,9 @@
 //!
 //! Shape:
 //! ```text
-//! ranged GETs (parallel, retried, If-Match) ──in order──▶ blocking thread: CRC-64 of the
-//!   compressed bytes → gunzip → tar headers → RAW chunks ──▶ part cutter ──▶ UploadParts
-//!   (parallel, retried, CRC-64 checked) ──▶ Complete (CRC-64 checked)
+//! ranged GETs (parallel, retried, If-Match, CRC-64 per range) ──in order──▶ blocking
+//!   thread: inflate → tar headers → RAW chunks ──▶ part cutter (CRC-64, CRC-32) ──▶
+//!   UploadParts (parallel, retried, CRC-64 checked) ──▶ Complete (CRC-64 checked)
 //! ```
 //! The compressed side is a window of ranges fetched concurrently and consumed in order
 //! (`buffered`), so the network stays parallel while decompression is sequential; the RAW
@@ -15,7 +15,8 @@
 //! decompressor needs RAW room to free compressed room).
 //!
 //! Proof chain: CRC-64 of the compressed stream = the source's; gzip CRC-32 and length
-//! trailer (checked by the decoder at EOF, which is always reached); exactly one regular
+//! trailer (read by the decoder at EOF, which is always reached, and checked against the
+//! CRC-32 of the tar blocks and of the member's data, combined); exactly one regular
 //! member followed only by the end-of-archive zeros; each part's CRC-64 = UploadPart's; the
 //! folded part CRC-64s = the CRC-64 computed over the whole RAW stream = Complete's.
 //!
@@ -564,6 +565,120 @@ struct DecodeEnd {
     compressed_bytes: u64,
     compressed_crc: u64,
     raw_bytes: u64,
+    gzip: GzipCheck,
+}
+
+/// gzip's CRC-32 and length trailer, and the CRC-32s of the decompressed bytes the decoder
+/// handled itself (the tar blocks before and after the member's data). The data's CRC-32 is
+/// computed where the data is cut into parts, off the decoder's thread (it cost the decoder,
+/// the relay's bottleneck, about 6 % of its time).
+#[derive(Debug, Default)]
+struct GzipCheck {
+    before: flate2::Crc,
+    after: flate2::Crc,
+    crc32: u32,
+    isize: u32,
+}
+
+impl GzipCheck {
+    /// Checks the trailer against the whole decompressed stream, given the CRC-32 of the
+    /// member's data.
+    fn verify(&self, data: &flate2::Crc) -> Result<(), String> {
+        let mut all = flate2::Crc::new();
+        all.combine(&self.before);
+        all.combine(data);
+        all.combine(&self.after);
+        if all.sum() != self.crc32 || all.amount() != self.isize {
+            return Err(format!(
+                "the gzip trailer does not match the decompressed contents (CRC-32 {:08x}, \
+                 length mod 2^32 {}; computed {:08x}, {})",
+                self.crc32,
+                self.isize,
+                all.sum(),
+                all.amount()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// RFC 1952 around a raw deflate decoder. The header is parsed here, the trailer is left for
+/// [`GzipCheck`]; bytes read through `Read` are counted into `crc`, the member's data is read
+/// from `inflate` directly and counted by the part cutter.
+struct Gunzip {
+    inflate: flate2::bufread::DeflateDecoder<CompressedReader>,
+    crc: flate2::Crc,
+}
+
+impl Read for Gunzip {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inflate.read(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Reads a gzip member header (RFC 1952 §2.3) up to the compressed data.
+fn read_gzip_header(r: &mut impl BufRead) -> Result<(), DecodeError> {
+    const FHCRC: u8 = 2;
+    const FEXTRA: u8 = 4;
+    const FNAME: u8 = 8;
+    const FCOMMENT: u8 = 16;
+    let mut fixed = [0u8; 10];
+    r.read_exact(&mut fixed).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            DecodeError::Archive("the archive is not a valid gzip stream: it is too short".into())
+        } else {
+            archive_io(e)
+        }
+    })?;
+    if fixed[0] != 0x1f || fixed[1] != 0x8b {
+        return Err(DecodeError::Archive(
+            "the archive is not a valid gzip stream (no gzip magic bytes); copy it with --unpack never"
+                .into(),
+        ));
+    }
+    if fixed[2] != 8 {
+        return Err(DecodeError::Archive(format!(
+            "the archive is not a valid gzip stream: compression method {} is not deflate",
+            fixed[2]
+        )));
+    }
+    let flags = fixed[3];
+    if flags & 0xe0 != 0 {
+        return Err(DecodeError::Archive(format!(
+            "the archive is not a valid gzip stream: reserved header flags {flags:#04x} are set"
+        )));
+    }
+    if flags & FEXTRA != 0 {
+        let mut len = [0u8; 2];
+        r.read_exact(&mut len).map_err(archive_io)?;
+        let mut left = u16::from_le_bytes(len) as u64;
+        let skipped = std::io::copy(&mut r.take(left), &mut std::io::sink()).map_err(archive_io)?;
+        left -= skipped;
+        if left > 0 {
+            return Err(archive_io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+    for flag in [FNAME, FCOMMENT] {
+        if flags & flag != 0 {
+            // Zero-terminated Latin-1; at most 64 KiB, so junk cannot make us scan forever.
+            let mut field = Vec::new();
+            r.take(64 * 1024)
+                .read_until(0, &mut field)
+                .map_err(archive_io)?;
+            if field.last() != Some(&0) {
+                return Err(DecodeError::Archive(
+                    "the archive is not a valid gzip stream: the header's file name or comment is not terminated".into(),
+                ));
+            }
+        }
+    }
+    if flags & FHCRC != 0 {
+        let mut crc16 = [0u8; 2];
+        r.read_exact(&mut crc16).map_err(archive_io)?;
+    }
+    Ok(())
 }
 
 /// Why the decoder stopped.
@@ -644,11 +759,14 @@ fn decode(
 ) -> Result<DecodeEnd, DecodeError> {
     let started = Instant::now();
     let cpu_start = thread_cpu();
-    let mut gz = flate2::bufread::GzDecoder::new(reader);
+    let mut gz = Gunzip {
+        inflate: flate2::bufread::DeflateDecoder::new(reader),
+        crc: flate2::Crc::new(),
+    };
     let mut stalls = Stalls::default();
     let r = decode_inner(&mut gz, &io, &mut stalls);
     let wall = started.elapsed();
-    let input = gz.get_ref().waited;
+    let input = gz.inflate.get_ref().waited;
     let cpu = thread_cpu().saturating_sub(cpu_start);
     debug!(
         wall_ms = wall.as_millis() as u64,
@@ -671,7 +789,7 @@ fn decode(
     };
     // The archive, or the bytes on their way? Read the rest and compare with the source's
     // CRC-64 (costs the rest of the download, but tells a broken export from a bad network).
-    let reader = gz.get_mut();
+    let reader = gz.inflate.get_mut();
     loop {
         let n = reader.fill_buf().map(|b| b.len()).unwrap_or(0);
         if n == 0 {
@@ -698,10 +816,11 @@ fn decode(
 }
 
 fn decode_inner(
-    gz: &mut flate2::bufread::GzDecoder<CompressedReader>,
+    gz: &mut Gunzip,
     io: &DecoderIo,
     stalls: &mut Stalls,
 ) -> Result<DecodeEnd, DecodeError> {
+    read_gzip_header(gz.inflate.get_mut())?;
     let member = match tar::next_header(gz).map_err(tar_err)? {
         Some(h) => h,
         None => {
@@ -725,6 +844,7 @@ fn decode_inner(
         .blocking_send(Decoded::Header(member))
         .map_err(|_| DecodeError::Stopped)?;
 
+    let before = std::mem::take(&mut gz.crc);
     let mut left = size;
     let max = (io.chunk as u64).min(io.raw_budget.max_chunk()).max(1);
     let pool = BufPool::new(max as usize);
@@ -748,7 +868,7 @@ fn decode_inner(
         let mut buf = pool.take();
         let mut filled = 0;
         while filled < n as usize {
-            match gz.read(&mut scratch[filled..n as usize]) {
+            match gz.inflate.read(&mut scratch[filled..n as usize]) {
                 Ok(0) => {
                     io.raw_budget.release(n as u32);
                     return Err(DecodeError::Archive(format!(
@@ -785,8 +905,8 @@ fn decode_inner(
             next.name
         )));
     }
-    // The rest is the end-of-archive zeros (and record padding); reading it to the end makes
-    // the decoder check gzip's CRC-32 and length trailer.
+    // The rest is the end-of-archive zeros (and record padding), up to the end of the
+    // deflate stream.
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let k = gz.read(&mut buf).map_err(archive_io)?;
@@ -799,7 +919,23 @@ fn decode_inner(
             ));
         }
     }
-    let reader = gz.get_mut();
+    let mut trailer = [0u8; 8];
+    gz.inflate
+        .get_mut()
+        .read_exact(&mut trailer)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => DecodeError::Archive(
+                "the archive is truncated: the gzip stream ends without its trailer".into(),
+            ),
+            _ => archive_io(e),
+        })?;
+    let gzip = GzipCheck {
+        before,
+        after: std::mem::take(&mut gz.crc),
+        crc32: u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")),
+        isize: u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes")),
+    };
+    let reader = gz.inflate.get_mut();
     if !reader.fill_buf().map_err(archive_io)?.is_empty() {
         return Err(DecodeError::Archive(
             "unexpected data after the gzip stream: an image export is a single gzip member".into(),
@@ -812,6 +948,7 @@ fn decode_inner(
         compressed_bytes: reader.len,
         compressed_crc: reader.crc,
         raw_bytes: size,
+        gzip,
     })
 }
 
@@ -1133,6 +1270,7 @@ fn prove(
     meta: &ObjectMeta,
     end: &DecodeEnd,
     parts_crc: Option<(u64, u64)>,
+    data_crc32: &flate2::Crc,
 ) -> Result<(), TransferError> {
     if end.compressed_bytes != meta.size {
         return Err(TransferError::Archive(format!(
@@ -1150,6 +1288,18 @@ fn prove(
             });
         }
     }
+    // The compressed bytes are the source's (when it has a CRC-64): a mismatch here is in
+    // the archive itself, and nothing of it may be kept.
+    end.gzip.verify(data_crc32).map_err(|msg| {
+        TransferError::Archive(if meta.crc64.is_some() {
+            format!(
+                "{msg} (the bytes read have the CRC-64 the source reports: the archive itself \
+                 is damaged)"
+            )
+        } else {
+            msg
+        })
+    })?;
     if let Some((parts, stream)) = parts_crc {
         if parts != stream {
             ctx.note_crc_mismatch();
@@ -1187,7 +1337,7 @@ async fn empty_member(
         r = pipeline.finish() => r?,
         _ = cancel.cancelled() => return Err(TransferError::Interrupted { state_file: None }),
     };
-    prove(ctx, meta, &end, None)?;
+    prove(ctx, meta, &end, None, &flate2::Crc::new())?;
     let r: Result<crate::store::Uploaded, StoreError> = control!(
         ctx,
         "PutObject",
@@ -1324,7 +1474,7 @@ async fn multipart(
         cancel,
     )
     .await;
-    let (resumed_bytes, stream_crc) = match r {
+    let (resumed_bytes, stream_crc, data_crc32) = match r {
         Ok(b) => b,
         Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
     };
@@ -1338,7 +1488,7 @@ async fn multipart(
         Ok(end) => end,
         Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
     };
-    if let Err(e) = prove(ctx, meta, &end, Some((combined, stream_crc))) {
+    if let Err(e) = prove(ctx, meta, &end, Some((combined, stream_crc)), &data_crc32) {
         return Err(fail(ctx, e, &upload_id, &mut keeper).await);
     }
     let list: Vec<(u32, String)> = done
@@ -1375,7 +1525,8 @@ async fn multipart(
 
 type UploadSet = JoinSet<(usize, Result<StatePart, TransferError>)>;
 
-/// Cuts the RAW stream into parts and uploads them; returns the bytes of resumed parts.
+/// Cuts the RAW stream into parts and uploads them; returns the bytes of resumed parts, the
+/// CRC-64 of the RAW stream and its CRC-32 (for gzip's trailer).
 #[allow(clippy::too_many_arguments)]
 async fn send_parts(
     ctx: &Arc<Ctx>,
@@ -1386,13 +1537,15 @@ async fn send_parts(
     upload_id: &Arc<str>,
     pipeline: &mut Pipeline,
     cancel: &CancellationToken,
-) -> Result<(u64, u64), TransferError> {
+) -> Result<(u64, u64, flate2::Crc), TransferError> {
     let mut set: UploadSet = JoinSet::new();
     // One CRC-64 pass here, off the decoder's thread: per part as it is cut (proved by
     // UploadPart), each folded in cut order into the whole RAW stream's CRC (proved against
     // the parts folded by number, which catches any numbering or ordering slip). A second
-    // pass over the bytes would cost the core the simulator and the uploads share.
+    // pass over the bytes would cost the core the simulator and the uploads share. gzip's
+    // CRC-32 of the data is computed here too, to keep it off the decoder's thread.
     let mut stream_crc = 0u64;
+    let mut crc32 = flate2::Crc::new();
     let mut resumed = 0u64;
     let mut idx = 0usize;
     let mut buf: Vec<Charged> = Vec::new();
@@ -1423,6 +1576,7 @@ async fn send_parts(
                     c
                 };
                 crc.update(&piece.data);
+                crc32.update(&piece.data);
                 buf_len += piece.data.len() as u64;
                 buf.push(piece);
                 if buf_len == spec.len {
@@ -1521,7 +1675,7 @@ async fn send_parts(
         return Err(f);
     }
     flushed?;
-    Ok((resumed, stream_crc))
+    Ok((resumed, stream_crc, crc32))
 }
 
 /// Waits for in-flight uploads and records their acknowledgements.
@@ -1658,6 +1812,56 @@ async fn upload_part(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn header_error(bytes: &[u8]) -> String {
+        match read_gzip_header(&mut &bytes[..]) {
+            Err(DecodeError::Archive(m)) => m,
+            Err(_) => panic!("not an archive error"),
+            Ok(()) => panic!("{bytes:?} accepted"),
+        }
+    }
+
+    #[test]
+    fn gzip_header_fields_are_skipped_and_junk_refused() {
+        let mut h: &[u8] = &[0x1f, 0x8b, 8, 8 | 2, 0, 0, 0, 0, 0, 3, b'n', 0, 1, 2, 0xAA];
+        assert!(read_gzip_header(&mut h).is_ok());
+        assert_eq!(h, &[0xAA], "stops at the compressed data");
+        assert!(header_error(&[0x1f, 0x8b, 8]).contains("too short"));
+        assert!(header_error(b"PK\x03\x04xxxxxxxx").contains("no gzip magic"));
+        assert!(header_error(&[0x1f, 0x8b, 7, 0, 0, 0, 0, 0, 0, 3]).contains("method 7"));
+        assert!(header_error(&[0x1f, 0x8b, 8, 0x20, 0, 0, 0, 0, 0, 3]).contains("reserved"));
+        assert!(
+            header_error(&[0x1f, 0x8b, 8, 8, 0, 0, 0, 0, 0, 3, b'a', b'b'])
+                .contains("not terminated")
+        );
+        assert!(header_error(&[0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 3, 9, 0, 1]).contains("truncated"));
+        // A name field is bounded: 1 MiB of non-zero bytes is refused, not scanned to the end.
+        let mut long = vec![0x1f, 0x8b, 8, 8, 0, 0, 0, 0, 0, 3];
+        long.resize(long.len() + MIB as usize, b'x');
+        assert!(header_error(&long).contains("not terminated"));
+    }
+
+    #[test]
+    fn gzip_check_combines_the_three_pieces() {
+        let whole = b"header-bytes|the member's data|end zeros";
+        let mut all = flate2::Crc::new();
+        all.update(whole);
+        let mut check = GzipCheck {
+            crc32: all.sum(),
+            isize: whole.len() as u32,
+            ..Default::default()
+        };
+        check.before.update(&whole[..13]);
+        check.after.update(&whole[31..]);
+        let mut data = flate2::Crc::new();
+        data.update(&whole[13..31]);
+        check.verify(&data).unwrap();
+        let mut other = flate2::Crc::new();
+        other.update(b"the member's dat4");
+        assert!(check.verify(&other).is_err());
+        check.isize += 1;
+        assert!(check.verify(&data).unwrap_err().contains("length"));
+    }
 
     #[test]
     fn ranges_ramp_up_then_cover_the_object_exactly() {
