@@ -227,29 +227,45 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Unpacks `archive` (as `img.tar.gz` of a memory store) into `disk.raw` of a fresh memory
+/// store, with 1 MiB parts unless `opts` says otherwise.
+async fn unpack_in_memory(
+    archive: Vec<u8>,
+    opts: CopyOptions,
+) -> (
+    Result<transfer::UnpackSummary, TransferError>,
+    Arc<MemoryStore>,
+) {
+    let src = MemoryStore::new("src");
+    src.insert("img.tar.gz", archive);
+    let dst = MemoryStore::new("dst");
+    let r = transfer::copy_unpack(
+        Location::new(src, "img.tar.gz"),
+        UnpackTarget::Fixed(Location::new(dst.clone(), "disk.raw")),
+        CopyOptions {
+            part_size: opts.part_size.or(Some(MIB)),
+            ..opts
+        },
+        Progress::new(),
+        CancellationToken::new(),
+    )
+    .await;
+    (r, dst)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_compressed_byte_leaves_no_object_and_no_upload() {
     let data = noise(3 * MIB as usize, 5);
     let mut archive = small_archive(&data);
     let i = archive.len() / 2;
     archive[i] ^= 0x40;
-    let src = MemoryStore::new("src");
-    src.insert("img.tar.gz", archive);
-    let dst = MemoryStore::new("dst");
     let state = tempfile::tempdir().unwrap();
-    let err = transfer::copy_unpack(
-        Location::new(src, "img.tar.gz"),
-        UnpackTarget::Fixed(Location::new(dst.clone(), "disk.raw")),
-        CopyOptions {
-            part_size: Some(MIB),
-            state_dir: Some(state.path().to_path_buf()),
-            ..opts()
-        },
-        Progress::new(),
-        CancellationToken::new(),
-    )
-    .await
-    .expect_err("corruption must be detected");
+    let opts = CopyOptions {
+        state_dir: Some(state.path().to_path_buf()),
+        ..opts()
+    };
+    let (r, dst) = unpack_in_memory(archive, opts).await;
+    let err = r.expect_err("corruption must be detected");
     assert!(
         matches!(err.root(), TransferError::Archive(m) if m.contains("archive itself is damaged")),
         "{err}"
@@ -286,21 +302,8 @@ async fn a_wrong_gzip_trailer_leaves_no_object_and_no_upload() {
     ] {
         let mut archive = good.clone();
         archive[at] ^= 0x01;
-        let src = MemoryStore::new("src");
-        src.insert("img.tar.gz", archive);
-        let dst = MemoryStore::new("dst");
-        let err = transfer::copy_unpack(
-            Location::new(src, "img.tar.gz"),
-            UnpackTarget::Fixed(Location::new(dst.clone(), "disk.raw")),
-            CopyOptions {
-                part_size: Some(MIB),
-                ..opts()
-            },
-            Progress::new(),
-            CancellationToken::new(),
-        )
-        .await
-        .expect_err(what);
+        let (r, dst) = unpack_in_memory(archive, opts()).await;
+        let err = r.expect_err(what);
         assert!(
             matches!(err.root(), TransferError::Archive(m)
                 if m.contains("gzip trailer does not match") && m.contains("archive itself is damaged")),
@@ -323,21 +326,8 @@ async fn gzip_headers_with_optional_fields_unpack() {
     archive.extend_from_slice(b"an export\0");
     archive.extend_from_slice(&[0xAB, 0xCD]);
     archive.extend_from_slice(&plain[10..]);
-    let src = MemoryStore::new("src");
-    src.insert("img.tgz", archive);
-    let dst = MemoryStore::new("dst");
-    transfer::copy_unpack(
-        Location::new(src, "img.tgz"),
-        UnpackTarget::Fixed(Location::new(dst.clone(), "disk.raw")),
-        CopyOptions {
-            part_size: Some(MIB),
-            ..opts()
-        },
-        Progress::new(),
-        CancellationToken::new(),
-    )
-    .await
-    .expect("unpacks");
+    let (r, dst) = unpack_in_memory(archive, opts()).await;
+    r.expect("unpacks");
     assert_eq!(dst.object("disk.raw").unwrap().as_ref(), &data[..]);
 }
 
@@ -347,22 +337,12 @@ async fn memory_destination_round_trip_with_part_cutting() {
     for len in [0usize, 1, 511, 512, MIB as usize, 3 * MIB as usize + 77] {
         let data = noise(len, len as u64 + 1);
         let archive = small_archive(&data);
-        let src = MemoryStore::new("src");
-        src.insert("a.tgz", archive.clone());
-        let dst = MemoryStore::new("dst");
-        let s = transfer::copy_unpack(
-            Location::new(src, "a.tgz"),
-            UnpackTarget::Fixed(Location::new(dst.clone(), "disk.raw")),
-            CopyOptions {
-                part_size: Some(MIB),
-                chunk_size: 100_000,
-                ..opts()
-            },
-            Progress::new(),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("len {len}: {e}"));
+        let opts = CopyOptions {
+            chunk_size: 100_000,
+            ..opts()
+        };
+        let (r, dst) = unpack_in_memory(archive.clone(), opts).await;
+        let s = r.unwrap_or_else(|e| panic!("len {len}: {e}"));
         assert_eq!(
             dst.object("disk.raw").unwrap().as_ref(),
             &data[..],
