@@ -102,21 +102,6 @@ fn account(name: &str, ak: &str, secret: &str) -> SimAccount {
     }
 }
 
-/// Requests a simulator failed or dropped (non-2xx), over all operations.
-fn failed(stats: &serde_json::Value) -> u64 {
-    stats["requests"]
-        .as_object()
-        .map(|ops| {
-            ops.values()
-                .filter_map(|m| m.as_object())
-                .flat_map(|m| m.iter())
-                .filter(|(status, _)| !status.starts_with('2'))
-                .filter_map(|(_, n)| n.as_u64())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 fn count(stats: &serde_json::Value, op: &str, status: &str) -> u64 {
     stats["requests"][op][status].as_u64().unwrap_or(0)
 }
@@ -280,8 +265,8 @@ async fn main() {
             bytes as f64 / (MIB * 1024.0),
             (bytes - last.1) as f64 / MIB / (t - last.0).max(1e-3),
             bytes as f64 / MIB / t,
-            failed(&s),
-            failed(&d),
+            ossrelay::sim::failed_requests(&s),
+            ossrelay::sim::failed_requests(&d),
             count(&d, "AssumeRole", "200"),
             peak as f64 / MIB
         );
@@ -316,9 +301,9 @@ async fn main() {
     println!(
         "faults answered: source {} (GETs {}), destination {} (UploadPart {}); body faults \
          (truncate/corrupt/stall) show only in retries",
-        failed(&s),
+        ossrelay::sim::failed_requests(&s),
         s["requests"]["GetObject"],
-        failed(&d),
+        ossrelay::sim::failed_requests(&d),
         d["requests"]["UploadPart"],
     );
     println!(

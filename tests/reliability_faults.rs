@@ -64,21 +64,6 @@ enum Side {
     Both,
 }
 
-/// Requests the faulted simulator did not answer with success (what the client had to retry).
-fn failed_requests(stats: &serde_json::Value) -> u64 {
-    stats["requests"]
-        .as_object()
-        .map(|ops| {
-            ops.values()
-                .filter_map(|m| m.as_object())
-                .flat_map(|m| m.iter())
-                .filter(|(status, _)| !status.starts_with('2'))
-                .filter_map(|(_, n)| n.as_u64())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// Checks the promise for one finished copy and returns its table row: success with a
 /// destination identical to `data` (read back and CRC'd here), or exit 1 with one clean
 /// error line and no destination object. Anything else fails the test.
@@ -87,9 +72,12 @@ fn judge(w: &World, case: &str, out: &Output, data: &[u8], secs: f64, faulted: S
     assert!(!err.contains("panicked"), "{case}: panic: {err}");
     assert!(!err.contains("SECRET-do-not-leak"), "{case}: secret: {err}");
     let failed_now = || match faulted {
-        Side::Get => failed_requests(&w.src.stats()),
-        Side::Upload => failed_requests(&w.dst.stats()),
-        Side::Both => failed_requests(&w.src.stats()) + failed_requests(&w.dst.stats()),
+        Side::Get => ossrelay::sim::failed_requests(&w.src.stats()),
+        Side::Upload => ossrelay::sim::failed_requests(&w.dst.stats()),
+        Side::Both => {
+            ossrelay::sim::failed_requests(&w.src.stats())
+                + ossrelay::sim::failed_requests(&w.dst.stats())
+        }
     };
     match out.status.code() {
         Some(0) => {

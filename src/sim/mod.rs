@@ -496,3 +496,19 @@ impl Drop for SimServer {
         self.cancel.cancel();
     }
 }
+
+/// Requests a simulator answered with other than success (failed, faulted or dropped), over
+/// all operations of its `GET /-/stats` JSON: what a client had to retry.
+pub fn failed_requests(stats: &serde_json::Value) -> u64 {
+    stats["requests"]
+        .as_object()
+        .map(|ops| {
+            ops.values()
+                .filter_map(|m| m.as_object())
+                .flat_map(|m| m.iter())
+                .filter(|(status, _)| !status.starts_with('2'))
+                .filter_map(|(_, n)| n.as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
