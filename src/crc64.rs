@@ -63,58 +63,94 @@ pub fn checksum(data: &[u8]) -> u64 {
     c.sum()
 }
 
-fn gf2_times(mat: &[u64; 64], mut vec: u64) -> u64 {
-    let mut sum = 0u64;
-    let mut i = 0;
-    while vec != 0 {
-        if vec & 1 != 0 {
-            sum ^= mat[i];
+/// `a * b mod P` over GF(2), both reflected (bit 63 is x^0).
+const fn mul_mod_p(a: u64, mut b: u64) -> u64 {
+    let mut m = 1u64 << 63;
+    let mut p = 0u64;
+    while m != 0 && a & (m | (m - 1)) != 0 {
+        if a & m != 0 {
+            p ^= b;
         }
-        vec >>= 1;
-        i += 1;
+        m >>= 1;
+        b = if b & 1 != 0 {
+            (b >> 1) ^ POLY_REFLECTED
+        } else {
+            b >> 1
+        };
     }
-    sum
+    p
 }
 
-fn gf2_square(mat: &[u64; 64]) -> [u64; 64] {
-    let mut sq = [0u64; 64];
-    for (n, slot) in sq.iter_mut().enumerate() {
-        *slot = gf2_times(mat, mat[n]);
+/// `x^(2^k) mod P` for every k that [`shift_of`] can reach (3 + 64 bits of a length).
+const X2N: [u64; 67] = {
+    let mut t = [0u64; 67];
+    let mut p = 1u64 << 62; // x^1
+    let mut k = 0;
+    while k < 67 {
+        t[k] = p;
+        p = mul_mod_p(p, p);
+        k += 1;
     }
-    sq
+    t
+};
+
+/// `x^(8·len) mod P`: the operator that shifts a CRC past `len` bytes.
+const fn shift_of(len: u64) -> u64 {
+    let mut n = len;
+    let mut k = 3; // 2^3 bits per byte
+    let mut p = 1u64 << 63; // x^0
+    while n != 0 {
+        if n & 1 != 0 {
+            p = mul_mod_p(X2N[k], p);
+        }
+        n >>= 1;
+        k += 1;
+    }
+    p
 }
 
-/// CRC(A‖B) from `crc1` = CRC(A), `crc2` = CRC(B) and `len2` = |B| (zlib's technique, 64-bit).
-pub fn combine(mut crc1: u64, crc2: u64, mut len2: u64) -> u64 {
-    if len2 == 0 {
-        return crc1;
+/// CRC(A‖B) from `crc1` = CRC(A), `crc2` = CRC(B) and `len2` = |B|: CRC(A) is shifted past
+/// `len2` bytes by multiplying with x^(8·len2) mod P (O(log len2) products, no matrices).
+pub fn combine(crc1: u64, crc2: u64, len2: u64) -> u64 {
+    mul_mod_p(shift_of(len2), crc1) ^ crc2
+}
+
+/// [`combine`] for one fixed length, with the shift operator computed once: folding many
+/// equal-sized pieces costs one product each.
+#[derive(Debug, Clone, Copy)]
+pub struct Combiner {
+    len: u64,
+    shift: u64,
+}
+
+impl Default for Combiner {
+    /// Appends nothing.
+    fn default() -> Self {
+        Self::new(0)
     }
-    let mut odd = [0u64; 64];
-    odd[0] = POLY_REFLECTED;
-    for (n, slot) in odd.iter_mut().enumerate().skip(1) {
-        *slot = 1u64 << (n - 1);
-    }
-    let mut even = gf2_square(&odd);
-    odd = gf2_square(&even);
-    loop {
-        even = gf2_square(&odd);
-        if len2 & 1 != 0 {
-            crc1 = gf2_times(&even, crc1);
-        }
-        len2 >>= 1;
-        if len2 == 0 {
-            break;
-        }
-        odd = gf2_square(&even);
-        if len2 & 1 != 0 {
-            crc1 = gf2_times(&odd, crc1);
-        }
-        len2 >>= 1;
-        if len2 == 0 {
-            break;
+}
+
+impl Combiner {
+    pub fn new(len: u64) -> Self {
+        Self {
+            len,
+            shift: shift_of(len),
         }
     }
-    crc1 ^ crc2
+
+    /// Length of the pieces this combiner appends.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// CRC(A‖B) for CRC(A) = `crc1`, CRC(B) = `crc2`, |B| = `self.len()`.
+    pub fn combine(&self, crc1: u64, crc2: u64) -> u64 {
+        mul_mod_p(self.shift, crc1) ^ crc2
+    }
 }
 
 /// Folds `(crc, len)` pieces, in order, into the CRC of their concatenation.
@@ -133,7 +169,6 @@ pub fn zeros(len: u64) -> u64 {
         return checksum(&ZERO_BLOCK[..len as usize]);
     }
     let mut acc = 0u64;
-    let mut acc_len = 0u64;
     let mut piece = checksum(&ZERO_BLOCK);
     let mut piece_len = BLOCK as u64;
     let mut rest = len;
@@ -142,13 +177,11 @@ pub fn zeros(len: u64) -> u64 {
     while rest > 0 {
         if rest & 1 != 0 {
             acc = combine(acc, piece, piece_len);
-            acc_len += piece_len;
         }
         piece = combine(piece, piece, piece_len);
         piece_len *= 2;
         rest >>= 1;
     }
-    let _ = acc_len;
     combine(acc, checksum(&ZERO_BLOCK[..tail as usize]), tail)
 }
 
@@ -214,6 +247,30 @@ mod tests {
     fn zeros_matches_hashing() {
         for len in [0u64, 1, 511, 4096, 4097, 10_000, 1 << 20, (1 << 20) + 77] {
             assert_eq!(zeros(len), checksum(&vec![0u8; len as usize]), "len {len}");
+        }
+    }
+
+    #[test]
+    fn combiner_folds_equal_pieces_like_combine() {
+        let pieces: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i.wrapping_mul(37); 4096]).collect();
+        let k = Combiner::new(4096);
+        let mut acc = 0u64;
+        let mut whole = Vec::new();
+        for p in &pieces {
+            acc = k.combine(acc, checksum(p));
+            whole.extend_from_slice(p);
+        }
+        assert_eq!(acc, checksum(&whole));
+        // Shifting past a then b bytes is shifting past a + b: lengths with high bits set
+        // check the top of the table of powers.
+        let shift = |crc, len| Combiner::new(len).combine(crc, 0);
+        for (a, b) in [
+            (1u64 << 63, u64::MAX >> 1),
+            (1 << 62, 1 << 62),
+            ((1 << 40) + 3, 12345),
+        ] {
+            let c = 0x0123_4567_89ab_cdef;
+            assert_eq!(shift(shift(c, a), b), shift(c, a + b), "{a} + {b}");
         }
     }
 
