@@ -355,6 +355,36 @@ async fn memory_destination_round_trip_with_part_cutting() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_chunks_cut_at_odd_part_boundaries_keep_every_check() {
+    // All-zero chunks travel as views of one shared buffer and their CRCs are derived from
+    // their length; parts of an odd size split them (and data chunks) at odd offsets. Any
+    // slip shows in a part CRC (checked against UploadPart's), the whole-RAW CRC, the gzip
+    // CRC-32 trailer, or the bytes themselves.
+    let chunk = 64 * 1024;
+    let mut data = noise(9 * MIB as usize + 333, 77);
+    for (i, c) in data.chunks_mut(chunk).enumerate() {
+        if i % 5 != 2 {
+            c.fill(0);
+        }
+    }
+    let archive = small_archive(&data);
+    let opts = CopyOptions {
+        chunk_size: chunk,
+        part_size: Some(MIB + 4097),
+        ..opts()
+    };
+    let (r, dst) = unpack_in_memory(archive.clone(), opts).await;
+    let s = r.expect("unpack");
+    assert!(dst.object("disk.raw").unwrap().as_ref() == &data[..]);
+    assert_eq!(s.copy.crc64, crc64::checksum(&data));
+    assert_eq!(
+        s.copy.parts as u64,
+        (data.len() as u64).div_ceil(MIB + 4097)
+    );
+    assert_eq!(s.source_crc64, crc64::checksum(&archive));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_target_takes_the_member_name() {
     let data = noise(1000, 9);
     let src = MemoryStore::new("src");
