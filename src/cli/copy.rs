@@ -11,7 +11,7 @@ use super::util::{install_interrupt_handler, parse_rate, parse_size};
 use super::{progress, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::locate::{self, ObjectUrl, SideOptions};
 use crate::transfer::{
-    self, CopyOptions, CopySummary, Progress, TransferError, UnpackMode, UnpackSummary,
+    self, CopyOptions, CopySummary, DecoderCpu, Progress, TransferError, UnpackMode, UnpackSummary,
     UnpackTarget,
 };
 
@@ -80,6 +80,10 @@ pub struct CopyArgs {
     /// A destination ending in `/` is named after the tar member.
     #[arg(long, value_enum, default_value_t = UnpackMode::Auto)]
     pub unpack: UnpackMode,
+    /// Where the unpack decoder runs: `auto` gives it a CPU of its own (other threads keep
+    /// the rest) when the process may use two or more; `off` leaves it to the OS scheduler.
+    #[arg(long, value_enum, default_value_t = DecoderCpu::Auto)]
+    pub decoder_cpu: DecoderCpu,
     /// Seconds a request may wait for its response, or a body may go without moving a byte,
     /// before it is cut and retried on a new connection (a stalled or slow-loris peer).
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_stall_timeout)]
@@ -168,6 +172,7 @@ pub async fn run(args: CopyArgs) -> i32 {
         resume: !args.no_resume,
         idle_timeout: args.stall_timeout,
         request_timeout: args.stall_timeout,
+        decoder_cpu: args.decoder_cpu,
         ..CopyOptions::default()
     };
     if let Err(e) = opts.validate() {

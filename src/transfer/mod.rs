@@ -21,6 +21,7 @@
 //! * Errors: [`TransferError::Interrupted`] (exit 130 in the CLI), [`TransferError::SourceChanged`],
 //!   [`TransferError::Resumable`] (the message says how to resume) — all one line.
 
+pub mod affinity;
 pub mod budget;
 mod engine;
 mod pipe;
@@ -38,6 +39,7 @@ use std::time::Duration;
 
 use crate::store::{ObjectStore, StoreError};
 
+pub use affinity::DecoderCpu;
 pub use engine::copy;
 pub use plan::plan_part_size;
 pub use progress::{Progress, ProgressSnapshot};
@@ -105,6 +107,8 @@ pub struct CopyOptions {
     /// A bandwidth bucket shared with other copies (a daemon's global cap); replaces
     /// `bandwidth`.
     pub shared_bandwidth: Option<Arc<budget::TokenBucket>>,
+    /// Whether an unpack's decoder gets a CPU of its own (`--decoder-cpu`).
+    pub decoder_cpu: DecoderCpu,
 }
 
 impl Default for CopyOptions {
@@ -125,6 +129,7 @@ impl Default for CopyOptions {
             retry_cap: Duration::from_secs(20),
             shared_memory: None,
             shared_bandwidth: None,
+            decoder_cpu: DecoderCpu::Auto,
         }
     }
 }

@@ -734,6 +734,7 @@ fn tar_err(e: tar::TarError) -> DecodeError {
 }
 
 struct DecoderIo {
+    cpu: super::DecoderCpu,
     raw_budget: Arc<MemoryBudget>,
     stop: CancellationToken,
     handle: tokio::runtime::Handle,
@@ -777,6 +778,12 @@ fn decode(
     fetch_failed: Arc<AtomicBool>,
     source: SourceSum,
 ) -> Result<DecodeEnd, DecodeError> {
+    // Held until the decoder returns: its thread goes back to the blocking pool unpinned.
+    let _reserved = match io.cpu {
+        super::DecoderCpu::Auto => super::affinity::reserve_for_this_thread(),
+        super::DecoderCpu::Off => None,
+    };
+    debug!(cpu = ?_reserved.as_ref().map(|r| r.cpu), "decoder thread started");
     let started = Instant::now();
     let cpu_start = thread_cpu();
     let mut gz = Gunzip {
@@ -1197,6 +1204,7 @@ async fn run_once(
             waited: Duration::ZERO,
         };
         let io = DecoderIo {
+            cpu: opts.decoder_cpu,
             raw_budget: raw_budget.clone(),
             stop: stop.clone(),
             handle,
