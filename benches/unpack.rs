@@ -8,8 +8,12 @@
 //! The archive stands for a realistic disk: mostly zeros with incompressible 1 MiB blocks
 //! (one in four). It is assembled from independently deflated 1 MiB blocks (full flushes),
 //! so building 4 GiB of RAW takes seconds; the decoder sees an ordinary gzip stream.
-//! `--quick` uses 1 GiB of RAW instead of 4 GiB; `--verbose` prints the relay's log;
-//! `UNPACK_BENCH_ARGS` adds flags to the `copy` command line.
+//! The two are measured in alternation, `--rounds N` times (default 5; 1 with `--quick`), and
+//! the median of the per-round ratios is reported: this VM's single-core rate drifts by ±10 %
+//! from minute to minute. `--quick` uses 1 GiB of RAW instead of 4 GiB; `--verbose` prints
+//! the relay's log; `UNPACK_BENCH_ARGS` adds flags to the `copy` command line.
+//! `UNPACK_BENCH_B_ARGS` makes it an A/B run: every second round adds these flags too, and
+//! the medians of the two variants are reported apart (e.g. `--decoder-cpu off`).
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -134,75 +138,30 @@ fn field(line: &str, key: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let raw_mib = if quick { 1024 } else { 4096 };
-    let raw = raw_mib * MIB;
-    let t = Instant::now();
-    let archive = disk_archive("m-bench_system.raw", raw_mib);
-    println!(
-        "archive: {:.0} MiB RAW -> {:.0} MiB gzip'd tar (built in {:.1}s)",
-        raw as f64 / MIB as f64,
-        archive.len() as f64 / MIB as f64,
-        t.elapsed().as_secs_f64()
-    );
+/// One `copy --unpack` run of the relay, measured from outside.
+struct RelayRun {
+    rate: f64,
+    secs: f64,
+    parts: u64,
+    part_size: u64,
+    cpu_secs: f64,
+    peak_kib: u64,
+    /// The relay's "decoder finished" debug line.
+    decoder: String,
+}
 
-    // 1. The ceiling, best of two.
-    let (a, b) = (ceiling(&archive, raw), ceiling(&archive, raw));
-    let ceil = a.0.max(b.0);
-    let ceil_cpu = a.1.max(b.1);
-    println!(
-        "ceiling: single-core gunzip+tar from memory {:.0} MB/s (RAW); {:.0} MB per CPU-second",
-        ceil / 1e6,
-        ceil_cpu / 1e6
-    );
-
-    // 2 + 3. The relay, as a separate process so its RSS is its own.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let sim = rt.block_on(async {
-        sim::start(SimConfig {
-            accounts: vec![SimAccount {
-                name: "sim".into(),
-                access_key_id: "simak".into(),
-                access_key_secret: "simsecret".into(),
-            }],
-            buckets: vec![
-                SimBucket {
-                    name: "src".into(),
-                    account: "sim".into(),
-                },
-                SimBucket {
-                    name: "dst".into(),
-                    account: "sim".into(),
-                },
-            ],
-            discard: vec!["dst".into()],
-            ..SimConfig::default()
-        })
-        .await
-        .expect("start simulator")
-    });
-    let compressed = archive.len() as u64;
-    sim.put_object_bytes(
-        "src",
-        "exports/bench_m-bench_system.raw.tar.gz",
-        Bytes::from(archive),
-    );
+/// Runs `ossrelay copy --unpack` as a separate process (so its RSS is its own) against `sim`.
+fn relay(endpoint: &str, extra: &str, raw: u64, compressed: u64, verbose: bool) -> RelayRun {
     let dir = tempfile::tempdir().unwrap();
-    // Extra `copy` flags for experiments, e.g. UNPACK_BENCH_ARGS="--part-size 16MiB".
-    let extra = std::env::var("UNPACK_BENCH_ARGS").unwrap_or_default();
-    if !extra.is_empty() {
-        println!("extra copy flags: {extra}");
-    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_ossrelay"))
         .args([
             "copy",
             "oss://src/exports/bench_m-bench_system.raw.tar.gz",
             "oss://dst/images/",
             "--src-endpoint",
-            &sim.endpoint(),
+            endpoint,
             "--dst-endpoint",
-            &sim.endpoint(),
+            endpoint,
             "--concurrency",
             "16",
             "--quiet",
@@ -263,60 +222,192 @@ fn main() {
         .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "ossrelay copy --unpack failed: {err}");
-    if std::env::args().any(|a| a == "--verbose") {
+    if verbose {
         eprint!("{err}");
     }
-    let decoder = err
-        .lines()
-        .find(|l| l.contains("decoder finished"))
-        .unwrap_or_default()
-        .to_string();
     let summary: serde_json::Value =
         serde_json::from_str(out.lines().last().expect("JSON summary")).expect("JSON");
     assert_eq!(summary["bytes"].as_u64(), Some(raw));
     assert_eq!(summary["source_bytes"].as_u64(), Some(compressed));
     let secs = summary["seconds"].as_f64().unwrap();
-    let rate = raw as f64 / secs;
-    rt.block_on(sim.shutdown());
-    println!(
-        "relay: copy --unpack {:.0} MB/s (RAW) in {:.1}s, {} parts of {} MiB",
-        rate / 1e6,
+    RelayRun {
+        rate: raw as f64 / secs,
         secs,
-        summary["parts"],
-        summary["part_size"].as_u64().unwrap_or(0) / MIB
-    );
-    // Clock ticks are 100 Hz on Linux.
-    let cpu = cpu_ticks as f64 / 100.0;
+        parts: summary["parts"].as_u64().unwrap_or(0),
+        part_size: summary["part_size"].as_u64().unwrap_or(0),
+        // Clock ticks are 100 Hz on Linux.
+        cpu_secs: cpu_ticks as f64 / 100.0,
+        peak_kib,
+        decoder: err
+            .lines()
+            .find(|l| l.contains("decoder finished"))
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let verbose = args.iter().any(|a| a == "--verbose");
+    // Rounds of (ceiling, relay), each ratio taken against the ceiling measured just before:
+    // this VM's single-core rate drifts by ±10 % between minutes, so one pair can mislead.
+    let rounds: usize = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(if quick { 1 } else { 5 })
+        .max(1);
+    let raw_mib = if quick { 1024 } else { 4096 };
+    let raw = raw_mib * MIB;
+    let t = Instant::now();
+    let archive = disk_archive("m-bench_system.raw", raw_mib);
     println!(
-        "relay CPU: {cpu:.1} core-seconds ({:.2} cores on average) on a machine with {} cores, load average {}",
-        cpu / secs,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "archive: {:.0} MiB RAW -> {:.0} MiB gzip'd tar (built in {:.1}s)",
+        raw as f64 / MIB as f64,
+        archive.len() as f64 / MIB as f64,
+        t.elapsed().as_secs_f64()
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = rt.block_on(async {
+        sim::start(SimConfig {
+            accounts: vec![SimAccount {
+                name: "sim".into(),
+                access_key_id: "simak".into(),
+                access_key_secret: "simsecret".into(),
+            }],
+            buckets: vec![
+                SimBucket {
+                    name: "src".into(),
+                    account: "sim".into(),
+                },
+                SimBucket {
+                    name: "dst".into(),
+                    account: "sim".into(),
+                },
+            ],
+            discard: vec!["dst".into()],
+            ..SimConfig::default()
+        })
+        .await
+        .expect("start simulator")
+    });
+    let compressed = archive.len() as u64;
+    sim.put_object_bytes(
+        "src",
+        "exports/bench_m-bench_system.raw.tar.gz",
+        Bytes::from(archive.clone()),
+    );
+    // Extra `copy` flags for experiments, e.g. UNPACK_BENCH_ARGS="--part-size 16MiB".
+    let extra = std::env::var("UNPACK_BENCH_ARGS").unwrap_or_default();
+    if !extra.is_empty() {
+        println!("extra copy flags: {extra}");
+    }
+    let b_args = std::env::var("UNPACK_BENCH_B_ARGS").unwrap_or_default();
+    if !b_args.is_empty() {
+        println!("A/B: rounds 2, 4, ... add: {b_args}");
+    }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut ratios = Vec::new();
+    let mut b_ratios = Vec::new();
+    let mut ceilings = Vec::new();
+    let mut rates = Vec::new();
+    let mut peak_kib = 0u64;
+    for round in 1..=rounds {
+        // 1. The ceiling: gunzip + tar of the same archive from memory, on this thread.
+        let (ceil, ceil_cpu) = ceiling(&archive, raw);
+        // 2 + 3. The relay, right after.
+        let b = !b_args.is_empty() && round % 2 == 0;
+        let args = if b {
+            format!("{extra} {b_args}")
+        } else {
+            extra.clone()
+        };
+        let r = relay(&sim.endpoint(), &args, raw, compressed, verbose);
+        let ratio = r.rate / ceil;
+        println!(
+            "round {round}/{rounds}{}: ceiling {:.0} MB/s (RAW; {:.0} MB per CPU-second); relay \
+             {:.0} MB/s in {:.1}s, {} parts of {} MiB, {:.1} core-seconds ({:.2} cores of {cores}); \
+             ratio {ratio:.2}; peak RSS {:.1} MiB",
+            if b { " (B)" } else { "" },
+            ceil / 1e6,
+            ceil_cpu / 1e6,
+            r.rate / 1e6,
+            r.secs,
+            r.parts,
+            r.part_size / MIB,
+            r.cpu_secs,
+            r.cpu_secs / r.secs,
+            r.peak_kib as f64 / 1024.0,
+        );
+        // Where the decoder thread's wall time went: its own CPU, waiting for the network,
+        // for memory (uploads behind), for the cutter, and the rest: runnable but not running.
+        let d = &r.decoder;
+        let (wall, cpu) = (field(d, "wall_ms"), field(d, "cpu_ms"));
+        let (input, budget, output) = (
+            field(d, "input_wait_ms"),
+            field(d, "budget_wait_ms"),
+            field(d, "output_wait_ms"),
+        );
+        let waits = input + budget + output;
+        println!(
+            "  decoder thread: wall {wall:.0} ms = CPU {cpu:.0} ms + waits {waits:.0} ms (input \
+             {input:.0}, memory {budget:.0}, cutter {output:.0}) + descheduled {:.0} ms; {:.0} MB \
+             per CPU-second = {:.2} of the ceiling's",
+            (wall - cpu - waits).max(0.0),
+            raw as f64 / (cpu / 1e3) / 1e6,
+            raw as f64 / (cpu / 1e3) / ceil_cpu
+        );
+        if b {
+            b_ratios.push(ratio);
+        } else {
+            ratios.push(ratio);
+        }
+        ceilings.push(ceil);
+        rates.push(r.rate);
+        peak_kib = peak_kib.max(r.peak_kib);
+    }
+    rt.block_on(sim.shutdown());
+    if !b_ratios.is_empty() {
+        println!(
+            "ratio (B: {b_args}): {:.2} median of {} rounds ({:.2?})",
+            median(b_ratios.clone()),
+            b_ratios.len(),
+            b_ratios
+        );
+    }
+    let n = ratios.len();
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    println!(
+        "ceiling: single-core gunzip+tar from memory, median {:.0} MB/s (RAW)",
+        median(ceilings) / 1e6
+    );
+    println!(
+        "relay: copy --unpack, median {:.0} MB/s (RAW)",
+        median(rates) / 1e6
+    );
+    println!(
+        "ratio: relay / ceiling = {:.2} median of {n} rounds (range {lo:.2}-{hi:.2}; target \
+         >= 0.90; the simulator shares the machine's {cores} cores), load average {}",
+        median(ratios),
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .split_whitespace()
             .next()
             .unwrap_or("?")
-    );
-    // Where the decoder thread's wall time went: its own CPU, waiting for the network,
-    // for memory (uploads behind), for the cutter, and the rest: runnable but not running.
-    let (wall, cpu) = (field(&decoder, "wall_ms"), field(&decoder, "cpu_ms"));
-    let waits = field(&decoder, "input_wait_ms")
-        + field(&decoder, "budget_wait_ms")
-        + field(&decoder, "output_wait_ms");
-    println!(
-        "decoder thread: wall {wall:.0} ms = CPU {cpu:.0} ms + waits {waits:.0} ms (input {:.0}, \
-         memory {:.0}, cutter {:.0}) + descheduled {:.0} ms; {:.0} MB per CPU-second = {:.2} of \
-         the ceiling's",
-        field(&decoder, "input_wait_ms"),
-        field(&decoder, "budget_wait_ms"),
-        field(&decoder, "output_wait_ms"),
-        (wall - cpu - waits).max(0.0),
-        raw as f64 / (cpu / 1e3) / 1e6,
-        raw as f64 / (cpu / 1e3) / ceil_cpu
-    );
-    println!(
-        "ratio: relay / ceiling = {:.2} (target >= 0.90; the simulator shares the machine's cores)",
-        rate / ceil
     );
     println!(
         "memory: peak RSS {:.1} MiB (--memory 256 MiB default) for {} GiB of RAW",
