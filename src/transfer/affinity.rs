@@ -4,10 +4,11 @@
 //! `copy --unpack` whenever the network keeps up. Left to the scheduler, every wake-up of a
 //! network or cutter thread may land on the decoder's core, preempt it and evict its caches
 //! (`cargo bench --bench unpack`, 2 cores, alternating rounds: ratio to the single-core
-//! ceiling 0.90 unpinned vs 0.95 pinned). So while a decoder runs, it is pinned to one CPU
-//! and every other thread of the process is kept off that CPU. At least one CPU always
-//! stays for the other threads; with fewer than two CPUs nothing is pinned. The pins are
-//! undone when the decoder ends, as its thread goes back to the blocking pool.
+//! ceiling 0.90 unpinned vs 0.95 pinned). So while a decoder is busy (the unpack decides
+//! when), it is pinned to one CPU and every other thread of the process is kept off that
+//! CPU. At least one CPU always stays for the other threads; with fewer than two CPUs
+//! nothing is pinned. The pins are undone when the reservation is dropped, before the
+//! decoder's thread goes back to the blocking pool.
 
 use std::sync::Mutex;
 

@@ -778,12 +778,6 @@ fn decode(
     fetch_failed: Arc<AtomicBool>,
     source: SourceSum,
 ) -> Result<DecodeEnd, DecodeError> {
-    // Held until the decoder returns: its thread goes back to the blocking pool unpinned.
-    let _reserved = match io.cpu {
-        super::DecoderCpu::Auto => super::affinity::reserve_for_this_thread(),
-        super::DecoderCpu::Off => None,
-    };
-    debug!(cpu = ?_reserved.as_ref().map(|r| r.cpu), "decoder thread started");
     let started = Instant::now();
     let cpu_start = thread_cpu();
     let mut gz = Gunzip {
@@ -884,6 +878,8 @@ fn decode_inner(
     // and lets the cutter derive its CRCs instead of reading it.
     let zeros = Bytes::from(vec![0u8; max as usize]);
     let mut batch: Vec<Chunk> = Vec::with_capacity(BATCH_CHUNKS);
+    // Dropped when the decoder returns: its thread goes back to the blocking pool unpinned.
+    let mut cpu = CpuHold::new(io.cpu);
     while left > 0 {
         let n = left.min(max);
         if io.raw_budget.try_take(n).is_none() {
@@ -936,6 +932,8 @@ fn decode_inner(
         if batch.len() >= BATCH_CHUNKS {
             hand_over(io, &mut batch, stalls)?;
         }
+        let waited = gz.inflate.get_ref().waited + stalls.budget + stalls.output;
+        cpu.update(waited);
     }
     hand_over(io, &mut batch, stalls)?;
     let mut pad = [0u8; tar::BLOCK];
@@ -994,6 +992,62 @@ fn decode_inner(
         raw_bytes: size,
         gzip,
     })
+}
+
+/// The decoder's own CPU (`--decoder-cpu auto`), held only while the decoder is the
+/// bottleneck: a reserved CPU idling while the decoder waits for a slow network would only
+/// take a core from the network threads and from other jobs.
+struct CpuHold {
+    mode: super::DecoderCpu,
+    held: Option<super::affinity::Reservation>,
+    window: Instant,
+    waited_before: Duration,
+}
+
+impl CpuHold {
+    /// Judged over windows this long (reserving costs one pass over the process's threads).
+    const WINDOW: Duration = Duration::from_millis(100);
+
+    fn new(mode: super::DecoderCpu) -> Self {
+        Self {
+            mode,
+            held: None,
+            window: Instant::now(),
+            waited_before: Duration::ZERO,
+        }
+    }
+
+    /// `waited`: the decoder's total time waiting for input, memory or the cutter so far.
+    fn update(&mut self, waited: Duration) {
+        let wall = self.window.elapsed();
+        if self.mode == super::DecoderCpu::Off || wall < Self::WINDOW {
+            return;
+        }
+        let share = waited.saturating_sub(self.waited_before).as_secs_f64() / wall.as_secs_f64();
+        match cpu_hold_change(self.held.is_some(), share) {
+            Some(true) => {
+                self.held = super::affinity::reserve_for_this_thread();
+                debug!(cpu = ?self.held.as_ref().map(|r| r.cpu), waiting = share, "decoder busy: own CPU");
+            }
+            Some(false) => {
+                self.held = None;
+                debug!(waiting = share, "decoder waiting: CPU given back");
+            }
+            None => {}
+        }
+        self.window = Instant::now();
+        self.waited_before = waited;
+    }
+}
+
+/// Whether to take (`Some(true)`) or give back (`Some(false)`) the decoder's CPU, given the
+/// share of the last window it spent waiting; apart thresholds keep it from flapping.
+fn cpu_hold_change(held: bool, waiting: f64) -> Option<bool> {
+    match (held, waiting) {
+        (false, w) if w < 0.10 => Some(true),
+        (true, w) if w > 0.30 => Some(false),
+        _ => None,
+    }
 }
 
 /// Sends the batched chunks (if any) to the cutter.
@@ -1957,6 +2011,15 @@ mod tests {
         let mut long = vec![0x1f, 0x8b, 8, 8, 0, 0, 0, 0, 0, 3];
         long.resize(long.len() + MIB as usize, b'x');
         assert!(header_error(&long).contains("not terminated"));
+    }
+
+    #[test]
+    fn the_decoder_cpu_is_taken_when_busy_and_given_back_when_waiting() {
+        assert_eq!(cpu_hold_change(false, 0.02), Some(true));
+        assert_eq!(cpu_hold_change(false, 0.2), None);
+        assert_eq!(cpu_hold_change(true, 0.2), None, "no flapping in between");
+        assert_eq!(cpu_hold_change(true, 0.5), Some(false));
+        assert_eq!(cpu_hold_change(true, 0.02), None);
     }
 
     #[test]
