@@ -38,6 +38,17 @@ struct Placement {
 
 static PLACEMENT: Mutex<Option<Placement>> = Mutex::new(None);
 
+impl Placement {
+    /// The allowed CPUs no decoder holds: where every other thread runs.
+    fn unreserved(&self) -> Vec<usize> {
+        self.allowed
+            .iter()
+            .copied()
+            .filter(|c| self.reserved.iter().all(|&(_, r)| r != *c))
+            .collect()
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         let Ok(mut guard) = PLACEMENT.lock() else {
@@ -61,12 +72,7 @@ pub fn reserve_for_this_thread() -> Option<Reservation> {
         });
     }
     let p = guard.as_mut()?;
-    let free: Vec<usize> = p
-        .allowed
-        .iter()
-        .copied()
-        .filter(|c| p.reserved.iter().all(|&(_, r)| r != *c))
-        .collect();
+    let free = p.unreserved();
     // Keep one CPU for everything else.
     if free.len() < 2 {
         return None;
@@ -140,12 +146,7 @@ mod os {
     /// started later inherit their creator's CPUs, which is the shared set for all but the
     /// decoders (which start none).
     pub(super) fn apply(p: &Placement) {
-        let shared: Vec<usize> = p
-            .allowed
-            .iter()
-            .copied()
-            .filter(|c| p.reserved.iter().all(|&(_, r)| r != *c))
-            .collect();
+        let shared = p.unreserved();
         let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
             return;
         };
