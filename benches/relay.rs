@@ -13,35 +13,21 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ossrelay::credentials::{Credentials, StaticProvider};
 use ossrelay::oss::{EndpointSpec, OssClient, OssConfig};
-use ossrelay::sim::{self, SimAccount, SimBucket, SimConfig, SimServer, SyntheticObject};
+use ossrelay::sim::{self, SimConfig, SimServer, SyntheticObject};
 use ossrelay::store::{ObjectStore, PartSpec, PutOptions};
 use ossrelay::transfer::{self, CopyOptions, Location, Progress};
 use tokio_util::sync::CancellationToken;
 
+mod common;
+use common::{account, buckets};
+
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-
-fn account() -> SimAccount {
-    SimAccount {
-        name: "sim".into(),
-        access_key_id: "simak".into(),
-        access_key_secret: "simsecret".into(),
-    }
-}
 
 async fn sim_with(size: u64, conn_rate: Option<u64>, latency_ms: u64) -> SimServer {
     sim::start(SimConfig {
         accounts: vec![account()],
-        buckets: vec![
-            SimBucket {
-                name: "src".into(),
-                account: "sim".into(),
-            },
-            SimBucket {
-                name: "dst".into(),
-                account: "sim".into(),
-            },
-        ],
+        buckets: buckets(&["src", "dst"]),
         synthetic: vec![SyntheticObject {
             bucket: "src".into(),
             key: "disk.raw".into(),

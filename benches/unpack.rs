@@ -21,8 +21,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, Crc, FlushCompress};
-use ossrelay::sim::{self, SimAccount, SimBucket, SimConfig};
+use ossrelay::sim::{self, SimConfig};
 use ossrelay::transfer::tar;
+
+mod common;
+use common::{account, buckets};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -282,21 +285,8 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let sim = rt.block_on(async {
         sim::start(SimConfig {
-            accounts: vec![SimAccount {
-                name: "sim".into(),
-                access_key_id: "simak".into(),
-                access_key_secret: "simsecret".into(),
-            }],
-            buckets: vec![
-                SimBucket {
-                    name: "src".into(),
-                    account: "sim".into(),
-                },
-                SimBucket {
-                    name: "dst".into(),
-                    account: "sim".into(),
-                },
-            ],
+            accounts: vec![account()],
+            buckets: buckets(&["src", "dst"]),
             discard: vec!["dst".into()],
             ..SimConfig::default()
         })
