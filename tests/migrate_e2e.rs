@@ -313,42 +313,10 @@ async fn export_without_role_says_run_preflight_fix() {
     assert!(err.contains("ossrelay preflight --fix"), "{err}");
 }
 
-fn migrate_args(w: &World) -> Vec<String> {
-    let (src_ep, dst_ep) = (w.src.endpoint(), w.dst.endpoint());
-    s(&[
-        "migrate",
-        "--src-region",
-        SRC_REGION,
-        "--image-id",
-        IMAGE,
-        "--src-bucket",
-        SRC_BUCKET,
-        "--dst-region",
-        DST_REGION,
-        "--dst-bucket",
-        DST_BUCKET,
-        "--src-profile",
-        "src",
-        "--dst-profile",
-        "dst",
-        "--src-endpoint",
-        &src_ep,
-        "--src-ecs-endpoint",
-        &src_ep,
-        "--dst-endpoint",
-        &dst_ep,
-        "--dst-ecs-endpoint",
-        &dst_ep,
-        "--state-dir",
-        &w.state_dir().display().to_string(),
-        "--json",
-    ])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_binary_unpacks_the_export_and_imports_an_identical_disk() {
     let w = World::new(with_image_and_export_role, with_import_role).await;
-    let out = w.run(migrate_args(&w)).await;
+    let out = w.run(w.migrate_args(IMAGE, "dst")).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
@@ -369,7 +337,7 @@ async fn migrate_binary_unpacks_the_export_and_imports_an_identical_disk() {
     assert_eq!(count_all(&w.src.stats(), "ExportImage"), 1);
     assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
     // Rerun: everything is done, nothing is repeated.
-    let out = w.run(migrate_args(&w)).await;
+    let out = w.run(w.migrate_args(IMAGE, "dst")).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(count_all(&w.src.stats(), "ExportImage"), 1);
     assert_eq!(count_all(&w.dst.stats(), "ImportImage"), 1);
@@ -530,7 +498,7 @@ async fn migrate_state_machine_over_the_wire_with_an_unpacking_relay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_refuses_a_bucket_outside_its_region_before_exporting() {
     let w = World::new(with_image_and_export_role, with_import_role).await;
-    let mut args = migrate_args(&w);
+    let mut args = w.migrate_args(IMAGE, "dst");
     let i = args.iter().position(|a| a == "--dst-region").unwrap();
     args[i + 1] = "ap-southeast-1".into();
     let out = w.run(args).await;
@@ -556,7 +524,7 @@ async fn ctrl_c_while_waiting_exits_130_and_rerun_resumes_the_same_export() {
         with_import_role,
     )
     .await;
-    let child = w.command(&migrate_args(&w)).spawn().unwrap();
+    let child = w.command(&w.migrate_args(IMAGE, "dst")).spawn().unwrap();
     let pid = child.id();
     // Wait until the state file records the export task.
     let t0 = std::time::Instant::now();
@@ -586,7 +554,7 @@ async fn ctrl_c_while_waiting_exits_130_and_rerun_resumes_the_same_export() {
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("rerun the same command to resume"), "{err}");
 
-    let out = w.run(migrate_args(&w)).await;
+    let out = w.run(w.migrate_args(IMAGE, "dst")).await;
     let err = stderr(&out);
     assert!(err.contains("resuming at stage wait-export"), "{err}");
     assert_eq!(count_all(&w.src.stats(), "ExportImage"), 1, "{err}");
@@ -673,7 +641,7 @@ async fn migrate_binary_end_to_end_with_a_vhd_export() {
         with_import_role,
     )
     .await;
-    let mut args = migrate_args(&w);
+    let mut args = w.migrate_args(IMAGE, "dst");
     let i = args.iter().position(|a| a == "--src-region").unwrap();
     args[i + 1] = VHD_REGION.into();
     args.extend(s(&["--format", "vhd", "--image-name", "web-eu"]));
