@@ -19,7 +19,7 @@ use ossrelay::transfer::{self, CopyOptions, Location, Progress};
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{account, buckets};
+use common::{account, buckets, median};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -186,12 +186,6 @@ fn cpu_seconds() -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // Linux reports clock ticks of 1/100 s on every mainstream configuration.
     (ticks(11) + ticks(12)) / 100.0
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {

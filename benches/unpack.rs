@@ -25,7 +25,7 @@ use ossrelay::sim::{self, SimConfig};
 use ossrelay::transfer::tar;
 
 mod common;
-use common::{account, buckets};
+use common::{account, buckets, median};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -249,16 +249,6 @@ fn relay(endpoint: &str, extra: &str, raw: u64, compressed: u64, verbose: bool) 
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -372,7 +362,7 @@ fn main() {
     if !b_ratios.is_empty() {
         println!(
             "ratio (B: {b_args}): {:.2} median of {} rounds ({:.2?})",
-            median(b_ratios.clone()),
+            median(&b_ratios),
             b_ratios.len(),
             b_ratios
         );
@@ -383,16 +373,16 @@ fn main() {
         .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
     println!(
         "ceiling: single-core gunzip+tar from memory, median {:.0} MB/s (RAW)",
-        median(ceilings) / 1e6
+        median(&ceilings) / 1e6
     );
     println!(
         "relay: copy --unpack, median {:.0} MB/s (RAW)",
-        median(rates) / 1e6
+        median(&rates) / 1e6
     );
     println!(
         "ratio: relay / ceiling = {:.2} median of {n} rounds (range {lo:.2}-{hi:.2}; target \
          >= 0.90; the simulator shares the machine's {cores} cores), load average {}",
-        median(ratios),
+        median(&ratios),
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .split_whitespace()

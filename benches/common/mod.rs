@@ -1,4 +1,4 @@
-//! What the benches' simulators share: the one account and buckets owned by it.
+//! What the benches share: the simulators' one account and its buckets, and a median.
 
 use ossrelay::sim::{SimAccount, SimBucket};
 
@@ -8,6 +8,18 @@ pub fn account() -> SimAccount {
         name: "sim".into(),
         access_key_id: "simak".into(),
         access_key_secret: "simsecret".into(),
+    }
+}
+
+/// The median (the mean of the middle two for an even count).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
