@@ -186,6 +186,34 @@ fn no_such_upload() -> StoreError {
 }
 
 /// Streams `body` (exactly `len` bytes) into `file` at `offset`; returns the CRC-64 written.
+/// `fdatasync`: the file's data (and the size needed to read it back) are on the disk.
+fn durable(f: &File, path: &Path) -> Result<(), StoreError> {
+    f.sync_data().map_err(|e| io_err("cannot sync", path, e))?;
+    #[cfg(test)]
+    sync_log::note(path);
+    Ok(())
+}
+
+/// Which files were synced, in order: lets a test check that a part's bytes were synced
+/// before its sidecar line was (nothing else can observe an fsync).
+#[cfg(test)]
+mod sync_log {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static LOG: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub fn note(path: &Path) {
+        LOG.lock().unwrap().push(path.to_path_buf());
+    }
+
+    /// The synced paths under `dir`, in order.
+    pub fn under(dir: &Path) -> Vec<PathBuf> {
+        let log = LOG.lock().unwrap();
+        log.iter().filter(|p| p.starts_with(dir)).cloned().collect()
+    }
+}
+
 async fn write_body(
     file: Arc<File>,
     path: &Path,
@@ -430,20 +458,25 @@ impl ObjectStore for LocalFile {
             Ok(Arc::new(f))
         })
         .await?;
-        let crc = write_body(file, &partial, body, part.offset, part.len).await?;
+        let crc = write_body(file.clone(), &partial, body, part.offset, part.len).await?;
         let etag = format!("{crc:016X}");
         let line = format!(
             "{} {} {} {crc} {etag}\n",
             part.number, part.offset, part.len
         );
         blocking(move || {
+            // The part's bytes reach the disk before anything says they did: the sidecar line
+            // here and the resume state after the acknowledgement. Otherwise a power loss could
+            // make a resume trust bytes that only ever sat in the page cache.
+            durable(&file, &partial)?;
             // One small O_APPEND write per part: concurrent parts never interleave lines.
             let mut f = OpenOptions::new()
                 .append(true)
                 .open(&sidecar)
                 .map_err(|e| io_err("cannot open", &sidecar, e))?;
             f.write_all(line.as_bytes())
-                .map_err(|e| io_err("cannot write", &sidecar, e))
+                .map_err(|e| io_err("cannot write", &sidecar, e))?;
+            durable(&f, &sidecar)
         })
         .await?;
         Ok(Uploaded {
@@ -587,6 +620,34 @@ mod tests {
         assert_eq!(
             missing.head("").await.unwrap_err().class,
             ErrorClass::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn a_part_is_on_disk_before_it_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.bin");
+        let f = LocalFile::new(&p);
+        let id = f
+            .create_multipart("", 5000, &PutOptions::default())
+            .await
+            .unwrap();
+        for (number, offset) in [(1u32, 0u64), (2, 2500)] {
+            let spec = PartSpec {
+                number,
+                offset,
+                len: 2500,
+            };
+            f.upload_part("", &id, spec, body(vec![number as u8; 2500]))
+                .await
+                .unwrap();
+        }
+        // Each part: its bytes synced, then the sidecar line that lists it synced, all before
+        // upload_part returned (the caller records the part only after that).
+        let (data, parts) = (f.partial(), f.sidecar());
+        assert_eq!(
+            sync_log::under(dir.path()),
+            vec![data.clone(), parts.clone(), data, parts]
         );
     }
 
