@@ -6,7 +6,7 @@ mod common;
 mod daemon_support;
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -251,6 +251,7 @@ async fn every_bad_input_fails_with_one_clear_line() {
                 crc64: None,
             },
             parts: vec![],
+            completing: None,
         })
         .unwrap(),
     )
@@ -904,8 +905,22 @@ async fn every_bad_input_fails_with_one_clear_line() {
     assert!(cases.len() >= 60, "{} cases", cases.len());
 
     // Rows that hit retry backoff (unreachable endpoints, garbage servers) mostly sleep: run
-    // several at once so the table stays fast on two cores.
-    let runs = futures::stream::iter(cases.into_iter().map(|case| {
+    // several at once so the table stays fast on two cores. Rows copy the same pair, which
+    // one state directory lets only one run at a time: each row gets a copy of the shared
+    // one (holding the prepared state files).
+    let shared = w.state_dir();
+    let runs = futures::stream::iter(cases.into_iter().enumerate().map(|(row, mut case)| {
+        if let Some(i) = case.args.iter().position(|a| a == "--state-dir") {
+            if Path::new(&case.args[i + 1]) == shared {
+                let own = w.dir.path().join(format!("state-row-{row}"));
+                std::fs::create_dir_all(&own).unwrap();
+                for e in std::fs::read_dir(&shared).unwrap() {
+                    let e = e.unwrap();
+                    std::fs::copy(e.path(), own.join(e.file_name())).unwrap();
+                }
+                case.args[i + 1] = own.display().to_string();
+            }
+        }
         let mut cmd = w.command(&case.args);
         for (k, v) in &case.env {
             cmd.env(k, v);

@@ -615,3 +615,62 @@ async fn bytes_damaged_in_transit_are_told_from_a_damaged_archive_and_repaired()
     assert_eq!(s.source_crc64, crc64::checksum(&archive));
     assert_eq!(dst.open_uploads(), 0);
 }
+
+/// A kill -9 between the service's CompleteMultipartUpload and the removal of the state file:
+/// the rerun proves the destination against the recorded CRC-64 and sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_after_a_completed_unpack_sends_nothing() {
+    use ossrelay::store::memory::{Fault, FaultRule, Op};
+    let raw = noise(4 * MIB as usize, 12);
+    let archive = stored_archive(&raw);
+    let meta = ObjectMeta {
+        size: archive.len() as u64,
+        etag: "etag".into(),
+        crc64: Some(crc64::checksum(&archive)),
+        ..ObjectMeta::default()
+    };
+    let state = tempfile::tempdir().unwrap();
+    let src = Arc::new(Swappable {
+        meta,
+        data: Mutex::new(Bytes::from(archive)),
+    });
+    let dst = MemoryStore::new("dst");
+    dst.inject(
+        FaultRule::new(
+            Op::Complete,
+            Fault::Error(ossrelay::store::ErrorClass::Client),
+        )
+        .times(1),
+    );
+    let err = unpack_into(src.clone(), dst.clone(), state.path())
+        .await
+        .expect_err("Complete fails");
+    assert!(matches!(err, TransferError::Resumable { .. }), "{err}");
+    // The service completes it after all, and the state file stays: what a kill -9 leaves.
+    let path = std::fs::read_dir(state.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("state file");
+    let st = ossrelay::transfer::state::load(&path).unwrap().unwrap();
+    assert!(st.completing.is_some());
+    let parts: Vec<(u32, String)> = st
+        .parts
+        .iter()
+        .map(|p| (p.number, p.etag.clone()))
+        .collect();
+    dst.complete("r_system.raw", &st.upload_id, &parts)
+        .await
+        .unwrap();
+    dst.reset_part_uploads();
+    let creates = dst.calls(Op::CreateMultipart);
+    let s = unpack_into(src, dst.clone(), state.path())
+        .await
+        .expect("reported complete");
+    assert_eq!(s.copy.resumed_bytes, 4 * MIB);
+    assert_eq!(s.copy.crc64, crc64::checksum(&raw));
+    assert!((1..=4).all(|n| dst.part_uploads(n) == 0), "nothing resent");
+    assert_eq!(dst.calls(Op::CreateMultipart), creates, "no new upload");
+    assert_eq!(dst.object("r_system.raw").unwrap().as_ref(), &raw[..]);
+    assert!(!path.exists(), "state removed");
+}

@@ -396,6 +396,9 @@ pub async fn migrate(
     events: EventSink<'_>,
 ) -> Result<MigrateOutcome, MigrateError> {
     let path = state::state_path(&cfg.state_dir, &cfg.key);
+    // Two runs of one migration would start two export tasks writing one object, then two
+    // imports: exactly one may hold the state file.
+    let _lock = lock_path(&path)?;
     let state = match state::load(&path, &cfg.key)? {
         Some(s) => {
             if s.src_bucket != cfg.src_bucket {
@@ -423,6 +426,23 @@ pub async fn migrate(
     };
     run.save()?;
     run.drive().await.map_err(|e| run.locate_interrupt(e))
+}
+
+/// Takes the lock of a migration's state file; the error names the run holding it.
+fn lock_path(path: &std::path::Path) -> Result<crate::transfer::state::StateLock, MigrateError> {
+    use crate::transfer::state::{lock_file, LockError};
+    lock_file(path).map_err(|e| match e {
+        LockError::Busy { pid, lock } => MigrateError::State(format!(
+            "another run of this migration is running ({}, lock {}); wait for it to finish or \
+             stop it",
+            LockError::holder(pid),
+            lock.display()
+        )),
+        LockError::Io { path, error } => MigrateError::State(format!(
+            "cannot create {}: {error}; choose a writable --state-dir",
+            path.display()
+        )),
+    })
 }
 
 impl Run<'_> {
@@ -548,6 +568,7 @@ impl Run<'_> {
             self.save()?;
         }
         if self.state.export_task_id.is_none() {
+            self.check_unpack_memory()?;
             // A previous run may have started an export and crashed before recording it.
             let adopted = if self.state.export_requested {
                 self.find_export_task(true).await?
@@ -594,6 +615,30 @@ impl Run<'_> {
             });
         }
         self.advance(Stage::WaitExport)
+    }
+
+    /// A RAW export arrives as `.raw.tar.gz` and is unpacked on the way; a disk too large for
+    /// `--memory` would fail only at the relay, after an export of hours. Refuse it up front.
+    fn check_unpack_memory(&self) -> Result<(), MigrateError> {
+        if !matches!(self.cfg.export_format, None | Some(ImageFormat::Raw)) {
+            return Ok(());
+        }
+        let Some(img) = &self.state.source_image else {
+            return Ok(());
+        };
+        let limits = self.b.dst_store.limits();
+        for d in &img.disk_device_mappings {
+            let Ok(gib) = d.size.trim().parse::<u64>() else {
+                continue;
+            };
+            if let Err(e) = transfer::unpack::check_memory(gib << 30, &self.cfg.copy, limits) {
+                return Err(MigrateError::Usage(format!(
+                    "disk {} of {} ({gib} GiB): {e}; nothing was exported",
+                    d.device, self.cfg.key.image_id
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn wait_export(&mut self) -> Result<(), MigrateError> {

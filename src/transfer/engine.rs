@@ -190,6 +190,19 @@ async fn run(
     let meta = head_source(&ctx, &cancel).await?;
     progress.total_bytes.store(meta.size, Relaxed);
     let part_size = plan::plan_part_size(meta.size, ctx.opts.part_size, ctx.dst.store.limits())?;
+
+    // One run per pair at a time, whichever path it takes: two would share (and wreck) one
+    // upload, and a single PUT would discard the state of a multipart run still going. Taken
+    // after the HEAD and the plan, which touch no state, so that a bad source or flag is
+    // reported as such even while another run of the pair is going.
+    let _lock = match &ctx.opts.state_dir {
+        Some(d) => Some(state::lock(&state::state_path(
+            d,
+            &ctx.src_desc,
+            &ctx.dst_desc,
+        ))?),
+        None => None,
+    };
     let put_opts = PutOptions {
         content_type: meta.content_type.clone(),
         user_meta: meta.user_meta.clone(),
@@ -303,16 +316,23 @@ pub(super) async fn abort_quietly(ctx: &Ctx, upload_id: &str) {
 // Single PUT
 
 /// A state file left by an earlier multipart run of this pair is useless to a single PUT (the
-/// source shrank): abort its upload so it does not linger, billed, and drop the file.
+/// source shrank, or a larger part size was asked for): abort its upload so it does not
+/// linger, billed, and drop the file. The caller holds the pair's lock, so that run is over.
 async fn discard_stale_state(ctx: &Ctx) -> Result<(), TransferError> {
     let Some(dir) = &ctx.opts.state_dir else {
         return Ok(());
     };
     let path = state::state_path(dir, &ctx.src_desc, &ctx.dst_desc);
-    if let Some(old) = state::load(&path)? {
-        info!(upload_id = %old.upload_id, "the object now fits one PUT: discarding the earlier multipart upload");
-        abort_quietly(ctx, &old.upload_id).await;
-        state::remove(&path);
+    match state::load_checked(&path)? {
+        state::Loaded::Absent => {}
+        state::Loaded::State(old) => {
+            info!(upload_id = %old.upload_id, "the object now fits one PUT: discarding the earlier multipart upload");
+            abort_quietly(ctx, &old.upload_id).await;
+            state::remove(&path);
+        }
+        state::Loaded::Damaged { upload_id, why } => {
+            discard_damaged(ctx, &path, upload_id.as_deref(), &why).await?;
+        }
     }
     Ok(())
 }
@@ -468,7 +488,10 @@ impl StateKeeper {
             let r = h.await;
             self.writing = None;
             self.in_write = 0;
-            r.map_err(|e| TransferError::State(format!("state writer failed: {e}")))??;
+            r.map_err(|e| TransferError::StateWrite {
+                state_file: self.path.clone().unwrap_or_default(),
+                reason: format!("the state writer failed: {e}"),
+            })??;
         }
         self.kick();
         Ok(())
@@ -480,6 +503,21 @@ impl StateKeeper {
             self.wait_write().await?;
         }
         Ok(())
+    }
+
+    /// Records, durably, what the object must hold once CompleteMultipartUpload runs (see
+    /// [`state::CopyState::completing`]).
+    pub(super) async fn completing(
+        &mut self,
+        crc64: u64,
+        source_crc64: Option<u64>,
+    ) -> Result<(), TransferError> {
+        self.state.completing = Some(state::Completing {
+            crc64,
+            source_crc64,
+        });
+        self.mark();
+        self.flush().await
     }
 
     /// Deletes the state file, after any write in flight landed (else it would resurrect it).
@@ -527,73 +565,119 @@ pub(super) struct Upload<'a> {
     pub state_path: Option<&'a std::path::Path>,
     /// Whether a recorded part size above `size` (one short part) is a valid plan.
     pub single_part_ok: bool,
+    /// The CRC-64 the whole destination object must have, when known before any byte moves
+    /// (a plain copy: the source's).
+    pub object_crc64: Option<u64>,
+}
+
+/// What [`open_upload`] found.
+pub(super) enum Opened {
+    /// An upload to send parts to: resumed (with the destination's part list) or new.
+    Upload(CopyState, Option<Vec<ListedPart>>),
+    /// A previous run completed the upload but was stopped before it could say so: the
+    /// destination already holds the object, proven by size and CRC-64.
+    Finished(Finished),
+}
+
+/// Progress of a copy that found its object already complete: everything is resumed.
+pub(super) fn finished_progress(p: &Progress, size: u64, parts: u32) {
+    p.parts_total.store(parts as u64, Relaxed);
+    p.parts_done.store(parts as u64, Relaxed);
+    p.resumed_bytes.store(size, Relaxed);
+    p.acked_bytes.store(size, Relaxed);
+}
+
+/// See [`Opened::Finished`].
+pub(super) struct Finished {
+    pub crc64: u64,
+    pub parts: u32,
+    pub part_size: u64,
+    /// From the state's completion record, when the run that completed wrote one.
+    pub source_crc64: Option<u64>,
 }
 
 /// Finds the interrupted upload recorded in the state file and lists its parts, or (when
 /// there is none, or it no longer matches the source, the destination or the limits) aborts
-/// it and starts a new upload, saved to the state file before any part is sent.
-pub(super) async fn open_upload(
-    ctx: &Arc<Ctx>,
-    up: Upload<'_>,
-) -> Result<(CopyState, Option<Vec<ListedPart>>), TransferError> {
+/// it and starts a new upload, saved to the state file before any part is sent. The caller
+/// holds the pair's [`state::lock`].
+pub(super) async fn open_upload(ctx: &Arc<Ctx>, up: Upload<'_>) -> Result<Opened, TransferError> {
     let limits = ctx.dst.store.limits();
-    let fp = up.fingerprint;
+    let fp = up.fingerprint.clone();
     if let Some(path) = up.state_path {
-        if let Some(old) = state::load(path)? {
-            let plan_ok = old.part_size >= limits.min_part_size
-                && old.part_size <= limits.max_part_size
-                && up.size.div_ceil(old.part_size) <= limits.max_parts as u64
-                && (up.single_part_ok || up.size >= old.part_size);
-            if !ctx.opts.resume {
-                info!(upload_id = %old.upload_id, "not resuming (--no-resume): aborting the previous upload");
-                abort_quietly(ctx, &old.upload_id).await;
-                state::remove(path);
-            } else if old.source_meta != fp
-                || old.source != up.source
-                || old.destination != ctx.dst_desc
-            {
-                warn!(
-                    "{} changed since the interrupted copy (ETag {} → {}, size {} → {}); \
-                     starting over",
-                    ctx.src_desc, old.source_meta.etag, fp.etag, old.source_meta.size, fp.size
-                );
-                abort_quietly(ctx, &old.upload_id).await;
-                state::remove(path);
-            } else if !plan_ok {
-                warn!(
-                    part_size = old.part_size,
-                    "the interrupted copy's part size does not fit the destination's limits; \
-                     starting over"
-                );
-                abort_quietly(ctx, &old.upload_id).await;
-                state::remove(path);
-            } else {
-                let listed: Result<Vec<ListedPart>, StoreError> = control!(
-                    ctx,
-                    "ListParts",
-                    ctx.opts.request_timeout,
-                    ctx.dst.store.list_parts(&ctx.dst.key, &old.upload_id)
-                );
-                match listed {
-                    Ok(l) => {
-                        info!(upload_id = %old.upload_id, recorded = old.parts.len(), "resuming");
-                        return Ok((old, Some(l)));
-                    }
-                    Err(e) if e.class == ErrorClass::NotFound => {
-                        warn!(upload_id = %old.upload_id, "the interrupted upload no longer exists; starting over");
-                        state::remove(path);
-                    }
-                    Err(e) => {
-                        return Err(TransferError::Resumable {
-                            source: Box::new(TransferError::store(
-                                format!(
-                                    "cannot list the parts already uploaded to {}",
-                                    ctx.dst_desc
-                                ),
-                                e,
-                            )),
-                            state_file: path.to_path_buf(),
-                        })
+        match state::load_checked(path)? {
+            state::Loaded::Absent => {}
+            state::Loaded::Damaged { upload_id, why } => {
+                discard_damaged(ctx, path, upload_id.as_deref(), &why).await?;
+            }
+            state::Loaded::State(old) => {
+                let plan_ok = old.part_size >= limits.min_part_size
+                    && old.part_size <= limits.max_part_size
+                    && up.size.div_ceil(old.part_size) <= limits.max_parts as u64
+                    && (up.single_part_ok || up.size >= old.part_size);
+                if !ctx.opts.resume {
+                    info!(upload_id = %old.upload_id, "not resuming (--no-resume): aborting the previous upload");
+                    abort_quietly(ctx, &old.upload_id).await;
+                    state::remove(path);
+                } else if old.source_meta != fp
+                    || old.source != up.source
+                    || old.destination != ctx.dst_desc
+                {
+                    warn!(
+                        "{} changed since the interrupted copy (ETag {} → {}, size {} → {}); \
+                         starting over",
+                        ctx.src_desc, old.source_meta.etag, fp.etag, old.source_meta.size, fp.size
+                    );
+                    abort_quietly(ctx, &old.upload_id).await;
+                    state::remove(path);
+                } else if !plan_ok {
+                    warn!(
+                        part_size = old.part_size,
+                        "the interrupted copy's part size does not fit the destination's limits; \
+                         starting over"
+                    );
+                    abort_quietly(ctx, &old.upload_id).await;
+                    state::remove(path);
+                } else {
+                    let listed: Result<Vec<ListedPart>, StoreError> = control!(
+                        ctx,
+                        "ListParts",
+                        ctx.opts.request_timeout,
+                        ctx.dst.store.list_parts(&ctx.dst.key, &old.upload_id)
+                    );
+                    match listed {
+                        Ok(l) => {
+                            if let Some(asked) = ctx.opts.part_size.filter(|&p| p != old.part_size)
+                            {
+                                warn!(
+                                    "resuming with the interrupted copy's part size of {} \
+                                     bytes; --part-size {asked} applies only to a new upload \
+                                     (pass --no-resume to start over with it)",
+                                    old.part_size
+                                );
+                            }
+                            info!(upload_id = %old.upload_id, recorded = old.parts.len(), "resuming");
+                            return Ok(Opened::Upload(old, Some(l)));
+                        }
+                        Err(e) if e.class == ErrorClass::NotFound => {
+                            if let Some(done) = finished_earlier(ctx, &old, &up).await {
+                                state::remove(path);
+                                return Ok(Opened::Finished(done));
+                            }
+                            warn!(upload_id = %old.upload_id, "the interrupted upload no longer exists; starting over");
+                            state::remove(path);
+                        }
+                        Err(e) => {
+                            return Err(TransferError::Resumable {
+                                source: Box::new(TransferError::store(
+                                    format!(
+                                        "cannot list the parts already uploaded to {}",
+                                        ctx.dst_desc
+                                    ),
+                                    e,
+                                )),
+                                state_file: path.to_path_buf(),
+                            })
+                        }
                     }
                 }
             }
@@ -618,14 +702,102 @@ pub(super) async fn open_upload(
         part_size: up.planned_part_size,
         source_meta: fp,
         parts: Vec::new(),
+        completing: None,
     };
     if let Some(path) = up.state_path {
         if let Err(e) = state::save(path, &st) {
+            // Nothing durable names this upload yet: it must not outlive the run.
             abort_quietly(ctx, &st.upload_id).await;
             return Err(e);
         }
     }
-    Ok((st, None))
+    Ok(Opened::Upload(st, None))
+}
+
+/// A state file that cannot be resumed still names an upload that would otherwise stay open
+/// (and billed) with nobody pointing at it: abort that upload, then drop the file. When no
+/// upload id can be read, say how to find and abort it by hand.
+async fn discard_damaged(
+    ctx: &Ctx,
+    path: &Path,
+    upload_id: Option<&str>,
+    why: &str,
+) -> Result<(), TransferError> {
+    match upload_id {
+        Some(id) => {
+            warn!("ignoring {why}; aborting the upload {id} it names and starting over");
+            let r: Result<(), StoreError> = control!(
+                ctx,
+                "AbortMultipartUpload",
+                ctx.opts.request_timeout,
+                ctx.dst.store.abort(&ctx.dst.key, id)
+            );
+            match r {
+                Ok(()) => {}
+                Err(e) if e.class == ErrorClass::NotFound => {}
+                Err(e) => {
+                    // Keep the file: it is the only record of that upload.
+                    return Err(TransferError::State(format!(
+                        "{why} names the upload {id}, which could not be aborted ({e}); abort \
+                         it with `ossrelay uploads abort {}` (or move {} away to leave it), then \
+                         rerun",
+                        ctx.dst_desc,
+                        path.display()
+                    )));
+                }
+            }
+        }
+        None => warn!(
+            "ignoring {why}; it names no readable upload id, so an upload it started may remain \
+             open: find it with `ossrelay uploads list {}` and abort it with `ossrelay uploads \
+             abort {}`; starting over",
+            ctx.dst_desc, ctx.dst_desc
+        ),
+    }
+    state::remove(path);
+    Ok(())
+}
+
+/// Whether the destination already holds what the recorded upload was completing: its size
+/// and CRC-64 equal the expected object's. The expectation comes from the state's completion
+/// record, else the source's CRC-64 (a plain copy), else the fold of recorded parts that
+/// cover the whole object. Without one, or without a CRC-64 from the destination, `None`.
+async fn finished_earlier(ctx: &Ctx, old: &CopyState, up: &Upload<'_>) -> Option<Finished> {
+    let specs = plan::parts(up.size, old.part_size);
+    let folded = (old.parts.len() == specs.len()
+        && old
+            .parts
+            .iter()
+            .zip(&specs)
+            .all(|(p, s)| p.number == s.number && p.size == s.len))
+    .then(|| crc64::combine_all(old.parts.iter().map(|p| (p.crc64, p.size))));
+    let want = old
+        .completing
+        .map(|c| c.crc64)
+        .or(up.object_crc64)
+        .or(folded)?;
+    let head: Result<ObjectMeta, StoreError> = control!(
+        ctx,
+        "HeadObject",
+        ctx.opts.request_timeout,
+        ctx.dst.store.head(&ctx.dst.key)
+    );
+    let head = head.ok()?;
+    if head.size != up.size || head.crc64 != Some(want) {
+        return None;
+    }
+    info!(
+        upload_id = %old.upload_id,
+        crc64 = want,
+        "the interrupted run had completed the upload: {} already holds the object",
+        ctx.dst_desc
+    );
+    Some(Finished {
+        crc64: want,
+        parts: specs.len() as u32,
+        part_size: old.part_size,
+        source_crc64: old.completing.and_then(|c| c.source_crc64),
+    })
 }
 
 async fn multipart(
@@ -642,15 +814,9 @@ async fn multipart(
         .as_ref()
         .map(|d| state::state_path(d, &ctx.src_desc, &ctx.dst_desc));
 
-    // One copy per pair at a time: two would share (and wreck) one upload.
-    let _lock = match &state_path {
-        Some(p) => Some(state::lock(p)?),
-        None => None,
-    };
-
     // 1 + 2. Resume a previous run (reconciled below with what the destination really
     // holds) or start a new upload.
-    let (mut st, listed) = open_upload(
+    let opened = open_upload(
         ctx,
         Upload {
             source: ctx.src_desc.clone(),
@@ -660,9 +826,22 @@ async fn multipart(
             put_opts,
             state_path: state_path.as_deref(),
             single_part_ok: false,
+            object_crc64: meta.crc64,
         },
     )
     .await?;
+    let (mut st, listed) = match opened {
+        Opened::Upload(st, listed) => (st, listed),
+        Opened::Finished(f) => {
+            finished_progress(&ctx.progress, meta.size, f.parts);
+            return Ok(Outcome {
+                crc64: f.crc64,
+                parts: f.parts,
+                part_size: f.part_size,
+                resumed_bytes: meta.size,
+            });
+        }
+    };
     let part_size = st.part_size;
     let specs: Arc<Vec<PartSpec>> = Arc::new(plan::parts(meta.size, part_size));
     let mut done: Vec<Option<StatePart>> = vec![None; specs.len()];
@@ -735,6 +914,9 @@ async fn multipart(
             (d.number, d.etag.clone())
         })
         .collect();
+    if let Err(e) = keeper.completing(combined, None).await {
+        return Err(fail(ctx, e, &upload_id, &mut keeper).await);
+    }
     let uploaded = match complete(ctx, &upload_id, &list, meta.size, combined).await {
         Ok(u) => u,
         Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
@@ -1162,11 +1344,9 @@ pub(super) async fn fail(
                 TransferError::Interrupted { state_file: None }
             }
         },
-        TransferError::State(_) => {
-            abort_quietly(ctx, upload_id).await;
-            keeper.remove().await;
-            err
-        }
+        // The state directory failed, not the upload: like an interruption, keep the upload
+        // that the last state file written names, so that the rerun resumes from it.
+        TransferError::StateWrite { .. } => err,
         other => match path {
             Some(p) => {
                 let p = p.to_path_buf();

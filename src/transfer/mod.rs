@@ -217,6 +217,10 @@ pub enum TransferError {
     Plan(String),
     #[error("resume state: {0}")]
     State(String),
+    /// The state directory failed (full, read-only, gone) while an upload was recorded in it.
+    /// Nothing is aborted: the last state file that was written still names the upload.
+    #[error("cannot save resume state {}: {reason}; free space in (or fix) {}, then rerun the same command to resume from the progress last saved", .state_file.display(), state_dir(.state_file).display())]
+    StateWrite { state_file: PathBuf, reason: String },
     /// The source is not a usable image archive (corrupt, truncated, not one regular file).
     #[error("{0}; nothing was written to the destination")]
     Archive(String),
@@ -226,6 +230,10 @@ pub enum TransferError {
         source: Box<TransferError>,
         state_file: PathBuf,
     },
+}
+
+fn state_dir(file: &std::path::Path) -> &std::path::Path {
+    file.parent().unwrap_or(std::path::Path::new("."))
 }
 
 fn interrupted_message(state_file: &Option<PathBuf>) -> String {

@@ -58,6 +58,28 @@ pub struct CopyState {
     pub source_meta: SourceFingerprint,
     /// Ascending by number.
     pub parts: Vec<StatePart>,
+    /// Written just before CompleteMultipartUpload: what the finished object must hold. A
+    /// rerun that finds the upload gone compares the destination with it, so a crash between
+    /// Complete and the removal of this file does not send the whole object again. Absent in
+    /// files written before the field existed (then the recorded parts stand in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completing: Option<Completing>,
+}
+
+/// See [`CopyState::completing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completing {
+    /// CRC-64 of the whole destination object (folded from the parts).
+    #[serde(serialize_with = "ser_u64_string", deserialize_with = "de_u64_string")]
+    pub crc64: u64,
+    /// CRC-64 of what was read from the source, when it differs from the object (an
+    /// unpacked archive) and was computed by this run.
+    #[serde(
+        default,
+        with = "opt_u64_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_crc64: Option<u64>,
 }
 
 impl CopyState {
@@ -80,12 +102,34 @@ pub fn state_path(dir: &Path, source: &str, destination: &str) -> PathBuf {
     dir.join(format!("copy-{}.json", &hex[..32]))
 }
 
-/// Reads a state file; `Ok(None)` if absent, unreadable as JSON, or of another version (a
-/// damaged file must not block a new copy; the engine then starts over).
+/// What a state file holds.
+#[derive(Debug)]
+pub enum Loaded {
+    Absent,
+    State(CopyState),
+    /// Not a state file this release can resume (damaged, or of another version). Its upload
+    /// id, when one can still be read, lets the caller abort that upload rather than orphan it.
+    Damaged {
+        upload_id: Option<String>,
+        /// "unreadable resume state PATH (…)" or "resume state PATH of another version (…)".
+        why: String,
+    },
+}
+
+/// Reads a state file; `Ok(None)` if absent, damaged or of another version (for readers that
+/// only want progress; a run that will write the pair uses [`load_checked`]).
 pub fn load(path: &Path) -> Result<Option<CopyState>, TransferError> {
+    Ok(match load_checked(path)? {
+        Loaded::State(s) => Some(s),
+        Loaded::Absent | Loaded::Damaged { .. } => None,
+    })
+}
+
+/// Reads a state file, telling a damaged one apart from none.
+pub fn load_checked(path: &Path) -> Result<Loaded, TransferError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Absent),
         Err(e) => {
             return Err(TransferError::State(format!(
                 "cannot read {}: {e}; check its permissions or remove it",
@@ -93,17 +137,38 @@ pub fn load(path: &Path) -> Result<Option<CopyState>, TransferError> {
             )))
         }
     };
-    match serde_json::from_slice::<CopyState>(&bytes) {
-        Ok(s) if s.version == STATE_VERSION => Ok(Some(s)),
-        Ok(s) => {
-            tracing::warn!(path = %path.display(), version = s.version, "ignoring resume state of another version");
-            Ok(None)
-        }
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable resume state");
-            Ok(None)
-        }
-    }
+    Ok(match serde_json::from_slice::<CopyState>(&bytes) {
+        Ok(s) if s.version == STATE_VERSION => Loaded::State(s),
+        Ok(s) => Loaded::Damaged {
+            upload_id: Some(s.upload_id),
+            why: format!(
+                "resume state {} of another version ({}; this release writes {STATE_VERSION})",
+                path.display(),
+                s.version
+            ),
+        },
+        Err(e) => Loaded::Damaged {
+            upload_id: salvage_upload_id(&bytes),
+            why: format!("unreadable resume state {} ({e})", path.display()),
+        },
+    })
+}
+
+/// The `"upload_id": "..."` of a state file that no longer parses (truncated, partly
+/// overwritten): it sits near the top, so it usually survives the damage.
+fn salvage_upload_id(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let at = text.find("\"upload_id\"")? + "\"upload_id\"".len();
+    let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
+    let rest = rest.strip_prefix('"')?;
+    let id = &rest[..rest.find('"')?];
+    // Upload ids are printable tokens; anything else is debris, not an id.
+    (!id.is_empty()
+        && id.len() <= 256
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'\\' && b != b'"'))
+    .then(|| id.to_string())
 }
 
 /// Writes `bytes` to `path` atomically: temp file (mode 0600) + fsync + rename + fsync of the
@@ -119,11 +184,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         o.mode(0o600);
     }
-    let mut f = o.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
+    let written = o.open(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    });
+    if let Err(e) = written {
+        // A full or read-only directory must not collect half-written temp files: the last
+        // complete state file is what a rerun resumes from.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -186,14 +258,14 @@ fn holds_only_state(dir: &Path) -> bool {
     })
 }
 
-/// Saves `state` at `path`.
+/// Saves `state` at `path`. A failure leaves the previous file as it was (see
+/// [`write_atomic`]) and is a [`TransferError::StateWrite`]: the caller keeps the upload that
+/// file names, so a rerun resumes from it once the directory is fixed.
 pub fn save(path: &Path, state: &CopyState) -> Result<(), TransferError> {
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
-    write_atomic(path, &json).map_err(|e| {
-        TransferError::State(format!(
-            "cannot write {}: {e}; choose a writable state directory",
-            path.display()
-        ))
+    write_atomic(path, &json).map_err(|e| TransferError::StateWrite {
+        state_file: path.to_path_buf(),
+        reason: e.to_string(),
     })
 }
 
@@ -206,108 +278,177 @@ pub fn remove(path: &Path) {
     }
 }
 
-/// Exclusive use of one state file by one copy, across processes (a lock file holding the
-/// pid, taken over when that process is gone) and within a process (the daemon may be asked
-/// to run the same pair twice). Released on drop.
+/// Exclusive use of one state file by one run, across processes and within one (the daemon
+/// may be asked to run the same pair twice).
+///
+/// A kernel lock (`flock` through [`std::fs::File::try_lock`]) on `<state>.lock`: it is taken
+/// and released atomically and dies with its process, so there is no "stale lock" to guess
+/// about (the pid-file scheme it replaces let two runs in when a reader saw the file before
+/// its pid was written, or when a dead pid was reused). The holder's pid is written into the
+/// file only so that the loser can name it. Two opens in one process conflict too: `flock`
+/// locks belong to the open file, not to the process.
+///
+/// Released on drop: the file is unlinked while still locked, and a locker that opened the
+/// old file checks, once it holds the lock, that the path still names what it locked.
 #[derive(Debug)]
 pub struct StateLock {
     path: PathBuf,
-    key: PathBuf,
+    file: std::fs::File,
 }
 
-fn held_in_process() -> &'static std::sync::Mutex<std::collections::HashSet<PathBuf>> {
-    static HELD: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
-        std::sync::OnceLock::new();
-    HELD.get_or_init(Default::default)
+/// Why [`lock_file`] did not take the lock.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another live run holds it; its pid when it could be read.
+    Busy { pid: Option<u32>, lock: PathBuf },
+    /// The directory or the lock file cannot be created or opened.
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
-fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Takes the lock for the state file `state`; fails if another live copy holds it.
-pub fn lock(state: &Path) -> Result<StateLock, TransferError> {
-    let busy = || {
-        TransferError::State(format!(
-            "another copy of the same source and destination is running (lock {}); wait for it \
-             to finish or stop it",
-            state.with_extension("lock").display()
-        ))
-    };
-    let key = state.to_path_buf();
-    if !held_in_process()
-        .lock()
-        .expect("lock set")
-        .insert(key.clone())
-    {
-        return Err(busy());
+impl LockError {
+    /// "pid N" or "pid unknown", for messages.
+    pub fn holder(pid: Option<u32>) -> String {
+        pid.map_or_else(|| "pid unknown".to_string(), |p| format!("pid {p}"))
     }
+}
+
+/// Takes the lock for the state file `state` (any kind: copy or migration).
+pub fn lock_file(state: &Path) -> Result<StateLock, LockError> {
+    use std::fs::TryLockError;
     let path = state.with_extension("lock");
-    let release_key = || {
-        held_in_process().lock().expect("lock set").remove(&key);
-    };
-    let me = std::process::id();
-    for _ in 0..2 {
-        if let Some(dir) = path.parent() {
-            if let Err(e) = private_dir(dir) {
-                release_key();
-                return Err(TransferError::State(format!(
-                    "cannot create {}: {e}; choose a writable state directory",
-                    dir.display()
-                )));
-            }
-        }
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            o.mode(0o600);
-        }
-        match o.open(&path) {
-            Ok(mut f) => {
-                let _ = writeln!(f, "{me}");
-                return Ok(StateLock {
-                    path,
-                    key: key.clone(),
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let owner = std::fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u32>().ok());
-                match owner {
-                    // Our own pid is stale here: the in-process set said nobody holds it.
-                    Some(pid) if pid != me && pid_alive(pid) => {
-                        release_key();
-                        return Err(busy());
-                    }
-                    _ => {
-                        tracing::debug!(path = %path.display(), "taking over a stale lock");
-                        let _ = std::fs::remove_file(&path);
-                    }
+    if let Some(dir) = path.parent() {
+        private_dir(dir).map_err(|error| LockError::Io {
+            path: dir.to_path_buf(),
+            error,
+        })?;
+    }
+    // A few rounds: each one lost only to a holder that unlinked the file as we opened it.
+    for _ in 0..16 {
+        // Locked through a read-only descriptor, so that holding the lock keeps no file of
+        // the directory open for writing (an operator can still remount it read-only).
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut o = std::fs::OpenOptions::new();
+                o.write(true).create(true).truncate(false);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    o.mode(0o600);
                 }
+                o.open(&path).map_err(|error| LockError::Io {
+                    path: path.clone(),
+                    error,
+                })?;
+                continue;
             }
-            Err(e) => {
-                release_key();
-                return Err(TransferError::State(format!(
-                    "cannot create {}: {e}; choose a writable state directory",
-                    path.display()
-                )));
+            Err(error) => return Err(LockError::Io { path, error }),
+        };
+        let mut locked = file.try_lock();
+        let file = match locked {
+            // NFS emulates flock with byte-range locks, which want a writable descriptor.
+            Err(TryLockError::Error(ref e)) if e.raw_os_error() == Some(libc::EBADF) => {
+                let rw = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|error| LockError::Io {
+                        path: path.clone(),
+                        error,
+                    })?;
+                locked = rw.try_lock();
+                rw
             }
+            _ => file,
+        };
+        match locked {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(LockError::Busy {
+                    pid: read_holder(&path),
+                    lock: path,
+                })
+            }
+            Err(TryLockError::Error(error)) => return Err(LockError::Io { path, error }),
+        }
+        if !same_file(&file, &path) {
+            // The previous holder unlinked it between our open and our lock: try the new one.
+            continue;
+        }
+        // A second, short-lived descriptor: closing it does not release a `flock`, which
+        // belongs to the open file the first one holds.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{}", std::process::id()));
+        if let Err(e) = written {
+            // The lock holds without the pid; only the loser's message is poorer.
+            tracing::debug!(path = %path.display(), error = %e, "could not record the pid in the lock file");
+        }
+        return Ok(StateLock { path, file });
+    }
+    Err(LockError::Busy {
+        pid: read_holder(&path),
+        lock: path,
+    })
+}
+
+/// Takes the lock of a copy's state file; the error says which run holds it.
+pub fn lock(state: &Path) -> Result<StateLock, TransferError> {
+    lock_file(state).map_err(|e| match e {
+        LockError::Busy { pid, lock } => TransferError::State(format!(
+            "another copy of the same source and destination is running ({}, lock {}); wait \
+             for it to finish or stop it",
+            LockError::holder(pid),
+            lock.display()
+        )),
+        LockError::Io { path, error } => TransferError::State(format!(
+            "cannot create {}: {error}; choose a writable state directory",
+            path.display()
+        )),
+    })
+}
+
+/// The pid a holder wrote; it may be writing it right now, so look twice.
+fn read_holder(path: &Path) -> Option<u32> {
+    for _ in 0..3 {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            return Some(pid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    None
+}
+
+/// Whether `path` still names the open `file` (same device and inode).
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
         }
     }
-    release_key();
-    Err(busy())
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        true
+    }
 }
 
 impl Drop for StateLock {
     fn drop(&mut self) {
+        // Unlink first, unlock (close) second: see the type's docs.
         let _ = std::fs::remove_file(&self.path);
-        held_in_process()
-            .lock()
-            .expect("lock set")
-            .remove(&self.key);
+        let _ = self.file.unlock();
     }
 }
 
@@ -356,6 +497,7 @@ mod tests {
                 crc64: Some(u64::MAX - 1),
             },
             parts: vec![],
+            completing: None,
         }
     }
 
@@ -410,16 +552,179 @@ mod tests {
         let _l = lock(&state).unwrap();
     }
 
+    /// Rounds of [`the_lock_admits_one_process_at_a_time`], each racing `LOCKERS` processes
+    /// that take and drop the lock for `LOCK_RACE_MS`. The pid-file lock this replaced let two
+    /// holders in within the first 5 rounds in each of 3 runs (rounds 0, 0 and 4).
+    const LOCK_RACE_ROUNDS: usize = 10;
+    const LOCKERS: usize = 4;
+    const LOCK_RACE_MS: u64 = 300;
+
+    /// The child side of [`the_lock_admits_one_process_at_a_time`]; does nothing unless run as
+    /// such a child. Takes and drops the lock as often as it can; while holding it, it owns a
+    /// marker file created exclusively, so a second holder at the same time cannot go unseen.
+    #[test]
+    fn lock_race_child() {
+        let Some(state) = std::env::var_os("OSSRELAY_LOCK_RACE_STATE") else {
+            return;
+        };
+        let state = PathBuf::from(state);
+        let marker = state.with_extension("holder");
+        let end = std::time::Instant::now() + std::time::Duration::from_millis(LOCK_RACE_MS);
+        let mut held = 0u32;
+        while std::time::Instant::now() < end {
+            let Ok(l) = lock(&state) else {
+                continue;
+            };
+            let two = || -> ! {
+                eprintln!("TWO HOLDERS");
+                std::process::exit(3)
+            };
+            if std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&marker)
+                .is_err()
+            {
+                two();
+            }
+            held += 1;
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            // Gone already: another holder took it over (and removed it) meanwhile.
+            if std::fs::remove_file(&marker).is_err() {
+                two();
+            }
+            drop(l);
+        }
+        println!("HELD {held}");
+    }
+
+    #[test]
+    fn the_lock_admits_one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("copy-race.json");
+        let exe = std::env::current_exe().unwrap();
+        let mut total = 0u64;
+        for round in 0..LOCK_RACE_ROUNDS {
+            let children: Vec<_> = (0..LOCKERS)
+                .map(|_| {
+                    std::process::Command::new(&exe)
+                        .args([
+                            "--exact",
+                            "transfer::state::tests::lock_race_child",
+                            "--nocapture",
+                            "--test-threads=1",
+                        ])
+                        .env("OSSRELAY_LOCK_RACE_STATE", &state)
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::piped())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            for c in children {
+                let out = c.wait_with_output().unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    out.status.success(),
+                    "round {round}: two processes held the lock at once: {text} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                total += text
+                    .split("HELD ")
+                    .nth(1)
+                    .and_then(|n| n.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("round {round}: no count in {text:?}"));
+            }
+        }
+        // The race needs contention: many hand-overs per round, not one per process.
+        let floor = 2 * (LOCK_RACE_ROUNDS * LOCKERS) as u64;
+        assert!(total >= floor, "only {total} acquisitions");
+        eprintln!("{total} acquisitions in {LOCK_RACE_ROUNDS} rounds of {LOCKERS} processes");
+        assert!(
+            !state.with_extension("lock").exists(),
+            "lock file left behind"
+        );
+    }
+
+    #[test]
+    fn a_busy_lock_names_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("copy-x.json");
+        let _held = lock(&state).unwrap();
+        let err = lock(&state).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+    }
+
     #[test]
     fn damaged_file_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.json");
         std::fs::write(&path, b"{not json").unwrap();
         assert!(load(&path).unwrap().is_none());
+        assert!(matches!(
+            load_checked(&path).unwrap(),
+            Loaded::Damaged {
+                upload_id: None,
+                ..
+            }
+        ));
         assert_ne!(
             state_path(dir.path(), "a", "b"),
             state_path(dir.path(), "b", "a")
         );
+    }
+
+    #[test]
+    fn a_truncated_file_still_names_its_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("copy-x.json");
+        let mut s = sample();
+        s.upload_id = "0004B9894A22E5B1888A1E29F8236E2D".into();
+        for n in 1..=40 {
+            s.record(StatePart {
+                number: n,
+                size: 1 << 20,
+                crc64: n as u64,
+                etag: format!("E{n}"),
+            });
+        }
+        save(&path, &s).unwrap();
+        let full = std::fs::read(&path).unwrap();
+        for cut in [full.len() / 2, 200, full.len() - 1] {
+            std::fs::write(&path, &full[..cut]).unwrap();
+            match load_checked(&path).unwrap() {
+                Loaded::Damaged { upload_id, .. } => assert_eq!(
+                    upload_id.as_deref(),
+                    Some("0004B9894A22E5B1888A1E29F8236E2D"),
+                    "cut at {cut}"
+                ),
+                other => panic!("cut at {cut}: {other:?}"),
+            }
+        }
+        // Cut inside the id: nothing is salvaged rather than a wrong id.
+        let at = String::from_utf8_lossy(&full).find("0004B98").unwrap() + 4;
+        std::fs::write(&path, &full[..at]).unwrap();
+        assert!(matches!(
+            load_checked(&path).unwrap(),
+            Loaded::Damaged {
+                upload_id: None,
+                ..
+            }
+        ));
+        // Another version is not resumed, but its upload is named.
+        s.version = STATE_VERSION + 1;
+        std::fs::write(&path, serde_json::to_vec(&s).unwrap()).unwrap();
+        assert!(matches!(
+            load_checked(&path).unwrap(),
+            Loaded::Damaged {
+                upload_id: Some(_),
+                ..
+            }
+        ));
     }
 
     #[cfg(unix)]

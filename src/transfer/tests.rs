@@ -1012,3 +1012,174 @@ async fn hung_requests_time_out_and_are_retried() {
         assert_eq!(p.retries.load(Relaxed), 1, "{name}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Nothing lost: the state directory, the lock, a crash after Complete, damaged state.
+
+/// A copy that failed on its CompleteMultipartUpload (so that the state file is kept), whose
+/// upload is then completed behind the engine's back: the state a kill -9 between the
+/// service's Complete and the removal of the state file leaves.
+async fn completed_behind_our_back(e: &Env, o: &CopyOptions) -> std::path::PathBuf {
+    e.dst
+        .inject(FaultRule::new(Op::Complete, Fault::Error(ErrorClass::Client)).times(1));
+    let err = e.run(o.clone()).await.0.unwrap_err();
+    let TransferError::Resumable { state_file, .. } = err else {
+        panic!("expected a resumable failure, got {err}")
+    };
+    let st = state::load(&state_file).unwrap().expect("state kept");
+    let parts: Vec<(u32, String)> = st
+        .parts
+        .iter()
+        .map(|p| (p.number, p.etag.clone()))
+        .collect();
+    e.dst.complete("copy", &st.upload_id, &parts).await.unwrap();
+    assert_eq!(e.dst.open_uploads(), 0);
+    state_file
+}
+
+#[tokio::test]
+async fn a_rerun_after_a_completed_upload_sends_nothing() {
+    for with_record in [true, false] {
+        let e = env(6 * PART + 5);
+        let dir = tempfile::tempdir().unwrap();
+        let o = CopyOptions {
+            state_dir: Some(dir.path().to_path_buf()),
+            ..opts()
+        };
+        let path = completed_behind_our_back(&e, &o).await;
+        let mut st = state::load(&path).unwrap().unwrap();
+        assert!(st.completing.is_some(), "written before Complete");
+        if !with_record {
+            // A state file of the previous release: the recorded parts stand in.
+            st.completing = None;
+            state::save(&path, &st).unwrap();
+        }
+        e.dst.reset_part_uploads();
+        let (creates, gets) = (e.dst.calls(Op::CreateMultipart), e.src.calls(Op::Get));
+        let s = e.run(o.clone()).await.0.unwrap();
+        e.assert_copied(&s);
+        assert_eq!(s.resumed_bytes, s.bytes, "record {with_record}");
+        assert_eq!(s.parts, 7);
+        assert_eq!(e.dst.calls(Op::CreateMultipart), creates, "no new upload");
+        assert_eq!(e.src.calls(Op::Get), gets, "not a byte read again");
+        assert!((1..=7).all(|n| e.dst.part_uploads(n) == 0));
+        assert!(!path.exists(), "state removed");
+    }
+}
+
+#[tokio::test]
+async fn a_completed_upload_with_other_bytes_is_sent_again() {
+    let e = env(6 * PART + 5);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    completed_behind_our_back(&e, &o).await;
+    // Someone overwrote the destination since: same size, other bytes.
+    e.dst.insert("copy", data(6 * PART + 5, 99));
+    let s = e.run(o).await.0.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(s.resumed_bytes, 0);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_failing_state_dir_keeps_the_upload_and_the_last_saved_state() {
+    use std::os::unix::fs::PermissionsExt;
+    // Root ignores directory permissions: then nothing here can make a write fail.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        eprintln!("skipped: running as root (tests/nothing_lost.rs covers this on a tmpfs)");
+        return;
+    }
+    let e = env(12 * PART);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let (s, d) = e.locs();
+    let p = Progress::new();
+    let task = tokio::spawn(copy(s, d, o.clone(), p.clone(), CancellationToken::new()));
+    while p.parts_done.load(Relaxed) < 4 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
+    let err = task.await.unwrap().unwrap_err();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(matches!(err, TransferError::StateWrite { .. }), "{err}");
+    assert!(
+        err.to_string().contains("then rerun the same command"),
+        "{err}"
+    );
+    assert_eq!(e.dst.open_uploads(), 1, "the upload is kept");
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains(".tmp.")), "{names:?}");
+    let s = e.run(o).await.0.unwrap();
+    e.assert_copied(&s);
+    assert!(s.resumed_bytes >= PART, "resumed {}", s.resumed_bytes);
+}
+
+#[tokio::test]
+async fn a_single_put_waits_for_a_live_multipart_run_of_the_pair() {
+    let e = env(8 * PART);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 1,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let (s, d) = e.locs();
+    let p = Progress::new();
+    let first = tokio::spawn(copy(s, d, o.clone(), p.clone(), CancellationToken::new()));
+    while p.parts_done.load(Relaxed) < 1 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The whole object fits one part of this size: the single-PUT path.
+    let big = CopyOptions {
+        part_size: Some(16 * PART),
+        ..o.clone()
+    };
+    let err = e.run(big).await.0.unwrap_err();
+    assert!(err.to_string().contains("another copy"), "{err}");
+    assert_eq!(e.dst.calls(Op::Abort), 0, "the live upload was not aborted");
+    e.assert_copied(&first.await.unwrap().unwrap());
+}
+
+#[tokio::test]
+async fn a_damaged_state_file_aborts_the_upload_it_names() {
+    let e = env(10 * PART);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let err = interrupted(&e, o.clone(), 3).await;
+    let TransferError::Interrupted {
+        state_file: Some(path),
+    } = err
+    else {
+        panic!()
+    };
+    assert_eq!(e.dst.open_uploads(), 1);
+    let full = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &full[..full.len() / 2]).unwrap();
+    e.dst.clear_faults();
+    let s = e.run(o).await.0.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(
+        e.dst.calls(Op::Abort),
+        1,
+        "the damaged state's upload was aborted"
+    );
+    assert_eq!(e.dst.open_uploads(), 0, "nothing orphaned");
+}

@@ -153,6 +153,17 @@ fn plan_memory(opts: &CopyOptions) -> Plan {
     }
 }
 
+/// Checks, before anything is exported or read, that an unpack to a RAW of `raw_size` bytes
+/// fits `opts`' memory with the destination's `limits`; returns the part size it would use.
+/// (A RAW above ~1.86 TiB needs parts larger than the default budget can hold.)
+pub fn check_memory(
+    raw_size: u64,
+    opts: &CopyOptions,
+    limits: crate::store::Limits,
+) -> Result<u64, TransferError> {
+    plan_parts(raw_size, opts, &plan_memory(opts), limits)
+}
+
 /// Part size: the user's, else as large as lets ~4 parts sit in the RAW budget (≤ 64 MiB),
 /// raised if the RAW needs more than 10,000 parts.
 fn plan_parts(
@@ -1291,7 +1302,19 @@ async fn run_once(
     };
     let dst = match dst_slot.take().expect("destination") {
         UnpackTarget::Fixed(l) => l,
-        UnpackTarget::Named(f) => f(member.base_name()).map_err(TransferError::Plan)?,
+        UnpackTarget::Named(f) => {
+            let name = member.base_name();
+            // `dir/` + `..` would name the directory's parent (or the directory itself): the
+            // write could never be completed and would leave junk behind.
+            if matches!(name, "" | "." | "..") {
+                return Err(TransferError::Archive(format!(
+                    "the archive's member is named {:?}, which cannot name the destination \
+                     object; give the destination a full name instead of one ending in /",
+                    member.name
+                )));
+            }
+            f(name).map_err(TransferError::Plan)?
+        }
     };
     *dst_slot = Some(UnpackTarget::Fixed(dst.clone()));
     let ctx = Arc::new(Ctx {
@@ -1511,7 +1534,7 @@ async fn multipart(
         Some(p) => Some(state::lock(p)?),
         None => None,
     };
-    let (mut st, listed) = engine::open_upload(
+    let opened = engine::open_upload(
         ctx,
         engine::Upload {
             source: state_source(ctx),
@@ -1522,9 +1545,38 @@ async fn multipart(
             state_path: state_path.as_deref(),
             // The RAW's size is known only from the archive: one short part is a valid plan.
             single_part_ok: true,
+            object_crc64: None,
         },
     )
     .await?;
+    let (mut st, listed) = match opened {
+        engine::Opened::Upload(st, listed) => (st, listed),
+        engine::Opened::Finished(f) => {
+            // The archive's CRC-64 for the summary: recorded by the run that completed, or
+            // the source's own; without either, decoding again is the only honest answer.
+            if let Some(source_crc) = f.source_crc64.or(meta.crc64) {
+                engine::finished_progress(&ctx.progress, raw_size, f.parts);
+                let out = Outcome {
+                    crc64: f.crc64,
+                    parts: f.parts,
+                    part_size: f.part_size,
+                    resumed_bytes: raw_size,
+                };
+                let end = DecodeEnd {
+                    compressed_bytes: meta.size,
+                    compressed_crc: source_crc,
+                    raw_bytes: raw_size,
+                    gzip: GzipCheck::default(),
+                };
+                return Ok((out, end));
+            }
+            return Err(TransferError::Plan(format!(
+                "{} already holds the unpacked object, but the archive's CRC-64 is unknown; \
+                 rerun with --no-resume to unpack it again",
+                ctx.dst_desc
+            )));
+        }
+    };
     let part_size = st.part_size;
     if ctx.pipe.budget.limit() < part_size + ctx.opts.chunk_size as u64 {
         // A resumed plan with parts bigger than this run's memory would never fill a part.
@@ -1615,6 +1667,9 @@ async fn multipart(
             (d.number, d.etag.clone())
         })
         .collect();
+    if let Err(e) = keeper.completing(combined, Some(end.compressed_crc)).await {
+        return Err(fail(ctx, e, &upload_id, &mut keeper).await);
+    }
     let uploaded = match engine::complete(ctx, &upload_id, &list, raw_size, combined).await {
         Ok(u) => u,
         Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
