@@ -641,3 +641,137 @@ async fn two_jobs_share_the_global_memory_budget() {
     let buffered = sample(&m, "ossrelay_buffered_bytes", "").unwrap();
     assert!(buffered <= budget as f64, "{buffered}");
 }
+
+/// #18 item 6: a second job writing the same object is refused however its endpoint and
+/// region are spelled (on the old code every spelling below was accepted with 201, and both
+/// jobs "succeeded" over each other's upload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_destination_under_another_spelling_is_refused() {
+    let w = World::new(
+        |c| c.synthetic.push(synthetic("big.raw", 512 * MIB)),
+        |c| c.conn_rate = Some(2 * MIB),
+    )
+    .await;
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &["--max-jobs", "1"]).await;
+    // A long job holds the only slot: the jobs compared below stay queued (never run) while
+    // they are compared, whatever their endpoints.
+    let mut blocker = copy_job(&w, "big.raw", DISCARD_BUCKET, "blocker.raw");
+    blocker["part_size"] = json!("4MiB");
+    blocker["concurrency"] = json!(1);
+    let blocker = d.submit(&blocker).await["id"].as_str().unwrap().to_string();
+    d.wait_state(&blocker, "running", Duration::from_secs(30))
+        .await;
+
+    let ep = w.dst.endpoint();
+    let port = ep.rsplit(':').next().unwrap().to_string();
+    let job = |set: &[(&str, serde_json::Value)], unset: &[&str]| {
+        let mut b = copy_job(&w, "x.raw", DST_BUCKET, "x.raw");
+        for (k, v) in set {
+            b[*k] = v.clone();
+        }
+        for k in unset {
+            b.as_object_mut().unwrap().remove(*k);
+        }
+        b
+    };
+    let at = |e: &str| job(&[("dst_endpoint", json!(e))], &[]);
+    let hz = "https://oss-cn-hangzhou.aliyuncs.com";
+    // (what differs, first job, second job, second refused?)
+    let cases = vec![
+        ("trailing /", at(&ep), at(&format!("{ep}/")), true),
+        (
+            "localhost for 127.0.0.1",
+            at(&ep),
+            at(&format!("http://localhost:{port}")),
+            true,
+        ),
+        (
+            "case of scheme and host",
+            at(&ep),
+            at(&format!("HTTP://LocalHost:{port}")),
+            true,
+        ),
+        (
+            "explicit default port",
+            at("http://127.0.0.1:80"),
+            at("http://127.0.0.1"),
+            true,
+        ),
+        (
+            "explicit https port",
+            at(hz),
+            at(&format!("{hz}:443/")),
+            true,
+        ),
+        (
+            "explicit dst_region equal to the profile's",
+            job(&[], &["dst_region"]),
+            job(&[("dst_region", json!(DST_REGION))], &[]),
+            true,
+        ),
+        (
+            "explicit default dst_region",
+            job(&[], &["dst_region", "dst_profile"]),
+            job(&[("dst_region", json!(SRC_REGION))], &["dst_profile"]),
+            true,
+        ),
+        (
+            "internal endpoint for the public one",
+            job(
+                &[
+                    ("dst_region", json!(SRC_REGION)),
+                    ("dst_internal", json!(true)),
+                ],
+                &["dst_endpoint"],
+            ),
+            at(hz),
+            true,
+        ),
+        (
+            "a directory destination naming the same object",
+            at(&ep),
+            job(
+                &[("destination", json!(format!("oss://{DST_BUCKET}/")))],
+                &[],
+            ),
+            true,
+        ),
+        // Controls: another server, another object.
+        ("another port", at(&ep), at("http://127.0.0.1:1"), false),
+        (
+            "another key",
+            at(&ep),
+            job(
+                &[("destination", json!(format!("oss://{DST_BUCKET}/y.raw")))],
+                &[],
+            ),
+            false,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, first, second, refused) in cases {
+        let a = d.submit(&first).await["id"].as_str().unwrap().to_string();
+        let (s, v) = d.call("POST", "/v1/jobs", Some(&second.to_string())).await;
+        if refused {
+            if s != 409 || !v["error"]["message"].as_str().unwrap_or("").contains(&a) {
+                failures.push(format!("{what}: want 409 naming {a}, got {s} {v}"));
+            }
+        } else if s != 201 {
+            failures.push(format!("{what}: want 201, got {s} {v}"));
+        }
+        let mut ids = vec![a];
+        if s == 201 {
+            ids.push(v["id"].as_str().unwrap().to_string());
+        }
+        for id in ids {
+            let (s, v) = d.call("POST", &format!("/v1/jobs/{id}/cancel"), None).await;
+            assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(d.job(&blocker).await["state"], "running");
+    let (s, _) = d
+        .call("POST", &format!("/v1/jobs/{blocker}/cancel"), None)
+        .await;
+    assert_eq!(s, 200);
+}
