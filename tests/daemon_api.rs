@@ -775,3 +775,142 @@ async fn the_same_destination_under_another_spelling_is_refused() {
         .await;
     assert_eq!(s, 200);
 }
+
+/// Rounds of each command race: at 150 ms apart a race is won by whichever side happens to
+/// be faster, so one round proves little; 20 rounds made the old code fail most of them.
+const RACE_ROUNDS: usize = 20;
+
+/// #18 item 7: a resume sent 150 ms after a pause, while the pause is still taking effect
+/// (in-flight parts finishing), is honoured once the pause lands: the job ends running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_150ms_after_a_pause_ends_running() {
+    let w = World::new(
+        |c| c.synthetic.push(synthetic("big.raw", 4096 * MIB)),
+        |c| c.conn_rate = Some(4 * MIB),
+    )
+    .await;
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+    let mut body = copy_job(&w, "big.raw", DISCARD_BUCKET, "big.raw");
+    // Parts of 2 MiB at 4 MiB/s: a pause waits up to half a second for in-flight parts.
+    body["part_size"] = json!("2MiB");
+    body["concurrency"] = json!(2);
+    let id = d.submit(&body).await["id"].as_str().unwrap().to_string();
+    let mut lost = Vec::new();
+    for round in 0..RACE_ROUNDS {
+        let before = d
+            .wait_job(&id, Duration::from_secs(60), |j| {
+                j["state"] == "running" && j["stage"] == "transferring"
+            })
+            .await;
+        let pause_path = format!("/v1/jobs/{id}/pause");
+        let (pause, resume) = tokio::join!(d.call("POST", &pause_path, None), async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            d.call("POST", &format!("/v1/jobs/{id}/resume"), None).await
+        });
+        assert!(
+            pause.0 == 200 && [200, 202].contains(&resume.0),
+            "round {round}: pause {pause:?}, resume {resume:?}"
+        );
+        // Both answered: the pause has landed (or the resume says it is still pending).
+        let j = d.job(&id).await;
+        if j["state"] == "paused" {
+            lost.push(round);
+            let (s, v) = d.call("POST", &format!("/v1/jobs/{id}/resume"), None).await;
+            assert_eq!(s, 200, "{v}");
+        } else {
+            assert!(
+                ["queued", "running"].contains(&j["state"].as_str().unwrap()),
+                "round {round}: {j}"
+            );
+        }
+        let after = d
+            .wait_job(&id, Duration::from_secs(60), |j| j["state"] == "running")
+            .await;
+        assert!(
+            after["runs"].as_u64() > before["runs"].as_u64(),
+            "round {round}: the pause never stopped the job: {after}"
+        );
+    }
+    assert!(
+        lost.is_empty(),
+        "the resume was lost (job ended paused) in {} of {RACE_ROUNDS} rounds: {lost:?}",
+        lost.len()
+    );
+    let (s, v) = d.call("POST", &format!("/v1/jobs/{id}/cancel"), None).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
+    assert_eq!(w.dst.stats()["open_uploads"], 0);
+}
+
+/// #18 item 7: cancel is sticky. A pause 150 ms after a cancel, and a resume 50 ms after
+/// that, are refused with 409 and the job's state; the job ends cancelled, its upload aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_or_resume_after_a_cancel_is_refused_and_the_job_ends_cancelled() {
+    let w = World::new(
+        |c| c.synthetic.push(synthetic("big.raw", 1024 * MIB)),
+        |c| c.conn_rate = Some(4 * MIB),
+    )
+    .await;
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+    let mut body = copy_job(&w, "big.raw", DISCARD_BUCKET, "big.raw");
+    body["part_size"] = json!("2MiB");
+    body["concurrency"] = json!(2);
+    let mut failures = Vec::new();
+    for round in 0..RACE_ROUNDS {
+        let id = d.submit(&body).await["id"].as_str().unwrap().to_string();
+        // An acknowledged part: the multipart upload exists and must be aborted.
+        d.wait_job(&id, Duration::from_secs(60), |j| {
+            j["state"] == "running" && j["bytes_done"].as_u64().unwrap() > 0
+        })
+        .await;
+        let path = |cmd: &str| format!("/v1/jobs/{id}/{cmd}");
+        let cancel_path = path("cancel");
+        let (cancel, pause, resume) = tokio::join!(
+            d.call("POST", &cancel_path, None),
+            async {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                d.call("POST", &path("pause"), None).await
+            },
+            async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                d.call("POST", &path("resume"), None).await
+            }
+        );
+        let mut problems = Vec::new();
+        if (cancel.0, cancel.1["state"].as_str()) != (200, Some("cancelled")) {
+            problems.push(format!("cancel answered {cancel:?}"));
+        }
+        for (cmd, (s, v)) in [("pause", &pause), ("resume", &resume)] {
+            if *s != 409 {
+                problems.push(format!("{cmd} answered {s} {v}"));
+                continue;
+            }
+            let state = v["error"]["state"].as_str().unwrap_or("");
+            let told =
+                state == "cancelled" || (state == "running" && v["error"]["stage"] == "cancelling");
+            if !told {
+                problems.push(format!("{cmd}'s 409 does not carry the job's state: {v}"));
+            }
+        }
+        // Old code: the job ended paused (or was started again) with its upload kept.
+        let j = d
+            .wait_job(&id, Duration::from_secs(30), |j| j["state"] != "running")
+            .await;
+        if j["state"] != "cancelled" {
+            problems.push(format!("ended {}", j["state"]));
+            let _ = d.call("POST", &path("cancel"), None).await;
+        }
+        if w.dst.stats()["open_uploads"] != 0 {
+            problems.push("the upload was not aborted".into());
+            let _ = d.call("POST", &path("cancel"), None).await;
+        }
+        if !problems.is_empty() {
+            failures.push(format!("round {round}: {}", problems.join("; ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {RACE_ROUNDS} rounds lost the cancel:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -59,6 +59,15 @@ fn job_error(e: JobError) -> Resp {
             None,
         ),
         JobError::Conflict(m) => error(StatusCode::CONFLICT, "conflict", m, None),
+        JobError::WrongState {
+            message,
+            state,
+            stage,
+        } => json_response(
+            StatusCode::CONFLICT,
+            &json!({"error": {"code": "conflict", "message": message,
+                "state": state.as_str(), "stage": stage}}),
+        ),
         e @ JobError::TooMany(_) => error(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_jobs",
@@ -289,7 +298,9 @@ async fn route(st: &ApiState, req: Request<Incoming>, method: &Method, path: &st
             Ok(j) => json_response(StatusCode::OK, &job_json(&j)),
             Err(e) => job_error(e),
         },
-        (&Method::POST, [id, "resume"]) => match st.scheduler.resume(id) {
+        (&Method::POST, [id, "resume"]) => match st.scheduler.resume(id).await {
+            // Still stopping from a pause: the resume is recorded and happens once it lands.
+            Ok(j) if j.stage == "resuming" => json_response(StatusCode::ACCEPTED, &job_json(&j)),
             Ok(j) => json_response(StatusCode::OK, &job_json(&j)),
             Err(e) => job_error(e),
         },
