@@ -914,3 +914,49 @@ async fn a_pause_or_resume_after_a_cancel_is_refused_and_the_job_ends_cancelled(
         failures.join("\n")
     );
 }
+
+/// #18 item 7: a request that announces a body and never sends it is answered 408 (and the
+/// connection closed) after the daemon's body timeout, 10 s; the old daemon held it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::new(|_| {}, |_| {}).await;
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+    let stall = |path: &'static str| {
+        let addr = d.addr.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"kind\":"
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            let t0 = std::time::Instant::now();
+            let mut buf = Vec::new();
+            // The connection stays open on our side: only the daemon can end this read.
+            let r = tokio::time::timeout(Duration::from_secs(25), s.read_to_end(&mut buf)).await;
+            (
+                r.is_ok(),
+                t0.elapsed(),
+                String::from_utf8_lossy(&buf).into_owned(),
+            )
+        }
+    };
+    let (submit, cancel) = tokio::join!(
+        stall("/v1/jobs"),
+        stall("/v1/jobs/j-0123456789abcdef/cancel")
+    );
+    for (what, (closed, took, text)) in [("submit", submit), ("cancel", cancel)] {
+        assert!(
+            closed,
+            "{what}: the daemon held the connection for {took:?}: {text:?}"
+        );
+        assert!(
+            took >= Duration::from_secs(9) && took <= Duration::from_secs(15),
+            "{what}: cut after {took:?}"
+        );
+        assert!(text.starts_with("HTTP/1.1 408"), "{what}: {text:?}");
+        assert!(text.contains("request_timeout"), "{what}: {text:?}");
+    }
+    let (s, _) = d.call("GET", "/healthz", None).await;
+    assert_eq!(s, 200, "the daemon still serves");
+}
