@@ -827,7 +827,7 @@ impl Scheduler {
         enum Then {
             WaitRun(u32),
             WaitCancelled,
-            Abort(JobSpec),
+            Abort(Box<JobSpec>),
         }
         let then = {
             let mut g = self.lock();
@@ -850,7 +850,7 @@ impl Scheduler {
                 _ => {
                     e.cancelling = true;
                     e.job.stage = "cancelling".into();
-                    let spec = e.job.spec.clone();
+                    let spec = Box::new(e.job.spec.clone());
                     g.queue.retain(|q| q != id);
                     Then::Abort(spec)
                 }
