@@ -960,3 +960,74 @@ async fn a_body_that_never_arrives_is_cut_off_with_408() {
     let (s, _) = d.call("GET", "/healthz", None).await;
     assert_eq!(s, 200, "the daemon still serves");
 }
+
+/// #18 item 7: cancel is sticky for a paused job too. Its cancel aborts the upload (slow here:
+/// every response of the destination takes 300 ms); a resume arriving meanwhile is refused
+/// with 409 and the state, instead of starting the job on the upload being aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_while_a_paused_job_is_being_cancelled_is_refused() {
+    let w = World::new(
+        |c| c.synthetic.push(synthetic("big.raw", 1024 * MIB)),
+        |c| {
+            c.conn_rate = Some(4 * MIB);
+            c.latency = Duration::from_millis(300);
+        },
+    )
+    .await;
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+    let mut body = copy_job(&w, "big.raw", DISCARD_BUCKET, "big.raw");
+    body["part_size"] = json!("1MiB");
+    body["concurrency"] = json!(2);
+    let mut failures = Vec::new();
+    for round in 0..RACE_ROUNDS {
+        let id = d.submit(&body).await["id"].as_str().unwrap().to_string();
+        d.wait_job(&id, Duration::from_secs(60), |j| {
+            j["state"] == "running" && j["bytes_done"].as_u64().unwrap() > 0
+        })
+        .await;
+        let path = |cmd: &str| format!("/v1/jobs/{id}/{cmd}");
+        let (s, v) = d.call("POST", &path("pause"), None).await;
+        assert_eq!((s, v["state"].as_str()), (200, Some("paused")), "{v}");
+        let cancel_path = path("cancel");
+        let (cancel, resume) = tokio::join!(d.call("POST", &cancel_path, None), async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            d.call("POST", &path("resume"), None).await
+        });
+        let mut problems = Vec::new();
+        if (cancel.0, cancel.1["state"].as_str()) != (200, Some("cancelled")) {
+            problems.push(format!(
+                "cancel answered {} {}",
+                cancel.0, cancel.1["state"]
+            ));
+        }
+        let told =
+            ["paused", "cancelled"].contains(&resume.1["error"]["state"].as_str().unwrap_or(""));
+        if resume.0 != 409 || !told {
+            problems.push(format!("resume answered {} {}", resume.0, resume.1));
+        }
+        // The old daemon started the job again on the upload being aborted.
+        let j = d
+            .wait_job(&id, Duration::from_secs(30), |j| {
+                !["running", "queued"].contains(&j["state"].as_str().unwrap())
+            })
+            .await;
+        if j["state"] != "cancelled" {
+            problems.push(format!("ended {}", j["state"]));
+        }
+        if w.dst.stats()["open_uploads"] != 0 {
+            problems.push("an upload was left open".into());
+        }
+        if !problems.is_empty() {
+            failures.push(format!("round {round}: {}", problems.join("; ")));
+            if j["state"] != "cancelled" {
+                let _ = d.call("POST", &path("cancel"), None).await;
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {RACE_ROUNDS} rounds lost the cancel:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
