@@ -133,11 +133,33 @@ impl Entry {
         if let Some(live) = &self.live {
             fill_live(&mut job, live);
         }
-        JobError::WrongState {
-            message: format!("job {} {why} and cannot be {command}", job.id),
-            state: job.state,
-            stage: job.stage,
-        }
+        wrong_state(job, command, why)
+    }
+}
+
+/// `job` cannot be `command`ed because it `why` (e.g. "is being cancelled"); the message ends
+/// with what the user can do instead.
+fn wrong_state(job: Job, command: &str, why: &str) -> JobError {
+    let next = match job.state {
+        JobState::Failed => "resume it to retry, or delete it",
+        JobState::Succeeded | JobState::Cancelled => "submit a new job to run it again",
+        _ => "it will end cancelled; submit a new job once it has",
+    };
+    JobError::WrongState {
+        message: format!("job {} {why}, so it cannot be {command}: {next}", job.id),
+        state: job.state,
+        stage: job.stage,
+    }
+}
+
+impl Entry {
+    /// Whether a cancel has been accepted and not yet recorded.
+    fn being_cancelled(&self) -> bool {
+        self.cancelling
+            || self
+                .live
+                .as_ref()
+                .is_some_and(|l| matches!(l.intent, Intent::Cancel { .. }))
     }
 }
 
@@ -714,7 +736,8 @@ impl Scheduler {
                 .find(|e| !e.job.state.is_finished() && e.job.spec.same_target(&spec))
             {
                 return Err(JobError::Conflict(format!(
-                    "job {} ({}) already writes this destination",
+                    "job {} ({}) already writes this destination: cancel it, or wait until it \
+                     has finished",
                     other.job.id,
                     other.job.state.as_str()
                 )));
@@ -891,14 +914,8 @@ impl Scheduler {
         }
         let job = self.get(id).ok_or_else(|| JobError::NotFound(id.into()))?;
         if job.state.is_finished() && job.state != JobState::Cancelled {
-            return Err(JobError::WrongState {
-                message: format!(
-                    "job {id} {} before the cancel could stop it",
-                    job.state.as_str()
-                ),
-                state: job.state,
-                stage: job.stage,
-            });
+            let why = format!("{} before the cancel could stop it", job.state.as_str());
+            return Err(wrong_state(job, "cancelled", &why));
         }
         Ok(job)
     }
@@ -912,14 +929,11 @@ impl Scheduler {
                 .jobs
                 .get_mut(id)
                 .ok_or_else(|| JobError::NotFound(id.into()))?;
-            if e.cancelling {
+            if e.being_cancelled() {
                 return Err(e.refuse("paused", "is being cancelled"));
             }
             match e.job.state {
                 JobState::Running => match &mut e.live {
-                    Some(live) if matches!(live.intent, Intent::Cancel { .. }) => {
-                        return Err(e.refuse("paused", "is being cancelled"))
-                    }
                     Some(live) => {
                         // Also replaces a resume still waiting for an earlier pause to land:
                         // the last of pause and resume wins.
@@ -948,14 +962,8 @@ impl Scheduler {
         let job = self.get(id).ok_or_else(|| JobError::NotFound(id.into()))?;
         if job.state.is_finished() {
             // It succeeded or failed before it could stop, or a cancel overtook the pause.
-            return Err(JobError::WrongState {
-                message: format!(
-                    "job {id} {} before the pause took effect and cannot be paused",
-                    job.state.as_str()
-                ),
-                state: job.state,
-                stage: job.stage,
-            });
+            let why = format!("{} before the pause took effect", job.state.as_str());
+            return Err(wrong_state(job, "paused", &why));
         }
         Ok(job)
     }
@@ -971,7 +979,7 @@ impl Scheduler {
                 .jobs
                 .get_mut(id)
                 .ok_or_else(|| JobError::NotFound(id.into()))?;
-            if e.cancelling {
+            if e.being_cancelled() {
                 return Err(e.refuse("resumed", "is being cancelled"));
             }
             match e.job.state {
@@ -987,9 +995,6 @@ impl Scheduler {
                     return Ok(job);
                 }
                 JobState::Running => match &mut e.live {
-                    Some(live) if matches!(live.intent, Intent::Cancel { .. }) => {
-                        return Err(e.refuse("resumed", "is being cancelled"))
-                    }
                     Some(live) if matches!(live.intent, Intent::Pause | Intent::Restart) => {
                         live.intent = Intent::Restart;
                         e.job.runs
@@ -1005,14 +1010,8 @@ impl Scheduler {
         let job = self.get(id).ok_or_else(|| JobError::NotFound(id.into()))?;
         if job.state.is_finished() {
             // It succeeded or failed while stopping, or a cancel overtook the resume.
-            return Err(JobError::WrongState {
-                message: format!(
-                    "job {id} {} while its pause was taking effect and cannot be resumed",
-                    job.state.as_str()
-                ),
-                state: job.state,
-                stage: job.stage,
-            });
+            let why = format!("{} while its pause was taking effect", job.state.as_str());
+            return Err(wrong_state(job, "resumed", &why));
         }
         Ok(job)
     }
