@@ -6,7 +6,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::credentials::{self, CredentialsError};
-use crate::oss::{EndpointSpec, OssBucket, OssClient, OssConfig};
+use crate::oss::endpoint::{normalize_region, region_from_endpoint_host};
+use crate::oss::{Endpoint, EndpointSpec, OssBucket, OssClient, OssConfig};
 use crate::store::local::LocalFile;
 use crate::transfer::Location;
 
@@ -197,6 +198,125 @@ pub fn resolve(
     }
 }
 
+/// The storage service one side of a transfer reaches, reduced to what decides which objects
+/// it holds: two sides with equal `Service`s see the same buckets.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// An Alibaba Cloud OSS region: its public and `-internal` endpoints, over HTTP or HTTPS,
+    /// on any port, serve the same buckets.
+    Alibaba { region: String },
+    /// Any other endpoint (a simulator, a proxy, a private deployment): scheme, host, port
+    /// (the scheme's default when the URL has none) and the region requests are signed for.
+    Other {
+        scheme: &'static str,
+        /// Lowercase, without a trailing `.`; every name of this machine's loopback
+        /// interface (`localhost`, `127.0.0.1`, `[::1]`, ...) is spelled `loopback`.
+        host: String,
+        port: u16,
+        region: String,
+    },
+}
+
+/// Which object a resolved URL names, in a form where two spellings of one object compare
+/// equal (see [`same_object`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ObjectId {
+    Oss {
+        service: Service,
+        bucket: String,
+        key: String,
+    },
+    /// A local file: its canonical path when it exists, else the path as given.
+    Local(PathBuf),
+}
+
+/// The region a side signs for: the flag, else the profile's `region_id`, else the default,
+/// exactly as [`oss_client`] picks it; normalised (`oss-` prefix and case dropped).
+fn effective_region(
+    side: &SideOptions,
+    env: &credentials::EnvLookup,
+) -> Result<String, LocateError> {
+    let region = side
+        .region
+        .clone()
+        .or_else(|| credentials::profile::profile_region(side.profile.as_deref(), env))
+        .unwrap_or_else(|| DEFAULT_REGION.to_string());
+    normalize_region(&region.to_ascii_lowercase()).map_err(|e| LocateError::Invalid(e.to_string()))
+}
+
+/// The service a side reaches (no credentials are resolved, nothing is sent).
+pub fn service(side: &SideOptions) -> Result<Service, LocateError> {
+    service_in(side, &credentials::EnvLookup::process())
+}
+
+/// [`service`] with an explicit environment (where the profile file is found).
+fn service_in(side: &SideOptions, env: &credentials::EnvLookup) -> Result<Service, LocateError> {
+    let region = effective_region(side, env)?;
+    let spec = match &side.endpoint {
+        Some(url) => EndpointSpec::Url(url.clone()),
+        None => EndpointSpec::Region {
+            region: region.clone(),
+            internal: side.internal,
+        },
+    };
+    let ep = Endpoint::resolve(&spec, false).map_err(|e| LocateError::Invalid(e.to_string()))?;
+    let host = ep.host.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(region) = region_from_endpoint_host(&host) {
+        return Ok(Service::Alibaba { region });
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare == "localhost"
+        || match bare.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(v4)) => v4.is_loopback(),
+            Ok(std::net::IpAddr::V6(v6)) => {
+                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+            Err(_) => false,
+        };
+    Ok(Service::Other {
+        scheme: ep.scheme.as_str(),
+        host: if loopback { "loopback".into() } else { host },
+        port: ep.port.unwrap_or_else(|| ep.scheme.default_port()),
+        region,
+    })
+}
+
+/// The identity of the object `url` names through `side`. `url` must name an object (a
+/// destination ending in `/` gets its file name filled in by the caller first).
+pub fn object_id(url: &ObjectUrl, side: &SideOptions) -> Result<ObjectId, LocateError> {
+    match url {
+        ObjectUrl::Oss { bucket, key } => Ok(ObjectId::Oss {
+            service: service(side)?,
+            bucket: bucket.clone(),
+            key: key.clone(),
+        }),
+        ObjectUrl::Local(p) => Ok(ObjectId::Local(
+            std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()),
+        )),
+    }
+}
+
+/// Whether `a` (reached through `a_side`) and `b` (through `b_side`) are the same object,
+/// however their endpoints are spelled: a trailing `/`, the case of scheme and host, an
+/// explicit default port, `localhost` for `127.0.0.1`, an explicit region equal to the
+/// profile's or the default one, the internal endpoint for the public one. The CLI's
+/// same-object guard and the daemon's conflict check both ask this, so they cannot disagree.
+///
+/// Loopback names count as one host even though a server may listen on only one of them: a
+/// false match is a refusal the user can read, a missed one let two writers overwrite each
+/// other's object. A side that cannot be resolved reaches no object, so it matches nothing.
+pub fn same_object(
+    a: &ObjectUrl,
+    a_side: &SideOptions,
+    b: &ObjectUrl,
+    b_side: &SideOptions,
+) -> bool {
+    match (object_id(a, a_side), object_id(b, b_side)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
 /// The last path segment of a location (for naming a destination after its source).
 pub fn base_name(url: &ObjectUrl) -> Option<String> {
     match url {
@@ -258,5 +378,159 @@ mod tests {
         assert_eq!(base_name(&u).as_deref(), Some("y.raw.tar.gz"));
         let u: ObjectUrl = "oss://abc/x/".parse().unwrap();
         assert_eq!(base_name(&u), None);
+    }
+
+    fn side(endpoint: Option<&str>, region: Option<&str>) -> SideOptions {
+        SideOptions {
+            endpoint: endpoint.map(str::to_string),
+            region: region.map(str::to_string),
+            ..SideOptions::default()
+        }
+    }
+
+    fn no_profiles() -> credentials::EnvLookup {
+        credentials::EnvLookup::from_map([("ALIBABA_CLOUD_CLI_PROFILE_DISABLED", "true")])
+    }
+
+    #[test]
+    fn spellings_of_one_endpoint_are_one_service() {
+        let env = no_profiles();
+        let key = |e: Option<&str>, r: Option<&str>| service_in(&side(e, r), &env).unwrap();
+        let sim = key(Some("http://127.0.0.1:40123"), Some("eu-central-1"));
+        for same in [
+            "http://127.0.0.1:40123/",
+            "http://localhost:40123",
+            "HTTP://LOCALHOST:40123/",
+            "http://[::1]:40123",
+            "http://localhost.:40123",
+        ] {
+            assert_eq!(key(Some(same), Some("eu-central-1")), sim, "{same}");
+        }
+        assert_eq!(
+            key(Some("http://127.0.0.1:40123"), Some("OSS-EU-CENTRAL-1")),
+            sim
+        );
+        for other in [
+            "http://127.0.0.1:40124",
+            "https://127.0.0.1:40123",
+            "http://10.0.0.1:40123",
+        ] {
+            assert_ne!(key(Some(other), Some("eu-central-1")), sim, "{other}");
+        }
+        assert_ne!(
+            key(Some("http://127.0.0.1:40123"), Some("cn-hangzhou")),
+            sim
+        );
+        // The scheme's default port.
+        assert_eq!(
+            key(Some("http://127.0.0.1"), None),
+            key(Some("http://localhost:80/"), None)
+        );
+        assert_eq!(
+            key(Some("https://oss.example.com"), None),
+            key(Some("https://OSS.example.com:443"), None)
+        );
+        // An explicit default region is the default region.
+        assert_eq!(
+            key(Some("http://127.0.0.1:9"), None),
+            key(Some("http://127.0.0.1:9"), Some(DEFAULT_REGION))
+        );
+        // Alibaba Cloud: a region's public and internal endpoints, however reached.
+        let hz = key(None, Some("cn-hangzhou"));
+        assert_eq!(
+            hz,
+            Service::Alibaba {
+                region: "cn-hangzhou".into()
+            }
+        );
+        assert_eq!(key(None, None), hz);
+        for same in [
+            "https://oss-cn-hangzhou.aliyuncs.com/",
+            "oss-cn-hangzhou.aliyuncs.com",
+            "http://OSS-CN-HANGZHOU.aliyuncs.com:80",
+            "https://oss-cn-hangzhou-internal.aliyuncs.com",
+        ] {
+            assert_eq!(key(Some(same), None), hz, "{same}");
+        }
+        let internal = SideOptions {
+            internal: true,
+            ..side(None, Some("oss-cn-hangzhou"))
+        };
+        assert_eq!(service_in(&internal, &env).unwrap(), hz);
+        assert_ne!(key(None, Some("cn-beijing")), hz);
+        assert!(service_in(&side(Some("ftp://x"), None), &env).is_err());
+    }
+
+    #[test]
+    fn the_profiles_region_counts_when_no_region_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"current":"a","profiles":[{"name":"a","mode":"AK","access_key_id":"x",
+               "access_key_secret":"y","region_id":"eu-central-1"}]}"#,
+        )
+        .unwrap();
+        let env = credentials::EnvLookup::from_map([(
+            "ALIBABA_CLOUD_CONFIG_FILE",
+            path.to_str().unwrap(),
+        )]);
+        let ep = Some("http://127.0.0.1:9");
+        let by_profile = SideOptions {
+            profile: Some("a".into()),
+            ..side(ep, None)
+        };
+        assert_eq!(
+            service_in(&by_profile, &env).unwrap(),
+            service_in(&side(ep, Some("eu-central-1")), &env).unwrap()
+        );
+        assert_eq!(
+            service_in(&side(ep, None), &env).unwrap(),
+            service_in(&side(ep, Some("eu-central-1")), &env).unwrap(),
+            "the current profile's region"
+        );
+    }
+
+    #[test]
+    fn same_object_needs_the_same_bucket_and_key() {
+        let u = |s: &str| s.parse::<ObjectUrl>().unwrap();
+        let a = side(Some("http://127.0.0.1:9"), Some("cn-hangzhou"));
+        let b = side(Some("http://localhost:9/"), Some("cn-hangzhou"));
+        assert!(same_object(
+            &u("oss://bkt/x.raw"),
+            &a,
+            &u("oss://bkt/x.raw"),
+            &b
+        ));
+        assert!(!same_object(
+            &u("oss://bkt/x.raw"),
+            &a,
+            &u("oss://bkt/X.raw"),
+            &b
+        ));
+        assert!(!same_object(
+            &u("oss://bkt/x.raw"),
+            &a,
+            &u("oss://other/x.raw"),
+            &b
+        ));
+        let bad = side(Some("ftp://x"), None);
+        assert!(!same_object(
+            &u("oss://bkt/x.raw"),
+            &bad,
+            &u("oss://bkt/x.raw"),
+            &bad
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f.raw");
+        std::fs::write(&f, b"x").unwrap();
+        let dotted = ObjectUrl::Local(dir.path().join(".").join("f.raw"));
+        let none = SideOptions::default();
+        assert!(same_object(
+            &ObjectUrl::Local(f.clone()),
+            &none,
+            &dotted,
+            &none
+        ));
     }
 }

@@ -641,3 +641,393 @@ async fn two_jobs_share_the_global_memory_budget() {
     let buffered = sample(&m, "ossrelay_buffered_bytes", "").unwrap();
     assert!(buffered <= budget as f64, "{buffered}");
 }
+
+/// #18 item 6: a second job writing the same object is refused however its endpoint and
+/// region are spelled (on the old code every spelling below was accepted with 201, and both
+/// jobs "succeeded" over each other's upload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_destination_under_another_spelling_is_refused() {
+    let w = World::new(
+        |c| c.synthetic.push(synthetic("big.raw", 512 * MIB)),
+        |c| c.conn_rate = Some(2 * MIB),
+    )
+    .await;
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &["--max-jobs", "1"]).await;
+    // A long job holds the only slot: the jobs compared below stay queued (never run) while
+    // they are compared, whatever their endpoints.
+    let mut blocker = copy_job(&w, "big.raw", DISCARD_BUCKET, "blocker.raw");
+    blocker["part_size"] = json!("4MiB");
+    blocker["concurrency"] = json!(1);
+    let blocker = d.submit(&blocker).await["id"].as_str().unwrap().to_string();
+    d.wait_state(&blocker, "running", Duration::from_secs(30))
+        .await;
+
+    let ep = w.dst.endpoint();
+    let port = ep.rsplit(':').next().unwrap().to_string();
+    let job = |set: &[(&str, serde_json::Value)], unset: &[&str]| {
+        let mut b = copy_job(&w, "x.raw", DST_BUCKET, "x.raw");
+        for (k, v) in set {
+            b[*k] = v.clone();
+        }
+        for k in unset {
+            b.as_object_mut().unwrap().remove(*k);
+        }
+        b
+    };
+    let at = |e: &str| job(&[("dst_endpoint", json!(e))], &[]);
+    let hz = "https://oss-cn-hangzhou.aliyuncs.com";
+    // (what differs, first job, second job, second refused?)
+    let cases = vec![
+        ("trailing /", at(&ep), at(&format!("{ep}/")), true),
+        (
+            "localhost for 127.0.0.1",
+            at(&ep),
+            at(&format!("http://localhost:{port}")),
+            true,
+        ),
+        (
+            "case of scheme and host",
+            at(&ep),
+            at(&format!("HTTP://LocalHost:{port}")),
+            true,
+        ),
+        (
+            "explicit default port",
+            at("http://127.0.0.1:80"),
+            at("http://127.0.0.1"),
+            true,
+        ),
+        (
+            "explicit https port",
+            at(hz),
+            at(&format!("{hz}:443/")),
+            true,
+        ),
+        (
+            "explicit dst_region equal to the profile's",
+            job(&[], &["dst_region"]),
+            job(&[("dst_region", json!(DST_REGION))], &[]),
+            true,
+        ),
+        (
+            "explicit default dst_region",
+            job(&[], &["dst_region", "dst_profile"]),
+            job(&[("dst_region", json!(SRC_REGION))], &["dst_profile"]),
+            true,
+        ),
+        (
+            "internal endpoint for the public one",
+            job(
+                &[
+                    ("dst_region", json!(SRC_REGION)),
+                    ("dst_internal", json!(true)),
+                ],
+                &["dst_endpoint"],
+            ),
+            at(hz),
+            true,
+        ),
+        (
+            "a directory destination naming the same object",
+            at(&ep),
+            job(
+                &[("destination", json!(format!("oss://{DST_BUCKET}/")))],
+                &[],
+            ),
+            true,
+        ),
+        // Controls: another server, another object.
+        ("another port", at(&ep), at("http://127.0.0.1:1"), false),
+        (
+            "another key",
+            at(&ep),
+            job(
+                &[("destination", json!(format!("oss://{DST_BUCKET}/y.raw")))],
+                &[],
+            ),
+            false,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, first, second, refused) in cases {
+        let a = d.submit(&first).await["id"].as_str().unwrap().to_string();
+        let (s, v) = d.call("POST", "/v1/jobs", Some(&second.to_string())).await;
+        if refused {
+            if s != 409 || !v["error"]["message"].as_str().unwrap_or("").contains(&a) {
+                failures.push(format!("{what}: want 409 naming {a}, got {s} {v}"));
+            }
+        } else if s != 201 {
+            failures.push(format!("{what}: want 201, got {s} {v}"));
+        }
+        let mut ids = vec![a];
+        if s == 201 {
+            ids.push(v["id"].as_str().unwrap().to_string());
+        }
+        for id in ids {
+            let (s, v) = d.call("POST", &format!("/v1/jobs/{id}/cancel"), None).await;
+            assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(d.job(&blocker).await["state"], "running");
+    let (s, _) = d
+        .call("POST", &format!("/v1/jobs/{blocker}/cancel"), None)
+        .await;
+    assert_eq!(s, 200);
+}
+
+/// Rounds of each command race: at 150 ms apart a race is won by whichever side happens to
+/// be faster, so one round proves little; 20 rounds made the old code fail most of them.
+const RACE_ROUNDS: usize = 20;
+
+/// #18 item 7: a resume sent 150 ms after a pause, while the pause is still taking effect
+/// (in-flight parts finishing), is honoured once the pause lands: the job ends running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_150ms_after_a_pause_ends_running() {
+    let w = World::new(
+        |c| c.synthetic.push(synthetic("big.raw", 4096 * MIB)),
+        |c| c.conn_rate = Some(4 * MIB),
+    )
+    .await;
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+    let mut body = copy_job(&w, "big.raw", DISCARD_BUCKET, "big.raw");
+    // Parts of 2 MiB at 4 MiB/s: a pause waits up to half a second for in-flight parts.
+    body["part_size"] = json!("2MiB");
+    body["concurrency"] = json!(2);
+    let id = d.submit(&body).await["id"].as_str().unwrap().to_string();
+    let mut lost = Vec::new();
+    for round in 0..RACE_ROUNDS {
+        let before = d
+            .wait_job(&id, Duration::from_secs(60), |j| {
+                j["state"] == "running" && j["stage"] == "transferring"
+            })
+            .await;
+        let pause_path = format!("/v1/jobs/{id}/pause");
+        let (pause, resume) = tokio::join!(d.call("POST", &pause_path, None), async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            d.call("POST", &format!("/v1/jobs/{id}/resume"), None).await
+        });
+        assert!(
+            pause.0 == 200 && [200, 202].contains(&resume.0),
+            "round {round}: pause {pause:?}, resume {resume:?}"
+        );
+        // Both answered: the pause has landed (or the resume says it is still pending).
+        let j = d.job(&id).await;
+        if j["state"] == "paused" {
+            lost.push(round);
+            let (s, v) = d.call("POST", &format!("/v1/jobs/{id}/resume"), None).await;
+            assert_eq!(s, 200, "{v}");
+        } else {
+            assert!(
+                ["queued", "running"].contains(&j["state"].as_str().unwrap()),
+                "round {round}: {j}"
+            );
+        }
+        let after = d
+            .wait_job(&id, Duration::from_secs(60), |j| j["state"] == "running")
+            .await;
+        assert!(
+            after["runs"].as_u64() > before["runs"].as_u64(),
+            "round {round}: the pause never stopped the job: {after}"
+        );
+    }
+    assert!(
+        lost.is_empty(),
+        "the resume was lost (job ended paused) in {} of {RACE_ROUNDS} rounds: {lost:?}",
+        lost.len()
+    );
+    let (s, v) = d.call("POST", &format!("/v1/jobs/{id}/cancel"), None).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
+    assert_eq!(w.dst.stats()["open_uploads"], 0);
+}
+
+/// #18 item 7: cancel is sticky. A pause 150 ms after a cancel, and a resume 50 ms after
+/// that, are refused with 409 and the job's state; the job ends cancelled, its upload aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_or_resume_after_a_cancel_is_refused_and_the_job_ends_cancelled() {
+    let w = World::new(
+        |c| c.synthetic.push(synthetic("big.raw", 1024 * MIB)),
+        |c| c.conn_rate = Some(4 * MIB),
+    )
+    .await;
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+    let mut body = copy_job(&w, "big.raw", DISCARD_BUCKET, "big.raw");
+    body["part_size"] = json!("2MiB");
+    body["concurrency"] = json!(2);
+    let mut failures = Vec::new();
+    for round in 0..RACE_ROUNDS {
+        let id = d.submit(&body).await["id"].as_str().unwrap().to_string();
+        // An acknowledged part: the multipart upload exists and must be aborted.
+        d.wait_job(&id, Duration::from_secs(60), |j| {
+            j["state"] == "running" && j["bytes_done"].as_u64().unwrap() > 0
+        })
+        .await;
+        let path = |cmd: &str| format!("/v1/jobs/{id}/{cmd}");
+        let cancel_path = path("cancel");
+        let (cancel, pause, resume) = tokio::join!(
+            d.call("POST", &cancel_path, None),
+            async {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                d.call("POST", &path("pause"), None).await
+            },
+            async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                d.call("POST", &path("resume"), None).await
+            }
+        );
+        let mut problems = Vec::new();
+        if (cancel.0, cancel.1["state"].as_str()) != (200, Some("cancelled")) {
+            problems.push(format!("cancel answered {cancel:?}"));
+        }
+        for (cmd, (s, v)) in [("pause", &pause), ("resume", &resume)] {
+            if *s != 409 {
+                problems.push(format!("{cmd} answered {s} {v}"));
+                continue;
+            }
+            let state = v["error"]["state"].as_str().unwrap_or("");
+            let told =
+                state == "cancelled" || (state == "running" && v["error"]["stage"] == "cancelling");
+            if !told {
+                problems.push(format!("{cmd}'s 409 does not carry the job's state: {v}"));
+            }
+        }
+        // Old code: the job ended paused (or was started again) with its upload kept.
+        let j = d
+            .wait_job(&id, Duration::from_secs(30), |j| j["state"] != "running")
+            .await;
+        if j["state"] != "cancelled" {
+            problems.push(format!("ended {}", j["state"]));
+            let _ = d.call("POST", &path("cancel"), None).await;
+        }
+        if w.dst.stats()["open_uploads"] != 0 {
+            problems.push("the upload was not aborted".into());
+            let _ = d.call("POST", &path("cancel"), None).await;
+        }
+        if !problems.is_empty() {
+            failures.push(format!("round {round}: {}", problems.join("; ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {RACE_ROUNDS} rounds lost the cancel:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// #18 item 7: a request that announces a body and never sends it is answered 408 (and the
+/// connection closed) after the daemon's body timeout, 10 s; the old daemon held it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::new(|_| {}, |_| {}).await;
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+    let stall = |path: &'static str| {
+        let addr = d.addr.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"kind\":"
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            let t0 = std::time::Instant::now();
+            let mut buf = Vec::new();
+            // The connection stays open on our side: only the daemon can end this read.
+            let r = tokio::time::timeout(Duration::from_secs(25), s.read_to_end(&mut buf)).await;
+            (
+                r.is_ok(),
+                t0.elapsed(),
+                String::from_utf8_lossy(&buf).into_owned(),
+            )
+        }
+    };
+    let (submit, cancel) = tokio::join!(
+        stall("/v1/jobs"),
+        stall("/v1/jobs/j-0123456789abcdef/cancel")
+    );
+    for (what, (closed, took, text)) in [("submit", submit), ("cancel", cancel)] {
+        assert!(
+            closed,
+            "{what}: the daemon held the connection for {took:?}: {text:?}"
+        );
+        assert!(
+            took >= Duration::from_secs(9) && took <= Duration::from_secs(15),
+            "{what}: cut after {took:?}"
+        );
+        assert!(text.starts_with("HTTP/1.1 408"), "{what}: {text:?}");
+        assert!(text.contains("request_timeout"), "{what}: {text:?}");
+    }
+    let (s, _) = d.call("GET", "/healthz", None).await;
+    assert_eq!(s, 200, "the daemon still serves");
+}
+
+/// #18 item 7: cancel is sticky for a paused job too. Its cancel aborts the upload (slow here:
+/// every response of the destination takes 300 ms); a resume arriving meanwhile is refused
+/// with 409 and the state, instead of starting the job on the upload being aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_while_a_paused_job_is_being_cancelled_is_refused() {
+    let w = World::new(
+        |c| c.synthetic.push(synthetic("big.raw", 1024 * MIB)),
+        |c| {
+            c.conn_rate = Some(4 * MIB);
+            c.latency = Duration::from_millis(300);
+        },
+    )
+    .await;
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+    let mut body = copy_job(&w, "big.raw", DISCARD_BUCKET, "big.raw");
+    body["part_size"] = json!("1MiB");
+    body["concurrency"] = json!(2);
+    let mut failures = Vec::new();
+    for round in 0..RACE_ROUNDS {
+        let id = d.submit(&body).await["id"].as_str().unwrap().to_string();
+        d.wait_job(&id, Duration::from_secs(60), |j| {
+            j["state"] == "running" && j["bytes_done"].as_u64().unwrap() > 0
+        })
+        .await;
+        let path = |cmd: &str| format!("/v1/jobs/{id}/{cmd}");
+        let (s, v) = d.call("POST", &path("pause"), None).await;
+        assert_eq!((s, v["state"].as_str()), (200, Some("paused")), "{v}");
+        let cancel_path = path("cancel");
+        let (cancel, resume) = tokio::join!(d.call("POST", &cancel_path, None), async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            d.call("POST", &path("resume"), None).await
+        });
+        let mut problems = Vec::new();
+        if (cancel.0, cancel.1["state"].as_str()) != (200, Some("cancelled")) {
+            problems.push(format!(
+                "cancel answered {} {}",
+                cancel.0, cancel.1["state"]
+            ));
+        }
+        let told =
+            ["paused", "cancelled"].contains(&resume.1["error"]["state"].as_str().unwrap_or(""));
+        if resume.0 != 409 || !told {
+            problems.push(format!("resume answered {} {}", resume.0, resume.1));
+        }
+        // The old daemon started the job again on the upload being aborted.
+        let j = d
+            .wait_job(&id, Duration::from_secs(30), |j| {
+                !["running", "queued"].contains(&j["state"].as_str().unwrap())
+            })
+            .await;
+        if j["state"] != "cancelled" {
+            problems.push(format!("ended {}", j["state"]));
+        }
+        if w.dst.stats()["open_uploads"] != 0 {
+            problems.push("an upload was left open".into());
+        }
+        if !problems.is_empty() {
+            failures.push(format!("round {round}: {}", problems.join("; ")));
+            if j["state"] != "cancelled" {
+                let _ = d.call("POST", &path("cancel"), None).await;
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {RACE_ROUNDS} rounds lost the cancel:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

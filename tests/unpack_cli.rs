@@ -377,3 +377,67 @@ async fn sigint_mid_unpack_exits_130_and_rerun_completes() {
     assert!(got.as_ref() == raw.as_slice(), "RAW differs after resume");
     assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
 }
+
+/// #18 item 6: unpacking an archive onto itself is refused however the destination endpoint
+/// is spelled; the old guard compared the endpoint strings, so `EP/` overwrote the source
+/// archive with its own RAW.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpacking_an_archive_onto_itself_is_refused_under_any_spelling() {
+    let w = World::new(|_| {}, |_| {}).await;
+    let raw = disk(3 * MIB, 7);
+    let archive = gnu_archive(w.dir.path(), &[("x.raw", &raw)], &["x.raw"]);
+    w.src
+        .put_object_bytes(SRC_BUCKET, "x.raw.tar.gz", Bytes::from(archive));
+    let original = w.src.object_crc64(SRC_BUCKET, "x.raw.tar.gz").unwrap();
+    let ep = w.src.endpoint();
+    let port = ep.rsplit(':').next().unwrap().to_string();
+    let object = format!("oss://{SRC_BUCKET}/x.raw.tar.gz");
+    let (slash, localhost, upper) = (
+        format!("{ep}/"),
+        format!("http://localhost:{port}"),
+        format!("HTTP://LOCALHOST:{port}/"),
+    );
+    let spellings: [(&str, &[&str]); 5] = [
+        ("trailing /", &[&slash, "--dst-region", SRC_REGION]),
+        ("localhost", &[&localhost, "--dst-region", SRC_REGION]),
+        (
+            "scheme and host case",
+            &[&upper, "--dst-region", SRC_REGION],
+        ),
+        // The profile's region, named on one side only.
+        ("region from the profile", &[&ep]),
+        ("explicit region", &[&ep, "--dst-region", "oss-cn-hangzhou"]),
+    ];
+    for (what, dst) in spellings {
+        let mut args: Vec<String> = [
+            "copy",
+            &object,
+            &object,
+            "--src-endpoint",
+            &ep,
+            "--src-region",
+            SRC_REGION,
+            "--src-profile",
+            "src",
+            "--dst-profile",
+            "src",
+            "--unpack",
+            "always",
+            "--quiet",
+            "--state-dir",
+            &w.state_dir().display().to_string(),
+            "--dst-endpoint",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(dst.iter().map(|s| s.to_string()));
+        let out = w.run(args).await;
+        eprintln!("{what}: {}", stderr(&out));
+        assert_clean_failure(&out, 2, "same object");
+        assert_eq!(
+            w.src.object_crc64(SRC_BUCKET, "x.raw.tar.gz"),
+            Some(original),
+            "{what}: the source archive was overwritten"
+        );
+    }
+}

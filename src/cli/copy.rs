@@ -220,10 +220,15 @@ pub async fn run(args: CopyArgs) -> i32 {
             return EXIT_FAILED;
         }
     };
-    if src_loc.store.describe(&src_loc.key) == dst_loc.store.describe(&dst_loc.key)
-        && src_side.endpoint == dst_side.endpoint
-        && src_side.region == dst_side.region
-    {
+    // The destination as resolved (a directory destination carries its file name now).
+    let dst_object = match &dst {
+        ObjectUrl::Oss { bucket, .. } => ObjectUrl::Oss {
+            bucket: bucket.clone(),
+            key: dst_loc.key.clone(),
+        },
+        ObjectUrl::Local(_) => ObjectUrl::Local(PathBuf::from(&dst_loc.key)),
+    };
+    if locate::same_object(&src, &src_side, &dst_object, &dst_side) {
         return usage(format!(
             "source and destination are the same object ({})",
             src_loc.store.describe(&src_loc.key)

@@ -18,6 +18,11 @@ use super::scheduler::{JobError, Scheduler};
 /// Largest request body accepted (a job is a few hundred bytes).
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// Longest wait for a whole request body once the headers are in. Without it a client that
+/// announces a body and never sends it holds a connection and a task forever. As long as the
+/// header timeout: [`MAX_BODY`] arrives within it even at 8 KiB/s.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What request handlers share.
 pub struct ApiState {
     pub scheduler: Arc<Scheduler>,
@@ -59,6 +64,15 @@ fn job_error(e: JobError) -> Resp {
             None,
         ),
         JobError::Conflict(m) => error(StatusCode::CONFLICT, "conflict", m, None),
+        JobError::WrongState {
+            message,
+            state,
+            stage,
+        } => json_response(
+            StatusCode::CONFLICT,
+            &json!({"error": {"code": "conflict", "message": message,
+                "state": state.as_str(), "stage": stage}}),
+        ),
         e @ JobError::TooMany(_) => error(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_jobs",
@@ -98,6 +112,7 @@ fn authorized(st: &ApiState, req: &Request<Incoming>) -> bool {
 enum BodyError {
     TooLarge,
     Unreadable,
+    TimedOut,
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, BodyError> {
@@ -109,10 +124,12 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, BodyError> {
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(BodyError::TooLarge);
     }
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
-        Err(_) => Err(BodyError::Unreadable),
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
+        Err(_) => Err(BodyError::TimedOut),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Ok(Err(_)) => Err(BodyError::Unreadable),
     }
 }
 
@@ -130,6 +147,21 @@ fn body_error(e: BodyError) -> Resp {
             "the request body could not be read",
             None,
         ),
+        BodyError::TimedOut => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {}s: send the whole body with the headers",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+                None,
+            );
+            // The rest of the body may still come: this connection cannot carry another request.
+            r.headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            r
+        }
     }
 }
 
@@ -289,7 +321,9 @@ async fn route(st: &ApiState, req: Request<Incoming>, method: &Method, path: &st
             Ok(j) => json_response(StatusCode::OK, &job_json(&j)),
             Err(e) => job_error(e),
         },
-        (&Method::POST, [id, "resume"]) => match st.scheduler.resume(id) {
+        (&Method::POST, [id, "resume"]) => match st.scheduler.resume(id).await {
+            // Still stopping from a pause: the resume is recorded and happens once it lands.
+            Ok(j) if j.stage == "resuming" => json_response(StatusCode::ACCEPTED, &job_json(&j)),
             Ok(j) => json_response(StatusCode::OK, &job_json(&j)),
             Err(e) => job_error(e),
         },

@@ -214,26 +214,14 @@ pub enum JobSpec {
 }
 
 impl JobSpec {
-    /// Whether two jobs write the same object (same destination URL, endpoint and region).
+    /// Whether two jobs write the same object, however their endpoints and regions are
+    /// spelled (see [`locate::same_object`]).
     pub fn same_target(&self, other: &JobSpec) -> bool {
         match (self, other) {
-            (JobSpec::Copy(a), JobSpec::Copy(b)) => {
-                let dest = |c: &CopySpec| {
-                    let mut d = c.destination.clone();
-                    if d.ends_with('/') {
-                        if let Ok(src) = c.source.parse::<ObjectUrl>() {
-                            d.push_str(&locate::base_name(&src).unwrap_or_default());
-                        }
-                    }
-                    (
-                        d,
-                        c.dst_endpoint.clone(),
-                        c.dst_region.clone(),
-                        c.dst_internal,
-                    )
-                };
-                dest(a) == dest(b)
-            }
+            (JobSpec::Copy(a), JobSpec::Copy(b)) => match (a.dst_object(), b.dst_object()) {
+                (Some(x), Some(y)) => locate::same_object(&x, &a.dst_side(), &y, &b.dst_side()),
+                _ => false,
+            },
             // Same migration key = the same state and the same new image.
             (JobSpec::Migrate(a), JobSpec::Migrate(b)) => {
                 (&a.src_region, &a.image_id, &a.dst_region, &a.dst_bucket)
@@ -400,7 +388,7 @@ fn take_bool(obj: &mut Map<String, Value>, field: &str) -> Result<bool, InvalidF
 
 fn check_endpoint(field: &str, v: &Option<String>) -> Result<(), InvalidField> {
     if let Some(url) = v {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
+        if !matches!(url_scheme(url).as_deref(), Some("http" | "https")) {
             return Err(invalid(
                 field,
                 format!("{url:?} is not an http:// or https:// URL"),
@@ -516,9 +504,14 @@ fn parse_copy(obj: &mut Map<String, Value>) -> Result<CopySpec, InvalidField> {
     check_name("dst_region", &spec.dst_region)?;
     check_name("src_profile", &spec.src_profile)?;
     check_name("dst_profile", &spec.dst_profile)?;
-    let same_side = spec.src_endpoint == spec.dst_endpoint && spec.src_region == spec.dst_region;
-    if same_side && src == dst {
-        return Err(invalid("destination", "is the same object as the source"));
+    if spec
+        .dst_object()
+        .is_some_and(|d| locate::same_object(&src, &spec.src_side(), &d, &spec.dst_side()))
+    {
+        return Err(invalid(
+            "destination",
+            "is the same object as the source: name another key, bucket or endpoint",
+        ));
     }
     Ok(spec)
 }
@@ -620,6 +613,11 @@ fn parse_migrate(obj: &mut Map<String, Value>) -> Result<MigrateSpec, InvalidFie
     Ok(spec)
 }
 
+/// The scheme of a URL, lowercased (the client accepts `HTTP://` as well).
+fn url_scheme(url: &str) -> Option<String> {
+    Some(url.split_once("://")?.0.to_ascii_lowercase())
+}
+
 /// The host of an `http(s)://host[:port]/…` URL, lowercased (brackets kept for IPv6).
 fn url_host(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
@@ -646,7 +644,7 @@ pub fn endpoint_allowed(url: &str) -> bool {
     if matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]") {
         return true;
     }
-    url.starts_with("https://") && host.ends_with(".aliyuncs.com")
+    url_scheme(url).as_deref() == Some("https") && host.ends_with(".aliyuncs.com")
 }
 
 /// Checks what a job may do on this daemon (beyond being well-formed).
@@ -699,6 +697,21 @@ impl CopySpec {
             profile: self.dst_profile.clone(),
             region_flag: Some("dst_region"),
             ..SideOptions::default()
+        }
+    }
+
+    /// The object the job writes: the destination, with the source's file name filled in
+    /// when it ends in `/` (as [`Self::locations`] resolves it); `None` if it names none.
+    pub fn dst_object(&self) -> Option<ObjectUrl> {
+        match self.destination.parse::<ObjectUrl>().ok()? {
+            ObjectUrl::Oss { bucket, mut key } => {
+                if key.is_empty() || key.ends_with('/') {
+                    let src: ObjectUrl = self.source.parse().ok()?;
+                    key.push_str(&locate::base_name(&src)?);
+                }
+                Some(ObjectUrl::Oss { bucket, key })
+            }
+            local @ ObjectUrl::Local(_) => Some(local),
         }
     }
 
@@ -893,6 +906,48 @@ mod tests {
         other["image_id"] = json!("m-2");
         assert!(a.same_target(&parse_spec(migrate_body()).unwrap()));
         assert!(!a.same_target(&parse_spec(other).unwrap()));
+    }
+
+    #[test]
+    fn same_target_compares_resolved_destinations() {
+        let copy = |extra: Value| {
+            let mut b = json!({"kind":"copy","source":"oss://src-b/d/x.raw",
+                "destination":"oss://dst-b/x.raw","dst_region":"eu-central-1",
+                "dst_endpoint":"http://127.0.0.1:9000"});
+            for (k, v) in extra.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            parse_spec(b).unwrap()
+        };
+        let a = copy(json!({}));
+        for same in [
+            json!({"dst_endpoint": "http://127.0.0.1:9000/"}),
+            json!({"dst_endpoint": "http://localhost:9000"}),
+            json!({"dst_endpoint": "HTTP://LOCALHOST:9000"}),
+            json!({"dst_region": "oss-eu-central-1"}),
+            json!({"destination": "oss://dst-b/"}),
+            json!({"source": "oss://src-b/other.raw", "src_endpoint": "http://127.0.0.1:1"}),
+        ] {
+            assert!(a.same_target(&copy(same.clone())), "{same}");
+        }
+        for other in [
+            json!({"dst_endpoint": "http://127.0.0.1:9001"}),
+            json!({"destination": "oss://dst-b/y.raw"}),
+            json!({"destination": "oss://dst-c/x.raw"}),
+        ] {
+            assert!(!a.same_target(&copy(other.clone())), "{other}");
+        }
+        // A source that is the destination, however spelled.
+        let e = parse_spec(json!({"kind":"copy","source":"oss://abc/k",
+            "src_endpoint":"http://127.0.0.1:9/","src_region":"cn-hangzhou",
+            "destination":"oss://abc/k","dst_endpoint":"http://localhost:9",
+            "dst_region":"cn-hangzhou"}))
+        .unwrap_err();
+        assert_eq!(e.field, "destination", "{e}");
+        let e = parse_spec(json!({"kind":"copy","source":"oss://abc/d/k",
+            "destination":"oss://abc/d/"}))
+        .unwrap_err();
+        assert_eq!(e.field, "destination", "{e}");
     }
 
     #[test]

@@ -4,6 +4,15 @@
 //! Pause cancels the job's token and keeps its resume state; resume puts it back in the
 //! queue, and the engine continues from the acknowledged parts. On shutdown running jobs are
 //! stopped the same way but stay `running` in the database, so the next start resumes them.
+//!
+//! Commands racing each other keep the user's intent (each is decided under the one lock, and
+//! a stopping job's outcome is read from its latest intent when it lands):
+//! * cancel is sticky: once accepted, pause and resume are refused (`WrongState`, with the
+//!   state) and the job ends `cancelled`, its upload aborted unless kept;
+//! * a resume received while a pause is taking effect is honoured once the pause lands: the
+//!   job is queued again instead of ending `paused`; a later pause wins over it again;
+//! * a command that cannot take effect (the job finished first, or is being cancelled) is
+//!   refused with the state the job is in, never answered as if it had worked.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -41,6 +50,13 @@ pub enum JobError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A command that cannot take effect in the job's state (reported with that state).
+    #[error("{message}")]
+    WrongState {
+        message: String,
+        state: JobState,
+        stage: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -48,6 +64,10 @@ pub enum JobError {
     #[error("the daemon already holds {0} jobs; delete finished jobs before submitting more")]
     TooMany(usize),
 }
+
+/// Longest a pause, resume or cancel waits for a running job to stop before it answers (the
+/// engine gives in-flight parts a few seconds to finish; the command still takes effect later).
+pub const COMMAND_WAIT: Duration = Duration::from_secs(20);
 
 /// Jobs the daemon keeps (any state) before refusing new ones: bounds the database, the
 /// job list and the per-job metric series.
@@ -57,7 +77,12 @@ pub const MAX_STORED_JOBS: usize = 10_000;
 enum Intent {
     Run,
     Pause,
-    Cancel { keep_upload: bool },
+    /// Paused, then resumed before the pause landed: stop, then queue the job again.
+    Restart,
+    /// Sticky: no later command replaces it.
+    Cancel {
+        keep_upload: bool,
+    },
 }
 
 struct Live {
@@ -96,6 +121,46 @@ impl MigrateLive {
 struct Entry {
     job: Job,
     live: Option<Live>,
+    /// A cancel of this (not running) job is aborting its upload: it is no longer queued, and
+    /// pause and resume are refused until it is `cancelled`.
+    cancelling: bool,
+}
+
+impl Entry {
+    /// Refuses `command` with the job's current state.
+    fn refuse(&self, command: &str, why: &str) -> JobError {
+        let mut job = self.job.clone();
+        if let Some(live) = &self.live {
+            fill_live(&mut job, live);
+        }
+        wrong_state(job, command, why)
+    }
+}
+
+/// `job` cannot be `command`ed because it `why` (e.g. "is being cancelled"); the message ends
+/// with what the user can do instead.
+fn wrong_state(job: Job, command: &str, why: &str) -> JobError {
+    let next = match job.state {
+        JobState::Failed => "resume it to retry, or delete it",
+        JobState::Succeeded | JobState::Cancelled => "submit a new job to run it again",
+        _ => "it will end cancelled; submit a new job once it has",
+    };
+    JobError::WrongState {
+        message: format!("job {} {why}, so it cannot be {command}: {next}", job.id),
+        state: job.state,
+        stage: job.stage,
+    }
+}
+
+impl Entry {
+    /// Whether a cancel has been accepted and not yet recorded.
+    fn being_cancelled(&self) -> bool {
+        self.cancelling
+            || self
+                .live
+                .as_ref()
+                .is_some_and(|l| matches!(l.intent, Intent::Cancel { .. }))
+    }
 }
 
 #[derive(Default)]
@@ -196,6 +261,7 @@ fn fill_live(job: &mut Job, live: &Live) {
     let migrate_stage = *live.migrate.stage.lock().unwrap_or_else(|p| p.into_inner());
     job.stage = match live.intent {
         Intent::Pause => "pausing",
+        Intent::Restart => "resuming",
         Intent::Cancel { .. } => "cancelling",
         Intent::Run if is_migrate => migrate_stage.unwrap_or("export"),
         Intent::Run if s.total_bytes == 0 => "planning",
@@ -251,7 +317,14 @@ impl Scheduler {
                 JobState::Queued => queued.push(job.id.clone()),
                 _ => {}
             }
-            inner.jobs.insert(job.id.clone(), Entry { job, live: None });
+            inner.jobs.insert(
+                job.id.clone(),
+                Entry {
+                    job,
+                    live: None,
+                    cancelling: false,
+                },
+            );
         }
         if !resumed.is_empty() {
             tracing::info!(jobs = resumed.len(), "resuming jobs that were running");
@@ -359,7 +432,7 @@ impl Scheduler {
             let Some(entry) = g.jobs.get_mut(&id) else {
                 continue;
             };
-            if entry.job.state != JobState::Queued {
+            if entry.job.state != JobState::Queued || entry.cancelling {
                 continue;
             }
             let progress = Progress::new();
@@ -492,32 +565,46 @@ impl Scheduler {
     }
 
     async fn finish(&self, id: &str, outcome: Result<JobResult, TransferError>) {
-        let (intent, spec) = {
-            let mut g = self.lock();
-            let Some(e) = g.jobs.get_mut(id) else { return };
-            let intent = e.live.as_ref().map_or(Intent::Run, |l| l.intent);
-            if let Some(live) = &e.live {
-                fill_live(&mut e.job, live);
-            }
-            (intent, e.job.spec.clone())
-        };
         let shutting_down = self.shutdown.is_cancelled();
-        let mut abort_error = None;
+        // The outcome follows the intent at the moment the job is recorded as stopped, under
+        // the same lock as the record: a resume or cancel received while the job was stopping
+        // is not lost. Only a cancel needs work first (aborting the upload, without the lock).
+        let mut abort: Option<Result<(), String>> = None;
+        let mut g = loop {
+            let (intent, spec) = {
+                let mut g = self.lock();
+                let Some(e) = g.jobs.get_mut(id) else { return };
+                let intent = e.live.as_ref().map_or(Intent::Run, |l| l.intent);
+                if let Some(live) = &e.live {
+                    fill_live(&mut e.job, live);
+                }
+                let must_abort = outcome.is_err()
+                    && abort.is_none()
+                    && intent == Intent::Cancel { keep_upload: false };
+                if !must_abort {
+                    break g;
+                }
+                (intent, e.job.spec.clone())
+            };
+            debug_assert!(matches!(intent, Intent::Cancel { .. }));
+            abort = Some(self.abort_leftover(id, &spec).await);
+        };
+        let intent = g
+            .jobs
+            .get(id)
+            .and_then(|e| e.live.as_ref())
+            .map_or(Intent::Run, |l| l.intent);
+        let abort_error = abort.and_then(Result::err);
         let new_state = match (&outcome, intent) {
             (Ok(_), _) => JobState::Succeeded,
             (Err(_), Intent::Pause) => JobState::Paused,
-            (Err(_), Intent::Cancel { keep_upload }) => {
-                if !keep_upload {
-                    abort_error = self.abort_leftover(id, &spec).await.err();
-                }
-                JobState::Cancelled
-            }
+            (Err(_), Intent::Restart) => JobState::Queued,
+            (Err(_), Intent::Cancel { .. }) => JobState::Cancelled,
             // Stays `running` in the database: the next start resumes it.
             (Err(_), Intent::Run) if shutting_down => JobState::Running,
             (Err(_), Intent::Run) => JobState::Failed,
         };
         let job = {
-            let mut g = self.lock();
             g.running = g.running.saturating_sub(1);
             let Some(e) = g.jobs.get_mut(id) else { return };
             e.live = None;
@@ -545,6 +632,7 @@ impl Scheduler {
                 Err(e) => {
                     j.stage = match new_state {
                         JobState::Paused => "paused",
+                        JobState::Queued => "queued",
                         JobState::Cancelled => "cancelled",
                         JobState::Running => "interrupted",
                         _ => "failed",
@@ -561,7 +649,12 @@ impl Scheduler {
             if new_state.is_finished() {
                 j.finished_at = Some(now());
             }
-            j.clone()
+            let j = j.clone();
+            if new_state == JobState::Queued {
+                g.queue.push_back(id.to_string());
+            }
+            drop(g);
+            j
         };
         tracing::info!(job = %id, state = job.state.as_str(), error = ?job.last_error, "job stopped");
         if matches!(job.state, JobState::Succeeded)
@@ -643,7 +736,8 @@ impl Scheduler {
                 .find(|e| !e.job.state.is_finished() && e.job.spec.same_target(&spec))
             {
                 return Err(JobError::Conflict(format!(
-                    "job {} ({}) already writes this destination",
+                    "job {} ({}) already writes this destination: cancel it, or wait until it \
+                     has finished",
                     other.job.id,
                     other.job.state.as_str()
                 )));
@@ -678,6 +772,7 @@ impl Scheduler {
                 Entry {
                     job: job.clone(),
                     live: None,
+                    cancelling: false,
                 },
             );
             g.queue.push_back(job.id.clone());
@@ -717,13 +812,12 @@ impl Scheduler {
         out
     }
 
-    /// Waits (up to `limit`) until job `id` is no longer running.
-    async fn wait_stopped(&self, id: &str, limit: Duration) {
+    /// Waits (up to `limit`) until `done` holds for job `id` (or the job is gone).
+    async fn wait_until(&self, id: &str, limit: Duration, done: impl Fn(&Entry) -> bool) {
         let mut rx = self.changed.subscribe();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let running = self.lock().jobs.get(id).is_some_and(|e| e.live.is_some());
-            if !running {
+            if self.lock().jobs.get(id).map_or(true, &done) {
                 return;
             }
             if tokio::time::timeout_at(deadline, rx.changed())
@@ -735,6 +829,13 @@ impl Scheduler {
         }
     }
 
+    /// Waits (up to [`COMMAND_WAIT`]) until run number `run` of job `id` has stopped: a job
+    /// that a resume queued again, and the dispatcher restarted, counts as stopped.
+    async fn wait_run_over(&self, id: &str, run: u32) {
+        self.wait_until(id, COMMAND_WAIT, |e| e.live.is_none() || e.job.runs != run)
+            .await
+    }
+
     fn persist(&self, job: &Job) -> Result<(), JobError> {
         self.store.put(job)?;
         self.notify_changed();
@@ -742,9 +843,16 @@ impl Scheduler {
     }
 
     /// Cancels a job; its multipart upload is aborted unless `keep_upload`. Returns the job
-    /// once it has stopped (or after a bounded wait).
+    /// once it has stopped (or after [`COMMAND_WAIT`]). Cancel is sticky: a pause or resume
+    /// received after it is refused. A job that finished before the cancel could stop it is
+    /// refused with its state.
     pub async fn cancel(&self, id: &str, keep_upload: bool) -> Result<Job, JobError> {
-        let stopped_spec = {
+        enum Then {
+            WaitRun(u32),
+            WaitCancelled,
+            Abort(Box<JobSpec>),
+        }
+        let then = {
             let mut g = self.lock();
             let e = g
                 .jobs
@@ -752,29 +860,32 @@ impl Scheduler {
                 .ok_or_else(|| JobError::NotFound(id.into()))?;
             match e.job.state {
                 s if s.is_finished() => {
-                    return Err(JobError::Conflict(format!(
-                        "job {id} is already {}",
-                        s.as_str()
-                    )))
+                    return Err(e.refuse("cancelled", &format!("is already {}", s.as_str())))
                 }
+                _ if e.cancelling => Then::WaitCancelled,
                 JobState::Running => {
                     if let Some(live) = &mut e.live {
                         live.intent = Intent::Cancel { keep_upload };
                         live.cancel.cancel();
                     }
-                    None
+                    Then::WaitRun(e.job.runs)
                 }
                 _ => {
+                    e.cancelling = true;
                     e.job.stage = "cancelling".into();
-                    let spec = e.job.spec.clone();
+                    let spec = Box::new(e.job.spec.clone());
                     g.queue.retain(|q| q != id);
-                    Some(spec)
+                    Then::Abort(spec)
                 }
             }
         };
-        match stopped_spec {
-            None => self.wait_stopped(id, Duration::from_secs(20)).await,
-            Some(spec) => {
+        match then {
+            Then::WaitRun(run) => self.wait_run_over(id, run).await,
+            Then::WaitCancelled => {
+                self.wait_until(id, COMMAND_WAIT, |e| e.job.state.is_finished())
+                    .await
+            }
+            Then::Abort(spec) => {
                 let abort = if keep_upload {
                     Ok(())
                 } else {
@@ -786,6 +897,7 @@ impl Scheduler {
                         .jobs
                         .get_mut(id)
                         .ok_or_else(|| JobError::NotFound(id.into()))?;
+                    e.cancelling = false;
                     e.job.state = JobState::Cancelled;
                     e.job.stage = "cancelled".into();
                     e.job.finished_at = Some(now());
@@ -800,25 +912,37 @@ impl Scheduler {
                 self.persist(&job)?;
             }
         }
-        self.get(id).ok_or_else(|| JobError::NotFound(id.into()))
+        let job = self.get(id).ok_or_else(|| JobError::NotFound(id.into()))?;
+        if job.state.is_finished() && job.state != JobState::Cancelled {
+            let why = format!("{} before the cancel could stop it", job.state.as_str());
+            return Err(wrong_state(job, "cancelled", &why));
+        }
+        Ok(job)
     }
 
-    /// Pauses a queued or running job, keeping its resume state.
+    /// Pauses a queued or running job, keeping its resume state. Refused (with the state) for
+    /// a job being cancelled or finished, including one that finished before it could stop.
     pub async fn pause(&self, id: &str) -> Result<Job, JobError> {
-        let was_running = {
+        let run = {
             let mut g = self.lock();
             let e = g
                 .jobs
                 .get_mut(id)
                 .ok_or_else(|| JobError::NotFound(id.into()))?;
+            if e.being_cancelled() {
+                return Err(e.refuse("paused", "is being cancelled"));
+            }
             match e.job.state {
-                JobState::Running => {
-                    if let Some(live) = &mut e.live {
+                JobState::Running => match &mut e.live {
+                    Some(live) => {
+                        // Also replaces a resume still waiting for an earlier pause to land:
+                        // the last of pause and resume wins.
                         live.intent = Intent::Pause;
                         live.cancel.cancel();
+                        Some(e.job.runs)
                     }
-                    true
-                }
+                    None => None,
+                },
                 JobState::Queued => {
                     e.job.state = JobState::Paused;
                     e.job.stage = "paused".into();
@@ -826,31 +950,38 @@ impl Scheduler {
                     g.queue.retain(|q| q != id);
                     drop(g);
                     self.persist(&job)?;
-                    false
+                    None
                 }
-                JobState::Paused => false,
-                s => {
-                    return Err(JobError::Conflict(format!(
-                        "job {id} is {} and cannot be paused",
-                        s.as_str()
-                    )))
-                }
+                JobState::Paused => None,
+                s => return Err(e.refuse("paused", &format!("is {}", s.as_str()))),
             }
         };
-        if was_running {
-            self.wait_stopped(id, Duration::from_secs(20)).await;
+        if let Some(run) = run {
+            self.wait_run_over(id, run).await;
         }
-        self.get(id).ok_or_else(|| JobError::NotFound(id.into()))
+        let job = self.get(id).ok_or_else(|| JobError::NotFound(id.into()))?;
+        if job.state.is_finished() {
+            // It succeeded or failed before it could stop, or a cancel overtook the pause.
+            let why = format!("{} before the pause took effect", job.state.as_str());
+            return Err(wrong_state(job, "paused", &why));
+        }
+        Ok(job)
     }
 
     /// Puts a paused (or failed) job back in the queue; it continues from its saved parts.
-    pub fn resume(&self, id: &str) -> Result<Job, JobError> {
-        let job = {
+    /// A job whose pause is still taking effect is queued again once it has stopped (this
+    /// waits for that, up to [`COMMAND_WAIT`]; the job is then `running` with stage
+    /// `resuming`). Refused, with the state, for a job being cancelled or finished.
+    pub async fn resume(&self, id: &str) -> Result<Job, JobError> {
+        let run = {
             let mut g = self.lock();
             let e = g
                 .jobs
                 .get_mut(id)
                 .ok_or_else(|| JobError::NotFound(id.into()))?;
+            if e.being_cancelled() {
+                return Err(e.refuse("resumed", "is being cancelled"));
+            }
             match e.job.state {
                 JobState::Paused | JobState::Failed => {
                     e.job.state = JobState::Queued;
@@ -858,19 +989,30 @@ impl Scheduler {
                     e.job.finished_at = None;
                     let job = e.job.clone();
                     g.queue.push_back(id.to_string());
-                    job
+                    drop(g);
+                    self.persist(&job)?;
+                    self.wake.notify_one();
+                    return Ok(job);
                 }
-                JobState::Queued | JobState::Running => return Ok(e.job.clone()),
-                s => {
-                    return Err(JobError::Conflict(format!(
-                        "job {id} is {} and cannot be resumed",
-                        s.as_str()
-                    )))
-                }
+                JobState::Running => match &mut e.live {
+                    Some(live) if matches!(live.intent, Intent::Pause | Intent::Restart) => {
+                        live.intent = Intent::Restart;
+                        e.job.runs
+                    }
+                    _ => return Ok(e.job.clone()),
+                },
+                JobState::Queued => return Ok(e.job.clone()),
+                s => return Err(e.refuse("resumed", &format!("is {}", s.as_str()))),
             }
         };
-        self.persist(&job)?;
-        self.wake.notify_one();
+        self.notify_changed();
+        self.wait_run_over(id, run).await;
+        let job = self.get(id).ok_or_else(|| JobError::NotFound(id.into()))?;
+        if job.state.is_finished() {
+            // It succeeded or failed while stopping, or a cancel overtook the resume.
+            let why = format!("{} while its pause was taking effect", job.state.as_str());
+            return Err(wrong_state(job, "resumed", &why));
+        }
         Ok(job)
     }
 

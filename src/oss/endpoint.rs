@@ -34,7 +34,8 @@ impl Scheme {
         }
     }
 
-    fn default_port(self) -> u16 {
+    /// The port a URL without one reaches (80 or 443).
+    pub fn default_port(self) -> u16 {
         match self {
             Scheme::Http => 80,
             Scheme::Https => 443,
