@@ -43,7 +43,7 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
     /// Serve plain HTTP on a non-loopback --listen (only behind a proxy that terminates TLS:
     /// otherwise the bearer token travels in clear).
-    #[arg(long, env = "OSSRELAY_INSECURE_HTTP")]
+    #[arg(long, env = "OSSRELAY_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_http: bool,
     /// A credential profile jobs may name (repeatable; default: any). Jobs naming another
     /// profile are refused with 403.
@@ -56,7 +56,7 @@ pub struct ServeArgs {
     pub allow_profiles: Vec<String>,
     /// With --allow-profile (or tokens with profiles=), still let jobs that name no profile use
     /// this machine's default credential chain.
-    #[arg(long, env = "OSSRELAY_ALLOW_DEFAULT_CREDENTIALS")]
+    #[arg(long, env = "OSSRELAY_ALLOW_DEFAULT_CREDENTIALS", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_default_credentials: bool,
     /// Let jobs name any src_endpoint/dst_endpoint (default: only https://….aliyuncs.com and
     /// this machine, so API clients cannot send signed requests elsewhere).

@@ -7,6 +7,8 @@
 //!   that starts afterwards; connections already established keep the certificate they
 //!   negotiated and go on undisturbed. A failed reload keeps the previous pair in service.
 //! * Only TLS 1.2 and 1.3 with rustls' safe defaults (ring provider); HTTP/1.1 via ALPN.
+//! * Every new connection does a full handshake (no session resumption), so every new
+//!   connection is authenticated by the certificate in force when it starts.
 //!
 //! Why a [`ResolvesServerCert`] instead of swapping whole `ServerConfig`s: the acceptor and
 //! its settings stay fixed, so the only thing that changes on reload is one `Arc` behind a
@@ -130,6 +132,11 @@ impl CertStore {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // No session resumption: a resumed session skips the certificate, so after a rotation
+        // clients would go on being served under the old one (tests/daemon_tls.rs saw exactly
+        // that). A full handshake costs well under a millisecond, and API clients are few.
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
     }
 }
