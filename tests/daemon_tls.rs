@@ -244,10 +244,9 @@ async fn https_with_a_private_ca_and_the_jobs_client() {
     assert_eq!(s, 200, "{v}");
     // A client trusting another CA refuses the daemon's certificate.
     let other = connector_for(&Ca::new("another CA").pem);
-    let e = connect(&other, &d.addr)
-        .await
-        .err()
-        .expect("handshake must fail");
+    let Err(e) = connect(&other, &d.addr).await else {
+        panic!("a client trusting another CA completed the handshake");
+    };
     assert!(e.to_string().contains("certificate"), "{e}");
 
     let server = format!("https://localhost:{}", d.addr.rsplit(':').next().unwrap());

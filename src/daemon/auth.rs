@@ -220,12 +220,18 @@ impl Tokens {
         Ok(Self { entries })
     }
 
-    /// Reads and parses a token file. Warns when other users may read it.
-    pub fn load(path: &Path) -> Result<Self, TokenFileError> {
+    /// Reads and parses a token file (settings checks; [`Tokens::load`] also warns).
+    pub fn read(path: &Path) -> Result<Self, TokenFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::parse(&text, path)
+    }
+
+    /// Reads and parses a token file. Warns when other users may read it.
+    pub fn load(path: &Path) -> Result<Self, TokenFileError> {
+        let tokens = Self::read(path)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -235,7 +241,7 @@ impl Tokens {
                 }
             }
         }
-        Self::parse(&text, path)
+        Ok(tokens)
     }
 
     /// The caller whose token this is. Every entry is compared, matched or not.

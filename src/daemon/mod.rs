@@ -121,7 +121,7 @@ impl DaemonConfig {
             ));
         }
         if let Some(f) = &self.token_file {
-            auth::Tokens::load(f)?;
+            auth::Tokens::read(f)?;
         }
         if !self.listen.ip().is_loopback() && self.tls.is_none() && !self.insecure_http {
             return Err(DaemonError::PlainHttp(self.listen));
