@@ -776,3 +776,41 @@ async fn sighup_rotates_tokens_and_certificate_while_jobs_run() {
     assert_eq!(j["runs"], 1, "{j}");
     assert_eq!(j["result"]["bytes"], size, "{j}");
 }
+
+/// `jobs` warns before it sends a token over plain HTTP to another machine. The token file
+/// here does not exist, so the client stops before connecting: nothing leaves loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_warns_before_sending_a_token_in_clear_to_another_machine() {
+    let w = World::new(|_| {}, |_| {}).await;
+    let missing = w.dir.path().join("no-such-token").display().to_string();
+    let run = |server: &str| {
+        w.run(strings(&[
+            "jobs",
+            "--server",
+            server,
+            "--token-file",
+            &missing,
+            "list",
+        ]))
+    };
+    let out = run("http://192.0.2.10:9870").await;
+    assert_clean_failure(&out, 2, "token file");
+    assert!(
+        stderr(&out).contains("warning:") && stderr(&out).contains("in clear"),
+        "{}",
+        stderr(&out)
+    );
+    for quiet in [
+        "https://192.0.2.10:9870",
+        "http://127.0.0.1:9870",
+        "http://localhost:9870",
+    ] {
+        let out = run(quiet).await;
+        assert_clean_failure(&out, 2, "token file");
+        assert!(
+            !stderr(&out).contains("warning:"),
+            "{quiet}: {}",
+            stderr(&out)
+        );
+    }
+}
