@@ -21,6 +21,10 @@ use daemon_support::{raw, Daemon};
 const STS_SECRET: &str = "sts-SECRET-zq9x";
 const STS_TOKEN: &str = "TOKEN-zq9x-sekrit";
 const OLD_TOKEN: &str = "TOKEN-zq9x-old";
+/// Daemon API bearer tokens (audit test).
+const API_OPS: &str = "api-OPS-zq9x-0123456789abcdef";
+const API_DASH: &str = "api-DASH-zq9x-0123456789abcdef";
+const API_WRONG: &str = "api-WRONG-zq9x-0123456789abcdef";
 
 /// Substrings that must never be shown: secrets, tokens and what a signature looks like.
 fn leaks(text: &str) -> Vec<String> {
@@ -30,6 +34,10 @@ fn leaks(text: &str) -> Vec<String> {
         STS_SECRET,
         STS_TOKEN,
         OLD_TOKEN,
+        API_OPS,
+        API_DASH,
+        API_WRONG,
+        "zq9x-0123456789abcdef",
         "Signature=",
         "OSS4-HMAC-SHA256 Credential",
         "x-oss-security-token:",
@@ -378,6 +386,174 @@ async fn daemon_at_debug_level_shows_no_secret() {
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("DEBUG"), "debug logs are on");
     assert_clean("daemon log", &log);
+    assert_private_tree(&w.state_dir());
+}
+
+/// The audit trail: every state-changing request (submit, pause, resume, cancel, delete,
+/// reload; refused and unauthenticated ones too) leaves exactly one INFO line with fixed
+/// fields naming the caller, never its token; jobs record who submitted them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_audit_lines_name_callers_and_never_tokens() {
+    let w = World::new(
+        |c| {
+            c.synthetic
+                .push(daemon_support::synthetic("disk.raw", 8 << 20));
+        },
+        |_| {},
+    )
+    .await;
+    let tokens = w.dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        format!("{API_OPS} name=ops admin\n{API_DASH} name=dash read-only\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let log = w.dir.path().join("daemon.log");
+    let state = w.state_dir().display().to_string();
+    // The default --log (warn): the audit trail is on regardless.
+    let mut child = command_in(
+        w.dir.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            &state,
+            "--token-file",
+            &tokens.display().to_string(),
+            "--bandwidth",
+            "2MiB/s",
+        ]
+        .map(String::from),
+    )
+    .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+    .spawn()
+    .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(ready.trim()).expect("ready line");
+    let addr = v["listen"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let d = Daemon {
+        child,
+        addr,
+        token: Some(API_OPS.into()),
+    };
+    let as_ = |t: &str| format!("Authorization: Bearer {t}\r\n");
+    let mut body = daemon_support::copy_job(&w, "disk.raw", DISCARD_BUCKET, "disk.raw");
+    body["part_size"] = "1MiB".into();
+    let body = body.to_string();
+    let mut responses = Vec::new();
+    let (s, v) = d.call("POST", "/v1/jobs", Some(&body)).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["submitted_by"], "ops", "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    responses.push(v.to_string());
+    d.wait_state(&id, "running", Duration::from_secs(20)).await;
+    let mut expected = vec![("submit", "ops", 201, Some(id.clone()))];
+    for (action, method, path, token, status) in [
+        ("submit", "POST", "/v1/jobs".to_string(), API_DASH, 403),
+        ("submit", "POST", "/v1/jobs".to_string(), API_WRONG, 401),
+        (
+            "pause",
+            "POST",
+            format!("/v1/jobs/{id}/pause"),
+            API_OPS,
+            200,
+        ),
+        (
+            "resume",
+            "POST",
+            format!("/v1/jobs/{id}/resume"),
+            API_OPS,
+            200,
+        ),
+        (
+            "cancel",
+            "POST",
+            format!("/v1/jobs/{id}/cancel"),
+            API_DASH,
+            403,
+        ),
+        (
+            "cancel",
+            "POST",
+            format!("/v1/jobs/{id}/cancel"),
+            API_OPS,
+            200,
+        ),
+        ("delete", "DELETE", format!("/v1/jobs/{id}"), API_OPS, 204),
+        (
+            "reload",
+            "POST",
+            "/v1/admin/reload".to_string(),
+            API_OPS,
+            200,
+        ),
+    ] {
+        let b = (path == "/v1/jobs").then_some(body.as_str());
+        let (s, text) = d.call_raw(method, &path, &as_(token), b).await;
+        assert_eq!(s, status, "{method} {path}: {text}");
+        responses.push(text);
+        let caller = match token {
+            API_OPS => "ops",
+            API_DASH => "dash",
+            _ => "-",
+        };
+        let job = path
+            .strip_prefix("/v1/jobs/")
+            .map(|r| r.split('/').next().unwrap().to_string());
+        expected.push((action, caller, status, job));
+    }
+    // Reads are not audited.
+    let (s, _) = d.call("GET", "/v1/jobs", None).await;
+    assert_eq!(s, 200);
+    for r in &responses {
+        assert_clean("daemon API response", r);
+    }
+    drop(d);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_clean("daemon log", &log);
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" INFO ") && l.contains(" audit "))
+        .collect();
+    assert_eq!(audit.len(), expected.len(), "one line per change:\n{log}");
+    for (line, (action, caller, status, job)) in audit.iter().zip(&expected) {
+        let field = |name: &str| {
+            let start = line
+                .find(&format!(" {name}="))
+                .unwrap_or_else(|| panic!("no {name} in {line}"))
+                + name.len()
+                + 2;
+            let rest = &line[start..];
+            rest.split(' ')
+                .next()
+                .unwrap()
+                .trim_matches('"')
+                .to_string()
+        };
+        assert_eq!(field("action"), *action, "{line}");
+        assert_eq!(field("caller"), *caller, "{line}");
+        assert_eq!(field("status"), status.to_string(), "{line}");
+        assert_eq!(field("job"), job.clone().unwrap_or("-".into()), "{line}");
+        let result = match status {
+            200..=299 => "ok",
+            _ => "refused",
+        };
+        assert_eq!(field("result"), result, "{line}");
+        assert!(field("remote").starts_with("127.0.0.1:"), "{line}");
+        assert!(
+            field("time").ends_with('Z') && field("time").contains('T'),
+            "{line}"
+        );
+    }
     assert_private_tree(&w.state_dir());
 }
 

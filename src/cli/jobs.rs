@@ -31,6 +31,10 @@ pub struct JobsArgs {
     /// File holding the daemon's bearer token.
     #[arg(long, env = "OSSRELAY_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// PEM file of the CA certificate(s) that signed an https:// daemon's certificate (a
+    /// private CA); replaces the built-in public roots.
+    #[arg(long, env = "OSSRELAY_CACERT", value_name = "FILE", global = true)]
+    pub cacert: Option<PathBuf>,
     #[command(subcommand)]
     pub command: JobsCommand,
 }
@@ -127,8 +131,90 @@ pub struct SubmitCopy {
 struct Api {
     base: String,
     token: Option<String>,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: ApiClient,
 }
+
+/// An error with its causes, so a TLS failure says "certificate …" rather than "Connect".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Whether a daemon URL's host is this machine (plain HTTP is acceptable there).
+fn loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    match uri.host() {
+        Some("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+/// The HTTPS client: certificates verified against `cacert` when given (a private CA), else
+/// the public web roots. There is deliberately no way to skip verification.
+fn client(cacert: Option<&std::path::Path>) -> Result<ApiClient, CallError> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match cacert {
+        None => builder
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|e| CallError(EXIT_FAILED, format!("cannot set up TLS: {e}")))?,
+        Some(path) => {
+            use rustls::pki_types::pem::PemObject;
+            let bad = |what: String| {
+                CallError(
+                    EXIT_USAGE,
+                    format!("--cacert {}: {what}; give the PEM certificate of the CA that signed the daemon's certificate", path.display()),
+                )
+            };
+            let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it ({e})")))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| bad(format!("not valid PEM ({e})")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| bad(format!("not a usable CA certificate ({e})")))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("it holds no certificate".into()));
+            }
+            let cfg = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| CallError(EXIT_FAILED, format!("cannot set up TLS: {e}")))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            builder.with_tls_config(cfg)
+        }
+    };
+    // Without TCP_NODELAY the request, written right after the client's last handshake
+    // message, waits for the daemon's delayed ACK: a whole `ossrelay jobs list` over HTTPS on
+    // loopback took a median 51.7 ms with it off and 3.5 ms with it on (30 runs each).
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = builder.https_or_http().enable_http1().wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
+type ApiClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
 
 /// A failed API call: the exit code and a one-line message.
 struct CallError(i32, String);
@@ -171,8 +257,14 @@ impl Api {
                 CallError(
                     EXIT_FAILED,
                     format!(
-                        "{UNREACHABLE} at {}: {e} (is `ossrelay serve` running? see --server)",
-                        self.base
+                        "{UNREACHABLE} at {}: {} (is `ossrelay serve` running? see --server{})",
+                        self.base,
+                        with_causes(&e),
+                        if self.base.starts_with("https://") {
+                            "; a private CA needs --cacert"
+                        } else {
+                            ""
+                        }
                     ),
                 )
             })?;
@@ -308,11 +400,18 @@ pub async fn run(args: JobsArgs) -> i32 {
 
 async fn run_inner(args: JobsArgs) -> Result<i32, CallError> {
     let base = args.server.trim_end_matches('/').to_string();
-    if !base.starts_with("http://") {
+    if !base.starts_with("http://") && !base.starts_with("https://") {
         return Err(CallError(
             EXIT_USAGE,
-            format!("--server {base:?}: give an http:// URL (put a TLS proxy in front of the daemon for remote use)"),
+            format!(
+                "--server {base:?}: give an https:// URL (or http:// for a daemon on this machine)"
+            ),
         ));
+    }
+    if base.starts_with("http://") && !loopback_url(&base) {
+        eprintln!(
+            "warning: --server {base} is plain HTTP to another machine: the bearer token travels in clear; serve with --tls-cert/--tls-key and use https://"
+        );
     }
     let token = match &args.token_file {
         Some(p) => Some(super::serve::read_token(p).map_err(|e| CallError(EXIT_USAGE, e))?),
@@ -321,7 +420,7 @@ async fn run_inner(args: JobsArgs) -> Result<i32, CallError> {
     let api = Api {
         base,
         token,
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        client: client(args.cacert.as_deref())?,
     };
     use http::Method;
     match args.command {
@@ -488,5 +587,46 @@ async fn watch(api: &Api, id: &str) -> Result<i32, CallError> {
             });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_machine_counts_as_loopback_for_plain_http() {
+        for url in [
+            "http://127.0.0.1:9870",
+            "http://localhost:9870",
+            "http://[::1]:9870",
+            "http://127.8.9.10",
+        ] {
+            assert!(loopback_url(url), "{url}");
+        }
+        for url in [
+            "http://10.0.0.5:9870",
+            "http://relay.example.com:9870",
+            "http://localhost.example.com",
+            "http://[::]:9870",
+            "not a url",
+        ] {
+            assert!(!loopback_url(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn read_token_takes_the_first_word_of_the_first_token_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        std::fs::write(
+            &p,
+            "# mine\n\n  tok-0123456789abcdef name=ci read-only\nother\n",
+        )
+        .unwrap();
+        assert_eq!(
+            super::super::serve::read_token(&p).unwrap(),
+            "tok-0123456789abcdef"
+        );
     }
 }

@@ -73,7 +73,13 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    init_tracing(&cli.log);
+    match cli.command {
+        // The daemon's audit trail is on whatever the level, unless the filter names it.
+        Command::Serve(_) if !cli.log.contains(crate::daemon::audit::TARGET) => init_tracing(
+            &format!("{},{}=info", cli.log, crate::daemon::audit::TARGET),
+        ),
+        _ => init_tracing(&cli.log),
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,7 +1,19 @@
 //! The HTTP API (JSON under `/v1`, described in `docs/openapi.yaml`), `/metrics`, `/healthz`
-//! and `/readyz`, on one hyper 1 listener.
+//! and `/readyz`, on one hyper 1 listener, over TLS when the daemon has a certificate.
+//!
+//! Guarantees callers can rely on:
+//! * Every request but `/healthz` and `/readyz` is authenticated first (see [`super::auth`]);
+//!   nothing about a request is validated or acted on before that.
+//! * A read-only caller gets `403` for anything but GET/HEAD; a job naming a credential profile
+//!   outside the caller's scope gets `403` naming the allowed set; `POST /v1/admin/reload`
+//!   needs an `admin` caller.
+//! * Every state-changing request leaves one audit line (see [`super::audit`]), and a job
+//!   records its submitter's name in `submitted_by`.
+//! * On a TLS listener a plain-HTTP request gets a plain `400` saying to use `https://`, and
+//!   the connection is closed; nothing else is read from it.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +24,11 @@ use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 
+use super::audit;
+use super::auth::{self, Caller, Keyring, ProfilePolicy};
 use super::jobs::{self, JobState};
 use super::scheduler::{JobError, Scheduler};
+use super::tls::CertStore;
 
 /// Largest request body accepted (a job is a few hundred bytes).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -26,12 +41,58 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// What request handlers share.
 pub struct ApiState {
     pub scheduler: Arc<Scheduler>,
-    /// Bearer token every request except `/healthz` and `/readyz` must carry; `None` = open
-    /// (only allowed on loopback addresses).
-    pub token: Option<String>,
+    /// Bearer tokens, one of which every request except `/healthz` and `/readyz` must carry;
+    /// `None` = open (only allowed on loopback addresses).
+    pub keyring: Option<Arc<Keyring>>,
     pub prometheus: Option<PrometheusHandle>,
     /// Accept any `src_endpoint`/`dst_endpoint` (see [`jobs::check_policy`]).
     pub allow_any_endpoint: bool,
+    /// Which credential profiles jobs may name (see [`auth::check_profiles`]).
+    pub profiles: ProfilePolicy,
+    /// The listener's certificate, when it speaks TLS (reloaded with the tokens).
+    pub tls: Option<Arc<CertStore>>,
+}
+
+/// What a reload re-read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Tokens now in force (`None`: the daemon has no tokens).
+    pub tokens: Option<usize>,
+    /// Whether a certificate was re-read.
+    pub certificate: bool,
+}
+
+impl ApiState {
+    /// Re-reads the token file and the certificate (SIGHUP, `POST /v1/admin/reload`). Each part
+    /// is swapped whole or not at all; requests already accepted finish as they started.
+    /// The error is one line naming what failed and what stayed in force.
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        let mut errors = Vec::new();
+        let mut out = Reloaded {
+            tokens: None,
+            certificate: false,
+        };
+        if let Some(k) = &self.keyring {
+            match k.reload() {
+                Ok(n) => out.tokens = Some(n),
+                Err(e) => errors.push(format!("{e} (the previous tokens stay in force)")),
+            }
+        }
+        if let Some(t) = &self.tls {
+            match t.reload() {
+                Ok(()) => out.certificate = true,
+                Err(e) => errors.push(format!("{e} (the previous certificate stays in use)")),
+            }
+        }
+        if errors.is_empty() {
+            tracing::info!(tokens = ?out.tokens, certificate = out.certificate, "reloaded tokens and certificate");
+            Ok(out)
+        } else {
+            let msg = errors.join("; ");
+            tracing::error!(error = %msg, "reload failed");
+            Err(msg)
+        }
+    }
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -92,21 +153,35 @@ fn job_error(e: JobError) -> Resp {
     }
 }
 
-/// Compares without an early exit, so response timing does not reveal a token prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn authorized(st: &ApiState, req: &Request<Incoming>) -> bool {
-    let Some(token) = &st.token else { return true };
-    req.headers()
+/// The caller presenting this request's bearer token; `None` if it carries none or a wrong one.
+fn authenticate(st: &ApiState, req: &Request<Incoming>) -> Option<Arc<Caller>> {
+    let Some(keyring) = &st.keyring else {
+        return Some(Arc::new(Caller::anonymous()));
+    };
+    let presented = req
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()))
+        .and_then(|v| v.strip_prefix("Bearer "))?;
+    keyring.check(presented.trim().as_bytes())
+}
+
+fn unauthorized() -> Resp {
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or wrong bearer token (send \"Authorization: Bearer <token>\")",
+        None,
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+fn forbidden(message: impl Into<String>, field: Option<&str>) -> Resp {
+    error(StatusCode::FORBIDDEN, "forbidden", message, field)
 }
 
 enum BodyError {
@@ -190,45 +265,93 @@ fn job_json(job: &jobs::Job) -> Value {
     serde_json::to_value(job).unwrap_or_else(|_| json!({}))
 }
 
-/// Handles one request; never fails (errors become JSON responses).
-pub async fn handle(st: Arc<ApiState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+/// Handles one request from `peer`; never fails (errors become JSON responses).
+pub async fn handle(
+    st: Arc<ApiState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = std::time::Instant::now();
-    let resp = route(&st, req, &method, &path).await;
-    tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed = ?started.elapsed(), "request");
+    let audited = audit::action(&method, &path);
+    let (resp, caller) = match public(&st, &method, &path) {
+        Some(r) => (r, None),
+        None => match authenticate(&st, &req) {
+            None => (unauthorized(), None),
+            Some(c) => (route(&st, &c, req, &method, &path).await, Some(c)),
+        },
+    };
+    let status = resp.status().as_u16();
+    if let Some((action, job)) = audited {
+        // A new job's id is in its Location header.
+        let job = job.or_else(|| {
+            resp.headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.strip_prefix("/v1/jobs/"))
+                .filter(|id| jobs::valid_id(id))
+                .map(str::to_string)
+        });
+        let name = caller.as_ref().map_or("-", |c| c.name.as_str());
+        audit::record(peer, name, action, job.as_deref(), status);
+    }
+    tracing::debug!(%method, %path, status, elapsed = ?started.elapsed(), "request");
     Ok(resp)
 }
 
-async fn route(st: &ApiState, req: Request<Incoming>, method: &Method, path: &str) -> Resp {
+/// The answers that need no token: health and readiness probes.
+fn public(st: &ApiState, method: &Method, path: &str) -> Option<Resp> {
     match (method, path) {
-        (&Method::GET, "/healthz") => {
-            return json_response(StatusCode::OK, &json!({"status": "ok"}))
-        }
-        (&Method::GET, "/readyz") => {
-            return if st.scheduler.shutting_down() {
-                json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"status": "shutting down"}),
-                )
-            } else {
-                json_response(StatusCode::OK, &json!({"status": "ready"}))
-            }
-        }
-        _ => {}
+        (&Method::GET, "/healthz") => Some(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (&Method::GET, "/readyz") => Some(if st.scheduler.shutting_down() {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "shutting down"}),
+            )
+        } else {
+            json_response(StatusCode::OK, &json!({"status": "ready"}))
+        }),
+        _ => None,
     }
-    if !authorized(st, &req) {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong bearer token (send \"Authorization: Bearer <token>\")",
+}
+
+async fn route(
+    st: &ApiState,
+    caller: &Caller,
+    req: Request<Incoming>,
+    method: &Method,
+    path: &str,
+) -> Resp {
+    if caller.read_only && !matches!(*method, Method::GET | Method::HEAD) {
+        return forbidden(
+            format!(
+                "caller {:?} is read-only: it may list and show jobs and read /metrics; use a token without read-only to change anything",
+                caller.name
+            ),
             None,
         );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Bearer"),
-        );
-        return r;
+    }
+    if path == "/v1/admin/reload" {
+        if method != Method::POST {
+            return method_not_allowed();
+        }
+        if !caller.admin {
+            return forbidden(
+                format!(
+                    "caller {:?} may not reload: give its token line the admin attribute, or send SIGHUP to the daemon",
+                    caller.name
+                ),
+                None,
+            );
+        }
+        return match st.reload() {
+            Ok(r) => json_response(
+                StatusCode::OK,
+                &json!({"tokens": r.tokens, "certificate": r.certificate}),
+            ),
+            Err(m) => error(StatusCode::INTERNAL_SERVER_ERROR, "reload_failed", m, None),
+        };
     }
     if path == "/metrics" {
         if method != Method::GET {
@@ -259,7 +382,7 @@ async fn route(st: &ApiState, req: Request<Incoming>, method: &Method, path: &st
         );
     }
     match (method, segments.as_slice()) {
-        (&Method::POST, []) => submit(st, req).await,
+        (&Method::POST, []) => submit(st, caller, req).await,
         (&Method::GET, []) => {
             let filter = match query_param(req.uri().query(), "state") {
                 None | Some("") => None,
@@ -388,7 +511,7 @@ async fn cancel_options(req: Request<Incoming>) -> Result<bool, Resp> {
     Ok(keep)
 }
 
-async fn submit(st: &ApiState, req: Request<Incoming>) -> Resp {
+async fn submit(st: &ApiState, caller: &Caller, req: Request<Incoming>) -> Resp {
     let body = match read_body(req).await {
         Ok(b) => b,
         Err(e) => return body_error(e),
@@ -411,7 +534,10 @@ async fn submit(st: &ApiState, req: Request<Incoming>) -> Resp {
             )
         }
     };
-    match st.scheduler.submit(spec) {
+    if let Err(e) = auth::check_profiles(&spec, &st.profiles, caller) {
+        return forbidden(e.to_string(), Some(e.field));
+    }
+    match st.scheduler.submit_as(spec, Some(caller.name.clone())) {
         Ok(j) => {
             let mut r = json_response(StatusCode::CREATED, &job_json(&j));
             if let Ok(loc) = http::HeaderValue::from_str(&format!("/v1/jobs/{}", j.id)) {
@@ -423,10 +549,14 @@ async fn submit(st: &ApiState, req: Request<Incoming>) -> Resp {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled.
+/// How long a client gets to send its first byte and finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the API on `listener` until `shutdown` is cancelled; over TLS when `tls` is given.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     st: Arc<ApiState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     loop {
@@ -443,24 +573,90 @@ pub async fn serve(
         };
         let st = st.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
-                }
+            let Some(acceptor) = tls else {
+                return serve_connection(stream, peer, st, shutdown).await;
+            };
+            match starts_with_tls(&stream).await {
+                Some(true) => {}
+                Some(false) => return refuse_plain_http(stream, peer).await,
+                None => return,
+            }
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => serve_connection(s, peer, st, shutdown).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Whether the client's first byte opens a TLS handshake record (0x16); anything else (an HTTP
+/// method's first letter) is someone speaking plain HTTP to the TLS port. `None`: the client
+/// closed or sent nothing in time.
+async fn starts_with_tls(stream: &tokio::net::TcpStream) -> Option<bool> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => Some(first[0] == 0x16),
+        _ => None,
+    }
+}
+
+/// Answers a plain-HTTP request on the TLS port with a `400` that says what to do, then closes.
+async fn refuse_plain_http(mut stream: tokio::net::TcpStream, peer: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tracing::debug!(%peer, "plain HTTP on the TLS listener");
+    // Drain what the client sent (up to the end of its headers) so closing does not reset the
+    // connection before it reads the answer; its content is never looked at.
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut seen = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while seen < buf.len() {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf[seen..])).await {
+            Ok(Ok(n)) if n > 0 => {
+                seen += n;
+                if buf[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    let body = json!({"error": {"code": "tls_required", "message":
+        "this daemon speaks HTTPS only: use an https:// URL (the bearer token must not travel in clear)"}})
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    st: Arc<ApiState>,
+    shutdown: tokio_util::sync::CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| handle(st.clone(), peer, req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+        }
     }
 }

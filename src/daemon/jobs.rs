@@ -295,6 +295,10 @@ pub struct Job {
     /// `done`, `failed`, `cancelled`.
     pub stage: String,
     pub created_at: String,
+    /// Who submitted the job: its token's name (`anonymous` on a daemon without tokens), never
+    /// the token; absent for jobs stored before callers were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
     #[serde(default)]
     pub started_at: Option<String>,
     #[serde(default)]
@@ -1009,6 +1013,7 @@ mod tests {
             state: JobState::Queued,
             stage: "queued".into(),
             created_at: "2026-01-01T00:00:00Z".into(),
+            submitted_by: Some("ci".into()),
             started_at: None,
             finished_at: None,
             bytes_done: 0,

@@ -721,6 +721,15 @@ impl Scheduler {
 
     /// Queues a new job.
     pub fn submit(self: &Arc<Self>, spec: JobSpec) -> Result<Job, JobError> {
+        self.submit_as(spec, None)
+    }
+
+    /// Queues a new job, recording who submitted it (a caller's name, never a token).
+    pub fn submit_as(
+        self: &Arc<Self>,
+        spec: JobSpec,
+        submitted_by: Option<String>,
+    ) -> Result<Job, JobError> {
         if self.shutdown.is_cancelled() {
             return Err(JobError::Unavailable("the daemon is shutting down".into()));
         }
@@ -751,6 +760,7 @@ impl Scheduler {
                 state: JobState::Queued,
                 stage: "queued".into(),
                 created_at: now(),
+                submitted_by,
                 started_at: None,
                 finished_at: None,
                 bytes_done: 0,

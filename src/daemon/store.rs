@@ -136,6 +136,7 @@ mod tests {
             state: JobState::Queued,
             stage: "queued".into(),
             created_at: "t".into(),
+            submitted_by: None,
             started_at: None,
             finished_at: None,
             bytes_done: 0,

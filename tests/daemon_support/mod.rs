@@ -32,6 +32,11 @@ impl Drop for Daemon {
 /// Starts `ossrelay serve --listen 127.0.0.1:0 --state-dir STATE extra…` with the world's
 /// clean credential environment and waits for its ready line.
 pub async fn start_daemon(dir: &Path, state: &Path, extra: &[&str]) -> Daemon {
+    start_daemon_url(dir, state, extra).await.0
+}
+
+/// [`start_daemon`], also returning the ready line's `listen` URL (`https://…` under TLS).
+pub async fn start_daemon_url(dir: &Path, state: &Path, extra: &[&str]) -> (Daemon, String) {
     let mut args: Vec<String> = vec!["serve".into()];
     if !extra.contains(&"--listen") {
         args.extend(["--listen".into(), "127.0.0.1:0".into()]);
@@ -78,10 +83,10 @@ pub async fn start_daemon(dir: &Path, state: &Path, extra: &[&str]) -> Daemon {
             panic!("bad ready line {line:?}: {e}; stderr: {}", stderr(&out))
         }
     };
-    let addr = v["listen"]
-        .as_str()
-        .unwrap()
+    let url = v["listen"].as_str().unwrap().to_string();
+    let addr = url
         .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .to_string();
     if let Some(se) = child.stderr.take() {
         // Forward the daemon's log to the test output (shown on failure).
@@ -91,7 +96,7 @@ pub async fn start_daemon(dir: &Path, state: &Path, extra: &[&str]) -> Daemon {
             }
         });
     }
-    Daemon { child, addr, token }
+    (Daemon { child, addr, token }, url)
 }
 
 /// One raw HTTP/1.1 request; returns (status, body).
