@@ -43,7 +43,10 @@ Exit codes:
   0    success (a copy finished and was verified)
   1    the command failed; the error line says what to do next
   2    the command line was wrong, or a confirmation was needed (--yes)
-  130  interrupted; rerunning the same command resumes";
+  130  interrupted; rerunning the same command resumes
+
+Proxies: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY (or lower case) apply to OSS and
+ECS/RAM/STS requests; instance metadata (100.100.100.200) and loopback are never proxied.";
 
 /// Relay very large VM disk images between Alibaba Cloud OSS regions and accounts.
 #[derive(Parser)]

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::credentials::{Credentials, CredentialsError, CredentialsProvider};
 use crate::metrics::{REQUESTS_TOTAL, REQUEST_DURATION_SECONDS, RETRIES_TOTAL};
+use crate::proxy::{ProxyConfig, ProxyConnector};
 use crate::store::ErrorClass;
 
 /// ECS API version.
@@ -422,7 +423,7 @@ impl RetryPolicy {
 /// endpoints are accepted for local test doubles).
 #[derive(Clone)]
 pub struct RpcClient {
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: Client<HttpsConnector<ProxyConnector>, Full<Bytes>>,
     retry: RetryPolicy,
     timeout: Duration,
 }
@@ -443,8 +444,14 @@ impl Default for RpcClient {
 }
 
 impl RpcClient {
-    /// Default retry policy, 30 s per attempt, 10 s connect timeout.
+    /// Default retry policy, 30 s per attempt, 10 s connect timeout; proxies from the
+    /// environment ([`crate::proxy`]).
     pub fn new() -> Self {
+        Self::with_proxy(ProxyConfig::from_env())
+    }
+
+    /// Like [`RpcClient::new`], through the given proxy settings.
+    pub fn with_proxy(proxy: ProxyConfig) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -454,7 +461,7 @@ impl RpcClient {
             .expect("the ring provider supports the default TLS versions")
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(ProxyConnector::new(http, proxy));
         Self {
             http: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
