@@ -62,7 +62,14 @@ fn commit_of(manifest: &Path) -> Option<String> {
     }
     if let Some(common) = git(manifest, &["rev-parse", "--git-common-dir"]).map(abs) {
         if let Some(head_ref) = git(manifest, &["symbolic-ref", "-q", "HEAD"]) {
-            rerun_if_exists(&common.join(head_ref));
+            let loose = common.join(head_ref);
+            if loose.is_file() {
+                rerun_if_exists(&loose);
+            } else if let Some(dir) = loose.parent().filter(|d| d.is_dir()) {
+                // The branch is only in packed-refs (after `git gc`): its next commit creates
+                // the loose file, which changes neither HEAD nor packed-refs, only this directory.
+                println!("cargo:rerun-if-changed={}", dir.display());
+            }
         }
         // A branch whose ref was packed moves by rewriting packed-refs.
         rerun_if_exists(&common.join("packed-refs"));
