@@ -14,6 +14,7 @@ pub mod locate;
 pub mod metrics;
 pub mod migrate;
 pub mod oss;
+pub mod proxy;
 pub mod sim;
 pub mod store;
 pub mod transfer;

@@ -638,3 +638,97 @@ async fn self_signed_https_endpoint_is_refused() {
         assert!(!help.contains(word), "copy --help mentions {word}");
     }
 }
+
+/// The signature segment of the OIDC token: distinctive, so any echo of the token shows.
+const OIDC_SIG: &str = "OIDCsig-zq9x-sekrit";
+const PROXY_PASSWORD: &str = "proxyPW-zq9x";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_and_proxy_at_debug_level_show_no_secret() {
+    use base64::Engine as _;
+    let acct = src_account();
+    let s = ossrelay::sim::start(SimConfig {
+        accounts: vec![acct.clone()],
+        buckets: vec![ossrelay::sim::SimBucket {
+            name: SRC_BUCKET.into(),
+            account: acct.name.clone(),
+        }],
+        oidc_providers: vec![ossrelay::sim::SimOidcProvider {
+            account: acct.name.clone(),
+            name: "cluster".into(),
+            issuer_url: "https://oidc.hygiene.invalid".into(),
+            client_ids: vec!["sts.aliyuncs.com".into()],
+        }],
+        roles: vec![SimRole {
+            account: acct.name.clone(),
+            name: "pod".into(),
+            trusted: "oidc:cluster".into(),
+        }],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let b = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let exp = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let dir = tempfile::tempdir().unwrap();
+    for (aud, want_code) in [("sts.aliyuncs.com", 0), ("wrong-audience", 1)] {
+        let claims = serde_json::json!({"iss": "https://oidc.hygiene.invalid", "aud": aud, "sub": "sa", "exp": exp});
+        let payload = b(&claims.to_string());
+        let token = format!("{}.{payload}.{OIDC_SIG}", b(r#"{"alg":"RS256"}"#));
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, &token).unwrap();
+        let args: Vec<String> = [
+            "uploads",
+            "list",
+            &format!("oss://{SRC_BUCKET}/"),
+            "--endpoint",
+            &s.endpoint(),
+            "--region",
+            s.region(),
+            "--log",
+            "debug",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let mut cmd = command_in(dir.path(), &args);
+        cmd.env(
+            "ALIBABA_CLOUD_ROLE_ARN",
+            format!("acs:ram::{}:role/pod", acct.name),
+        )
+        .env(
+            "ALIBABA_CLOUD_OIDC_PROVIDER_ARN",
+            format!("acs:ram::{}:oidc-provider/cluster", acct.name),
+        )
+        .env("ALIBABA_CLOUD_OIDC_TOKEN_FILE", &token_file)
+        .env("ALIBABA_CLOUD_STS_ENDPOINT", s.endpoint())
+        // Loopback is never proxied, so this proxy is parsed (and must stay hidden) but unused.
+        .env(
+            "HTTPS_PROXY",
+            format!("http://user:{PROXY_PASSWORD}@127.0.0.1:9"),
+        )
+        .env(
+            "HTTP_PROXY",
+            format!("http://user:{PROXY_PASSWORD}@127.0.0.1:9"),
+        );
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert_eq!(out.status.code(), Some(want_code), "{all}");
+        assert_clean("uploads list with OIDC", &all);
+        for secret in [OIDC_SIG, payload.as_str(), PROXY_PASSWORD] {
+            assert!(!all.contains(secret), "{secret} shown:\n{all}");
+        }
+        if want_code == 0 {
+            assert!(all.contains("assumed role with OIDC token"), "{all}");
+        } else {
+            assert!(all.contains("audience (aud)"), "{all}");
+        }
+    }
+    s.shutdown().await;
+}

@@ -182,7 +182,12 @@ async fn list_and_abort_stay_inside_the_prefix() {
     assert_eq!(stdout(&out).lines().count(), 5);
 
     assert_eq!(s.stats()["open_uploads"], 5);
-    let out = uploads(&s, SK, &["abort", &format!("oss://{BUCKET}/exports/")]).await;
+    let out = uploads(
+        &s,
+        SK,
+        &["abort", &format!("oss://{BUCKET}/exports/"), "--yes"],
+    )
+    .await;
     assert_ok(&out);
     assert_eq!(
         stdout(&out)
@@ -248,6 +253,7 @@ async fn abort_older_than_uses_the_service_clock() {
             &format!("oss://{BUCKET}/age/"),
             "--older-than",
             "24h",
+            "--yes",
         ],
     )
     .await;
@@ -441,5 +447,72 @@ async fn abort_failures_exit_1_and_keep_the_uploads() {
     let out = uploads(&s, SK, &["abort", &format!("oss://{BUCKET}/broken/")]).await;
     assert_ok(&out);
     assert!(open_ids(&b, "broken/").await.is_empty());
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_of_several_needs_yes_and_dry_run_aborts_nothing() {
+    let s = start().await;
+    let b = bucket(&s);
+    let mut ids = initiate(&b, &["many/a.raw", "many/b.raw", "many/c.raw"]).await;
+    ids.sort();
+    let target = format!("oss://{BUCKET}/many/");
+
+    // --dry-run lists all three and aborts none.
+    let out = uploads(&s, SK, &["abort", &target, "--dry-run"]).await;
+    assert_ok(&out);
+    let listed: Vec<String> = stdout(&out)
+        .lines()
+        .filter(|l| l.starts_with("would abort "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(listed.len(), 3, "{}", stdout(&out));
+    for id in &ids {
+        assert!(listed.iter().any(|l| l.contains(id.as_str())), "{listed:?}");
+    }
+    assert!(
+        stderr(&out).contains("3 upload(s) would be aborted"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        open_ids(&b, "many/").await,
+        ids,
+        "dry run aborted something"
+    );
+    assert!(
+        s.stats()["requests"]["AbortMultipartUpload"].is_null(),
+        "{}",
+        s.stats()
+    );
+
+    // No terminal (stdin is /dev/null) and no --yes: refused with exit 2, one line naming both
+    // ways forward, nothing aborted.
+    let out = uploads(&s, SK, &["abort", &target]).await;
+    assert_one_line_error(&out, 2, "--yes");
+    assert!(stderr(&out).contains("--dry-run"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("3 uploads"), "{}", stderr(&out));
+    assert_eq!(
+        open_ids(&b, "many/").await,
+        ids,
+        "refusal aborted something"
+    );
+
+    // A single matching upload needs no confirmation.
+    let one = initiate(&b, &["single/x.raw"]).await;
+    let out = uploads(&s, SK, &["abort", &format!("oss://{BUCKET}/single/")]).await;
+    assert_ok(&out);
+    assert!(stdout(&out).contains(one[0].as_str()), "{}", stdout(&out));
+    assert!(open_ids(&b, "single/").await.is_empty());
+
+    // --yes aborts them all.
+    let out = uploads(&s, SK, &["abort", &target, "-y"]).await;
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("3 upload(s) aborted"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(open_ids(&b, "many/").await.is_empty());
     s.shutdown().await;
 }

@@ -16,7 +16,7 @@ pub mod sim;
 mod uploads;
 mod util;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Exit code: copied and verified / command succeeded.
 pub const EXIT_OK: i32 = 0;
@@ -27,9 +27,30 @@ pub const EXIT_USAGE: i32 = 2;
 /// Exit code: interrupted; rerunning the same command resumes.
 pub const EXIT_INTERRUPTED: i32 = 130;
 
+/// `--version`: the crate version, the commit and the target it was built for (see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("OSSRELAY_BUILD_COMMIT"),
+    ", ",
+    env!("OSSRELAY_BUILD_TARGET"),
+    ")"
+);
+
+/// Printed after `--help`: what scripts can rely on.
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    success (a copy finished and was verified)
+  1    the command failed; the error line says what to do next
+  2    the command line was wrong, or a confirmation was needed (--yes)
+  130  interrupted; rerunning the same command resumes
+
+Proxies: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY (or lower case) apply to OSS and
+ECS/RAM/STS requests; instance metadata (100.100.100.200) and loopback are never proxied.";
+
 /// Relay very large VM disk images between Alibaba Cloud OSS regions and accounts.
 #[derive(Parser)]
-#[command(name = "ossrelay", version, about, long_about = None)]
+#[command(name = "ossrelay", version = VERSION, about, long_about = None, after_help = EXIT_CODES_HELP)]
 struct Cli {
     /// Log filter for stderr (e.g. `info`, `debug`, `ossrelay=debug`); also `OSSRELAY_LOG`.
     #[arg(long, global = true, env = "OSSRELAY_LOG", default_value = "warn")]
@@ -61,6 +82,45 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Submit and follow jobs on a running daemon (`ossrelay serve`).
     Jobs(Box<jobs::JobsArgs>),
+    /// Print a shell completion script, e.g. `ossrelay completions bash > /etc/bash_completion.d/ossrelay`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `ossrelay man | man -l -`; --out-dir writes one page
+    /// per subcommand.
+    Man {
+        /// Write ossrelay.1 and ossrelay-SUBCOMMAND.1 into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<std::path::PathBuf>,
+    },
+}
+
+/// The clap definition of the whole command line (completions, man pages).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// Writes the completion script for `shell` to stdout.
+fn completions(shell: clap_complete::Shell) -> i32 {
+    clap_complete::generate(shell, &mut command(), "ossrelay", &mut std::io::stdout());
+    EXIT_OK
+}
+
+/// Prints ossrelay(1), or writes every page into `out_dir`.
+fn man(out_dir: Option<std::path::PathBuf>) -> i32 {
+    let result = match &out_dir {
+        Some(dir) => clap_mangen::generate_to(command(), dir),
+        None => clap_mangen::Man::new(command()).render(&mut std::io::stdout()),
+    };
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            let to = out_dir.map_or_else(|| "stdout".into(), |d| d.display().to_string());
+            eprintln!("error: cannot write the manual page to {to}: {e}; check the directory exists and is writable");
+            EXIT_FAILED
+        }
+    }
 }
 
 /// Entry point used by `main.rs`; returns the process exit code.
@@ -108,6 +168,8 @@ pub fn main() -> i32 {
             Command::Migrate(args) => migrate::run(*args).await,
             Command::Serve(args) => serve::run(*args).await,
             Command::Jobs(args) => jobs::run(*args).await,
+            Command::Completions { shell } => completions(shell),
+            Command::Man { out_dir } => man(out_dir),
         }
     });
     // In-flight requests may hold the runtime; do not wait for them on exit.

@@ -15,20 +15,20 @@ use crate::daemon::{self, Daemon, DaemonConfig, DaemonError, Reloader};
 pub struct ServeArgs {
     /// Address of the HTTP API and /metrics. A non-loopback address requires --token-file, and
     /// --tls-cert/--tls-key (or --insecure-http behind a TLS-terminating proxy).
-    #[arg(long, default_value = "127.0.0.1:9870")]
+    #[arg(long, env = "OSSRELAY_LISTEN", default_value = "127.0.0.1:9870")]
     pub listen: SocketAddr,
     /// Job database and per-job resume state (default: $STATE_DIRECTORY as set by systemd,
     /// else $XDG_STATE_HOME/ossrelay/daemon or ~/.local/state/ossrelay/daemon).
-    #[arg(long)]
+    #[arg(long, env = "OSSRELAY_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Jobs running at once; the others wait in FIFO order.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "OSSRELAY_MAX_JOBS", default_value_t = 2)]
     pub max_jobs: usize,
     /// Buffer budget shared by all running jobs.
-    #[arg(long, value_parser = parse_size, default_value = "512MiB")]
+    #[arg(long, env = "OSSRELAY_MEMORY", value_parser = parse_size, default_value = "512MiB")]
     pub memory: u64,
     /// Cap on bytes per second shared by all running jobs, e.g. 500MiB/s (default: unlimited).
-    #[arg(long, value_parser = parse_rate)]
+    #[arg(long, env = "OSSRELAY_BANDWIDTH", value_parser = parse_rate)]
     pub bandwidth: Option<u64>,
     /// File of API bearer tokens, one per line: TOKEN [name=N] [profiles=a,b] [read-only]
     /// [admin]; requests then need "Authorization: Bearer <token>". Re-read on SIGHUP.
@@ -60,7 +60,7 @@ pub struct ServeArgs {
     pub allow_default_credentials: bool,
     /// Let jobs name any src_endpoint/dst_endpoint (default: only https://….aliyuncs.com and
     /// this machine, so API clients cannot send signed requests elsewhere).
-    #[arg(long)]
+    #[arg(long, env = "OSSRELAY_ALLOW_ANY_ENDPOINT")]
     pub allow_any_endpoint: bool,
 }
 

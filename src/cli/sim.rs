@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::sim::{
-    FaultKind, RpcFault, SimAccount, SimBucket, SimConfig, SimImage, SimRole, StoreKind,
-    SyntheticObject,
+    FaultKind, RpcFault, SimAccount, SimBucket, SimConfig, SimImage, SimOidcProvider, SimRole,
+    StoreKind, SyntheticObject,
 };
 
 /// Flags of `ossrelay sim`.
@@ -79,8 +79,14 @@ pub struct SimArgs {
     /// RAM role that TRUSTED_ACCOUNT (comma list) may assume, ARN
     /// `acs:ram::<ACCOUNT>:role/<ROLE_NAME>`; TRUSTED `ecs` or empty = the ECS service
     /// (e.g. `a:AliyunECSImageExportDefaultRole:ecs`, which also gets its system policy).
+    /// TRUSTED may also name an OIDC provider of ACCOUNT as `oidc:PROVIDER_NAME`
+    /// (RRSA: AssumeRoleWithOIDC), e.g. `111:pod-app:oidc:my-cluster`.
     #[arg(long = "role", value_name = "ACCOUNT:ROLE_NAME:TRUSTED_ACCOUNT")]
     pub roles: Vec<String>,
+    /// RAM OIDC identity provider `acs:ram::<ACCOUNT>:oidc-provider/<NAME>` whose tokens
+    /// (`iss` = ISSUER_URL, `aud` = `sts.aliyuncs.com`) AssumeRoleWithOIDC accepts.
+    #[arg(long = "oidc-provider", value_name = "ACCOUNT:NAME=ISSUER_URL")]
+    pub oidc_providers: Vec<String>,
     /// Duration of an ExportImage / ImportImage task in (fractional) seconds.
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     pub task_seconds: f64,
@@ -273,6 +279,26 @@ impl SimArgs {
                 }
             }
         }
+        for p in &self.oidc_providers {
+            let parsed = p
+                .split_once('=')
+                .and_then(|(an, issuer)| an.split_once(':').map(|(a, n)| (a, n, issuer)));
+            match parsed {
+                Some((a, n, issuer)) if !a.is_empty() && !n.is_empty() && !issuer.is_empty() => {
+                    cfg.oidc_providers.push(SimOidcProvider {
+                        account: a.into(),
+                        name: n.into(),
+                        issuer_url: issuer.into(),
+                        client_ids: vec!["sts.aliyuncs.com".into()],
+                    })
+                }
+                _ => {
+                    return Err(format!(
+                        "--oidc-provider expects ACCOUNT:NAME=ISSUER_URL, got {p:?}"
+                    ))
+                }
+            }
+        }
         cfg.task_duration = seconds("task-seconds", self.task_seconds)?;
         cfg.sts_ttl = self.sts_ttl.map(|t| seconds("sts-ttl", t)).transpose()?;
         cfg.imds_role = self.imds_role.as_ref().map(|r| match r.split_once(':') {
@@ -454,6 +480,10 @@ mod tests {
             "222:migrator:111",
             "--role",
             "111:AliyunECSImageExportDefaultRole:ecs",
+            "--role",
+            "111:pod-app:oidc:cluster-1",
+            "--oidc-provider",
+            "111:cluster-1=https://oidc.example.test/c1",
             "--task-seconds",
             "0.5",
             "--sts-ttl",
@@ -482,6 +512,19 @@ mod tests {
         );
         assert_eq!(c.images[1].account, "222");
         assert_eq!(c.roles[0].trusted, "111");
+        assert_eq!(c.roles[2].trusted, "oidc:cluster-1");
+        assert_eq!(
+            c.oidc_providers[0].arn(),
+            "acs:ram::111:oidc-provider/cluster-1"
+        );
+        assert_eq!(
+            c.oidc_providers[0].issuer_url,
+            "https://oidc.example.test/c1"
+        );
+        assert_eq!(c.oidc_providers[0].client_ids, ["sts.aliyuncs.com"]);
+        assert!(args(&["--oidc-provider", "111:no-issuer"])
+            .config()
+            .is_err());
         assert_eq!(c.task_duration, Duration::from_millis(500));
         assert_eq!(c.sts_ttl, Some(Duration::from_secs(2)));
         assert_eq!(c.imds_role, Some(("222".into(), "relay-vm".into())));

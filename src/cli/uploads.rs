@@ -54,6 +54,13 @@ pub enum UploadsAction {
         /// Only uploads initiated longer ago than this, e.g. 24h, 7d, 90m.
         #[arg(long, value_parser = parse_age)]
         older_than: Option<Duration>,
+        /// Only list the uploads that would be aborted; abort nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Abort without asking, even when more than one upload matches (needed without a
+        /// terminal: scripts and cron jobs).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Add a lifecycle rule aborting incomplete multipart uploads under the prefix after N days,
     /// merged with the bucket's existing rules.
@@ -118,8 +125,31 @@ pub async fn run(args: UploadsArgs) -> i32 {
     };
     let result = match args.action {
         UploadsAction::List { json, .. } => list(&bucket, &bucket_name, &prefix, json).await,
-        UploadsAction::Abort { older_than, .. } => {
-            abort(&bucket, &bucket_name, &prefix, older_than).await
+        UploadsAction::Abort {
+            older_than,
+            dry_run,
+            yes,
+            ..
+        } => {
+            let confirm = if dry_run {
+                Confirm::DryRun
+            } else if yes {
+                Confirm::Yes
+            } else {
+                Confirm::Ask
+            };
+            match abort(&bucket, &bucket_name, &prefix, older_than, confirm).await {
+                Ok(AbortEnd::Refused(msg)) => {
+                    eprintln!("error: {msg}");
+                    return EXIT_USAGE;
+                }
+                Ok(AbortEnd::Declined) => {
+                    eprintln!("nothing aborted");
+                    return EXIT_FAILED;
+                }
+                Ok(AbortEnd::Done) => Ok(()),
+                Err(e) => Err(e),
+            }
         }
         UploadsAction::Protect { days, .. } => {
             if days == 0 {
@@ -170,12 +200,46 @@ fn initiated_before(initiated: &str, cutoff: chrono::DateTime<chrono::Utc>) -> b
     }
 }
 
+/// How `uploads abort` makes sure the user means it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Confirm {
+    /// `--dry-run`: list what would be aborted.
+    DryRun,
+    /// `--yes`: abort without asking.
+    Yes,
+    /// Ask on the terminal when more than one upload matches; refuse without a terminal.
+    Ask,
+}
+
+/// How `uploads abort` ended, short of an error.
+#[derive(Debug, PartialEq, Eq)]
+enum AbortEnd {
+    Done,
+    /// Several uploads matched, nobody could be asked (no terminal) and `--yes` was not given.
+    Refused(String),
+    /// The user answered no at the prompt.
+    Declined,
+}
+
+/// Asks on stderr, reads the answer from stdin; only `y` / `yes` confirm.
+fn ask(question: &str) -> bool {
+    use std::io::Write;
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() {
+        return false;
+    }
+    matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
 async fn abort(
     bucket: &OssBucket,
     name: &str,
     prefix: &str,
     older_than: Option<Duration>,
-) -> Result<(), String> {
+    confirm: Confirm,
+) -> Result<AbortEnd, String> {
     let uploads = bucket
         .list_multipart_uploads(Some(prefix).filter(|p| !p.is_empty()))
         .await
@@ -190,13 +254,37 @@ async fn abort(
             // An age reaching before any representable date selects nothing.
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
     });
-    let (mut aborted, mut failed) = (0usize, 0usize);
-    for u in uploads {
-        if let Some(c) = cutoff {
-            if !initiated_before(&u.initiated, c) {
-                continue;
-            }
+    let selected: Vec<_> = uploads
+        .into_iter()
+        .filter(|u| cutoff.map_or(true, |c| initiated_before(&u.initiated, c)))
+        .collect();
+    if confirm == Confirm::DryRun {
+        for u in &selected {
+            println!("would abort oss://{name}/{} {}", u.key, u.upload_id);
         }
+        eprintln!(
+            "{} upload(s) would be aborted under oss://{name}/{prefix} (dry run: nothing aborted)",
+            selected.len()
+        );
+        return Ok(AbortEnd::Done);
+    }
+    // One upload is what a user aborting "the stuck upload" expects; more than one deserves a
+    // second look, since a wrong prefix can destroy other people's in-flight uploads.
+    if confirm == Confirm::Ask && selected.len() > 1 {
+        let n = selected.len();
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            return Ok(AbortEnd::Refused(format!(
+                "{n} uploads under oss://{name}/{prefix} would be aborted and there is no terminal to confirm; rerun with --yes to abort them, or --dry-run to list them"
+            )));
+        }
+        if !ask(&format!(
+            "Abort {n} multipart uploads under oss://{name}/{prefix}?"
+        )) {
+            return Ok(AbortEnd::Declined);
+        }
+    }
+    let (mut aborted, mut failed) = (0usize, 0usize);
+    for u in selected {
         match bucket.abort_multipart_upload(&u.key, &u.upload_id).await {
             Ok(()) => {
                 aborted += 1;
@@ -217,7 +305,7 @@ async fn abort(
             "{failed} upload(s) could not be aborted; rerun to retry"
         ));
     }
-    Ok(())
+    Ok(AbortEnd::Done)
 }
 
 async fn protect(bucket: &OssBucket, name: &str, prefix: &str, days: u32) -> Result<(), String> {

@@ -1,7 +1,10 @@
 //! The default credentials chain and explicit `--profile` selection.
 //!
-//! Order (as in the official SDKs): environment → aliyun CLI config profile → shared INI file →
-//! ECS instance RAM role. The first source that yields credentials wins and is reused for the
+//! Order (as in the official SDKs, credentials-go and credentials-python): environment → OIDC
+//! (RRSA, all three `ALIBABA_CLOUD_ROLE_ARN` / `_OIDC_PROVIDER_ARN` / `_OIDC_TOKEN_FILE` set) →
+//! aliyun CLI config profile → shared INI file → ECS instance RAM role. OIDC sits before the
+//! files and the instance role as in the SDKs: in a pod on an ECS node, the pod's own role must
+//! win over the node's instance role. The first source that yields credentials wins and is reused for the
 //! life of the provider. A source that is simply absent (no variables, no file, no such profile,
 //! no metadata service) is skipped and reported in the final `NotFound`; a source that is present
 //! but broken (malformed file, half-set variables, a failing AssumeRole) stops the chain with its
@@ -15,6 +18,7 @@ use async_trait::async_trait;
 use super::env::EnvProvider;
 use super::imds::{EcsRamRoleProvider, ENV_ECS_METADATA_DISABLED};
 use super::ini::{select_section, IniFile};
+use super::oidc::OidcProvider;
 use super::profile::{
     cli_profile_disabled, join_names, profile_region, ProfileCredentials, ProfileFile,
     ENV_CLI_PROFILE_DISABLED,
@@ -158,7 +162,19 @@ impl ChainProvider {
         }
         tried.push("env: ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET not set".into());
 
-        // 2. aliyun CLI config.
+        // 2. OIDC (RRSA). A failing AssumeRoleWithOIDC stops the chain (see the module doc).
+        match OidcProvider::from_env(env)? {
+            Some(p) => {
+                let p: Arc<dyn CredentialsProvider> = Arc::new(p.cached());
+                p.credentials().await?;
+                return Ok(p);
+            }
+            None => {
+                tried.push("oidc: ALIBABA_CLOUD_OIDC_PROVIDER_ARN/_OIDC_TOKEN_FILE not set".into())
+            }
+        }
+
+        // 3. aliyun CLI config.
         if cli_profile_disabled(env) {
             tried.push(format!(
                 "cli profile: disabled by {ENV_CLI_PROFILE_DISABLED} or ALIBABA_CLOUD_IGNORE_PROFILE"
@@ -185,7 +201,7 @@ impl ChainProvider {
             }
         }
 
-        // 3. Shared INI file.
+        // 4. Shared INI file.
         match IniFile::load_default(env)? {
             None => tried.push(format!(
                 "ini: {} not found",
@@ -205,7 +221,7 @@ impl ChainProvider {
             }
         }
 
-        // 4. Instance metadata (fast failure off ECS: 1 s timeouts, no v1 retry when unreachable).
+        // 5. Instance metadata (fast failure off ECS: 1 s timeouts, no v1 retry when unreachable).
         if env.flag(ENV_ECS_METADATA_DISABLED) {
             tried.push(format!("imds: disabled by {ENV_ECS_METADATA_DISABLED}"));
         } else {
@@ -451,6 +467,7 @@ mod tests {
         let msg = err.to_string();
         for want in [
             "env:",
+            "oidc:",
             "cli profile:",
             "config.json not found",
             "ini:",
@@ -502,6 +519,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("malformed JSON at line 1"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn half_set_oidc_stops_the_chain_before_the_files() {
+        // A profile exists, but a half-configured pod must not silently run as someone else.
+        let s = Setup::new(Some(CONFIG), Some(INI));
+        let chain = default_chain_with(s.env(&[(
+            "ALIBABA_CLOUD_OIDC_TOKEN_FILE",
+            "/var/run/secrets/tokens/oidc-token",
+        )]));
+        let msg = chain.credentials().await.unwrap_err().to_string();
+        assert!(msg.contains("ALIBABA_CLOUD_OIDC_PROVIDER_ARN"), "{msg}");
+        // The environment pair still wins over OIDC, as in the SDKs.
+        let chain = default_chain_with(s.env(&[
+            ("ALIBABA_CLOUD_OIDC_TOKEN_FILE", "/nonexistent"),
+            ("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAIenv"),
+            ("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "s-env"),
+        ]));
+        assert_eq!(key_of(&chain).await, "LTAIenv");
+        // ALIBABA_CLOUD_ROLE_ARN alone (AssumeRole's default) does not mean OIDC.
+        let chain = default_chain_with(s.env(&[("ALIBABA_CLOUD_ROLE_ARN", "acs:ram::1:role/x")]));
+        assert_eq!(key_of(&chain).await, "LTAImain");
     }
 
     #[tokio::test]

@@ -14,9 +14,16 @@ pub const ENV_SECURITY_TOKEN: &str = "ALIBABA_CLOUD_SECURITY_TOKEN";
 pub const ENV_OSS_ACCESS_KEY_ID: &str = "OSS_ACCESS_KEY_ID";
 /// Fallback AccessKey secret (also read by other OSS tools).
 pub const ENV_OSS_ACCESS_KEY_SECRET: &str = "OSS_ACCESS_KEY_SECRET";
+/// STS token that goes with the `OSS_ACCESS_KEY_*` pair (ossutil 2 and the OSS SDK v2 names).
+pub const ENV_OSS_SESSION_TOKEN: &str = "OSS_SESSION_TOKEN";
 
 /// Reads `ALIBABA_CLOUD_ACCESS_KEY_ID` / `_SECRET` (+ optional `ALIBABA_CLOUD_SECURITY_TOKEN`),
-/// falling back to `OSS_ACCESS_KEY_ID` / `OSS_ACCESS_KEY_SECRET`.
+/// falling back to `OSS_ACCESS_KEY_ID` / `OSS_ACCESS_KEY_SECRET` (+ optional
+/// `OSS_SESSION_TOKEN`, else `ALIBABA_CLOUD_SECURITY_TOKEN`).
+///
+/// A token is only taken from its own family for the `ALIBABA_CLOUD_*` pair: an
+/// `OSS_SESSION_TOKEN` left over from another shell would not match that AccessKey and every
+/// request would fail with a token mismatch.
 ///
 /// The variables are read on every call, so a token rotated into the environment of a
 /// long-running process by a wrapper is not picked up; that is a static source by design.
@@ -40,14 +47,19 @@ impl EnvProvider {
 
     /// `Ok(None)` when neither variable pair is set; an error when a pair is half set.
     pub fn lookup(&self) -> Result<Option<Credentials>, CredentialsError> {
-        let pair = match pair(&self.env, ENV_ACCESS_KEY_ID, ENV_ACCESS_KEY_SECRET)? {
-            Some(p) => Some(p),
-            None => pair(&self.env, ENV_OSS_ACCESS_KEY_ID, ENV_OSS_ACCESS_KEY_SECRET)?,
+        let (pair, token) = match pair(&self.env, ENV_ACCESS_KEY_ID, ENV_ACCESS_KEY_SECRET)? {
+            Some(p) => (Some(p), self.env.get(ENV_SECURITY_TOKEN)),
+            None => (
+                pair(&self.env, ENV_OSS_ACCESS_KEY_ID, ENV_OSS_ACCESS_KEY_SECRET)?,
+                self.env
+                    .get(ENV_OSS_SESSION_TOKEN)
+                    .or_else(|| self.env.get(ENV_SECURITY_TOKEN)),
+            ),
         };
         Ok(pair.map(|(id, secret)| Credentials {
             access_key_id: id,
             access_key_secret: secret,
-            security_token: self.env.get(ENV_SECURITY_TOKEN),
+            security_token: token.map(|t| t.trim().to_string()),
             expiration: None,
         }))
     }
@@ -123,6 +135,35 @@ mod tests {
         assert_eq!(c.access_key_id, "ossid");
         assert_eq!(c.access_key_secret, "osssecret");
         assert_eq!(c.security_token, None);
+    }
+
+    #[tokio::test]
+    async fn oss_pair_takes_oss_session_token() {
+        let p = provider(&[
+            (ENV_OSS_ACCESS_KEY_ID, "STS.ossid"),
+            (ENV_OSS_ACCESS_KEY_SECRET, "osssecret"),
+            (ENV_OSS_SESSION_TOKEN, "oss-tok"),
+            (ENV_SECURITY_TOKEN, "alibaba-tok"),
+        ]);
+        let c = p.credentials().await.unwrap();
+        assert_eq!(c.security_token.as_deref(), Some("oss-tok"));
+
+        // Without OSS_SESSION_TOKEN the ALIBABA_CLOUD_ name still serves the OSS pair.
+        let p = provider(&[
+            (ENV_OSS_ACCESS_KEY_ID, "STS.ossid"),
+            (ENV_OSS_ACCESS_KEY_SECRET, "osssecret"),
+            (ENV_SECURITY_TOKEN, "alibaba-tok"),
+        ]);
+        let c = p.credentials().await.unwrap();
+        assert_eq!(c.security_token.as_deref(), Some("alibaba-tok"));
+
+        // The ALIBABA_CLOUD_ pair never borrows the OSS family's token.
+        let p = provider(&[
+            (ENV_ACCESS_KEY_ID, "LTAIid"),
+            (ENV_ACCESS_KEY_SECRET, "sekrit"),
+            (ENV_OSS_SESSION_TOKEN, "oss-tok"),
+        ]);
+        assert_eq!(p.credentials().await.unwrap().security_token, None);
     }
 
     #[tokio::test]

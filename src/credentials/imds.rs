@@ -7,6 +7,11 @@
 //! (no token) is used unless `ALIBABA_CLOUD_IMDSV1_DISABLED=true`. If the metadata host cannot
 //! be reached at all, the provider fails at once: a v1 request would not reach it either, and
 //! the default chain must not stall on machines outside ECS.
+//!
+//! Never proxied: this client connects directly and ignores `HTTPS_PROXY` / `HTTP_PROXY`
+//! ([`crate::proxy`] is not used). The metadata service is a link-local address answering only
+//! the instance itself; through a proxy the request would either fail or, worse, fetch the
+//! *proxy host's* role credentials.
 
 use std::fmt;
 use std::time::Duration;

@@ -3,10 +3,10 @@
 //! Signers ask a [`CredentialsProvider`] for credentials at send time, so a provider that
 //! refreshes (STS, instance RAM role) keeps hours-long transfers signed with valid keys.
 //!
-//! Sources: [`env`](mod@env) (variables), [`profile`] (aliyun CLI `config.json`), [`ini`] (shared
-//! credentials file), [`imds`] (ECS instance RAM role), [`sts`] (AssumeRole); [`cache`] keeps
-//! temporary credentials fresh; [`chain`] puts them in the SDKs' order (the CLI calls
-//! [`chain::resolve`]).
+//! Sources: [`env`](mod@env) (variables), [`oidc`] (RRSA: AssumeRoleWithOIDC with a Kubernetes
+//! service-account token), [`profile`] (aliyun CLI `config.json`), [`ini`] (shared credentials
+//! file), [`imds`] (ECS instance RAM role), [`sts`] (AssumeRole); [`cache`] keeps temporary
+//! credentials fresh; [`chain`] puts them in the SDKs' order (the CLI calls [`chain::resolve`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,6 +21,7 @@ pub mod chain;
 pub mod env;
 pub mod imds;
 pub mod ini;
+pub mod oidc;
 pub mod profile;
 pub mod sts;
 

@@ -75,6 +75,38 @@ pub fn sts_endpoint(spec: &AssumeRoleSpec, env: &EnvLookup) -> String {
     }
 }
 
+/// The RoleSessionName: given, else `ALIBABA_CLOUD_ROLE_SESSION_NAME`, else `ossrelay-<ms>`;
+/// checked against STS's rule (2-64 characters of `[A-Za-z0-9.@_-]`).
+pub(crate) fn session_name(given: Option<String>, env: &EnvLookup) -> Result<String, String> {
+    let name = given
+        .or_else(|| env.get(ENV_ROLE_SESSION_NAME))
+        .unwrap_or_else(|| {
+            let ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            format!("ossrelay-{ms}")
+        });
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '@' | '_' | '-');
+    if !(2..=64).contains(&name.len()) || !name.chars().all(valid_char) {
+        return Err(format!(
+            "role session name {name:?} must be 2-64 characters of A-Z a-z 0-9 . @ _ -"
+        ));
+    }
+    Ok(name)
+}
+
+/// DurationSeconds (default 3600), within what STS accepts.
+pub(crate) fn duration(given: Option<u64>) -> Result<u64, String> {
+    let d = given.unwrap_or(DEFAULT_DURATION_SECONDS);
+    if !(900..=43200).contains(&d) {
+        return Err(format!(
+            "duration {d} s is out of range; STS accepts 900 to 43200 seconds (and at most the role's MaxSessionDuration)"
+        ));
+    }
+    Ok(d)
+}
+
 /// Fetches new credentials with STS AssumeRole on every call; wrap it in
 /// [`RefreshingProvider`] (see [`AssumeRoleProvider::cached`]) to reuse them until near expiry.
 pub struct AssumeRoleProvider {
@@ -119,29 +151,8 @@ impl AssumeRoleProvider {
                 "role ARN {role_arn:?} does not look like acs:ram::<account-id>:role/<name>"
             )));
         }
-        let session_name = spec
-            .session_name
-            .clone()
-            .or_else(|| env.get(ENV_ROLE_SESSION_NAME))
-            .unwrap_or_else(|| {
-                let ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis();
-                format!("ossrelay-{ms}")
-            });
-        let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '@' | '_' | '-');
-        if !(2..=64).contains(&session_name.len()) || !session_name.chars().all(valid_char) {
-            return Err(invalid(format!(
-                "role session name {session_name:?} must be 2-64 characters of A-Z a-z 0-9 . @ _ -"
-            )));
-        }
-        let duration_seconds = spec.duration_seconds.unwrap_or(DEFAULT_DURATION_SECONDS);
-        if !(900..=43200).contains(&duration_seconds) {
-            return Err(invalid(format!(
-                "duration {duration_seconds} s is out of range; STS accepts 900 to 43200 seconds (and at most the role's MaxSessionDuration)"
-            )));
-        }
+        let session_name = session_name(spec.session_name.clone(), env).map_err(invalid)?;
+        let duration_seconds = duration(spec.duration_seconds).map_err(invalid)?;
         Ok(Self {
             base,
             input: AssumeRoleInput {

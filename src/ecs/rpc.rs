@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::credentials::{Credentials, CredentialsError, CredentialsProvider};
 use crate::metrics::{REQUESTS_TOTAL, REQUEST_DURATION_SECONDS, RETRIES_TOTAL};
+use crate::proxy::{ProxyConfig, ProxyConnector};
 use crate::store::ErrorClass;
 
 /// ECS API version.
@@ -291,6 +292,7 @@ pub fn classify(code: &str, status: u16) -> ErrorClass {
         || code.starts_with("InvalidAccessKeyId")
         || code.starts_with("InvalidSecurityToken")
         || code.starts_with("InvalidTimeStamp")
+        || code.starts_with("AuthenticationFail")
         || code.starts_with("Forbidden")
         || code.starts_with("Forbbiden")
         || code == "NoPermission"
@@ -422,7 +424,7 @@ impl RetryPolicy {
 /// endpoints are accepted for local test doubles).
 #[derive(Clone)]
 pub struct RpcClient {
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: Client<HttpsConnector<ProxyConnector>, Full<Bytes>>,
     retry: RetryPolicy,
     timeout: Duration,
 }
@@ -443,8 +445,14 @@ impl Default for RpcClient {
 }
 
 impl RpcClient {
-    /// Default retry policy, 30 s per attempt, 10 s connect timeout.
+    /// Default retry policy, 30 s per attempt, 10 s connect timeout; proxies from the
+    /// environment ([`crate::proxy`]).
     pub fn new() -> Self {
+        Self::with_proxy(ProxyConfig::from_env())
+    }
+
+    /// Like [`RpcClient::new`], through the given proxy settings.
+    pub fn with_proxy(proxy: ProxyConfig) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -454,7 +462,7 @@ impl RpcClient {
             .expect("the ring provider supports the default TLS versions")
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(ProxyConnector::new(http, proxy));
         Self {
             http: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
@@ -491,6 +499,25 @@ impl RpcClient {
         })
     }
 
+    /// Calls an action that takes no signature (STS AssumeRoleWithOIDC: the OIDC token in the
+    /// parameters is the proof of identity) and deserializes the JSON answer into `T`.
+    ///
+    /// `secret` is a value that must never reach an error message (the OIDC token); it is
+    /// redacted from the service's error text like a signing secret would be.
+    pub async fn call_unsigned_json<T: DeserializeOwned>(
+        &self,
+        req: &RpcRequest,
+        secret: &str,
+    ) -> Result<T, RpcError> {
+        let doc = self.call_inner(None, Some(secret), req).await?;
+        serde_json::from_value(doc).map_err(|e| RpcError::InvalidResponse {
+            action: req.action.clone(),
+            endpoint: req.base_url(),
+            status: 200,
+            reason: format!("unexpected JSON shape: {e}"),
+        })
+    }
+
     /// Calls the action, retrying retryable failures; credentials are fetched and the request
     /// signed anew (fresh nonce and timestamp) for every attempt.
     pub async fn call(
@@ -498,10 +525,29 @@ impl RpcClient {
         creds: &dyn CredentialsProvider,
         req: &RpcRequest,
     ) -> Result<serde_json::Value, RpcError> {
+        self.call_inner(Some(creds), None, req).await
+    }
+
+    /// Signed with `creds`, or unsigned when `None` (then `secret` is what to redact).
+    async fn call_inner(
+        &self,
+        creds: Option<&dyn CredentialsProvider>,
+        secret: Option<&str>,
+        req: &RpcRequest,
+    ) -> Result<serde_json::Value, RpcError> {
         let mut attempt = 1;
         loop {
-            let c = creds.credentials().await?;
-            match self.attempt(&c, req).await {
+            let c = match creds {
+                Some(p) => Some(p.credentials().await?),
+                None => None,
+            };
+            let redact_with = c.clone().unwrap_or_else(|| Credentials {
+                access_key_id: String::new(),
+                access_key_secret: String::new(),
+                security_token: secret.map(str::to_string),
+                expiration: None,
+            });
+            match self.attempt(c.as_ref(), &redact_with, req).await {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() && attempt < self.retry.max_attempts => {
                     let retry_after = match &e {
@@ -521,12 +567,16 @@ impl RpcClient {
 
     async fn attempt(
         &self,
-        creds: &Credentials,
+        creds: Option<&Credentials>,
+        redact_with: &Credentials,
         req: &RpcRequest,
     ) -> Result<serde_json::Value, RpcError> {
         let base = req.base_url();
         let timestamp = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let (uri, body) = signed_parts(req, creds, &timestamp, &new_nonce());
+        let (uri, body) = match creds {
+            Some(c) => signed_parts(req, c, &timestamp, &new_nonce()),
+            None => unsigned_parts(req, &timestamp),
+        };
         let mut builder = Request::builder()
             .method(req.method.clone())
             .uri(&uri)
@@ -596,7 +646,7 @@ impl RpcClient {
         metrics::counter!(REQUESTS_TOTAL, "service" => service, "operation" => action.clone(), "status" => status_label).increment(1);
         let (status, retry_after, bytes) = outcome?;
         tracing::debug!(action = %action, endpoint = %base, status = status.as_u16(), "RPC response");
-        interpret_response(&action, &base, status, retry_after, &bytes, creds)
+        interpret_response(&action, &base, status, retry_after, &bytes, redact_with)
     }
 }
 
@@ -648,6 +698,30 @@ pub fn common_params(
         p.push(("SecurityToken".into(), t.clone()));
     }
     p
+}
+
+/// The URI and form body of an unsigned call: the common parameters without `AccessKeyId`,
+/// `Signature*` or `SecurityToken` (as credentials-go sends AssumeRoleWithOIDC).
+pub fn unsigned_parts(req: &RpcRequest, timestamp: &str) -> (String, Option<String>) {
+    let mut query: Vec<(String, String)> = vec![
+        ("Action".into(), req.action.clone()),
+        ("Version".into(), req.version.clone()),
+        ("Format".into(), "JSON".into()),
+        ("Timestamp".into(), timestamp.to_string()),
+    ];
+    query.extend(req.query.iter().cloned());
+    (
+        format!("{}/?{}", req.base_url(), encode_pairs(&query)),
+        (!req.form.is_empty()).then(|| encode_pairs(&req.form)),
+    )
+}
+
+fn encode_pairs(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// The full signed URI and the form body (if any) for one attempt.

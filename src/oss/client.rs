@@ -27,6 +27,7 @@ use super::endpoint::{Endpoint, EndpointSpec};
 use super::error::{clock_offset_ms, ErrorContext, OssError};
 use super::sign::{sign_request, SignContext, SignVersion};
 use crate::credentials::{CredentialsError, CredentialsProvider};
+use crate::proxy::{ProxyConfig, ProxyConnector};
 use crate::store::{ByteStream, ErrorClass, StoreError};
 
 /// Backoff base and cap for in-client retries (decorrelated jitter).
@@ -60,6 +61,10 @@ pub struct OssConfig {
     pub connect_to: Option<SocketAddr>,
     /// The CLI flag that selects this side's region, named in wrong-region advice.
     pub region_flag: String,
+    /// Outbound proxy (default: `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` from the
+    /// environment, see [`crate::proxy`]); a `connect_to` address is loopback or explicit and
+    /// goes direct when it is loopback.
+    pub proxy: ProxyConfig,
 }
 
 impl OssConfig {
@@ -80,6 +85,7 @@ impl OssConfig {
             max_attempts: 4,
             connect_to: None,
             region_flag: "--region".into(),
+            proxy: ProxyConfig::from_env(),
         }
     }
 }
@@ -96,11 +102,12 @@ impl fmt::Debug for OssConfig {
             .field("read_timeout", &self.read_timeout)
             .field("max_attempts", &self.max_attempts)
             .field("connect_to", &self.connect_to)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, ReqBody>;
+type HttpClient = Client<HttpsConnector<ProxyConnector>, ReqBody>;
 
 /// An OSS client: cheap to clone, one connection pool shared by all clones.
 #[derive(Clone)]
@@ -210,7 +217,7 @@ impl OssClient {
             .map_err(|e| OssError::config(format!("TLS setup failed: {e}")))?
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(ProxyConnector::new(http, cfg.proxy.clone()));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(50))
             .pool_max_idle_per_host(256)

@@ -55,6 +55,8 @@ pub(crate) struct Cloud {
     pub(crate) region: String,
     pub(crate) task_duration: Duration,
     pub(crate) sts_ttl: Option<Duration>,
+    /// RAM OIDC identity providers (AssumeRoleWithOIDC).
+    pub(crate) oidc_providers: Vec<super::SimOidcProvider>,
     /// `(account, role)` served by the metadata service.
     pub(crate) imds_role: Option<(String, String)>,
     pub(crate) imds_rotation: Duration,
@@ -187,6 +189,14 @@ impl Cloud {
         let now = SystemTime::now();
         let known = |a: &str| cfg.accounts.iter().any(|x| x.name == a);
         let mut st = CloudState::default();
+        for p in &cfg.oidc_providers {
+            if !known(&p.account) {
+                return Err(SimError::Config(format!(
+                    "OIDC provider {} names unknown account {}",
+                    p.name, p.account
+                )));
+            }
+        }
         for r in &cfg.roles {
             if !known(&r.account) {
                 return Err(SimError::Config(format!(
@@ -261,6 +271,7 @@ impl Cloud {
             region: cfg.region.clone(),
             task_duration: cfg.task_duration,
             sts_ttl: cfg.sts_ttl,
+            oidc_providers: cfg.oidc_providers.clone(),
             imds_role: cfg.imds_role.clone(),
             imds_rotation: cfg.imds_rotation,
             imds_tokens: cfg.imds_tokens,

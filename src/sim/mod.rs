@@ -203,6 +203,25 @@ pub struct SimRole {
     pub trusted: String,
 }
 
+/// A RAM OIDC identity provider `acs:ram::<account>:oidc-provider/<name>` (what ACK's RRSA
+/// registers per cluster), for AssumeRoleWithOIDC.
+#[derive(Clone, Debug)]
+pub struct SimOidcProvider {
+    pub account: String,
+    pub name: String,
+    /// The `iss` its tokens must carry.
+    pub issuer_url: String,
+    /// Accepted `aud` values (RRSA uses `sts.aliyuncs.com`).
+    pub client_ids: Vec<String>,
+}
+
+impl SimOidcProvider {
+    /// `acs:ram::<account>:oidc-provider/<name>`.
+    pub fn arn(&self) -> String {
+        format!("acs:ram::{}:oidc-provider/{}", self.account, self.name)
+    }
+}
+
 /// How the metadata service treats IMDSv2 tokens.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ImdsTokens {
@@ -271,6 +290,9 @@ pub struct SimConfig {
     pub images: Vec<SimImage>,
     /// RAM roles present at start.
     pub roles: Vec<SimRole>,
+    /// RAM OIDC identity providers present at start (a role trusts one with the `TRUSTED`
+    /// entry `oidc:<provider name>`).
+    pub oidc_providers: Vec<SimOidcProvider>,
     /// How long an ExportImage / ImportImage task takes (at least).
     pub task_duration: Duration,
     /// Lifetime of AssumeRole credentials, replacing the requested DurationSeconds.
@@ -311,6 +333,7 @@ impl Default for SimConfig {
             clock_skew: 0,
             images: Vec::new(),
             roles: Vec::new(),
+            oidc_providers: Vec::new(),
             task_duration: Duration::from_secs(5),
             sts_ttl: None,
             imds_role: None,

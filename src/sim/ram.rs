@@ -93,6 +93,34 @@ impl Role {
         })
     }
 
+    /// Whether the trust policy lets tokens of the OIDC provider `provider_arn` with `claims`
+    /// assume it: a `Principal.Federated` naming the provider, and every `StringEquals`
+    /// condition on `oidc:iss`, `oidc:aud` or `oidc:sub` met by the token's claims.
+    pub fn trusts_oidc(&self, provider_arn: &str, claims: &Value) -> bool {
+        let Ok(doc) = serde_json::from_str::<Value>(&self.trust) else {
+            return false;
+        };
+        doc["Statement"].as_array().into_iter().flatten().any(|st| {
+            let allow = st["Effect"].as_str() == Some("Allow");
+            let assume = as_list(&st["Action"]).iter().any(|a| a == "sts:AssumeRole");
+            let names = as_list(&st["Principal"]["Federated"])
+                .iter()
+                .any(|p| p == provider_arn);
+            let conditions = st["Condition"]["StringEquals"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .all(|(k, want)| {
+                    let Some(claim) = k.strip_prefix("oidc:") else {
+                        return true;
+                    };
+                    let have = as_list(&claims[claim]);
+                    as_list(want).iter().any(|w| have.contains(w))
+                });
+            allow && assume && names && conditions
+        })
+    }
+
     /// Whether the system policy `name` is attached.
     pub fn has_policy(&self, name: &str) -> bool {
         self.policies.iter().any(|p| p.name == name)
@@ -106,20 +134,22 @@ impl Role {
     }
 }
 
+/// A JSON string or array of strings as a list (anything else: empty).
+fn as_list(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// The `Principal.<kind>` values of the Allow + `sts:AssumeRole` statements of a trust document.
 fn principals(doc: &str, kind: &str) -> Vec<String> {
     let Ok(v) = serde_json::from_str::<Value>(doc) else {
         return Vec::new();
-    };
-    let as_list = |v: &Value| -> Vec<String> {
-        match v {
-            Value::String(s) => vec![s.clone()],
-            Value::Array(a) => a
-                .iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect(),
-            _ => Vec::new(),
-        }
     };
     let mut out = Vec::new();
     for st in v["Statement"].as_array().into_iter().flatten() {
@@ -132,13 +162,27 @@ fn principals(doc: &str, kind: &str) -> Vec<String> {
     out
 }
 
-/// A trust document letting the given accounts' roots assume a role.
-pub fn account_trust(accounts: &[&str]) -> String {
-    let ram: Vec<String> = accounts
-        .iter()
-        .map(|a| format!("acs:ram::{a}:root"))
-        .collect();
-    json!({"Statement":[{"Action":"sts:AssumeRole","Effect":"Allow","Principal":{"RAM":ram}}],"Version":"1"}).to_string()
+/// A trust document for account roots and OIDC providers (ARNs); an OIDC statement requires
+/// `oidc:aud` = `sts.aliyuncs.com`, as the trust policies RRSA generates do.
+pub fn trust(accounts: &[&str], oidc_providers: &[String]) -> String {
+    let mut statements = Vec::new();
+    if !accounts.is_empty() {
+        let ram: Vec<String> = accounts
+            .iter()
+            .map(|a| format!("acs:ram::{a}:root"))
+            .collect();
+        statements
+            .push(json!({"Action":"sts:AssumeRole","Effect":"Allow","Principal":{"RAM":ram}}));
+    }
+    if !oidc_providers.is_empty() {
+        statements.push(json!({
+            "Action": "sts:AssumeRole",
+            "Effect": "Allow",
+            "Principal": {"Federated": oidc_providers},
+            "Condition": {"StringEquals": {"oidc:aud": "sts.aliyuncs.com"}},
+        }));
+    }
+    json!({"Statement": statements, "Version": "1"}).to_string()
 }
 
 /// All roles, keyed by (account, lower-case name).
@@ -215,12 +259,20 @@ impl Roles {
         }
     }
 
-    /// Preloads `--role ACCOUNT:ROLE:TRUSTED` (TRUSTED empty or `ecs` = the ECS service).
+    /// Preloads `--role ACCOUNT:ROLE:TRUSTED` (TRUSTED empty or `ecs` = the ECS service; else
+    /// a comma list of account IDs and `oidc:<provider name>` entries, the provider being one
+    /// of `account`'s).
     pub fn preload(&mut self, account: &str, name: &str, trusted: &str, now: SystemTime) {
         let trust = if trusted.is_empty() || trusted.eq_ignore_ascii_case("ecs") {
             ECS_SERVICE_TRUST.to_string()
         } else {
-            account_trust(&trusted.split(',').collect::<Vec<_>>())
+            let (oidc, accounts): (Vec<&str>, Vec<&str>) =
+                trusted.split(',').partition(|t| t.starts_with("oidc:"));
+            let providers: Vec<String> = oidc
+                .iter()
+                .map(|p| format!("acs:ram::{account}:oidc-provider/{}", &p[5..]))
+                .collect();
+            trust(&accounts, &providers)
         };
         self.insert(account, name, &trust, "", now);
         for (role, policy) in [(EXPORT_ROLE, EXPORT_POLICY), (IMPORT_ROLE, IMPORT_POLICY)] {

@@ -756,6 +756,17 @@ fn dispatch(
             "Specified api is not found, please check your url and method.",
         ));
     }
+    // AssumeRoleWithOIDC is anonymous on the real service: the caller has no AccessKey yet and
+    // the OIDC token in the parameters is what is verified (in super::sts).
+    if product == Product::Sts && action == "AssumeRoleWithOIDC" {
+        if let Some(e) = shared.rpc_fault(action) {
+            return Err(e);
+        }
+        if let Some(e) = shared.cloud.scripted_fault(action) {
+            return Err(e);
+        }
+        return super::sts::assume_role_with_oidc(shared, req);
+    }
     let caller = {
         let now = shared.sim_now();
         let lookup = |ak: &str| shared.key_lookup(ak);

@@ -1,5 +1,15 @@
 //! Simulated STS: AssumeRole into roles of simulated accounts (temporary credentials the OSS
-//! side accepts for the role's account) and GetCallerIdentity.
+//! side accepts for the role's account), AssumeRoleWithOIDC (RRSA) and GetCallerIdentity.
+//!
+//! AssumeRoleWithOIDC is served without a signature, as on the real service: the request
+//! carries `RoleArn`, `OIDCProviderArn` and `OIDCToken`, and each is checked: the role must
+//! exist; the provider must exist (`404 EntityNotExist.OIDCProvider`); the token must be a JWT
+//! whose `iss` is the provider's issuer URL, whose `aud` names one of the provider's client IDs
+//! and whose `exp` lies in the future (`nbf`, when present, in the past); and the role's trust
+//! policy must name the provider as `Principal.Federated` with its `oidc:*` conditions met
+//! (else `403 NoPermission`). The JWT signature is not verified: the simulator has no issuer
+//! keys (JWKS) to fetch; a real cluster's tokens are RS256-signed. The error codes for token
+//! problems (`InvalidParameter.OIDCToken`, `AuthenticationFail.OIDCToken.*`) are UNCONFIRMED.
 //!
 //! Choices where the reference is silent or UNCONFIRMED: a role is assumable when its trust
 //! policy names the caller's account (`acs:ram::<uid>:root`, any identity of the account, or the
@@ -17,7 +27,7 @@ use super::rpc::{Caller, RpcError, RpcRequest};
 use super::server::Shared;
 
 /// STS actions served.
-pub const ACTIONS: &[&str] = &["AssumeRole", "GetCallerIdentity"];
+pub const ACTIONS: &[&str] = &["AssumeRole", "AssumeRoleWithOIDC", "GetCallerIdentity"];
 
 /// Who a temporary AccessKey stands for.
 #[derive(Debug, Clone)]
@@ -125,7 +135,14 @@ fn assume_role(shared: &Arc<Shared>, caller: &Caller, req: &RpcRequest) -> Resul
             "The parameter RoleArn is wrongly formed; expected acs:ram::<account-id>:role/<role-name>.",
         ));
     };
-    let duration = match req.get("DurationSeconds").filter(|v| !v.is_empty()) {
+    let duration = duration_param(req)?;
+    issue(shared, arn, acct, name, session, duration, |role| {
+        role.trusts_account(&caller.account)
+    })
+}
+
+fn duration_param(req: &RpcRequest) -> Result<u64, RpcError> {
+    Ok(match req.get("DurationSeconds").filter(|v| !v.is_empty()) {
         None => 3600,
         Some(v) => v.parse::<u64>().map_err(|_| {
             RpcError::new(
@@ -134,7 +151,19 @@ fn assume_role(shared: &Arc<Shared>, caller: &Caller, req: &RpcRequest) -> Resul
                 "The parameter DurationSeconds must be an integer.",
             )
         })?,
-    };
+    })
+}
+
+/// Issues temporary credentials for role `name` of `acct` when `trusted(role)` holds.
+fn issue(
+    shared: &Arc<Shared>,
+    arn: &str,
+    acct: &str,
+    name: &str,
+    session: &str,
+    duration: u64,
+    trusted: impl FnOnce(&super::ram::Role) -> bool,
+) -> Result<Value, RpcError> {
     let now = shared.sim_now();
     let (ak, secret, token) = new_triple();
     let (role_name, role_id, expires) = {
@@ -146,7 +175,7 @@ fn assume_role(shared: &Arc<Shared>, caller: &Caller, req: &RpcRequest) -> Resul
                 format!("The role not exists: {arn}."),
             ));
         };
-        if !role.trusts_account(&caller.account) {
+        if !trusted(role) {
             return Err(RpcError::new(
                 403,
                 "NoPermission",
@@ -195,6 +224,121 @@ fn assume_role(shared: &Arc<Shared>, caller: &Caller, req: &RpcRequest) -> Resul
     }))
 }
 
+/// The claims of a JWT (header.payload.signature, base64url); `None` when it is not one.
+fn jwt_claims(token: &str) -> Option<Value> {
+    use base64::Engine as _;
+    let parts: Vec<&str> = token.trim().split('.').collect();
+    if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    let decode = |p: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p.trim_end_matches('='))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .filter(Value::is_object)
+    };
+    decode(parts[0])?;
+    decode(parts[1])
+}
+
+fn token_error(code: &str, message: impl Into<String>) -> RpcError {
+    RpcError::new(400, code, message)
+}
+
+/// AssumeRoleWithOIDC: unsigned; the OIDC token is checked against the provider and the role.
+pub(crate) fn assume_role_with_oidc(
+    shared: &Arc<Shared>,
+    req: &RpcRequest,
+) -> Result<Value, RpcError> {
+    let arn = req.required("RoleArn")?;
+    let provider_arn = req.required("OIDCProviderArn")?;
+    let token = req.required("OIDCToken")?;
+    let session = req
+        .get("RoleSessionName")
+        .filter(|s| !s.is_empty())
+        .unwrap_or("oidc-session");
+    if !valid_session_name(session) {
+        return Err(RpcError::new(
+            400,
+            "InvalidParameter.RoleSessionName",
+            "The parameter RoleSessionName is wrongly formed: 2-64 characters of [A-Za-z0-9.@_-].",
+        ));
+    }
+    let Some((acct, name)) = parse_arn(arn) else {
+        return Err(RpcError::new(
+            400,
+            "InvalidParameter.RoleArn",
+            "The parameter RoleArn is wrongly formed; expected acs:ram::<account-id>:role/<role-name>.",
+        ));
+    };
+    let Some(provider) = shared
+        .cloud
+        .oidc_providers
+        .iter()
+        .find(|p| p.arn() == provider_arn)
+    else {
+        return Err(RpcError::new(
+            404,
+            "EntityNotExist.OIDCProvider",
+            format!("The OIDC provider does not exist: {provider_arn}."),
+        ));
+    };
+    let Some(claims) = jwt_claims(token) else {
+        return Err(token_error(
+            "InvalidParameter.OIDCToken",
+            "The parameter OIDCToken is not a well-formed JWT.",
+        ));
+    };
+    if claims["iss"].as_str() != Some(provider.issuer_url.as_str()) {
+        return Err(token_error(
+            "AuthenticationFail.OIDCToken.Invalid",
+            "The issuer (iss) of the OIDC token does not match the issuer URL of the OIDC provider.",
+        ));
+    }
+    let aud: Vec<&str> = match &claims["aud"] {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !aud
+        .iter()
+        .any(|a| provider.client_ids.iter().any(|c| c == a))
+    {
+        return Err(token_error(
+            "AuthenticationFail.OIDCToken.Invalid",
+            "The audience (aud) of the OIDC token is not a client ID of the OIDC provider.",
+        ));
+    }
+    let now = shared
+        .sim_now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let Some(exp) = claims["exp"].as_u64() else {
+        return Err(token_error(
+            "InvalidParameter.OIDCToken",
+            "The OIDC token has no expiration (exp).",
+        ));
+    };
+    if exp <= now {
+        return Err(token_error(
+            "AuthenticationFail.OIDCToken.Expired",
+            "The OIDC token has expired.",
+        ));
+    }
+    if claims["nbf"].as_u64().is_some_and(|nbf| nbf > now) {
+        return Err(token_error(
+            "AuthenticationFail.OIDCToken.Invalid",
+            "The OIDC token is not valid yet (nbf).",
+        ));
+    }
+    let duration = duration_param(req)?;
+    issue(shared, arn, acct, name, session, duration, |role| {
+        role.trusts_oidc(provider_arn, &claims)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +356,22 @@ mod tests {
         assert!(!valid_session_name("has space"));
         let (ak, s, t) = new_triple();
         assert!(ak.starts_with("STS.") && s.len() == 44 && t.starts_with("CAIS"));
+    }
+
+    #[test]
+    fn jwts_are_recognised() {
+        use base64::Engine as _;
+        let b = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let jwt = format!(
+            "{}.{}.{}",
+            b(r#"{"alg":"RS256"}"#),
+            b(r#"{"iss":"https://i","aud":"sts.aliyuncs.com","exp":9999999999}"#),
+            b("sig")
+        );
+        assert_eq!(jwt_claims(&jwt).unwrap()["iss"], "https://i");
+        assert!(jwt_claims("not-a-jwt").is_none());
+        assert!(jwt_claims("a.b").is_none());
+        assert!(jwt_claims(&format!("{}..{}", b("{}"), b("x"))).is_none());
+        assert!(jwt_claims(&format!("{}.{}.x", b("{}"), b("[1]"))).is_none());
     }
 }
