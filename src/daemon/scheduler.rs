@@ -698,19 +698,28 @@ impl Scheduler {
             })
             .collect();
         for path in files {
-            let Some(st) = state::load(&path).map_err(|e| e.to_string())? else {
-                continue;
+            // The job's run has stopped, but its lock says so for certain: never abort an
+            // upload a run is still sending to.
+            let _lock = state::lock(&path).map_err(|e| e.to_string())?;
+            let upload_id = match state::load_checked(&path).map_err(|e| e.to_string())? {
+                state::Loaded::State(st) => st.upload_id,
+                // A damaged file still names the upload to abort, when it can be read.
+                state::Loaded::Damaged {
+                    upload_id: Some(id),
+                    ..
+                } => id,
+                state::Loaded::Absent | state::Loaded::Damaged { .. } => continue,
             };
             let (_, dst) = spec
                 .locations()
-                .map_err(|e| format!("cannot abort upload {}: {e}", st.upload_id))?;
-            match dst.store.abort(&dst.key, &st.upload_id).await {
+                .map_err(|e| format!("cannot abort upload {upload_id}: {e}"))?;
+            match dst.store.abort(&dst.key, &upload_id).await {
                 Ok(()) => {}
                 Err(e) if e.class == crate::store::ErrorClass::NotFound => {}
                 Err(e) => {
                     return Err(format!(
-                        "aborting upload {} of {} failed: {e}",
-                        st.upload_id, st.destination
+                        "aborting upload {upload_id} of {} failed: {e}",
+                        dst.describe()
                     ))
                 }
             }
