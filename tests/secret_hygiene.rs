@@ -311,6 +311,7 @@ async fn daemon_at_debug_level_shows_no_secret() {
         child,
         addr,
         token: None,
+        metrics_addr: None,
     };
     let job = |src_key: &str, dst_key: &str, src_profile: &str, dst_profile: &str| {
         let mut j = daemon_support::copy_job(&w, src_key, DST_BUCKET, dst_key);
