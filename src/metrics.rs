@@ -84,7 +84,10 @@ pub fn after_install(build_info: bool) {
     describe_all();
     register_zeroes();
     if build_info {
-        describe_gauge!(BUILD_INFO, "Build information (value 1): version and git commit.");
+        describe_gauge!(
+            BUILD_INFO,
+            "Build information (value 1): version and git commit."
+        );
         metrics::gauge!(BUILD_INFO, "version" => VERSION, "commit" => COMMIT).set(1.0);
     }
     let process = PROCESS.get_or_init(metrics_process::Collector::default);

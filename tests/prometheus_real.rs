@@ -192,8 +192,8 @@ impl Prometheus {
         let (status, body) = get(&self.addr, path)
             .await
             .unwrap_or_else(|| panic!("no answer from prometheus for {path}"));
-        let v: Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("{path}: {status} {e}: {body}"));
+        let v: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {status} {e}: {body}"));
         assert_eq!(v["status"], "success", "{path}: {v}");
         v["data"]["result"].as_array().cloned().unwrap_or_default()
     }
@@ -295,7 +295,10 @@ async fn prometheus_rate_of_bytes_matches_the_measured_throughput_and_the_dashbo
         },
     )
     .await;
-    let daemon_metrics = d.metrics_addr.clone().expect("metrics_listen in the ready line");
+    let daemon_metrics = d
+        .metrics_addr
+        .clone()
+        .expect("metrics_listen in the ready line");
     let copy_metrics = format!("127.0.0.1:{}", free_port());
     let prom = Prometheus::start(&[
         ("ossrelay", daemon_metrics.as_str()),
@@ -307,7 +310,8 @@ async fn prometheus_rate_of_bytes_matches_the_measured_throughput_and_the_dashbo
     let mut bad = copy_job(&wd, "none.raw", DISCARD_BUCKET, "none.raw");
     bad["dst_profile"] = "dst-role".into();
     let bad_id = d.submit(&bad).await["id"].as_str().unwrap().to_string();
-    d.wait_state(&bad_id, "failed", Duration::from_secs(30)).await;
+    d.wait_state(&bad_id, "failed", Duration::from_secs(30))
+        .await;
 
     let mut job = copy_job(&wd, "disk.raw", DISCARD_BUCKET, "disk.raw");
     job["dst_profile"] = "dst-role".into();

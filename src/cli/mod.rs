@@ -41,7 +41,13 @@ struct Cli {
 
     /// Without a terminal, log a progress line (bytes, percent, rate, ETA, retries) every
     /// this many seconds; 0 = never.
-    #[arg(long, global = true, env = "OSSRELAY_PROGRESS_INTERVAL", value_name = "SECS", default_value_t = 10)]
+    #[arg(
+        long,
+        global = true,
+        env = "OSSRELAY_PROGRESS_INTERVAL",
+        value_name = "SECS",
+        default_value_t = 10
+    )]
     progress_interval: u64,
 
     #[command(subcommand)]

@@ -256,7 +256,8 @@ mod tests {
     #[test]
     fn a_line_carries_the_smoothed_rate_and_the_eta() {
         let p = Progress::new();
-        p.total_bytes.store(1000 * 1024 * 1024, std::sync::atomic::Ordering::Relaxed);
+        p.total_bytes
+            .store(1000 * 1024 * 1024, std::sync::atomic::Ordering::Relaxed);
         let mut meter = RateMeter::default();
         let mut last = Line::default();
         for _ in 0..=30 {

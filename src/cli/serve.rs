@@ -350,6 +350,9 @@ mod tests {
         assert!(e.contains("--state-dir"), "{e}");
         check_state_dir(&dir.path().join("fresh")).unwrap();
         assert!(dir.path().join("fresh").is_dir());
-        assert_eq!(std::fs::read_dir(dir.path().join("fresh")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("fresh")).unwrap().count(),
+            0
+        );
     }
 }

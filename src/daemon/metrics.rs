@@ -252,7 +252,11 @@ pub fn render(s: &Scheduler, engine: Option<&PrometheusHandle>) -> String {
         "Retries of the job over all its runs.",
     );
     for j in &jobs {
-        let _ = writeln!(out, "{JOB_RETRIES_TOTAL}{{job_id=\"{}\"}} {}", j.id, j.retries);
+        let _ = writeln!(
+            out,
+            "{JOB_RETRIES_TOTAL}{{job_id=\"{}\"}} {}",
+            j.id, j.retries
+        );
     }
     header(
         &mut out,

@@ -197,8 +197,12 @@ fn fill_live(job: &mut Job, live: &Live) {
     let smoothed = meter.sample(Instant::now(), s.sent_bytes);
     let secs = live.started.elapsed().as_secs_f64();
     let sent = s.acked_bytes.saturating_sub(s.resumed_bytes);
+    // Zero over the last interval while parts sit in socket buffers is not "stopped": fall
+    // back to the average since the start until the meter sees bytes move.
     job.throughput_bytes_per_sec =
-        smoothed.unwrap_or(if secs > 0.0 { sent as f64 / secs } else { 0.0 });
+        smoothed
+            .filter(|r| *r > 0.0)
+            .unwrap_or(if secs > 0.0 { sent as f64 / secs } else { 0.0 });
     job.eta_seconds = (job.throughput_bytes_per_sec > 0.0 && s.total_bytes > 0)
         .then(|| s.total_bytes.saturating_sub(s.acked_bytes) as f64 / job.throughput_bytes_per_sec);
     drop(meter);

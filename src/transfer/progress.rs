@@ -144,12 +144,16 @@ impl StreamCounter {
 /// with every part.
 #[derive(Debug, Clone, Default)]
 pub struct RateMeter {
+    /// The first sample: until it is [`RateMeter::TAU`] old, the rate is the plain average
+    /// since then (an EWMA seeded with one short interval would start at that interval's
+    /// rate, zero if no chunk happened to pass in it).
+    first: Option<(std::time::Instant, u64)>,
     last: Option<(std::time::Instant, u64)>,
     rate: Option<f64>,
 }
 
 impl RateMeter {
-    /// The smoothing time constant.
+    /// The smoothing time constant, in seconds.
     pub const TAU: f64 = 10.0;
     /// Samples closer together than this are merged into the next (a burst of API calls
     /// must not turn one chunk into a rate).
@@ -157,24 +161,28 @@ impl RateMeter {
 
     /// Records that `bytes` (a monotonic counter) was reached at `now`; returns the rate.
     pub fn sample(&mut self, now: std::time::Instant, bytes: u64) -> Option<f64> {
-        let Some((t0, b0)) = self.last else {
+        let (Some((t0, b0)), Some((tf, bf))) = (self.last, self.first) else {
             self.last = Some((now, bytes));
+            self.first = Some((now, bytes));
             return self.rate;
         };
         if bytes < b0 {
             // A new counter (the next disk of a migration): start its interval afresh.
             self.last = Some((now, bytes));
+            self.first = Some((now, bytes));
             return self.rate;
         }
         let dt = now.saturating_duration_since(t0).as_secs_f64();
         if dt < Self::MIN_INTERVAL {
             return self.rate;
         }
-        let inst = bytes.saturating_sub(b0) as f64 / dt;
-        let w = 1.0 - (-dt / Self::TAU).exp();
+        let since_first = now.saturating_duration_since(tf).as_secs_f64();
         self.rate = Some(match self.rate {
-            None => inst,
-            Some(r) => r + w * (inst - r),
+            Some(r) if since_first > Self::TAU => {
+                let inst = bytes.saturating_sub(b0) as f64 / dt;
+                r + (1.0 - (-dt / Self::TAU).exp()) * (inst - r)
+            }
+            _ => bytes.saturating_sub(bf) as f64 / since_first,
         });
         self.last = Some((now, bytes));
         self.rate
@@ -187,9 +195,7 @@ impl RateMeter {
 
     /// Seconds to move `remaining` bytes at the smoothed rate.
     pub fn eta(&self, remaining: u64) -> Option<f64> {
-        self.rate
-            .filter(|r| *r > 0.0)
-            .map(|r| remaining as f64 / r)
+        self.rate.filter(|r| *r > 0.0).map(|r| remaining as f64 / r)
     }
 }
 
@@ -259,7 +265,8 @@ mod tests {
         let chunks: Vec<Result<bytes::Bytes, crate::store::StoreError>> = (0..4)
             .map(|_| Ok(bytes::Bytes::from_static(&[7u8; 1000])))
             .collect();
-        let mut body = StreamCounter::upload(p.clone()).counted(Box::pin(futures::stream::iter(chunks)));
+        let mut body =
+            StreamCounter::upload(p.clone()).counted(Box::pin(futures::stream::iter(chunks)));
         futures::executor::block_on(async {
             body.next().await;
             assert_eq!(p.snapshot().sent_bytes, 1000);
