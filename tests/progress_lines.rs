@@ -1,8 +1,9 @@
 //! Without a terminal, `copy` logs a progress line every `--progress-interval` seconds
 //! (bytes, percent, rate, ETA, retries) on stderr, as text or, with `--log-format json`, as
-//! JSON objects with the same fields.
+//! JSON objects with the same fields; `jobs watch` logs the same lines for a daemon job.
 
 mod common;
+mod daemon_support;
 
 use common::*;
 
@@ -91,4 +92,42 @@ async fn log_format_json_makes_progress_lines_structured() {
     assert!(last["fields"]["percent"].as_f64().is_some(), "{last}");
     assert!(last["fields"]["retries"].as_u64().is_some(), "{last}");
     assert_eq!(last["level"], "INFO", "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_watch_without_a_terminal_logs_the_same_progress_lines() {
+    let w = paced_world().await;
+    let d = daemon_support::start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+    let mut job = daemon_support::copy_job(&w, "disk.raw", DISCARD_BUCKET, "disk.raw");
+    job["part_size"] = "1MiB".into();
+    job["concurrency"] = 2.into();
+    let id = d.submit(&job).await["id"].as_str().unwrap().to_string();
+    let out = w
+        .run(
+            [
+                "jobs",
+                "watch",
+                &id,
+                "--server",
+                &format!("http://{}", d.addr),
+                "--progress-interval",
+                "1",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains(&id) && l.contains("parts in flight"))
+        .collect();
+    assert!(lines.len() >= 2, "watch progress lines: {err}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" / 16.00 MiB (") && l.contains("ETA")),
+        "{lines:#?}"
+    );
 }
