@@ -66,7 +66,7 @@ async fn submit_list_progress_metrics_watch_and_delete() {
 
     // Metrics while it runs: documented names with sane values.
     let m = d.metrics().await;
-    let label = format!("job=\"{id}\"");
+    let label = format!("job_id=\"{id}\"");
     let done = sample(&m, "ossrelay_job_bytes_total", &label).expect("job bytes");
     assert!(done > 0.0 && done <= size as f64, "{done}");
     assert_eq!(

@@ -92,6 +92,24 @@ async fn metrics_show_documented_names_with_sane_values_while_running() {
         upload <= size as f64,
         "more acknowledged than the object: {upload}"
     );
+    let acked = value(&text, "ossrelay_acknowledged_bytes_total").unwrap();
+    assert!(
+        acked > 0.0 && acked <= size as f64,
+        "acknowledged bytes {acked} of {size}"
+    );
+    // Streamed bytes run ahead of acknowledged ones, never behind.
+    assert!(upload >= acked, "upload {upload} < acknowledged {acked}");
+    for name in [
+        "ossrelay_bytes_total",
+        "ossrelay_acknowledged_bytes_total",
+        "ossrelay_parts_total",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}:\n{text}"
+        );
+    }
+    assert!(text.contains("process_resident_memory_bytes"), "{text}");
     let limit = value(&text, "ossrelay_concurrency_limit").unwrap();
     assert!((1.0..=4.0).contains(&limit), "concurrency limit {limit}");
     let inflight = value(&text, "ossrelay_inflight_parts").unwrap();

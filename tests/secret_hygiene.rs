@@ -319,6 +319,7 @@ async fn daemon_at_debug_level_shows_no_secret() {
         child,
         addr,
         token: None,
+        metrics_addr: None,
     };
     let job = |src_key: &str, dst_key: &str, src_profile: &str, dst_profile: &str| {
         let mut j = daemon_support::copy_job(&w, src_key, DST_BUCKET, dst_key);
@@ -444,6 +445,7 @@ async fn daemon_audit_lines_name_callers_and_never_tokens() {
         child,
         addr,
         token: Some(API_OPS.into()),
+        metrics_addr: None,
     };
     let as_ = |t: &str| format!("Authorization: Bearer {t}\r\n");
     let mut body = daemon_support::copy_job(&w, "disk.raw", DISCARD_BUCKET, "disk.raw");

@@ -118,22 +118,22 @@ pub fn default_state_dir() -> Option<PathBuf> {
         .map(|h| PathBuf::from(h).join(".local/state/ossrelay"))
 }
 
-/// Installs the Prometheus exporter on `addr`.
+/// Installs the Prometheus exporter on `addr` (no token: a copy's metrics hold no secret).
 pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
-    crate::metrics::describe_all();
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+    crate::metrics::builder()
         .with_http_listener(addr)
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(
-                crate::metrics::REQUEST_DURATION_SECONDS.to_string(),
-            ),
-            &[
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ],
-        )
-        .and_then(|b| b.install())
-        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
-    crate::metrics::register_zeroes();
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}; pick a free ADDR:PORT"))?;
+    crate::metrics::after_install(true);
+    // The exporter renders on its own task: refresh the process gauges at the finest
+    // useful scrape interval.
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            crate::metrics::collect_process();
+        }
+    });
     Ok(())
 }
 

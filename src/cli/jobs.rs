@@ -509,6 +509,7 @@ async fn watch(api: &Api, id: &str) -> Result<i32, CallError> {
     });
     let mut last_state = String::new();
     let mut down_since: Option<std::time::Instant> = None;
+    let mut next_line = std::time::Instant::now() + super::progress::interval();
     loop {
         let j = match api.call(http::Method::GET, &path, None).await {
             Ok((_, j)) => {
@@ -550,8 +551,26 @@ async fn watch(api: &Api, id: &str) -> Result<i32, CallError> {
                 b.set_position(done);
                 b.set_message(msg);
             }
-            None if state != last_state => eprintln!("{id}: {state}"),
-            None => {}
+            None => {
+                if state != last_state {
+                    eprintln!("{id}: {state}");
+                }
+                // Without a terminal: the copy's progress line, every --progress-interval.
+                let every = super::progress::interval();
+                if state == "running" && !every.is_zero() && std::time::Instant::now() >= next_line
+                {
+                    next_line = std::time::Instant::now() + every;
+                    super::progress::Line {
+                        bytes: done,
+                        total,
+                        rate: j["throughput_bytes_per_sec"].as_f64(),
+                        eta: j["eta_seconds"].as_f64(),
+                        retries: j["retries"].as_u64().unwrap_or(0),
+                        inflight_parts: j["inflight_parts"].as_u64().unwrap_or(0),
+                    }
+                    .emit(&format!("{id}: "));
+                }
+            }
         }
         last_state = state.clone();
         if matches!(

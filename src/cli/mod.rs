@@ -56,6 +56,21 @@ struct Cli {
     #[arg(long, global = true, env = "OSSRELAY_LOG", default_value = "warn")]
     log: String,
 
+    /// Log lines as plain text or as JSON objects, one per line (for log pipelines).
+    #[arg(long, global = true, env = "OSSRELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Without a terminal, log a progress line (bytes, percent, rate, ETA, retries) every
+    /// this many seconds; 0 = never.
+    #[arg(
+        long,
+        global = true,
+        env = "OSSRELAY_PROGRESS_INTERVAL",
+        value_name = "SECS",
+        default_value_t = 10
+    )]
+    progress_interval: u64,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -137,9 +152,11 @@ pub fn main() -> i32 {
         // The daemon's audit trail is on whatever the level, unless the filter names it.
         Command::Serve(_) if !cli.log.contains(crate::daemon::audit::TARGET) => init_tracing(
             &format!("{},{}=info", cli.log, crate::daemon::audit::TARGET),
+            cli.log_format,
         ),
-        _ => init_tracing(&cli.log),
+        _ => init_tracing(&cli.log, cli.log_format),
     }
+    progress::set_interval(std::time::Duration::from_secs(cli.progress_interval));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -177,14 +194,31 @@ pub fn main() -> i32 {
     code
 }
 
-fn init_tracing(filter: &str) {
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_tracing(filter: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    // Progress lines are what a log without a terminal is for: on unless --progress-interval 0
+    // (a more specific `--log ossrelay::progress=off` still wins).
+    let filter = match format!("{}={}", progress::TARGET, "info").parse() {
+        Ok(d) if !filter.to_string().contains(progress::TARGET) => filter.add_directive(d),
+        _ => filter,
+    };
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
         // Colour codes only for a terminal; logs piped to files or CI stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => fmt.json().with_ansi(false).try_init(),
+    };
 }

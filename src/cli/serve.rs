@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::util::{parse_rate, parse_size};
 use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
+use crate::daemon::auth;
 use crate::daemon::tls::TlsFiles;
 use crate::daemon::{self, Daemon, DaemonConfig, DaemonError, Reloader};
 
@@ -62,6 +63,10 @@ pub struct ServeArgs {
     /// this machine, so API clients cannot send signed requests elsewhere).
     #[arg(long, env = "OSSRELAY_ALLOW_ANY_ENDPOINT")]
     pub allow_any_endpoint: bool,
+    /// Also serve GET /metrics on this address, without the API token, so Prometheus needs
+    /// no API secret (e.g. 0.0.0.0:9871). /metrics on --listen keeps requiring the token.
+    #[arg(long, env = "OSSRELAY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_state_dir() -> Option<PathBuf> {
@@ -80,10 +85,13 @@ fn default_state_dir() -> Option<PathBuf> {
 
 /// Reads a client's token file: the first word of the first line that is not blank or a
 /// `#` comment (so a line of the daemon's scoped format works too). Warns when others may
-/// read it.
+/// read it; a file readable by its group only is fine when that group is one of ours
+/// (Kubernetes mounts secrets `0440` with the pod's `fsGroup` as group).
 pub fn read_token(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let hint = auth::unreadable_hint(path, &e);
+        format!("cannot read the token file {}: {e}{hint}", path.display())
+    })?;
     let token = text
         .lines()
         .map(str::trim)
@@ -92,18 +100,51 @@ pub fn read_token(path: &Path) -> Result<String, String> {
         .unwrap_or("")
         .to_string();
     if token.is_empty() {
-        return Err(format!("the token file {} is empty", path.display()));
+        return Err(format!(
+            "the token file {} is empty: write a random token into it (e.g. `openssl rand -hex 32`)",
+            path.display()
+        ));
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(m) = std::fs::metadata(path) {
-            if m.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(path = %path.display(), "the token file is readable by other users; chmod 600 it");
+    auth::warn_if_too_open(path);
+    Ok(token)
+}
+
+/// Checks that the state directory can be created and written before the daemon starts, so
+/// a root-owned volume fails with one line naming the owner and the fix rather than a redb
+/// error.
+pub fn check_state_dir(dir: &Path) -> Result<(), String> {
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        return Err(format!(
+            "cannot create the state directory {}: {e}; create it writable by this user or pass --state-dir",
+            dir.display()
+        ));
+    }
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => {
+            #[cfg(unix)]
+            if let Ok(m) = std::fs::metadata(dir) {
+                use std::os::unix::fs::MetadataExt;
+                return Err(format!(
+                    "cannot write the state directory {} (owned by uid {} mode {:o}, this process \
+                     runs as uid {}): {e}; chown it to uid {} or pass another --state-dir",
+                    dir.display(),
+                    m.uid(),
+                    m.mode() & 0o7777,
+                    auth::unix_ids::uid(),
+                    auth::unix_ids::uid()
+                ));
             }
+            Err(format!(
+                "cannot write the state directory {}: {e}; make it writable or pass another --state-dir",
+                dir.display()
+            ))
         }
     }
-    Ok(token)
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (SIGHUP re-reads tokens and certificate); returns
@@ -137,10 +178,15 @@ pub async fn run(args: ServeArgs) -> i32 {
         insecure_http: args.insecure_http,
         allow_profiles: args.allow_profiles.clone(),
         allow_default_credentials: args.allow_default_credentials,
+        metrics_listen: args.metrics_listen,
     };
     if let Err(e) = cfg.validate() {
         eprintln!("error: {e}");
         return EXIT_USAGE;
+    }
+    if let Err(e) = check_state_dir(&cfg.state_dir) {
+        eprintln!("error: {e}");
+        return EXIT_FAILED;
     }
     let prometheus = daemon::install_metrics();
     let d = match Daemon::start(cfg.clone(), prometheus).await {
@@ -164,11 +210,41 @@ pub async fn run(args: ServeArgs) -> i32 {
         return EXIT_FAILED;
     }
     // One machine-readable line, so supervisors and tests learn the bound port.
-    println!(
-        "{}",
-        serde_json::json!({"listen": format!("{}://{}", cfg.scheme(), d.addr), "state_dir": cfg.state_dir})
-    );
+    let mut ready = serde_json::json!({
+        "listen": format!("{}://{}", cfg.scheme(), d.addr),
+        "state_dir": cfg.state_dir
+    });
+    if let Some(m) = d.metrics_addr {
+        ready["metrics_listen"] = serde_json::json!(format!("http://{m}"));
+    }
+    println!("{ready}");
     tracing::info!(listen = %d.addr, state_dir = %cfg.state_dir.display(), "ossrelay daemon ready");
+    let every = super::progress::interval();
+    if !every.is_zero() {
+        // The journal of a systemd unit has no terminal: one progress line per running job
+        // every --progress-interval.
+        let scheduler = d.scheduler.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                for j in scheduler.list(None) {
+                    if j.state == crate::daemon::jobs::JobState::Running {
+                        super::progress::Line {
+                            bytes: j.bytes_done,
+                            total: j.bytes_total,
+                            rate: Some(j.throughput_bytes_per_sec),
+                            eta: j.eta_seconds,
+                            retries: j.retries,
+                            inflight_parts: j.inflight_parts,
+                        }
+                        .emit(&format!("{}: ", j.id));
+                    }
+                }
+            }
+        });
+    }
     if wait_for_signal().await.is_err() {
         eprintln!("error: cannot install signal handlers");
         d.shutdown().await;
@@ -216,5 +292,62 @@ async fn wait_for_signal() -> std::io::Result<()> {
     #[cfg(not(unix))]
     {
         tokio::signal::ctrl_c().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_mode_accepts_owner_only_and_our_groups_read_only() {
+        assert_eq!(auth::token_mode_problem(0o100600, 0, &[1000]), None);
+        assert_eq!(auth::token_mode_problem(0o100400, 0, &[1000]), None);
+        // Kubernetes: defaultMode 0440, group = the pod's fsGroup, which we are in.
+        assert_eq!(auth::token_mode_problem(0o100440, 65532, &[65532, 0]), None);
+        assert_eq!(
+            auth::token_mode_problem(0o100440, 4242, &[65532]),
+            Some("readable by a group this process is not in")
+        );
+        assert_eq!(
+            auth::token_mode_problem(0o100660, 65532, &[65532]),
+            Some("writable by its group")
+        );
+        assert_eq!(
+            auth::token_mode_problem(0o100644, 65532, &[65532]),
+            Some("readable by other users")
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_group_readable_token_of_our_group_reads_without_complaint() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o440)).unwrap();
+        // The file's group is our effective group (files are created with it).
+        use std::os::unix::fs::MetadataExt;
+        let gid = std::fs::metadata(&p).unwrap().gid();
+        assert!(auth::unix_ids::groups().contains(&gid));
+        assert_eq!(read_token(&p).unwrap(), "0123456789abcdef0123");
+    }
+
+    #[test]
+    fn an_unwritable_state_dir_is_one_line_naming_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the directory should be: cannot be created, whoever we are.
+        let f = dir.path().join("state");
+        std::fs::write(&f, b"").unwrap();
+        let e = check_state_dir(&f.join("sub")).unwrap_err();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("--state-dir"), "{e}");
+        check_state_dir(&dir.path().join("fresh")).unwrap();
+        assert!(dir.path().join("fresh").is_dir());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("fresh")).unwrap().count(),
+            0
+        );
     }
 }

@@ -78,7 +78,7 @@ impl std::fmt::Debug for Tokens {
 /// Why a token file cannot be used (never quotes a token).
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFileError {
-    #[error("cannot read the token file {path}: {source}; check the path and its permissions")]
+    #[error("cannot read the token file {}: {source}{}", .path.display(), read_hint(.path, .source))]
     Read {
         path: PathBuf,
         #[source]
@@ -92,6 +92,99 @@ pub enum TokenFileError {
         line: usize,
         reason: String,
     },
+}
+
+/// What to do about an unreadable token file: who owns it, or else check the path.
+fn read_hint(path: &Path, e: &std::io::Error) -> String {
+    let hint = unreadable_hint(path, e);
+    if hint.is_empty() {
+        "; check the path and its permissions".to_string()
+    } else {
+        hint
+    }
+}
+
+/// Why a token file with this mode and group is too open, if it is: readable or writable by
+/// others, writable by its group, or readable by a group this process is not in.
+pub fn token_mode_problem(mode: u32, gid: u32, our_groups: &[u32]) -> Option<&'static str> {
+    if mode & 0o007 != 0 {
+        return Some("readable by other users");
+    }
+    if mode & 0o020 != 0 {
+        return Some("writable by its group");
+    }
+    if mode & 0o040 != 0 && !our_groups.contains(&gid) {
+        return Some("readable by a group this process is not in");
+    }
+    None
+}
+
+/// The next step when a token file cannot be read: in a container the file usually belongs
+/// to the host's user while the daemon runs as another.
+pub fn unreadable_hint(path: &Path, e: &std::io::Error) -> String {
+    #[cfg(unix)]
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata(path) {
+            return format!(
+                " (owned by uid {} gid {} mode {:o}, and this process runs as uid {}): make it \
+                 readable by uid {} (e.g. `chown {} FILE`) or run as its owner",
+                m.uid(),
+                m.gid(),
+                m.mode() & 0o777,
+                unix_ids::uid(),
+                unix_ids::uid(),
+                unix_ids::uid()
+            );
+        }
+    }
+    let _ = (path, e);
+    String::new()
+}
+
+#[cfg(unix)]
+pub mod unix_ids {
+    pub fn uid() -> u32 {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() }
+    }
+
+    /// The effective group and the supplementary groups.
+    pub fn groups() -> Vec<u32> {
+        // SAFETY: getegid has no preconditions and cannot fail.
+        let mut out = vec![unsafe { libc::getegid() }];
+        // SAFETY: with size 0, getgroups only returns the count.
+        let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+        if n > 0 {
+            let mut g = vec![0 as libc::gid_t; n as usize];
+            // SAFETY: `g` has room for `n` entries.
+            let got = unsafe { libc::getgroups(n, g.as_mut_ptr()) };
+            if got > 0 {
+                out.extend(g.into_iter().take(got as usize));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(not(unix))]
+pub mod unix_ids {
+    pub fn uid() -> u32 {
+        0
+    }
+}
+
+/// Warns when a token file is more open than it should be (see [`token_mode_problem`]).
+pub fn warn_if_too_open(path: &Path) {
+    #[cfg(unix)]
+    if let Ok(m) = std::fs::metadata(path) {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(why) = token_mode_problem(m.mode(), m.gid(), &unix_ids::groups()) {
+            tracing::warn!(path = %path.display(), "the token file is {why}; chmod 600 it");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// Whether a profile name is acceptable in a token file or `--allow-profile`.
@@ -229,18 +322,10 @@ impl Tokens {
         Self::parse(&text, path)
     }
 
-    /// Reads and parses a token file. Warns when other users may read it.
+    /// Reads and parses a token file. Warns when it is more open than it should be.
     pub fn load(path: &Path) -> Result<Self, TokenFileError> {
         let tokens = Self::read(path)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if let Ok(m) = std::fs::metadata(path) {
-                if m.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!(path = %path.display(), "the token file is readable by other users; chmod 600 it");
-                }
-            }
-        }
+        warn_if_too_open(path);
         Ok(tokens)
     }
 

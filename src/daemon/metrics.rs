@@ -2,33 +2,43 @@
 //! daemon's per-job series, rendered from the job table at scrape time. Rendering job series
 //! here rather than through the recorder makes a deleted job's labels vanish at once, so label
 //! sets stay bounded by the jobs that exist.
+//!
+//! Per-job series carry `job_id`, never `job`: Prometheus owns `job` (the scrape job) and
+//! would rename ours to `exported_job`, so every rule would need a relabelling first.
 
+use std::convert::Infallible;
 use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::jobs::JobState;
 use super::scheduler::Scheduler;
 
-/// Build information, value 1, label `version`.
-pub const BUILD_INFO: &str = "ossrelay_build_info";
+/// Build information, value 1, labels `version` and `commit`.
+pub const BUILD_INFO: &str = crate::metrics::BUILD_INFO;
 /// Jobs by state, label `state`.
 pub const JOBS: &str = "ossrelay_jobs";
-/// 1 for a job's current state, labels `job`, `state`.
+/// 1 for a job's current state, labels `job_id`, `state`.
 pub const JOB_STATE: &str = "ossrelay_job_state";
-/// 1 for a job's current stage, labels `job`, `stage`.
+/// 1 for a job's current stage, labels `job_id`, `stage`.
 pub const JOB_STAGE: &str = "ossrelay_job_stage";
-/// Bytes of a job acknowledged by the destination (resumed bytes included), label `job`.
+/// Bytes of a job acknowledged by the destination (resumed bytes included), label `job_id`.
 pub const JOB_BYTES_TOTAL: &str = "ossrelay_job_bytes_total";
-/// Size of a job's object, label `job`.
+/// Size of a job's object, label `job_id`.
 pub const JOB_SIZE_BYTES: &str = "ossrelay_job_size_bytes";
-/// Retries of a job over all its runs, label `job`.
+/// Retries of a job over all its runs, label `job_id`.
 pub const JOB_RETRIES_TOTAL: &str = "ossrelay_job_retries_total";
-/// Parts of a job in flight, label `job`.
+/// Parts of a job in flight, label `job_id`.
 pub const JOB_INFLIGHT_PARTS: &str = "ossrelay_job_inflight_parts";
-/// The engine's adaptive limit on parts in flight of a running job, label `job`.
+/// The engine's adaptive limit on parts in flight of a running job, label `job_id`.
 pub const JOB_CONCURRENCY_LIMIT: &str = "ossrelay_job_concurrency_limit";
-/// Estimated seconds until a running job completes, label `job` (absent when unknown).
+/// Estimated seconds until a running job completes, label `job_id` (absent when unknown).
 pub const JOB_ETA_SECONDS: &str = "ossrelay_job_eta_seconds";
 /// Jobs allowed to run at once.
 pub const MAX_JOBS: &str = "ossrelay_daemon_max_jobs";
@@ -58,6 +68,77 @@ pub const DAEMON_METRICS: &[&str] = &[
     MEMORY_PEAK_BYTES,
 ];
 
+/// The `/metrics` response: the exposition text, or 404/405 for anything else.
+fn respond(method: &Method, path: &str, text: impl FnOnce() -> String) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match (method, path) {
+        (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", text()),
+        (_, "/metrics") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use GET\n".into(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "only /metrics is served here; the API is on --listen\n".into(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, ctype)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+/// `serve --metrics-listen`: `GET /metrics` on its own listener, without the API token, so a
+/// scraper needs no API secret (the exposition holds job ids, states and byte counts, never
+/// a credential or an object name). Nothing else is served there.
+pub async fn serve_metrics_only(
+    listener: tokio::net::TcpListener,
+    scheduler: Arc<Scheduler>,
+    engine: Option<PrometheusHandle>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let (scheduler, engine, stop) = (scheduler.clone(), engine.clone(), stop.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let r = respond(req.method(), req.uri().path(), || {
+                    render(&scheduler, engine.as_ref())
+                });
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                }
+            }
+        });
+    }
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -65,6 +146,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// The full `/metrics` text.
 pub fn render(s: &Scheduler, engine: Option<&PrometheusHandle>) -> String {
+    crate::metrics::collect_process();
     let mut out = engine.map(|h| h.render()).unwrap_or_default();
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
@@ -78,8 +160,9 @@ pub fn render(s: &Scheduler, engine: Option<&PrometheusHandle>) -> String {
     );
     let _ = writeln!(
         out,
-        "{BUILD_INFO}{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
+        "{BUILD_INFO}{{version=\"{}\",commit=\"{}\"}} 1",
+        crate::metrics::VERSION,
+        crate::metrics::COMMIT
     );
     header(&mut out, MAX_JOBS, "gauge", "Jobs allowed to run at once.");
     let _ = writeln!(out, "{MAX_JOBS} {}", s.config().max_jobs);
@@ -118,7 +201,7 @@ pub fn render(s: &Scheduler, engine: Option<&PrometheusHandle>) -> String {
     for j in &jobs {
         let _ = writeln!(
             out,
-            "{JOB_STATE}{{job=\"{}\",state=\"{}\"}} 1",
+            "{JOB_STATE}{{job_id=\"{}\",state=\"{}\"}} 1",
             j.id,
             j.state.as_str()
         );
@@ -132,7 +215,7 @@ pub fn render(s: &Scheduler, engine: Option<&PrometheusHandle>) -> String {
     for j in &jobs {
         let _ = writeln!(
             out,
-            "{JOB_STAGE}{{job=\"{}\",stage=\"{}\"}} 1",
+            "{JOB_STAGE}{{job_id=\"{}\",stage=\"{}\"}} 1",
             j.id, j.stage
         );
     }
@@ -145,7 +228,7 @@ pub fn render(s: &Scheduler, engine: Option<&PrometheusHandle>) -> String {
     for j in &jobs {
         let _ = writeln!(
             out,
-            "{JOB_BYTES_TOTAL}{{job=\"{}\"}} {}",
+            "{JOB_BYTES_TOTAL}{{job_id=\"{}\"}} {}",
             j.id, j.bytes_done
         );
     }
@@ -158,7 +241,7 @@ pub fn render(s: &Scheduler, engine: Option<&PrometheusHandle>) -> String {
     for j in &jobs {
         let _ = writeln!(
             out,
-            "{JOB_SIZE_BYTES}{{job=\"{}\"}} {}",
+            "{JOB_SIZE_BYTES}{{job_id=\"{}\"}} {}",
             j.id, j.bytes_total
         );
     }
@@ -169,7 +252,11 @@ pub fn render(s: &Scheduler, engine: Option<&PrometheusHandle>) -> String {
         "Retries of the job over all its runs.",
     );
     for j in &jobs {
-        let _ = writeln!(out, "{JOB_RETRIES_TOTAL}{{job=\"{}\"}} {}", j.id, j.retries);
+        let _ = writeln!(
+            out,
+            "{JOB_RETRIES_TOTAL}{{job_id=\"{}\"}} {}",
+            j.id, j.retries
+        );
     }
     header(
         &mut out,
@@ -180,7 +267,7 @@ pub fn render(s: &Scheduler, engine: Option<&PrometheusHandle>) -> String {
     for j in &jobs {
         let _ = writeln!(
             out,
-            "{JOB_INFLIGHT_PARTS}{{job=\"{}\"}} {}",
+            "{JOB_INFLIGHT_PARTS}{{job_id=\"{}\"}} {}",
             j.id, j.inflight_parts
         );
     }
@@ -193,7 +280,7 @@ pub fn render(s: &Scheduler, engine: Option<&PrometheusHandle>) -> String {
     for j in jobs.iter().filter(|j| j.state == JobState::Running) {
         let _ = writeln!(
             out,
-            "{JOB_CONCURRENCY_LIMIT}{{job=\"{}\"}} {}",
+            "{JOB_CONCURRENCY_LIMIT}{{job_id=\"{}\"}} {}",
             j.id, j.concurrency_limit
         );
     }
@@ -205,7 +292,7 @@ pub fn render(s: &Scheduler, engine: Option<&PrometheusHandle>) -> String {
     );
     for j in &jobs {
         if let (JobState::Running, Some(eta)) = (j.state, j.eta_seconds) {
-            let _ = writeln!(out, "{JOB_ETA_SECONDS}{{job=\"{}\"}} {eta:.1}", j.id);
+            let _ = writeln!(out, "{JOB_ETA_SECONDS}{{job_id=\"{}\"}} {eta:.1}", j.id);
         }
     }
     out

@@ -61,6 +61,8 @@ pub struct DaemonConfig {
     pub allow_profiles: Vec<String>,
     /// With `allow_profiles`, still let jobs that name no profile use the default chain.
     pub allow_default_credentials: bool,
+    /// A second listener serving only `GET /metrics`, without the token (`--metrics-listen`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why the daemon could not start.
@@ -170,20 +172,10 @@ impl DaemonConfig {
 /// Installs the process's Prometheus recorder (engine metrics) and returns the handle that
 /// renders it; `None` if a recorder was already installed (then only daemon series are shown).
 pub fn install_metrics() -> Option<PrometheusHandle> {
-    crate::metrics::describe_all();
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(
-                crate::metrics::REQUEST_DURATION_SECONDS.to_string(),
-            ),
-            &[
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ],
-        )
-        .and_then(|b| b.install_recorder());
-    match handle {
+    match crate::metrics::builder().install_recorder() {
         Ok(h) => {
-            crate::metrics::register_zeroes();
+            // The daemon renders `ossrelay_build_info` itself, with its own series.
+            crate::metrics::after_install(false);
             Some(h)
         }
         Err(e) => {
@@ -196,6 +188,8 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
 /// A started daemon: the bound address, and a handle to stop it.
 pub struct Daemon {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served without a token, with `--metrics-listen`.
+    pub metrics_addr: Option<SocketAddr>,
     pub scheduler: Arc<Scheduler>,
     api: Arc<api::ApiState>,
     stop: CancellationToken,
@@ -228,6 +222,18 @@ impl Daemon {
             addr: cfg.listen,
             source,
         })?;
+        let metrics_listener = match cfg.metrics_listen {
+            None => None,
+            Some(a) => {
+                let l = tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|source| DaemonError::Bind { addr: a, source })?;
+                let bound = l
+                    .local_addr()
+                    .map_err(|source| DaemonError::Bind { addr: a, source })?;
+                Some((l, bound))
+            }
+        };
         scheduler.start();
         let stop = CancellationToken::new();
         if let Some(h) = prometheus.clone() {
@@ -243,6 +249,15 @@ impl Daemon {
                 }
             });
         }
+        let metrics_addr = metrics_listener.as_ref().map(|(_, a)| *a);
+        if let Some((l, _)) = metrics_listener {
+            tokio::spawn(metrics::serve_metrics_only(
+                l,
+                scheduler.clone(),
+                prometheus.clone(),
+                stop.clone(),
+            ));
+        }
         let state = Arc::new(api::ApiState {
             scheduler: scheduler.clone(),
             keyring,
@@ -254,6 +269,7 @@ impl Daemon {
         let server = tokio::spawn(api::serve(listener, state.clone(), acceptor, stop.clone()));
         Ok(Self {
             addr,
+            metrics_addr,
             scheduler,
             api: state,
             stop,

@@ -28,6 +28,7 @@ use super::jobs::{CopySpec, Job, JobResult, JobSpec, JobState, MigrateSpec};
 use super::store::{JobStore, StoreError};
 use crate::migrate::{self, setup::SetupError, Event};
 use crate::transfer::budget::{MemoryBudget, TokenBucket};
+use crate::transfer::progress::RateMeter;
 use crate::transfer::{self, state, Progress, TransferError};
 
 /// Daemon-wide limits.
@@ -94,6 +95,8 @@ struct Live {
     base_retries: u64,
     /// Stage and current disk of a migrate job (unused by copies).
     migrate: Arc<MigrateLive>,
+    /// Throughput smoothed over the last ~10 s of streamed bytes, for the rate and ETA.
+    rate: Mutex<RateMeter>,
 }
 
 /// What a running migrate job reports: its stage and the progress of the disk in relay.
@@ -253,11 +256,21 @@ fn fill_live(job: &mut Job, live: &Live) {
     job.inflight_parts = s.inflight_parts;
     job.concurrency_limit = s.concurrency_limit;
     job.retries = live.base_retries + s.retries;
+    // The rate of bytes as they stream, smoothed (see `RateMeter`): an average since the
+    // start kept planning and ramp-up in the ETA for the whole job.
+    let mut meter = live.rate.lock().unwrap_or_else(|p| p.into_inner());
+    let smoothed = meter.sample(Instant::now(), s.sent_bytes);
     let secs = live.started.elapsed().as_secs_f64();
     let sent = s.acked_bytes.saturating_sub(s.resumed_bytes);
-    job.throughput_bytes_per_sec = if secs > 0.0 { sent as f64 / secs } else { 0.0 };
+    // Zero over the last interval while parts sit in socket buffers is not "stopped": fall
+    // back to the average since the start until the meter sees bytes move.
+    job.throughput_bytes_per_sec =
+        smoothed
+            .filter(|r| *r > 0.0)
+            .unwrap_or(if secs > 0.0 { sent as f64 / secs } else { 0.0 });
     job.eta_seconds = (job.throughput_bytes_per_sec > 0.0 && s.total_bytes > 0)
         .then(|| s.total_bytes.saturating_sub(s.acked_bytes) as f64 / job.throughput_bytes_per_sec);
+    drop(meter);
     let migrate_stage = *live.migrate.stage.lock().unwrap_or_else(|p| p.into_inner());
     job.stage = match live.intent {
         Intent::Pause => "pausing",
@@ -449,6 +462,7 @@ impl Scheduler {
                 started: Instant::now(),
                 base_retries: entry.job.retries,
                 migrate: Arc::new(MigrateLive::default()),
+                rate: Mutex::new(RateMeter::default()),
             });
             let mig = entry
                 .live

@@ -9,8 +9,27 @@
 //! CPU. At least one CPU always stays for the other threads; with fewer than two CPUs
 //! nothing is pinned. The pins are undone when the reservation is dropped, before the
 //! decoder's thread goes back to the blocking pool.
+//!
+//! Pinning is an optimisation, never a requirement: where `sched_setaffinity` is refused
+//! (a systemd unit filtering `@resources` with `SystemCallErrorNumber=EPERM`, a container's
+//! seccomp profile), the decoder runs unpinned and the refusal is logged once per process.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+
+/// Set once the refusal to pin was logged.
+static REFUSAL_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Logs a refused pin the first time only: a decoder asks again each time it gets busy.
+fn refused(err: std::io::Error) {
+    if !REFUSAL_LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            error = %err,
+            "cannot pin the unpack decoder to a CPU (sched_setaffinity refused); it runs unpinned. \
+             Allow sched_setaffinity (e.g. SystemCallFilter=sched_setaffinity) for the last ~5% of decode speed"
+        );
+    }
+}
 
 /// Where the decoder thread runs (`--decoder-cpu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -81,6 +100,7 @@ pub fn reserve_for_this_thread() -> Option<Reservation> {
     let tid = os::this_thread();
     p.reserved.push((tid, cpu));
     if !os::pin(tid, &[cpu]) {
+        refused(std::io::Error::last_os_error());
         p.reserved.pop();
         return None;
     }

@@ -368,7 +368,7 @@ async fn single_put(
         match r {
             Ok(p) => {
                 ctx.progress.acked_bytes.fetch_add(size, Relaxed);
-                metrics::counter!(m::BYTES_TOTAL, "direction" => "upload").increment(size);
+                metrics::counter!(m::ACKNOWLEDGED_BYTES_TOTAL).increment(size);
                 return Ok(Outcome {
                     crc64: p.crc64,
                     parts: 0,
@@ -1166,7 +1166,7 @@ async fn run_parts(
                 let p = &ctx.progress;
                 p.acked_bytes.fetch_add(spec.len, Relaxed);
                 p.parts_done.fetch_add(1, Relaxed);
-                metrics::counter!(m::BYTES_TOTAL, "direction" => "upload").increment(spec.len);
+                metrics::counter!(m::ACKNOWLEDGED_BYTES_TOTAL).increment(spec.len);
                 metrics::counter!(m::PARTS_TOTAL, "result" => "ok").increment(1);
                 aimd.on_success();
                 p.set_limit(aimd.limit());

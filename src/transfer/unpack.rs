@@ -1933,7 +1933,7 @@ fn ack(
     let p = &ctx.progress;
     p.acked_bytes.fetch_add(spec.len, Relaxed);
     p.parts_done.fetch_add(1, Relaxed);
-    metrics::counter!(m::BYTES_TOTAL, "direction" => "upload").increment(spec.len);
+    metrics::counter!(m::ACKNOWLEDGED_BYTES_TOTAL).increment(spec.len);
     metrics::counter!(m::PARTS_TOTAL, "result" => "ok").increment(1);
 }
 
@@ -1978,6 +1978,8 @@ async fn upload_part(
                 .map(|c| Ok(c.data.clone()))
                 .collect::<Vec<Result<Bytes, StoreError>>>(),
         ));
+        // Counted as the uploader pulls it, like the pipe's body (ossrelay_bytes_total).
+        let body = super::progress::StreamCounter::upload(ctx.progress.clone()).counted(body);
         let r = match tokio::time::timeout(
             timeout,
             ctx.dst

@@ -20,6 +20,8 @@ pub struct Daemon {
     /// `127.0.0.1:PORT`.
     pub addr: String,
     pub token: Option<String>,
+    /// `127.0.0.1:PORT` of `--metrics-listen`, when given.
+    pub metrics_addr: Option<String>,
 }
 
 impl Drop for Daemon {
@@ -32,11 +34,21 @@ impl Drop for Daemon {
 /// Starts `ossrelay serve --listen 127.0.0.1:0 --state-dir STATE extra…` with the world's
 /// clean credential environment and waits for its ready line.
 pub async fn start_daemon(dir: &Path, state: &Path, extra: &[&str]) -> Daemon {
-    start_daemon_url(dir, state, extra).await.0
+    start_daemon_with(dir, state, extra, |_| {}).await.0
 }
 
 /// [`start_daemon`], also returning the ready line's `listen` URL (`https://…` under TLS).
 pub async fn start_daemon_url(dir: &Path, state: &Path, extra: &[&str]) -> (Daemon, String) {
+    start_daemon_with(dir, state, extra, |_| {}).await
+}
+
+/// [`start_daemon_url`], with a last change to the command (environment, `pre_exec`).
+pub async fn start_daemon_with(
+    dir: &Path,
+    state: &Path,
+    extra: &[&str],
+    customize: impl FnOnce(&mut std::process::Command),
+) -> (Daemon, String) {
     let mut args: Vec<String> = vec!["serve".into()];
     if !extra.contains(&"--listen") {
         args.extend(["--listen".into(), "127.0.0.1:0".into()]);
@@ -54,9 +66,9 @@ pub async fn start_daemon_url(dir: &Path, state: &Path, extra: &[&str]) -> (Daem
             .trim()
             .to_string()
     });
-    let mut child = command_in(dir, &args)
-        .spawn()
-        .expect("spawn ossrelay serve");
+    let mut cmd = command_in(dir, &args);
+    customize(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn ossrelay serve");
     let stdout = child.stdout.take().unwrap();
     let line = tokio::task::spawn_blocking(move || {
         let mut r = BufReader::new(stdout);
@@ -88,6 +100,9 @@ pub async fn start_daemon_url(dir: &Path, state: &Path, extra: &[&str]) -> (Daem
         .trim_start_matches("http://")
         .trim_start_matches("https://")
         .to_string();
+    let metrics_addr = v["metrics_listen"]
+        .as_str()
+        .map(|m| m.trim_start_matches("http://").to_string());
     if let Some(se) = child.stderr.take() {
         // Forward the daemon's log to the test output (shown on failure).
         std::thread::spawn(move || {
@@ -96,7 +111,15 @@ pub async fn start_daemon_url(dir: &Path, state: &Path, extra: &[&str]) -> (Daem
             }
         });
     }
-    (Daemon { child, addr, token }, url)
+    (
+        Daemon {
+            child,
+            addr,
+            token,
+            metrics_addr,
+        },
+        url,
+    )
 }
 
 /// One raw HTTP/1.1 request; returns (status, body).
