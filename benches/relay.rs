@@ -194,7 +194,7 @@ fn main() {
     let only = std::env::var("RELAY_BENCH").ok();
     let enabled = |name: &str| {
         only.as_deref()
-            .map_or(true, |o| o.split(',').any(|x| x == name))
+            .is_none_or(|o| o.split(',').any(|x| x == name))
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cpus = std::thread::available_parallelism()

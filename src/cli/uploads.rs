@@ -256,7 +256,7 @@ async fn abort(
     });
     let selected: Vec<_> = uploads
         .into_iter()
-        .filter(|u| cutoff.map_or(true, |c| initiated_before(&u.initiated, c)))
+        .filter(|u| cutoff.is_none_or(|c| initiated_before(&u.initiated, c)))
         .collect();
     if confirm == Confirm::DryRun {
         for u in &selected {

@@ -833,7 +833,7 @@ impl Scheduler {
         let mut out: Vec<Job> = g
             .jobs
             .values_mut()
-            .filter(|e| state.map_or(true, |s| e.job.state == s))
+            .filter(|e| state.is_none_or(|s| e.job.state == s))
             .map(|e| {
                 if let Some(live) = &e.live {
                     fill_live(&mut e.job, live);
@@ -850,7 +850,7 @@ impl Scheduler {
         let mut rx = self.changed.subscribe();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if self.lock().jobs.get(id).map_or(true, &done) {
+            if self.lock().jobs.get(id).is_none_or(&done) {
                 return;
             }
             if tokio::time::timeout_at(deadline, rx.changed())

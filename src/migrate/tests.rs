@@ -256,7 +256,7 @@ impl EcsApi for FakeEcs {
                 .iter()
                 .filter_map(|id| i.tasks.get(id).map(|t| (id, t)))
                 .filter(|(_, t)| {
-                    input.task_action.as_deref().map_or(true, |a| a == t.action)
+                    input.task_action.as_deref().is_none_or(|a| a == t.action)
                         && (input.resource_ids.is_empty()
                             || input.resource_ids.contains(&t.resource))
                 })
@@ -386,7 +386,7 @@ impl EcsApi for FakeEcs {
                     input
                         .image_name
                         .as_deref()
-                        .map_or(true, |n| m.image_name.contains(n))
+                        .is_none_or(|n| m.image_name.contains(n))
                 })
                 .filter(|m| statuses.contains(&m.status))
                 .cloned()

@@ -428,7 +428,7 @@ impl OssBucket {
             return Err(original);
         };
         let multipart =
-            hdr(&h, "x-oss-object-type").map_or(true, |t| t.eq_ignore_ascii_case("Multipart"));
+            hdr(&h, "x-oss-object-type").is_none_or(|t| t.eq_ignore_ascii_case("Multipart"));
         let etag_ok = meta.etag.ends_with(&format!("-{part_count}"));
         let fresh = match (
             hdr(&h, "date").and_then(|d| httpdate::parse_http_date(d).ok()),

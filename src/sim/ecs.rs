@@ -676,11 +676,8 @@ fn describe_images(
         .values()
         .filter(|i| owner_ok && i.account == caller.account)
         .filter(|i| statuses.iter().any(|s| s == i.status))
-        .filter(|i| {
-            ids.as_ref()
-                .map_or(true, |ids| ids.contains(&i.id.as_str()))
-        })
-        .filter(|i| name.map_or(true, |n| i.name.contains(n)))
+        .filter(|i| ids.as_ref().is_none_or(|ids| ids.contains(&i.id.as_str())))
+        .filter(|i| name.is_none_or(|n| i.name.contains(n)))
         .map(|i| image_json(i, &cloud.region))
         .collect();
     let total = matching.len();
@@ -719,12 +716,9 @@ fn describe_tasks(
         .tasks
         .values()
         .filter(|t| t.account == caller.account)
-        .filter(|t| {
-            ids.as_ref()
-                .map_or(true, |ids| ids.contains(&t.id.as_str()))
-        })
-        .filter(|t| action.map_or(true, |a| a == t.action))
-        .filter(|t| status.map_or(true, |s| s == t.view().0))
+        .filter(|t| ids.as_ref().is_none_or(|ids| ids.contains(&t.id.as_str())))
+        .filter(|t| action.is_none_or(|a| a == t.action))
+        .filter(|t| status.is_none_or(|s| s == t.view().0))
         .map(|t| {
             json!({
                 "TaskId": t.id,
@@ -1542,7 +1536,7 @@ async fn check_import(d: ImportDisk) -> Result<Disk, (String, String)> {
     let limit = d.gib * GIB;
     let (disk_size, crc) = match format.as_str() {
         "RAW" => {
-            if d.size % 512 != 0 {
+            if !d.size.is_multiple_of(512) {
                 return Err(fail(
                     "InvalidImageSize",
                     format!(

@@ -105,7 +105,7 @@ pub(crate) fn serve(shared: &Arc<Shared>, parts: &http::request::Parts) -> Respo
     }
     match header(TOKEN_HEADER) {
         _ if mode == ImdsTokens::Unsupported => {}
-        Some(t) if !imds.tokens.get(t).is_some_and(|exp| now < *exp) => {
+        Some(t) if imds.tokens.get(t).is_none_or(|exp| now >= *exp) => {
             return reply(401, "text/plain", "Unauthorized");
         }
         Some(_) => {}

@@ -77,7 +77,7 @@ impl Synthetic {
         for i in 0..needed {
             let mut s = seed ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93);
             // Block 0 always carries data (like a partition table); a quarter of the rest do.
-            let random = i == 0 || splitmix(&mut s) % 4 == 0;
+            let random = i == 0 || splitmix(&mut s).is_multiple_of(4);
             if random {
                 let mut buf = vec![0u8; BLOCK];
                 for chunk in buf.chunks_exact_mut(8) {

@@ -704,7 +704,7 @@ impl ObjectStore for MemoryStore {
         }
         if parts
             .iter()
-            .any(|(n, etag)| u.parts.get(n).map_or(true, |p| &p.etag != etag))
+            .any(|(n, etag)| u.parts.get(n).is_none_or(|p| &p.etag != etag))
         {
             return Err(err(
                 ErrorClass::Client,

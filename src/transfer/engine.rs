@@ -1100,7 +1100,7 @@ async fn run_parts(
                 // Retried jobs sit at the front; the scan stops at the first ready job.
                 let Some(i) = queue
                     .iter()
-                    .position(|j| j.ready_at.map_or(true, |t| t <= now))
+                    .position(|j| j.ready_at.is_none_or(|t| t <= now))
                 else {
                     break;
                 };
@@ -1292,7 +1292,7 @@ pub(super) async fn complete(
             }
             Err(e) if e.class == ErrorClass::NotFound && attempt > 1 => {
                 if let Ok(head) = ctx.dst.store.head(&ctx.dst.key).await {
-                    if head.size == size && head.crc64.map_or(true, |c| c == expected_crc) {
+                    if head.size == size && head.crc64.is_none_or(|c| c == expected_crc) {
                         info!("an earlier CompleteMultipartUpload succeeded although its response was lost");
                         return Ok(Uploaded {
                             etag: head.etag,

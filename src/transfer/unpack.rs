@@ -548,7 +548,7 @@ impl BufRead for CompressedReader {
         let exhausted = self
             .current
             .as_ref()
-            .map_or(true, |c| self.pos >= c.data.len());
+            .is_none_or(|c| self.pos >= c.data.len());
         if exhausted {
             self.current = None; // gives its charge back
             if !self.advance() {
