@@ -642,11 +642,34 @@ async fn serve_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| handle(st.clone(), peer, req));
+    serve_http1(
+        stream,
+        peer,
+        move |req| handle(st.clone(), peer, req),
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves one HTTP/1.1 connection with `svc` until it ends, or until `shutdown` (then 2 s to
+/// finish): the API and the metrics listener share the header timeout and the shutdown.
+pub(super) async fn serve_http1<S, F, Fut>(
+    stream: S,
+    peer: SocketAddr,
+    svc: F,
+    shutdown: tokio_util::sync::CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Resp, Infallible>> + Send + 'static,
+{
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+        .serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper::service::service_fn(svc),
+        );
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {

@@ -112,30 +112,17 @@ pub async fn serve_metrics_only(
             _ = stop.cancelled() => return,
         };
         let (scheduler, engine, stop) = (scheduler.clone(), engine.clone(), stop.clone());
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        tokio::spawn(super::api::serve_http1(
+            stream,
+            peer,
+            move |req: Request<hyper::body::Incoming>| {
                 let r = respond(req.method(), req.uri().path(), || {
                     render(&scheduler, engine.as_ref())
                 });
                 async move { Ok::<_, Infallible>(r) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
-                    }
-                }
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
-                }
-            }
-        });
+            },
+            stop,
+        ));
     }
 }
 

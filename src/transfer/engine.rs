@@ -292,7 +292,8 @@ pub(super) async fn source_changed(ctx: &Ctx, old_etag: &str) -> TransferError {
     }
 }
 
-pub(super) async fn abort_quietly(ctx: &Ctx, upload_id: &str) {
+/// AbortMultipartUpload with the control-request retries; an upload already gone is fine.
+async fn abort_upload(ctx: &Ctx, upload_id: &str) -> Result<(), StoreError> {
     let r: Result<(), StoreError> = control!(
         ctx,
         "AbortMultipartUpload",
@@ -300,8 +301,14 @@ pub(super) async fn abort_quietly(ctx: &Ctx, upload_id: &str) {
         ctx.dst.store.abort(&ctx.dst.key, upload_id)
     );
     match r {
+        Err(e) if e.class == ErrorClass::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+pub(super) async fn abort_quietly(ctx: &Ctx, upload_id: &str) {
+    match abort_upload(ctx, upload_id).await {
         Ok(()) => debug!(upload_id, "aborted the multipart upload"),
-        Err(e) if e.class == ErrorClass::NotFound => {}
         Err(e) => warn!(
             upload_id,
             error = %e,
@@ -726,25 +733,15 @@ async fn discard_damaged(
     match upload_id {
         Some(id) => {
             warn!("ignoring {why}; aborting the upload {id} it names and starting over");
-            let r: Result<(), StoreError> = control!(
-                ctx,
-                "AbortMultipartUpload",
-                ctx.opts.request_timeout,
-                ctx.dst.store.abort(&ctx.dst.key, id)
-            );
-            match r {
-                Ok(()) => {}
-                Err(e) if e.class == ErrorClass::NotFound => {}
-                Err(e) => {
-                    // Keep the file: it is the only record of that upload.
-                    return Err(TransferError::State(format!(
-                        "{why} names the upload {id}, which could not be aborted ({e}); abort \
+            if let Err(e) = abort_upload(ctx, id).await {
+                // Keep the file: it is the only record of that upload.
+                return Err(TransferError::State(format!(
+                    "{why} names the upload {id}, which could not be aborted ({e}); abort \
                          it with `ossrelay uploads abort {}` (or move {} away to leave it), then \
                          rerun",
-                        ctx.dst_desc,
-                        path.display()
-                    )));
-                }
+                    ctx.dst_desc,
+                    path.display()
+                )));
             }
         }
         None => warn!(

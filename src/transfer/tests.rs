@@ -884,11 +884,16 @@ async fn local_source_changed_mid_copy() {
     assert!(mem.object("k").is_none());
 }
 
-#[tokio::test]
-async fn the_same_pair_cannot_run_twice_at_once() {
-    let e = env(8 * PART);
-    slow(&e);
-    let dir = tempfile::tempdir().unwrap();
+/// A slow copy of 8 parts, one at a time, with a state directory, started and running (one
+/// part acknowledged): its task and its options.
+async fn a_running_copy(
+    e: &Env,
+    dir: &tempfile::TempDir,
+) -> (
+    tokio::task::JoinHandle<Result<CopySummary, TransferError>>,
+    CopyOptions,
+) {
+    slow(e);
     let o = CopyOptions {
         concurrency: 1,
         state_dir: Some(dir.path().to_path_buf()),
@@ -896,10 +901,18 @@ async fn the_same_pair_cannot_run_twice_at_once() {
     };
     let (s, d) = e.locs();
     let p = Progress::new();
-    let first = tokio::spawn(copy(s, d, o.clone(), p.clone(), CancellationToken::new()));
+    let task = tokio::spawn(copy(s, d, o.clone(), p.clone(), CancellationToken::new()));
     while p.parts_done.load(Relaxed) < 1 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    (task, o)
+}
+
+#[tokio::test]
+async fn the_same_pair_cannot_run_twice_at_once() {
+    let e = env(8 * PART);
+    let dir = tempfile::tempdir().unwrap();
+    let (first, o) = a_running_copy(&e, &dir).await;
     let err = e.run(o).await.0.unwrap_err();
     assert!(matches!(err, TransferError::State(_)), "{err}");
     assert!(err.to_string().contains("another copy"), "{err}");
@@ -1129,19 +1142,8 @@ async fn a_failing_state_dir_keeps_the_upload_and_the_last_saved_state() {
 #[tokio::test]
 async fn a_single_put_waits_for_a_live_multipart_run_of_the_pair() {
     let e = env(8 * PART);
-    slow(&e);
     let dir = tempfile::tempdir().unwrap();
-    let o = CopyOptions {
-        concurrency: 1,
-        state_dir: Some(dir.path().to_path_buf()),
-        ..opts()
-    };
-    let (s, d) = e.locs();
-    let p = Progress::new();
-    let first = tokio::spawn(copy(s, d, o.clone(), p.clone(), CancellationToken::new()));
-    while p.parts_done.load(Relaxed) < 1 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let (first, o) = a_running_copy(&e, &dir).await;
     // The whole object fits one part of this size: the single-PUT path.
     let big = CopyOptions {
         part_size: Some(16 * PART),
