@@ -100,9 +100,13 @@ async fn wait_stage(w: &World, stage: &str, child: &mut std::process::Child) {
     let needle = format!("\"stage\": \"{stage}\"");
     let t0 = Instant::now();
     loop {
+        // The state file itself, not a temp file an atomic write has not renamed yet: a
+        // kill -9 then leaves the stage before it.
         let seen = std::fs::read_dir(w.state_dir())
             .unwrap()
-            .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter_map(|p| std::fs::read_to_string(p).ok())
             .any(|t| t.contains(&needle));
         if seen {
             return;
