@@ -23,8 +23,10 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 
 use super::cache::RefreshingProvider;
-use super::sts::{duration, session_name, sts_endpoint, AssumeRoleSpec, ENV_ROLE_ARN};
-use super::{parse_expiration, Credentials, CredentialsError, CredentialsProvider, EnvLookup};
+use super::sts::{
+    duration, session_name, sts_endpoint, temporary_credentials, AssumeRoleSpec, ENV_ROLE_ARN,
+};
+use super::{Credentials, CredentialsError, CredentialsProvider, EnvLookup};
 use crate::ecs::rpc::RpcClient;
 use crate::ecs::sts::{AssumeRoleWithOidcInput, StsClient};
 
@@ -179,23 +181,8 @@ impl CredentialsProvider for OidcProvider {
                 ))
             })?;
         let c = resp.credentials;
-        let expiration = parse_expiration(&c.expiration)
-            .ok_or_else(|| refresh_err(format!("cannot parse Expiration {:?}", c.expiration)))?;
-        if c.access_key_id.is_empty()
-            || c.access_key_secret.is_empty()
-            || c.security_token.is_empty()
-        {
-            return Err(refresh_err(
-                "the answer lacks AccessKeyId, AccessKeySecret or SecurityToken".into(),
-            ));
-        }
         tracing::info!(role_arn = %self.role_arn, access_key_id = %c.access_key_id, expiration = %c.expiration, "assumed role with OIDC token");
-        Ok(Credentials {
-            access_key_id: c.access_key_id,
-            access_key_secret: c.access_key_secret,
-            security_token: Some(c.security_token),
-            expiration: Some(expiration),
-        })
+        temporary_credentials(c, refresh_err)
     }
 
     fn name(&self) -> String {

@@ -188,6 +188,27 @@ impl AssumeRoleProvider {
     }
 }
 
+/// STS's temporary credentials (of AssumeRole or AssumeRoleWithOIDC) as [`Credentials`]:
+/// all three parts present and an expiry that parses, else `refresh_err`.
+pub(super) fn temporary_credentials(
+    c: crate::ecs::sts::StsCredentials,
+    refresh_err: impl Fn(String) -> CredentialsError,
+) -> Result<Credentials, CredentialsError> {
+    let expiration = parse_expiration(&c.expiration)
+        .ok_or_else(|| refresh_err(format!("cannot parse Expiration {:?}", c.expiration)))?;
+    if c.access_key_id.is_empty() || c.access_key_secret.is_empty() || c.security_token.is_empty() {
+        return Err(refresh_err(
+            "the answer lacks AccessKeyId, AccessKeySecret or SecurityToken".into(),
+        ));
+    }
+    Ok(Credentials {
+        access_key_id: c.access_key_id,
+        access_key_secret: c.access_key_secret,
+        security_token: Some(c.security_token),
+        expiration: Some(expiration),
+    })
+}
+
 #[async_trait]
 impl CredentialsProvider for AssumeRoleProvider {
     async fn credentials(&self) -> Result<Credentials, CredentialsError> {
@@ -204,23 +225,8 @@ impl CredentialsProvider for AssumeRoleProvider {
                 other => refresh_err(other.to_string()),
             })?;
         let c = resp.credentials;
-        let expiration = parse_expiration(&c.expiration)
-            .ok_or_else(|| refresh_err(format!("cannot parse Expiration {:?}", c.expiration)))?;
-        if c.access_key_id.is_empty()
-            || c.access_key_secret.is_empty()
-            || c.security_token.is_empty()
-        {
-            return Err(refresh_err(
-                "the answer lacks AccessKeyId, AccessKeySecret or SecurityToken".into(),
-            ));
-        }
         tracing::info!(role_arn = %self.input.role_arn, access_key_id = %c.access_key_id, expiration = %c.expiration, "assumed role");
-        Ok(Credentials {
-            access_key_id: c.access_key_id,
-            access_key_secret: c.access_key_secret,
-            security_token: Some(c.security_token),
-            expiration: Some(expiration),
-        })
+        temporary_credentials(c, refresh_err)
     }
 
     fn name(&self) -> String {
