@@ -106,9 +106,16 @@ async fn bare_pipe(sim: &SimServer, size: u64, concurrency: usize, part: u64) ->
                     offset: off,
                     len,
                 };
-                let up = ObjectStore::upload_part(&*dst, "bare.raw", &upload, spec, body)
-                    .await
-                    .unwrap();
+                let up = ObjectStore::upload_part(
+                    &*dst,
+                    "bare.raw",
+                    &upload,
+                    spec,
+                    body,
+                    &ossrelay::checksum::Checksums::new(),
+                )
+                .await
+                .unwrap();
                 (spec.number, up.etag)
             }
         })
@@ -117,9 +124,15 @@ async fn bare_pipe(sim: &SimServer, size: u64, concurrency: usize, part: u64) ->
         .await;
     let mut results = results;
     results.sort_by_key(|p| p.0);
-    ObjectStore::complete(&*dst, "bare.raw", &upload, &results)
-        .await
-        .unwrap();
+    ObjectStore::complete(
+        &*dst,
+        "bare.raw",
+        &upload,
+        &results,
+        &ossrelay::checksum::Checksums::new(),
+    )
+    .await
+    .unwrap();
     size as f64 / t.elapsed().as_secs_f64()
 }
 

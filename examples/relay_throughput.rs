@@ -43,6 +43,15 @@ impl ObjectStore for Source {
     fn describe(&self, key: &str) -> String {
         format!("gen://{key}")
     }
+    fn limits(&self) -> ossrelay::store::Limits {
+        ossrelay::oss::LIMITS
+    }
+    fn checksums(&self) -> ossrelay::store::ChecksumCaps {
+        ossrelay::store::ChecksumCaps {
+            reports: &[],
+            verifies: &[],
+        }
+    }
     async fn head(&self, _: &str) -> Result<ObjectMeta, StoreError> {
         Ok(ObjectMeta {
             size: self.size,
@@ -90,6 +99,7 @@ impl ObjectStore for Source {
         _: &str,
         _: PartSpec,
         _: ByteStream,
+        _expected: &ossrelay::checksum::Checksums,
     ) -> Result<Uploaded, StoreError> {
         Err(unsupported())
     }
@@ -101,6 +111,7 @@ impl ObjectStore for Source {
         _: &str,
         _: &str,
         _: &[(u32, String)],
+        _expected: &ossrelay::checksum::Checksums,
     ) -> Result<Uploaded, StoreError> {
         Err(unsupported())
     }
@@ -129,7 +140,7 @@ impl Sink {
         std::hint::black_box(crc.sum());
         Ok(Uploaded {
             etag: "P".into(),
-            crc64: None,
+            checksums: ossrelay::checksum::Checksums::new(),
         })
     }
 }
@@ -138,6 +149,15 @@ impl Sink {
 impl ObjectStore for Sink {
     fn describe(&self, key: &str) -> String {
         format!("null://{key}")
+    }
+    fn limits(&self) -> ossrelay::store::Limits {
+        ossrelay::oss::LIMITS
+    }
+    fn checksums(&self) -> ossrelay::store::ChecksumCaps {
+        ossrelay::store::ChecksumCaps {
+            reports: &[],
+            verifies: &[],
+        }
     }
     async fn head(&self, _: &str) -> Result<ObjectMeta, StoreError> {
         Err(unsupported())
@@ -174,6 +194,7 @@ impl ObjectStore for Sink {
         _: &str,
         _: PartSpec,
         body: ByteStream,
+        _expected: &ossrelay::checksum::Checksums,
     ) -> Result<Uploaded, StoreError> {
         self.drain(body).await
     }
@@ -185,10 +206,11 @@ impl ObjectStore for Sink {
         _: &str,
         _: &str,
         _: &[(u32, String)],
+        _expected: &ossrelay::checksum::Checksums,
     ) -> Result<Uploaded, StoreError> {
         Ok(Uploaded {
             etag: "C".into(),
-            crc64: None,
+            checksums: ossrelay::checksum::Checksums::new(),
         })
     }
     async fn abort(&self, _: &str, _: &str) -> Result<(), StoreError> {
@@ -218,7 +240,9 @@ async fn bare_pipe(src: Arc<Source>, dst: Arc<Sink>, part: u64, concurrency: usi
                     offset: start,
                     len: end - start,
                 };
-                dst.upload_part("k", "U", spec, body).await.unwrap();
+                dst.upload_part("k", "U", spec, body, &ossrelay::checksum::Checksums::new())
+                    .await
+                    .unwrap();
             }
         })
     });

@@ -23,6 +23,17 @@ pub enum ObjectUrl {
     Local(PathBuf),
 }
 
+impl ObjectUrl {
+    /// The limits of the store this URL names, known before any request (part-size flags are
+    /// checked against the destination's).
+    pub fn limits(&self) -> crate::store::Limits {
+        match self {
+            Self::Oss { .. } => crate::oss::LIMITS,
+            Self::Local(_) => crate::store::local::LIMITS,
+        }
+    }
+}
+
 /// Why a location could not be understood or reached.
 #[derive(Debug, thiserror::Error)]
 pub enum LocateError {

@@ -248,7 +248,7 @@ async fn every_bad_input_fails_with_one_clear_line() {
                 size: 300_000,
                 etag: "x".into(),
                 last_modified: None,
-                crc64: None,
+                checksums: Default::default(),
             },
             parts: vec![],
             completing: None,

@@ -193,7 +193,7 @@ async fn path_style_for_ip_endpoints() {
     let meta = c.bucket("bkt").head_object("dir/a b+c.txt").await.unwrap();
     assert_eq!(meta.size, 9);
     assert_eq!(meta.etag, "D80CF0E5BE2436514894D64B2BCFB2AE");
-    assert_eq!(meta.crc64, Some(11051210869376104954));
+    assert_eq!(meta.checksums.crc64_xz(), Some(11051210869376104954));
     assert_eq!(
         meta.user_meta,
         vec![("origin".to_string(), "test".to_string())]
@@ -464,7 +464,7 @@ async fn clock_skew_is_learned_and_request_resigned() {
     let c = client(&format!("http://127.0.0.1:{}", d.addr.port()), None);
     let err = c
         .bucket("bkt")
-        .upload_part("k", "UPLOAD", 1, stream_of(vec![b"abc"]), 3)
+        .upload_part("k", "UPLOAD", 1, stream_of(vec![b"abc"]), 3, None)
         .await
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::ClockSkew);
@@ -529,6 +529,7 @@ async fn streaming_uploads_are_single_shot_and_exact() {
             len: 11,
         },
         stream_of(vec![b"hello", b" world"]),
+        &ossrelay::checksum::Checksums::new(),
     )
     .await
     .unwrap_err();
@@ -542,11 +543,12 @@ async fn streaming_uploads_are_single_shot_and_exact() {
             3,
             stream_of(vec![b"hello", b" world"]),
             11,
+            None,
         )
         .await
         .unwrap();
     assert_eq!(up.etag, "E1");
-    assert_eq!(up.crc64, Some(42));
+    assert_eq!(up.checksums.crc64_xz(), Some(42));
     let r = &d.requests()[1];
     assert_eq!(r.body, Bytes::from_static(b"hello world"));
     assert_eq!(r.header("content-length"), Some("11"));
@@ -608,13 +610,18 @@ async fn multipart_calls_on_the_wire() {
         parts.iter().map(|p| p.number).collect::<Vec<_>>(),
         vec![1, 2]
     );
-    assert_eq!(parts[0].crc64, Some(5));
+    assert_eq!(parts[0].checksums.crc64_xz(), Some(5));
     let done = b
-        .complete("k", &id, &[(1, "P1".into()), (2, "P2".into())])
+        .complete(
+            "k",
+            &id,
+            &[(1, "P1".into()), (2, "P2".into())],
+            &ossrelay::checksum::Checksums::new(),
+        )
         .await
         .unwrap();
     assert_eq!(done.etag, "AB-2");
-    assert_eq!(done.crc64, Some(99));
+    assert_eq!(done.checksums.crc64_xz(), Some(99));
     let ups = b.list_multipart_uploads(Some("a")).await.unwrap();
     assert_eq!(
         ups.iter().map(|u| u.key.as_str()).collect::<Vec<_>>(),
@@ -700,7 +707,7 @@ async fn lost_complete_response_is_recovered_by_head() {
         .await
         .unwrap();
     assert_eq!(up.etag, "AB-2");
-    assert_eq!(up.crc64, Some(77));
+    assert_eq!(up.checksums.crc64_xz(), Some(77));
     let methods: Vec<String> = d.requests().iter().map(|r| r.method.clone()).collect();
     assert_eq!(methods, vec!["POST", "POST", "HEAD"]);
 
@@ -899,7 +906,7 @@ async fn broken_source_stream_keeps_its_class() {
     let body: ByteStream = Box::pin(futures::stream::iter(items));
     let err = c
         .bucket("bkt")
-        .upload_part("k", "U", 1, body, 10)
+        .upload_part("k", "U", 1, body, 10, None)
         .await
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::Throttled);
@@ -908,7 +915,7 @@ async fn broken_source_stream_keeps_its_class() {
     // More bytes than declared is a caller bug, not retryable.
     let err = c
         .bucket("bkt")
-        .upload_part("k", "U", 1, stream_of(vec![b"abc", b"def"]), 4)
+        .upload_part("k", "U", 1, stream_of(vec![b"abc", b"def"]), 4, None)
         .await
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::Client);

@@ -163,7 +163,7 @@ async fn object_operations_under_v4_and_v1() {
             .put_object(&key, stream_of(data.clone()), data.len() as u64, &opts)
             .await
             .unwrap();
-        assert_eq!(up.crc64, Some(crc64::checksum(&data)));
+        assert_eq!(up.checksums.crc64_xz(), Some(crc64::checksum(&data)));
         assert_eq!(
             s.object_crc64(BUCKET, &key),
             Some((300_001, crc64::checksum(&data)))
@@ -172,7 +172,7 @@ async fn object_operations_under_v4_and_v1() {
         let meta = b.head_object(&key).await.unwrap();
         assert_eq!(meta.size, data.len() as u64);
         assert_eq!(meta.etag, up.etag);
-        assert_eq!(meta.crc64, Some(crc64::checksum(&data)));
+        assert_eq!(meta.checksums.crc64_xz(), Some(crc64::checksum(&data)));
         assert_eq!(
             meta.content_type.as_deref(),
             Some("application/x-raw-disk-image")
@@ -185,7 +185,10 @@ async fn object_operations_under_v4_and_v1() {
 
         let whole = b.get_object(&key, None, None).await.unwrap();
         assert_eq!(whole.object_size, data.len() as u64);
-        assert_eq!(whole.object_crc64, Some(crc64::checksum(&data)));
+        assert_eq!(
+            whole.object_checksums.crc64_xz(),
+            Some(crc64::checksum(&data))
+        );
         assert_eq!(collect(whole.body).await.unwrap(), &data[..]);
 
         for r in [0..1, 5..17, 299_000..300_001, 0..300_001] {
@@ -286,10 +289,16 @@ async fn multipart_under_v4_and_v1() {
                     i as u32 + 1,
                     stream_of(p.clone()),
                     p.len() as u64,
+                    None,
                 )
                 .await
                 .unwrap();
-            assert_eq!(up.crc64, Some(crc64::checksum(p)), "part {}", i + 1);
+            assert_eq!(
+                up.checksums.crc64_xz(),
+                Some(crc64::checksum(p)),
+                "part {}",
+                i + 1
+            );
             etags.push(up.etag);
         }
         // Re-uploading a part number replaces it.
@@ -301,6 +310,7 @@ async fn multipart_under_v4_and_v1() {
                 2,
                 stream_of(replacement.clone()),
                 replacement.len() as u64,
+                None,
             )
             .await
             .unwrap();
@@ -311,7 +321,10 @@ async fn multipart_under_v4_and_v1() {
         assert_eq!(listed[1].number, 2);
         assert_eq!(listed[1].etag, etags[1]);
         assert_eq!(listed[1].size, replacement.len() as u64);
-        assert_eq!(listed[1].crc64, Some(crc64::checksum(&replacement)));
+        assert_eq!(
+            listed[1].checksums.crc64_xz(),
+            Some(crc64::checksum(&replacement))
+        );
         let uploads = b.list_multipart_uploads(Some("mp/")).await.unwrap();
         assert!(uploads.iter().any(|u| u.upload_id == id && u.key == key));
 
@@ -327,11 +340,11 @@ async fn multipart_under_v4_and_v1() {
                 .map(|p| (crc64::checksum(p), p.len() as u64)),
         );
         assert_eq!(crc, crc64::checksum(&expected));
-        assert_eq!(done.crc64, Some(crc));
+        assert_eq!(done.checksums.crc64_xz(), Some(crc));
         assert!(done.etag.ends_with("-3"), "{}", done.etag);
         let meta = b.head_object(&key).await.unwrap();
         assert_eq!(meta.etag, done.etag);
-        assert_eq!(meta.crc64, Some(crc));
+        assert_eq!(meta.checksums.crc64_xz(), Some(crc));
         assert_eq!(meta.size, expected.len() as u64);
         assert_eq!(
             meta.content_type.as_deref(),
@@ -364,11 +377,11 @@ async fn multipart_errors() {
         .unwrap();
     let small = pattern(10, 1);
     let e1 = b
-        .upload_part(key, &id, 1, stream_of(small.clone()), 10)
+        .upload_part(key, &id, 1, stream_of(small.clone()), 10, None)
         .await
         .unwrap();
     let e2 = b
-        .upload_part(key, &id, 2, stream_of(small.clone()), 10)
+        .upload_part(key, &id, 2, stream_of(small.clone()), 10, None)
         .await
         .unwrap();
 
@@ -406,7 +419,7 @@ async fn multipart_errors() {
     // Unknown upload ids.
     let bogus = "0004B9894A22E5B1888A1E29F823XXXX";
     let e = b
-        .upload_part(key, bogus, 1, stream_of(small.clone()), 10)
+        .upload_part(key, bogus, 1, stream_of(small.clone()), 10, None)
         .await
         .unwrap_err();
     assert_err(&e, 404, "NoSuchUpload", ErrorClass::NotFound);
@@ -449,6 +462,7 @@ async fn listings_page_to_the_end() {
                     n,
                     stream_of(Bytes::from(vec![n as u8])),
                     1,
+                    None,
                 )
                 .await
             }
@@ -714,17 +728,17 @@ async fn skewed_clock_is_learned_and_requests_succeed() {
             .unwrap();
         let data = pattern(1000, 2);
         let e = c
-            .upload_part("skew/b", &id, 1, stream_of(data.clone()), 1000)
+            .upload_part("skew/b", &id, 1, stream_of(data.clone()), 1000, None)
             .await
             .unwrap_err();
         assert_err(&e, 403, "RequestTimeTooSkewed", ErrorClass::ClockSkew);
         assert!(e.message.contains("NTP"), "{e}");
         assert!(e.class.is_retryable());
         let up = c
-            .upload_part("skew/b", &id, 1, stream_of(data.clone()), 1000)
+            .upload_part("skew/b", &id, 1, stream_of(data.clone()), 1000, None)
             .await
             .unwrap();
-        assert_eq!(up.crc64, Some(crc64::checksum(&data)));
+        assert_eq!(up.checksums.crc64_xz(), Some(crc64::checksum(&data)));
         s.shutdown().await;
     }
 }
@@ -764,7 +778,7 @@ async fn each_fault_kind_is_observable() {
         "{e:?}"
     );
     let e = b
-        .upload_part("f/x", "nope", 1, stream_of(pattern(10, 1)), 10)
+        .upload_part("f/x", "nope", 1, stream_of(pattern(10, 1)), 10, None)
         .await
         .unwrap_err();
     assert_eq!(
@@ -797,7 +811,7 @@ async fn each_fault_kind_is_observable() {
         .await
         .unwrap();
     let e = b
-        .upload_part("f/up", &id, 1, stream_of(data.clone()), len as u64)
+        .upload_part("f/up", &id, 1, stream_of(data.clone()), len as u64, None)
         .await
         .unwrap_err();
     assert_eq!((e.status, e.class), (None, ErrorClass::Transient), "{e:?}");
@@ -827,7 +841,7 @@ async fn each_fault_kind_is_observable() {
         s.set_faults(vec![]);
         let m = b.head_object("f/obj").await.unwrap();
         s.set_faults(vec![(FaultKind::Corrupt, 1.0)]);
-        m.crc64.unwrap()
+        m.checksums.crc64_xz().unwrap()
     };
     let half = len as u64 / 2;
     let first = read_body(&b, "f/obj", 0..half).await.unwrap();
@@ -847,10 +861,17 @@ async fn each_fault_kind_is_observable() {
     // ... and the per-part check: OSS acknowledges the CRC of what it received.
     s.set_faults(vec![]);
     let up = b
-        .upload_part("f/up", &id, 1, stream_of(Bytes::from(first.clone())), half)
+        .upload_part(
+            "f/up",
+            &id,
+            1,
+            stream_of(Bytes::from(first.clone())),
+            half,
+            None,
+        )
         .await
         .unwrap();
-    assert_eq!(up.crc64, Some(crc64::checksum(&first)));
+    assert_eq!(up.checksums.crc64_xz(), Some(crc64::checksum(&first)));
     s.set_faults(vec![(FaultKind::Corrupt, 1.0)]);
 
     // stall: the body goes silent for 30 s; the client gives up after its read timeout.
@@ -889,7 +910,14 @@ async fn lost_complete_response_is_recovered() {
     let mut numbered = Vec::new();
     for (i, p) in parts.iter().enumerate() {
         let up = b
-            .upload_part(key, &id, i as u32 + 1, stream_of(p.clone()), p.len() as u64)
+            .upload_part(
+                key,
+                &id,
+                i as u32 + 1,
+                stream_of(p.clone()),
+                p.len() as u64,
+                None,
+            )
             .await
             .unwrap();
         numbered.push((i as u32 + 1, up.etag));
@@ -920,7 +948,7 @@ async fn lost_complete_response_is_recovered() {
         s.stats()
     );
     let all: Vec<u8> = parts.concat();
-    assert_eq!(done.crc64, Some(crc64::checksum(&all)));
+    assert_eq!(done.checksums.crc64_xz(), Some(crc64::checksum(&all)));
     assert!(done.etag.ends_with("-2"));
     assert_eq!(
         s.object_crc64(BUCKET, key),
@@ -942,7 +970,7 @@ async fn synthetic_terabyte_head_and_discard_bucket() {
     );
     assert_eq!(meta.size, TIB);
     let synth = Synthetic::new(HUGE, TIB);
-    assert_eq!(meta.crc64, Some(synth.crc()));
+    assert_eq!(meta.checksums.crc64_xz(), Some(synth.crc()));
     // A range at the far end is served and matches the generator.
     let r = TIB - 4096..TIB;
     let got = read_body(&b, HUGE, r.clone()).await.unwrap();
@@ -968,10 +996,11 @@ async fn synthetic_terabyte_head_and_discard_bucket() {
                 i as u32 + 1,
                 stream_of(p.clone()),
                 p.len() as u64,
+                None,
             )
             .await
             .unwrap();
-        assert_eq!(up.crc64, Some(crc64::checksum(p)));
+        assert_eq!(up.checksums.crc64_xz(), Some(crc64::checksum(p)));
         numbered.push((i as u32 + 1, up.etag));
     }
     let done = d
@@ -981,7 +1010,7 @@ async fn synthetic_terabyte_head_and_discard_bucket() {
     let all = parts.concat();
     let meta = d.head_object("sink.raw").await.unwrap();
     assert_eq!(meta.size, all.len() as u64);
-    assert_eq!(meta.crc64, Some(crc64::checksum(&all)));
+    assert_eq!(meta.checksums.crc64_xz(), Some(crc64::checksum(&all)));
     assert_eq!(meta.etag, done.etag);
     let e = d.get_object("sink.raw", None, None).await.unwrap_err();
     assert_err(&e, 403, "AccessDenied", ErrorClass::Auth);
@@ -1005,7 +1034,10 @@ async fn object_store_trait_against_the_simulator() {
         .await
         .unwrap();
     let meta = store.head("t/whole").await.unwrap();
-    assert_eq!((meta.size, meta.crc64), (data.len() as u64, up.crc64));
+    assert_eq!(
+        (meta.size, meta.checksums.crc64_xz()),
+        (data.len() as u64, up.checksums.crc64_xz())
+    );
     let r = collect(
         store
             .get_range("t/whole", 10, 5000, Some(&meta.etag))
@@ -1042,6 +1074,7 @@ async fn object_store_trait_against_the_simulator() {
                 len: cut,
             },
             stream_of(data.slice(..KIB100)),
+            &ossrelay::checksum::Checksums::new(),
         )
         .await
         .unwrap();
@@ -1055,6 +1088,7 @@ async fn object_store_trait_against_the_simulator() {
                 len: 10,
             },
             stream_of(data.slice(KIB100..)),
+            &ossrelay::checksum::Checksums::new(),
         )
         .await
         .unwrap();
@@ -1067,10 +1101,15 @@ async fn object_store_trait_against_the_simulator() {
         [(1, cut), (2, 10)]
     );
     let done = store
-        .complete("t/mp", &id, &[(1, p1.etag), (2, p2.etag)])
+        .complete(
+            "t/mp",
+            &id,
+            &[(1, p1.etag), (2, p2.etag)],
+            &ossrelay::checksum::Checksums::new(),
+        )
         .await
         .unwrap();
-    assert_eq!(done.crc64, Some(crc64::checksum(&data)));
+    assert_eq!(done.checksums.crc64_xz(), Some(crc64::checksum(&data)));
 
     let id = store
         .create_multipart("t/aborted", 1, &PutOptions::default())
@@ -1154,7 +1193,7 @@ async fn odd_keys_in_listings() {
             .initiate_multipart_upload(k, &PutOptions::default())
             .await
             .unwrap();
-        b.upload_part(k, &id, 1, stream_of(pattern(3, 1)), 3)
+        b.upload_part(k, &id, 1, stream_of(pattern(3, 1)), 3, None)
             .await
             .unwrap();
         assert_eq!(b.list_parts(k, &id).await.unwrap().len(), 1, "{k}");

@@ -75,6 +75,15 @@ impl ObjectStore for Discard {
     fn describe(&self, key: &str) -> String {
         format!("discard://{key}")
     }
+    fn limits(&self) -> ossrelay::store::Limits {
+        ossrelay::oss::LIMITS
+    }
+    fn checksums(&self) -> ossrelay::store::ChecksumCaps {
+        ossrelay::store::ChecksumCaps {
+            reports: &[ossrelay::checksum::Algorithm::Crc64Xz],
+            verifies: &[],
+        }
+    }
     async fn head(&self, _key: &str) -> Result<ObjectMeta, StoreError> {
         Err(StoreError::new(
             ossrelay::store::ErrorClass::NotFound,
@@ -104,7 +113,7 @@ impl ObjectStore for Discard {
         *self.completed.lock().unwrap() = Some((crc.len(), crc.sum()));
         Ok(Uploaded {
             etag: "put".into(),
-            crc64: Some(crc.sum()),
+            checksums: ossrelay::checksum::Checksum::Crc64Xz(crc.sum()).into(),
         })
     }
     async fn create_multipart(
@@ -121,6 +130,7 @@ impl ObjectStore for Discard {
         _upload_id: &str,
         part: PartSpec,
         mut body: ByteStream,
+        _expected: &ossrelay::checksum::Checksums,
     ) -> Result<Uploaded, StoreError> {
         let mut crc = Crc64::new();
         while let Some(b) = body.next().await {
@@ -133,7 +143,7 @@ impl ObjectStore for Discard {
             .push((part.number, crc.len(), crc.sum()));
         Ok(Uploaded {
             etag: format!("p{}", part.number),
-            crc64: Some(crc.sum()),
+            checksums: ossrelay::checksum::Checksum::Crc64Xz(crc.sum()).into(),
         })
     }
     async fn list_parts(&self, _key: &str, _id: &str) -> Result<Vec<ListedPart>, StoreError> {
@@ -144,6 +154,7 @@ impl ObjectStore for Discard {
         _key: &str,
         _id: &str,
         parts: &[(u32, String)],
+        _expected: &ossrelay::checksum::Checksums,
     ) -> Result<Uploaded, StoreError> {
         let mut got = self.parts.lock().unwrap().clone();
         got.sort();
@@ -153,7 +164,7 @@ impl ObjectStore for Discard {
         *self.completed.lock().unwrap() = Some((len, crc));
         Ok(Uploaded {
             etag: "done".into(),
-            crc64: Some(crc),
+            checksums: ossrelay::checksum::Checksum::Crc64Xz(crc).into(),
         })
     }
     async fn abort(&self, _key: &str, _id: &str) -> Result<(), StoreError> {
@@ -421,6 +432,15 @@ impl ObjectStore for Swappable {
     fn describe(&self, key: &str) -> String {
         format!("swap://{key}")
     }
+    fn limits(&self) -> ossrelay::store::Limits {
+        ossrelay::oss::LIMITS
+    }
+    fn checksums(&self) -> ossrelay::store::ChecksumCaps {
+        ossrelay::store::ChecksumCaps {
+            reports: &[],
+            verifies: &[],
+        }
+    }
     async fn head(&self, _key: &str) -> Result<ObjectMeta, StoreError> {
         Ok(self.meta.clone())
     }
@@ -461,6 +481,7 @@ impl ObjectStore for Swappable {
         _: &str,
         _: PartSpec,
         _: ByteStream,
+        _expected: &ossrelay::checksum::Checksums,
     ) -> Result<Uploaded, StoreError> {
         unreachable!("source only")
     }
@@ -472,6 +493,7 @@ impl ObjectStore for Swappable {
         _: &str,
         _: &str,
         _: &[(u32, String)],
+        _expected: &ossrelay::checksum::Checksums,
     ) -> Result<Uploaded, StoreError> {
         unreachable!("source only")
     }
@@ -526,7 +548,7 @@ async fn resume_skips_recorded_parts_only_when_regenerated_bytes_match() {
     let meta = ObjectMeta {
         size: good.len() as u64,
         etag: "same-etag".into(),
-        crc64: Some(crc64::checksum(&good)),
+        checksums: ossrelay::checksum::Checksum::Crc64Xz(crc64::checksum(&good)).into(),
         ..ObjectMeta::default()
     };
 
@@ -626,7 +648,7 @@ async fn a_rerun_after_a_completed_unpack_sends_nothing() {
     let meta = ObjectMeta {
         size: archive.len() as u64,
         etag: "etag".into(),
-        crc64: Some(crc64::checksum(&archive)),
+        checksums: ossrelay::checksum::Checksum::Crc64Xz(crc64::checksum(&archive)).into(),
         ..ObjectMeta::default()
     };
     let state = tempfile::tempdir().unwrap();
@@ -659,9 +681,14 @@ async fn a_rerun_after_a_completed_unpack_sends_nothing() {
         .iter()
         .map(|p| (p.number, p.etag.clone()))
         .collect();
-    dst.complete("r_system.raw", &st.upload_id, &parts)
-        .await
-        .unwrap();
+    dst.complete(
+        "r_system.raw",
+        &st.upload_id,
+        &parts,
+        &ossrelay::checksum::Checksums::new(),
+    )
+    .await
+    .unwrap();
     dst.reset_part_uploads();
     let creates = dst.calls(Op::CreateMultipart);
     let s = unpack_into(src, dst.clone(), state.path())

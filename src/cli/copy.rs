@@ -175,7 +175,7 @@ pub async fn run(args: CopyArgs) -> i32 {
         decoder_cpu: args.decoder_cpu,
         ..CopyOptions::default()
     };
-    if let Err(e) = opts.validate() {
+    if let Err(e) = opts.validate(dst.limits()) {
         return usage(e);
     }
     let src_side = SideOptions {

@@ -487,7 +487,7 @@ fn parse_copy(obj: &mut Map<String, Value>) -> Result<CopySpec, InvalidField> {
             "must be oss://BUCKET/KEY (the daemon does not write local files)",
         ));
     }
-    let (concurrency, part_size) = take_copy_tuning(obj)?;
+    let (concurrency, part_size) = take_copy_tuning(obj, dst.limits())?;
     let spec = CopySpec {
         source,
         destination,
@@ -520,8 +520,11 @@ fn parse_copy(obj: &mut Map<String, Value>) -> Result<CopySpec, InvalidField> {
     Ok(spec)
 }
 
+/// `limits` are the destination's: the part size is checked against the store that will
+/// receive the parts.
 fn take_copy_tuning(
     obj: &mut Map<String, Value>,
+    limits: crate::store::Limits,
 ) -> Result<(Option<usize>, Option<u64>), InvalidField> {
     let concurrency = match obj.remove("concurrency") {
         None | Some(Value::Null) => None,
@@ -539,13 +542,9 @@ fn take_copy_tuning(
         None | Some(Value::Null) => None,
         Some(v) => {
             let p = parse_size_value("part_size", &v)?;
-            let l = crate::store::OSS_LIMITS;
-            if p < l.min_part_size || p > l.max_part_size {
-                return Err(invalid(
-                    "part_size",
-                    format!("{p} is out of range: OSS parts are 100KiB to 5GiB"),
-                ));
-            }
+            limits
+                .check_part_size(p)
+                .map_err(|e| invalid("part_size", e))?;
             Some(p)
         }
     };
@@ -557,7 +556,8 @@ fn required(obj: &mut Map<String, Value>, field: &str) -> Result<String, Invalid
 }
 
 fn parse_migrate(obj: &mut Map<String, Value>) -> Result<MigrateSpec, InvalidField> {
-    let (concurrency, part_size) = take_copy_tuning(obj)?;
+    // A migration relays between OSS buckets.
+    let (concurrency, part_size) = take_copy_tuning(obj, crate::oss::LIMITS)?;
     let spec = MigrateSpec {
         src_region: required(obj, "src_region")?,
         image_id: required(obj, "image_id")?,

@@ -764,7 +764,8 @@ impl Run<'_> {
                     object: object.clone(),
                     source,
                 })?;
-            let crc_differs = matches!((d.crc64, meta.crc64), (Some(a), Some(b)) if a != b);
+            let crc_differs =
+                matches!((d.crc64, meta.checksums.crc64_xz()), (Some(a), Some(b)) if a != b);
             if meta.size != d.bytes || crc_differs {
                 let show = |c: Option<u64>| c.map_or_else(|| "unknown".into(), |c| c.to_string());
                 self.state.disks[i].copied = false;
@@ -775,7 +776,7 @@ impl Run<'_> {
                     bytes: d.bytes,
                     crc: show(d.crc64),
                     got_bytes: meta.size,
-                    got_crc: show(meta.crc64),
+                    got_crc: show(meta.checksums.crc64_xz()),
                 });
             }
         }

@@ -62,7 +62,7 @@ impl MigrateParams {
             crate::locate::validate_bucket_name(b).map_err(SetupError::Usage)?;
         }
         self.copy
-            .validate()
+            .validate(crate::oss::LIMITS)
             .map_err(|e| SetupError::Usage(e.to_string()))?;
         Ok(())
     }

@@ -13,9 +13,10 @@ use md5::{Digest, Md5};
 use super::client::{read_limited, BodyStream, OssClient, OssRequest, Payload, MAX_XML_BODY};
 use super::error::OssError;
 use super::xml::{self, BucketInfo, LifecycleConfiguration};
+use crate::checksum::{Algorithm, Checksum, Checksums};
 use crate::store::{
-    ByteStream, ErrorClass, ListedPart, ListedUpload, ObjectMeta, ObjectStore, PartSpec,
-    PutOptions, StoreError, Uploaded,
+    ByteStream, ChecksumCaps, ErrorClass, Limits, ListedPart, ListedUpload, ObjectMeta,
+    ObjectStore, PartSpec, PutOptions, StoreError, Uploaded,
 };
 
 /// One bucket through an [`OssClient`]; cheap to clone.
@@ -43,8 +44,8 @@ pub struct GetObjectOutput {
     /// Size of the whole object (from `Content-Range`, or `Content-Length` without a range).
     pub object_size: u64,
     pub etag: String,
-    /// Whole-object CRC-64 as reported (OSS sends the whole object's value on ranges too).
-    pub object_crc64: Option<u64>,
+    /// Whole-object checksums as reported (OSS sends the whole object's CRC-64 on ranges too).
+    pub object_checksums: Checksums,
 }
 
 impl std::fmt::Debug for GetObjectOutput {
@@ -64,8 +65,35 @@ fn hdr<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .filter(|s| !s.is_empty())
 }
 
-fn crc_of(h: &HeaderMap) -> Option<u64> {
-    hdr(h, "x-oss-hash-crc64ecma").and_then(|s| s.parse().ok())
+/// The checksums an OSS response reports: CRC-64/XZ in `x-oss-hash-crc64ecma`.
+fn checksums_of(h: &HeaderMap) -> Checksums {
+    hdr(h, "x-oss-hash-crc64ecma")
+        .and_then(|s| s.parse().ok())
+        .map(|c| Checksum::Crc64Xz(c).into())
+        .unwrap_or_default()
+}
+
+/// What OSS reports and verifies (see [`crate::store::ChecksumCaps`]): it computes CRC-64/XZ
+/// for every object and part, and rejects an upload whose `Content-MD5` does not match.
+pub const CHECKSUMS: ChecksumCaps = ChecksumCaps {
+    reports: &[Algorithm::Crc64Xz],
+    verifies: &[Algorithm::Md5],
+};
+
+/// OSS limits: 100 KiB – 5 GiB parts, 10,000 parts, 5 GiB PutObject.
+pub const LIMITS: Limits = Limits {
+    min_part_size: 100 * 1024,
+    max_part_size: 5 * 1024 * 1024 * 1024,
+    max_parts: 10_000,
+    max_single_put: 5 * 1024 * 1024 * 1024,
+};
+
+/// `Content-MD5` for an expected MD5, the one upload checksum OSS verifies.
+fn expected_md5(expected: &Checksums) -> Option<String> {
+    match expected.get(Algorithm::Md5) {
+        Some(Checksum::Md5(d)) => Some(base64::engine::general_purpose::STANDARD.encode(d)),
+        _ => None,
+    }
 }
 
 fn protocol_error(op: &str, what: String) -> OssError {
@@ -97,7 +125,7 @@ fn meta_from_headers(h: &HeaderMap, size: u64) -> ObjectMeta {
         size,
         etag: hdr(h, "etag").map(xml::unquote_etag).unwrap_or_default(),
         last_modified: hdr(h, "last-modified").map(str::to_string),
-        crc64: crc_of(h),
+        checksums: checksums_of(h),
         content_type: hdr(h, "content-type").map(str::to_string),
         user_meta,
     }
@@ -256,7 +284,7 @@ impl OssBucket {
             None => len,
         };
         let etag = etag_of(OP, h)?;
-        let object_crc64 = crc_of(h);
+        let object_checksums = checksums_of(h);
         let what = format!("{OP} oss://{}/{key}", self.name);
         let body = BodyStream::new(
             resp.into_body(),
@@ -269,7 +297,7 @@ impl OssBucket {
             content_length: len,
             object_size,
             etag,
-            object_crc64,
+            object_checksums,
         })
     }
 
@@ -286,7 +314,7 @@ impl OssBucket {
         let resp = self.client.send(req).await?;
         Ok(Uploaded {
             etag: etag_of("PutObject", resp.headers())?,
-            crc64: crc_of(resp.headers()),
+            checksums: checksums_of(resp.headers()),
         })
     }
 
@@ -330,7 +358,8 @@ impl OssBucket {
     }
 
     /// UploadPart from a stream of exactly `len` bytes (single attempt). Returns the ETag
-    /// and the part's CRC-64 as OSS computed it.
+    /// and the part's CRC-64 as OSS computed it. With `content_md5` (base64), OSS rejects a
+    /// body whose MD5 differs (`InvalidDigest`/`BadDigest`).
     pub async fn upload_part(
         &self,
         key: &str,
@@ -338,17 +367,21 @@ impl OssBucket {
         number: u32,
         body: ByteStream,
         len: u64,
+        content_md5: Option<&str>,
     ) -> Result<Uploaded, OssError> {
         const OP: &str = "UploadPart";
-        let req = self
+        let mut req = self
             .req(OP, Method::PUT, Some(key))
             .query("partNumber", number.to_string())
-            .query("uploadId", upload_id)
-            .payload(Payload::Stream(body, len));
+            .query("uploadId", upload_id);
+        if let Some(md5) = content_md5 {
+            req = req.header("content-md5", md5)?;
+        }
+        let req = req.payload(Payload::Stream(body, len));
         let resp = self.client.send(req).await?;
         Ok(Uploaded {
             etag: etag_of(OP, resp.headers())?,
-            crc64: crc_of(resp.headers()),
+            checksums: checksums_of(resp.headers()),
         })
     }
 
@@ -391,7 +424,7 @@ impl OssBucket {
             }
             Err(e) => return Err(e),
         };
-        let crc64 = crc_of(resp.headers());
+        let checksums = checksums_of(resp.headers());
         let header_etag = hdr(resp.headers(), "etag").map(xml::unquote_etag);
         let body = self.read_xml(OP, resp).await?;
         let etag = match xml::parse_complete(&body) {
@@ -414,7 +447,7 @@ impl OssBucket {
                 }
             }
         };
-        Ok(Uploaded { etag, crc64 })
+        Ok(Uploaded { etag, checksums })
     }
 
     async fn recover_lost_complete(
@@ -446,7 +479,7 @@ impl OssBucket {
             tracing::info!(bucket = %self.name, key, "CompleteMultipartUpload response was lost but the object is complete");
             Ok(Uploaded {
                 etag: meta.etag,
-                crc64: meta.crc64,
+                checksums: meta.checksums,
             })
         } else {
             Err(original)
@@ -596,6 +629,14 @@ impl ObjectStore for OssBucket {
         format!("oss://{}/{key}", self.name)
     }
 
+    fn limits(&self) -> Limits {
+        LIMITS
+    }
+
+    fn checksums(&self) -> ChecksumCaps {
+        CHECKSUMS
+    }
+
     fn retries(&self) -> u64 {
         self.client.retries()
     }
@@ -642,8 +683,19 @@ impl ObjectStore for OssBucket {
         upload_id: &str,
         part: PartSpec,
         body: ByteStream,
+        expected: &Checksums,
     ) -> Result<Uploaded, StoreError> {
-        Ok(OssBucket::upload_part(self, key, upload_id, part.number, body, part.len).await?)
+        let md5 = expected_md5(expected);
+        Ok(OssBucket::upload_part(
+            self,
+            key,
+            upload_id,
+            part.number,
+            body,
+            part.len,
+            md5.as_deref(),
+        )
+        .await?)
     }
 
     async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<ListedPart>, StoreError> {
@@ -655,6 +707,9 @@ impl ObjectStore for OssBucket {
         key: &str,
         upload_id: &str,
         parts: &[(u32, String)],
+        // OSS takes no whole-object checksum with Complete: it reports its CRC-64, which the
+        // engine compares.
+        _expected: &Checksums,
     ) -> Result<Uploaded, StoreError> {
         Ok(self
             .complete_multipart_upload(key, upload_id, parts)
@@ -710,7 +765,7 @@ mod tests {
         let m = meta_from_headers(&h, 42);
         assert_eq!(m.size, 42);
         assert_eq!(m.etag, "1C787C506EABFB9B45EAAA8DB039F4B2-2");
-        assert_eq!(m.crc64, Some(12066172435287683848));
+        assert_eq!(m.checksums.crc64_xz(), Some(12066172435287683848));
         assert_eq!(
             m.user_meta,
             vec![("a".into(), "1".into()), ("b".into(), "2".into())]

@@ -13,7 +13,7 @@
 //! let endpoint = EndpointSpec::Region { region: "cn-hangzhou".into(), internal: false };
 //! let client = OssClient::new(OssConfig::new(endpoint, "cn-hangzhou", creds))?;
 //! let meta = client.bucket("images").head_object("disk.raw").await?;
-//! println!("{} bytes, CRC-64 {:?}", meta.size, meta.crc64);
+//! println!("{} bytes, CRC-64 {:?}", meta.size, meta.checksums.crc64_xz());
 //! # Ok(()) }
 //! ```
 
@@ -29,7 +29,7 @@ pub mod lifecycle;
 pub mod sign;
 pub mod xml;
 
-pub use bucket::{GetObjectOutput, OssBucket};
+pub use bucket::{GetObjectOutput, OssBucket, CHECKSUMS, LIMITS};
 pub use client::{OssClient, OssConfig};
 pub use endpoint::{Endpoint, EndpointSpec, Scheme};
 pub use error::OssError;

@@ -10,6 +10,7 @@ use percent_encoding::percent_decode_str;
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
+use crate::checksum::Checksum;
 use crate::store::{ListedPart, ListedUpload};
 
 const MAX_DEPTH: usize = 64;
@@ -252,9 +253,11 @@ pub fn parse_list_parts(xml: &[u8]) -> Result<ListPartsPage, XmlError> {
             number,
             size,
             etag: p.child_text("ETag").map(unquote_etag).unwrap_or_default(),
-            crc64: p
+            checksums: p
                 .child_trimmed("HashCrc64ecma")
-                .and_then(|s| s.parse::<u64>().ok()),
+                .and_then(|s| s.parse::<u64>().ok())
+                .map(|c| Checksum::Crc64Xz(c).into())
+                .unwrap_or_default(),
         });
     }
     Ok(page)
@@ -477,6 +480,7 @@ pub fn build_lifecycle(cfg: &LifecycleConfiguration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checksum::Checksums;
 
     #[test]
     fn list_parts_page() {
@@ -511,13 +515,13 @@ mod tests {
                     number: 1,
                     size: 96316,
                     etag: "CF3F46D505093571E916FCDD4967****".into(),
-                    crc64: Some(12066172435287683848)
+                    checksums: Checksum::Crc64Xz(12066172435287683848).into()
                 },
                 ListedPart {
                     number: 2,
                     size: 5,
                     etag: "AB".into(),
-                    crc64: None
+                    checksums: Checksums::new()
                 }
             ]
         );

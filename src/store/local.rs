@@ -20,12 +20,33 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::crc64::{self, Crc64};
+use crate::checksum::{crc64, crc64::Crc64, Algorithm, Checksum, Checksums};
 
 use super::{
-    ByteStream, ErrorClass, ListedPart, ObjectMeta, ObjectStore, PartSpec, PutOptions, StoreError,
-    Uploaded,
+    ByteStream, ChecksumCaps, ErrorClass, Limits, ListedPart, ObjectMeta, ObjectStore, PartSpec,
+    PutOptions, StoreError, Uploaded,
 };
+
+/// The limits of OSS, which a local destination stands in for in tests and dry runs: the same
+/// plan (part size, part count) as the object store, so a resume state moves between them.
+pub const LIMITS: Limits = Limits {
+    min_part_size: 100 * 1024,
+    max_part_size: 5 * 1024 * 1024 * 1024,
+    max_parts: 10_000,
+    max_single_put: 5 * 1024 * 1024 * 1024,
+};
+
+/// A local destination computes the CRC-64/XZ of what it writes (kept in the sidecar for
+/// ListParts) and refuses a part whose bytes do not have the CRC-64 the sender expected.
+/// As a source it reports none: a file has no stored checksum.
+pub const CHECKSUMS: ChecksumCaps = ChecksumCaps {
+    reports: &[Algorithm::Crc64Xz],
+    verifies: &[Algorithm::Crc64Xz],
+};
+
+fn crc_sums(crc: u64) -> Checksums {
+    Checksum::Crc64Xz(crc).into()
+}
 
 const READ_CHUNK: usize = 1024 * 1024;
 /// Chunks are gathered up to this size before one blocking write.
@@ -292,6 +313,14 @@ impl ObjectStore for LocalFile {
         self.path.display().to_string()
     }
 
+    fn limits(&self) -> Limits {
+        LIMITS
+    }
+
+    fn checksums(&self) -> ChecksumCaps {
+        CHECKSUMS
+    }
+
     async fn head(&self, _key: &str) -> Result<ObjectMeta, StoreError> {
         let path = self.path.clone();
         blocking(move || {
@@ -306,7 +335,7 @@ impl ObjectStore for LocalFile {
                 size: m.len(),
                 etag: Self::etag_of(&m),
                 last_modified: m.modified().ok().map(httpdate::fmt_http_date),
-                crc64: None,
+                checksums: Checksums::new(),
                 content_type: None,
                 user_meta: Vec::new(),
             })
@@ -407,7 +436,7 @@ impl ObjectStore for LocalFile {
         .await?;
         Ok(Uploaded {
             etag: format!("{crc:016X}"),
-            crc64: Some(crc),
+            checksums: crc_sums(crc),
         })
     }
 
@@ -438,6 +467,7 @@ impl ObjectStore for LocalFile {
         upload_id: &str,
         part: PartSpec,
         body: ByteStream,
+        expected: &Checksums,
     ) -> Result<Uploaded, StoreError> {
         let partial = self.partial();
         let sidecar = self.sidecar();
@@ -459,6 +489,13 @@ impl ObjectStore for LocalFile {
         })
         .await?;
         let crc = write_body(file.clone(), &partial, body, part.offset, part.len).await?;
+        if let Some(want) = expected.crc64_xz().filter(|&w| w != crc) {
+            // Not recorded in the sidecar: the part stays missing and is sent again.
+            return Err(StoreError::transient(format!(
+                "part {}: the bytes received have CRC-64 {crc}, the sender computed {want}",
+                part.number
+            )));
+        }
         let etag = format!("{crc:016X}");
         let line = format!(
             "{} {} {} {crc} {etag}\n",
@@ -481,7 +518,7 @@ impl ObjectStore for LocalFile {
         .await?;
         Ok(Uploaded {
             etag,
-            crc64: Some(crc),
+            checksums: crc_sums(crc),
         })
     }
 
@@ -495,7 +532,7 @@ impl ObjectStore for LocalFile {
                 number,
                 size: p.len,
                 etag: p.etag,
-                crc64: Some(p.crc64),
+                checksums: crc_sums(p.crc64),
             })
             .collect())
     }
@@ -505,7 +542,9 @@ impl ObjectStore for LocalFile {
         _key: &str,
         upload_id: &str,
         parts: &[(u32, String)],
+        expected: &Checksums,
     ) -> Result<Uploaded, StoreError> {
+        let want = expected.crc64_xz();
         let sidecar = self.sidecar();
         let partial = self.partial();
         let path = self.path.clone();
@@ -542,6 +581,12 @@ impl ObjectStore for LocalFile {
                     format!("the parts cover {next_offset} of {} bytes", s.total),
                 ));
             }
+            if let Some(want) = want.filter(|&w| w != crc) {
+                return Err(StoreError::new(
+                    ErrorClass::Client,
+                    format!("the parts' CRC-64 is {crc}, the sender expected {want}"),
+                ));
+            }
             let f = OpenOptions::new()
                 .write(true)
                 .open(&partial)
@@ -553,7 +598,7 @@ impl ObjectStore for LocalFile {
             sync_dir(&path);
             Ok(Uploaded {
                 etag: format!("{crc:016X}-{}", parts.len()),
-                crc64: Some(crc),
+                checksums: crc_sums(crc),
             })
         })
         .await
@@ -604,7 +649,7 @@ mod tests {
         let f = LocalFile::new(&p).with_read_chunk(777);
         let m = f.head("").await.unwrap();
         assert_eq!(m.size, 10_000);
-        assert_eq!(m.crc64, None);
+        assert_eq!(m.checksums.crc64_xz(), None);
         let mut s = f.get_range("", 100, 5000, Some(&m.etag)).await.unwrap();
         let mut got = Vec::new();
         while let Some(c) = s.next().await {
@@ -638,9 +683,15 @@ mod tests {
                 offset,
                 len: 2500,
             };
-            f.upload_part("", &id, spec, body(vec![number as u8; 2500]))
-                .await
-                .unwrap();
+            f.upload_part(
+                "",
+                &id,
+                spec,
+                body(vec![number as u8; 2500]),
+                &crate::checksum::Checksums::new(),
+            )
+            .await
+            .unwrap();
         }
         // Each part: its bytes synced, then the sidecar line that lists it synced, all before
         // upload_part returned (the caller records the part only after that).
@@ -674,17 +725,35 @@ mod tests {
             len: 3000,
         };
         let u2 = f
-            .upload_part("", &id, spec2, body(b.clone()))
+            .upload_part(
+                "",
+                &id,
+                spec2,
+                body(b.clone()),
+                &crate::checksum::Checksums::new(),
+            )
             .await
             .unwrap();
-        f.upload_part("", &id, spec1, body(vec![9; 3000]))
-            .await
-            .unwrap();
+        f.upload_part(
+            "",
+            &id,
+            spec1,
+            body(vec![9; 3000]),
+            &crate::checksum::Checksums::new(),
+        )
+        .await
+        .unwrap();
         let u1 = f
-            .upload_part("", &id, spec1, body(a.clone()))
+            .upload_part(
+                "",
+                &id,
+                spec1,
+                body(a.clone()),
+                &crate::checksum::Checksums::new(),
+            )
             .await
             .unwrap();
-        assert_eq!(u1.crc64, Some(crc64::checksum(&a)));
+        assert_eq!(u1.checksums.crc64_xz(), Some(crc64::checksum(&a)));
         let listed = f.list_parts("", &id).await.unwrap();
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].etag, u1.etag);
@@ -695,21 +764,38 @@ mod tests {
         );
         // A short body is refused.
         let e = f
-            .upload_part("", &id, spec1, body(vec![1; 10]))
+            .upload_part(
+                "",
+                &id,
+                spec1,
+                body(vec![1; 10]),
+                &crate::checksum::Checksums::new(),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.class, ErrorClass::Transient);
         let f1 = f
-            .upload_part("", &id, spec1, body(a.clone()))
+            .upload_part(
+                "",
+                &id,
+                spec1,
+                body(a.clone()),
+                &crate::checksum::Checksums::new(),
+            )
             .await
             .unwrap();
         let done = f
-            .complete("", &id, &[(1, f1.etag), (2, u2.etag)])
+            .complete(
+                "",
+                &id,
+                &[(1, f1.etag), (2, u2.etag)],
+                &crate::checksum::Checksums::new(),
+            )
             .await
             .unwrap();
         let mut all = a.clone();
         all.extend_from_slice(&b);
-        assert_eq!(done.crc64, Some(crc64::checksum(&all)));
+        assert_eq!(done.checksums.crc64_xz(), Some(crc64::checksum(&all)));
         assert_eq!(std::fs::read(&p).unwrap(), all);
         assert!(!f.sidecar().exists() && !f.partial().exists());
 
@@ -734,7 +820,7 @@ mod tests {
             .put("", body(vec![5; 2500]), 2500, &PutOptions::default())
             .await
             .unwrap();
-        assert_eq!(u.crc64, Some(crc64::checksum(&[5; 2500])));
+        assert_eq!(u.checksums.crc64_xz(), Some(crc64::checksum(&[5; 2500])));
         assert_eq!(std::fs::read(&p).unwrap().len(), 2500);
         let e = f
             .put("", body(vec![5; 10]), 11, &PutOptions::default())

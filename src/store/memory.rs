@@ -14,11 +14,11 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
-use crate::crc64;
+use crate::checksum::{crc64, Algorithm, Checksum, Checksums};
 
 use super::{
-    ByteStream, ErrorClass, Limits, ListedPart, ObjectMeta, ObjectStore, PartSpec, PutOptions,
-    StoreError, Uploaded, OSS_LIMITS,
+    ByteStream, ChecksumCaps, ErrorClass, Limits, ListedPart, ObjectMeta, ObjectStore, PartSpec,
+    PutOptions, StoreError, Uploaded,
 };
 
 /// The operation a [`FaultRule`] applies to.
@@ -211,7 +211,7 @@ impl MemoryStore {
             faults: Mutex::new(Vec::new()),
             report_crc: AtomicBool::new(true),
             chunk: AtomicUsize::new(64 * 1024),
-            limits: Mutex::new(OSS_LIMITS),
+            limits: Mutex::new(crate::oss::LIMITS),
             counters: Counters::default(),
         })
     }
@@ -308,8 +308,12 @@ impl MemoryStore {
             .unwrap_or(0)
     }
 
-    fn crc_out(&self, c: u64) -> Option<u64> {
-        self.report_crc.load(Relaxed).then_some(c)
+    fn crc_out(&self, c: u64) -> Checksums {
+        if self.report_crc.load(Relaxed) {
+            Checksum::Crc64Xz(c).into()
+        } else {
+            Checksums::new()
+        }
     }
 
     /// Counts the call and returns the fault that fires for it, if any.
@@ -425,6 +429,17 @@ impl ObjectStore for MemoryStore {
         *self.limits.lock().unwrap()
     }
 
+    fn checksums(&self) -> ChecksumCaps {
+        ChecksumCaps {
+            reports: if self.report_crc.load(Relaxed) {
+                &[Algorithm::Crc64Xz]
+            } else {
+                &[]
+            },
+            verifies: &[],
+        }
+    }
+
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         self.pre(Op::Head, None).await?;
         let g = self.inner.lock().unwrap();
@@ -440,7 +455,7 @@ impl ObjectStore for MemoryStore {
             size: o.data.len() as u64,
             etag: o.etag.clone(),
             last_modified: Some(o.last_modified.clone()),
-            crc64: self.crc_out(o.crc64),
+            checksums: self.crc_out(o.crc64),
             content_type: o.content_type.clone(),
             user_meta: o.user_meta.clone(),
         })
@@ -573,7 +588,7 @@ impl ObjectStore for MemoryStore {
         };
         Ok(Uploaded {
             etag,
-            crc64: self.crc_out(reported),
+            checksums: self.crc_out(reported),
         })
     }
 
@@ -604,6 +619,7 @@ impl ObjectStore for MemoryStore {
         upload_id: &str,
         part: PartSpec,
         body: ByteStream,
+        _expected: &Checksums,
     ) -> Result<Uploaded, StoreError> {
         let fault = self.pre(Op::UploadPart, Some(part.number)).await?;
         if !(1..=10_000).contains(&part.number) {
@@ -653,7 +669,7 @@ impl ObjectStore for MemoryStore {
         };
         Ok(Uploaded {
             etag,
-            crc64: self.crc_out(reported),
+            checksums: self.crc_out(reported),
         })
     }
 
@@ -670,7 +686,7 @@ impl ObjectStore for MemoryStore {
                 number,
                 size: p.data.len() as u64,
                 etag: p.etag.clone(),
-                crc64: self.crc_out(p.crc64),
+                checksums: self.crc_out(p.crc64),
             })
             .collect())
     }
@@ -680,6 +696,7 @@ impl ObjectStore for MemoryStore {
         key: &str,
         upload_id: &str,
         parts: &[(u32, String)],
+        _expected: &Checksums,
     ) -> Result<Uploaded, StoreError> {
         let fault = self.pre(Op::Complete, None).await?;
         let mut g = self.inner.lock().unwrap();
@@ -755,7 +772,7 @@ impl ObjectStore for MemoryStore {
         };
         Ok(Uploaded {
             etag,
-            crc64: self.crc_out(reported),
+            checksums: self.crc_out(reported),
         })
     }
 
@@ -814,41 +831,82 @@ mod tests {
             len,
         };
         let p1 = s
-            .upload_part("k", &id, spec(1, 3), body(vec![b"abc"]))
+            .upload_part(
+                "k",
+                &id,
+                spec(1, 3),
+                body(vec![b"abc"]),
+                &crate::checksum::Checksums::new(),
+            )
             .await
             .unwrap();
         // A part smaller than 100 KiB may not precede another.
         let p2 = s
-            .upload_part("k", &id, spec(2, 2), body(vec![b"de"]))
+            .upload_part(
+                "k",
+                &id,
+                spec(2, 2),
+                body(vec![b"de"]),
+                &crate::checksum::Checksums::new(),
+            )
             .await
             .unwrap();
         let e = s
-            .complete("k", &id, &[(1, p1.etag.clone()), (2, p2.etag.clone())])
+            .complete(
+                "k",
+                &id,
+                &[(1, p1.etag.clone()), (2, p2.etag.clone())],
+                &crate::checksum::Checksums::new(),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.code.as_deref(), Some("EntityTooSmall"));
         // Replace part 1 with a big one; order and ETags are checked.
         let p1 = s
-            .upload_part("k", &id, spec(1, 102_400), body(vec![big]))
+            .upload_part(
+                "k",
+                &id,
+                spec(1, 102_400),
+                body(vec![big]),
+                &crate::checksum::Checksums::new(),
+            )
             .await
             .unwrap();
         let e = s
-            .complete("k", &id, &[(2, p2.etag.clone()), (1, p1.etag.clone())])
+            .complete(
+                "k",
+                &id,
+                &[(2, p2.etag.clone()), (1, p1.etag.clone())],
+                &crate::checksum::Checksums::new(),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.code.as_deref(), Some("InvalidPartOrder"));
-        let e = s.complete("k", &id, &[(1, "x".into())]).await.unwrap_err();
+        let e = s
+            .complete(
+                "k",
+                &id,
+                &[(1, "x".into())],
+                &crate::checksum::Checksums::new(),
+            )
+            .await
+            .unwrap_err();
         assert_eq!(e.code.as_deref(), Some("InvalidPart"));
         let listed = s.list_parts("k", &id).await.unwrap();
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].size, 102_400);
         let u = s
-            .complete("k", &id, &[(1, p1.etag), (2, p2.etag)])
+            .complete(
+                "k",
+                &id,
+                &[(1, p1.etag), (2, p2.etag)],
+                &crate::checksum::Checksums::new(),
+            )
             .await
             .unwrap();
         let mut all = big.to_vec();
         all.extend_from_slice(b"de");
-        assert_eq!(u.crc64, Some(crc64::checksum(&all)));
+        assert_eq!(u.checksums.crc64_xz(), Some(crc64::checksum(&all)));
         assert_eq!(s.object("k").unwrap(), Bytes::from(all));
         assert_eq!(s.open_uploads(), 0);
         assert_eq!(s.part_uploads(1), 2);

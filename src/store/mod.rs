@@ -13,6 +13,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 
+use crate::checksum::{Algorithm, Checksums};
+
 /// A stream of body chunks. Errors mid-stream carry the reason the body broke off.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send + 'static>>;
 
@@ -115,8 +117,8 @@ pub struct ObjectMeta {
     /// ETag without quotes.
     pub etag: String,
     pub last_modified: Option<String>,
-    /// Whole-object CRC-64/XZ (`x-oss-hash-crc64ecma`), when the store has one.
-    pub crc64: Option<u64>,
+    /// Whole-object checksums the store reports (OSS: CRC-64/XZ from `x-oss-hash-crc64ecma`).
+    pub checksums: Checksums,
     pub content_type: Option<String>,
     /// User metadata, names lower-cased without the `x-oss-meta-` prefix.
     pub user_meta: Vec<(String, String)>,
@@ -143,8 +145,8 @@ pub struct PartSpec {
 pub struct Uploaded {
     /// ETag without quotes.
     pub etag: String,
-    /// CRC-64 the store computed over the bytes it received, if it reports one.
-    pub crc64: Option<u64>,
+    /// Checksums the store computed over the bytes it received (see [`ChecksumCaps::reports`]).
+    pub checksums: Checksums,
 }
 
 /// A part as ListParts reports it.
@@ -153,7 +155,8 @@ pub struct ListedPart {
     pub number: u32,
     pub size: u64,
     pub etag: String,
-    pub crc64: Option<u64>,
+    /// The part's checksums as the store lists them.
+    pub checksums: Checksums,
 }
 
 /// An in-progress multipart upload as ListMultipartUploads reports it.
@@ -174,13 +177,57 @@ pub struct Limits {
     pub max_single_put: u64,
 }
 
-/// OSS limits: 100 KiB – 5 GiB parts, 10,000 parts, 5 GiB PutObject.
-pub const OSS_LIMITS: Limits = Limits {
-    min_part_size: 100 * 1024,
-    max_part_size: 5 * 1024 * 1024 * 1024,
-    max_parts: 10_000,
-    max_single_put: 5 * 1024 * 1024 * 1024,
-};
+impl Limits {
+    /// Checks a requested part size; the error names the range, e.g. "100KiB to 5GiB".
+    pub fn check_part_size(&self, part_size: u64) -> Result<(), String> {
+        if part_size < self.min_part_size || part_size > self.max_part_size {
+            return Err(format!(
+                "{part_size} bytes is out of range: the destination takes parts of {} to {}",
+                human_size(self.min_part_size),
+                human_size(self.max_part_size)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `5GiB`, `100KiB`, `1536KiB`, `1000B`: exact, in the largest binary unit that divides.
+pub fn human_size(n: u64) -> String {
+    for (unit, size) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
+        if n >= size && n.is_multiple_of(size) {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    format!("{n}B")
+}
+
+/// Which checksums a store computes and which it verifies, so the engine proves each side with
+/// what that side speaks (no store is assumed to be OSS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChecksumCaps {
+    /// Algorithms the store reports for what it stored: in [`Uploaded::checksums`] of a part
+    /// or object, in [`ListedPart::checksums`] and in [`ObjectMeta::checksums`].
+    pub reports: &'static [Algorithm],
+    /// Algorithms whose expected values the store checks itself when they are passed to
+    /// [`ObjectStore::upload_part`] or [`ObjectStore::complete`], rejecting the request on a
+    /// mismatch (OSS: `Content-MD5` on UploadPart).
+    pub verifies: &'static [Algorithm],
+}
+
+impl ChecksumCaps {
+    pub fn reports(&self, alg: Algorithm) -> bool {
+        self.reports.contains(&alg)
+    }
+
+    pub fn verifies(&self, alg: Algorithm) -> bool {
+        self.verifies.contains(&alg)
+    }
+}
 
 /// The storage operations the transfer engine needs. Keys are object keys within one
 /// bucket (or, for local files, ignored: the store is bound to one path).
@@ -189,9 +236,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// A short description for messages, e.g. `oss://bucket/key` or `./disk.raw`.
     fn describe(&self, key: &str) -> String;
 
-    fn limits(&self) -> Limits {
-        OSS_LIMITS
-    }
+    /// Part and object size limits of this store (a capability: there is no default).
+    fn limits(&self) -> Limits;
+
+    /// The checksums this store reports and verifies.
+    fn checksums(&self) -> ChecksumCaps;
 
     /// Requests this store retried on its own so far (a copy reports the growth during its
     /// run with its own retries).
@@ -228,24 +277,30 @@ pub trait ObjectStore: Send + Sync + 'static {
         opts: &PutOptions,
     ) -> Result<String, StoreError>;
 
-    /// Uploads one part from a body of exactly `part.len` bytes.
+    /// Uploads one part from a body of exactly `part.len` bytes. `expected` holds the part's
+    /// checksums when they are known before it is sent (a part cut from memory); the store
+    /// sends those it [verifies](ChecksumCaps::verifies) and ignores the rest.
     async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         part: PartSpec,
         body: ByteStream,
+        expected: &Checksums,
     ) -> Result<Uploaded, StoreError>;
 
     /// Every part uploaded so far (all pages).
     async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<ListedPart>, StoreError>;
 
     /// Completes the upload with exactly these parts `(number, etag)` in ascending order.
+    /// `expected` holds the whole object's checksums; the store sends those it
+    /// [verifies](ChecksumCaps::verifies) and ignores the rest.
     async fn complete(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[(u32, String)],
+        expected: &Checksums,
     ) -> Result<Uploaded, StoreError>;
 
     async fn abort(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::crc64;
+use crate::checksum::{crc64, Checksum, Checksums};
 use crate::metrics as m;
 use crate::store::{
     ErrorClass, ListedPart, ObjectMeta, PartSpec, PutOptions, StoreError, Uploaded,
@@ -237,12 +237,13 @@ async fn run(
             0.0
         },
         crc64: out.crc64,
+        checksums: Checksum::Crc64Xz(out.crc64).into(),
         parts: out.parts,
         part_size: out.part_size,
         retries: progress.retries.load(Relaxed)
             + store_retries(&ctx.src, &ctx.dst).saturating_sub(retries_before),
         resumed_bytes: out.resumed_bytes,
-        source_crc64_known: meta.crc64.is_some(),
+        source_crc64_known: meta.checksums.crc64_xz().is_some(),
     };
     info!(
         bytes = summary.bytes,
@@ -360,7 +361,7 @@ async fn single_put(
             0,
             size,
             if_match(&meta.etag),
-            meta.crc64,
+            meta.checksums.crc64_xz(),
             {
                 let dst = ctx.dst.clone();
                 let po = put_opts.clone();
@@ -519,10 +520,7 @@ impl StateKeeper {
         crc64: u64,
         source_crc64: Option<u64>,
     ) -> Result<(), TransferError> {
-        self.state.completing = Some(state::Completing {
-            crc64,
-            source_crc64,
-        });
+        self.state.completing = Some(state::Completing::new(crc64, source_crc64));
         self.mark();
         self.flush().await
     }
@@ -580,7 +578,7 @@ pub(super) struct Upload<'a> {
 /// What [`open_upload`] found.
 pub(super) enum Opened {
     /// An upload to send parts to: resumed (with the destination's part list) or new.
-    Upload(CopyState, Option<Vec<ListedPart>>),
+    Upload(Box<CopyState>, Option<Vec<ListedPart>>),
     /// A previous run completed the upload but was stopped before it could say so: the
     /// destination already holds the object, proven by size and CRC-64.
     Finished(Finished),
@@ -663,7 +661,7 @@ pub(super) async fn open_upload(ctx: &Arc<Ctx>, up: Upload<'_>) -> Result<Opened
                                 );
                             }
                             info!(upload_id = %old.upload_id, recorded = old.parts.len(), "resuming");
-                            return Ok(Opened::Upload(old, Some(l)));
+                            return Ok(Opened::Upload(Box::new(old), Some(l)));
                         }
                         Err(e) if e.class == ErrorClass::NotFound => {
                             if let Some(done) = finished_earlier(ctx, &old, &up).await {
@@ -718,7 +716,7 @@ pub(super) async fn open_upload(ctx: &Arc<Ctx>, up: Upload<'_>) -> Result<Opened
             return Err(e);
         }
     }
-    Ok(Opened::Upload(st, None))
+    Ok(Opened::Upload(Box::new(st), None))
 }
 
 /// A state file that cannot be resumed still names an upload that would otherwise stay open
@@ -767,10 +765,11 @@ async fn finished_earlier(ctx: &Ctx, old: &CopyState, up: &Upload<'_>) -> Option
             .iter()
             .zip(&specs)
             .all(|(p, s)| p.number == s.number && p.size == s.len))
-    .then(|| crc64::combine_all(old.parts.iter().map(|p| (p.crc64, p.size))));
+    .then(|| crc64::combine_all(old.parts.iter().map(|p| (p.crc64(), p.size))));
     let want = old
         .completing
-        .map(|c| c.crc64)
+        .as_ref()
+        .and_then(|c| c.crc64())
         .or(up.object_crc64)
         .or(folded)?;
     let head: Result<ObjectMeta, StoreError> = control!(
@@ -780,7 +779,7 @@ async fn finished_earlier(ctx: &Ctx, old: &CopyState, up: &Upload<'_>) -> Option
         ctx.dst.store.head(&ctx.dst.key)
     );
     let head = head.ok()?;
-    if head.size != up.size || head.crc64 != Some(want) {
+    if head.size != up.size || head.checksums.crc64_xz() != Some(want) {
         return None;
     }
     info!(
@@ -793,7 +792,7 @@ async fn finished_earlier(ctx: &Ctx, old: &CopyState, up: &Upload<'_>) -> Option
         crc64: want,
         parts: specs.len() as u32,
         part_size: old.part_size,
-        source_crc64: old.completing.and_then(|c| c.source_crc64),
+        source_crc64: old.completing.as_ref().and_then(|c| c.source_crc64()),
     })
 }
 
@@ -823,12 +822,12 @@ async fn multipart(
             put_opts,
             state_path: state_path.as_deref(),
             single_part_ok: false,
-            object_crc64: meta.crc64,
+            object_crc64: meta.checksums.crc64_xz(),
         },
     )
     .await?;
     let (mut st, listed) = match opened {
-        Opened::Upload(st, listed) => (st, listed),
+        Opened::Upload(st, listed) => (*st, listed),
         Opened::Finished(f) => {
             finished_progress(&ctx.progress, meta.size, f.parts);
             return Ok(Outcome {
@@ -853,8 +852,8 @@ async fn multipart(
             let Some(l) = by_number.get(&rec.number) else {
                 continue;
             };
-            let confirmed = match l.crc64 {
-                Some(c) => c == rec.crc64,
+            let confirmed = match l.checksums.crc64_xz() {
+                Some(c) => c == rec.crc64(),
                 None => l.etag == rec.etag,
             };
             if rec.size == spec.len && l.size == spec.len && confirmed {
@@ -919,15 +918,15 @@ async fn multipart(
         Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
     };
     keeper.remove().await;
-    if let Some(c) = uploaded.crc64 {
+    if let Some(c) = uploaded.checksums.crc64_xz() {
         if c != combined {
             ctx.note_crc_mismatch();
             let _ = ctx.dst.store.delete(&ctx.dst.key).await;
-            return Err(TransferError::CrcMismatch {
-                what: format!("{} after CompleteMultipartUpload", ctx.dst_desc),
-                expected: combined,
-                actual: c,
-            });
+            return Err(TransferError::crc64_mismatch(
+                format!("{} after CompleteMultipartUpload", ctx.dst_desc),
+                combined,
+                c,
+            ));
         }
     }
     Ok(Outcome {
@@ -963,9 +962,9 @@ async fn transfer_and_prove(
         let combined = crc64::combine_all(
             done.iter()
                 .zip(specs.iter())
-                .map(|(d, s)| (d.as_ref().expect("part done").crc64, s.len)),
+                .map(|(d, s)| (d.as_ref().expect("part done").crc64(), s.len)),
         );
-        let Some(want) = meta.crc64 else {
+        let Some(want) = meta.checksums.crc64_xz() else {
             return Ok(combined);
         };
         if want == combined {
@@ -973,14 +972,14 @@ async fn transfer_and_prove(
         }
         ctx.note_crc_mismatch();
         if round >= REPAIR_ROUNDS {
-            return Err(TransferError::CrcMismatch {
-                what: format!(
+            return Err(TransferError::crc64_mismatch(
+                format!(
                     "the parts sent to {} against {}",
                     ctx.dst_desc, ctx.src_desc
                 ),
-                expected: want,
-                actual: combined,
-            });
+                want,
+                combined,
+            ));
         }
         round += 1;
         warn!(
@@ -990,7 +989,7 @@ async fn transfer_and_prove(
         );
         let recorded: Vec<u64> = done
             .iter()
-            .map(|d| d.as_ref().expect("done").crc64)
+            .map(|d| d.as_ref().expect("done").crc64())
             .collect();
         let find = verify::find_bad_parts(
             ctx.src.clone(),
@@ -1021,14 +1020,14 @@ async fn transfer_and_prove(
             }
         };
         if bad.is_empty() {
-            return Err(TransferError::CrcMismatch {
-                what: format!(
+            return Err(TransferError::crc64_mismatch(
+                format!(
                     "{} (its bytes do not match the CRC-64 it reports)",
                     ctx.src_desc
                 ),
-                expected: want,
-                actual: combined,
-            });
+                want,
+                combined,
+            ));
         }
         warn!(parts = ?bad.iter().map(|&i| specs[i].number).collect::<Vec<_>>(), "sending corrupted parts again");
         let numbers: Vec<u32> = bad.iter().map(|&i| specs[i].number).collect();
@@ -1152,12 +1151,7 @@ async fn run_parts(
             }
             Event::Joined(Ok((job, Ok(piped)))) => {
                 let spec = specs[job.idx];
-                let part = StatePart {
-                    number: spec.number,
-                    size: spec.len,
-                    crc64: piped.crc64,
-                    etag: piped.uploaded.etag,
-                };
+                let part = StatePart::new(spec.number, spec.len, piped.crc64, piped.uploaded.etag);
                 done[job.idx] = Some(part.clone());
                 keeper.record(part);
                 let p = &ctx.progress;
@@ -1246,7 +1240,8 @@ fn spawn_part(
             None,
             move |body| async move {
                 dst.store
-                    .upload_part(&dst.key, &upload_id, spec, body)
+                    // Streamed: the part's checksums are known only once it has been sent.
+                    .upload_part(&dst.key, &upload_id, spec, body, &Checksums::new())
                     .await
             },
         )
@@ -1268,10 +1263,13 @@ pub(super) async fn complete(
     let mut backoff = ctx.backoff();
     let mut attempt = 1;
     let timeout = ctx.opts.request_timeout * 5;
+    let expected: Checksums = Checksum::Crc64Xz(expected_crc).into();
     loop {
         let r = match tokio::time::timeout(
             timeout,
-            ctx.dst.store.complete(&ctx.dst.key, upload_id, parts),
+            ctx.dst
+                .store
+                .complete(&ctx.dst.key, upload_id, parts, &expected),
         )
         .await
         {
@@ -1289,11 +1287,13 @@ pub(super) async fn complete(
             }
             Err(e) if e.class == ErrorClass::NotFound && attempt > 1 => {
                 if let Ok(head) = ctx.dst.store.head(&ctx.dst.key).await {
-                    if head.size == size && head.crc64.is_none_or(|c| c == expected_crc) {
+                    if head.size == size
+                        && head.checksums.crc64_xz().is_none_or(|c| c == expected_crc)
+                    {
                         info!("an earlier CompleteMultipartUpload succeeded although its response was lost");
                         return Ok(Uploaded {
                             etag: head.etag,
-                            crc64: head.crc64,
+                            checksums: head.checksums,
                         });
                     }
                 }

@@ -37,7 +37,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::store::{ObjectStore, StoreError};
+use crate::checksum::{Checksum, Checksums};
+use crate::store::{Limits, ObjectStore, StoreError};
 
 pub use affinity::DecoderCpu;
 pub use engine::copy;
@@ -136,17 +137,15 @@ impl Default for CopyOptions {
 
 impl CopyOptions {
     /// Checks user-supplied knobs before any request is made (a usage error, not a failure).
-    pub fn validate(&self) -> Result<(), String> {
-        let limits = crate::store::OSS_LIMITS;
+    /// `dst` is the destination's [`Limits`]: the part size is checked against the store
+    /// that will receive the parts.
+    pub fn validate(&self, dst: Limits) -> Result<(), String> {
         if self.concurrency == 0 {
             return Err("--concurrency must be at least 1".into());
         }
         if let Some(p) = self.part_size {
-            if p < limits.min_part_size || p > limits.max_part_size {
-                return Err(format!(
-                    "--part-size {p} is out of range: OSS parts are 100KiB to 5GiB"
-                ));
-            }
+            dst.check_part_size(p)
+                .map_err(|e| format!("--part-size {e}"))?;
         }
         // Each stream needs at least one chunk in memory to make progress.
         let min_memory = self.chunk_size as u64;
@@ -180,6 +179,9 @@ pub struct CopySummary {
     /// Whole-object CRC-64/XZ, serialised as a decimal string (JSON numbers lose u64 precision).
     #[serde(serialize_with = "state::ser_u64_string")]
     pub crc64: u64,
+    /// Every checksum of the destination object this run proved, by algorithm (`crc64` is
+    /// the CRC-64/XZ among them, kept for scripts that read it).
+    pub checksums: Checksums,
     /// Parts of the multipart upload; 0 when a single PUT was used.
     pub parts: u32,
     pub part_size: u64,
@@ -201,11 +203,11 @@ pub enum TransferError {
         old_etag: String,
         new_etag: String,
     },
-    #[error("CRC-64 mismatch for {what}: expected {expected}, got {actual}; the destination was removed, rerun to copy again")]
+    #[error("{} mismatch for {what}: expected {expected}, got {actual}; the destination was removed, rerun to copy again", .expected.algorithm())]
     CrcMismatch {
         what: String,
-        expected: u64,
-        actual: u64,
+        expected: Checksum,
+        actual: Checksum,
     },
     #[error("{context}: {source}")]
     Store {
@@ -250,6 +252,15 @@ fn interrupted_message(state_file: &Option<PathBuf>) -> String {
 }
 
 impl TransferError {
+    /// Two CRC-64/XZ values that should have been equal.
+    pub(crate) fn crc64_mismatch(what: impl Into<String>, expected: u64, actual: u64) -> Self {
+        Self::CrcMismatch {
+            what: what.into(),
+            expected: Checksum::Crc64Xz(expected),
+            actual: Checksum::Crc64Xz(actual),
+        }
+    }
+
     pub(crate) fn store(context: impl Into<String>, source: StoreError) -> Self {
         Self::Store {
             context: context.into(),

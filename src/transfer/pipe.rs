@@ -26,7 +26,7 @@ use futures::Stream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::crc64::Crc64;
+use crate::checksum::crc64::Crc64;
 use crate::store::{ByteStream, ErrorClass, StoreError, Uploaded};
 
 use super::budget::{MemoryBudget, TokenBucket};
@@ -179,7 +179,7 @@ where
                         "the destination accepted a body that was not fully sent",
                     ))),
                     (Ok(uploaded), Some(Ok(crc64))) => {
-                        if let Some(reported) = uploaded.crc64 {
+                        if let Some(reported) = uploaded.checksums.crc64_xz() {
                             if reported != crc64 {
                                 return Err(PipeError::dst(StoreError::transient(format!(
                                     "the destination reports CRC-64 {reported} for bytes {start}-{end}, \

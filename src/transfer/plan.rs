@@ -63,7 +63,7 @@ pub fn parts(size: u64, part_size: u64) -> Vec<PartSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::OSS_LIMITS;
+    use crate::oss::LIMITS as OSS_LIMITS;
 
     const KIB: u64 = 1024;
     const GIB: u64 = 1024 * MIB;

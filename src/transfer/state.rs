@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
+use crate::checksum::{Checksum, Checksums};
 use crate::store::ObjectMeta;
 
 use super::TransferError;
 
-/// Format version; a file with another version is ignored (and replaced).
-pub const STATE_VERSION: u32 = 1;
+/// Format version this release writes. Version 1 (the release before typed checksums) is
+/// read and upgraded in memory ([`v1`]); the next save writes version 2.
+pub const STATE_VERSION: u32 = 2;
 
 /// What identifies the source content: if any of it changed, recorded parts are worthless.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,8 +24,8 @@ pub struct SourceFingerprint {
     pub size: u64,
     pub etag: String,
     pub last_modified: Option<String>,
-    #[serde(with = "opt_u64_string")]
-    pub crc64: Option<u64>,
+    #[serde(default)]
+    pub checksums: Checksums,
 }
 
 impl From<&ObjectMeta> for SourceFingerprint {
@@ -32,19 +34,38 @@ impl From<&ObjectMeta> for SourceFingerprint {
             size: m.size,
             etag: m.etag.clone(),
             last_modified: m.last_modified.clone(),
-            crc64: m.crc64,
+            checksums: m.checksums.clone(),
         }
     }
 }
 
-/// One part the destination acknowledged.
+/// One part the destination acknowledged, with the checksums this run computed over the bytes
+/// it sent (always CRC-64/XZ: [`load_checked`] refuses a file with a part without one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatePart {
     pub number: u32,
     pub size: u64,
-    #[serde(serialize_with = "ser_u64_string", deserialize_with = "de_u64_string")]
-    pub crc64: u64,
+    pub checksums: Checksums,
     pub etag: String,
+}
+
+impl StatePart {
+    /// A part whose bytes have CRC-64/XZ `crc64`.
+    pub fn new(number: u32, size: u64, crc64: u64, etag: String) -> Self {
+        Self {
+            number,
+            size,
+            checksums: Checksum::Crc64Xz(crc64).into(),
+            etag,
+        }
+    }
+
+    /// The part's CRC-64/XZ, which the relay folds into the object's.
+    pub fn crc64(&self) -> u64 {
+        self.checksums
+            .crc64_xz()
+            .expect("recorded parts carry a CRC-64 (checked when loaded)")
+    }
 }
 
 /// The whole state file.
@@ -67,19 +88,35 @@ pub struct CopyState {
 }
 
 /// See [`CopyState::completing`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Completing {
-    /// CRC-64 of the whole destination object (folded from the parts).
-    #[serde(serialize_with = "ser_u64_string", deserialize_with = "de_u64_string")]
-    pub crc64: u64,
-    /// CRC-64 of what was read from the source, when it differs from the object (an
+    /// Checksums of the whole destination object (the CRC-64/XZ folded from the parts).
+    pub checksums: Checksums,
+    /// Checksums of what was read from the source, when it differs from the object (an
     /// unpacked archive) and was computed by this run.
-    #[serde(
-        default,
-        with = "opt_u64_string",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub source_crc64: Option<u64>,
+    #[serde(default, skip_serializing_if = "Checksums::is_empty")]
+    pub source_checksums: Checksums,
+}
+
+impl Completing {
+    pub fn new(crc64: u64, source_crc64: Option<u64>) -> Self {
+        Self {
+            checksums: Checksum::Crc64Xz(crc64).into(),
+            source_checksums: source_crc64
+                .map(|c| Checksum::Crc64Xz(c).into())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// CRC-64/XZ of the whole object.
+    pub fn crc64(&self) -> Option<u64> {
+        self.checksums.crc64_xz()
+    }
+
+    /// CRC-64/XZ of the source bytes read, when recorded.
+    pub fn source_crc64(&self) -> Option<u64> {
+        self.source_checksums.crc64_xz()
+    }
 }
 
 impl CopyState {
@@ -88,6 +125,92 @@ impl CopyState {
         match self.parts.binary_search_by_key(&part.number, |p| p.number) {
             Ok(i) => self.parts[i] = part,
             Err(i) => self.parts.insert(i, part),
+        }
+    }
+
+    /// Why this (parsed) state cannot be resumed by this release, if it cannot.
+    fn defect(&self) -> Option<String> {
+        if let Some(p) = self.parts.iter().find(|p| p.checksums.crc64_xz().is_none()) {
+            return Some(format!("part {} has no CRC-64", p.number));
+        }
+        if self
+            .completing
+            .as_ref()
+            .is_some_and(|c| c.crc64().is_none())
+        {
+            return Some("its completion record has no CRC-64".into());
+        }
+        None
+    }
+}
+
+/// The version 1 format (CRC-64/XZ in bare `crc64` fields), read so that an upload left by
+/// the release before typed checksums resumes.
+mod v1 {
+    use super::*;
+
+    #[derive(Deserialize)]
+    pub(super) struct State {
+        source: String,
+        destination: String,
+        upload_id: String,
+        part_size: u64,
+        source_meta: Fingerprint,
+        parts: Vec<Part>,
+        #[serde(default)]
+        completing: Option<Completing>,
+    }
+
+    #[derive(Deserialize)]
+    struct Fingerprint {
+        size: u64,
+        etag: String,
+        last_modified: Option<String>,
+        #[serde(deserialize_with = "opt_u64_string::deserialize")]
+        crc64: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    struct Part {
+        number: u32,
+        size: u64,
+        #[serde(deserialize_with = "de_u64_string")]
+        crc64: u64,
+        etag: String,
+    }
+
+    #[derive(Deserialize)]
+    struct Completing {
+        #[serde(deserialize_with = "de_u64_string")]
+        crc64: u64,
+        #[serde(default, deserialize_with = "opt_u64_string::deserialize")]
+        source_crc64: Option<u64>,
+    }
+
+    impl From<State> for CopyState {
+        fn from(s: State) -> Self {
+            let crc = |c: Option<u64>| c.map(|c| Checksum::Crc64Xz(c).into()).unwrap_or_default();
+            CopyState {
+                version: STATE_VERSION,
+                source: s.source,
+                destination: s.destination,
+                upload_id: s.upload_id,
+                part_size: s.part_size,
+                source_meta: SourceFingerprint {
+                    size: s.source_meta.size,
+                    etag: s.source_meta.etag,
+                    last_modified: s.source_meta.last_modified,
+                    checksums: crc(s.source_meta.crc64),
+                },
+                parts: s
+                    .parts
+                    .into_iter()
+                    .map(|p| StatePart::new(p.number, p.size, p.crc64, p.etag))
+                    .collect(),
+                completing: s
+                    .completing
+                    .map(|c| super::Completing::new(c.crc64, c.source_crc64)),
+            }
         }
     }
 }
@@ -137,20 +260,42 @@ pub fn load_checked(path: &Path) -> Result<Loaded, TransferError> {
             )))
         }
     };
-    Ok(match serde_json::from_slice::<CopyState>(&bytes) {
-        Ok(s) if s.version == STATE_VERSION => Loaded::State(s),
-        Ok(s) => Loaded::Damaged {
-            upload_id: Some(s.upload_id),
-            why: format!(
-                "resume state {} of another version ({}; this release writes {STATE_VERSION})",
-                path.display(),
-                s.version
-            ),
+    let unreadable = |e: &dyn std::fmt::Display| Loaded::Damaged {
+        upload_id: salvage_upload_id(&bytes),
+        why: format!("unreadable resume state {} ({e})", path.display()),
+    };
+    #[derive(Deserialize)]
+    struct Header {
+        version: u32,
+        upload_id: String,
+    }
+    let header = match serde_json::from_slice::<Header>(&bytes) {
+        Ok(h) => h,
+        Err(e) => return Ok(unreadable(&e)),
+    };
+    let parsed = match header.version {
+        1 => serde_json::from_slice::<v1::State>(&bytes).map(CopyState::from),
+        STATE_VERSION => serde_json::from_slice::<CopyState>(&bytes),
+        other => {
+            return Ok(Loaded::Damaged {
+                upload_id: Some(header.upload_id),
+                why: format!(
+                    "resume state {} of another version ({other}; this release reads 1 and \
+                     {STATE_VERSION})",
+                    path.display()
+                ),
+            })
+        }
+    };
+    Ok(match parsed {
+        Ok(s) => match s.defect() {
+            None => Loaded::State(s),
+            Some(d) => Loaded::Damaged {
+                upload_id: Some(s.upload_id),
+                why: format!("resume state {} ({d})", path.display()),
+            },
         },
-        Err(e) => Loaded::Damaged {
-            upload_id: salvage_upload_id(&bytes),
-            why: format!("unreadable resume state {} ({e})", path.display()),
-        },
+        Err(e) => unreadable(&e),
     })
 }
 
@@ -465,13 +610,6 @@ fn de_u64_string<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 mod opt_u64_string {
     use super::*;
 
-    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(v) => s.serialize_some(&v.to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         Option::<String>::deserialize(d)?
             .map(|s| s.parse().map_err(serde::de::Error::custom))
@@ -494,7 +632,7 @@ mod tests {
                 size: 5 << 20,
                 etag: "E".into(),
                 last_modified: None,
-                crc64: Some(u64::MAX - 1),
+                checksums: Checksum::Crc64Xz(u64::MAX - 1).into(),
             },
             parts: vec![],
             completing: None,
@@ -506,18 +644,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = state_path(&dir.path().join("st"), "oss://a/k", "oss://b/k");
         let mut s = sample();
-        s.record(StatePart {
-            number: 2,
-            size: 7,
-            crc64: 18446744073709551557,
-            etag: "X".into(),
-        });
-        s.record(StatePart {
-            number: 1,
-            size: 7,
-            crc64: 1,
-            etag: "Y".into(),
-        });
+        s.record(StatePart::new(2, 7, 18446744073709551557, "X".into()));
+        s.record(StatePart::new(1, 7, 1, "Y".into()));
         save(&path, &s).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"18446744073709551557\""), "{text}");
@@ -536,6 +664,92 @@ mod tests {
         }
         remove(&path);
         assert!(load(&path).unwrap().is_none());
+    }
+
+    /// A state file exactly as the release before typed checksums (format 1) wrote it.
+    const V1_FILE: &str = r#"{
+  "version": 1,
+  "source": "oss://src-bkt/disk.raw",
+  "destination": "oss://dst-bkt/disk.raw",
+  "upload_id": "0004B9894A22E5B1888A1E29F8236E2D",
+  "part_size": 1048576,
+  "source_meta": {
+    "size": 3145728,
+    "etag": "5B3C1A2E053D763E1B002CC607C5A0FE-3",
+    "last_modified": "Sat, 12 Dec 2015 00:35:53 GMT",
+    "crc64": "18446744073709551557"
+  },
+  "parts": [
+    { "number": 1, "size": 1048576, "crc64": "12066172435287683848", "etag": "E1" },
+    { "number": 3, "size": 1048576, "crc64": "7", "etag": "E3" }
+  ],
+  "completing": { "crc64": "99", "source_crc64": "100" }
+}"#;
+
+    #[test]
+    fn a_version_1_file_is_read_and_saved_as_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("copy-v1.json");
+        std::fs::write(&path, V1_FILE).unwrap();
+        let Loaded::State(s) = load_checked(&path).unwrap() else {
+            panic!("a version 1 file must load");
+        };
+        assert_eq!(s.version, STATE_VERSION);
+        assert_eq!(s.upload_id, "0004B9894A22E5B1888A1E29F8236E2D");
+        assert_eq!(
+            s.source_meta.checksums.crc64_xz(),
+            Some(18446744073709551557)
+        );
+        assert_eq!(
+            s.source_meta.last_modified.as_deref(),
+            Some("Sat, 12 Dec 2015 00:35:53 GMT")
+        );
+        assert_eq!(
+            s.parts,
+            vec![
+                StatePart::new(1, 1 << 20, 12066172435287683848, "E1".into()),
+                StatePart::new(3, 1 << 20, 7, "E3".into()),
+            ]
+        );
+        assert_eq!(s.completing, Some(Completing::new(99, Some(100))));
+        // The fingerprint a HEAD of the unchanged source gives matches the upgraded one.
+        let meta = ObjectMeta {
+            size: 3 << 20,
+            etag: "5B3C1A2E053D763E1B002CC607C5A0FE-3".into(),
+            last_modified: Some("Sat, 12 Dec 2015 00:35:53 GMT".into()),
+            checksums: Checksum::Crc64Xz(18446744073709551557).into(),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(SourceFingerprint::from(&meta), s.source_meta);
+        save(&path, &s).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"version\": 2"), "{text}");
+        assert!(
+            text.contains("\"crc64-xz\": \"12066172435287683848\""),
+            "{text}"
+        );
+        assert_eq!(load(&path).unwrap().unwrap(), s);
+    }
+
+    #[test]
+    fn a_part_without_a_crc64_is_not_resumed_but_its_upload_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("copy-x.json");
+        let mut s = sample();
+        s.record(StatePart {
+            number: 1,
+            size: 7,
+            checksums: Checksum::Md5([0; 16]).into(),
+            etag: "E".into(),
+        });
+        std::fs::write(&path, serde_json::to_vec(&s).unwrap()).unwrap();
+        match load_checked(&path).unwrap() {
+            Loaded::Damaged { upload_id, why } => {
+                assert_eq!(upload_id.as_deref(), Some("U1"));
+                assert!(why.contains("part 1 has no CRC-64"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -685,12 +899,7 @@ mod tests {
         let mut s = sample();
         s.upload_id = "0004B9894A22E5B1888A1E29F8236E2D".into();
         for n in 1..=40 {
-            s.record(StatePart {
-                number: n,
-                size: 1 << 20,
-                crc64: n as u64,
-                etag: format!("E{n}"),
-            });
+            s.record(StatePart::new(n, 1 << 20, n as u64, format!("E{n}")));
         }
         save(&path, &s).unwrap();
         let full = std::fs::read(&path).unwrap();

@@ -479,6 +479,76 @@ async fn resumes_after_interrupt_sending_only_missing_parts() {
     assert!(!path.exists(), "state removed after success");
 }
 
+/// The state file `st` as the release before typed checksums wrote it (format 1: CRC-64/XZ in
+/// bare `crc64` fields, decimal strings).
+fn as_version_1(st: &state::CopyState) -> String {
+    let parts: Vec<serde_json::Value> = st
+        .parts
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "number": p.number, "size": p.size,
+                "crc64": p.crc64().to_string(), "etag": p.etag,
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({
+        "version": 1,
+        "source": st.source,
+        "destination": st.destination,
+        "upload_id": st.upload_id,
+        "part_size": st.part_size,
+        "source_meta": {
+            "size": st.source_meta.size,
+            "etag": st.source_meta.etag,
+            "last_modified": st.source_meta.last_modified,
+            "crc64": st.source_meta.checksums.crc64_xz().map(|c| c.to_string()),
+        },
+        "parts": parts,
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_version_1_state_file_resumes() {
+    let e = env(20 * PART + 3);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        state_dir: Some(dir.path().join("state")),
+        ..opts()
+    };
+    let err = interrupted(&e, o.clone(), 5).await;
+    let TransferError::Interrupted {
+        state_file: Some(path),
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    let saved = state::load(path).unwrap().unwrap();
+    let kept: Vec<u32> = saved.parts.iter().map(|p| p.number).collect();
+    assert!(kept.len() >= 5, "{kept:?}");
+    assert!(saved.source_meta.checksums.crc64_xz().is_some());
+    std::fs::write(path, as_version_1(&saved)).unwrap();
+
+    e.dst.clear_faults();
+    e.dst.reset_part_uploads();
+    let (r, _) = e.run(o).await;
+    let s = r.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(
+        s.resumed_bytes,
+        kept.len() as u64 * PART,
+        "every part the version 1 file records is kept"
+    );
+    for n in 1..=21u32 {
+        let want = if kept.contains(&n) { 0 } else { 1 };
+        assert_eq!(e.dst.part_uploads(n), want, "part {n}");
+    }
+    assert_eq!(e.dst.open_uploads(), 0);
+}
+
 #[tokio::test]
 async fn resumes_after_the_process_dies() {
     // Dropping the copy future is what a kill does to in-memory work; the state on disk must
@@ -601,7 +671,12 @@ async fn resume_redoes_parts_the_destination_does_not_confirm() {
     };
     // Tamper: the state claims part 1 has another CRC than the destination holds.
     let mut st = state::load(&path).unwrap().unwrap();
-    st.parts[0].crc64 ^= 1;
+    st.parts[0] = crate::transfer::state::StatePart::new(
+        st.parts[0].number,
+        st.parts[0].size,
+        st.parts[0].crc64() ^ 1,
+        st.parts[0].etag.clone(),
+    );
     state::save(&path, &st).unwrap();
     e.dst.clear_faults();
     e.dst.reset_part_uploads();
@@ -1045,7 +1120,15 @@ async fn completed_behind_our_back(e: &Env, o: &CopyOptions) -> std::path::PathB
         .iter()
         .map(|p| (p.number, p.etag.clone()))
         .collect();
-    e.dst.complete("copy", &st.upload_id, &parts).await.unwrap();
+    e.dst
+        .complete(
+            "copy",
+            &st.upload_id,
+            &parts,
+            &crate::checksum::Checksums::new(),
+        )
+        .await
+        .unwrap();
     assert_eq!(e.dst.open_uploads(), 0);
     state_file
 }

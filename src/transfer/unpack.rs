@@ -38,7 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::crc64::{self, Crc64};
+use crate::checksum::crc64::{self, Crc64};
+use crate::checksum::{Checksum, Checksums};
 use crate::metrics as m;
 use crate::store::{ErrorClass, ListedPart, ObjectMeta, PartSpec, PutOptions, StoreError};
 
@@ -1137,14 +1138,14 @@ impl Pipeline {
     }
 
     fn transit(&self, msg: &str, expected: u64, actual: u64) -> TransferError {
-        TransferError::CrcMismatch {
-            what: format!(
+        TransferError::crc64_mismatch(
+            format!(
                 "the compressed bytes read from {} (decoding failed: {msg})",
                 self.src_desc
             ),
             expected,
             actual,
-        }
+        )
     }
 
     /// Waits for the decoder's end of stream (all RAW bytes were handed out already).
@@ -1279,7 +1280,7 @@ async fn run_once(
         let ff = fetch_failed.clone();
         let sum = SourceSum {
             size: meta.size,
-            crc64: meta.crc64,
+            crc64: meta.checksums.crc64_xz(),
         };
         tokio::task::spawn_blocking(move || decode(reader, io, ff, sum))
     };
@@ -1366,11 +1367,12 @@ async fn run_once(
                 0.0
             },
             crc64: out.crc64,
+            checksums: Checksum::Crc64Xz(out.crc64).into(),
             parts: out.parts,
             part_size: out.part_size,
             retries: progress.retries.load(Relaxed),
             resumed_bytes: out.resumed_bytes,
-            source_crc64_known: meta.crc64.is_some(),
+            source_crc64_known: meta.checksums.crc64_xz().is_some(),
         },
         member: member.name,
         source_bytes: end.compressed_bytes,
@@ -1418,20 +1420,20 @@ fn prove(
             end.compressed_bytes, ctx.src_desc, meta.size
         )));
     }
-    if let Some(want) = meta.crc64 {
+    if let Some(want) = meta.checksums.crc64_xz() {
         if want != end.compressed_crc {
             ctx.note_crc_mismatch();
-            return Err(TransferError::CrcMismatch {
-                what: format!("the compressed bytes read from {}", ctx.src_desc),
-                expected: want,
-                actual: end.compressed_crc,
-            });
+            return Err(TransferError::crc64_mismatch(
+                format!("the compressed bytes read from {}", ctx.src_desc),
+                want,
+                end.compressed_crc,
+            ));
         }
     }
     // The compressed bytes are the source's (when it has a CRC-64): a mismatch here is in
     // the archive itself, and nothing of it may be kept.
     end.gzip.verify(data_crc32).map_err(|msg| {
-        TransferError::Archive(if meta.crc64.is_some() {
+        TransferError::Archive(if meta.checksums.crc64_xz().is_some() {
             format!(
                 "{msg} (the bytes read have the CRC-64 the source reports: the archive itself \
                  is damaged)"
@@ -1443,11 +1445,11 @@ fn prove(
     if let Some((parts, stream)) = parts_crc {
         if parts != stream {
             ctx.note_crc_mismatch();
-            return Err(TransferError::CrcMismatch {
-                what: format!("the parts sent to {} against the RAW stream", ctx.dst_desc),
-                expected: stream,
-                actual: parts,
-            });
+            return Err(TransferError::crc64_mismatch(
+                format!("the parts sent to {} against the RAW stream", ctx.dst_desc),
+                stream,
+                parts,
+            ));
         }
     }
     Ok(())
@@ -1550,11 +1552,11 @@ async fn multipart(
     )
     .await?;
     let (mut st, listed) = match opened {
-        engine::Opened::Upload(st, listed) => (st, listed),
+        engine::Opened::Upload(st, listed) => (*st, listed),
         engine::Opened::Finished(f) => {
             // The archive's CRC-64 for the summary: recorded by the run that completed, or
             // the source's own; without either, decoding again is the only honest answer.
-            if let Some(source_crc) = f.source_crc64.or(meta.crc64) {
+            if let Some(source_crc) = f.source_crc64.or(meta.checksums.crc64_xz()) {
                 engine::finished_progress(&ctx.progress, raw_size, f.parts);
                 let out = Outcome {
                     crc64: f.crc64,
@@ -1607,8 +1609,8 @@ async fn multipart(
             ) else {
                 continue;
             };
-            let confirmed = match l.crc64 {
-                Some(c) => c == rec.crc64,
+            let confirmed = match l.checksums.crc64_xz() {
+                Some(c) => c == rec.crc64(),
                 None => l.etag == rec.etag,
             };
             if rec.size == spec.len && l.size == spec.len && confirmed {
@@ -1650,7 +1652,7 @@ async fn multipart(
     let combined = crc64::combine_all(
         done.iter()
             .zip(specs.iter())
-            .map(|(d, s)| (d.as_ref().expect("part done").crc64, s.len)),
+            .map(|(d, s)| (d.as_ref().expect("part done").crc64(), s.len)),
     );
     // 3. The decoder's end proves the compressed stream, gzip's trailer and the RAW stream.
     let end = match pipeline.finish().await {
@@ -1675,15 +1677,15 @@ async fn multipart(
         Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
     };
     keeper.remove().await;
-    if let Some(c) = uploaded.crc64 {
+    if let Some(c) = uploaded.checksums.crc64_xz() {
         if c != combined {
             ctx.note_crc_mismatch();
             let _ = ctx.dst.store.delete(&ctx.dst.key).await;
-            return Err(TransferError::CrcMismatch {
-                what: format!("{} after CompleteMultipartUpload", ctx.dst_desc),
-                expected: combined,
-                actual: c,
-            });
+            return Err(TransferError::crc64_mismatch(
+                format!("{} after CompleteMultipartUpload", ctx.dst_desc),
+                combined,
+                c,
+            ));
         }
     }
     let out = Outcome {
@@ -1778,7 +1780,7 @@ async fn send_parts(
                 if let Some((i, chunks, part_crc)) = ready.take() {
                     let spec = specs[i];
                     match recorded.remove(&spec.number) {
-                        Some(rec) if rec.crc64 == part_crc => {
+                        Some(rec) if rec.crc64() == part_crc => {
                             drop(chunks);
                             resumed += spec.len;
                             done[i] = Some(rec);
@@ -1791,7 +1793,7 @@ async fn send_parts(
                         Some(rec) if set.len() + keeper.unsaved() < limit => {
                             warn!(
                                 part = spec.number,
-                                recorded = rec.crc64,
+                                recorded = rec.crc64(),
                                 regenerated = part_crc,
                                 "a part recorded by the earlier run does not match the regenerated \
                                  bytes; sending it again"
@@ -1971,6 +1973,9 @@ async fn upload_part(
     let mut attempt = 1;
     // Generous: the whole part must cross the link, at ≥ 256 KiB/s.
     let timeout = ctx.opts.request_timeout + Duration::from_secs(spec.len / (256 * 1024));
+    // Cut from memory, so its checksum is known before it is sent: a store that verifies
+    // it rejects damage on the way in.
+    let expected: Checksums = Checksum::Crc64Xz(crc).into();
     loop {
         let body: crate::store::ByteStream = Box::pin(futures::stream::iter(
             chunks
@@ -1984,7 +1989,7 @@ async fn upload_part(
             timeout,
             ctx.dst
                 .store
-                .upload_part(&ctx.dst.key, upload_id, spec, body),
+                .upload_part(&ctx.dst.key, upload_id, spec, body, &expected),
         )
         .await
         {
@@ -1994,7 +1999,7 @@ async fn upload_part(
             ))),
         };
         let (err, reason) = match r {
-            Ok(u) => match u.crc64 {
+            Ok(u) => match u.checksums.crc64_xz() {
                 Some(c) if c != crc => (
                     StoreError::transient(format!(
                         "the destination reports CRC-64 {c} for part {}, but {crc} was sent",
@@ -2002,14 +2007,7 @@ async fn upload_part(
                     )),
                     "crc_mismatch",
                 ),
-                _ => {
-                    return Ok(StatePart {
-                        number: spec.number,
-                        size: spec.len,
-                        crc64: crc,
-                        etag: u.etag,
-                    })
-                }
+                _ => return Ok(StatePart::new(spec.number, spec.len, crc, u.etag)),
             },
             Err(e) => {
                 let reason = e.class.as_str();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::crc64::Crc64;
+use crate::checksum::crc64::Crc64;
 use crate::store::{PartSpec, StoreError};
 
 use super::retry::Backoff;
