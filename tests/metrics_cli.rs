@@ -60,9 +60,13 @@ async fn metrics_show_documented_names_with_sane_values_while_running() {
     let mut seen = None;
     while t0.elapsed() < Duration::from_secs(60) {
         if let Some(text) = scrape(&addr) {
-            let acked = value(&text, "ossrelay_bytes_total{direction=\"upload\"}").unwrap_or(0.0);
+            let streamed =
+                value(&text, "ossrelay_bytes_total{direction=\"upload\"}").unwrap_or(0.0);
             let retries = value(&text, "ossrelay_retries_total").unwrap_or(0.0);
-            if acked >= (8 * MIB) as f64 && retries > 0.0 {
+            // Streamed bytes run ahead of acknowledged ones: on a loaded machine 8 MiB can be
+            // on the wire before the first part is acknowledged, so wait for both.
+            let acked = value(&text, "ossrelay_acknowledged_bytes_total").unwrap_or(0.0);
+            if streamed >= (8 * MIB) as f64 && retries > 0.0 && acked > 0.0 {
                 seen = Some(text);
                 break;
             }
@@ -72,7 +76,8 @@ async fn metrics_show_documented_names_with_sane_values_while_running() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let text = seen.expect("no scrape showed upload progress and retries mid-copy");
+    let text =
+        seen.expect("no scrape showed upload progress, acknowledged bytes and retries mid-copy");
     for name in [
         "ossrelay_bytes_total{direction=\"download\"}",
         "ossrelay_bytes_total{direction=\"upload\"}",
