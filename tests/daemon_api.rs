@@ -1031,3 +1031,76 @@ async fn a_resume_while_a_paused_job_is_being_cancelled_is_refused() {
         failures.join("\n")
     );
 }
+
+/// A gzip'd tar of one member, as ECS exports a RAW image (`<name>.raw.tar.gz`).
+fn tar_gz(member: &str, data: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, member, data).unwrap();
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// A copy job with `"unpack"` streams the image out of an export archive, as `copy --unpack`
+/// does; without it (the default for jobs) the archive is copied as it is; a bad value is a
+/// 400 naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_job_can_unpack_an_export_archive() {
+    let w = World::new(|_| {}, |_| {}).await;
+    let raw = bytes(3 * MIB as usize + 123, 17);
+    let archive = tar_gz("d_system.raw", &raw);
+    w.src.put_object_bytes(
+        SRC_BUCKET,
+        "exports/d_system.raw.tar.gz",
+        bytes::Bytes::from(archive.clone()),
+    );
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+
+    let mut bad = copy_job(&w, "exports/d_system.raw.tar.gz", DST_BUCKET, "images/");
+    bad["unpack"] = json!("sometimes");
+    let (s, v) = d.call("POST", "/v1/jobs", Some(&bad.to_string())).await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("unpack")),
+        "{v}"
+    );
+
+    let mut body = copy_job(&w, "exports/d_system.raw.tar.gz", DST_BUCKET, "images/");
+    body["unpack"] = json!("auto");
+    body["part_size"] = json!("1MiB");
+    let job = d.submit(&body).await;
+    assert_eq!(job["unpack"], "auto", "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = d
+        .wait_state(&id, "succeeded", Duration::from_secs(60))
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["member"], "d_system.raw", "{done}");
+    let crc = ossrelay::crc64::checksum(&raw);
+    assert_eq!(done["result"]["crc64"], crc.to_string(), "{done}");
+    assert_eq!(done["result"]["bytes"], raw.len() as u64, "{done}");
+    assert_eq!(
+        w.dst.object_crc64(DST_BUCKET, "images/d_system.raw"),
+        Some((raw.len() as u64, crc)),
+        "the RAW, not the archive, is at the member's name"
+    );
+
+    // Jobs do not unpack unless asked: the archive arrives as it is.
+    let plain = copy_job(&w, "exports/d_system.raw.tar.gz", DST_BUCKET, "as-is/");
+    let id = d.submit(&plain).await["id"].as_str().unwrap().to_string();
+    let done = d
+        .wait_state(&id, "succeeded", Duration::from_secs(60))
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        w.dst
+            .object_crc64(DST_BUCKET, "as-is/d_system.raw.tar.gz")
+            .map(|(n, _)| n),
+        Some(archive.len() as u64)
+    );
+}

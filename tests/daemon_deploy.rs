@@ -237,6 +237,7 @@ fn openapi_request_fields_are_the_ones_the_server_accepts() {
             "src_internal" | "dst_internal" => json!(true),
             "concurrency" => json!(4),
             "part_size" => json!("1MiB"),
+            "unpack" => json!("always"),
             "src_endpoint" | "dst_endpoint" => json!("http://127.0.0.1:1"),
             _ => json!("name-1"),
         };

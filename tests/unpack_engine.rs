@@ -701,3 +701,46 @@ async fn a_rerun_after_a_completed_unpack_sends_nothing() {
     assert_eq!(dst.object("r_system.raw").unwrap().as_ref(), &raw[..]);
     assert!(!path.exists(), "state removed");
 }
+
+/// Parts throttled at the start of the upload side: the unpack must halve its uploads in
+/// flight (AIMD, as a plain copy does) rather than hammer a store that says "slow down",
+/// and still finish byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowdown_storm_lowers_upload_concurrency_and_the_unpack_finishes() {
+    use ossrelay::store::memory::{Fault, FaultRule, Op};
+    use ossrelay::store::ErrorClass;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    let data = noise(24 * MIB as usize, 11);
+    let archive = small_archive(&data);
+    let src = MemoryStore::new("src");
+    src.insert("img.tar.gz", archive);
+    let dst = MemoryStore::new("dst");
+    dst.inject(FaultRule::new(Op::UploadPart, Fault::Error(ErrorClass::Throttled)).times(12));
+    let progress = Progress::new();
+    let s = transfer::copy_unpack(
+        Location::new(src, "img.tar.gz"),
+        UnpackTarget::Fixed(Location::new(dst.clone(), "disk.raw")),
+        CopyOptions {
+            concurrency: 8,
+            part_size: Some(MIB),
+            retry_base: Duration::from_millis(1),
+            retry_cap: Duration::from_millis(20),
+            max_attempts: 20,
+            ..opts()
+        },
+        progress.clone(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("the unpack finishes through the storm");
+    assert_eq!(dst.object("disk.raw").unwrap().as_ref(), &data[..]);
+    let lowest = progress.lowest_concurrency_limit.load(Relaxed);
+    assert!(
+        (1..8).contains(&lowest),
+        "throttling must lower the limit below 8: lowest {lowest}"
+    );
+    assert!(s.copy.retries >= 12, "{} retries", s.copy.retries);
+    assert_eq!(dst.open_uploads(), 0);
+}

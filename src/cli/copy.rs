@@ -11,7 +11,7 @@ use super::util::{install_interrupt_handler, parse_rate, parse_size};
 use super::{progress, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::locate::{self, ObjectUrl, SideOptions};
 use crate::transfer::{
-    self, CopyOptions, CopySummary, DecoderCpu, Progress, TransferError, UnpackMode, UnpackSummary,
+    self, CopyOptions, DecoderCpu, Progress, Relayed, TransferError, Transform, UnpackMode,
     UnpackTarget,
 };
 
@@ -100,12 +100,6 @@ fn parse_stall_timeout(s: &str) -> Result<std::time::Duration, String> {
             "{s:?} is not a number of seconds between 0.1 and 3600, e.g. 30 or 2.5"
         )),
     }
-}
-
-/// What a finished copy reports.
-enum Finished {
-    Plain(CopySummary),
-    Unpacked(UnpackSummary),
 }
 
 /// Default resume-state directory: `$XDG_STATE_HOME/ossrelay` or `~/.local/state/ossrelay`.
@@ -248,35 +242,28 @@ pub async fn run(args: CopyArgs) -> i32 {
     install_interrupt_handler(cancel.clone());
     let prog = Arc::new(Progress::default());
     let bar = (!args.quiet).then(|| progress::spawn(prog.clone()));
-    let result = if unpack {
-        let target = {
-            let (dst, dst_side) = (dst.clone(), dst_side.clone());
-            UnpackTarget::Named(Box::new(move |member: &str| {
-                locate::resolve(&dst, &dst_side, Some(member))
-                    .map_err(|e| format!("destination {dst}: {e}"))
-            }))
-        };
-        transfer::copy_unpack(src_loc, target, opts, prog, cancel)
-            .await
-            .map(Finished::Unpacked)
+    let target = if unpack {
+        let (dst, dst_side) = (dst.clone(), dst_side.clone());
+        UnpackTarget::Named(Box::new(move |member: &str| {
+            locate::resolve(&dst, &dst_side, Some(member))
+                .map_err(|e| format!("destination {dst}: {e}"))
+        }))
     } else {
-        transfer::copy(src_loc, dst_loc, opts, prog, cancel)
-            .await
-            .map(Finished::Plain)
+        UnpackTarget::Fixed(dst_loc)
     };
+    let transform = if unpack {
+        Transform::Unpack
+    } else {
+        Transform::None
+    };
+    let result = transfer::relay(src_loc, target, transform, opts, prog, cancel).await;
     if let Some(bar) = bar {
         bar.finish().await;
     }
     match result {
         Ok(finished) => {
-            let json = match &finished {
-                Finished::Plain(s) => serde_json::to_string(s),
-                Finished::Unpacked(s) => serde_json::to_string(s),
-            };
-            let summary = match &finished {
-                Finished::Plain(s) => s,
-                Finished::Unpacked(s) => &s.copy,
-            };
+            let json = serde_json::to_string(&finished);
+            let summary = finished.summary();
             if args.json {
                 match json {
                     Ok(s) => println!("{s}"),
@@ -287,7 +274,7 @@ pub async fn run(args: CopyArgs) -> i32 {
                 }
             } else if !args.quiet {
                 eprintln!("{}", progress::summary_line(summary));
-                if let Finished::Unpacked(u) = &finished {
+                if let Relayed::Unpacked(u) = &finished {
                     eprintln!(
                         "unpacked {:?} from {} compressed bytes (CRC-64 {}{}); gzip CRC-32 and \
                          length verified",

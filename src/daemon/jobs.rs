@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::locate::{self, ObjectUrl, SideOptions};
-use crate::transfer::{CopyOptions, CopySummary, Location};
+use crate::transfer::{CopyOptions, CopySummary, Location, Target, Transform, UnpackMode};
 
 /// Lifecycle of a job. Terminal states: `succeeded`, `failed`, `cancelled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -89,6 +89,10 @@ pub struct CopySpec {
     /// Part size in bytes (default: automatic).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part_size: Option<u64>,
+    /// `auto`, `always` or `never`, as `copy --unpack`. Absent means `never`: jobs stored by
+    /// a release without unpack resume exactly as they were submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpack: Option<UnpackMode>,
 }
 
 /// Options of a `migrate` job: the `ossrelay migrate` long option names with `_` for `-`.
@@ -260,6 +264,9 @@ pub struct JobResult {
     /// The new image's region (migrate jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// The archive member that was unpacked (copy jobs with `unpack`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 impl From<&CopySummary> for JobResult {
@@ -277,6 +284,7 @@ impl From<&CopySummary> for JobResult {
             destination: s.destination.clone(),
             image_id: None,
             region: None,
+            member: None,
         }
     }
 }
@@ -501,6 +509,13 @@ fn parse_copy(obj: &mut Map<String, Value>) -> Result<CopySpec, InvalidField> {
         dst_profile: take_string(obj, "dst_profile")?,
         concurrency,
         part_size,
+        unpack: match take_string(obj, "unpack")? {
+            None => None,
+            Some(v) => Some(
+                <UnpackMode as clap::ValueEnum>::from_str(&v, true)
+                    .map_err(|_| invalid("unpack", "must be auto, always or never"))?,
+            ),
+        },
     };
     check_endpoint("src_endpoint", &spec.src_endpoint)?;
     check_endpoint("dst_endpoint", &spec.dst_endpoint)?;
@@ -704,12 +719,30 @@ impl CopySpec {
         }
     }
 
+    /// Whether the job unpacks its source (`unpack`, default never).
+    pub fn transform(&self) -> Transform {
+        let unpack = self.unpack.unwrap_or(UnpackMode::Never);
+        let key = match self.source.parse::<ObjectUrl>() {
+            Ok(ObjectUrl::Oss { key, .. }) => key,
+            _ => String::new(),
+        };
+        if unpack.applies(&key) {
+            Transform::Unpack
+        } else {
+            Transform::None
+        }
+    }
+
     /// The object the job writes: the destination, with the source's file name filled in
-    /// when it ends in `/` (as [`Self::locations`] resolves it); `None` if it names none.
+    /// when it ends in `/` (as [`Self::locations`] resolves it); `None` if it names none, or
+    /// if it is named after an archive's member, unknown until the archive is read.
     pub fn dst_object(&self) -> Option<ObjectUrl> {
         match self.destination.parse::<ObjectUrl>().ok()? {
             ObjectUrl::Oss { bucket, mut key } => {
                 if key.is_empty() || key.ends_with('/') {
+                    if self.transform() == Transform::Unpack {
+                        return None;
+                    }
                     let src: ObjectUrl = self.source.parse().ok()?;
                     key.push_str(&locate::base_name(&src)?);
                 }
@@ -719,8 +752,9 @@ impl CopySpec {
         }
     }
 
-    /// Resolves both sides (credentials are looked up now, at run time).
-    pub fn locations(&self) -> Result<(Location, Location), String> {
+    /// Resolves both sides (credentials are looked up now, at run time). An unpack into a
+    /// destination ending in `/` is named after the archive's member once it is read.
+    pub fn locations(&self) -> Result<(Location, Target), String> {
         let src: ObjectUrl = self.source.parse().map_err(|e| format!("source: {e}"))?;
         let dst: ObjectUrl = self
             .destination
@@ -728,9 +762,22 @@ impl CopySpec {
             .map_err(|e| format!("destination: {e}"))?;
         let s = locate::resolve(&src, &self.src_side(), None)
             .map_err(|e| format!("source {src}: {e}"))?;
-        let d = locate::resolve(&dst, &self.dst_side(), locate::base_name(&src).as_deref())
+        let dst_side = self.dst_side();
+        if self.transform() == Transform::Unpack {
+            // Reachable at all? (as `copy --unpack` checks before reading the archive)
+            locate::resolve(&dst, &dst_side, Some("unpacked.raw"))
+                .map_err(|e| format!("destination {dst}: {e}"))?;
+            return Ok((
+                s,
+                Target::Named(Box::new(move |member: &str| {
+                    locate::resolve(&dst, &dst_side, Some(member))
+                        .map_err(|e| format!("destination {dst}: {e}"))
+                })),
+            ));
+        }
+        let d = locate::resolve(&dst, &dst_side, locate::base_name(&src).as_deref())
             .map_err(|e| format!("destination {dst}: {e}"))?;
-        Ok((s, d))
+        Ok((s, Target::Fixed(d)))
     }
 
     /// Engine options for this job; the daemon adds its shared budgets.

@@ -525,9 +525,12 @@ impl Scheduler {
         opts.shared_bandwidth = self.bandwidth.clone();
         // The shared budget replaces the per-copy one; keep validation consistent with it.
         opts.memory = self.memory.limit();
-        transfer::copy(src, dst, opts, progress, cancel)
-            .await
-            .map(|s| JobResult::from(&s))
+        let relayed = transfer::relay(src, dst, spec.transform(), opts, progress, cancel).await?;
+        let mut result = JobResult::from(relayed.summary());
+        if let transfer::Relayed::Unpacked(u) = &relayed {
+            result.member = Some(u.member.clone());
+        }
+        Ok(result)
     }
 
     /// Runs (or resumes, from the state file in the job's directory) a migration.
@@ -575,6 +578,7 @@ impl Scheduler {
             destination: format!("{}/{}", out.region, out.image_id),
             image_id: Some(out.image_id),
             region: Some(out.region),
+            member: None,
         })
     }
 
@@ -715,18 +719,34 @@ impl Scheduler {
             // The job's run has stopped, but its lock says so for certain: never abort an
             // upload a run is still sending to.
             let _lock = state::lock(&path).map_err(|e| e.to_string())?;
-            let upload_id = match state::load_checked(&path).map_err(|e| e.to_string())? {
-                state::Loaded::State(st) => st.upload_id,
-                // A damaged file still names the upload to abort, when it can be read.
-                state::Loaded::Damaged {
-                    upload_id: Some(id),
-                    ..
-                } => id,
-                state::Loaded::Absent | state::Loaded::Damaged { .. } => continue,
+            let (upload_id, recorded) =
+                match state::load_checked(&path).map_err(|e| e.to_string())? {
+                    state::Loaded::State(st) => (st.upload_id, Some(st.destination)),
+                    // A damaged file still names the upload to abort, when it can be read.
+                    state::Loaded::Damaged {
+                        upload_id: Some(id),
+                        ..
+                    } => (id, None),
+                    state::Loaded::Absent | state::Loaded::Damaged { .. } => continue,
+                };
+            let cannot = |e: String| format!("cannot abort upload {upload_id}: {e}");
+            // The state names the object the upload is for (an unpack's is named after the
+            // archive's member, which the job's spec alone does not tell).
+            let dst = match recorded.and_then(|d| d.parse::<crate::locate::ObjectUrl>().ok()) {
+                Some(url) => crate::locate::resolve(&url, &spec.dst_side(), None)
+                    .map_err(|e| cannot(e.to_string()))?,
+                None => match spec.locations().map_err(cannot)?.1 {
+                    transfer::Target::Fixed(l) => l,
+                    transfer::Target::Named(_) => {
+                        return Err(cannot(format!(
+                            "its state file {} is damaged and does not name the object; find \
+                             it with `ossrelay uploads list {}`",
+                            path.display(),
+                            spec.destination
+                        )))
+                    }
+                },
             };
-            let (_, dst) = spec
-                .locations()
-                .map_err(|e| format!("cannot abort upload {upload_id}: {e}"))?;
             match dst.store.abort(&dst.key, &upload_id).await {
                 Ok(()) => {}
                 Err(e) if e.class == crate::store::ErrorClass::NotFound => {}

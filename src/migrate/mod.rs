@@ -92,30 +92,26 @@ pub async fn relay_disk(
     progress: Arc<Progress>,
     cancel: CancellationToken,
 ) -> Result<DiskResult, MigrateError> {
-    if is_tar_gz(&src.key) {
-        // ImportImage does not take .tar.gz: stream the member out of the archive, unpacked.
-        let s = transfer::copy_unpack(
-            src,
-            transfer::UnpackTarget::Fixed(dst),
-            opts,
-            progress,
-            cancel,
-        )
-        .await
-        .map_err(MigrateError::from_transfer)?;
-        return Ok(DiskResult {
-            source: s.copy.source,
-            destination: s.copy.destination,
-            bytes: s.copy.bytes,
-            crc64: s.copy.crc64,
-        });
-    }
-    let s = transfer::copy(src, dst, opts, progress, cancel)
-        .await
-        .map_err(MigrateError::from_transfer)?;
+    // ImportImage does not take .tar.gz: stream the member out of the archive, unpacked.
+    let transform = if is_tar_gz(&src.key) {
+        transfer::Transform::Unpack
+    } else {
+        transfer::Transform::None
+    };
+    let r = transfer::relay(
+        src,
+        transfer::Target::Fixed(dst),
+        transform,
+        opts,
+        progress,
+        cancel,
+    )
+    .await
+    .map_err(MigrateError::from_transfer)?;
+    let s = r.summary();
     Ok(DiskResult {
-        source: s.source,
-        destination: s.destination,
+        source: s.source.clone(),
+        destination: s.destination.clone(),
         bytes: s.bytes,
         crc64: s.crc64,
     })

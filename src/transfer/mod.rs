@@ -27,6 +27,7 @@ mod engine;
 mod pipe;
 pub mod plan;
 pub mod progress;
+mod relay;
 pub mod retry;
 pub mod state;
 pub mod tar;
@@ -44,6 +45,7 @@ pub use affinity::DecoderCpu;
 pub use engine::copy;
 pub use plan::plan_part_size;
 pub use progress::{Progress, ProgressSnapshot};
+pub use relay::{relay, Relayed, Target, Transform};
 pub use unpack::{copy_unpack, UnpackMode, UnpackSummary, UnpackTarget};
 
 /// One side of a copy: a store and a key in it.

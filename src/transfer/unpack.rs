@@ -47,6 +47,7 @@ use super::budget::{MemoryBudget, TokenBucket};
 use super::engine::{self, control, Ctx, StateKeeper};
 use super::pipe::PipeCtx;
 use super::progress::InflightGuard;
+use super::retry::Aimd;
 use super::state::{self, SourceFingerprint, StatePart};
 use super::tar::{self, MemberHeader};
 use super::{plan, CopyOptions, CopySummary, Location, Progress, TransferError};
@@ -54,7 +55,18 @@ use super::{plan, CopyOptions, CopySummary, Location, Progress, TransferError};
 const MIB: u64 = 1024 * 1024;
 
 /// When to unpack (`--unpack`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum UnpackMode {
     /// Unpack when the source key ends in `.tar.gz` or `.tgz`.
     #[default]
@@ -1213,6 +1225,9 @@ async fn run_once(
         (src.clone(), opts.clone(), progress.clone(), cancel.clone());
     let started = std::time::Instant::now();
     let mem = plan_memory(&opts);
+    progress
+        .lowest_concurrency_limit
+        .store(opts.concurrency as u64, Relaxed);
     progress.set_limit(opts.concurrency);
     let raw_budget = MemoryBudget::new(mem.raw_memory, progress.clone());
     let fetch_budget = MemoryBudget::new(mem.fetch_memory, progress.clone());
@@ -1735,8 +1750,11 @@ async fn send_parts(
     let mut input_done = false;
     let mut failure: Option<TransferError> = None;
     let mut pipeline_broke = false;
-    let limit = ctx.opts.concurrency;
+    // Throttling halves the uploads in flight and successes win them back (as in a plain
+    // copy); the upload tasks report throttles, acknowledgements are counted here.
+    let aimd = Arc::new(std::sync::Mutex::new(Aimd::new(ctx.opts.concurrency)));
     loop {
+        let limit = aimd.lock().expect("aimd lock").limit();
         if failure.is_none() {
             // Cut and hand on parts while chunks are here: a part found already uploaded
             // frees no slot to wait for, so the next one must be cut without new input.
@@ -1799,10 +1817,12 @@ async fn send_parts(
                                  bytes; sending it again"
                             );
                             keeper.forget(&[spec.number]);
-                            spawn_upload(&mut set, ctx, spec, i, chunks, part_crc, upload_id);
+                            spawn_upload(
+                                &mut set, ctx, spec, i, chunks, part_crc, upload_id, &aimd,
+                            );
                         }
                         None if set.len() + keeper.unsaved() < limit => {
-                            spawn_upload(&mut set, ctx, spec, i, chunks, part_crc, upload_id)
+                            spawn_upload(&mut set, ctx, spec, i, chunks, part_crc, upload_id, &aimd)
                         }
                         rec => {
                             if let Some(rec) = rec {
@@ -1843,7 +1863,12 @@ async fn send_parts(
                 }
             }
             Some(j) = set.join_next() => match j {
-                Ok((i, Ok(part))) => ack(ctx, &specs[i], i, part, done, keeper),
+                Ok((i, Ok(part))) => {
+                    ack(ctx, &specs[i], i, part, done, keeper);
+                    let mut a = aimd.lock().expect("aimd lock");
+                    a.on_success();
+                    ctx.progress.set_limit(a.limit());
+                }
                 Ok((_, Err(e))) => {
                     failure.get_or_insert(e);
                     set.abort_all();
@@ -1939,6 +1964,7 @@ fn ack(
     metrics::counter!(m::PARTS_TOTAL, "result" => "ok").increment(1);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn_upload(
     set: &mut UploadSet,
     ctx: &Arc<Ctx>,
@@ -1947,13 +1973,15 @@ fn spawn_upload(
     chunks: Vec<Charged>,
     crc: u64,
     upload_id: &Arc<str>,
+    aimd: &Arc<std::sync::Mutex<Aimd>>,
 ) {
     let ctx = ctx.clone();
     let upload_id = upload_id.clone();
+    let aimd = aimd.clone();
     set.spawn(
         async move {
             let _inflight = InflightGuard::new(ctx.progress.clone());
-            let r = upload_part(&ctx, &upload_id, spec, &chunks, crc).await;
+            let r = upload_part(&ctx, &upload_id, spec, &chunks, crc, &aimd).await;
             drop(chunks); // gives the part's bytes back to the budget
             (i, r)
         }
@@ -1962,12 +1990,14 @@ fn spawn_upload(
 }
 
 /// One UploadPart from memory, retried with backoff; the destination's CRC-64 must match.
+/// A throttled attempt lowers the shared concurrency limit before it backs off.
 async fn upload_part(
     ctx: &Ctx,
     upload_id: &str,
     spec: PartSpec,
     chunks: &[Charged],
     crc: u64,
+    aimd: &std::sync::Mutex<Aimd>,
 ) -> Result<StatePart, TransferError> {
     let mut backoff = ctx.backoff();
     let mut attempt = 1;
@@ -2018,6 +2048,11 @@ async fn upload_part(
             debug!(part = spec.number, attempt, error = %err, "part failed; retrying");
             ctx.note_retry(reason);
             metrics::counter!(m::PARTS_TOTAL, "result" => "retried").increment(1);
+            if err.class == ErrorClass::Throttled {
+                let mut a = aimd.lock().expect("aimd lock");
+                a.on_throttle();
+                ctx.progress.set_limit(a.limit());
+            }
             tokio::time::sleep(backoff.next(err.class)).await;
             attempt += 1;
             continue;
