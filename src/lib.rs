@@ -7,6 +7,7 @@
 
 pub mod checksum;
 pub mod cli;
+pub mod cloud;
 /// CRC-64/XZ lives in [`checksum::crc64`]; this path is kept for existing callers.
 pub use checksum::crc64;
 pub mod credentials;

@@ -6,11 +6,10 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::cloud::{
-    check_bucket_region, parse_duration, task_line, EndpointArgs, Side, StatusLine,
-};
+use super::cloud::{parse_duration, task_line, EndpointArgs, StatusLine};
 use super::util::install_interrupt_handler;
 use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
+use crate::cloud::{check_bucket_region, Side};
 use crate::ecs::ecs::{validate_oss_prefix, EcsApi, ExportImageInput, ImageFormat, TaskAttribute};
 use crate::ecs::ram::{retry_missing_role, RoleRetry};
 use crate::ecs::wait::{hint_suffix, wait_task, PollSchedule, WaitError};

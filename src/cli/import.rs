@@ -6,10 +6,11 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::cloud::{image_line, parse_duration, EndpointArgs, Side, StatusLine};
+use super::cloud::{image_line, parse_duration, EndpointArgs, StatusLine};
 use super::export::wait_failed;
 use super::util::install_interrupt_handler;
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::cloud::Side;
 use crate::ecs::ecs::{
     DescribeImagesInput, EcsApi, Image, ImageFormat, ImportDisk, ImportImageInput,
 };

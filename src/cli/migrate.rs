@@ -8,11 +8,12 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::cloud::{image_line, parse_duration, task_line, Endpoints, StatusLine};
+use super::cloud::{image_line, parse_duration, task_line, StatusLine};
 use super::copy::default_state_dir;
 use super::progress;
 use super::util::{human_bytes, install_interrupt_handler, parse_rate, parse_size};
 use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
+use crate::cloud::Endpoints;
 use crate::ecs::ecs::ImageFormat;
 use crate::migrate::setup::{MigrateParams, SetupError};
 use crate::migrate::{self, Event, MigrateError};

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::cloud::{parse_duration, EndpointArgs, Side};
+use super::cloud::{parse_duration, EndpointArgs};
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::cloud::Side;
 use crate::ecs::ram::{check_service_role, RoleCheck, ServiceRole};
 use crate::ecs::wait::hint_suffix;
 

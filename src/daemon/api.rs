@@ -141,7 +141,7 @@ fn job_error(e: JobError) -> Resp {
             None,
         ),
         JobError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m, None),
-        JobError::Store(e) => {
+        JobError::Db(e) => {
             tracing::error!(error = %e, "job database error");
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -156,7 +156,7 @@ impl MigrateSpec {
 
     /// The library's description of this migration, with its state in `state_dir`.
     pub fn params(&self, state_dir: &Path) -> crate::migrate::setup::MigrateParams {
-        use crate::cli::cloud::Endpoints;
+        use crate::cloud::Endpoints;
         crate::migrate::setup::MigrateParams {
             src_region: self.src_region.clone(),
             image_id: self.image_id.clone(),

@@ -16,10 +16,10 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod db;
 pub mod jobs;
 pub mod metrics;
 pub mod scheduler;
-pub mod store;
 pub mod tls;
 
 use std::collections::BTreeSet;

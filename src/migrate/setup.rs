@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{default_relay, Backends, MigrateConfig, MigrationKey};
-use crate::cli::cloud::{check_bucket_region, Endpoints, Side};
+use crate::cloud::{check_bucket_region, Endpoints, Side};
 use crate::ecs::ecs::{validate_oss_prefix, ImageFormat};
 use crate::ecs::ram::RoleRetry;
 use crate::ecs::wait::PollSchedule;

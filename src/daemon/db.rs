@@ -15,30 +15,28 @@ const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 /// Why the job table could not be read or written.
 #[derive(Debug, thiserror::Error)]
 #[error("job database {}: {message}", .path.display())]
-pub struct StoreError {
+pub struct DbError {
     pub path: PathBuf,
     pub message: String,
 }
 
 /// The job table.
-pub struct JobStore {
+pub struct JobDb {
     db: Database,
     path: PathBuf,
 }
 
-impl std::fmt::Debug for JobStore {
+impl std::fmt::Debug for JobDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobStore")
-            .field("path", &self.path)
-            .finish()
+        f.debug_struct("JobDb").field("path", &self.path).finish()
     }
 }
 
-impl JobStore {
+impl JobDb {
     /// Opens (or creates) `jobs.redb` in `dir`, with mode 0600.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path) -> Result<Self, DbError> {
         let path = dir.join("jobs.redb");
-        let err = |message: String| StoreError {
+        let err = |message: String| DbError {
             path: path.clone(),
             message,
         };
@@ -70,15 +68,15 @@ impl JobStore {
         Ok(s)
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError {
+    fn err(&self, e: impl std::fmt::Display) -> DbError {
+        DbError {
             path: self.path.clone(),
             message: e.to_string(),
         }
     }
 
     /// Inserts or replaces a job (durably committed when this returns).
-    pub fn put(&self, job: &Job) -> Result<(), StoreError> {
+    pub fn put(&self, job: &Job) -> Result<(), DbError> {
         let json = serde_json::to_vec(job).map_err(|e| self.err(e))?;
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
@@ -90,7 +88,7 @@ impl JobStore {
     }
 
     /// Removes a job; a missing one is fine.
-    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+    pub fn delete(&self, id: &str) -> Result<(), DbError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut t = tx.open_table(JOBS).map_err(|e| self.err(e))?;
@@ -101,7 +99,7 @@ impl JobStore {
 
     /// Every stored job. A record that cannot be read (written by a newer version, say) is
     /// skipped with a warning rather than keeping the daemon from starting.
-    pub fn load_all(&self) -> Result<Vec<Job>, StoreError> {
+    pub fn load_all(&self) -> Result<Vec<Job>, DbError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(JOBS).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -158,7 +156,7 @@ mod tests {
     fn jobs_survive_reopening_in_submission_order() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = JobStore::open(dir.path()).unwrap();
+            let s = JobDb::open(dir.path()).unwrap();
             s.put(&job("j-b", 2)).unwrap();
             s.put(&job("j-a", 1)).unwrap();
             let mut j = job("j-c", 3);
@@ -167,7 +165,7 @@ mod tests {
             s.put(&j).unwrap();
             s.delete("j-b").unwrap();
         }
-        let s = JobStore::open(dir.path()).unwrap();
+        let s = JobDb::open(dir.path()).unwrap();
         let all = s.load_all().unwrap();
         let ids: Vec<_> = all.iter().map(|j| j.id.as_str()).collect();
         assert_eq!(ids, ["j-a", "j-c"]);
