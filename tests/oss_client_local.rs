@@ -972,7 +972,11 @@ async fn control_requests_are_retried_by_the_transport() {
     assert_eq!(id, "U1");
     assert!(store.list_parts("k", &id).await.unwrap().is_empty());
     assert_eq!(
-        store.complete("k", &id, &[(1, "P1".into())]).await.unwrap().etag,
+        store
+            .complete("k", &id, &[(1, "P1".into())])
+            .await
+            .unwrap()
+            .etag,
         "AB-1"
     );
     store.abort("k", &id).await.unwrap();

@@ -1,6 +1,6 @@
 //! One HTTP transport for every client of the crate: OSS ([`crate::oss`]), the Alibaba Cloud
-//! RPC APIs ([`crate::ecs::rpc`]) and the instance metadata service
-//! ([`crate::credentials::imds`]).
+//! RPC APIs ([`crate::ecs::rpc`]), the instance metadata service
+//! ([`crate::credentials::imds`]) and `ossrelay jobs`, the daemon API's client.
 //!
 //! # The one rule for failure
 //!
@@ -37,7 +37,8 @@
 //! clients (RPC, metadata) bound a whole attempt as well ([`Timeouts::attempt`]).
 //!
 //! # What else lives here
-//! * TLS: rustls with the webpki roots; certificate verification cannot be turned off.
+//! * TLS: rustls with the webpki roots, or a private CA ([`Roots`]: `ossrelay jobs --cacert`);
+//!   certificate verification cannot be turned off.
 //! * Proxies from the environment ([`proxy`]); loopback and the metadata service never go
 //!   through one.
 //! * Network errors classified into [`ErrorClass`] ([`NetError::class`]); dialects map their
@@ -55,7 +56,7 @@ use std::time::Duration;
 
 pub use backoff::Backoff;
 pub use body::{error_chain, read_limited, BodyStream, ReqBody};
-pub use transport::{Metered, NetError, Timeouts, Transport, TransportConfig};
+pub use transport::{Metered, NetError, Roots, Timeouts, Transport, TransportConfig};
 
 use crate::store::ErrorClass;
 

@@ -22,11 +22,21 @@ use crate::store::{ErrorClass, StoreError};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// Which certificate authorities a TLS peer must chain to. Verification is always on.
+#[derive(Debug, Clone)]
+pub enum Roots {
+    /// The public web roots (webpki-roots): OSS, the cloud APIs.
+    Webpki,
+    /// A private CA only (`ossrelay jobs --cacert`, a daemon with its own certificate).
+    Custom(rustls::RootCertStore),
+}
+
 /// How connections are made and pooled.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
     /// DNS + TCP connect (+ proxy CONNECT) limit.
     pub connect_timeout: Duration,
+    pub roots: Roots,
     /// Outbound proxy; [`ProxyConfig::none`] for a client that must never use one (the
     /// metadata service).
     pub proxy: ProxyConfig,
@@ -43,6 +53,7 @@ impl TransportConfig {
     pub fn new(connect_timeout: Duration) -> Self {
         Self {
             connect_timeout,
+            roots: Roots::Webpki,
             proxy: ProxyConfig::from_env(),
             pool_idle_timeout: Duration::from_secs(30),
             pool_max_idle_per_host: usize::MAX,
@@ -218,12 +229,27 @@ impl Transport {
     pub fn new(cfg: &TransportConfig) -> Result<Self, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
+        // Without TCP_NODELAY a request written right after the client's last handshake
+        // message waits for the peer's delayed ACK: a whole `ossrelay jobs list` over HTTPS on
+        // loopback took a median 51.7 ms with it off and 3.5 ms with it on (30 runs each).
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(cfg.tcp_keepalive);
-        let https = HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| format!("TLS setup failed: {e}"))?
+        let provider = rustls::crypto::ring::default_provider();
+        let builder = match &cfg.roots {
+            Roots::Webpki => HttpsConnectorBuilder::new()
+                .with_provider_and_webpki_roots(provider)
+                .map_err(|e| format!("TLS setup failed: {e}"))?,
+            Roots::Custom(roots) => {
+                let tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| format!("TLS setup failed: {e}"))?
+                    .with_root_certificates(roots.clone())
+                    .with_no_client_auth();
+                HttpsConnectorBuilder::new().with_tls_config(tls)
+            }
+        };
+        let https = builder
             .https_or_http()
             .enable_http1()
             .wrap_connector(ProxyConnector::new(http, cfg.proxy.clone()));

@@ -199,7 +199,6 @@ impl OssClient {
         let endpoint = Endpoint::resolve(&cfg.endpoint, cfg.force_path_style)?;
         let region = super::endpoint::normalize_region(&cfg.region)?;
         let transport = Transport::new(&TransportConfig {
-            connect_timeout: cfg.connect_timeout,
             proxy: cfg.proxy,
             pool_idle_timeout: Duration::from_secs(50),
             pool_max_idle_per_host: 256,
@@ -209,6 +208,7 @@ impl OssClient {
             // that size) the queued and pinned buffers made RSS depend on how long a copy ran.
             max_buf_size: Some(CONN_BUF_SIZE),
             tcp_keepalive: Some(Duration::from_secs(30)),
+            ..TransportConfig::new(cfg.connect_timeout)
         })
         .map_err(OssError::config)?;
         Ok(OssClient {
