@@ -291,19 +291,22 @@ impl OssClient {
             method: &method,
             query: &query,
         };
-        let (replay, bytes, stream) = match payload {
+        let (replay, bytes, mut stream) = match payload {
             Payload::Empty => (Replay::Replayable, None, None),
             Payload::Bytes(b) => (Replay::Replayable, Some(b), None),
             Payload::Stream(s, len) => (Replay::Once, None, Some((s, len))),
         };
-        let mut stream = stream;
         let headers = &headers;
         let bytes = &bytes;
         let result = crate::http::retry(&self.inner.retry, replay, op, |attempt| {
-            let (body, len) = match (stream.take(), bytes) {
-                (Some((s, len)), _) => (ReqBody::stream(s, len), Some(len)),
-                (None, Some(b)) => (ReqBody::full(b.clone()), Some(b.len() as u64)),
-                (None, None) => (ReqBody::Empty, None),
+            let (body, len) = match (bytes, replay) {
+                (Some(b), _) => (ReqBody::full(b.clone()), Some(b.len() as u64)),
+                (None, Replay::Replayable) => (ReqBody::Empty, None),
+                (None, Replay::Once) => {
+                    // `Replay::Once` makes this the only attempt.
+                    let (s, len) = stream.take().expect("a streaming body is sent once");
+                    (ReqBody::stream(s, len), Some(len))
+                }
             };
             let headers = headers.clone();
             async move {
