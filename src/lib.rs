@@ -13,11 +13,13 @@ pub use checksum::crc64;
 pub mod credentials;
 pub mod daemon;
 pub mod ecs;
+pub mod http;
 pub mod locate;
 pub mod metrics;
 pub mod migrate;
 pub mod oss;
-pub mod proxy;
+/// Proxies from the environment (moved to [`crate::http::proxy`]; this path stays for callers).
+pub use self::http::proxy;
 pub mod sim;
 pub mod store;
 pub mod transfer;

@@ -942,3 +942,56 @@ async fn chunked_ranged_body_is_accepted_and_length_checked() {
     let data: Vec<Bytes> = out.body.map(|r| r.unwrap()).collect().await;
     assert_eq!(data.concat(), b"0123456789");
 }
+
+/// Moved from the engine's "create error" / "head error" cases, with the retrying of control
+/// requests: a transient or throttled HEAD, Initiate, ListParts, Complete or Abort is retried
+/// by the transport (a replayable request), once per failure, and the store counts it.
+#[tokio::test]
+async fn control_requests_are_retried_by_the_transport() {
+    let d = double(Arc::new(|n, r| {
+        // Every even request fails: each operation's first attempt.
+        if n % 2 == 0 {
+            return if n % 4 == 0 {
+                reply(503, &[], "<Error><Code>SlowDown</Code></Error>")
+            } else {
+                reply(500, &[], "<Error><Code>InternalError</Code></Error>")
+            };
+        }
+        let q = r.path_and_query.as_str();
+        match (r.method.as_str(), q) {
+            ("HEAD", _) => head_ok(),
+            ("POST", q) if q.ends_with("?uploads") => reply(200, &[], "<InitiateMultipartUploadResult><Bucket>bkt</Bucket><Key>k</Key><UploadId>U1</UploadId></InitiateMultipartUploadResult>"),
+            ("GET", _) => reply(200, &[], "<ListPartsResult><IsTruncated>false</IsTruncated></ListPartsResult>"),
+            ("POST", _) => reply(200, &[("etag", "\"AB-1\"")], "<CompleteMultipartUploadResult><ETag>\"AB-1\"</ETag></CompleteMultipartUploadResult>"),
+            ("DELETE", _) => reply(204, &[], Bytes::new()),
+            _ => reply(400, &[], "<Error><Code>InvalidArgument</Code></Error>"),
+        }
+    }))
+    .await;
+    let c = client(&format!("http://127.0.0.1:{}", d.addr.port()), None);
+    let b = c.bucket("bkt");
+    let store: &dyn ObjectStore = &b;
+    assert_eq!(store.head("k").await.unwrap().size, 9);
+    let id = store
+        .create_multipart("k", 1 << 20, &PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(id, "U1");
+    assert!(store.list_parts("k", &id).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .complete(
+                "k",
+                &id,
+                &[(1, "P1".into())],
+                &ossrelay::checksum::Checksums::new()
+            )
+            .await
+            .unwrap()
+            .etag,
+        "AB-1"
+    );
+    store.abort("k", &id).await.unwrap();
+    assert_eq!(d.requests().len(), 10, "two attempts per operation");
+    assert_eq!(store.retries(), 5, "one retry per operation, counted");
+}

@@ -164,8 +164,6 @@ pub async fn run(args: CopyArgs) -> i32 {
         bandwidth: args.bandwidth,
         state_dir: args.state_dir.clone().or_else(default_state_dir),
         resume: !args.no_resume,
-        idle_timeout: args.stall_timeout,
-        request_timeout: args.stall_timeout,
         decoder_cpu: args.decoder_cpu,
         ..CopyOptions::default()
     };

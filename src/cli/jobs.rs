@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Map, Value};
+
+use crate::http::proxy::ProxyConfig;
+use crate::http::{NetError, ReqBody, Roots, Transport, TransportConfig};
 
 use super::util::human_bytes;
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
@@ -165,15 +165,15 @@ fn loopback_url(url: &str) -> bool {
     }
 }
 
+/// The daemon's answer must start within this long.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The HTTPS client: certificates verified against `cacert` when given (a private CA), else
-/// the public web roots. There is deliberately no way to skip verification.
+/// the public web roots. There is deliberately no way to skip verification. Never through a
+/// proxy (as before the shared transport: the daemon is usually on this machine or network).
 fn client(cacert: Option<&std::path::Path>) -> Result<ApiClient, CallError> {
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = match cacert {
-        None => builder
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| CallError(EXIT_FAILED, format!("cannot set up TLS: {e}")))?,
+    let roots = match cacert {
+        None => Roots::Webpki,
         Some(path) => {
             use rustls::pki_types::pem::PemObject;
             let bad = |what: String| {
@@ -193,28 +193,18 @@ fn client(cacert: Option<&std::path::Path>) -> Result<ApiClient, CallError> {
             if roots.is_empty() {
                 return Err(bad("it holds no certificate".into()));
             }
-            let cfg = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| CallError(EXIT_FAILED, format!("cannot set up TLS: {e}")))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            builder.with_tls_config(cfg)
+            Roots::Custom(roots)
         }
     };
-    // Without TCP_NODELAY the request, written right after the client's last handshake
-    // message, waits for the daemon's delayed ACK: a whole `ossrelay jobs list` over HTTPS on
-    // loopback took a median 51.7 ms with it off and 3.5 ms with it on (30 runs each).
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let https = builder.https_or_http().enable_http1().wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).build(https))
+    Transport::new(&TransportConfig {
+        roots,
+        proxy: ProxyConfig::none(),
+        ..TransportConfig::new(ANSWER_TIMEOUT)
+    })
+    .map_err(|e| CallError(EXIT_FAILED, format!("cannot set up TLS: {e}")))
 }
 
-type ApiClient = Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Full<Bytes>,
->;
+type ApiClient = Transport;
 
 /// A failed API call: the exit code and a one-line message.
 struct CallError(i32, String);
@@ -242,19 +232,24 @@ impl Api {
             }
             None => Bytes::new(),
         };
+        let body = if bytes.is_empty() {
+            ReqBody::Empty
+        } else {
+            ReqBody::full(bytes)
+        };
         let req = req
-            .body(Full::new(bytes))
+            .body(body)
             .map_err(|e| CallError(EXIT_USAGE, format!("invalid server URL {url:?}: {e}")))?;
-        let resp = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
+        let resp = self
+            .client
+            .send(req, ANSWER_TIMEOUT, None)
             .await
-            .map_err(|_| {
-                CallError(
+            .map_err(|e| match e {
+                NetError::Stalled(t) | NetError::Deadline(t) => CallError(
                     EXIT_FAILED,
-                    format!("{} did not answer within 60s", self.base),
-                )
-            })?
-            .map_err(|e| {
-                CallError(
+                    format!("{} did not answer within {}s", self.base, t.as_secs()),
+                ),
+                e => CallError(
                     EXIT_FAILED,
                     format!(
                         "{UNREACHABLE} at {}: {} (is `ossrelay serve` running? see --server{})",
@@ -266,24 +261,22 @@ impl Api {
                             ""
                         }
                     ),
-                )
+                ),
             })?;
         let status = resp.status().as_u16();
         // --server may point at anything; a hostile or mistaken endpoint must not make us
         // buffer an unbounded answer (the daemon's largest, a full job list, is far smaller).
-        let body = Limited::new(resp.into_body(), MAX_ANSWER)
-            .collect()
+        let body = crate::http::read_limited(resp.into_body(), MAX_ANSWER, ANSWER_TIMEOUT, "answer")
             .await
             .map_err(|e| {
                 CallError(
                     EXIT_FAILED,
                     format!(
-                        "reading the answer of {}: {e} (limit {MAX_ANSWER} bytes; is --server an `ossrelay serve`?)",
-                        self.base
+                        "reading the answer of {}: {} (limit {MAX_ANSWER} bytes; is --server an `ossrelay serve`?)",
+                        self.base, e.message
                     ),
                 )
-            })?
-            .to_bytes();
+            })?;
         let v: Value = if body.is_empty() {
             Value::Null
         } else {

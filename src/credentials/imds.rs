@@ -8,10 +8,13 @@
 //! be reached at all, the provider fails at once: a v1 request would not reach it either, and
 //! the default chain must not stall on machines outside ECS.
 //!
-//! Never proxied: this client connects directly and ignores `HTTPS_PROXY` / `HTTP_PROXY`
-//! ([`crate::proxy`] is not used). The metadata service is a link-local address answering only
-//! the instance itself; through a proxy the request would either fail or, worse, fetch the
-//! *proxy host's* role credentials.
+//! Never proxied: this client's transport is built with [`ProxyConfig::none`], so it connects
+//! directly and ignores `HTTPS_PROXY` / `HTTP_PROXY`. The metadata service is a link-local
+//! address answering only the instance itself; through a proxy the request would either fail
+//! or, worse, fetch the *proxy host's* role credentials.
+//!
+//! One attempt per request (see [`crate::http`]): the service answers at once on an instance,
+//! and the credentials cache retries a failed refresh on its own schedule.
 
 use std::fmt;
 use std::time::Duration;
@@ -19,14 +22,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
 use super::cache::RefreshingProvider;
 use super::{parse_expiration, Credentials, CredentialsError, CredentialsProvider, EnvLookup};
+use crate::http::proxy::ProxyConfig;
+use crate::http::{ReqBody, Timeouts, Transport, TransportConfig};
 
 /// The metadata service address on every ECS instance.
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://100.100.100.200";
@@ -55,7 +56,7 @@ pub struct EcsRamRoleProvider {
     imdsv1_disabled: bool,
     token_ttl_seconds: u32,
     read_timeout: Duration,
-    client: Client<HttpConnector, Full<Bytes>>,
+    transport: Transport,
 }
 
 impl fmt::Debug for EcsRamRoleProvider {
@@ -91,7 +92,7 @@ impl EcsRamRoleProvider {
             imdsv1_disabled: env.flag(ENV_IMDSV1_DISABLED),
             token_ttl_seconds: 21600,
             read_timeout: Duration::from_secs(1),
-            client: build_client(Duration::from_secs(1)),
+            transport: build_transport(Duration::from_secs(1)),
         };
         p.endpoint = endpoint.trim().trim_end_matches('/').to_string();
         p
@@ -105,7 +106,7 @@ impl EcsRamRoleProvider {
 
     /// Changes the connect and read timeouts (default 1 s each).
     pub fn with_timeouts(mut self, connect: Duration, read: Duration) -> Self {
-        self.client = build_client(connect);
+        self.transport = build_transport(connect);
         self.read_timeout = read;
         self
     }
@@ -146,34 +147,21 @@ impl EcsRamRoleProvider {
             b = b.header(*k, v);
         }
         let req = b
-            .body(Full::new(Bytes::new()))
+            .body(ReqBody::Empty)
             .map_err(|e| Failure::Unreachable(format!("bad request: {e}")))?;
-        let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| Failure::Unreachable(e.to_string()))?;
-            let status = resp.status();
-            let body = Limited::new(resp.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| Failure::Unreachable(format!("reading the body failed: {e}")))?
-                .to_bytes();
-            if status == StatusCode::OK {
-                Ok(body)
-            } else {
-                Err(Failure::Status(status))
-            }
+        let timeouts = Timeouts {
+            stall: self.read_timeout,
+            attempt: Some(self.read_timeout),
         };
-        tokio::time::timeout(self.read_timeout, exchange)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Failure::Unreachable(format!(
-                    "no answer within {:?}",
-                    self.read_timeout
-                )))
-            })
+        match self.transport.fetch(req, timeouts, MAX_BODY, None).await {
+            Ok((StatusCode::OK, _, body)) => Ok(body),
+            Ok((status, _, _)) => Err(Failure::Status(status)),
+            Err(e) if e.timed_out().is_some() => Err(Failure::Unreachable(format!(
+                "no answer within {:?}",
+                self.read_timeout
+            ))),
+            Err(e) => Err(Failure::Unreachable(e.to_string())),
+        }
     }
 
     /// `Some(token)`, or `None` to continue with v1.
@@ -233,11 +221,13 @@ impl EcsRamRoleProvider {
     }
 }
 
-fn build_client(connect_timeout: Duration) -> Client<HttpConnector, Full<Bytes>> {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(http)
+/// A transport that never uses a proxy (see the module doc).
+fn build_transport(connect_timeout: Duration) -> Transport {
+    Transport::new(&TransportConfig {
+        proxy: ProxyConfig::none(),
+        ..TransportConfig::new(connect_timeout)
+    })
+    .expect("the ring provider supports the default TLS versions")
 }
 
 #[derive(Deserialize)]

@@ -4,26 +4,25 @@
 //! parameters), which every RPC product accepts. The V3 (`ACS3-HMAC-SHA256`) functions are here
 //! so the algorithm is pinned by the reference vectors; the client itself sends V1.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http::{header, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 use crate::credentials::{Credentials, CredentialsError, CredentialsProvider};
-use crate::metrics::{REQUESTS_TOTAL, REQUEST_DURATION_SECONDS, RETRIES_TOTAL};
-use crate::proxy::{ProxyConfig, ProxyConnector};
+use crate::http::proxy::ProxyConfig;
+use crate::http::{Metered, Replay, ReqBody, Retryable, Timeouts, Transport, TransportConfig};
 use crate::store::ErrorClass;
+
+/// How often and how patiently calls are retried (the transport's policy type; the default
+/// is 5 attempts, 0.5 s doubling up to 20 s).
+pub use crate::http::RetryPolicy;
 
 /// ECS API version.
 pub const ECS_VERSION: &str = "2014-05-26";
@@ -388,43 +387,11 @@ pub fn interpret_response(
 // ---------------------------------------------------------------------------------------------
 // The client
 
-/// Retry policy: jittered exponential backoff for throttling, 5xx and transport errors.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Total attempts, including the first.
-    pub max_attempts: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(20),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Delay before attempt `attempt + 1` (attempt counts from 1): half fixed, half random,
-    /// so many clients throttled together do not come back together.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(self.max_delay);
-        let jittered = exp / 2 + exp.mul_f64(rand::thread_rng().gen_range(0.0..0.5));
-        retry_after.map_or(jittered, |r| r.max(jittered))
-    }
-}
-
 /// Sends signed RPC requests over HTTPS (rustls, certificate verification on; plain `http://`
 /// endpoints are accepted for local test doubles).
 #[derive(Clone)]
 pub struct RpcClient {
-    http: Client<HttpsConnector<ProxyConnector>, Full<Bytes>>,
+    transport: Transport,
     retry: RetryPolicy,
     timeout: Duration,
 }
@@ -453,20 +420,13 @@ impl RpcClient {
 
     /// Like [`RpcClient::new`], through the given proxy settings.
     pub fn with_proxy(proxy: ProxyConfig) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .expect("the ring provider supports the default TLS versions")
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(ProxyConnector::new(http, proxy));
+        let transport = Transport::new(&TransportConfig {
+            proxy,
+            ..TransportConfig::new(Duration::from_secs(10))
+        })
+        .expect("the ring provider supports the default TLS versions");
         Self {
-            http: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(https),
+            transport,
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(30),
         }
@@ -535,34 +495,25 @@ impl RpcClient {
         secret: Option<&str>,
         req: &RpcRequest,
     ) -> Result<serde_json::Value, RpcError> {
-        let mut attempt = 1;
-        loop {
-            let c = match creds {
-                Some(p) => Some(p.credentials().await?),
-                None => None,
-            };
-            let redact_with = c.clone().unwrap_or_else(|| Credentials {
-                access_key_id: String::new(),
-                access_key_secret: String::new(),
-                security_token: secret.map(str::to_string),
-                expiration: None,
-            });
-            match self.attempt(c.as_ref(), &redact_with, req).await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() && attempt < self.retry.max_attempts => {
-                    let retry_after = match &e {
-                        RpcError::Api(a) => a.retry_after,
-                        _ => None,
-                    };
-                    let delay = self.retry.delay(attempt, retry_after);
-                    metrics::counter!(RETRIES_TOTAL, "reason" => e.class().as_str()).increment(1);
-                    tracing::warn!(action = %req.action, attempt, error = %e, ?delay, "retrying RPC call");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        crate::http::retry(
+            &self.retry,
+            Replay::Replayable,
+            &req.action,
+            |_| async move {
+                let c = match creds {
+                    Some(p) => Some(p.credentials().await?),
+                    None => None,
+                };
+                let redact_with = c.clone().unwrap_or_else(|| Credentials {
+                    access_key_id: String::new(),
+                    access_key_secret: String::new(),
+                    security_token: secret.map(str::to_string),
+                    expiration: None,
+                });
+                self.attempt(c.as_ref(), &redact_with, req).await
+            },
+        )
+        .await
     }
 
     async fn attempt(
@@ -590,76 +541,62 @@ impl RpcClient {
         if body.is_some() {
             builder = builder.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         }
-        let http_req = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| RpcError::InvalidEndpoint {
-                endpoint: base.clone(),
-                reason: e.to_string(),
-            })?;
+        let body = match body {
+            Some(b) if !b.is_empty() => ReqBody::full(Bytes::from(b)),
+            _ => ReqBody::Empty,
+        };
+        let http_req = builder.body(body).map_err(|e| RpcError::InvalidEndpoint {
+            endpoint: base.clone(),
+            reason: e.to_string(),
+        })?;
 
-        let started = Instant::now();
-        let service = req.service();
         let action = req.action.clone();
-        let exchange = async {
-            let resp = self
-                .http
-                .request(http_req)
-                .await
-                .map_err(|e| RpcError::Transport {
+        let meter = Metered {
+            service: req.service(),
+            operation: &action,
+        };
+        let timeouts = Timeouts {
+            stall: self.timeout,
+            attempt: Some(self.timeout),
+        };
+        let (status, headers, bytes) = self
+            .transport
+            .fetch(http_req, timeouts, MAX_BODY, Some(meter))
+            .await
+            .map_err(|e| match e.timed_out() {
+                Some(_) => RpcError::Timeout {
                     action: action.clone(),
                     endpoint: base.clone(),
-                    reason: transport_reason(&e),
-                })?;
-            let status = resp.status();
-            let retry_after = resp
-                .headers()
-                .get("x-acs-retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(|s| Duration::from_secs_f64(s.min(300.0)));
-            let bytes = Limited::new(resp.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| RpcError::Transport {
+                    timeout: self.timeout,
+                },
+                None => RpcError::Transport {
                     action: action.clone(),
                     endpoint: base.clone(),
-                    reason: format!("reading the response body failed: {e}"),
-                })?
-                .to_bytes();
-            Ok::<_, RpcError>((status, retry_after, bytes))
-        };
-        let outcome = match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(RpcError::Timeout {
-                action: action.clone(),
-                endpoint: base.clone(),
-                timeout: self.timeout,
-            }),
-        };
-        metrics::histogram!(REQUEST_DURATION_SECONDS, "operation" => action.clone())
-            .record(started.elapsed().as_secs_f64());
-        let status_label = match &outcome {
-            Ok((s, _, _)) => s.as_u16().to_string(),
-            Err(_) => "error".to_string(),
-        };
-        metrics::counter!(REQUESTS_TOTAL, "service" => service, "operation" => action.clone(), "status" => status_label).increment(1);
-        let (status, retry_after, bytes) = outcome?;
+                    reason: e.to_string(),
+                },
+            })?;
+        let retry_after = headers
+            .get("x-acs-retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(300.0)));
         tracing::debug!(action = %action, endpoint = %base, status = status.as_u16(), "RPC response");
         interpret_response(&action, &base, status, retry_after, &bytes, redact_with)
     }
 }
 
-fn transport_reason(e: &hyper_util::client::legacy::Error) -> String {
-    use std::error::Error;
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
+impl Retryable for RpcError {
+    fn class(&self) -> ErrorClass {
+        RpcError::class(self)
     }
-    msg
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RpcError::Api(a) => a.retry_after,
+            _ => None,
+        }
+    }
 }
 
 /// A random UUID-shaped nonce.
@@ -1218,30 +1155,6 @@ mod tests {
         assert!(!text.contains("topsecret"), "{text}");
         assert!(!text.contains("tok%252Fen"), "{text}");
         assert_eq!(err.class(), ErrorClass::Auth);
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_honours_retry_after() {
-        let r = RetryPolicy {
-            max_attempts: 5,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-        };
-        for _ in 0..50 {
-            let d1 = r.delay(1, None);
-            assert!(
-                d1 >= Duration::from_millis(50) && d1 < Duration::from_millis(100),
-                "{d1:?}"
-            );
-            let d3 = r.delay(3, None);
-            assert!(
-                d3 >= Duration::from_millis(200) && d3 < Duration::from_millis(400),
-                "{d3:?}"
-            );
-            let d9 = r.delay(9, None);
-            assert!(d9 <= Duration::from_secs(1), "{d9:?}");
-        }
-        assert!(r.delay(1, Some(Duration::from_secs(2))) >= Duration::from_secs(2));
     }
 
     #[test]

@@ -10,10 +10,11 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use md5::{Digest, Md5};
 
-use super::client::{read_limited, BodyStream, OssClient, OssRequest, Payload, MAX_XML_BODY};
+use super::client::{read_limited, OssClient, OssRequest, Payload, MAX_XML_BODY};
 use super::error::OssError;
 use super::xml::{self, BucketInfo, LifecycleConfiguration};
 use crate::checksum::{Algorithm, Checksum, Checksums};
+use crate::http::BodyStream;
 use crate::store::{
     ByteStream, ChecksumCaps, ErrorClass, Limits, ListedPart, ListedUpload, ObjectMeta,
     ObjectStore, PartSpec, PutOptions, StoreError, Uploaded,

@@ -1,38 +1,29 @@
-//! The HTTP side: connection pool, TLS, signing at send time, timeouts, retries, metrics.
+//! The OSS side of a request: endpoint addressing, signing at send time, error answers and
+//! the clock offset. Connections, TLS, proxies, timeouts, retries and request metrics are the
+//! shared transport's ([`crate::http`]).
 
-use std::error::Error as StdError;
 use std::fmt;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt};
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use http::{Method, Request, Response};
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use rand::Rng;
 use tracing::Instrument;
 
 use super::endpoint::{Endpoint, EndpointSpec};
 use super::error::{clock_offset_ms, ErrorContext, OssError};
 use super::sign::{sign_request, SignContext, SignVersion};
 use crate::credentials::{CredentialsError, CredentialsProvider};
-use crate::proxy::{ProxyConfig, ProxyConnector};
-use crate::store::{ByteStream, ErrorClass, StoreError};
+use crate::http::proxy::ProxyConfig;
+use crate::http::{
+    Metered, NetError, Replay, ReqBody, RetryPolicy, Retryable, Transport, TransportConfig,
+};
+use crate::store::{ByteStream, ErrorClass};
 
-/// Backoff base and cap for in-client retries (decorrelated jitter).
-const BACKOFF_BASE: Duration = Duration::from_millis(200);
-const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// Largest error or XML response body we read into memory.
 pub(crate) const MAX_XML_BODY: usize = 16 * 1024 * 1024;
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -52,9 +43,11 @@ pub struct OssConfig {
     pub sign_version: SignVersion,
     pub force_path_style: bool,
     pub connect_timeout: Duration,
-    /// Longest wait for response headers, and longest silence between body chunks.
+    /// The stall timer ([`crate::http`]): longest wait for response headers after the last
+    /// request-body byte, and longest silence between response-body chunks.
     pub read_timeout: Duration,
-    /// Attempts for requests without a streaming body (streaming ones are single-shot).
+    /// Attempts for requests without a streaming body, the first included (streaming ones
+    /// are single-shot); default [`crate::http::OSS_MAX_ATTEMPTS`].
     pub max_attempts: u32,
     /// Connect to this address instead of resolving the endpoint host; `Host` still names
     /// the bucket host (tests, or pinning an endpoint's address).
@@ -82,7 +75,7 @@ impl OssConfig {
             force_path_style: false,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
-            max_attempts: 4,
+            max_attempts: crate::http::OSS_MAX_ATTEMPTS,
             connect_to: None,
             region_flag: "--region".into(),
             proxy: ProxyConfig::from_env(),
@@ -107,8 +100,6 @@ impl fmt::Debug for OssConfig {
     }
 }
 
-type HttpClient = Client<HttpsConnector<ProxyConnector>, ReqBody>;
-
 /// An OSS client: cheap to clone, one connection pool shared by all clones.
 #[derive(Clone)]
 pub struct OssClient {
@@ -121,14 +112,14 @@ pub(crate) struct Inner {
     credentials: Arc<dyn CredentialsProvider>,
     sign_version: SignVersion,
     pub(crate) read_timeout: Duration,
-    max_attempts: u32,
+    retry: RetryPolicy,
     connect_to: Option<SocketAddr>,
     pub(crate) region_flag: String,
-    http: HttpClient,
+    transport: Transport,
     /// Server clock minus local clock, learned from RequestTimeTooSkewed.
     clock_offset_ms: AtomicI64,
-    epoch: Instant,
-    /// Requests retried inside [`OssClient`] (streaming bodies are retried by the engine).
+    /// Requests retried by the transport for this client (streaming bodies are retried by
+    /// the engine, as new parts).
     retries: AtomicU64,
     /// Whether the endpoint has sent any HTTP response yet (see [`OssError::never_answered`]).
     answered: AtomicBool,
@@ -207,26 +198,19 @@ impl OssClient {
     pub fn new(cfg: OssConfig) -> Result<OssClient, OssError> {
         let endpoint = Endpoint::resolve(&cfg.endpoint, cfg.force_path_style)?;
         let region = super::endpoint::normalize_region(&cfg.region)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(30)));
-        let https = HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| OssError::config(format!("TLS setup failed: {e}")))?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(ProxyConnector::new(http, cfg.proxy.clone()));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(50))
-            .pool_max_idle_per_host(256)
+        let transport = Transport::new(&TransportConfig {
+            proxy: cfg.proxy,
+            pool_idle_timeout: Duration::from_secs(50),
+            pool_max_idle_per_host: 256,
             // Small connection buffers: a body chunk keeps its whole read buffer alive until
             // it is uploaded, however few bytes the read returned, and hyper queues chunks up
             // to this size per upload connection. With hyper's default (~400 KiB, reads up to
             // that size) the queued and pinned buffers made RSS depend on how long a copy ran.
-            .http1_max_buf_size(CONN_BUF_SIZE)
-            .build(https);
+            max_buf_size: Some(CONN_BUF_SIZE),
+            tcp_keepalive: Some(Duration::from_secs(30)),
+            ..TransportConfig::new(cfg.connect_timeout)
+        })
+        .map_err(OssError::config)?;
         Ok(OssClient {
             inner: Arc::new(Inner {
                 endpoint,
@@ -234,14 +218,13 @@ impl OssClient {
                 credentials: cfg.credentials,
                 sign_version: cfg.sign_version,
                 read_timeout: cfg.read_timeout,
-                max_attempts: cfg.max_attempts.max(1),
+                retry: RetryPolicy::oss(cfg.max_attempts),
                 connect_to: cfg.connect_to,
                 region_flag: cfg.region_flag,
-                http: client,
+                transport,
                 clock_offset_ms: AtomicI64::new(0),
                 retries: AtomicU64::new(0),
                 answered: AtomicBool::new(false),
-                epoch: Instant::now(),
             }),
         })
     }
@@ -283,8 +266,8 @@ impl OssClient {
         }
     }
 
-    /// Sends a request, retrying retryable failures with backoff when the body can be
-    /// replayed; a streaming body gets exactly one attempt. Returns only 2xx responses.
+    /// Sends a request; the transport retries it ([`crate::http::retry`]) when its body can
+    /// be replayed, a streaming body gets exactly one attempt. Returns only 2xx responses.
     pub(crate) async fn send(&self, req: OssRequest<'_>) -> Result<Response<Incoming>, OssError> {
         let OssRequest {
             op,
@@ -303,78 +286,58 @@ impl OssClient {
             signing_region: &self.inner.region,
             endpoint_host: &self.inner.endpoint.host,
         };
-        let parts = Parts {
+        let parts = &Parts {
             ctx,
             method: &method,
             query: &query,
         };
-        match payload {
-            Payload::Stream(stream, len) => {
-                let activity = Arc::new(AtomicU64::new(self.elapsed_ms()));
-                let body = ReqBody::Stream {
-                    stream,
-                    remaining: len,
-                    activity: Some((self.inner.epoch, activity.clone())),
-                };
-                self.attempt(&parts, headers, body, Some(len), activity, 1)
-                    .await
-            }
-            payload => {
-                let bytes = match payload {
-                    Payload::Bytes(b) => Some(b),
-                    _ => None,
-                };
-                let mut sleep = BACKOFF_BASE;
-                let mut attempt = 1;
-                loop {
-                    let body = match &bytes {
-                        Some(b) => ReqBody::Full(Some(b.clone())),
-                        None => ReqBody::Empty,
-                    };
-                    let len = bytes.as_ref().map(|b| b.len() as u64);
-                    let activity = Arc::new(AtomicU64::new(self.elapsed_ms()));
-                    match self
-                        .attempt(&parts, headers.clone(), body, len, activity, attempt)
-                        .await
-                    {
-                        Ok(r) => return Ok(r),
-                        Err(mut e) => {
-                            e.attempts = attempt;
-                            if !e.class.is_retryable() || attempt >= self.inner.max_attempts {
-                                if e.never_answered && e.class.is_retryable() {
-                                    // Callers retry transient errors again, for minutes: an
-                                    // endpoint that never answered is a configuration problem
-                                    // until proven otherwise, so say so now.
-                                    e.class = ErrorClass::Client;
-                                    e.message.push_str(
-                                        "; the endpoint has not answered any request: check the endpoint, region and network",
-                                    );
-                                }
-                                return Err(e);
-                            }
-                            metrics::counter!(crate::metrics::RETRIES_TOTAL, "reason" => e.class.as_str())
-                                .increment(1);
-                            self.inner.retries.fetch_add(1, Ordering::Relaxed);
-                            if e.class != ErrorClass::ClockSkew {
-                                sleep = next_backoff(sleep);
-                                tracing::debug!(op, attempt, error = %e, delay_ms = sleep.as_millis() as u64, "retrying OSS request");
-                                tokio::time::sleep(sleep).await;
-                            }
-                            attempt += 1;
-                        }
-                    }
+        let (replay, bytes, mut stream) = match payload {
+            Payload::Empty => (Replay::Replayable, None, None),
+            Payload::Bytes(b) => (Replay::Replayable, Some(b), None),
+            Payload::Stream(s, len) => (Replay::Once, None, Some((s, len))),
+        };
+        let headers = &headers;
+        let bytes = &bytes;
+        let result = crate::http::retry(&self.inner.retry, replay, op, |attempt| {
+            let (body, len) = match (bytes, replay) {
+                (Some(b), _) => (ReqBody::full(b.clone()), Some(b.len() as u64)),
+                (None, Replay::Replayable) => (ReqBody::Empty, None),
+                (None, Replay::Once) => {
+                    // `Replay::Once` makes this the only attempt.
+                    let (s, len) = stream.take().expect("a streaming body is sent once");
+                    (ReqBody::stream(s, len), Some(len))
                 }
+            };
+            let headers = headers.clone();
+            async move {
+                if attempt > 1 {
+                    self.inner.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                self.attempt(parts, headers, body, len, attempt)
+                    .await
+                    .map_err(|mut e| {
+                        e.attempts = attempt;
+                        e
+                    })
             }
-        }
+        })
+        .await;
+        result.map_err(|mut e| {
+            if replay == Replay::Replayable && e.never_answered && e.class.is_retryable() {
+                // Callers retry transient errors again, for minutes: an endpoint that never
+                // answered is a configuration problem until proven otherwise, so say so now.
+                e.class = ErrorClass::Client;
+                e.message.push_str(
+                    "; the endpoint has not answered any request: check the endpoint, region and network",
+                );
+            }
+            e
+        })
     }
 
     /// Requests this client retried on its own so far.
     pub fn retries(&self) -> u64 {
         self.inner.retries.load(Ordering::Relaxed)
-    }
-
-    fn elapsed_ms(&self) -> u64 {
-        self.inner.epoch.elapsed().as_millis() as u64
     }
 
     async fn attempt(
@@ -383,7 +346,6 @@ impl OssClient {
         mut headers: HeaderMap,
         body: ReqBody,
         len: Option<u64>,
-        activity: Arc<AtomicU64>,
         attempt: u32,
     ) -> Result<Response<Incoming>, OssError> {
         let ctx = &p.ctx;
@@ -450,26 +412,28 @@ impl OssClient {
             status = tracing::field::Empty,
             request_id = tracing::field::Empty,
         );
-        let started = Instant::now();
+        let started = std::time::Instant::now();
+        let meter = Metered {
+            service: "oss",
+            operation: ctx.operation,
+        };
         let result = self
-            .exchange(request, &activity)
+            .inner
+            .transport
+            .send(request, self.inner.read_timeout, Some(meter))
             .instrument(span.clone())
             .await;
-        metrics::histogram!(crate::metrics::REQUEST_DURATION_SECONDS, "operation" => ctx.operation)
-            .record(started.elapsed().as_secs_f64());
         let resp = match result {
             Ok(r) => r,
             Err(e) => {
-                metrics::counter!(crate::metrics::REQUESTS_TOTAL, "service" => "oss", "operation" => ctx.operation, "status" => "error").increment(1);
-                let mut err = network_error(ctx, &host, &*e, self.inner.read_timeout);
-                err.never_answered = !self.inner.answered.load(Ordering::Relaxed) && no_server(&*e);
+                let mut err = network_error(ctx, &host, &e);
+                err.never_answered = !self.inner.answered.load(Ordering::Relaxed) && e.no_server();
                 span.in_scope(|| tracing::debug!(error = %err, "OSS request failed"));
                 return Err(err);
             }
         };
         self.inner.answered.store(true, Ordering::Relaxed);
         let status = resp.status().as_u16();
-        metrics::counter!(crate::metrics::REQUESTS_TOTAL, "service" => "oss", "operation" => ctx.operation, "status" => status.to_string()).increment(1);
         let request_id = resp
             .headers()
             .get("x-oss-request-id")
@@ -518,30 +482,6 @@ impl OssClient {
         span.in_scope(|| tracing::debug!(error = %err, "OSS error response"));
         Err(err)
     }
-
-    /// Sends and waits for response headers. The header timeout counts from the last
-    /// byte of request body sent, so a slow large upload is not cut off.
-    async fn exchange(
-        &self,
-        request: Request<ReqBody>,
-        activity: &AtomicU64,
-    ) -> Result<Response<Incoming>, Box<dyn StdError + Send + Sync>> {
-        let fut = self.inner.http.request(request);
-        tokio::pin!(fut);
-        let timeout = self.inner.read_timeout;
-        loop {
-            let last = activity.load(Ordering::Relaxed);
-            let deadline = self.inner.epoch + Duration::from_millis(last) + timeout;
-            tokio::select! {
-                r = &mut fut => return r.map_err(|e| Box::new(e) as Box<dyn StdError + Send + Sync>),
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    if activity.load(Ordering::Relaxed) == last {
-                        return Err(Box::new(TimeoutError(timeout)));
-                    }
-                }
-            }
-        }
-    }
 }
 
 struct Parts<'a> {
@@ -550,20 +490,10 @@ struct Parts<'a> {
     query: &'a [(String, String)],
 }
 
-#[derive(Debug)]
-struct TimeoutError(Duration);
-
-impl fmt::Display for TimeoutError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "no response within {:?}", self.0)
+impl Retryable for OssError {
+    fn class(&self) -> ErrorClass {
+        self.class
     }
-}
-impl StdError for TimeoutError {}
-
-fn next_backoff(prev: Duration) -> Duration {
-    let hi = (prev * 3).clamp(BACKOFF_BASE, BACKOFF_CAP);
-    let ms = rand::thread_rng().gen_range(BACKOFF_BASE.as_millis() as u64..=hi.as_millis() as u64);
-    Duration::from_millis(ms)
 }
 
 fn check_bucket_name(b: &str) -> Result<(), OssError> {
@@ -591,93 +521,39 @@ fn credentials_error(op: &str, e: CredentialsError) -> OssError {
 }
 
 /// Classifies a transport failure; the original `StoreError` from a streamed body wins.
-fn network_error(
-    ctx: &ErrorContext<'_>,
-    host: &str,
-    e: &(dyn StdError + 'static),
-    timeout: Duration,
-) -> OssError {
-    let mut chain: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(se) = err.downcast_ref::<StoreError>() {
-            return OssError::with_class(
-                se.class,
-                format!(
-                    "{} on {}: request body failed: {}",
-                    ctx.operation,
-                    target(ctx),
-                    se.message
-                ),
-            );
-        }
-        if err.downcast_ref::<TimeoutError>().is_some() {
-            return OssError::transient(format!(
-                "{} on {}: no response from {host} within {timeout:?}",
+fn network_error(ctx: &ErrorContext<'_>, host: &str, e: &NetError) -> OssError {
+    if let Some(se) = e.store_error() {
+        return OssError::with_class(
+            se.class,
+            format!(
+                "{} on {}: request body failed: {}",
                 ctx.operation,
-                target(ctx)
-            ));
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = rustls_error_in(io) {
-                if matches!(
-                    tls,
-                    rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
-                ) {
-                    return OssError::with_class(
-                        ErrorClass::Client,
-                        format!(
-                            "{}: TLS certificate of {host} could not be verified ({tls}); check the endpoint (verification cannot be disabled)",
-                            ctx.operation
-                        ),
-                    );
-                }
-            }
-        }
-        let s = err.to_string();
-        if chain.last() != Some(&s) {
-            chain.push(s);
-        }
-        cur = err.source();
+                target(ctx),
+                se.message
+            ),
+        );
+    }
+    if let Some(timeout) = e.timed_out() {
+        return OssError::transient(format!(
+            "{} on {}: no response from {host} within {timeout:?}",
+            ctx.operation,
+            target(ctx)
+        ));
+    }
+    if let Some(tls) = e.tls_rejected() {
+        return OssError::with_class(
+            ErrorClass::Client,
+            format!(
+                "{}: TLS certificate of {host} could not be verified ({tls}); check the endpoint (verification cannot be disabled)",
+                ctx.operation
+            ),
+        );
     }
     OssError::transient(format!(
-        "{} on {}: network error talking to {host}: {}",
+        "{} on {}: network error talking to {host}: {e}",
         ctx.operation,
-        target(ctx),
-        chain.join(": ")
+        target(ctx)
     ))
-}
-
-/// Whether `e` means nobody speaking HTTP is there: the connection (DNS, TCP, TLS handshake)
-/// failed, or the peer's answer is not HTTP. A reset or timeout after connecting is not.
-fn no_server(e: &(dyn StdError + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(le) = err.downcast_ref::<hyper_util::client::legacy::Error>() {
-            if le.is_connect() {
-                return true;
-            }
-        }
-        if let Some(he) = err.downcast_ref::<hyper::Error>() {
-            if he.is_parse() || he.is_parse_status() {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// The rustls error inside (possibly nested) `io::Error` wrappers, which hide it from
-/// `source()` chains.
-fn rustls_error_in(io: &std::io::Error) -> Option<&rustls::Error> {
-    let mut inner = io.get_ref()?;
-    loop {
-        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        inner = inner.downcast_ref::<std::io::Error>()?.get_ref()?;
-    }
 }
 
 fn target(ctx: &ErrorContext<'_>) -> String {
@@ -688,242 +564,21 @@ fn target(ctx: &ErrorContext<'_>) -> String {
     }
 }
 
-/// Reads a whole (small) body, at most `limit` bytes, with the idle timeout.
+/// Reads a whole (small) body, at most `limit` bytes, under the stall timer.
 pub(crate) async fn read_limited(
     body: Incoming,
     limit: usize,
     idle: Duration,
     op: &str,
 ) -> Result<Bytes, OssError> {
-    let mut s = BodyStream::new(body, None, idle, op.to_string());
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = s.next().await {
-        let chunk = chunk.map_err(|e| OssError::with_class(e.class, e.message))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(OssError::transient(format!(
-                "{op}: response body larger than {limit} bytes"
-            )));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
-}
-
-/// Request body handed to hyper. Stream chunks pass through untouched (no copies).
-pub(crate) enum ReqBody {
-    Empty,
-    Full(Option<Bytes>),
-    Stream {
-        stream: ByteStream,
-        remaining: u64,
-        activity: Option<(Instant, Arc<AtomicU64>)>,
-    },
-}
-
-impl Body for ReqBody {
-    type Data = Bytes;
-    type Error = StoreError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, StoreError>>> {
-        match &mut *self {
-            ReqBody::Empty => Poll::Ready(None),
-            ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ReqBody::Stream {
-                stream,
-                remaining,
-                activity,
-            } => loop {
-                match ready!(stream.as_mut().poll_next(cx)) {
-                    Some(Ok(chunk)) => {
-                        if chunk.is_empty() {
-                            continue;
-                        }
-                        let n = chunk.len() as u64;
-                        if n > *remaining {
-                            return Poll::Ready(Some(Err(StoreError::new(
-                                ErrorClass::Client,
-                                format!("request body is longer than its declared length ({} extra bytes)", n - *remaining),
-                            ))));
-                        }
-                        *remaining -= n;
-                        if let Some((epoch, a)) = activity {
-                            a.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
-                    }
-                    Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                    None if *remaining > 0 => {
-                        return Poll::Ready(Some(Err(StoreError::transient(format!(
-                            "request body ended {} bytes short of its declared length",
-                            remaining
-                        )))))
-                    }
-                    None => return Poll::Ready(None),
-                }
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ReqBody::Empty => true,
-            ReqBody::Full(b) => b.is_none(),
-            ReqBody::Stream { remaining, .. } => *remaining == 0,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ReqBody::Empty => SizeHint::with_exact(0),
-            ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ReqBody::Stream { remaining, .. } => SizeHint::with_exact(*remaining),
-        }
-    }
-}
-
-/// A response body as a [`ByteStream`] source: hyper errors, silence longer than the idle
-/// timeout, and a body shorter or longer than expected all end it with an error.
-pub(crate) struct BodyStream {
-    body: Incoming,
-    idle: Pin<Box<tokio::time::Sleep>>,
-    idle_timeout: Duration,
-    last_data: Instant,
-    expected: Option<u64>,
-    received: u64,
-    what: String,
-    done: bool,
-}
-
-impl BodyStream {
-    pub(crate) fn new(
-        body: Incoming,
-        expected: Option<u64>,
-        idle_timeout: Duration,
-        what: String,
-    ) -> Self {
-        BodyStream {
-            body,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
-            idle_timeout,
-            last_data: Instant::now(),
-            expected,
-            received: 0,
-            what,
-            done: false,
-        }
-    }
-
-    fn fail(&mut self, msg: String) -> Poll<Option<Result<Bytes, StoreError>>> {
-        self.done = true;
-        Poll::Ready(Some(Err(StoreError::transient(msg))))
-    }
-}
-
-impl Stream for BodyStream {
-    type Item = Result<Bytes, StoreError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        loop {
-            match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    this.received += data.len() as u64;
-                    if let Some(exp) = this.expected {
-                        if this.received > exp {
-                            let msg = format!(
-                                "{}: response body longer than the expected {exp} bytes",
-                                this.what
-                            );
-                            return this.fail(msg);
-                        }
-                    }
-                    // Resetting the timer per chunk is costly at GB/s; remember the time
-                    // and push the deadline out only when it fires.
-                    this.last_data = Instant::now();
-                    return Poll::Ready(Some(Ok(data)));
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    let msg = format!(
-                        "{}: response body broke off after {} bytes: {}",
-                        this.what,
-                        this.received,
-                        error_chain(&e)
-                    );
-                    return this.fail(msg);
-                }
-                Poll::Ready(None) => {
-                    if let Some(exp) = this.expected {
-                        if this.received < exp {
-                            let msg = format!(
-                                "{}: response body truncated: got {} of {exp} bytes",
-                                this.what, this.received
-                            );
-                            return this.fail(msg);
-                        }
-                    }
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
-                Poll::Pending => loop {
-                    if this.idle.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    let deadline = this.last_data + this.idle_timeout;
-                    if Instant::now() >= deadline {
-                        let msg = format!(
-                            "{}: no data for {:?} after {} bytes (stalled body)",
-                            this.what, this.idle_timeout, this.received
-                        );
-                        return this.fail(msg);
-                    }
-                    this.idle.as_mut().reset(deadline.into());
-                },
-            }
-        }
-    }
-}
-
-fn error_chain(e: &(dyn StdError + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if parts.last() != Some(&t) {
-            parts.push(t);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
+    crate::http::read_limited(body, limit, idle, op)
+        .await
+        .map_err(|e| OssError::with_class(e.class, e.message))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_is_bounded_and_jittered() {
-        let mut d = BACKOFF_BASE;
-        for _ in 0..50 {
-            d = next_backoff(d);
-            assert!(d >= BACKOFF_BASE && d <= BACKOFF_CAP, "{d:?}");
-        }
-        let samples: std::collections::HashSet<u128> = (0..50)
-            .map(|_| next_backoff(Duration::from_secs(2)).as_millis())
-            .collect();
-        assert!(samples.len() > 10, "no jitter: {samples:?}");
-    }
 
     fn client_for(addr: SocketAddr) -> OssClient {
         use crate::credentials::{Credentials, StaticProvider};

@@ -21,39 +21,30 @@ use crate::store::{
 use super::budget::{MemoryBudget, TokenBucket};
 use super::pipe::{pipe, PipeCtx, PipeError, Side};
 use super::progress::InflightGuard;
-use super::retry::{Aimd, Backoff};
+use super::retry::Aimd;
 use super::state::{self, CopyState, SourceFingerprint, StatePart, STATE_VERSION};
 use super::{plan, verify, CopyOptions, CopySummary, Location, Progress, TransferError};
+use crate::http::{should_retry, Backoff};
 
-/// A control request (HEAD, Initiate, ListParts, Abort…) with a timeout and retries.
+/// A control request (HEAD, Initiate, ListParts, Abort…): one attempt, the engine does not
+/// retry it. The store's transport retries it (a replayable request, see [`crate::http`]);
+/// an engine retry on top multiplied the attempts (4 × 10). The timeout applies only when
+/// `CopyOptions::request_timeout` is set (stores without a transport of their own).
 ///
 /// A macro rather than a function taking a closure: closures returning futures that borrow
 /// make rustc lose the `Send` proof of `copy`'s future (higher-ranked lifetimes), and the
 /// daemon must be able to spawn it.
 macro_rules! control {
     ($ctx:expr, $what:expr, $timeout:expr, $call:expr) => {{
-        let ctx: &Ctx = $ctx;
+        let _ctx: &Ctx = $ctx;
         let what: &str = $what;
-        let timeout: Duration = $timeout;
-        let mut backoff = ctx.backoff();
-        let mut attempt = 1;
-        loop {
-            let r = match tokio::time::timeout(timeout, $call).await {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::transient(format!(
-                    "{what}: no response within {timeout:?}"
-                ))),
-            };
-            match r {
-                Ok(v) => break Ok(v),
-                Err(e) if e.class.is_retryable() && attempt < ctx.opts.max_attempts => {
-                    debug!(what, attempt, error = %e, "retrying");
-                    ctx.note_retry(e.class.as_str());
-                    tokio::time::sleep(backoff.next(e.class)).await;
-                    attempt += 1;
-                }
-                Err(e) => break Err(e),
-            }
+        let timeout: Option<Duration> = $timeout;
+        match super::within(timeout, $call).await {
+            Some(r) => r,
+            None => Err(StoreError::transient(format!(
+                "{what}: no response within {:?}",
+                timeout.unwrap_or_default()
+            ))),
         }
     }};
 }
@@ -276,16 +267,12 @@ pub(super) fn if_match(etag: &str) -> Option<&str> {
 }
 
 pub(super) async fn source_changed(ctx: &Ctx, old_etag: &str) -> TransferError {
-    let new_etag = match tokio::time::timeout(
-        ctx.opts.request_timeout,
-        ctx.src.store.head(&ctx.src.key),
-    )
-    .await
-    {
-        Ok(Ok(m)) => m.etag,
-        Ok(Err(e)) if e.class == ErrorClass::NotFound => "(deleted)".to_string(),
-        _ => "(unknown)".to_string(),
-    };
+    let new_etag =
+        match super::within(ctx.opts.request_timeout, ctx.src.store.head(&ctx.src.key)).await {
+            Some(Ok(m)) => m.etag,
+            Some(Err(e)) if e.class == ErrorClass::NotFound => "(deleted)".to_string(),
+            _ => "(unknown)".to_string(),
+        };
     TransferError::SourceChanged {
         source_desc: ctx.src_desc.clone(),
         old_etag: old_etag.to_string(),
@@ -293,7 +280,7 @@ pub(super) async fn source_changed(ctx: &Ctx, old_etag: &str) -> TransferError {
     }
 }
 
-/// AbortMultipartUpload with the control-request retries; an upload already gone is fine.
+/// AbortMultipartUpload (retried by the store's transport); an upload already gone is fine.
 async fn abort_upload(ctx: &Ctx, upload_id: &str) -> Result<(), StoreError> {
     let r: Result<(), StoreError> = control!(
         ctx,
@@ -387,7 +374,7 @@ async fn single_put(
             Err(e) if e.side == Side::Source && e.class() == ErrorClass::Precondition => {
                 return Err(source_changed(ctx, &meta.etag).await);
             }
-            Err(e) if e.class().is_retryable() && attempt < ctx.opts.max_attempts => {
+            Err(e) if should_retry(e.class(), attempt, ctx.opts.max_attempts) => {
                 debug!(attempt, error = %e.err, "retrying the PUT");
                 ctx.note_retry(e.reason);
                 let delay = backoff.next(e.class());
@@ -1169,7 +1156,7 @@ async fn run_parts(
                         failure = Some(source_changed(ctx, etag).await);
                     }
                     set.abort_all();
-                } else if e.class().is_retryable() && job.attempt < ctx.opts.max_attempts {
+                } else if should_retry(e.class(), job.attempt, ctx.opts.max_attempts) {
                     if stopping || failure.is_some() {
                         continue; // sent again on resume
                     }
@@ -1262,10 +1249,10 @@ pub(super) async fn complete(
 ) -> Result<Uploaded, TransferError> {
     let mut backoff = ctx.backoff();
     let mut attempt = 1;
-    let timeout = ctx.opts.request_timeout * 5;
+    let timeout = ctx.opts.request_timeout.map(|t| t * 5);
     let expected: Checksums = Checksum::Crc64Xz(expected_crc).into();
     loop {
-        let r = match tokio::time::timeout(
+        let r = match super::within(
             timeout,
             ctx.dst
                 .store
@@ -1273,14 +1260,15 @@ pub(super) async fn complete(
         )
         .await
         {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::transient(format!(
-                "CompleteMultipartUpload: no response within {timeout:?}"
+            Some(r) => r,
+            None => Err(StoreError::transient(format!(
+                "CompleteMultipartUpload: no response within {:?}",
+                timeout.unwrap_or_default()
             ))),
         };
         match r {
             Ok(u) => return Ok(u),
-            Err(e) if e.class.is_retryable() && attempt < ctx.opts.max_attempts => {
+            Err(e) if should_retry(e.class, attempt, ctx.opts.max_attempts) => {
                 ctx.note_retry(e.class.as_str());
                 tokio::time::sleep(backoff.next(e.class)).await;
                 attempt += 1;

@@ -90,18 +90,24 @@ pub struct CopyOptions {
     pub state_dir: Option<PathBuf>,
     /// `false` (`--no-resume`): discard existing state, abort its upload, start over.
     pub resume: bool,
-    /// Attempts per part (and per control request) before the copy fails.
+    /// Attempts per part (a new GET and a new upload each time) before the copy fails.
+    /// Control requests (HEAD, Initiate, ListParts, Abort…) are attempted once here: the
+    /// store's transport retries them (see [`crate::http`]).
     pub max_attempts: u32,
-    /// A body that yields no chunk (or is not consumed) for this long is cut (transient error).
-    pub idle_timeout: Duration,
-    /// Limit on getting response headers of a request (and on the UploadPart response after
-    /// its body was sent).
-    pub request_timeout: Duration,
+    /// An engine-side stall timer for stores without one of their own (test doubles): a body
+    /// that yields no chunk (or is not consumed) for this long is cut (transient error).
+    /// `None` (the default): the store's transport times out stalled requests
+    /// (`--stall-timeout`), and the engine keeps no second timer.
+    pub idle_timeout: Option<Duration>,
+    /// With `idle_timeout`, for the same stores: limit on getting a response (and on the
+    /// UploadPart response after its body was sent). `None` by default, as above.
+    pub request_timeout: Option<Duration>,
     /// How long in-flight parts may finish after cancellation before they are dropped.
     pub grace: Duration,
     /// Largest chunk handed from a download to an upload (bigger chunks are split, not copied).
     pub chunk_size: usize,
-    /// First retry delay; later delays grow with decorrelated jitter.
+    /// Shortest first retry delay of a part; later delays double, with jitter
+    /// ([`crate::http::Backoff`]).
     pub retry_base: Duration,
     /// Largest retry delay.
     pub retry_cap: Duration,
@@ -124,8 +130,8 @@ impl Default for CopyOptions {
             state_dir: None,
             resume: true,
             max_attempts: 10,
-            idle_timeout: Duration::from_secs(60),
-            request_timeout: Duration::from_secs(60),
+            idle_timeout: None,
+            request_timeout: None,
             grace: Duration::from_secs(5),
             chunk_size: 256 * 1024,
             retry_base: Duration::from_millis(200),
@@ -276,6 +282,17 @@ impl TransferError {
             Self::Resumable { source, .. } => source.root(),
             other => other,
         }
+    }
+}
+
+/// `fut`, or `None` if it took longer than `limit` (no limit: `fut` as it is).
+pub(crate) async fn within<F: std::future::Future>(
+    limit: Option<Duration>,
+    fut: F,
+) -> Option<F::Output> {
+    match limit {
+        Some(t) => tokio::time::timeout(t, fut).await.ok(),
+        None => Some(fut.await),
     }
 }
 

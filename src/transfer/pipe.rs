@@ -5,8 +5,10 @@
 //! the memory budget (and the bandwidth bucket) and hands it over, with no copy and no task in
 //! between (a feeder task with a channel cost a task hop and two wake-ups per chunk, about a
 //! fifth more CPU per byte than the bare GET-into-PUT). A chunk's budget bytes are released
-//! when the uploader asks for the next one or drops the body. The part's task only watches:
-//! stalls on either side, the response timeout, and the outcome the body records.
+//! when the uploader asks for the next one or drops the body. The part's task only watches
+//! the outcome the body records, and, for stores without a transport of their own (test
+//! doubles, with `CopyOptions::idle_timeout` set), stalls on either side and the response
+//! timeout. HTTP stores are watched by the transport's one stall timer ([`crate::http`]).
 //!
 //! Bytes are counted as they move, not when a part ends: each source chunk counts as
 //! downloaded when it arrives and each piece as uploaded when the uploader takes it, through
@@ -38,8 +40,9 @@ pub(crate) struct PipeCtx {
     pub progress: Arc<Progress>,
     pub budget: Arc<MemoryBudget>,
     pub bandwidth: Option<Arc<TokenBucket>>,
-    pub idle_timeout: Duration,
-    pub request_timeout: Duration,
+    /// `None`: no engine-side stall timer (the stores' transport has one).
+    pub idle_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
     pub chunk_size: usize,
     /// Consumed bytes a body may keep charged before giving them back in one go.
     pub release_batch: u32,
@@ -115,22 +118,22 @@ where
         // Nothing to fetch: an empty range request is invalid on some stores.
         Box::pin(futures::stream::empty()) as ByteStream
     } else {
-        match tokio::time::timeout(
+        match super::within(
             ctx.request_timeout,
             src.store.get_range(&src.key, start, end, if_match),
         )
         .await
         {
-            Err(_) => {
+            None => {
                 return Err(PipeError::src(StoreError::transient(format!(
                     "no response from {} within {:?}",
                     src.describe(),
-                    ctx.request_timeout
+                    ctx.request_timeout.unwrap_or_default()
                 )))
                 .with_reason("timeout"))
             }
-            Ok(Err(e)) => return Err(PipeError::src(e)),
-            Ok(Ok(s)) => s,
+            Some(Err(e)) => return Err(PipeError::src(e)),
+            Some(Ok(s)) => s,
         }
     };
     let shared = Arc::new(Shared::default());
@@ -160,10 +163,14 @@ where
     });
     let up = upload(body);
     tokio::pin!(up);
-    // One timer: while the body moves, it checks every idle period that a chunk was taken
-    // (a stall is noticed after one to two periods); once the body is all sent, it bounds
-    // the wait for the response.
-    let stall = tokio::time::sleep(ctx.idle_timeout);
+    // One timer, only when the engine watches stalls itself (no transport does): while the
+    // body moves, it checks every idle period that a chunk was taken (a stall is noticed
+    // after one to two periods); once the body is all sent, it bounds the wait for the
+    // response.
+    let watch = ctx.idle_timeout.is_some();
+    let idle_timeout = ctx.idle_timeout.unwrap_or(Duration::MAX);
+    let request_timeout = ctx.request_timeout.unwrap_or(idle_timeout);
+    let stall = tokio::time::sleep(idle_timeout);
     tokio::pin!(stall);
     let mut sent = false;
     loop {
@@ -192,15 +199,15 @@ where
                     }
                 };
             }
-            _ = shared.done.notified(), if !sent => {
+            _ = shared.done.notified(), if !sent && watch => {
                 sent = true;
-                stall.as_mut().reset(Instant::now() + ctx.request_timeout);
+                stall.as_mut().reset(after(request_timeout));
             }
-            _ = &mut stall => {
+            _ = &mut stall, if watch => {
                 if sent {
                     return Err(PipeError::dst(StoreError::transient(format!(
                         "the destination did not answer within {:?} after the body was sent",
-                        ctx.request_timeout
+                        request_timeout
                     )))
                     .with_reason("timeout"));
                 }
@@ -209,14 +216,14 @@ where
                         WAIT_SOURCE => {
                             return Err(PipeError::src(StoreError::transient(format!(
                                 "the source sent nothing for {:?}",
-                                ctx.idle_timeout
+                                idle_timeout
                             )))
                             .with_reason("timeout"))
                         }
                         WAIT_CONSUMER => {
                             return Err(PipeError::dst(StoreError::transient(format!(
                                 "the destination took no data for {:?}",
-                                ctx.idle_timeout
+                                idle_timeout
                             )))
                             .with_reason("timeout"))
                         }
@@ -224,10 +231,17 @@ where
                         _ => {}
                     }
                 }
-                stall.as_mut().reset(Instant::now() + ctx.idle_timeout);
+                stall.as_mut().reset(after(idle_timeout));
             }
         }
     }
+}
+
+/// `now + d`, or far in the future when that overflows.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86400 * 365 * 30))
 }
 
 /// Bytes a body hands over in one go before it lets other tasks run (network bodies return

@@ -1,53 +1,7 @@
-//! Retry delays (decorrelated jitter) and the adaptive (AIMD) concurrency limit.
+//! The adaptive (AIMD) concurrency limit of the part scheduler. Retry delays are the one
+//! [`crate::http::Backoff`].
 
 use std::time::{Duration, Instant};
-
-use rand::Rng;
-
-use crate::store::ErrorClass;
-
-/// Decorrelated-jitter backoff: each delay is uniform in `[base, 3 × previous]`, capped.
-/// Spreads retries of many parts apart instead of letting them hit the server in waves.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    prev: Duration,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Self {
-            base,
-            cap: cap.max(base),
-            prev: base,
-        }
-    }
-
-    /// The delay before the next attempt after an error of `class`.
-    pub fn next(&mut self, class: ErrorClass) -> Duration {
-        match class {
-            // The clock offset has been corrected by the store: retry at once.
-            ErrorClass::ClockSkew => Duration::ZERO,
-            _ => {
-                // Throttling means the service asked us to slow down: start from a longer floor.
-                let floor = if class == ErrorClass::Throttled {
-                    (self.base * 4).min(self.cap)
-                } else {
-                    self.base
-                };
-                let hi = (self.prev * 3).max(floor).min(self.cap);
-                let d = if hi > floor {
-                    rand::thread_rng().gen_range(floor..=hi)
-                } else {
-                    floor
-                };
-                self.prev = d;
-                d
-            }
-        }
-    }
-}
 
 /// Additive-increase / multiplicative-decrease limit on parts in flight: halve on throttling
 /// (at most once per `cooldown`, so one burst of 503s counts once), +1 after a window's worth
@@ -105,23 +59,6 @@ impl Aimd {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_stays_within_bounds_and_grows() {
-        let base = Duration::from_millis(100);
-        let cap = Duration::from_secs(5);
-        let mut b = Backoff::new(base, cap);
-        let mut max_seen = Duration::ZERO;
-        for _ in 0..50 {
-            let d = b.next(ErrorClass::Transient);
-            assert!(d >= base && d <= cap, "{d:?}");
-            max_seen = max_seen.max(d);
-        }
-        assert!(max_seen > base * 3, "delays grow: {max_seen:?}");
-        assert_eq!(b.next(ErrorClass::ClockSkew), Duration::ZERO);
-        let mut t = Backoff::new(base, cap);
-        assert!(t.next(ErrorClass::Throttled) >= base * 4);
-    }
 
     #[test]
     fn aimd_halves_and_recovers() {

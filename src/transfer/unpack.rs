@@ -40,6 +40,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::checksum::crc64::{self, Crc64};
 use crate::checksum::{Checksum, Checksums};
+use crate::http::should_retry;
 use crate::metrics as m;
 use crate::store::{ErrorClass, ListedPart, ObjectMeta, PartSpec, PutOptions, StoreError};
 
@@ -338,7 +339,7 @@ async fn fetch_range(
             Err(e) if e.class == ErrorClass::Precondition => {
                 return Err(engine::source_changed(&ctx, &etag).await)
             }
-            Err(e) if e.class.is_retryable() && attempt < ctx.opts.max_attempts => {
+            Err(e) if should_retry(e.class, attempt, ctx.opts.max_attempts) => {
                 debug!(start, len, attempt, error = %e, "range failed; retrying");
                 ctx.note_retry(e.class.as_str());
                 tokio::time::sleep(backoff.next(e.class)).await;
@@ -366,7 +367,7 @@ async fn fetch_once(
     end: u64,
 ) -> Result<Range, StoreError> {
     let len = end - start;
-    let mut stream = match tokio::time::timeout(
+    let mut stream = match super::within(
         ctx.opts.request_timeout,
         ctx.src
             .store
@@ -374,11 +375,12 @@ async fn fetch_once(
     )
     .await
     {
-        Ok(r) => r?,
-        Err(_) => {
+        Some(r) => r?,
+        None => {
             return Err(StoreError::transient(format!(
                 "no response from {} within {:?}",
-                ctx.src_desc, ctx.opts.request_timeout
+                ctx.src_desc,
+                ctx.opts.request_timeout.unwrap_or_default()
             )))
         }
     };
@@ -386,12 +388,12 @@ async fn fetch_once(
     let mut chunks = Vec::new();
     let mut crc = Crc64::new();
     loop {
-        let next = match tokio::time::timeout(ctx.opts.idle_timeout, stream.next()).await {
-            Ok(n) => n,
-            Err(_) => {
+        let next = match super::within(ctx.opts.idle_timeout, stream.next()).await {
+            Some(n) => n,
+            None => {
                 return Err(StoreError::transient(format!(
                     "the source sent nothing for {:?}",
-                    ctx.opts.idle_timeout
+                    ctx.opts.idle_timeout.unwrap_or_default()
                 )))
             }
         };
@@ -2002,7 +2004,10 @@ async fn upload_part(
     let mut backoff = ctx.backoff();
     let mut attempt = 1;
     // Generous: the whole part must cross the link, at ≥ 256 KiB/s.
-    let timeout = ctx.opts.request_timeout + Duration::from_secs(spec.len / (256 * 1024));
+    let timeout = ctx
+        .opts
+        .request_timeout
+        .map(|t| t + Duration::from_secs(spec.len / (256 * 1024)));
     // Cut from memory, so its checksum is known before it is sent: a store that verifies
     // it rejects damage on the way in.
     let expected: Checksums = Checksum::Crc64Xz(crc).into();
@@ -2015,7 +2020,7 @@ async fn upload_part(
         ));
         // Counted as the uploader pulls it, like the pipe's body (ossrelay_bytes_total).
         let body = super::progress::StreamCounter::upload(ctx.progress.clone()).counted(body);
-        let r = match tokio::time::timeout(
+        let r = match super::within(
             timeout,
             ctx.dst
                 .store
@@ -2023,9 +2028,10 @@ async fn upload_part(
         )
         .await
         {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::transient(format!(
-                "UploadPart: no response within {timeout:?}"
+            Some(r) => r,
+            None => Err(StoreError::transient(format!(
+                "UploadPart: no response within {:?}",
+                timeout.unwrap_or_default()
             ))),
         };
         let (err, reason) = match r {
@@ -2044,7 +2050,7 @@ async fn upload_part(
                 (e, reason)
             }
         };
-        if err.class.is_retryable() && attempt < ctx.opts.max_attempts {
+        if should_retry(err.class, attempt, ctx.opts.max_attempts) {
             debug!(part = spec.number, attempt, error = %err, "part failed; retrying");
             ctx.note_retry(reason);
             metrics::counter!(m::PARTS_TOTAL, "result" => "retried").increment(1);

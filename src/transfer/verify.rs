@@ -11,8 +11,8 @@ use futures::StreamExt;
 use crate::checksum::crc64::Crc64;
 use crate::store::{PartSpec, StoreError};
 
-use super::retry::Backoff;
 use super::{Location, Progress};
+use crate::http::{should_retry, Backoff};
 
 /// CRC-64 of source bytes `[start, end)`, read without buffering.
 pub(crate) async fn range_crc(
@@ -20,24 +20,24 @@ pub(crate) async fn range_crc(
     start: u64,
     end: u64,
     if_match: Option<&str>,
-    idle: Duration,
-    request_timeout: Duration,
+    idle: Option<Duration>,
+    request_timeout: Option<Duration>,
 ) -> Result<u64, StoreError> {
     if start == end {
         return Ok(0);
     }
-    let mut stream = tokio::time::timeout(
+    let mut stream = super::within(
         request_timeout,
         src.store.get_range(&src.key, start, end, if_match),
     )
     .await
-    .map_err(|_| StoreError::transient(format!("no response from {}", src.describe())))??;
+    .ok_or_else(|| StoreError::transient(format!("no response from {}", src.describe())))??;
     let mut crc = Crc64::new();
     loop {
-        match tokio::time::timeout(idle, stream.next()).await {
-            Err(_) => return Err(StoreError::transient("the source stalled while re-reading")),
-            Ok(None) => break,
-            Ok(Some(chunk)) => crc.update(&chunk?),
+        match super::within(idle, stream.next()).await {
+            None => return Err(StoreError::transient("the source stalled while re-reading")),
+            Some(None) => break,
+            Some(Some(chunk)) => crc.update(&chunk?),
         }
     }
     if crc.len() != end - start {
@@ -61,8 +61,8 @@ pub(crate) async fn find_bad_parts(
     concurrency: usize,
     max_attempts: u32,
     backoff: Backoff,
-    idle: Duration,
-    request_timeout: Duration,
+    idle: Option<Duration>,
+    request_timeout: Option<Duration>,
     progress: Arc<Progress>,
 ) -> Result<Vec<usize>, StoreError> {
     // Every future owns its inputs: borrowed captures here would cost `copy` its `Send` proof.
@@ -90,7 +90,7 @@ pub(crate) async fn find_bad_parts(
                             .increment(p.len);
                         return Ok((i, c));
                     }
-                    Err(e) if e.class.is_retryable() && attempt < max_attempts => {
+                    Err(e) if should_retry(e.class, attempt, max_attempts) => {
                         attempt += 1;
                         tokio::time::sleep(backoff.next(e.class)).await;
                     }

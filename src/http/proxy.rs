@@ -18,7 +18,7 @@
 //!   this machine's loopback, and ossrelay's own simulator and daemon live there, so an
 //!   exported corporate `HTTPS_PROXY` must not break `ossrelay sim` / `demo` / tests.
 //! * Instance metadata (`100.100.100.200`) is never proxied: its client
-//!   ([`crate::credentials::imds`]) does not use this module (see there).
+//!   ([`crate::credentials::imds`]) builds its transport with [`ProxyConfig::none`] (see there).
 //! * Only `http://` proxies are supported; a `socks5://` or `https://` proxy makes every
 //!   connection fail with a one-line error naming the variable's value (without any password).
 //!   Credentials in the proxy URL (`http://user:pass@proxy:3128`) are sent as
