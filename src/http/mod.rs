@@ -46,7 +46,6 @@
 //! * Request metrics: `ossrelay_requests_total{service,operation,status}`,
 //!   `ossrelay_request_duration_seconds{operation}` and `ossrelay_retries_total{reason}`.
 
-mod backoff;
 mod body;
 pub mod proxy;
 mod transport;
@@ -54,7 +53,8 @@ mod transport;
 use std::future::Future;
 use std::time::Duration;
 
-pub use backoff::Backoff;
+/// The one retry decision and delay live with the error taxonomy ([`crate::store::retry`]).
+pub use crate::store::retry::{should_retry, Backoff};
 pub use body::{error_chain, read_limited, BodyStream, ReqBody};
 pub use transport::{Metered, NetError, Roots, Timeouts, Transport, TransportConfig};
 
@@ -65,13 +65,6 @@ use crate::store::ErrorClass;
 pub const OSS_MAX_ATTEMPTS: u32 = 4;
 /// Attempts per RPC call (ECS, RAM, STS), unless [`RetryPolicy`] says otherwise.
 pub const RPC_MAX_ATTEMPTS: u32 = 5;
-
-/// The retry decision of the crate: retry after attempt `attempt` (from 1) failed with
-/// `class` when the class is retryable and fewer than `max_attempts` attempts were made.
-/// A non-replayable request has `max_attempts` 1.
-pub fn should_retry(class: ErrorClass, attempt: u32, max_attempts: u32) -> bool {
-    class.is_retryable() && attempt < max_attempts
-}
 
 /// How often and how patiently one client retries its replayable requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,6 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -388,13 +387,11 @@ impl OssBucket {
 
     /// CompleteMultipartUpload with exactly `parts` (number, ETag), ascending.
     ///
-    /// OSS finishes a Complete even if the client disconnects, so when an earlier attempt's
-    /// outcome is unknown (it failed in transit) and a retry gets `NoSuchUpload`, the
-    /// object is HEADed and accepted as ours only if it is a multipart object whose ETag
-    /// ends in `-<number of parts>` and whose Last-Modified (server clock) is no older
-    /// than this call (server `Date` minus the time spent, with 2 s of slack for
-    /// Last-Modified's whole seconds). Its CRC-64 is returned so the caller's end-to-end
-    /// CRC check has the final word.
+    /// Retried by the transport (the body is in memory). OSS finishes a Complete even if the
+    /// client disconnects, so a retry may answer `NoSuchUpload` for an upload that did
+    /// complete: that is returned as it is (a [`ErrorClass::NotFound`] error). Deciding
+    /// whether the object is the one being completed needs the expected CRC-64, which the
+    /// relay's upload session has: lost-Complete recovery lives there, for every dialect.
     pub async fn complete_multipart_upload(
         &self,
         key: &str,
@@ -415,16 +412,7 @@ impl OssBucket {
             .header("content-type", "application/xml")?
             .header("content-md5", &md5)?
             .payload(Payload::Bytes(Bytes::from(body)));
-        let started = Instant::now();
-        let resp = match self.client.send(req).await {
-            Ok(r) => r,
-            Err(e) if e.is_code("NoSuchUpload") && e.attempts > 1 => {
-                return self
-                    .recover_lost_complete(key, parts.len(), started, e)
-                    .await;
-            }
-            Err(e) => return Err(e),
-        };
+        let resp = self.client.send(req).await?;
         let checksums = checksums_of(resp.headers());
         let header_etag = hdr(resp.headers(), "etag").map(xml::unquote_etag);
         let body = self.read_xml(OP, resp).await?;
@@ -449,42 +437,6 @@ impl OssBucket {
             }
         };
         Ok(Uploaded { etag, checksums })
-    }
-
-    async fn recover_lost_complete(
-        &self,
-        key: &str,
-        part_count: usize,
-        started: Instant,
-        original: OssError,
-    ) -> Result<Uploaded, OssError> {
-        let Ok((meta, h)) = self.head_raw(key).await else {
-            return Err(original);
-        };
-        let multipart =
-            hdr(&h, "x-oss-object-type").is_none_or(|t| t.eq_ignore_ascii_case("Multipart"));
-        let etag_ok = meta.etag.ends_with(&format!("-{part_count}"));
-        let fresh = match (
-            hdr(&h, "date").and_then(|d| httpdate::parse_http_date(d).ok()),
-            meta.last_modified
-                .as_deref()
-                .and_then(|d| httpdate::parse_http_date(d).ok()),
-        ) {
-            (Some(now), Some(lm)) => {
-                let window = started.elapsed() + std::time::Duration::from_secs(2);
-                lm >= now.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH)
-            }
-            _ => false,
-        };
-        if multipart && etag_ok && fresh {
-            tracing::info!(bucket = %self.name, key, "CompleteMultipartUpload response was lost but the object is complete");
-            Ok(Uploaded {
-                etag: meta.etag,
-                checksums: meta.checksums,
-            })
-        } else {
-            Err(original)
-        }
     }
 
     /// AbortMultipartUpload.

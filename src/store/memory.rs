@@ -57,6 +57,9 @@ pub enum Fault {
     Delay(Duration),
     /// Any op: never answer (and never read the request body).
     Hang,
+    /// Complete: the object is completed, but the answer is `NoSuchUpload` (what a retry
+    /// gets after the first answer was lost).
+    AppliedThenNotFound,
 }
 
 /// When a [`Fault`] fires.
@@ -765,6 +768,9 @@ impl ObjectStore for MemoryStore {
         let etag = obj.etag.clone();
         g.objects.insert(key.to_string(), obj);
         self.counters.completes.fetch_add(1, Relaxed);
+        if matches!(fault, Some(Fault::AppliedThenNotFound)) {
+            return Err(no_such_upload());
+        }
         let reported = if matches!(fault, Some(Fault::WrongCrc)) {
             crc ^ 0xBAD
         } else {

@@ -5,6 +5,7 @@
 
 pub mod local;
 pub mod memory;
+pub mod retry;
 
 use std::fmt;
 use std::pin::Pin;

@@ -29,6 +29,8 @@ pub mod plan;
 pub mod progress;
 mod relay;
 pub mod retry;
+mod schedule;
+mod session;
 pub mod state;
 pub mod tar;
 pub mod unpack;
@@ -107,7 +109,7 @@ pub struct CopyOptions {
     /// Largest chunk handed from a download to an upload (bigger chunks are split, not copied).
     pub chunk_size: usize,
     /// Shortest first retry delay of a part; later delays double, with jitter
-    /// ([`crate::http::Backoff`]).
+    /// ([`crate::store::retry::Backoff`]).
     pub retry_base: Duration,
     /// Largest retry delay.
     pub retry_cap: Duration,

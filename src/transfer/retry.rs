@@ -1,5 +1,5 @@
 //! The adaptive (AIMD) concurrency limit of the part scheduler. Retry delays are the one
-//! [`crate::http::Backoff`].
+//! [`crate::store::retry::Backoff`].
 
 use std::time::{Duration, Instant};
 

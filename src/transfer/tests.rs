@@ -193,15 +193,7 @@ async fn recovers_from_each_fault() {
                     .inject(FaultRule::new(Op::UploadPart, Fault::WrongCrc).times(2))
             }),
         ),
-        (
-            "complete error",
-            Arc::new(|e: &Env| {
-                e.dst.inject(
-                    FaultRule::new(Op::Complete, Fault::Error(ErrorClass::Transient)).times(1),
-                )
-            }),
-        ),
-        // "create error" and "head error" moved with the retrying of control requests to the
+        // "create error", "head error" and "complete error" moved with the retrying of control requests to the
         // transport: `control_requests_are_retried_by_the_transport` in
         // tests/oss_client_local.rs; `control_requests_are_not_retried_by_the_engine` below.
     ];
@@ -272,6 +264,7 @@ async fn control_requests_are_not_retried_by_the_engine() {
     for (side, op, class) in [
         ("dst", Op::CreateMultipart, ErrorClass::Transient),
         ("src", Op::Head, ErrorClass::Throttled),
+        ("dst", Op::Complete, ErrorClass::Transient),
     ] {
         let e = env(6 * PART + 5);
         let rule = FaultRule::new(op, Fault::Error(class)).times(1);
@@ -1090,13 +1083,13 @@ async fn hung_requests_time_out_and_are_retried() {
         ..opts()
     };
     // A GET that never answers; an upload that never reads a part small enough to sit
-    // entirely in the buffer; one that never reads a part bigger than the buffer; a
-    // Complete that never answers.
+    // entirely in the buffer; one that never reads a part bigger than the buffer. (A Complete
+    // that never answers is a request, retried by the transport, not by the engine:
+    // `a_hung_complete_fails_the_copy_once_and_keeps_the_upload`.)
     let cases: Vec<(&str, u64, Op)> = vec![
         ("get", PART, Op::Get),
         ("small part", PART, Op::UploadPart),
         ("big part", 8 * MIB, Op::UploadPart),
-        ("complete", PART, Op::Complete),
     ];
     for (name, part, op) in cases {
         let e = env(3 * part);
@@ -1112,6 +1105,64 @@ async fn hung_requests_time_out_and_are_retried() {
         e.assert_copied(&s);
         assert_eq!(p.retries.load(Relaxed), 1, "{name}");
     }
+}
+
+#[tokio::test]
+async fn a_hung_complete_fails_the_copy_once_and_keeps_the_upload() {
+    let short = Duration::from_millis(150);
+    let e = env(3 * PART);
+    e.dst
+        .inject(FaultRule::new(Op::Complete, Fault::Hang).nth(1));
+    let dir = tempfile::tempdir().unwrap();
+    let (r, p) = e
+        .run(CopyOptions {
+            request_timeout: Some(short),
+            state_dir: Some(dir.path().join("state")),
+            ..opts()
+        })
+        .await;
+    let err = r.expect_err("a Complete that never answers fails the copy");
+    assert!(err.to_string().contains("no response within"), "{err}");
+    assert!(matches!(err, TransferError::Resumable { .. }), "{err}");
+    assert_eq!(
+        e.dst.calls(Op::Complete),
+        1,
+        "the engine sends Complete once"
+    );
+    assert_eq!(p.retries.load(Relaxed), 0);
+    assert_eq!(e.dst.open_uploads(), 1, "the upload is kept for the rerun");
+    // The rerun completes it.
+    let (r, _) = e
+        .run(CopyOptions {
+            state_dir: Some(dir.path().join("state")),
+            ..opts()
+        })
+        .await;
+    e.assert_copied(&r.unwrap());
+}
+
+/// A Complete applied by the store whose answer was lost, then answered `NoSuchUpload` (what
+/// the transport's retry gets from OSS or S3): the session accepts the object only because
+/// its size and CRC-64 are the expected ones.
+#[tokio::test]
+async fn a_lost_complete_answer_is_recovered_by_size_and_crc64() {
+    let e = env(3 * PART + 9);
+    e.dst
+        .inject(FaultRule::new(Op::Complete, Fault::AppliedThenNotFound).times(1));
+    let (r, _) = e.run(opts()).await;
+    let s = r.expect("recovered");
+    e.assert_copied(&s);
+    assert_eq!(e.dst.calls(Op::Complete), 1);
+
+    // Without a CRC-64 from the destination the object cannot be told from another one of
+    // the same size: that answer is an error, never taken for success.
+    let e = env(3 * PART + 9);
+    e.dst
+        .inject(FaultRule::new(Op::Complete, Fault::AppliedThenNotFound).times(1));
+    e.dst.set_report_crc(false);
+    let (r, _) = e.run(opts()).await;
+    let err = r.expect_err("without a CRC-64 to compare, nothing is accepted");
+    assert!(err.to_string().contains("cannot complete"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ use crate::checksum::crc64::Crc64;
 use crate::store::{PartSpec, StoreError};
 
 use super::{Location, Progress};
-use crate::http::{should_retry, Backoff};
+use crate::store::retry::{should_retry, Backoff};
 
 /// CRC-64 of source bytes `[start, end)`, read without buffering.
 pub(crate) async fn range_crc(

@@ -1,4 +1,12 @@
-//! The one retry delay of the crate: jittered exponential backoff, capped.
+//! The one retry decision and the one retry delay of the crate, next to the error taxonomy
+//! they read ([`ErrorClass`]). The HTTP transport ([`crate::http`]) applies them to replayable
+//! requests, the transfer engine's part scheduler to parts; both import them from here, so
+//! neither depends on the other.
+//!
+//! [`should_retry`]: retry after attempt `attempt` failed when the class is retryable and
+//! fewer than `max_attempts` attempts were made.
+//!
+//! [`Backoff`]: jittered exponential backoff, capped.
 //!
 //! Guarantees callers can rely on:
 //! * The `n`-th delay (counting from 1) is uniform in `[hi/2, hi)` where
@@ -17,6 +25,13 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::store::ErrorClass;
+
+/// The retry decision of the crate: retry after attempt `attempt` (from 1) failed with
+/// `class` when the class is retryable and fewer than `max_attempts` attempts were made.
+/// A non-replayable request has `max_attempts` 1.
+pub fn should_retry(class: ErrorClass, attempt: u32, max_attempts: u32) -> bool {
+    class.is_retryable() && attempt < max_attempts
+}
 
 /// Retry delays for one request or one part; clone it to start another sequence.
 #[derive(Debug, Clone)]
