@@ -8,10 +8,10 @@
 //! other side of the wire, so a bug in the client's checksum code must not be able to agree
 //! with itself here. The raw CRC comes from a different crate (`crc-fast`, SIMD carry-less
 //! multiply folding, instead of the client's `crc64fast`; the unit tests check it against a
-//! third, table-driven implementation, the `crc` crate), and `combine` uses a different method: zlib's
-//! GF(2) *matrix* form (the operator "feed one zero byte" as a 64×64 bit matrix, its
-//! 2^k-th powers precomputed by squaring, then one matrix-vector product per set bit of
-//! `len(B)`), where the client multiplies by `x^(8n) mod P` as a polynomial.
+//! third, table-driven implementation, the `crc` crate), and `combine` uses a different
+//! method: zlib's GF(2) *matrix* form (the operator "feed one zero byte" as a 64×64 bit
+//! matrix, its 2^k-th powers precomputed by squaring, then one matrix-vector product per set
+//! bit of `len(B)`), where the client multiplies by `x^(8n) mod P` as a polynomial.
 
 use std::sync::OnceLock;
 

@@ -78,8 +78,8 @@ pub(crate) struct BodyFault {
     pub(crate) bit: u8,
 }
 
-/// Where in an upload's body (of declared length `len`) a planned fault strikes. A reset comes within the first half
-/// (so some bytes always went unread); the body kinds anywhere.
+/// Where in an upload's body (of declared length `len`) a planned fault strikes. A reset comes
+/// within the first half (so some bytes always went unread); the body kinds anywhere.
 pub(crate) fn body_fault(plan: Option<FaultPlan>, len: u64) -> Option<BodyFault> {
     let p = plan.filter(|p| {
         matches!(

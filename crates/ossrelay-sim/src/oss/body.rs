@@ -78,17 +78,17 @@ pub(crate) async fn receive(
     let mut n = 0u64;
     loop {
         let frame = match tokio::time::timeout(BODY_IDLE, body.frame()).await {
-                Ok(Some(f)) => f.map_err(|_| Fail::ClientGone)?,
-                Ok(None) => break,
-                Err(_) => {
-                    return Err(OssError::new(
-                        400,
-                        "RequestTimeout",
-                        "Your socket connection to the server was not read from or written to within the timeout period.",
-                    )
-                    .into())
-                }
-            };
+            Ok(Some(f)) => f.map_err(|_| Fail::ClientGone)?,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(OssError::new(
+                    400,
+                    "RequestTimeout",
+                    "Your socket connection to the server was not read from or written to within the timeout period.",
+                )
+                .into())
+            }
+        };
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -137,11 +137,11 @@ pub(crate) async fn receive(
     if truncated {
         // OSS waits for the missing bytes, then gives up with RequestTimeout.
         return Err(OssError::new(
-                400,
-                "RequestTimeout",
-                "Your socket connection to the server was not read from or written to within the timeout period.",
-            )
-            .into());
+            400,
+            "RequestTimeout",
+            "Your socket connection to the server was not read from or written to within the timeout period.",
+        )
+        .into());
     }
     let segment = sink.finish().await.map_err(internal)?;
     Ok(Received {
@@ -177,13 +177,13 @@ pub(crate) fn copy_source(
     };
     if let Some(region) = w.oss.remote.get(sb) {
         return Err(OssError::new(
-                403,
-                "AccessDenied",
-                format!(
-                    "Cross-region copy is not supported: source bucket {sb} is in {region}, this endpoint serves {}.",
-                    w.region
-                ),
-            ));
+            403,
+            "AccessDenied",
+            format!(
+                "Cross-region copy is not supported: source bucket {sb} is in {region}, this endpoint serves {}.",
+                w.region
+            ),
+        ));
     }
     let (obj, discard) = {
         let st = w.oss.lock();
@@ -242,19 +242,19 @@ pub(crate) fn copy_source(
         .ec("0017-00001001"));
     }
     let (start, end) = match ctx.h("x-oss-copy-source-range").filter(|_| with_range) {
-            None => (0, obj.size),
-            Some(r) => match range::resolve(Some(r), false, obj.size) {
-                RangeOutcome::Partial { first, last } => (first, last + 1),
-                _ => {
-                    return Err(invalid_argument(format!(
-                        "x-oss-copy-source-range {r:?} is not bytes=<first>-<last> within the {}-byte source.",
-                        obj.size
-                    ))
-                    .with("ArgumentName", "x-oss-copy-source-range")
-                    .with("ArgumentValue", r))
-                }
-            },
-        };
+        None => (0, obj.size),
+        Some(r) => match range::resolve(Some(r), false, obj.size) {
+            RangeOutcome::Partial { first, last } => (first, last + 1),
+            _ => {
+                return Err(invalid_argument(format!(
+                    "x-oss-copy-source-range {r:?} is not bytes=<first>-<last> within the {}-byte source.",
+                    obj.size
+                ))
+                .with("ArgumentName", "x-oss-copy-source-range")
+                .with("ArgumentValue", r))
+            }
+        },
+    };
     Ok((obj, start, end))
 }
 

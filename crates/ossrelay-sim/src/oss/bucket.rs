@@ -18,18 +18,18 @@ use crate::xml::{self, el, esc, iso};
 pub(crate) fn list_buckets(w: &World, _ctx: &Ctx, p: &Principal) -> Res {
     let st = w.oss.lock();
     let mut s = format!(
-            "{}<ListAllMyBucketsResult><Owner><ID>{}</ID><DisplayName>{}</DisplayName></Owner><Buckets>",
-            xml::DECL,
-            owner_id(&p.account),
-            esc(&p.account)
-        );
+        "{}<ListAllMyBucketsResult><Owner><ID>{}</ID><DisplayName>{}</DisplayName></Owner><Buckets>",
+        xml::DECL,
+        owner_id(&p.account),
+        esc(&p.account)
+    );
     for (name, b) in st.buckets.iter().filter(|(_, b)| b.account == p.account) {
         s.push_str(&format!(
-                "<Bucket><CreationDate>{}</CreationDate><ExtranetEndpoint>oss-{r}.aliyuncs.com</ExtranetEndpoint><IntranetEndpoint>oss-{r}-internal.aliyuncs.com</IntranetEndpoint><Location>oss-{r}</Location><Name>{}</Name><Region>{r}</Region><StorageClass>Standard</StorageClass></Bucket>",
-                iso(b.created),
-                esc(name),
-                r = w.region
-            ));
+            "<Bucket><CreationDate>{}</CreationDate><ExtranetEndpoint>oss-{r}.aliyuncs.com</ExtranetEndpoint><IntranetEndpoint>oss-{r}-internal.aliyuncs.com</IntranetEndpoint><Location>oss-{r}</Location><Name>{}</Name><Region>{r}</Region><StorageClass>Standard</StorageClass></Bucket>",
+            iso(b.created),
+            esc(name),
+            r = w.region
+        ));
     }
     s.push_str("</Buckets></ListAllMyBucketsResult>");
     Ok(xml_response(s))
@@ -43,13 +43,13 @@ pub(crate) fn bucket_info(w: &World, ctx: &Ctx) -> Res {
         .ok_or_else(|| internal("bucket vanished"))?;
     let r = &w.region;
     Ok(xml_response(format!(
-            "{}<BucketInfo><Bucket><AccessMonitor>Disabled</AccessMonitor><CreationDate>{}</CreationDate><ExtranetEndpoint>oss-{r}.aliyuncs.com</ExtranetEndpoint><IntranetEndpoint>oss-{r}-internal.aliyuncs.com</IntranetEndpoint><Location>oss-{r}</Location><StorageClass>Standard</StorageClass><DataRedundancyType>LRS</DataRedundancyType><TransferAcceleration>Disabled</TransferAcceleration><CrossRegionReplication>Disabled</CrossRegionReplication><Name>{}</Name><ResourceGroupId>rg-sim</ResourceGroupId><Owner><DisplayName>{}</DisplayName><ID>{}</ID></Owner><AccessControlList><Grant>private</Grant></AccessControlList><ServerSideEncryptionRule><SSEAlgorithm>None</SSEAlgorithm></ServerSideEncryptionRule><Versioning>Disabled</Versioning></Bucket></BucketInfo>",
-            xml::DECL,
-            iso(b.created),
-            esc(ctx.bucket()),
-            esc(&b.account),
-            owner_id(&b.account),
-        )))
+        "{}<BucketInfo><Bucket><AccessMonitor>Disabled</AccessMonitor><CreationDate>{}</CreationDate><ExtranetEndpoint>oss-{r}.aliyuncs.com</ExtranetEndpoint><IntranetEndpoint>oss-{r}-internal.aliyuncs.com</IntranetEndpoint><Location>oss-{r}</Location><StorageClass>Standard</StorageClass><DataRedundancyType>LRS</DataRedundancyType><TransferAcceleration>Disabled</TransferAcceleration><CrossRegionReplication>Disabled</CrossRegionReplication><Name>{}</Name><ResourceGroupId>rg-sim</ResourceGroupId><Owner><DisplayName>{}</DisplayName><ID>{}</ID></Owner><AccessControlList><Grant>private</Grant></AccessControlList><ServerSideEncryptionRule><SSEAlgorithm>None</SSEAlgorithm></ServerSideEncryptionRule><Versioning>Disabled</Versioning></Bucket></BucketInfo>",
+        xml::DECL,
+        iso(b.created),
+        esc(ctx.bucket()),
+        esc(&b.account),
+        owner_id(&b.account),
+    )))
 }
 
 pub(crate) fn get_lifecycle(w: &World, ctx: &Ctx) -> Res {
@@ -91,12 +91,12 @@ pub(crate) async fn put_lifecycle(w: &World, ctx: &Ctx, body: Incoming) -> Res {
     }
     let Some(stored) = xml::check_lifecycle(&data) else {
         return Err(OssError::new(
-                400,
-                "MalformedXML",
-                "The XML you provided was not well-formed or did not validate against our published schema.",
-            )
-            .ec("0016-00000608")
-            .into());
+            400,
+            "MalformedXML",
+            "The XML you provided was not well-formed or did not validate against our published schema.",
+        )
+        .ec("0016-00000608")
+        .into());
     };
     if let Some(b) = w.oss.lock().buckets.get_mut(ctx.bucket()) {
         b.lifecycle = Some(stored);

@@ -245,14 +245,14 @@ pub(crate) fn auth_error(e: AuthError, ctx: &Ctx) -> OssError {
                 .collect::<Vec<_>>()
                 .join(" ");
             let mut err = OssError::new(
-                    403,
-                    "SignatureDoesNotMatch",
-                    "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
-                )
-                .with("OSSAccessKeyId", ak)
-                .with("SignatureProvided", provided)
-                .with("StringToSign", string_to_sign)
-                .with("StringToSignBytes", bytes);
+                403,
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
+            )
+            .with("OSSAccessKeyId", ak)
+            .with("SignatureProvided", provided)
+            .with("StringToSign", string_to_sign)
+            .with("StringToSignBytes", bytes);
             if let Some(c) = canonical_request {
                 err = err.with("CanonicalRequest", c);
             }
@@ -282,13 +282,13 @@ pub(crate) fn bucket_access(w: &World, ctx: &Ctx) -> Result<Principal, OssError>
     let b = ctx.bucket();
     if let Some(region) = w.oss.remote.get(b) {
         return Err(OssError::new(
-                403,
-                "AccessDenied",
-                "The bucket you are attempting to access must be addressed using the specified endpoint. Please send all future requests to this endpoint.",
-            )
-            .with("Bucket", b)
-            .with("Endpoint", format!("oss-{region}.aliyuncs.com"))
-            .ec("0003-00001403"));
+            403,
+            "AccessDenied",
+            "The bucket you are attempting to access must be addressed using the specified endpoint. Please send all future requests to this endpoint.",
+        )
+        .with("Bucket", b)
+        .with("Endpoint", format!("oss-{region}.aliyuncs.com"))
+        .ec("0003-00001403"));
     }
     let owner = w.oss.lock().buckets.get(b).map(|bk| bk.account.clone());
     let Some(owner) = owner else {
@@ -364,12 +364,12 @@ pub(crate) async fn run(
     if !ctx.key.is_empty() && (ctx.key.len() > 1023 || ctx.key.starts_with(['/', '\\'])) {
         drain(w, body).await;
         return Err(OssError::new(
-                400,
-                "InvalidObjectName",
-                "The specified object is not valid: keys are 1-1023 bytes and must not start with '/' or '\\'.",
-            )
-            .ec("0016-00000005")
-            .into());
+            400,
+            "InvalidObjectName",
+            "The specified object is not valid: keys are 1-1023 bytes and must not start with '/' or '\\'.",
+        )
+        .ec("0016-00000005")
+        .into());
     }
     match ctx.op {
         "ListBuckets" => list_buckets(w, ctx, &principal),

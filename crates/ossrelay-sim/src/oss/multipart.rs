@@ -259,38 +259,38 @@ pub(crate) async fn complete(w: &World, ctx: &Ctx, body: Incoming) -> Res {
             return Err(malformed_xml().into());
         }
         match validate_complete(&listed, &uploaded) {
-                Ok(()) => {}
-                Err(CompleteError::Order) => {
-                    return Err(OssError::new(
-                        400,
-                        "InvalidPartOrder",
-                        "The list of parts was not in ascending order. Parts must be ordered by part number.",
-                    )
-                    .ec("0042-00000209")
-                    .into())
-                }
-                Err(CompleteError::Part(n)) => {
-                    return Err(OssError::new(
-                        400,
-                        "InvalidPart",
-                        "One or more of the specified parts could not be found or the specified entity tag might not have matched the part's entity tag",
-                    )
-                    .with("PartNumber", n.to_string())
-                    .ec("0042-00000210")
-                    .into())
-                }
-                Err(CompleteError::TooSmall(n)) => {
-                    return Err(OssError::new(
-                        400,
-                        "EntityTooSmall",
-                        "Your proposed upload is smaller than the minimum allowed size: every part except the last must be at least 100 KiB.",
-                    )
-                    .with("PartNumber", n.to_string())
-                    .with("MinSizeAllowed", MIN_PART.to_string())
-                    .ec("0042-00000213")
-                    .into())
-                }
+            Ok(()) => {}
+            Err(CompleteError::Order) => {
+                return Err(OssError::new(
+                    400,
+                    "InvalidPartOrder",
+                    "The list of parts was not in ascending order. Parts must be ordered by part number.",
+                )
+                .ec("0042-00000209")
+                .into())
             }
+            Err(CompleteError::Part(n)) => {
+                return Err(OssError::new(
+                    400,
+                    "InvalidPart",
+                    "One or more of the specified parts could not be found or the specified entity tag might not have matched the part's entity tag",
+                )
+                .with("PartNumber", n.to_string())
+                .ec("0042-00000210")
+                .into())
+            }
+            Err(CompleteError::TooSmall(n)) => {
+                return Err(OssError::new(
+                    400,
+                    "EntityTooSmall",
+                    "Your proposed upload is smaller than the minimum allowed size: every part except the last must be at least 100 KiB.",
+                )
+                .with("PartNumber", n.to_string())
+                .with("MinSizeAllowed", MIN_PART.to_string())
+                .ec("0042-00000213")
+                .into())
+            }
+        }
         let parts: Vec<Part> = listed.iter().map(|(n, _)| u.parts[n].clone()).collect();
         let size = parts.iter().map(|p| p.size).sum();
         let crc = crc64::combine_all(parts.iter().map(|p| (p.crc, p.size)));

@@ -34,12 +34,12 @@ pub(crate) async fn put_object(
     let declared = ctx.h("content-length").and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_PUT) {
         return Err(OssError::new(
-                400,
-                "EntityTooLarge",
-                "Your proposed upload exceeds the maximum allowed object size (5 GiB); use multipart upload.",
-            )
-            .ec("0026-00000006")
-            .into());
+            400,
+            "EntityTooLarge",
+            "Your proposed upload exceeds the maximum allowed object size (5 GiB); use multipart upload.",
+        )
+        .ec("0026-00000006")
+        .into());
     }
     let pre = (|| -> Result<_, OssError> {
         missing_length(ctx)?;
@@ -169,11 +169,11 @@ pub(crate) fn get_object(
     }
     if discard && ctx.op == "GetObject" {
         return Err(OssError::new(
-                403,
-                "AccessDenied",
-                "discard bucket: content not kept (the simulator only records size and CRC-64 for this bucket).",
-            )
-            .into());
+            403,
+            "AccessDenied",
+            "discard bucket: content not kept (the simulator only records size and CRC-64 for this bucket).",
+        )
+        .into());
     }
     let standard = ctx
         .h("x-oss-range-behavior")
