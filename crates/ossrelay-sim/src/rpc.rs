@@ -630,7 +630,7 @@ pub(crate) fn error_json(
 }
 
 /// UTC `yyyy-MM-ddTHH:mm:ssZ`.
-pub fn ts(t: SystemTime) -> String {
+pub(crate) fn ts(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t)
         .format("%Y-%m-%dT%H:%M:%SZ")
         .to_string()

@@ -6,6 +6,8 @@ use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
+use crate::rpc::ts;
+
 /// The export service role.
 pub const EXPORT_ROLE: &str = "AliyunECSImageExportDefaultRole";
 /// Its system policy.
@@ -169,12 +171,6 @@ pub fn trust(accounts: &[&str], oidc_providers: &[String]) -> String {
 #[derive(Default)]
 pub struct Roles {
     map: BTreeMap<(String, String), Role>,
-}
-
-fn ts(t: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(t)
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 fn role_id() -> String {

@@ -7,7 +7,7 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 use std::time::SystemTime;
 
-use crate::rpc::{RpcError, RpcRequest};
+use crate::rpc::{ts, RpcError, RpcRequest};
 use crate::world::cloud::{Cloud, CloudState, Image, Phase, Task};
 use crate::world::oss::BucketPlace;
 use crate::world::World;
@@ -19,12 +19,6 @@ pub(crate) fn random_id(prefix: &str) -> String {
         .map(|c| (c as char).to_ascii_lowercase())
         .collect();
     format!("{prefix}{s}")
-}
-
-pub(crate) fn ts(t: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(t)
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 pub(crate) fn ts_minutes(t: SystemTime) -> String {
