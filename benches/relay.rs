@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ossrelay::credentials::{Credentials, StaticProvider};
 use ossrelay::oss::{EndpointSpec, OssClient, OssConfig};
-use ossrelay::sim::{self, SimConfig, SimServer, SyntheticObject};
 use ossrelay::store::{ObjectStore, PartSpec, PutOptions};
 use ossrelay::transfer::{self, CopyOptions, Location, Progress};
+use ossrelay_sim::{self as sim, SimConfig, SimServer, SyntheticObject};
 use tokio_util::sync::CancellationToken;
 
 mod common;

@@ -11,7 +11,7 @@ use http::Request;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
-use ossrelay::sim::{self, SimBucket, SimConfig, SyntheticObject};
+use ossrelay_sim::{self as sim, SimBucket, SimConfig, SyntheticObject};
 
 fn sign(method: &str, resource: &str, date: &str) -> String {
     let sts = format!("{method}\n\n\n{date}\n{resource}");

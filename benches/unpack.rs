@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, Crc, FlushCompress};
-use ossrelay::sim::{self, SimConfig};
 use ossrelay::transfer::tar;
+use ossrelay_sim::{self as sim, SimConfig};
 
 mod common;
 use common::{account, buckets, median};

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ossrelay::sim::{self, FaultKind, SimAccount, SimBucket, SimConfig, SimRole, SyntheticObject};
+use ossrelay_sim::{
+    self as sim, FaultKind, SimAccount, SimBucket, SimConfig, SimRole, SyntheticObject,
+};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -265,8 +267,8 @@ async fn main() {
             bytes as f64 / (MIB * 1024.0),
             (bytes - last.1) as f64 / MIB / (t - last.0).max(1e-3),
             bytes as f64 / MIB / t,
-            ossrelay::sim::failed_requests(&s),
-            ossrelay::sim::failed_requests(&d),
+            ossrelay_sim::failed_requests(&s),
+            ossrelay_sim::failed_requests(&d),
             count(&d, "AssumeRole", "200"),
             peak as f64 / MIB
         );
@@ -301,9 +303,9 @@ async fn main() {
     println!(
         "faults answered: source {} (GETs {}), destination {} (UploadPart {}); body faults \
          (truncate/corrupt/stall) show only in retries",
-        ossrelay::sim::failed_requests(&s),
+        ossrelay_sim::failed_requests(&s),
         s["requests"]["GetObject"],
-        ossrelay::sim::failed_requests(&d),
+        ossrelay_sim::failed_requests(&d),
         d["requests"]["UploadPart"],
     );
     println!(

@@ -2,8 +2,10 @@
 //! without a local disk, with bounded memory, CRC-64 proof and resume.
 //!
 //! Rooms: [`oss`] speaks the OSS wire protocol, [`credentials`] finds and refreshes keys,
-//! [`store`] is the small trait the [`transfer`] engine talks to, [`sim`] is the simulated
-//! cloud every test runs against, [`cli`] is the thin command-line shell.
+//! [`store`] is the small trait the [`transfer`] engine talks to, [`cli`] is the thin
+//! command-line shell. The simulated cloud every test runs against is its own crate,
+//! `ossrelay-sim` (`crates/ossrelay-sim`): the other side of the wire, sharing no code with this
+//! one.
 
 pub mod checksum;
 pub mod cli;
@@ -20,6 +22,5 @@ pub mod migrate;
 pub mod oss;
 /// Proxies from the environment (moved to [`crate::http::proxy`]; this path stays for callers).
 pub use self::http::proxy;
-pub mod sim;
 pub mod store;
 pub mod transfer;

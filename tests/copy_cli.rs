@@ -70,7 +70,7 @@ async fn part_size_is_raised_to_stay_under_ten_thousand_parts() {
     let size = 10_001 * 100 * 1024u64;
     let w = World::new(
         |c| {
-            c.synthetic.push(ossrelay::sim::SyntheticObject {
+            c.synthetic.push(ossrelay_sim::SyntheticObject {
                 bucket: SRC_BUCKET.into(),
                 key: "big.raw".into(),
                 size,
@@ -226,7 +226,7 @@ async fn source_overwritten_mid_copy_fails_and_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_at_a_few_percent_are_survived_and_verified() {
-    use ossrelay::sim::FaultKind;
+    use ossrelay_sim::FaultKind;
     let size = 48 * MIB;
     for kind in [
         FaultKind::Error500,
@@ -237,7 +237,7 @@ async fn faults_at_a_few_percent_are_survived_and_verified() {
     ] {
         let w = World::new(
             |c| {
-                c.synthetic.push(ossrelay::sim::SyntheticObject {
+                c.synthetic.push(ossrelay_sim::SyntheticObject {
                     bucket: SRC_BUCKET.into(),
                     key: "disk.raw".into(),
                     size,

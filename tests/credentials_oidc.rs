@@ -14,7 +14,9 @@ use ossrelay::credentials::oidc::OidcProvider;
 use ossrelay::credentials::{CredentialsProvider, EnvLookup};
 use ossrelay::oss::{EndpointSpec, OssClient, OssConfig};
 use ossrelay::proxy::ProxyConfig;
-use ossrelay::sim::{self, SimAccount, SimBucket, SimConfig, SimOidcProvider, SimRole, SimServer};
+use ossrelay_sim::{
+    self as sim, SimAccount, SimBucket, SimConfig, SimOidcProvider, SimRole, SimServer,
+};
 
 const ACCOUNT: &str = "1000000000000001";
 const BUCKET: &str = "pods-data";

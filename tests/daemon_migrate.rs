@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use daemon_support::*;
-use ossrelay::sim::{SimConfig, SimImage, SimRole};
+use ossrelay_sim::{SimConfig, SimImage, SimRole};
 use serde_json::{json, Value};
 
 const IMAGE: &str = "m-src0001";

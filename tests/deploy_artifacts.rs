@@ -284,7 +284,7 @@ const IMAGE_SIZE: u64 = (6 << 20) + 5 * 512;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_survives_a_raw_migrate_job_under_the_units_syscall_filter() {
-    use ossrelay::sim::{SimImage, SimRole};
+    use ossrelay_sim::{SimImage, SimRole};
     let unit = read("deploy/systemd/ossrelay.service");
     let prog = bpf(&filter_of(&unit));
     let w = World::new(

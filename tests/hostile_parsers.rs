@@ -399,7 +399,7 @@ proptest! {
         query in proptest::collection::vec(("[ -~]{0,24}", "[ -~]{0,40}"), 0..6),
         presign in any::<bool>(),
     ) {
-        use ossrelay::sim::auth::{verify, AuthRequest, KeyInfo};
+        use ossrelay_sim::auth::{verify, AuthRequest, KeyInfo};
         let lookup = |ak: &str| {
             (ak == "LTAIkey").then(|| KeyInfo { secret: "s".into(), account: "1".into(), token: None })
         };

@@ -35,7 +35,7 @@ async fn metrics_show_documented_names_with_sane_values_while_running() {
     let size = 96 * MIB;
     let w = World::with_disk(size, |c| {
         c.conn_rate = Some(16 * MIB);
-        c.faults = vec![(ossrelay::sim::FaultKind::Error500, 0.15)];
+        c.faults = vec![(ossrelay_sim::FaultKind::Error500, 0.15)];
         c.fault_ops = Some(vec!["UploadPart".into()]);
         c.fault_seed = 3;
     })

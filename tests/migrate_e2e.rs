@@ -18,9 +18,9 @@ use ossrelay::migrate::{
     self, Backends, DiskResult, MigrateConfig, MigrateError, MigrationKey, RelayFn, Stage,
 };
 use ossrelay::oss::{EndpointSpec, OssClient, OssConfig};
-use ossrelay::sim::{SimConfig, SimImage, SimRole};
 use ossrelay::store::{ObjectStore, PutOptions};
 use ossrelay::transfer::{CopyOptions, Location};
+use ossrelay_sim::{SimConfig, SimImage, SimRole};
 use tokio_util::sync::CancellationToken;
 
 const IMAGE: &str = "m-src0001";
@@ -390,7 +390,7 @@ fn store_err(e: ossrelay::store::StoreError) -> MigrateError {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_state_machine_over_the_wire_with_an_unpacking_relay() {
     let w = World::new(with_image_and_export_role, with_import_role).await;
-    let creds = |a: ossrelay::sim::SimAccount| {
+    let creds = |a: ossrelay_sim::SimAccount| {
         Arc::new(StaticProvider(Credentials::new(
             a.access_key_id,
             a.access_key_secret,
@@ -571,7 +571,7 @@ async fn fixed_roles_propagate_while_export_retries_and_throttling_is_retried() 
             c.roles.clear();
             // A role attached through RAM becomes usable only after this delay.
             c.role_propagation = Duration::from_secs(3);
-            c.rpc_faults.push(ossrelay::sim::RpcFault {
+            c.rpc_faults.push(ossrelay_sim::RpcFault {
                 action: "DescribeTaskAttribute".into(),
                 code: "Throttling.User".into(),
                 status: 400,

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ossrelay::sim::{FaultKind, SimConfig, SimImage, SimRole};
+use ossrelay_sim::{FaultKind, SimConfig, SimImage, SimRole};
 
 const IMAGE: &str = "m-src0002";
 /// Enough data that the throttled relay outlives a few STS credential lifetimes.
@@ -203,7 +203,7 @@ async fn relayed_object_tampered_before_import_is_never_imported() {
     // Export and relay, then stop at the import (the destination refuses to start it once).
     let w = World::new(src_side(SMALL, Duration::from_millis(200)), |c| {
         dst_side(Duration::from_millis(200))(c);
-        c.rpc_faults.push(ossrelay::sim::RpcFault {
+        c.rpc_faults.push(ossrelay_sim::RpcFault {
             action: "ImportImage".into(),
             code: "InvalidParameter".into(),
             status: 400,

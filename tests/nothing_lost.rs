@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use ossrelay::sim::{SimConfig, SimImage, SimRole};
+use ossrelay_sim::{SimConfig, SimImage, SimRole};
 
 /// Parts of 100 KiB (OSS's smallest): many parts, each a line in the state file.
 const PART: u64 = 100 * 1024;

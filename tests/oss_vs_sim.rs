@@ -14,11 +14,11 @@ use ossrelay::oss::{
     EndpointSpec, LifecycleAction, LifecycleConfiguration, LifecycleRule, OssBucket, OssClient,
     OssConfig, OssError, SignVersion,
 };
-use ossrelay::sim::synthetic::Synthetic;
-use ossrelay::sim::{
-    self, FaultKind, SimAccount, SimBucket, SimConfig, SimServer, SyntheticObject,
-};
 use ossrelay::store::{ByteStream, ErrorClass, ObjectStore, PartSpec, PutOptions};
+use ossrelay_sim::synthetic::Synthetic;
+use ossrelay_sim::{
+    self as sim, FaultKind, SimAccount, SimBucket, SimConfig, SimServer, SyntheticObject,
+};
 
 const AK: &str = "LTAIsimAccessKey";
 const SK: &str = "sim-SECRET-never-printed";

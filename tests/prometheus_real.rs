@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use daemon_support::*;
-use ossrelay::sim::{SimConfig, SimRole};
+use ossrelay_sim::{SimConfig, SimRole};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use ossrelay::sim::{self, SimAccount, SimBucket, SimConfig, SimOidcProvider, SimRole, SimServer};
+use ossrelay_sim::{
+    self as sim, SimAccount, SimBucket, SimConfig, SimOidcProvider, SimRole, SimServer,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

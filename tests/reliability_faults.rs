@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use futures::StreamExt;
-use ossrelay::sim::{FaultKind, SimConfig, SimRole};
+use ossrelay_sim::{FaultKind, SimConfig, SimRole};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -72,11 +72,11 @@ fn judge(w: &World, case: &str, out: &Output, data: &[u8], secs: f64, faulted: S
     assert!(!err.contains("panicked"), "{case}: panic: {err}");
     assert!(!err.contains("SECRET-do-not-leak"), "{case}: secret: {err}");
     let failed_now = || match faulted {
-        Side::Get => ossrelay::sim::failed_requests(&w.src.stats()),
-        Side::Upload => ossrelay::sim::failed_requests(&w.dst.stats()),
+        Side::Get => ossrelay_sim::failed_requests(&w.src.stats()),
+        Side::Upload => ossrelay_sim::failed_requests(&w.dst.stats()),
         Side::Both => {
-            ossrelay::sim::failed_requests(&w.src.stats())
-                + ossrelay::sim::failed_requests(&w.dst.stats())
+            ossrelay_sim::failed_requests(&w.src.stats())
+                + ossrelay_sim::failed_requests(&w.dst.stats())
         }
     };
     match out.status.code() {

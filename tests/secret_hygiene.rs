@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use ossrelay::sim::{FaultKind, SimConfig, SimImage, SimRole};
+use ossrelay_sim::{FaultKind, SimConfig, SimImage, SimRole};
 
 use common::*;
 use daemon_support::{raw, Daemon};
@@ -649,13 +649,13 @@ const PROXY_PASSWORD: &str = "proxyPW-zq9x";
 async fn oidc_and_proxy_at_debug_level_show_no_secret() {
     use base64::Engine as _;
     let acct = src_account();
-    let s = ossrelay::sim::start(SimConfig {
+    let s = ossrelay_sim::start(SimConfig {
         accounts: vec![acct.clone()],
-        buckets: vec![ossrelay::sim::SimBucket {
+        buckets: vec![ossrelay_sim::SimBucket {
             name: SRC_BUCKET.into(),
             account: acct.name.clone(),
         }],
-        oidc_providers: vec![ossrelay::sim::SimOidcProvider {
+        oidc_providers: vec![ossrelay_sim::SimOidcProvider {
             account: acct.name.clone(),
             name: "cluster".into(),
             issuer_url: "https://oidc.hygiene.invalid".into(),

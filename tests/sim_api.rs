@@ -8,7 +8,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::Method;
 use ossrelay::crc64;
-use ossrelay::sim::{self, SimAccount, SimBucket, SimConfig, StoreKind, SyntheticObject};
+use ossrelay_sim::{self as sim, SimAccount, SimBucket, SimConfig, StoreKind, SyntheticObject};
 use sim_support::*;
 
 fn config() -> SimConfig {

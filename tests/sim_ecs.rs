@@ -16,7 +16,7 @@ use ossrelay::credentials::imds::EcsRamRoleProvider;
 use ossrelay::credentials::{Credentials, CredentialsProvider, EnvLookup, StaticProvider};
 use ossrelay::ecs::rpc::{signed_parts, RetryPolicy, RpcClient, RpcError, RpcRequest};
 use ossrelay::ecs::sts::{AssumeRoleInput, StsClient};
-use ossrelay::sim::{self, SimAccount, SimBucket, SimConfig, SimImage, SimRole, SimServer};
+use ossrelay_sim::{self as sim, SimAccount, SimBucket, SimConfig, SimImage, SimRole, SimServer};
 use serde_json::Value;
 use sim_support::Req;
 
@@ -797,7 +797,7 @@ async fn cancel_task_and_describe_images_filters() {
 async fn attached_policies_take_time_to_propagate_and_synthetic_disks_import() {
     let mut cfg = config();
     cfg.role_propagation = Duration::from_millis(700);
-    cfg.synthetic = vec![ossrelay::sim::SyntheticObject {
+    cfg.synthetic = vec![ossrelay_sim::SyntheticObject {
         bucket: "src-bkt".into(),
         key: "huge.raw".into(),
         size: 100 << 30,
@@ -1164,7 +1164,7 @@ async fn metadata_token_modes() {
 async fn export_into_a_directory_store_reads_back_over_oss() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config();
-    cfg.store = ossrelay::sim::StoreKind::Dir(dir.path().to_path_buf());
+    cfg.store = ossrelay_sim::StoreKind::Dir(dir.path().to_path_buf());
     cfg.roles.push(SimRole {
         account: "111".into(),
         name: "AliyunECSImageExportDefaultRole".into(),

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use ossrelay::crc64;
-use ossrelay::sim::{self, FaultKind, SimBucket, SimConfig};
+use ossrelay_sim::{self as sim, FaultKind, SimBucket, SimConfig};
 use sim_support::*;
 
 fn config() -> SimConfig {

@@ -279,7 +279,7 @@ async fn kill_9_mid_unpack_then_rerun_completes_without_resending_recorded_parts
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_on_both_sides_are_retried_and_the_raw_is_verified() {
-    use ossrelay::sim::FaultKind;
+    use ossrelay_sim::FaultKind;
     let w = World::new(|_| {}, |_| {}).await;
     let faults = vec![
         (FaultKind::Error500, 0.03),

@@ -10,8 +10,8 @@ use ossrelay::oss::{
     EndpointSpec, LifecycleAction, LifecycleConfiguration, LifecycleRule, OssBucket, OssClient,
     OssConfig,
 };
-use ossrelay::sim::{self, SimAccount, SimBucket, SimConfig, SimServer};
 use ossrelay::store::PutOptions;
+use ossrelay_sim::{self as sim, SimAccount, SimBucket, SimConfig, SimServer};
 
 const AK: &str = "LTAIuploadsAccessKey";
 const SK: &str = "uploads-SECRET-never-printed";
@@ -421,7 +421,7 @@ async fn abort_failures_exit_1_and_keep_the_uploads() {
     let b = bucket(&s);
     let ids = initiate(&b, &["broken/a.raw"]).await;
     s.set_fault_ops(Some(vec!["AbortMultipartUpload".into()]));
-    s.set_faults(vec![(ossrelay::sim::FaultKind::Error500, 1.0)]);
+    s.set_faults(vec![(ossrelay_sim::FaultKind::Error500, 1.0)]);
     let out = uploads(&s, SK, &["abort", &format!("oss://{BUCKET}/broken/")]).await;
     s.set_faults(vec![]);
     let err = stderr(&out);

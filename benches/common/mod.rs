@@ -1,6 +1,6 @@
 //! What the benches share: the simulators' one account and its buckets, and a median.
 
-use ossrelay::sim::{SimAccount, SimBucket};
+use ossrelay_sim::{SimAccount, SimBucket};
 
 /// The simulator account every bench signs with (`simak` / `simsecret`).
 pub fn account() -> SimAccount {

@@ -12,8 +12,8 @@ use super::util::{human_bytes, install_interrupt_handler, parse_size};
 use super::{progress, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK};
 use crate::credentials::{Credentials, StaticProvider};
 use crate::oss::{EndpointSpec, OssClient, OssConfig};
-use crate::sim::{self, SimAccount, SimBucket, SimConfig, SyntheticObject};
 use crate::transfer::{self, CopyOptions, Location, Progress, TransferError};
+use ossrelay_sim::{self as sim, SimAccount, SimBucket, SimConfig, SyntheticObject};
 
 /// Flags of `ossrelay demo`.
 #[derive(Debug, Args)]

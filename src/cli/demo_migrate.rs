@@ -17,9 +17,9 @@ use crate::ecs::ram::RoleRetry;
 use crate::ecs::wait::PollSchedule;
 use crate::migrate::{self, Backends, Event, MigrateConfig, MigrationKey, RelayFn};
 use crate::oss::{EndpointSpec, OssClient, OssConfig};
-use crate::sim::{self, SimAccount, SimBucket, SimConfig, SimImage, SimRole};
 use crate::store::ObjectStore;
 use crate::transfer::CopyOptions;
+use ossrelay_sim::{self as sim, SimAccount, SimBucket, SimConfig, SimImage, SimRole};
 
 const SRC_REGION: &str = "cn-hangzhou";
 const DST_REGION: &str = "eu-central-1";

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::sim::{
+use ossrelay_sim::{
     FaultKind, RpcFault, SimAccount, SimBucket, SimConfig, SimImage, SimOidcProvider, SimRole,
     StoreKind, SyntheticObject,
 };
@@ -347,7 +347,7 @@ pub async fn run_until(
     stop: impl Future<Output = ()>,
 ) -> Result<i32, String> {
     let cfg = args.config()?;
-    let server = crate::sim::start(cfg).await.map_err(|e| e.to_string())?;
+    let server = ossrelay_sim::start(cfg).await.map_err(|e| e.to_string())?;
     // A struct, not json!(): the contract's keys come first, in the documented order.
     #[derive(serde::Serialize)]
     struct Ready<'a> {
@@ -554,7 +554,7 @@ mod tests {
                 .config()
                 .unwrap()
                 .imds_tokens,
-            crate::sim::ImdsTokens::Required
+            ossrelay_sim::ImdsTokens::Required
         );
         assert!(args(&["--rpc-fault", "A:B:99"]).config().is_err());
         assert!(args(&["--image", "m-x"]).config().is_err());

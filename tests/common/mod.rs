@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use ossrelay::sim::{self, SimAccount, SimBucket, SimConfig, SimServer};
+use ossrelay_sim::{self as sim, SimAccount, SimBucket, SimConfig, SimServer};
 
 pub const SRC_REGION: &str = "cn-hangzhou";
 pub const DST_REGION: &str = "eu-central-1";

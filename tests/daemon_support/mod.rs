@@ -263,8 +263,8 @@ pub fn sample(metrics: &str, name: &str, label: &str) -> Option<f64> {
     })
 }
 
-pub fn synthetic(key: &str, size: u64) -> ossrelay::sim::SyntheticObject {
-    ossrelay::sim::SyntheticObject {
+pub fn synthetic(key: &str, size: u64) -> ossrelay_sim::SyntheticObject {
+    ossrelay_sim::SyntheticObject {
         bucket: SRC_BUCKET.into(),
         key: key.into(),
         size,

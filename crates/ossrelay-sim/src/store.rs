@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::synthetic::Synthetic;
+use crate::synthetic::Synthetic;
 
 /// A file holding one PutObject body or one part; deleted when the last reference goes away
 /// (an in-flight GET keeps it alive after the object is replaced or deleted).

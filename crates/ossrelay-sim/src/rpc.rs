@@ -1,9 +1,10 @@
-//! The RPC side of the simulated cloud (ECS, RAM, STS): request parsing, its own V1
-//! (HMAC-SHA1) signature verifier, the error JSON, and the dispatch by `Action` + `Version`.
+//! The RPC protocol of the simulated cloud (ECS, RAM, STS): the request, its own V1
+//! (HMAC-SHA1) and V3 (ACS3-HMAC-SHA256) signature verifiers, the error, and the JSON / XML
+//! rendering. A leaf: the dispatch by `Action` + `Version` is `crate::acs`.
 //!
 //! The verifier signs whatever parameters it received (query ∪ form body, minus `Signature`),
 //! never a fixed list, so SDKs that add `SignatureType=` verify too. It shares no code with the
-//! client signer in `crate::ecs`: the simulator must catch client signing bugs, not repeat them.
+//! client signer (`ossrelay::ecs`): the simulator must catch client signing bugs, not repeat them.
 //!
 //! Choices where the reference is silent or UNCONFIRMED:
 //! * a missing `Signature` / `AccessKeyId` / `SignatureNonce` / `Timestamp`, or a
@@ -16,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -24,13 +24,12 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, Method, Response};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use sha1::Sha1;
 use sha2::{Digest as _, Sha256};
 
-use super::auth::KeyInfo;
-use super::server::{Body, Shared};
-use super::xml::esc;
+use crate::auth::KeyInfo;
+use crate::reply::Body;
+use crate::xml::esc;
 
 /// ECS API version.
 pub const ECS_VERSION: &str = "2014-05-26";
@@ -41,7 +40,6 @@ pub const STS_VERSION: &str = "2015-04-01";
 
 const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
 const NONCE_TTL: Duration = Duration::from_secs(15 * 60);
-const MAX_FORM: usize = 1 << 20;
 
 /// Strict RFC 3986 percent-encoding of UTF-8 bytes, upper-case hex (reference §2.1 step 2).
 pub fn percent_encode(s: &str) -> String {
@@ -134,7 +132,7 @@ pub enum Product {
 }
 
 impl Product {
-    fn from_version(v: &str) -> Option<Self> {
+    pub(crate) fn from_version(v: &str) -> Option<Self> {
         match v {
             ECS_VERSION => Some(Product::Ecs),
             RAM_VERSION => Some(Product::Ram),
@@ -229,7 +227,7 @@ impl RpcRequest {
         }
     }
 
-    fn json(&self) -> bool {
+    pub(crate) fn json(&self) -> bool {
         self.get("Format")
             .is_some_and(|f| f.eq_ignore_ascii_case("json"))
     }
@@ -527,7 +525,7 @@ fn verify_v3(
     accept(key, ak, h("x-acs-security-token"), nonce, now, nonces)
 }
 
-fn decode_form(raw: &str) -> Vec<(String, String)> {
+pub(crate) fn decode_form(raw: &str) -> Vec<(String, String)> {
     let dec = |s: &str| {
         percent_encoding::percent_decode_str(&s.replace('+', " "))
             .decode_utf8_lossy()
@@ -588,7 +586,7 @@ fn body_of(b: Vec<u8>) -> Body {
         .boxed_unsync()
 }
 
-fn render(
+pub(crate) fn render(
     status: u16,
     root: &str,
     v: &serde_json::Value,
@@ -613,7 +611,11 @@ fn render(
         .expect("valid response")
 }
 
-fn error_json(e: &RpcError, req: &RpcRequest, product: Option<Product>) -> serde_json::Value {
+pub(crate) fn error_json(
+    e: &RpcError,
+    req: &RpcRequest,
+    product: Option<Product>,
+) -> serde_json::Value {
     let product = product.map(Product::label).unwrap_or("Ecs");
     serde_json::json!({
         "RequestId": req.request_id,
@@ -627,6 +629,13 @@ fn error_json(e: &RpcError, req: &RpcRequest, product: Option<Product>) -> serde
     })
 }
 
+/// UTC `yyyy-MM-ddTHH:mm:ssZ`.
+pub(crate) fn ts(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
 /// A request ID shaped like the real ones (upper-case UUID).
 pub fn new_request_id() -> String {
     let h = hex::encode_upper(rand::random::<[u8; 16]>());
@@ -638,152 +647,6 @@ pub fn new_request_id() -> String {
         &h[16..20],
         &h[20..32]
     )
-}
-
-/// Serves one RPC request end to end: parse, verify, dispatch, render.
-pub(crate) async fn serve(
-    shared: Arc<Shared>,
-    parts: http::request::Parts,
-    body: Incoming,
-    host_id: String,
-) -> Response<Body> {
-    let mut params = decode_form(parts.uri.query().unwrap_or(""));
-    let form = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
-    let raw = match http_body_util::Limited::new(body, MAX_FORM).collect().await {
-        Ok(c) => Some(c.to_bytes()),
-        Err(_) => None,
-    };
-    let mut req = RpcRequest {
-        method: parts.method.as_str().to_string(),
-        query_count: params.len(),
-        params: Vec::new(),
-        host_id,
-        request_id: new_request_id(),
-        body_sha256: String::new(),
-    };
-    let Some(raw) = raw else {
-        req.params = params;
-        let e = RpcError::new(
-            400,
-            "InvalidParameter",
-            "The request body is too large or was cut off.",
-        );
-        shared.rpc_record("Unsupported", 400);
-        return render(
-            400,
-            "Error",
-            &error_json(&e, &req, None),
-            req.json(),
-            &req.request_id,
-        );
-    };
-    req.body_sha256 = hex::encode(Sha256::digest(&raw));
-    if form {
-        params.extend(decode_form(&String::from_utf8_lossy(&raw)));
-    }
-    req.params = params;
-    let action = req.action_in(&parts.headers);
-    let version = req.version_in(&parts.headers);
-    let product = Product::from_version(&version);
-    let op = if action.is_empty() {
-        "Unsupported"
-    } else {
-        action.as_str()
-    };
-    let result = dispatch(&shared, &req, &parts.headers, product, &action, &version);
-    let resp = match result {
-        Ok(mut v) => {
-            if let Some(m) = v.as_object_mut() {
-                m.insert("RequestId".into(), req.request_id.clone().into());
-            }
-            render(
-                200,
-                &format!("{action}Response"),
-                &v,
-                req.json(),
-                &req.request_id,
-            )
-        }
-        Err(e) => {
-            tracing::debug!(action = %action, code = %e.code, status = e.status, "RPC error");
-            render(
-                e.status,
-                "Error",
-                &error_json(&e, &req, product),
-                req.json(),
-                &req.request_id,
-            )
-        }
-    };
-    shared.rpc_record(op, resp.status().as_u16());
-    resp
-}
-
-fn dispatch(
-    shared: &Arc<Shared>,
-    req: &RpcRequest,
-    headers: &HeaderMap,
-    product: Option<Product>,
-    action: &str,
-    version: &str,
-) -> Result<serde_json::Value, RpcError> {
-    if action.is_empty() {
-        return Err(RpcError::missing("Action"));
-    }
-    let Some(product) = product else {
-        return match version {
-            "" => Err(RpcError::missing("Version")),
-            v => Err(RpcError::new(
-                400,
-                "InvalidVersion",
-                format!("Specified parameter Version {v:?} is not valid."),
-            )),
-        };
-    };
-    let known = match product {
-        Product::Ecs => super::ecs::ACTIONS.contains(&action),
-        Product::Ram => super::ram::ACTIONS.contains(&action),
-        Product::Sts => super::sts::ACTIONS.contains(&action),
-    };
-    if !known {
-        return Err(RpcError::new(
-            404,
-            "InvalidAction.NotFound",
-            "Specified api is not found, please check your url and method.",
-        ));
-    }
-    // AssumeRoleWithOIDC is anonymous on the real service: the caller has no AccessKey yet and
-    // the OIDC token in the parameters is what is verified (in super::sts).
-    if product == Product::Sts && action == "AssumeRoleWithOIDC" {
-        if let Some(e) = shared.rpc_fault(action) {
-            return Err(e);
-        }
-        if let Some(e) = shared.cloud.scripted_fault(action) {
-            return Err(e);
-        }
-        return super::sts::assume_role_with_oidc(shared, req);
-    }
-    let caller = {
-        let now = shared.sim_now();
-        let lookup = |ak: &str| shared.key_lookup(ak);
-        let mut nonces = shared.cloud.nonces.lock().expect("nonce lock");
-        verify(req, headers, now, &lookup, &mut nonces)?
-    };
-    if let Some(e) = shared.rpc_fault(action) {
-        return Err(e);
-    }
-    if let Some(e) = shared.cloud.scripted_fault(action) {
-        return Err(e);
-    }
-    match product {
-        Product::Ecs => super::ecs::handle(shared, &caller, req, action),
-        Product::Ram => super::ram::handle(shared, &caller, req, action),
-        Product::Sts => super::sts::handle(shared, &caller, req, action),
-    }
 }
 
 #[cfg(test)]

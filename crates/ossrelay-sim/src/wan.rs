@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use futures::stream::{self, BoxStream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -256,6 +257,52 @@ impl AsyncWrite for ConnIo {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-request pacing (`x-oss-traffic-limit`)
+
+/// Paces a body to `x-oss-traffic-limit` (bytes/s here).
+pub(crate) struct Pace {
+    rate: f64,
+    start: tokio::time::Instant,
+    done: u64,
+}
+
+impl Pace {
+    pub(crate) fn new(rate: u64) -> Self {
+        Self {
+            rate: rate as f64,
+            start: tokio::time::Instant::now(),
+            done: 0,
+        }
+    }
+
+    pub(crate) async fn after(&mut self, n: u64) {
+        self.done += n;
+        let due = self.start + Duration::from_secs_f64(self.done as f64 / self.rate);
+        tokio::time::sleep_until(due).await;
+    }
+}
+
+pub(crate) fn paced(
+    inner: BoxStream<'static, io::Result<bytes::Bytes>>,
+    rate: Option<u64>,
+) -> BoxStream<'static, io::Result<bytes::Bytes>> {
+    let Some(rate) = rate else {
+        return inner;
+    };
+    stream::unfold(
+        (inner, Pace::new(rate)),
+        |(mut inner, mut pace)| async move {
+            let item = inner.next().await?;
+            if let Ok(b) = &item {
+                pace.after(b.len() as u64).await;
+            }
+            Some((item, (inner, pace)))
+        },
+    )
+    .boxed()
 }
 
 #[cfg(test)]

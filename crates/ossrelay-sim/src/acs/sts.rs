@@ -17,50 +17,17 @@
 //! lifetime (the reported `Expiration` stays truthful), so tests can watch credentials expire.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use rand::distributions::Alphanumeric;
-use rand::Rng;
 use serde_json::{json, Value};
 
-use super::rpc::{Caller, RpcError, RpcRequest};
-use super::server::Shared;
+use crate::rpc::{ts, Caller, RpcError, RpcRequest};
+use crate::world::cloud::{new_triple, Session};
+use crate::world::roles::Role;
+use crate::world::World;
 
 /// STS actions served.
 pub const ACTIONS: &[&str] = &["AssumeRole", "AssumeRoleWithOIDC", "GetCallerIdentity"];
-
-/// Who a temporary AccessKey stands for.
-#[derive(Debug, Clone)]
-pub struct Session {
-    pub account: String,
-    pub role_name: String,
-    pub role_id: String,
-    pub session_name: String,
-}
-
-fn random(n: usize) -> String {
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(n)
-        .map(char::from)
-        .collect()
-}
-
-/// A fresh temporary triple `(AccessKeyId, secret, token)`.
-pub fn new_triple() -> (String, String, String) {
-    (
-        format!("STS.N{}", random(24)),
-        random(44),
-        format!("CAIS{}", random(300)),
-    )
-}
-
-/// UTC `yyyy-MM-ddTHH:mm:ssZ`.
-pub fn ts(t: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(t)
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-}
 
 fn parse_arn(arn: &str) -> Option<(&str, &str)> {
     let rest = arn.strip_prefix("acs:ram::")?;
@@ -76,15 +43,15 @@ fn valid_session_name(s: &str) -> bool {
 
 /// Serves one STS action.
 pub(crate) fn handle(
-    shared: &Arc<Shared>,
+    world: &Arc<World>,
     caller: &Caller,
     req: &RpcRequest,
     action: &str,
 ) -> Result<Value, RpcError> {
     match action {
-        "AssumeRole" => assume_role(shared, caller, req),
+        "AssumeRole" => assume_role(world, caller, req),
         "GetCallerIdentity" => {
-            let st = shared.cloud.state.lock().expect("cloud lock");
+            let st = world.cloud.lock();
             Ok(match st.sessions.get(&caller.access_key_id) {
                 Some(s) => {
                     let acct = &s.account;
@@ -118,7 +85,7 @@ pub(crate) fn handle(
     }
 }
 
-fn assume_role(shared: &Arc<Shared>, caller: &Caller, req: &RpcRequest) -> Result<Value, RpcError> {
+fn assume_role(world: &Arc<World>, caller: &Caller, req: &RpcRequest) -> Result<Value, RpcError> {
     let arn = req.required("RoleArn")?;
     let session = req.required("RoleSessionName")?;
     if !valid_session_name(session) {
@@ -136,7 +103,7 @@ fn assume_role(shared: &Arc<Shared>, caller: &Caller, req: &RpcRequest) -> Resul
         ));
     };
     let duration = duration_param(req)?;
-    issue(shared, arn, acct, name, session, duration, |role| {
+    issue(world, arn, acct, name, session, duration, |role| {
         role.trusts_account(&caller.account)
     })
 }
@@ -156,18 +123,18 @@ fn duration_param(req: &RpcRequest) -> Result<u64, RpcError> {
 
 /// Issues temporary credentials for role `name` of `acct` when `trusted(role)` holds.
 fn issue(
-    shared: &Arc<Shared>,
+    world: &Arc<World>,
     arn: &str,
     acct: &str,
     name: &str,
     session: &str,
     duration: u64,
-    trusted: impl FnOnce(&super::ram::Role) -> bool,
+    trusted: impl FnOnce(&Role) -> bool,
 ) -> Result<Value, RpcError> {
-    let now = shared.sim_now();
+    let now = world.now();
     let (ak, secret, token) = new_triple();
     let (role_name, role_id, expires) = {
-        let mut st = shared.cloud.state.lock().expect("cloud lock");
+        let mut st = world.cloud.lock();
         let Some(role) = st.roles.get(acct, name) else {
             return Err(RpcError::new(
                 404,
@@ -192,10 +159,7 @@ fn issue(
                 ),
             ));
         }
-        let life = shared
-            .cloud
-            .sts_ttl
-            .unwrap_or(Duration::from_secs(duration));
+        let life = world.cloud.sts_ttl.unwrap_or(Duration::from_secs(duration));
         let out = (role.name.clone(), role.id.clone(), now + life);
         st.sessions.insert(
             ak.clone(),
@@ -208,7 +172,9 @@ fn issue(
         );
         out
     };
-    shared.add_temporary_credentials(&ak, &secret, &token, acct, expires);
+    world
+        .oss
+        .add_temporary_credentials(&ak, &secret, &token, acct, expires);
     Ok(json!({
         "AssumedRoleUser": {
             "Arn": format!("acs:ram::{acct}:role/{}/{session}", role_name.to_ascii_lowercase()),
@@ -248,7 +214,7 @@ fn token_error(code: &str, message: impl Into<String>) -> RpcError {
 
 /// AssumeRoleWithOIDC: unsigned; the OIDC token is checked against the provider and the role.
 pub(crate) fn assume_role_with_oidc(
-    shared: &Arc<Shared>,
+    world: &Arc<World>,
     req: &RpcRequest,
 ) -> Result<Value, RpcError> {
     let arn = req.required("RoleArn")?;
@@ -272,7 +238,7 @@ pub(crate) fn assume_role_with_oidc(
             "The parameter RoleArn is wrongly formed; expected acs:ram::<account-id>:role/<role-name>.",
         ));
     };
-    let Some(provider) = shared
+    let Some(provider) = world
         .cloud
         .oidc_providers
         .iter()
@@ -310,8 +276,8 @@ pub(crate) fn assume_role_with_oidc(
             "The audience (aud) of the OIDC token is not a client ID of the OIDC provider.",
         ));
     }
-    let now = shared
-        .sim_now()
+    let now = world
+        .now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
@@ -334,7 +300,7 @@ pub(crate) fn assume_role_with_oidc(
         ));
     }
     let duration = duration_param(req)?;
-    issue(shared, arn, acct, name, session, duration, |role| {
+    issue(world, arn, acct, name, session, duration, |role| {
         role.trusts_oidc(provider_arn, &claims)
     })
 }

@@ -8,39 +8,22 @@
 //! unless tokens are configured as required (then `401`); with tokens unsupported the token
 //! call is `404`, as on old metadata servers.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Response};
 use http_body_util::{BodyExt, Full};
 
-use super::server::{Body, Shared};
-use super::sts::{new_triple, ts};
-use super::ImdsTokens;
+use crate::config::ImdsTokens;
+use crate::reply::Body;
+use crate::rpc::ts;
+use crate::world::cloud::{new_triple, Issued, Session};
+use crate::world::World;
 
 const TOKEN_TTL_HEADER: &str = "x-aliyun-ecs-metadata-token-ttl-seconds";
 const TOKEN_HEADER: &str = "x-aliyun-ecs-metadata-token";
 const CREDS_PATH: &str = "/latest/meta-data/ram/security-credentials/";
-
-/// One issued credential set.
-struct Issued {
-    period: u64,
-    ak: String,
-    secret: String,
-    token: String,
-    issued: SystemTime,
-    expires: SystemTime,
-}
-
-/// Tokens and the current credentials.
-#[derive(Default)]
-pub struct ImdsState {
-    tokens: HashMap<String, SystemTime>,
-    current: Option<Issued>,
-}
 
 /// True for the paths the metadata service owns.
 pub(crate) fn is_imds(parts: &http::request::Parts) -> bool {
@@ -68,11 +51,11 @@ fn not_found() -> Response<Body> {
 }
 
 /// Serves one metadata request.
-pub(crate) fn serve(shared: &Arc<Shared>, parts: &http::request::Parts) -> Response<Body> {
-    let now = shared.sim_now();
+pub(crate) fn serve(world: &World, parts: &http::request::Parts) -> Response<Body> {
+    let now = world.now();
     let path = parts.uri.path();
     let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
-    let cloud = &shared.cloud;
+    let cloud = &world.cloud;
     let mut guard = cloud.state.lock().expect("cloud lock");
     let st = &mut *guard;
     let imds = &mut st.imds;
@@ -139,7 +122,9 @@ pub(crate) fn serve(shared: &Arc<Shared>, parts: &http::request::Parts) -> Respo
             );
         let (ak, secret, token) = new_triple();
         let expires = issued + rotation * 2;
-        shared.add_temporary_credentials(&ak, &secret, &token, &account, expires);
+        world
+            .oss
+            .add_temporary_credentials(&ak, &secret, &token, &account, expires);
         let role_id = st
             .roles
             .get(&account, &role)
@@ -147,7 +132,7 @@ pub(crate) fn serve(shared: &Arc<Shared>, parts: &http::request::Parts) -> Respo
             .unwrap_or_default();
         st.sessions.insert(
             ak.clone(),
-            super::sts::Session {
+            Session {
                 account: account.clone(),
                 role_name: role.clone(),
                 role_id,

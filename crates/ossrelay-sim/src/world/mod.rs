@@ -1,0 +1,193 @@
+//! The world: everything the simulated clouds know, below every handler.
+//!
+//! [`World`] owns the OSS state ([`oss`]), the ECS / RAM / STS / metadata state ([`cloud`],
+//! [`roles`]), and the runtime controls shared by all of them: the server clock (with its
+//! configurable skew), the fault table, the WAN link switches (outage, slow loris) and the
+//! request counters behind `GET /-/stats`. Handlers receive a `&World`; nothing here knows
+//! about HTTP requests, XML or JSON answers.
+
+pub(crate) mod cloud;
+pub(crate) mod oss;
+pub(crate) mod roles;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::auth::KeyInfo;
+use crate::config::{FaultKind, SimConfig, SimError};
+use crate::faults::{FaultPlan, Faults};
+use crate::rpc::RpcError;
+use crate::wan::Link;
+
+/// Request counters (`GET /-/stats`).
+#[derive(Default)]
+pub(crate) struct Stats {
+    requests: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: Arc<AtomicU64>,
+}
+
+impl Stats {
+    /// Counts one answer of operation `op` with `status` (an HTTP status or `reset`, …).
+    pub(crate) fn record(&self, op: &str, status: &str) {
+        let mut m = self.requests.lock().expect("stats lock");
+        *m.entry(op.to_string())
+            .or_default()
+            .entry(status.to_string())
+            .or_default() += 1;
+    }
+}
+
+/// One simulator's world.
+pub(crate) struct World {
+    pub(crate) region: String,
+    /// Accounts, buckets, objects, uploads.
+    pub(crate) oss: oss::Oss,
+    /// ECS / RAM / STS / IMDS state.
+    pub(crate) cloud: cloud::Cloud,
+    /// Bytes/s per connection and direction (WAN model).
+    pub(crate) conn_rate: Option<u64>,
+    /// Delay before the first byte of every OSS response (WAN model).
+    pub(crate) latency: Duration,
+    pub(crate) reject_path_style: bool,
+    clock_skew: AtomicI64,
+    /// Runtime outage and slow-loris switches shared with every connection.
+    pub(crate) link: Arc<Link>,
+    faults: Mutex<Faults>,
+    pub(crate) stats: Stats,
+}
+
+impl World {
+    pub(crate) fn new(cfg: &SimConfig) -> Result<Self, SimError> {
+        // Same order of checks as ever: accounts and buckets, store, faults, then the cloud.
+        let oss = oss::Oss::new(cfg)?;
+        for (k, p) in &cfg.faults {
+            if !(0.0..=1.0).contains(p) {
+                return Err(SimError::Config(format!(
+                    "fault {k} probability {p} is outside 0..1"
+                )));
+            }
+        }
+        Ok(Self {
+            region: cfg.region.clone(),
+            oss,
+            cloud: cloud::Cloud::new(cfg)?,
+            conn_rate: cfg.conn_rate,
+            latency: cfg.latency,
+            reject_path_style: cfg.reject_path_style,
+            clock_skew: AtomicI64::new(cfg.clock_skew),
+            link: Arc::new(Link::default()),
+            faults: Mutex::new(Faults::new(
+                cfg.faults.clone(),
+                cfg.fault_ops.clone(),
+                cfg.fault_seed,
+            )),
+            stats: Stats::default(),
+        })
+    }
+
+    /// The server clock: real time plus the configured skew.
+    pub(crate) fn now(&self) -> SystemTime {
+        let now = SystemTime::now();
+        let skew = self.clock_skew.load(Ordering::Relaxed);
+        if skew >= 0 {
+            now + Duration::from_secs(skew as u64)
+        } else {
+            now - Duration::from_secs(skew.unsigned_abs())
+        }
+    }
+
+    pub(crate) fn stats_json(&self) -> serde_json::Value {
+        let mut requests = self.stats.requests.lock().expect("stats lock").clone();
+        let resets = self.link.outage_resets.load(Ordering::Relaxed);
+        if resets > 0 {
+            requests
+                .entry("Connection".into())
+                .or_default()
+                .insert("outage".into(), resets);
+        }
+        let open = self.oss.open_uploads();
+        serde_json::json!({
+            "requests": requests,
+            "bytes_in": self.stats.bytes_in.load(Ordering::Relaxed),
+            "bytes_out": self.stats.bytes_out.load(Ordering::Relaxed),
+            "open_uploads": open,
+        })
+    }
+
+    pub(crate) fn set_faults(&self, faults: Vec<(FaultKind, f64)>) {
+        self.faults.lock().expect("fault lock").list = faults;
+    }
+
+    pub(crate) fn set_clock_skew(&self, secs: i64) {
+        self.clock_skew.store(secs, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_outage(&self, on: bool) {
+        self.link.outage.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_slow_loris(&self, rate: Option<u64>) {
+        self.link
+            .loris
+            .store(rate.map_or(0, |r| r.max(1)), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_fault_ops(&self, ops: Option<Vec<String>>) {
+        self.faults.lock().expect("fault lock").ops = ops;
+    }
+
+    /// Draws the injected fault (if any) for one request of operation `op`.
+    pub(crate) fn pick_fault(&self, op: &str) -> Option<FaultPlan> {
+        self.faults.lock().expect("fault lock").pick(op)
+    }
+
+    /// Who an AccessKey ID belongs to (long-term or temporary).
+    pub(crate) fn key_lookup(&self, ak: &str) -> Option<KeyInfo> {
+        self.oss.key_info(ak)
+    }
+
+    pub(crate) fn rpc_record(&self, op: &str, status: u16) {
+        self.stats.record(op, &status.to_string());
+    }
+
+    /// An injected fault for an RPC action: error500 → 500 InternalError, slowdown →
+    /// 400 Throttling.User, reset → 503 ServiceUnavailable.
+    pub(crate) fn rpc_fault(&self, op: &str) -> Option<RpcError> {
+        Some(match self.pick_fault(op)?.kind {
+            FaultKind::Error500 => RpcError::new(
+                500,
+                "InternalError",
+                "The request processing has failed due to some unknown error.",
+            ),
+            FaultKind::Slowdown => RpcError::new(
+                400,
+                "Throttling.User",
+                "Request was denied due to user flow control.",
+            ),
+            _ => RpcError::new(
+                503,
+                "ServiceUnavailable",
+                "The request has failed due to a temporary failure of the server.",
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_json_has_exact_keys() {
+        let world = World::new(&SimConfig::default()).unwrap();
+        world.stats.record("GetObject", "200");
+        let v = world.stats_json();
+        let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["bytes_in", "bytes_out", "open_uploads", "requests"]);
+        assert_eq!(v["requests"]["GetObject"]["200"], 1);
+    }
+}
