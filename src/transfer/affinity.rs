@@ -16,6 +16,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tracing::debug;
 
 /// Set once the refusal to pin was logged.
 static REFUSAL_LOGGED: AtomicBool = AtomicBool::new(false);
@@ -204,4 +207,60 @@ mod os {
         false
     }
     pub(super) fn apply(_p: &Placement) {}
+}
+
+/// The decoder's own CPU (`--decoder-cpu auto`), held only while the decoder is the
+/// bottleneck: a reserved CPU idling while the decoder waits for a slow network would only
+/// take a core from the network threads and from other jobs.
+pub(crate) struct CpuHold {
+    pub(crate) mode: DecoderCpu,
+    pub(crate) held: Option<Reservation>,
+    pub(crate) window: Instant,
+    pub(crate) waited_before: Duration,
+}
+
+impl CpuHold {
+    /// Judged over windows this long (reserving costs one pass over the process's threads).
+    pub(crate) const WINDOW: Duration = Duration::from_millis(100);
+
+    pub(crate) fn new(mode: DecoderCpu) -> Self {
+        Self {
+            mode,
+            held: None,
+            window: Instant::now(),
+            waited_before: Duration::ZERO,
+        }
+    }
+
+    /// `waited`: the decoder's total time waiting for input, memory or the cutter so far.
+    pub(crate) fn update(&mut self, waited: Duration) {
+        let wall = self.window.elapsed();
+        if self.mode == DecoderCpu::Off || wall < Self::WINDOW {
+            return;
+        }
+        let share = waited.saturating_sub(self.waited_before).as_secs_f64() / wall.as_secs_f64();
+        match cpu_hold_change(self.held.is_some(), share) {
+            Some(true) => {
+                self.held = reserve_for_this_thread();
+                debug!(cpu = ?self.held.as_ref().map(|r| r.cpu), waiting = share, "decoder busy: own CPU");
+            }
+            Some(false) => {
+                self.held = None;
+                debug!(waiting = share, "decoder waiting: CPU given back");
+            }
+            None => {}
+        }
+        self.window = Instant::now();
+        self.waited_before = waited;
+    }
+}
+
+/// Whether to take (`Some(true)`) or give back (`Some(false)`) the decoder's CPU, given the
+/// share of the last window it spent waiting; apart thresholds keep it from flapping.
+pub(crate) fn cpu_hold_change(held: bool, waiting: f64) -> Option<bool> {
+    match (held, waiting) {
+        (false, w) if w < 0.10 => Some(true),
+        (true, w) if w > 0.30 => Some(false),
+        _ => None,
+    }
 }

@@ -23,6 +23,8 @@
 
 pub mod affinity;
 pub mod budget;
+mod cut;
+mod decode;
 mod engine;
 mod pipe;
 pub mod plan;
