@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
+use crate::acs::ecs::EcsClient;
+use crate::acs::ram::RamClient;
+use crate::acs::StsClient;
 use crate::credentials::sts::{DEFAULT_STS_ENDPOINT, ENV_STS_ENDPOINT};
 use crate::credentials::{self, CredentialsProvider, EnvLookup};
-use crate::ecs::ecs::EcsClient;
-use crate::ecs::ram::RamClient;
-use crate::ecs::StsClient;
 use crate::locate::{self, LocateError, SideOptions};
 use crate::oss::OssBucket;
 

@@ -12,9 +12,9 @@ pub mod cli;
 pub mod cloud;
 /// CRC-64/XZ lives in [`checksum::crc64`]; this path is kept for existing callers.
 pub use checksum::crc64;
+pub mod acs;
 pub mod credentials;
 pub mod daemon;
-pub mod ecs;
 pub mod http;
 pub mod locate;
 pub mod metrics;

@@ -18,13 +18,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use ossrelay::acs::{RetryPolicy, RpcClient, StsClient};
 use ossrelay::credentials::chain::{default_chain_with, from_profile_with};
 use ossrelay::credentials::imds::EcsRamRoleProvider;
 use ossrelay::credentials::sts::{AssumeRoleProvider, AssumeRoleSpec};
 use ossrelay::credentials::{
     Credentials, CredentialsError, CredentialsProvider, EnvLookup, StaticProvider,
 };
-use ossrelay::ecs::{RetryPolicy, RpcClient, StsClient};
 
 // ---------------------------------------------------------------------------------------------
 // A minimal HTTP server
@@ -722,13 +722,13 @@ async fn rpc_retries_5xx_and_treats_code_on_200_as_error() {
     }))
     .await;
     let rpc = fast_client();
-    let req = ossrelay::ecs::RpcRequest::new(&url, "2014-05-26", "DescribeTasks")
+    let req = ossrelay::acs::RpcRequest::new(&url, "2014-05-26", "DescribeTasks")
         .get()
         .param("RegionId", "cn-hangzhou");
     let doc = rpc.call(base().as_ref(), &req).await.unwrap();
     assert_eq!(doc["RequestId"], "R2");
 
-    let req = ossrelay::ecs::RpcRequest::new(&url, "2014-05-26", "ExportImage");
+    let req = ossrelay::acs::RpcRequest::new(&url, "2014-05-26", "ExportImage");
     let err = rpc.call(base().as_ref(), &req).await.unwrap_err();
     assert_eq!(err.code(), Some("Forbidden.RAM"));
     assert!(!err.is_retryable());

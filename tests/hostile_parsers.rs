@@ -345,8 +345,8 @@ proptest! {
         expiration in "[ -~]{0,30}",
         edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 0..6),
     ) {
-        use ossrelay::ecs::ecs::{ImageList, TaskAttribute, TaskList};
-        use ossrelay::ecs::sts::{AssumeRoleOutput, CallerIdentity};
+        use ossrelay::acs::ecs::{ImageList, TaskAttribute, TaskList};
+        use ossrelay::acs::sts::{AssumeRoleOutput, CallerIdentity};
         let creds = ossrelay::credentials::Credentials::new("LTAIid", "hostile-secret");
         let task = serde_json::json!({
             "RequestId": "r", "TaskId": "t-1", "TaskStatus": "Processing", "TaskProcess": percent,
@@ -378,7 +378,7 @@ proptest! {
             let _ = serde_json::from_slice::<AssumeRoleOutput>(&body);
             let _ = serde_json::from_slice::<CallerIdentity>(&body);
             let s = http::StatusCode::from_u16(status).unwrap();
-            if let Err(e) = ossrelay::ecs::rpc::interpret_response("DescribeTasks", "https://ecs.example", s, None, &body, &creds) {
+            if let Err(e) = ossrelay::acs::rpc::interpret_response("DescribeTasks", "https://ecs.example", s, None, &body, &creds) {
                 let shown = e.to_string();
                 prop_assert!(!shown.contains('\n'), "multi-line: {:?}", shown);
                 prop_assert!(!shown.contains("hostile-secret"));

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use ossrelay::acs::ecs::EcsClient;
+use ossrelay::acs::ram::RoleRetry;
+use ossrelay::acs::wait::PollSchedule;
 use ossrelay::credentials::{Credentials, StaticProvider};
-use ossrelay::ecs::ecs::EcsClient;
-use ossrelay::ecs::ram::RoleRetry;
-use ossrelay::ecs::wait::PollSchedule;
 use ossrelay::migrate::{
     self, Backends, DiskResult, MigrateConfig, MigrateError, MigrationKey, RelayFn, Stage,
 };

@@ -11,11 +11,11 @@ use http::Method;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use ossrelay::acs::rpc::{signed_parts, RetryPolicy, RpcClient, RpcError, RpcRequest};
+use ossrelay::acs::sts::{AssumeRoleInput, StsClient};
 use ossrelay::crc64;
 use ossrelay::credentials::imds::EcsRamRoleProvider;
 use ossrelay::credentials::{Credentials, CredentialsProvider, EnvLookup, StaticProvider};
-use ossrelay::ecs::rpc::{signed_parts, RetryPolicy, RpcClient, RpcError, RpcRequest};
-use ossrelay::ecs::sts::{AssumeRoleInput, StsClient};
 use ossrelay_sim::{self as sim, SimAccount, SimBucket, SimConfig, SimImage, SimRole, SimServer};
 use serde_json::Value;
 use sim_support::Req;
@@ -963,7 +963,7 @@ async fn signature_errors_follow_the_reference() {
     for (secret, want) in [("sk1", 200u16), ("wrong", 400)] {
         let headers = v3_headers(&format!("v3-{secret}"));
         let auth =
-            ossrelay::ecs::rpc::authorization_v3("ak1", secret, "POST", &query, &headers, empty);
+            ossrelay::acs::rpc::authorization_v3("ak1", secret, "POST", &query, &headers, empty);
         let mut b = http::Request::builder()
             .method(Method::POST)
             .uri(format!("{ep}/?RegionId={REGION}"));

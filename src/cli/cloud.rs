@@ -6,8 +6,8 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::acs::ecs::{Image, TaskAttribute};
 use crate::cloud::Endpoints;
-use crate::ecs::ecs::{Image, TaskAttribute};
 
 /// The endpoint override flags of the single-side commands (`preflight`, `export`, `import`).
 #[derive(Debug, Clone, Default, clap::Args)]

@@ -9,10 +9,10 @@ use tokio_util::sync::CancellationToken;
 use super::cloud::{parse_duration, task_line, EndpointArgs, StatusLine};
 use super::util::install_interrupt_handler;
 use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
+use crate::acs::ecs::{validate_oss_prefix, EcsApi, ExportImageInput, ImageFormat, TaskAttribute};
+use crate::acs::ram::{retry_missing_role, RoleRetry};
+use crate::acs::wait::{hint_suffix, wait_task, PollSchedule, WaitError};
 use crate::cloud::{check_bucket_region, Side};
-use crate::ecs::ecs::{validate_oss_prefix, EcsApi, ExportImageInput, ImageFormat, TaskAttribute};
-use crate::ecs::ram::{retry_missing_role, RoleRetry};
-use crate::ecs::wait::{hint_suffix, wait_task, PollSchedule, WaitError};
 
 /// Flags of `ossrelay export`.
 #[derive(Debug, Args)]

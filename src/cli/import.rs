@@ -10,12 +10,12 @@ use super::cloud::{image_line, parse_duration, EndpointArgs, StatusLine};
 use super::export::wait_failed;
 use super::util::install_interrupt_handler;
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
-use crate::cloud::Side;
-use crate::ecs::ecs::{
+use crate::acs::ecs::{
     DescribeImagesInput, EcsApi, Image, ImageFormat, ImportDisk, ImportImageInput,
 };
-use crate::ecs::ram::{retry_missing_role, RoleRetry};
-use crate::ecs::wait::{hint_suffix, wait_image, PollSchedule};
+use crate::acs::ram::{retry_missing_role, RoleRetry};
+use crate::acs::wait::{hint_suffix, wait_image, PollSchedule};
+use crate::cloud::Side;
 use crate::locate::ObjectUrl;
 use crate::migrate::is_tar_gz;
 
@@ -321,7 +321,7 @@ pub async fn run(args: ImportArgs) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ecs::ecs::{DiskDeviceMapping, ImageFeatures};
+    use crate::acs::ecs::{DiskDeviceMapping, ImageFeatures};
     use clap::Parser;
 
     #[derive(Parser)]

@@ -7,9 +7,9 @@ use clap::Args;
 
 use super::cloud::{parse_duration, EndpointArgs};
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::acs::ram::{check_service_role, RoleCheck, ServiceRole};
+use crate::acs::wait::hint_suffix;
 use crate::cloud::Side;
-use crate::ecs::ram::{check_service_role, RoleCheck, ServiceRole};
-use crate::ecs::wait::hint_suffix;
 
 /// Flags of `ossrelay preflight`.
 #[derive(Debug, Args)]

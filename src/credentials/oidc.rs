@@ -27,8 +27,8 @@ use super::sts::{
     duration, session_name, sts_endpoint, temporary_credentials, AssumeRoleSpec, ENV_ROLE_ARN,
 };
 use super::{Credentials, CredentialsError, CredentialsProvider, EnvLookup};
-use crate::ecs::rpc::RpcClient;
-use crate::ecs::sts::{AssumeRoleWithOidcInput, StsClient};
+use crate::acs::rpc::RpcClient;
+use crate::acs::sts::{AssumeRoleWithOidcInput, StsClient};
 
 /// ARN of the RAM OIDC identity provider (`acs:ram::<account-id>:oidc-provider/<name>`).
 pub const ENV_OIDC_PROVIDER_ARN: &str = "ALIBABA_CLOUD_OIDC_PROVIDER_ARN";
@@ -290,7 +290,7 @@ mod tests {
             .form
             .iter()
             .any(|(k, v)| k == "OIDCToken" && v == "eyJ.secret-jwt.sig"));
-        let (uri, body) = crate::ecs::rpc::unsigned_parts(&req, "2026-01-01T00:00:00Z");
+        let (uri, body) = crate::acs::rpc::unsigned_parts(&req, "2026-01-01T00:00:00Z");
         assert!(!uri.contains("secret-jwt"), "{uri}");
         assert!(
             !uri.contains("Signature") && !uri.contains("AccessKeyId"),

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 
 use super::cache::RefreshingProvider;
 use super::{parse_expiration, Credentials, CredentialsError, CredentialsProvider, EnvLookup};
-use crate::ecs::rpc::RpcClient;
-use crate::ecs::sts::{AssumeRoleInput, StsClient};
+use crate::acs::rpc::RpcClient;
+use crate::acs::sts::{AssumeRoleInput, StsClient};
 
 /// What to assume and how, as written in a profile, INI section or on the command line.
 ///
@@ -191,7 +191,7 @@ impl AssumeRoleProvider {
 /// STS's temporary credentials (of AssumeRole or AssumeRoleWithOIDC) as [`Credentials`]:
 /// all three parts present and an expiry that parses, else `refresh_err`.
 pub(super) fn temporary_credentials(
-    c: crate::ecs::sts::StsCredentials,
+    c: crate::acs::sts::StsCredentials,
     refresh_err: impl Fn(String) -> CredentialsError,
 ) -> Result<Credentials, CredentialsError> {
     let expiration = parse_expiration(&c.expiration)
@@ -221,7 +221,7 @@ impl CredentialsProvider for AssumeRoleProvider {
             .assume_role(self.base.as_ref(), &self.input)
             .await
             .map_err(|e| match e {
-                crate::ecs::RpcError::Credentials(c) => c,
+                crate::acs::RpcError::Credentials(c) => c,
                 other => refresh_err(other.to_string()),
             })?;
         let c = resp.credentials;

@@ -197,8 +197,8 @@ impl MigrateSpec {
     }
 }
 
-fn parse_format(s: &str) -> Option<crate::ecs::ecs::ImageFormat> {
-    use crate::ecs::ecs::ImageFormat;
+fn parse_format(s: &str) -> Option<crate::acs::ecs::ImageFormat> {
+    use crate::acs::ecs::ImageFormat;
     [ImageFormat::Raw, ImageFormat::Vhd, ImageFormat::Qcow2]
         .into_iter()
         .find(|f| f.export_name() == s)
@@ -617,7 +617,7 @@ fn parse_migrate(obj: &mut Map<String, Value>) -> Result<MigrateSpec, InvalidFie
         locate::validate_bucket_name(b).map_err(|e| invalid(field, e))?;
     }
     if let Some(p) = &spec.export_prefix {
-        crate::ecs::ecs::validate_oss_prefix(p).map_err(|e| invalid("export_prefix", e))?;
+        crate::acs::ecs::validate_oss_prefix(p).map_err(|e| invalid("export_prefix", e))?;
     }
     if let Some(f) = &spec.format {
         if parse_format(f).is_none() {
@@ -908,7 +908,7 @@ mod tests {
         assert!(m.keep_objects);
         let p = m.params(Path::new("/tmp/x"));
         assert_eq!(p.dst.ram.as_deref(), Some("http://127.0.0.1:9"));
-        assert_eq!(p.format, Some(crate::ecs::ecs::ImageFormat::Vhd));
+        assert_eq!(p.format, Some(crate::acs::ecs::ImageFormat::Vhd));
         assert_eq!(p.copy.part_size, Some(8 << 20));
         for (field, v) in [
             ("image_id", json!("i-1")),

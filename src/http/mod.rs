@@ -1,5 +1,5 @@
 //! One HTTP transport for every client of the crate: OSS ([`crate::oss`]), the Alibaba Cloud
-//! RPC APIs ([`crate::ecs::rpc`]), the instance metadata service
+//! RPC APIs ([`crate::acs::rpc`]), the instance metadata service
 //! ([`crate::credentials::imds`]) and `ossrelay jobs`, the daemon API's client.
 //!
 //! # The one rule for failure

@@ -21,13 +21,13 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::ecs::ecs::{
+use crate::acs::ecs::{
     describe_all_images, DescribeImagesInput, DescribeTasksInput, EcsApi, ExportImageInput, Image,
     ImageFormat, ImportDisk, ImportImageInput, TaskAttribute, TaskStatus, TaskSummary,
 };
-use crate::ecs::ram::{retry_missing_role, RoleRetry};
-use crate::ecs::rpc::RpcError;
-use crate::ecs::wait::{hint_suffix, wait_image, wait_task, PollSchedule, WaitError};
+use crate::acs::ram::{retry_missing_role, RoleRetry};
+use crate::acs::rpc::RpcError;
+use crate::acs::wait::{hint_suffix, wait_image, wait_task, PollSchedule, WaitError};
 use crate::store::{ErrorClass, ObjectStore, StoreError};
 use crate::transfer::{self, CopyOptions, Location, Progress, TransferError};
 
@@ -294,7 +294,7 @@ pub fn default_image_name(source: &Image) -> String {
 /// Orders exported objects system disk first, then data disks by name, and pairs them with the
 /// source image's disk sizes.
 pub fn plan_disks(
-    objects: &[crate::ecs::ecs::TaskObject],
+    objects: &[crate::acs::ecs::TaskObject],
     image: Option<&Image>,
 ) -> Vec<DiskState> {
     let mut objs: Vec<_> = objects.to_vec();

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{default_relay, Backends, MigrateConfig, MigrationKey};
+use crate::acs::ecs::{validate_oss_prefix, ImageFormat};
+use crate::acs::ram::RoleRetry;
+use crate::acs::wait::PollSchedule;
 use crate::cloud::{check_bucket_region, Endpoints, Side};
-use crate::ecs::ecs::{validate_oss_prefix, ImageFormat};
-use crate::ecs::ram::RoleRetry;
-use crate::ecs::wait::PollSchedule;
 use crate::transfer::CopyOptions;
 
 /// Everything that describes one migration (the CLI's `migrate` options).

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::MigrateError;
-use crate::ecs::ecs::Image;
+use crate::acs::ecs::Image;
 use crate::transfer::state::write_atomic;
 
 /// Bumped when the layout changes incompatibly.

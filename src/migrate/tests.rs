@@ -9,10 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::*;
-use crate::ecs::ecs::{
+use crate::acs::ecs::{
     DiskDeviceMapping, ImageList, OperationProgress, RelatedItem, Tag, TaskList, TaskStarted,
 };
-use crate::ecs::rpc::ApiError;
+use crate::acs::rpc::ApiError;
 use crate::store::memory::MemoryStore;
 
 fn api_err(action: &str, code: &str, status: u16) -> RpcError {
@@ -109,7 +109,7 @@ impl FakeEcs {
                 os_type: "linux".into(),
                 platform: "Ubuntu".into(),
                 boot_mode: "UEFI".into(),
-                features: crate::ecs::ecs::ImageFeatures {
+                features: crate::acs::ecs::ImageFeatures {
                     nvme_support: "supported".into(),
                     imds_support: "v2".into(),
                 },
@@ -830,11 +830,11 @@ fn names_keys_and_disk_plan() {
         },
     ];
     let objs = [
-        crate::ecs::ecs::TaskObject {
+        crate::acs::ecs::TaskObject {
             bucket: "b".into(),
             key: "p_m-1_data_xvdb.raw.tar.gz".into(),
         },
-        crate::ecs::ecs::TaskObject {
+        crate::acs::ecs::TaskObject {
             bucket: "b".into(),
             key: "p_m-1_system.raw.tar.gz".into(),
         },

@@ -4,7 +4,7 @@
 //!
 //! The verifier signs whatever parameters it received (query ∪ form body, minus `Signature`),
 //! never a fixed list, so SDKs that add `SignatureType=` verify too. It shares no code with the
-//! client signer (`ossrelay::ecs`): the simulator must catch client signing bugs, not repeat them.
+//! client signer (`ossrelay::acs`): the simulator must catch client signing bugs, not repeat them.
 //!
 //! Choices where the reference is silent or UNCONFIRMED:
 //! * a missing `Signature` / `AccessKeyId` / `SignatureNonce` / `Timestamp`, or a

@@ -316,7 +316,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ecs::rpc::ApiError;
+    use crate::acs::rpc::ApiError;
     use std::sync::Mutex;
 
     fn api_err(code: &str, status: u16) -> RpcError {

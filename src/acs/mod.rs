@@ -1,9 +1,10 @@
-//! ECS / RAM / STS over the RPC API style: signing, sending, typed errors.
+//! Alibaba Cloud's control APIs (ACS: ECS, RAM, STS) over the RPC API style: signing,
+//! sending, typed errors. Named for the API family, not for ECS: STS credentials and RAM roles
+//! live here too, and the OSS data path does not (see [`crate::oss`]).
 //!
 //! [`rpc`] signs and sends; [`ecs`], [`ram`] and [`sts`] are the typed calls; [`wait`] polls
 //! tasks and images until they finish.
 
-#[allow(clippy::module_inception)]
 pub mod ecs;
 pub mod ram;
 pub mod rpc;

@@ -266,11 +266,11 @@ pub async fn wait_image(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ecs::ecs::{
+    use crate::acs::ecs::{
         DescribeTasksInput, ExportImageInput, ImageList, ImportImageInput, OperationProgress,
         TaskList, TaskStarted,
     };
-    use crate::ecs::rpc::ApiError;
+    use crate::acs::rpc::ApiError;
     use async_trait::async_trait;
     use std::sync::Mutex;
 
@@ -331,7 +331,7 @@ mod tests {
             // Without every status an importing image would be invisible.
             assert_eq!(
                 q.status.as_deref(),
-                Some(crate::ecs::ecs::ALL_IMAGE_STATUSES)
+                Some(crate::acs::ecs::ALL_IMAGE_STATUSES)
             );
             let mut g = self.images.lock().unwrap();
             Ok(if g.len() > 1 {
