@@ -445,17 +445,19 @@ fn slow(e: &Env) {
     ));
 }
 
-#[tokio::test]
-async fn resumes_after_interrupt_sending_only_missing_parts() {
-    let e = env(20 * PART + 3);
-    slow(&e);
-    let dir = tempfile::tempdir().unwrap();
+/// A copy of 21 parts with state, interrupted after at least 5 parts were recorded: the
+/// options to rerun it with, the state file and the recorded part numbers.
+async fn interrupted_with_state(
+    e: &Env,
+    dir: &tempfile::TempDir,
+) -> (CopyOptions, std::path::PathBuf, Vec<u32>) {
+    slow(e);
     let o = CopyOptions {
         concurrency: 2,
         state_dir: Some(dir.path().join("state")),
         ..opts()
     };
-    let err = interrupted(&e, o.clone(), 5).await;
+    let err = interrupted(e, o.clone(), 5).await;
     let TransferError::Interrupted {
         state_file: Some(path),
     } = &err
@@ -468,6 +470,15 @@ async fn resumes_after_interrupt_sending_only_missing_parts() {
     let saved = state::load(path).unwrap().unwrap();
     let kept: Vec<u32> = saved.parts.iter().map(|p| p.number).collect();
     assert!(kept.len() >= 5, "{kept:?}");
+    (o, path.clone(), kept)
+}
+
+#[tokio::test]
+async fn resumes_after_interrupt_sending_only_missing_parts() {
+    let e = env(20 * PART + 3);
+    let dir = tempfile::tempdir().unwrap();
+    let (o, path, kept) = interrupted_with_state(&e, &dir).await;
+    let path = &path;
     let text = std::fs::read_to_string(path).unwrap();
     assert!(!text.to_lowercase().contains("secret"));
 
@@ -518,25 +529,11 @@ fn as_version_1(st: &state::CopyState) -> String {
 #[tokio::test]
 async fn a_version_1_state_file_resumes() {
     let e = env(20 * PART + 3);
-    slow(&e);
     let dir = tempfile::tempdir().unwrap();
-    let o = CopyOptions {
-        concurrency: 2,
-        state_dir: Some(dir.path().join("state")),
-        ..opts()
-    };
-    let err = interrupted(&e, o.clone(), 5).await;
-    let TransferError::Interrupted {
-        state_file: Some(path),
-    } = &err
-    else {
-        panic!("{err}")
-    };
-    let saved = state::load(path).unwrap().unwrap();
-    let kept: Vec<u32> = saved.parts.iter().map(|p| p.number).collect();
-    assert!(kept.len() >= 5, "{kept:?}");
+    let (o, path, kept) = interrupted_with_state(&e, &dir).await;
+    let saved = state::load(&path).unwrap().unwrap();
     assert!(saved.source_meta.checksums.crc64_xz().is_some());
-    std::fs::write(path, as_version_1(&saved)).unwrap();
+    std::fs::write(&path, as_version_1(&saved)).unwrap();
 
     e.dst.clear_faults();
     e.dst.reset_part_uploads();
