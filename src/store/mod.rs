@@ -4,6 +4,7 @@
 //! sense (`crate::store::local`), and other dialects can be added without touching the engine.
 
 pub mod local;
+#[cfg(any(test, feature = "test-support"))]
 pub mod memory;
 pub mod retry;
 
