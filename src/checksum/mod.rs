@@ -2,8 +2,8 @@
 //!
 //! Guarantees callers can rely on:
 //! * A [`Checksum`] always says which algorithm produced it: a CRC-64/XZ from OSS can never
-//!   be compared with a CRC-64/NVME from S3 by mistake ([`Checksum::matches`] is false across
-//!   algorithms, [`Checksums::get`] looks up by algorithm).
+//!   be compared with a CRC-64/NVME from S3 by mistake (equality includes the algorithm,
+//!   [`Checksums::get`] looks up by algorithm).
 //! * [`MultiDigest`] feeds each buffer once to every algorithm asked for, so a part that both
 //!   sides of a cross-cloud copy must prove costs one pass over memory, not one per checksum.
 //! * Serialised form (state files, summaries): `{"crc64-xz": "12066172435287683848"}`; 64-bit
@@ -99,11 +99,6 @@ impl Checksum {
         }
     }
 
-    /// Same algorithm and same value.
-    pub fn matches(&self, other: &Checksum) -> bool {
-        self == other
-    }
-
     /// The value as it is written in state files: decimal for CRCs, hex for MD5.
     pub fn value_string(&self) -> String {
         match self {
@@ -171,17 +166,6 @@ impl Checksums {
 
     pub fn iter(&self) -> impl Iterator<Item = Checksum> + '_ {
         self.0.values().copied()
-    }
-
-    /// The first checksum of `self` that `other` also has with another value: proof that the
-    /// two differ. Algorithms only one side has prove nothing either way.
-    pub fn conflict(&self, other: &Checksums) -> Option<(Checksum, Checksum)> {
-        self.iter().find_map(|a| {
-            other
-                .get(a.algorithm())
-                .filter(|b| !a.matches(b))
-                .map(|b| (a, b))
-        })
     }
 }
 
@@ -312,21 +296,10 @@ mod tests {
 
     #[test]
     fn checksums_of_different_algorithms_never_match() {
-        let a = Checksum::Crc64Xz(5);
-        let b = Checksum::Crc64Nvme(5);
-        assert!(!a.matches(&b));
-        let ours: Checksums = [a, Checksum::Md5([1; 16])].into_iter().collect();
-        let theirs: Checksums = [b].into_iter().collect();
-        assert_eq!(
-            ours.conflict(&theirs),
-            None,
-            "nothing in common proves nothing"
-        );
-        let theirs: Checksums = [Checksum::Crc64Xz(6)].into_iter().collect();
-        assert_eq!(
-            ours.conflict(&theirs),
-            Some((a, Checksum::Crc64Xz(6))),
-            "a value that differs is found"
-        );
+        // Equality includes the algorithm: the same value from another CRC is another checksum.
+        assert_ne!(Checksum::Crc64Xz(5), Checksum::Crc64Nvme(5));
+        let ours: Checksums = [Checksum::Crc64Xz(5)].into_iter().collect();
+        assert_eq!(ours.get(Algorithm::Crc64Nvme), None);
+        assert_eq!(ours.crc64_xz(), Some(5));
     }
 }

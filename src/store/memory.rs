@@ -214,7 +214,8 @@ impl MemoryStore {
             faults: Mutex::new(Vec::new()),
             report_crc: AtomicBool::new(true),
             chunk: AtomicUsize::new(64 * 1024),
-            limits: Mutex::new(crate::oss::LIMITS),
+            // The plan a local file gets (OSS's numbers), without reaching up into a dialect.
+            limits: Mutex::new(super::local::LIMITS),
             counters: Counters::default(),
         })
     }

@@ -27,13 +27,12 @@ pub fn plan_part_size(
         )));
     }
     let base = match requested {
-        Some(p) if p < limits.min_part_size || p > limits.max_part_size => {
-            return Err(TransferError::Plan(format!(
-                "part size {p} bytes is out of range: choose between {} and {} bytes",
-                limits.min_part_size, limits.max_part_size
-            )))
+        Some(p) => {
+            limits
+                .check_part_size(p)
+                .map_err(|e| TransferError::Plan(format!("part size {e}")))?;
+            p
         }
-        Some(p) => p,
         None => DEFAULT_PART_SIZE.clamp(limits.min_part_size, limits.max_part_size),
     };
     if size.div_ceil(base) <= limits.max_parts as u64 {
