@@ -445,19 +445,20 @@ fn slow(e: &Env) {
     ));
 }
 
-/// A copy of 21 parts with state, interrupted after at least 5 parts were recorded: the
-/// options to rerun it with, the state file and the recorded part numbers.
+/// A slowed copy with its state in `state_dir`, interrupted once at least `after` parts were
+/// recorded: the options to rerun it with, the state file and the recorded part numbers.
 async fn interrupted_with_state(
     e: &Env,
-    dir: &tempfile::TempDir,
+    state_dir: &std::path::Path,
+    after: u64,
 ) -> (CopyOptions, std::path::PathBuf, Vec<u32>) {
     slow(e);
     let o = CopyOptions {
         concurrency: 2,
-        state_dir: Some(dir.path().join("state")),
+        state_dir: Some(state_dir.to_path_buf()),
         ..opts()
     };
-    let err = interrupted(e, o.clone(), 5).await;
+    let err = interrupted(e, o.clone(), after).await;
     let TransferError::Interrupted {
         state_file: Some(path),
     } = &err
@@ -469,7 +470,7 @@ async fn interrupted_with_state(
     assert_eq!(e.dst.open_uploads(), 1, "the upload is kept for resume");
     let saved = state::load(path).unwrap().unwrap();
     let kept: Vec<u32> = saved.parts.iter().map(|p| p.number).collect();
-    assert!(kept.len() >= 5, "{kept:?}");
+    assert!(kept.len() as u64 >= after, "{kept:?}");
     (o, path.clone(), kept)
 }
 
@@ -477,7 +478,7 @@ async fn interrupted_with_state(
 async fn resumes_after_interrupt_sending_only_missing_parts() {
     let e = env(20 * PART + 3);
     let dir = tempfile::tempdir().unwrap();
-    let (o, path, kept) = interrupted_with_state(&e, &dir).await;
+    let (o, path, kept) = interrupted_with_state(&e, &dir.path().join("state"), 5).await;
     let path = &path;
     let text = std::fs::read_to_string(path).unwrap();
     assert!(!text.to_lowercase().contains("secret"));
@@ -530,7 +531,7 @@ fn as_version_1(st: &state::CopyState) -> String {
 async fn a_version_1_state_file_resumes() {
     let e = env(20 * PART + 3);
     let dir = tempfile::tempdir().unwrap();
-    let (o, path, kept) = interrupted_with_state(&e, &dir).await;
+    let (o, path, kept) = interrupted_with_state(&e, &dir.path().join("state"), 5).await;
     let saved = state::load(&path).unwrap().unwrap();
     assert!(saved.source_meta.checksums.crc64_xz().is_some());
     std::fs::write(&path, as_version_1(&saved)).unwrap();
@@ -658,20 +659,8 @@ async fn interrupt_without_state_aborts_the_upload() {
 #[tokio::test]
 async fn resume_redoes_parts_the_destination_does_not_confirm() {
     let e = env(10 * PART);
-    slow(&e);
     let dir = tempfile::tempdir().unwrap();
-    let o = CopyOptions {
-        concurrency: 2,
-        state_dir: Some(dir.path().to_path_buf()),
-        ..opts()
-    };
-    let err = interrupted(&e, o.clone(), 4).await;
-    let TransferError::Interrupted {
-        state_file: Some(path),
-    } = err
-    else {
-        panic!()
-    };
+    let (o, path, _) = interrupted_with_state(&e, dir.path(), 4).await;
     // Tamper: the state claims part 1 has another CRC than the destination holds.
     let mut st = state::load(&path).unwrap().unwrap();
     st.parts[0] = crate::transfer::state::StatePart::new(
@@ -1001,20 +990,8 @@ async fn the_same_pair_cannot_run_twice_at_once() {
 async fn resume_trusts_etags_when_the_destination_reports_no_crc() {
     let e = env(10 * PART);
     e.dst.set_report_crc(false);
-    slow(&e);
     let dir = tempfile::tempdir().unwrap();
-    let o = CopyOptions {
-        concurrency: 2,
-        state_dir: Some(dir.path().to_path_buf()),
-        ..opts()
-    };
-    let err = interrupted(&e, o.clone(), 3).await;
-    let TransferError::Interrupted {
-        state_file: Some(path),
-    } = err
-    else {
-        panic!()
-    };
+    let (o, path, _) = interrupted_with_state(&e, dir.path(), 3).await;
     // Tamper with one recorded ETag: without a CRC from the server, that part is not trusted.
     let mut st = state::load(&path).unwrap().unwrap();
     let kept = st.parts.len() as u64;
@@ -1302,20 +1279,8 @@ async fn a_single_put_waits_for_a_live_multipart_run_of_the_pair() {
 #[tokio::test]
 async fn a_damaged_state_file_aborts_the_upload_it_names() {
     let e = env(10 * PART);
-    slow(&e);
     let dir = tempfile::tempdir().unwrap();
-    let o = CopyOptions {
-        concurrency: 2,
-        state_dir: Some(dir.path().to_path_buf()),
-        ..opts()
-    };
-    let err = interrupted(&e, o.clone(), 3).await;
-    let TransferError::Interrupted {
-        state_file: Some(path),
-    } = err
-    else {
-        panic!()
-    };
+    let (o, path, _) = interrupted_with_state(&e, dir.path(), 3).await;
     assert_eq!(e.dst.open_uploads(), 1);
     let full = std::fs::read(&path).unwrap();
     std::fs::write(&path, &full[..full.len() / 2]).unwrap();
