@@ -129,6 +129,7 @@ async fn bare_pipe(sim: &SimServer, size: u64, concurrency: usize, part: u64) ->
         "bare.raw",
         &upload,
         &results,
+        size,
         &ossrelay::checksum::Checksums::new(),
     )
     .await

@@ -111,6 +111,7 @@ impl ObjectStore for Source {
         _: &str,
         _: &str,
         _: &[(u32, String)],
+        _: u64,
         _expected: &ossrelay::checksum::Checksums,
     ) -> Result<Uploaded, StoreError> {
         Err(unsupported())
@@ -206,6 +207,7 @@ impl ObjectStore for Sink {
         _: &str,
         _: &str,
         _: &[(u32, String)],
+        _: u64,
         _expected: &ossrelay::checksum::Checksums,
     ) -> Result<Uploaded, StoreError> {
         Ok(Uploaded {

@@ -616,6 +616,7 @@ async fn multipart_calls_on_the_wire() {
             "k",
             &id,
             &[(1, "P1".into()), (2, "P2".into())],
+            1 << 30,
             &ossrelay::checksum::Checksums::new(),
         )
         .await
@@ -992,6 +993,7 @@ async fn control_requests_are_retried_by_the_transport() {
                 "k",
                 &id,
                 &[(1, "P1".into())],
+                1 << 20,
                 &ossrelay::checksum::Checksums::new()
             )
             .await

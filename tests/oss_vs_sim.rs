@@ -1100,6 +1100,7 @@ async fn object_store_trait_against_the_simulator() {
             "t/mp",
             &id,
             &[(1, p1.etag), (2, p2.etag)],
+            cut + 10,
             &ossrelay::checksum::Checksums::new(),
         )
         .await

@@ -154,6 +154,7 @@ impl ObjectStore for Discard {
         _key: &str,
         _id: &str,
         parts: &[(u32, String)],
+        size: u64,
         _expected: &ossrelay::checksum::Checksums,
     ) -> Result<Uploaded, StoreError> {
         let mut got = self.parts.lock().unwrap().clone();
@@ -161,6 +162,10 @@ impl ObjectStore for Discard {
         assert_eq!(got.len(), parts.len(), "each part uploaded once");
         let crc = crc64::combine_all(got.iter().map(|&(_, len, crc)| (crc, len)));
         let len = got.iter().map(|p| p.1).sum();
+        assert_eq!(
+            size, len,
+            "Complete is told the size of the object it makes"
+        );
         *self.completed.lock().unwrap() = Some((len, crc));
         Ok(Uploaded {
             etag: "done".into(),
@@ -493,6 +498,7 @@ impl ObjectStore for Swappable {
         _: &str,
         _: &str,
         _: &[(u32, String)],
+        _: u64,
         _expected: &ossrelay::checksum::Checksums,
     ) -> Result<Uploaded, StoreError> {
         unreachable!("source only")
@@ -685,6 +691,7 @@ async fn a_rerun_after_a_completed_unpack_sends_nothing() {
         "r_system.raw",
         &st.upload_id,
         &parts,
+        0,
         &ossrelay::checksum::Checksums::new(),
     )
     .await

@@ -63,8 +63,9 @@ pub fn checksum(data: &[u8]) -> u64 {
     c.sum()
 }
 
-/// `a * b mod P` over GF(2), both reflected (bit 63 is x^0).
-const fn mul_mod_p(a: u64, mut b: u64) -> u64 {
+/// `a * b mod P` over GF(2), both reflected (bit 63 is x^0), for the reflected polynomial
+/// `poly`. Shared with CRC-64/NVME ([`super::nvme`]): only the polynomial differs.
+pub(super) const fn mul_mod(a: u64, mut b: u64, poly: u64) -> u64 {
     let mut m = 1u64 << 63;
     let mut p = 0u64;
     while m != 0 && a & (m | (m - 1)) != 0 {
@@ -72,41 +73,48 @@ const fn mul_mod_p(a: u64, mut b: u64) -> u64 {
             p ^= b;
         }
         m >>= 1;
-        b = if b & 1 != 0 {
-            (b >> 1) ^ POLY_REFLECTED
-        } else {
-            b >> 1
-        };
+        b = if b & 1 != 0 { (b >> 1) ^ poly } else { b >> 1 };
     }
     p
 }
 
+const fn mul_mod_p(a: u64, b: u64) -> u64 {
+    mul_mod(a, b, POLY_REFLECTED)
+}
+
 /// `x^(2^k) mod P` for every k that [`shift_of`] can reach (3 + 64 bits of a length).
-const X2N: [u64; 67] = {
+pub(super) const fn powers_of_x(poly: u64) -> [u64; 67] {
     let mut t = [0u64; 67];
     let mut p = 1u64 << 62; // x^1
     let mut k = 0;
     while k < 67 {
         t[k] = p;
-        p = mul_mod_p(p, p);
+        p = mul_mod(p, p, poly);
         k += 1;
     }
     t
-};
+}
 
-/// `x^(8·len) mod P`: the operator that shifts a CRC past `len` bytes.
-const fn shift_of(len: u64) -> u64 {
+const X2N: [u64; 67] = powers_of_x(POLY_REFLECTED);
+
+/// `x^(8·len) mod P` for the polynomial whose [`powers_of_x`] are `x2n`: the operator that
+/// shifts a CRC past `len` bytes.
+pub(super) const fn shift_by(len: u64, x2n: &[u64; 67], poly: u64) -> u64 {
     let mut n = len;
     let mut k = 3; // 2^3 bits per byte
     let mut p = 1u64 << 63; // x^0
     while n != 0 {
         if n & 1 != 0 {
-            p = mul_mod_p(X2N[k], p);
+            p = mul_mod(x2n[k], p, poly);
         }
         n >>= 1;
         k += 1;
     }
     p
+}
+
+const fn shift_of(len: u64) -> u64 {
+    shift_by(len, &X2N, POLY_REFLECTED)
 }
 
 /// CRC(A‖B) from `crc1` = CRC(A), `crc2` = CRC(B) and `len2` = |B|: CRC(A) is shifted past

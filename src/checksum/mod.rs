@@ -13,6 +13,7 @@
 //! ([`crate::store::ChecksumCaps`]), not an assumption of the engine.
 
 pub mod crc64;
+pub mod nvme;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -66,7 +67,7 @@ impl Algorithm {
 
     /// Whether [`MultiDigest`] can compute it in this release.
     pub fn computable(self) -> bool {
-        matches!(self, Self::Crc64Xz | Self::Md5)
+        matches!(self, Self::Crc64Xz | Self::Crc64Nvme | Self::Md5)
     }
 
     fn from_key(k: &str) -> Option<Self> {
@@ -160,6 +161,14 @@ impl Checksums {
         }
     }
 
+    /// The CRC-64/NVME, the checksum S3 stores for whole objects.
+    pub fn crc64_nvme(&self) -> Option<u64> {
+        match self.get(Algorithm::Crc64Nvme) {
+            Some(Checksum::Crc64Nvme(v)) => Some(v),
+            _ => None,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -211,6 +220,7 @@ impl<'de> Deserialize<'de> for Checksums {
 #[derive(Clone)]
 pub struct MultiDigest {
     crc64_xz: Option<crc64::Crc64>,
+    crc64_nvme: Option<nvme::Crc64Nvme>,
     md5: Option<md5::Md5>,
 }
 
@@ -221,13 +231,15 @@ impl MultiDigest {
     pub fn new(algs: impl IntoIterator<Item = Algorithm>) -> Self {
         let mut d = Self {
             crc64_xz: None,
+            crc64_nvme: None,
             md5: None,
         };
         for a in algs {
             match a {
                 Algorithm::Crc64Xz => d.crc64_xz = Some(crc64::Crc64::new()),
+                Algorithm::Crc64Nvme => d.crc64_nvme = Some(nvme::Crc64Nvme::new()),
                 Algorithm::Md5 => d.md5 = Some(md5::Md5::new()),
-                Algorithm::Crc64Nvme | Algorithm::Crc32c => {}
+                Algorithm::Crc32c => {}
             }
         }
         d
@@ -235,6 +247,9 @@ impl MultiDigest {
 
     pub fn update(&mut self, data: &[u8]) {
         if let Some(c) = &mut self.crc64_xz {
+            c.update(data);
+        }
+        if let Some(c) = &mut self.crc64_nvme {
             c.update(data);
         }
         if let Some(m) = &mut self.md5 {
@@ -246,6 +261,9 @@ impl MultiDigest {
         let mut out = Checksums::new();
         if let Some(c) = self.crc64_xz {
             out.insert(Checksum::Crc64Xz(c.sum()));
+        }
+        if let Some(c) = self.crc64_nvme {
+            out.insert(Checksum::Crc64Nvme(c.sum()));
         }
         if let Some(m) = self.md5 {
             out.insert(Checksum::Md5(m.finalize().into()));
@@ -261,12 +279,13 @@ mod tests {
     #[test]
     fn one_pass_gives_every_checksum_asked_for() {
         let data = b"123456789";
-        let mut d = MultiDigest::new([Algorithm::Crc64Xz, Algorithm::Md5]);
+        let mut d = MultiDigest::new([Algorithm::Crc64Xz, Algorithm::Crc64Nvme, Algorithm::Md5]);
         d.update(&data[..4]);
         d.update(&data[4..]);
         let s = d.finish();
         // Check values from the catalogue of CRCs and RFC 1321's test suite style.
         assert_eq!(s.crc64_xz(), Some(0x995D_C9BB_DF19_39FA));
+        assert_eq!(s.crc64_nvme(), Some(0xAE8B_1486_0A79_9888));
         assert_eq!(
             s.get(Algorithm::Md5).unwrap().value_string(),
             "25f9e794323b453885f5181f1b624d0b"

@@ -542,6 +542,7 @@ impl ObjectStore for LocalFile {
         _key: &str,
         upload_id: &str,
         parts: &[(u32, String)],
+        _size: u64,
         expected: &Checksums,
     ) -> Result<Uploaded, StoreError> {
         let want = expected.crc64_xz();
@@ -789,6 +790,7 @@ mod tests {
                 "",
                 &id,
                 &[(1, f1.etag), (2, u2.etag)],
+                0,
                 &crate::checksum::Checksums::new(),
             )
             .await

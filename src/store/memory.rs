@@ -700,6 +700,7 @@ impl ObjectStore for MemoryStore {
         key: &str,
         upload_id: &str,
         parts: &[(u32, String)],
+        _size: u64,
         _expected: &Checksums,
     ) -> Result<Uploaded, StoreError> {
         let fault = self.pre(Op::Complete, None).await?;
@@ -863,6 +864,7 @@ mod tests {
                 "k",
                 &id,
                 &[(1, p1.etag.clone()), (2, p2.etag.clone())],
+                0,
                 &crate::checksum::Checksums::new(),
             )
             .await
@@ -884,6 +886,7 @@ mod tests {
                 "k",
                 &id,
                 &[(2, p2.etag.clone()), (1, p1.etag.clone())],
+                0,
                 &crate::checksum::Checksums::new(),
             )
             .await
@@ -894,6 +897,7 @@ mod tests {
                 "k",
                 &id,
                 &[(1, "x".into())],
+                0,
                 &crate::checksum::Checksums::new(),
             )
             .await
@@ -907,6 +911,7 @@ mod tests {
                 "k",
                 &id,
                 &[(1, p1.etag), (2, p2.etag)],
+                0,
                 &crate::checksum::Checksums::new(),
             )
             .await

@@ -294,14 +294,16 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Every part uploaded so far (all pages).
     async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<ListedPart>, StoreError>;
 
-    /// Completes the upload with exactly these parts `(number, etag)` in ascending order.
-    /// `expected` holds the whole object's checksums; the store sends those it
+    /// Completes the upload with exactly these parts `(number, etag)` in ascending order into
+    /// an object of `size` bytes (S3 checks it against `x-amz-mp-object-size`). `expected`
+    /// holds the whole object's checksums; the store sends those it
     /// [verifies](ChecksumCaps::verifies) and ignores the rest.
     async fn complete(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[(u32, String)],
+        size: u64,
         expected: &Checksums,
     ) -> Result<Uploaded, StoreError>;
 

@@ -456,7 +456,7 @@ pub(super) async fn complete(
         timeout,
         ctx.dst
             .store
-            .complete(&ctx.dst.key, upload_id, parts, &expected),
+            .complete(&ctx.dst.key, upload_id, parts, size, &expected),
     )
     .await
     {

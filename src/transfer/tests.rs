@@ -1163,6 +1163,7 @@ async fn completed_behind_our_back(e: &Env, o: &CopyOptions) -> std::path::PathB
             "copy",
             &st.upload_id,
             &parts,
+            0,
             &crate::checksum::Checksums::new(),
         )
         .await
