@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::checksum::{crc64, Checksum};
+use crate::checksum::Checksums;
 use crate::metrics as m;
 use crate::store::{ErrorClass, ObjectMeta, PartSpec, PutOptions, StoreError};
 
@@ -98,7 +98,7 @@ impl Ctx {
 }
 
 struct Outcome {
-    crc64: u64,
+    checksums: Checksums,
     parts: u32,
     part_size: u64,
     resumed_bytes: u64,
@@ -162,6 +162,8 @@ async fn run(
         idle_timeout: opts.idle_timeout,
         request_timeout: opts.request_timeout,
         chunk_size: opts.chunk_size,
+        digest: super::proof::digest_for(&*src.store, &*dst.store),
+        proofs: Default::default(),
     };
     let ctx = Arc::new(Ctx {
         src_desc: src.describe(),
@@ -226,14 +228,19 @@ async fn run(
         } else {
             0.0
         },
-        crc64: out.crc64,
-        checksums: Checksum::Crc64Xz(out.crc64).into(),
+        crc64: out
+            .checksums
+            .crc64_xz()
+            .expect("CRC-64/XZ is always computed"),
+        checksums: out.checksums,
         parts: out.parts,
         part_size: out.part_size,
         retries: progress.retries.load(Relaxed)
             + store_retries(&ctx.src, &ctx.dst).saturating_sub(retries_before),
         resumed_bytes: out.resumed_bytes,
         source_crc64_known: meta.checksums.crc64_xz().is_some(),
+        verified_by: ctx.pipe.proofs.list(),
+        end_to_end: ctx.pipe.proofs.end_to_end(),
     };
     info!(
         bytes = summary.bytes,
@@ -291,20 +298,13 @@ async fn single_put(
     let size = meta.size;
     let mut backoff = ctx.backoff();
     let mut attempt = 1;
+    let claim = super::proof::source_claim(&meta.checksums, &ctx.pipe.digest.clone().finish());
     loop {
-        let fut = pipe(
-            &ctx.pipe,
-            &ctx.src,
-            0,
-            size,
-            if_match(&meta.etag),
-            meta.checksums.crc64_xz(),
-            {
-                let dst = ctx.dst.clone();
-                let po = put_opts.clone();
-                move |body| async move { dst.store.put(&dst.key, body, size, &po).await }
-            },
-        );
+        let fut = pipe(&ctx.pipe, &ctx.src, 0, size, if_match(&meta.etag), claim, {
+            let dst = ctx.dst.clone();
+            let po = put_opts.clone();
+            move |body| async move { dst.store.put(&dst.key, body, size, &po).await }
+        });
         let _guard = InflightGuard::new(ctx.progress.clone());
         let r = tokio::select! {
             r = fut => r,
@@ -314,8 +314,17 @@ async fn single_put(
             Ok(p) => {
                 ctx.progress.acked_bytes.fetch_add(size, Relaxed);
                 metrics::counter!(m::ACKNOWLEDGED_BYTES_TOTAL).increment(size);
+                if let Some(c) = claim {
+                    ctx.pipe.proofs.source(c.algorithm());
+                }
+                // The whole object's checksums the PUT echoed were compared by the pipe.
+                for a in
+                    super::proof::compare(&p.uploaded.checksums, &p.checksums).unwrap_or_default()
+                {
+                    ctx.pipe.proofs.destination(a);
+                }
                 return Ok(Outcome {
-                    crc64: p.crc64,
+                    checksums: p.checksums,
                     parts: 0,
                     part_size: size,
                     resumed_bytes: 0,
@@ -413,7 +422,7 @@ async fn multipart(
         Opened::Finished(f) => {
             finished_progress(&ctx.progress, meta.size, f.parts);
             return Ok(Outcome {
-                crc64: f.crc64,
+                checksums: f.checksums,
                 parts: f.parts,
                 part_size: f.part_size,
                 resumed_bytes: meta.size,
@@ -470,25 +479,26 @@ async fn multipart(
             (d.number, d.etag.clone())
         })
         .collect();
-    if let Err(e) = keeper.completing(combined, None).await {
+    if let Err(e) = keeper.completing(&combined, None).await {
         return Err(fail(ctx, e, &upload_id, &mut keeper).await);
     }
-    let uploaded = match complete(ctx, &upload_id, &list, meta.size, combined).await {
+    let uploaded = match complete(ctx, &upload_id, &list, meta.size, &combined).await {
         Ok(u) => u,
         Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
     };
     keeper.remove().await;
-    check_completed(ctx, &uploaded, combined).await?;
+    check_completed(ctx, &uploaded, &combined).await?;
     Ok(Outcome {
-        crc64: combined,
+        checksums: combined,
         parts: specs.len() as u32,
         part_size,
         resumed_bytes,
     })
 }
 
-/// Sends every missing part, then proves the parts against the source CRC-64 (repairing
-/// parts whose source bytes were corrupted in transit). Returns the combined CRC-64.
+/// Sends every missing part, then proves the parts against the source's checksum (repairing
+/// parts whose source bytes were corrupted in transit). Returns the parts' checksums folded
+/// into the whole object's.
 async fn transfer_and_prove(
     ctx: &Arc<Ctx>,
     meta: &ObjectMeta,
@@ -497,7 +507,7 @@ async fn transfer_and_prove(
     keeper: &mut StateKeeper,
     upload_id: &Arc<str>,
     cancel: &CancellationToken,
-) -> Result<u64, TransferError> {
+) -> Result<Checksums, TransferError> {
     let etag: Arc<str> = Arc::from(meta.etag.as_str());
     let mut aimd = Aimd::new(ctx.opts.concurrency);
     let mut round = 0;
@@ -509,32 +519,35 @@ async fn transfer_and_prove(
             )
             .await?;
         }
-        let combined = crc64::combine_all(
+        let combined = super::proof::fold(
             done.iter()
                 .zip(specs.iter())
-                .map(|(d, s)| (d.as_ref().expect("part done").crc64(), s.len)),
+                .map(|(d, s)| (&d.as_ref().expect("part done").checksums, s.len)),
         );
-        let Some(want) = meta.checksums.crc64_xz() else {
+        let Some(want) = super::proof::source_claim(&meta.checksums, &combined) else {
             return Ok(combined);
         };
-        if want == combined {
+        let got = combined.get(want.algorithm()).expect("claimed");
+        if want == got {
+            ctx.pipe.proofs.source(want.algorithm());
             return Ok(combined);
         }
         ctx.note_crc_mismatch();
         if round >= REPAIR_ROUNDS {
-            return Err(TransferError::crc64_mismatch(
-                format!(
+            return Err(TransferError::CrcMismatch {
+                what: format!(
                     "the parts sent to {} against {}",
                     ctx.dst_desc, ctx.src_desc
                 ),
-                want,
-                combined,
-            ));
+                expected: want,
+                actual: got,
+            });
         }
         round += 1;
         warn!(
-            expected = want,
-            actual = combined,
+            expected = %want,
+            actual = %got,
+            algorithm = %want.algorithm(),
             "the parts' CRC-64 does not match the source: re-reading the source to find corrupted parts"
         );
         let recorded: Vec<u64> = done
@@ -570,14 +583,15 @@ async fn transfer_and_prove(
             }
         };
         if bad.is_empty() {
-            return Err(TransferError::crc64_mismatch(
-                format!(
-                    "{} (its bytes do not match the CRC-64 it reports)",
-                    ctx.src_desc
+            return Err(TransferError::CrcMismatch {
+                what: format!(
+                    "{} (its bytes do not match the {} it reports)",
+                    ctx.src_desc,
+                    want.algorithm()
                 ),
-                want,
-                combined,
-            ));
+                expected: want,
+                actual: got,
+            });
         }
         warn!(parts = ?bad.iter().map(|&i| specs[i].number).collect::<Vec<_>>(), "sending corrupted parts again");
         let numbers: Vec<u32> = bad.iter().map(|&i| specs[i].number).collect();

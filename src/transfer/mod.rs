@@ -29,6 +29,7 @@ mod engine;
 mod pipe;
 pub mod plan;
 pub mod progress;
+mod proof;
 mod relay;
 pub mod retry;
 mod schedule;
@@ -202,6 +203,15 @@ pub struct CopySummary {
     pub resumed_bytes: u64,
     /// Whether the source reported a CRC-64 the result was proven against (a local file has none).
     pub source_crc64_known: bool,
+    /// The independent proofs that held, e.g. `source_crc64nvme`, `part_md5`,
+    /// `destination_crc64ecma`, `destination_full_object_crc64nvme` (see `transfer::proof`).
+    /// Parts kept from an earlier run were proven by that run and add nothing here.
+    pub verified_by: Vec<String>,
+    /// Whether the destination is proven to hold what was read (a checksum of its own, per
+    /// part or whole, matched ours; a source checksum, when there is one, always must). False
+    /// when the destination reports and checks nothing the copy computed; `--require-proof`
+    /// refuses that.
+    pub end_to_end: bool,
 }
 
 /// Why a copy failed. Messages are one line and say what to do.

@@ -28,7 +28,7 @@ use futures::Stream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::checksum::crc64::Crc64;
+use crate::checksum::{Checksum, Checksums, MultiDigest};
 use crate::store::{ByteStream, ErrorClass, StoreError, Uploaded};
 
 use super::budget::{MemoryBudget, TokenBucket};
@@ -46,6 +46,11 @@ pub(crate) struct PipeCtx {
     pub chunk_size: usize,
     /// Consumed bytes a body may keep charged before giving them back in one go.
     pub release_batch: u32,
+    /// The checksums every range computes as it streams (always CRC-64/XZ, the relay's own
+    /// record; CRC-64/NVME or MD5 when a side speaks them), cloned fresh for each body.
+    pub digest: MultiDigest,
+    /// Which kinds of proof held, for the summary's `verified_by`.
+    pub proofs: Arc<super::proof::ProofLog>,
 }
 
 /// Which side of the pipe failed.
@@ -88,23 +93,24 @@ impl PipeError {
     }
 }
 
-/// A piped range: its CRC-64 as computed locally and what the destination returned.
+/// A piped range: its checksums as computed locally and what the destination returned.
 #[derive(Debug, Clone)]
 pub(crate) struct Piped {
-    pub crc64: u64,
+    pub checksums: Checksums,
     pub uploaded: Uploaded,
 }
 
-/// Streams source bytes `[start, end)` into `upload`. With `expected_crc`, the last chunk is
-/// withheld (and the upload failed) if the range's CRC-64 differs, so a whole-object PUT never
-/// commits corrupted bytes.
+/// Streams source bytes `[start, end)` into `upload`. With `expected` (the source's checksum
+/// of the whole range), the last chunk is withheld (and the upload failed) if the range's
+/// checksum of that algorithm differs, so a whole-object PUT never commits corrupted bytes.
+/// Every checksum the destination echoes for the range must equal ours.
 pub(crate) async fn pipe<F, Fut>(
     ctx: &PipeCtx,
     src: &Location,
     start: u64,
     end: u64,
     if_match: Option<&str>,
-    expected_crc: Option<u64>,
+    expected: Option<Checksum>,
     upload: F,
 ) -> Result<Piped, PipeError>
 where
@@ -138,14 +144,14 @@ where
     };
     let shared = Arc::new(Shared::default());
     if len == 0 {
-        *shared.outcome.lock().expect("pipe outcome") = Some(Ok(Crc64::new().sum()));
+        *shared.outcome.lock().expect("pipe outcome") = Some(Ok(ctx.digest.clone().finish()));
     }
     let body: ByteStream = Box::pin(Body {
         src: stream,
         len,
         got: 0,
-        crc: Crc64::new(),
-        expected_crc,
+        digest: Some(ctx.digest.clone()),
+        expected,
         max_chunk: (ctx.chunk_size as u64).min(ctx.budget.max_chunk()).max(1) as usize,
         rest: Bytes::new(),
         ready: None,
@@ -185,17 +191,18 @@ where
                     (Ok(_), None) => Err(PipeError::dst(StoreError::transient(
                         "the destination accepted a body that was not fully sent",
                     ))),
-                    (Ok(uploaded), Some(Ok(crc64))) => {
-                        if let Some(reported) = uploaded.checksums.crc64_xz() {
-                            if reported != crc64 {
-                                return Err(PipeError::dst(StoreError::transient(format!(
-                                    "the destination reports CRC-64 {reported} for bytes {start}-{end}, \
-                                     but {crc64} was sent"
+                    (Ok(uploaded), Some(Ok(checksums))) => {
+                        let echoed = super::proof::compare(&uploaded.checksums, &checksums)
+                            .map_err(|(reported, sent)| {
+                                PipeError::dst(StoreError::transient(format!(
+                                    "the destination reports {} {reported} for bytes {start}-{end}, \
+                                     but {sent} was sent",
+                                    reported.algorithm().name()
                                 )))
-                                .with_reason("crc_mismatch"));
-                            }
-                        }
-                        Ok(Piped { crc64, uploaded })
+                                .with_reason("crc_mismatch")
+                            })?;
+                        ctx.proofs.parts(echoed);
+                        Ok(Piped { checksums, uploaded })
                     }
                 };
             }
@@ -262,9 +269,9 @@ struct Shared {
     waiting: AtomicU8,
     /// Set once, when every byte has been handed over.
     done: Notify,
-    /// The range's CRC-64 once all bytes were read (and checked against `expected_crc`),
-    /// or the source failure that ended the body.
-    outcome: Mutex<Option<Result<u64, PipeError>>>,
+    /// The range's checksums once all bytes were read (and checked against `expected`), or
+    /// the source failure that ended the body.
+    outcome: Mutex<Option<Result<Checksums, PipeError>>>,
 }
 
 /// The upload body: pulls, checks, hashes and charges source chunks on demand.
@@ -273,8 +280,9 @@ struct Body {
     len: u64,
     /// Source bytes received (including `rest` and `ready`).
     got: u64,
-    crc: Crc64,
-    expected_crc: Option<u64>,
+    /// Taken when the last byte is hashed.
+    digest: Option<MultiDigest>,
+    expected: Option<Checksum>,
     max_chunk: usize,
     /// The part of the current source chunk not yet split off.
     rest: Bytes,
@@ -390,20 +398,30 @@ impl Stream for Body {
                 } else {
                     std::mem::take(&mut this.rest)
                 };
-                this.crc.update(&piece);
+                if let Some(d) = this.digest.as_mut() {
+                    d.update(&piece);
+                }
                 if this.got == this.len && this.rest.is_empty() {
-                    let sum = this.crc.sum();
-                    if let Some(want) = this.expected_crc {
-                        if sum != want {
-                            return this.fail(
-                                PipeError::src(StoreError::transient(format!(
-                                    "the source bytes have CRC-64 {sum}, but the source reports {want}"
-                                )))
-                                .with_reason("crc_mismatch"),
-                            );
+                    let sums = this
+                        .digest
+                        .take()
+                        .map(MultiDigest::finish)
+                        .unwrap_or_default();
+                    if let Some(want) = this.expected {
+                        match sums.get(want.algorithm()) {
+                            Some(got) if got != want => {
+                                return this.fail(
+                                    PipeError::src(StoreError::transient(format!(
+                                        "the source bytes have {} {got}, but the source reports {want}",
+                                        want.algorithm().name()
+                                    )))
+                                    .with_reason("crc_mismatch"),
+                                );
+                            }
+                            _ => {}
                         }
                     }
-                    *this.shared.outcome.lock().expect("pipe outcome") = Some(Ok(sum));
+                    *this.shared.outcome.lock().expect("pipe outcome") = Some(Ok(sums));
                 }
                 if let Some(bw) = &this.bandwidth {
                     let (bw, n) = (bw.clone(), piece.len() as u64);

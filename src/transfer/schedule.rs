@@ -136,7 +136,12 @@ pub(super) async fn run_parts(
             }
             Event::Joined(Ok((job, Ok(piped)))) => {
                 let spec = specs[job.idx];
-                let part = StatePart::new(spec.number, spec.len, piped.crc64, piped.uploaded.etag);
+                let part = StatePart::with_checksums(
+                    spec.number,
+                    spec.len,
+                    piped.checksums,
+                    piped.uploaded.etag,
+                );
                 done[job.idx] = Some(part.clone());
                 keeper.record(part);
                 let p = &ctx.progress;

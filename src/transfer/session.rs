@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::checksum::{crc64, Checksum, Checksums};
+use crate::checksum::{Checksum, Checksums};
 use crate::store::{
     ErrorClass, ListedPart, ObjectMeta, PartSpec, PutOptions, StoreError, Uploaded,
 };
@@ -175,10 +175,10 @@ impl StateKeeper {
     /// [`state::CopyState::completing`]).
     pub(super) async fn completing(
         &mut self,
-        crc64: u64,
+        checksums: &Checksums,
         source_crc64: Option<u64>,
     ) -> Result<(), TransferError> {
-        self.state.completing = Some(state::Completing::new(crc64, source_crc64));
+        self.state.completing = Some(state::Completing::with(checksums.clone(), source_crc64));
         self.mark();
         self.flush().await
     }
@@ -231,7 +231,8 @@ pub(super) fn finished_progress(p: &Progress, size: u64, parts: u32) {
 
 /// See [`Opened::Finished`].
 pub(super) struct Finished {
-    pub crc64: u64,
+    /// What the destination object holds, as recorded and confirmed by its HEAD.
+    pub checksums: Checksums,
     pub parts: u32,
     pub part_size: u64,
     /// From the state's completion record, when the run that completed wrote one.
@@ -402,12 +403,12 @@ async fn finished_earlier(ctx: &Ctx, old: &CopyState, up: &Upload<'_>) -> Option
             .iter()
             .zip(&specs)
             .all(|(p, s)| p.number == s.number && p.size == s.len))
-    .then(|| crc64::combine_all(old.parts.iter().map(|p| (p.crc64(), p.size))));
-    let want = old
+    .then(|| super::proof::fold(old.parts.iter().map(|p| (&p.checksums, p.size))));
+    let want: Checksums = old
         .completing
         .as_ref()
-        .and_then(|c| c.crc64())
-        .or(up.object_crc64)
+        .map(|c| c.checksums.clone())
+        .or(up.object_crc64.map(|c| Checksum::Crc64Xz(c).into()))
         .or(folded)?;
     let head: Result<ObjectMeta, StoreError> = control!(
         ctx,
@@ -416,17 +417,17 @@ async fn finished_earlier(ctx: &Ctx, old: &CopyState, up: &Upload<'_>) -> Option
         ctx.dst.store.head(&ctx.dst.key)
     );
     let head = head.ok()?;
-    if head.size != up.size || head.checksums.crc64_xz() != Some(want) {
+    if head.size != up.size || !holds(&head, &want) {
         return None;
     }
     info!(
         upload_id = %old.upload_id,
-        crc64 = want,
+        checksums = ?want,
         "the interrupted run had completed the upload: {} already holds the object",
         ctx.dst_desc
     );
     Some(Finished {
-        crc64: want,
+        checksums: want,
         parts: specs.len() as u32,
         part_size: old.part_size,
         source_crc64: old.completing.as_ref().and_then(|c| c.source_crc64()),
@@ -448,15 +449,14 @@ pub(super) async fn complete(
     upload_id: &str,
     parts: &[(u32, String)],
     size: u64,
-    expected_crc: u64,
+    expected: &Checksums,
 ) -> Result<Uploaded, TransferError> {
     let timeout = ctx.opts.request_timeout.map(|t| t * 5);
-    let expected: Checksums = Checksum::Crc64Xz(expected_crc).into();
     let r = match super::within(
         timeout,
         ctx.dst
             .store
-            .complete(&ctx.dst.key, upload_id, parts, size, &expected),
+            .complete(&ctx.dst.key, upload_id, parts, size, expected),
     )
     .await
     {
@@ -478,11 +478,11 @@ pub(super) async fn complete(
             ctx.dst.store.head(&ctx.dst.key)
         );
         if let Ok(head) = head {
-            if head.size == size && head.checksums.crc64_xz() == Some(expected_crc) {
+            if head.size == size && holds(&head, expected) {
                 info!(
                     upload_id,
                     "the upload was already completed (a Complete whose answer was lost): \
-                     {} holds the expected size and CRC-64",
+                     {} holds the expected size and checksum",
                     ctx.dst_desc
                 );
                 return Ok(Uploaded {
@@ -566,9 +566,10 @@ pub(super) fn confirmed_parts(
         ) else {
             continue;
         };
-        let confirmed = match l.checksums.crc64_xz() {
-            Some(c) => c == rec.crc64(),
-            None => l.etag == rec.etag,
+        let confirmed = match super::proof::compare(&l.checksums, &rec.checksums) {
+            Ok(matched) if !matched.is_empty() => true,
+            Ok(_) => l.etag == rec.etag,
+            Err(_) => false,
         };
         if rec.size == spec.len && l.size == spec.len && confirmed {
             out.push(StatePart {
@@ -585,23 +586,42 @@ pub(super) fn confirmed_parts(
     out
 }
 
-/// The destination's answer to CompleteMultipartUpload must carry the CRC-64 folded from the
-/// parts (when it reports one); otherwise the object is deleted and the copy fails.
+/// Whether a destination's HEAD shows the object `want` describes: at least one checksum in
+/// common, and every common one equal.
+fn holds(head: &ObjectMeta, want: &Checksums) -> bool {
+    matches!(super::proof::compare(&head.checksums, want), Ok(m) if !m.is_empty())
+}
+
+/// The destination's answer to CompleteMultipartUpload must carry the checksums folded from
+/// the parts (those it reports); otherwise the object is deleted and the copy fails. A
+/// whole-object checksum the destination verifies itself (S3's FULL_OBJECT CRC-64/NVME, sent
+/// with the Complete) proved the object by the Complete succeeding.
 pub(super) async fn check_completed(
     ctx: &Ctx,
     uploaded: &Uploaded,
-    combined: u64,
+    combined: &Checksums,
 ) -> Result<(), TransferError> {
-    if let Some(c) = uploaded.checksums.crc64_xz() {
-        if c != combined {
+    match super::proof::compare(&uploaded.checksums, combined) {
+        Ok(matched) => {
+            for a in matched {
+                ctx.pipe.proofs.destination(a);
+            }
+            let caps = ctx.dst.store.checksums();
+            for c in combined.iter() {
+                if caps.verifies(c.algorithm()) && c.algorithm().combinable() {
+                    ctx.pipe.proofs.destination(c.algorithm());
+                }
+            }
+            Ok(())
+        }
+        Err((reported, ours)) => {
             ctx.note_crc_mismatch();
             let _ = ctx.dst.store.delete(&ctx.dst.key).await;
-            return Err(TransferError::crc64_mismatch(
-                format!("{} after CompleteMultipartUpload", ctx.dst_desc),
-                combined,
-                c,
-            ));
+            Err(TransferError::CrcMismatch {
+                what: format!("{} after CompleteMultipartUpload", ctx.dst_desc),
+                expected: ours,
+                actual: reported,
+            })
         }
     }
-    Ok(())
 }

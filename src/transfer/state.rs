@@ -60,6 +60,17 @@ impl StatePart {
         }
     }
 
+    /// A part whose bytes have `checksums` (CRC-64/XZ among them).
+    pub fn with_checksums(number: u32, size: u64, checksums: Checksums, etag: String) -> Self {
+        debug_assert!(checksums.crc64_xz().is_some());
+        Self {
+            number,
+            size,
+            checksums,
+            etag,
+        }
+    }
+
     /// The part's CRC-64/XZ, which the relay folds into the object's.
     pub fn crc64(&self) -> u64 {
         self.checksums
@@ -100,8 +111,13 @@ pub struct Completing {
 
 impl Completing {
     pub fn new(crc64: u64, source_crc64: Option<u64>) -> Self {
+        Self::with(Checksum::Crc64Xz(crc64).into(), source_crc64)
+    }
+
+    /// The object's checksums (CRC-64/XZ among them, see [`CopyState::defect`]).
+    pub fn with(checksums: Checksums, source_crc64: Option<u64>) -> Self {
         Self {
-            checksums: Checksum::Crc64Xz(crc64).into(),
+            checksums,
             source_checksums: source_crc64
                 .map(|c| Checksum::Crc64Xz(c).into())
                 .unwrap_or_default(),

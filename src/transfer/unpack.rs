@@ -420,6 +420,8 @@ async fn run_once(
             retries: progress.retries.load(Relaxed),
             resumed_bytes: out.resumed_bytes,
             source_crc64_known: meta.checksums.crc64_xz().is_some(),
+            verified_by: ctx.pipe.proofs.list(),
+            end_to_end: ctx.pipe.proofs.end_to_end(),
         },
         member: member.name,
         source_bytes: end.compressed_bytes,
@@ -450,6 +452,9 @@ fn pipe_ctx(
         request_timeout: opts.request_timeout,
         chunk_size: opts.chunk_size,
         release_batch: 256 * 1024,
+        // Parts cut from the decoded stream carry CRC-64/XZ (see `cut.rs`).
+        digest: crate::checksum::MultiDigest::new([crate::checksum::Algorithm::Crc64Xz]),
+        proofs: Default::default(),
     }
 }
 
@@ -476,6 +481,7 @@ fn prove(
                 end.compressed_crc,
             ));
         }
+        ctx.pipe.proofs.source(crate::checksum::Algorithm::Crc64Xz);
     }
     // The compressed bytes are the source's (when it has a CRC-64): a mismatch here is in
     // the archive itself, and nothing of it may be kept.
@@ -606,7 +612,7 @@ async fn multipart(
             if let Some(source_crc) = f.source_crc64.or(meta.checksums.crc64_xz()) {
                 session::finished_progress(&ctx.progress, raw_size, f.parts);
                 let out = Outcome {
-                    crc64: f.crc64,
+                    crc64: f.checksums.crc64_xz().expect("recorded with CRC-64/XZ"),
                     parts: f.parts,
                     part_size: f.part_size,
                     resumed_bytes: raw_size,
@@ -697,15 +703,16 @@ async fn multipart(
             (d.number, d.etag.clone())
         })
         .collect();
-    if let Err(e) = keeper.completing(combined, Some(end.compressed_crc)).await {
+    let expected: crate::checksum::Checksums = Checksum::Crc64Xz(combined).into();
+    if let Err(e) = keeper.completing(&expected, Some(end.compressed_crc)).await {
         return Err(fail(ctx, e, &upload_id, &mut keeper).await);
     }
-    let uploaded = match session::complete(ctx, &upload_id, &list, raw_size, combined).await {
+    let uploaded = match session::complete(ctx, &upload_id, &list, raw_size, &expected).await {
         Ok(u) => u,
         Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
     };
     keeper.remove().await;
-    session::check_completed(ctx, &uploaded, combined).await?;
+    session::check_completed(ctx, &uploaded, &expected).await?;
     let out = Outcome {
         crc64: combined,
         parts: specs.len() as u32,
