@@ -35,6 +35,30 @@ async fn copy_real_object(size: usize, part_size: &str) {
         "bytes differ for size {size}"
     );
     assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
+    // OSS to OSS: the source's CRC-64 and the destination's echo of every part (or of the
+    // single PUT) and of the whole object prove the copy.
+    let proofs: Vec<&str> = s["verified_by"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no verified_by: {s}"))
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        proofs.contains(&"source_crc64ecma"),
+        "size {size}: {proofs:?}"
+    );
+    let multipart = s["parts"].as_u64() != Some(0);
+    assert!(
+        proofs.contains(&"destination_crc64ecma"),
+        "size {size}: {proofs:?}"
+    );
+    if multipart {
+        assert!(
+            proofs.contains(&"part_crc64ecma"),
+            "size {size}: {proofs:?}"
+        );
+    }
+    assert_eq!(s["end_to_end"].as_bool(), Some(true), "{s}");
     // Metadata travels: the simulator default content type is kept on both sides.
     for key in [
         "source",
