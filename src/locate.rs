@@ -113,8 +113,18 @@ pub struct SideOptions {
     pub endpoint: Option<String>,
     /// Use the region's `-internal` endpoint.
     pub internal: bool,
-    /// aliyun CLI profile name (default: the credential chain).
+    /// aliyun CLI profile name for oss://, AWS profile name for s3:// (default: the
+    /// credential chain).
     pub profile: Option<String>,
+    /// S3 provider preset for s3:// (`aws`, `cos`, ...; default `aws`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Force path-style addressing for s3://.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub path_style: bool,
+    /// AWS STS endpoint for role credentials of an s3:// side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sts_endpoint: Option<String>,
     /// The flag that sets `region`, named in wrong-region hints (`--src-region`, ...).
     #[serde(skip)]
     pub region_flag: Option<&'static str>,

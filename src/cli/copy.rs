@@ -18,15 +18,17 @@ use crate::transfer::{
 /// Flags of `ossrelay copy` (names are a contract: scripts and checks rely on them).
 #[derive(Debug, Args)]
 pub struct CopyArgs {
-    /// Source: oss://BUCKET/KEY or a local file path.
+    /// Source: oss://BUCKET/KEY, s3://BUCKET/KEY or a local file path.
     pub src: String,
-    /// Destination: oss://BUCKET/KEY (a key ending in `/` takes the source's name) or a path.
+    /// Destination: oss://BUCKET/KEY or s3://BUCKET/KEY (a key ending in `/` takes the
+    /// source's name) or a path.
     pub dst: String,
 
-    /// Source region (default: the profile's region_id, else cn-hangzhou).
+    /// Source region (oss://: the profile's region_id, else cn-hangzhou; s3://: AWS_REGION,
+    /// AWS_DEFAULT_REGION, the profile's region, else us-east-1).
     #[arg(long)]
     pub src_region: Option<String>,
-    /// Destination region (default: the profile's region_id, else cn-hangzhou).
+    /// Destination region (defaults as for --src-region).
     #[arg(long)]
     pub dst_region: Option<String>,
     /// Source endpoint URL override, e.g. http://127.0.0.1:40123.
@@ -41,12 +43,38 @@ pub struct CopyArgs {
     /// Use the destination region's -internal endpoint.
     #[arg(long)]
     pub dst_internal: bool,
-    /// aliyun CLI profile for the source (default: the credential chain).
+    /// Profile for the source: an aliyun CLI profile for oss://, an AWS profile
+    /// (~/.aws/credentials, ~/.aws/config) for s3:// (default: the credential chain).
     #[arg(long)]
     pub src_profile: Option<String>,
-    /// aliyun CLI profile for the destination (default: the credential chain).
+    /// Profile for the destination (as for --src-profile).
     #[arg(long)]
     pub dst_profile: Option<String>,
+    /// Which S3 service an s3:// source is: aws, cos, obs, gcs, minio, r2, oss, other
+    /// (default aws). Sets the endpoint from the region, addressing, part limits and which
+    /// checksums the store honours.
+    #[arg(long, value_name = "PROVIDER")]
+    pub src_provider: Option<String>,
+    /// Which S3 service an s3:// destination is (as for --src-provider).
+    #[arg(long, value_name = "PROVIDER")]
+    pub dst_provider: Option<String>,
+    /// Path-style addressing for an s3:// source (default for IP and localhost endpoints).
+    #[arg(long)]
+    pub src_path_style: bool,
+    /// Path-style addressing for an s3:// destination.
+    #[arg(long)]
+    pub dst_path_style: bool,
+    /// AWS STS endpoint for the source's role credentials (default AWS_ENDPOINT_URL_STS,
+    /// else the regional STS endpoint).
+    #[arg(long, value_name = "URL")]
+    pub src_sts_endpoint: Option<String>,
+    /// AWS STS endpoint for the destination's role credentials.
+    #[arg(long, value_name = "URL")]
+    pub dst_sts_endpoint: Option<String>,
+    /// Fail (exit 1) when nothing proves the destination holds the bytes read: no part or
+    /// whole-object checksum of the destination's own matched ours.
+    #[arg(long)]
+    pub require_proof: bool,
 
     /// Parts in flight.
     #[arg(long, default_value_t = 16)]
@@ -175,6 +203,9 @@ pub async fn run(args: CopyArgs) -> i32 {
         endpoint: args.src_endpoint.clone(),
         internal: args.src_internal,
         profile: args.src_profile.clone(),
+        provider: args.src_provider.clone(),
+        path_style: args.src_path_style,
+        sts_endpoint: args.src_sts_endpoint.clone(),
         region_flag: Some("--src-region"),
         read_timeout: Some(args.stall_timeout),
     };
@@ -183,6 +214,9 @@ pub async fn run(args: CopyArgs) -> i32 {
         endpoint: args.dst_endpoint.clone(),
         internal: args.dst_internal,
         profile: args.dst_profile.clone(),
+        provider: args.dst_provider.clone(),
+        path_style: args.dst_path_style,
+        sts_endpoint: args.dst_sts_endpoint.clone(),
         region_flag: Some("--dst-region"),
         read_timeout: Some(args.stall_timeout),
     };
@@ -285,6 +319,22 @@ pub async fn run(args: CopyArgs) -> i32 {
                             ""
                         }
                     );
+                }
+            }
+            if !summary.end_to_end {
+                eprintln!(
+                    "warning: nothing proves that {} holds the bytes read from {}: the \
+                     destination reported no checksum this copy could compare{}",
+                    summary.destination,
+                    summary.source,
+                    if args.require_proof {
+                        " (--require-proof: failing)"
+                    } else {
+                        "; pass --require-proof to treat this as a failure"
+                    }
+                );
+                if args.require_proof {
+                    return EXIT_FAILED;
                 }
             }
             EXIT_OK
