@@ -21,6 +21,7 @@ pub mod locate;
 pub mod metrics;
 pub mod migrate;
 pub mod oss;
+pub mod s3;
 /// Proxies from the environment (moved to [`crate::http::proxy`]; this path stays for callers).
 pub use self::http::proxy;
 pub mod store;

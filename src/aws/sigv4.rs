@@ -374,7 +374,7 @@ pub fn canonical_uri_with(path: &str, normalize: bool, double_encode: bool) -> S
         uri_encode(&path, false)
     } else {
         path.split('/')
-            .map(|seg| uri_encode(&percent_decode(seg), false))
+            .map(|seg| uri_encode(&percent_decode(seg), true))
             .collect::<Vec<_>>()
             .join("/")
     }
