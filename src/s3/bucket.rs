@@ -20,8 +20,8 @@ use crate::checksum::{Algorithm, Checksum, Checksums};
 use crate::http::BodyStream;
 use crate::oss::xml::unquote_etag;
 use crate::store::{
-    ByteStream, ChecksumCaps, Limits, ListedPart, ListedUpload, ObjectMeta,
-    ObjectStore, PartSpec, PutOptions, StoreError, Uploaded,
+    ByteStream, ChecksumCaps, Limits, ListedPart, ListedUpload, ObjectMeta, ObjectStore, PartSpec,
+    PutOptions, StoreError, Uploaded,
 };
 
 /// One bucket through an [`S3Client`]; cheap to clone.
