@@ -13,6 +13,7 @@ pub mod cloud;
 /// CRC-64/XZ lives in [`checksum::crc64`]; this path is kept for existing callers.
 pub use checksum::crc64;
 pub mod acs;
+pub mod aws;
 pub mod credentials;
 pub mod daemon;
 pub mod http;
@@ -20,6 +21,7 @@ pub mod locate;
 pub mod metrics;
 pub mod migrate;
 pub mod oss;
+pub mod s3;
 /// Proxies from the environment (moved to [`crate::http::proxy`]; this path stays for callers).
 pub use self::http::proxy;
 pub mod store;
