@@ -13,6 +13,7 @@ pub mod cloud;
 /// CRC-64/XZ lives in [`checksum::crc64`]; this path is kept for existing callers.
 pub use checksum::crc64;
 pub mod acs;
+pub mod aws;
 pub mod credentials;
 pub mod daemon;
 pub mod http;
