@@ -18,3 +18,5 @@
 
 pub mod env;
 pub mod files;
+pub mod sts;
+pub mod web_identity;
