@@ -18,5 +18,6 @@
 
 pub mod env;
 pub mod files;
+pub mod imds;
 pub mod sts;
 pub mod web_identity;
