@@ -16,8 +16,11 @@
 //! [`sts`] (AssumeRole, STS client), [`web_identity`] (AssumeRoleWithWebIdentity), [`imds`]
 //! (IMDSv2). Designs learned from botocore and aws-config (reference `s3-protocol.md` §9).
 
+pub mod chain;
 pub mod env;
 pub mod files;
 pub mod imds;
 pub mod sts;
 pub mod web_identity;
+
+pub use chain::{region, resolve, AwsCredentialOptions, ENV_DEFAULT_REGION, ENV_REGION};
