@@ -281,10 +281,14 @@ impl ImdsProvider {
         Ok(None)
     }
 
-    /// A GET with the token; on 401 a new token is fetched and the GET repeated once.
-    /// `what` names the read in errors.
-    async fn get(&self, path: &str, what: &str) -> Result<Bytes, CredentialsError> {
-        let mut token = self.token(false).await?;
+    /// A GET with `token` (`None`: IMDSv1); on 401 a new token is fetched (and kept in
+    /// `token` for the next read) and the GET repeated once. `what` names the read in errors.
+    async fn get(
+        &self,
+        path: &str,
+        what: &str,
+        token: &mut Option<String>,
+    ) -> Result<Bytes, CredentialsError> {
         let mut renewed = false;
         loop {
             let header = token.clone().map(|t| (TOKEN_HEADER, t));
@@ -293,7 +297,7 @@ impl ImdsProvider {
                 Err(Failure::Status(StatusCode::UNAUTHORIZED)) if !renewed => {
                     tracing::debug!(endpoint = %self.endpoint, "IMDS answered 401; fetching a new token");
                     renewed = true;
-                    token = self.token(true).await?;
+                    *token = self.token(true).await?;
                 }
                 Err(Failure::Status(StatusCode::NOT_FOUND)) => {
                     return Err(self.err(format!(
@@ -324,7 +328,11 @@ struct MetadataCredentials {
 #[async_trait]
 impl CredentialsProvider for ImdsProvider {
     async fn credentials(&self) -> Result<Credentials, CredentialsError> {
-        let list = self.get(CREDENTIALS_PATH, "role discovery").await?;
+        // One token decision per refresh: both reads use it (or both go without, IMDSv1).
+        let mut token = self.token(false).await?;
+        let list = self
+            .get(CREDENTIALS_PATH, "role discovery", &mut token)
+            .await?;
         let role = String::from_utf8_lossy(&list)
             .lines()
             .next()
@@ -341,6 +349,7 @@ impl CredentialsProvider for ImdsProvider {
             .get(
                 &format!("{CREDENTIALS_PATH}{role}"),
                 &format!("credentials of role {role:?}"),
+                &mut token,
             )
             .await?;
         let m: MetadataCredentials = serde_json::from_slice(&body).map_err(|e| {
