@@ -731,3 +731,47 @@ async fn imds_without_a_role_says_so() {
     let msg = p.credentials().await.unwrap_err().to_string();
     assert!(msg.contains("no IAM role is attached"), "{msg}");
 }
+
+#[tokio::test]
+async fn imds_token_is_renewed_when_its_ttl_runs_out() {
+    use ossrelay::credentials::aws::imds::ImdsProvider;
+    use ossrelay::credentials::CredentialsProvider;
+    let imds = double(Arc::new(|n, r: &Recorded| {
+        if r.method == "PUT" {
+            return reply(200, format!("tok-{n}"));
+        }
+        match r.path.as_str() {
+            "/latest/meta-data/iam/security-credentials/" => reply(200, "relay-role"),
+            _ => reply(
+                200,
+                format!(
+                    r#"{{"Code":"Success","AccessKeyId":"ASIA{n}","SecretAccessKey":"s","Token":"t","Expiration":"{}"}}"#,
+                    expiry_in(Duration::from_secs(3600))
+                ),
+            ),
+        }
+    }))
+    .await;
+    let env = EnvLookup::from_map([("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url())]);
+    // A 2 s token is kept for 1.5 s (a quarter of its life is the renewal margin).
+    let p = ImdsProvider::new(&env).with_token_ttl(Duration::from_secs(2));
+    p.credentials().await.unwrap();
+    p.credentials().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    p.credentials().await.unwrap();
+    let reqs = imds.requests();
+    let puts: Vec<_> = reqs.iter().filter(|r| r.method == "PUT").collect();
+    assert_eq!(puts.len(), 2, "{reqs:?}");
+    assert_eq!(
+        puts[0].header("x-aws-ec2-metadata-token-ttl-seconds"),
+        Some("2")
+    );
+    let tokens: Vec<_> = reqs
+        .iter()
+        .filter_map(|r| r.header("x-aws-ec2-metadata-token"))
+        .collect();
+    assert_eq!(
+        tokens,
+        ["tok-0", "tok-0", "tok-0", "tok-0", "tok-5", "tok-5"]
+    );
+}

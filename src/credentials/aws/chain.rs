@@ -391,8 +391,7 @@ aws_secret_access_key = other-secret
         let f = Files::new(CONFIG, CREDENTIALS);
         let err = |profile: Option<&str>, extra: &[(&str, &str)]| {
             resolve(profile, &opts(), &f.env(extra))
-                .err()
-                .expect("an error")
+                .expect_err("an error")
                 .to_string()
         };
         let e = err(Some("nope"), &[]);
@@ -420,7 +419,7 @@ aws_secret_access_key = other-secret
     #[test]
     fn nothing_found_names_every_source() {
         let f = Files::new("[default]\nregion = eu-west-1\n", "");
-        let e = resolve(None, &opts(), &f.env(&[])).err().unwrap();
+        let e = resolve(None, &opts(), &f.env(&[])).unwrap_err();
         assert!(matches!(e, CredentialsError::AwsNotFound { .. }));
         let msg = e.to_string();
         for want in [
@@ -438,7 +437,7 @@ aws_secret_access_key = other-secret
             ("HOME", empty.path().to_str().unwrap()),
             (ENV_EC2_METADATA_DISABLED, "true"),
         ]);
-        let msg = resolve(None, &opts(), &env).err().unwrap().to_string();
+        let msg = resolve(None, &opts(), &env).unwrap_err().to_string();
         assert!(msg.contains("(missing)"), "{msg}");
     }
 
