@@ -7,6 +7,9 @@
 //! service-account token), [`profile`] (aliyun CLI `config.json`), [`ini`] (shared credentials
 //! file), [`imds`] (ECS instance RAM role), [`sts`] (AssumeRole); [`cache`] keeps temporary
 //! credentials fresh; [`chain`] puts them in the SDKs' order (the CLI calls [`chain::resolve`]).
+//!
+//! [`aws`] does the same for AWS by AWS's conventions (`~/.aws/*`, `AWS_*`, STS, IMDSv2),
+//! reusing the trait, the cache and the INI parser; the CLI calls [`aws::resolve`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,6 +19,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+pub mod aws;
 pub mod cache;
 pub mod chain;
 pub mod env;
@@ -69,6 +73,9 @@ impl Credentials {
 pub enum CredentialsError {
     #[error("no credentials found: set ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET, or configure a profile with `aliyun configure` (tried: {tried})")]
     NotFound { tried: String },
+    /// The AWS chain found no source; `tried` names each one and why it was skipped.
+    #[error("no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, run `aws configure` to write ~/.aws/credentials, set AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, or attach an instance role on EC2 (tried: {tried})")]
+    AwsNotFound { tried: String },
     #[error("profile {profile:?} not found in {path} (available: {available})")]
     UnknownProfile {
         profile: String,
