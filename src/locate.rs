@@ -1,5 +1,10 @@
-//! Turning what a user typed (`oss://bucket/key` or a path, plus region/endpoint/profile)
-//! into a [`transfer::Location`] the engine can use. Shared by the CLI and the daemon.
+//! Turning what a user typed (`oss://bucket/key`, `s3://bucket/key` or a path, plus
+//! region/endpoint/profile/provider) into a [`transfer::Location`] the engine can use.
+//! Shared by the CLI and the daemon.
+//!
+//! An `s3://` side follows AWS's conventions throughout: credentials and region from
+//! [`credentials::aws`] (env, `~/.aws` files, roles, instance role), the profile flag looked
+//! up in the AWS files; an `oss://` side follows the aliyun CLI's.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -8,30 +13,76 @@ use std::sync::Arc;
 use crate::credentials::{self, CredentialsError};
 use crate::oss::endpoint::{normalize_region, region_from_endpoint_host};
 use crate::oss::{Endpoint, EndpointSpec, OssBucket, OssClient, OssConfig};
+use crate::s3::{Provider, S3Bucket, S3Client, S3Config};
 use crate::store::local::LocalFile;
 use crate::transfer::Location;
 
 /// Region used when neither a flag nor the profile names one.
 pub const DEFAULT_REGION: &str = "cn-hangzhou";
 
+/// Region of an `s3://` side on AWS when neither a flag, `AWS_REGION`, `AWS_DEFAULT_REGION`
+/// nor the profile names one (the AWS CLI's default).
+pub const DEFAULT_AWS_REGION: &str = "us-east-1";
+
 /// A source or destination as the user wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectUrl {
     /// `oss://BUCKET/KEY`; `key` may be empty or end in `/` (a "directory" destination).
     Oss { bucket: String, key: String },
+    /// `s3://BUCKET/KEY` on AWS S3 or an S3-compatible store (see [`SideOptions::provider`]).
+    S3 { bucket: String, key: String },
     /// A local file path.
     Local(PathBuf),
 }
 
 impl ObjectUrl {
-    /// The limits of the store this URL names, known before any request (part-size flags are
-    /// checked against the destination's).
-    pub fn limits(&self) -> crate::store::Limits {
-        match self {
+    /// The limits of the store this URL names through `side`, known before any request
+    /// (part-size flags are checked against the destination's).
+    pub fn limits(&self, side: &SideOptions) -> Result<crate::store::Limits, String> {
+        Ok(match self {
             Self::Oss { .. } => crate::oss::LIMITS,
+            Self::S3 { .. } => provider(side)?.limits(),
             Self::Local(_) => crate::store::local::LIMITS,
+        })
+    }
+
+    /// The object key (`""` for a local path, whose path is its name).
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Oss { key, .. } | Self::S3 { key, .. } => key,
+            Self::Local(_) => "",
         }
     }
+
+    /// The same bucket with another key; a local path becomes `key` as a path.
+    pub fn with_key(&self, key: &str) -> Self {
+        match self {
+            Self::Oss { bucket, .. } => Self::Oss {
+                bucket: bucket.clone(),
+                key: key.to_string(),
+            },
+            Self::S3 { bucket, .. } => Self::S3 {
+                bucket: bucket.clone(),
+                key: key.to_string(),
+            },
+            Self::Local(_) => Self::Local(PathBuf::from(key)),
+        }
+    }
+
+    /// The key, or the path of a local file: the name an archive's extension is read from.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Local(p) => p.display().to_string(),
+            other => other.key().to_string(),
+        }
+    }
+}
+
+/// The S3 provider a side names (`aws` when none).
+pub fn provider(side: &SideOptions) -> Result<Provider, String> {
+    side.provider
+        .as_deref()
+        .map_or(Ok(Provider::Aws), str::parse)
 }
 
 /// Why a location could not be understood or reached.
@@ -41,7 +92,7 @@ pub enum LocateError {
     Invalid(String),
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
-    #[error("cannot set up the OSS client for {what}: {reason}")]
+    #[error("cannot set up the {what} client: {reason}")]
     Client { what: String, reason: String },
 }
 
@@ -49,6 +100,7 @@ impl std::fmt::Display for ObjectUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Oss { bucket, key } => write!(f, "oss://{bucket}/{key}"),
+            Self::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
             Self::Local(p) => write!(f, "{}", p.display()),
         }
     }
@@ -95,9 +147,23 @@ impl FromStr for ObjectUrl {
                 key: key.to_string(),
             });
         }
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            crate::s3::endpoint::check_bucket_name(bucket)?;
+            if key.len() > 1024 {
+                return Err(format!(
+                    "object key in {s:?} is {} bytes long; S3 allows at most 1024",
+                    key.len()
+                ));
+            }
+            return Ok(Self::S3 {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+            });
+        }
         if let Some((scheme, _)) = s.split_once("://") {
             return Err(format!(
-                "unsupported scheme {scheme:?} in {s:?}: use oss://BUCKET/KEY or a local file path"
+                "unsupported scheme {scheme:?} in {s:?}: use oss://BUCKET/KEY, s3://BUCKET/KEY or a local file path"
             ));
         }
         Ok(Self::Local(PathBuf::from(s)))
@@ -172,6 +238,53 @@ pub fn oss_client_with(
     })
 }
 
+/// The region an `s3://` side signs for: the flag, `AWS_REGION`, `AWS_DEFAULT_REGION`, the
+/// AWS profile's `region`, else us-east-1 on AWS (other providers: empty, their default).
+fn s3_region(side: &SideOptions, provider: Provider, env: &credentials::EnvLookup) -> String {
+    credentials::aws::region(side.region.as_deref(), side.profile.as_deref(), env).unwrap_or_else(
+        || match provider {
+            Provider::Aws => DEFAULT_AWS_REGION.to_string(),
+            _ => String::new(),
+        },
+    )
+}
+
+/// Builds an S3 client for one `s3://` side: AWS credentials (the profile flag looked up in
+/// `~/.aws`), the provider's endpoint for the region unless one is given.
+pub fn s3_client(side: &SideOptions) -> Result<S3Client, LocateError> {
+    let env = credentials::EnvLookup::process();
+    let provider = provider(side).map_err(LocateError::Invalid)?;
+    let region = s3_region(side, provider, &env);
+    let creds = credentials::aws::resolve(
+        side.profile.as_deref(),
+        &credentials::aws::AwsCredentialOptions {
+            sts_endpoint: side.sts_endpoint.clone(),
+            region: Some(region.clone()).filter(|r| !r.is_empty()),
+            ..Default::default()
+        },
+        &env,
+    )?;
+    let mut cfg = S3Config::new(provider, region, side.endpoint.clone(), creds);
+    if side.path_style {
+        cfg.path_style = Some(true);
+    }
+    if let Some(flag) = side.region_flag {
+        cfg.region_flag = flag.to_string();
+    }
+    if let Some(t) = side.read_timeout {
+        cfg.read_timeout = t;
+    }
+    S3Client::new(cfg).map_err(|e| LocateError::Client {
+        what: "S3".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The S3 bucket a URL names.
+pub fn s3_bucket(bucket: &str, side: &SideOptions) -> Result<S3Bucket, LocateError> {
+    Ok(s3_client(side)?.bucket(bucket))
+}
+
 /// The OSS bucket a URL names.
 pub fn oss_bucket(bucket: &str, side: &SideOptions) -> Result<OssBucket, LocateError> {
     Ok(oss_client(side)?.bucket(bucket))
@@ -184,20 +297,32 @@ pub fn resolve(
     side: &SideOptions,
     dst_name_from: Option<&str>,
 ) -> Result<Location, LocateError> {
-    match url {
-        ObjectUrl::Oss { bucket, key } => {
-            let mut key = key.clone();
-            if key.is_empty() || key.ends_with('/') {
-                match dst_name_from {
-                    Some(name) if !name.is_empty() => key.push_str(name),
-                    _ => {
-                        return Err(LocateError::Invalid(format!(
-                            "{url} does not name an object: give oss://BUCKET/KEY"
-                        )))
-                    }
+    let object_key = |key: &str, scheme: &str| -> Result<String, LocateError> {
+        let mut key = key.to_string();
+        if key.is_empty() || key.ends_with('/') {
+            match dst_name_from {
+                Some(name) if !name.is_empty() => key.push_str(name),
+                _ => {
+                    return Err(LocateError::Invalid(format!(
+                        "{url} does not name an object: give {scheme}://BUCKET/KEY"
+                    )))
                 }
             }
+        }
+        Ok(key)
+    };
+    match url {
+        ObjectUrl::Oss { bucket, key } => {
+            let key = object_key(key, "oss")?;
             let store = oss_bucket(bucket, side)?;
+            Ok(Location {
+                store: Arc::new(store),
+                key,
+            })
+        }
+        ObjectUrl::S3 { bucket, key } => {
+            let key = object_key(key, "s3")?;
+            let store = s3_bucket(bucket, side)?;
             Ok(Location {
                 store: Arc::new(store),
                 key,
@@ -244,6 +369,13 @@ pub enum Service {
 pub enum ObjectId {
     Oss {
         service: Service,
+        bucket: String,
+        key: String,
+    },
+    /// An S3 object: the endpoint (scheme, host, port) as resolved for the provider and
+    /// region, the bucket and the key.
+    S3 {
+        endpoint: String,
         bucket: String,
         key: String,
     },
@@ -311,6 +443,27 @@ pub fn object_id(url: &ObjectUrl, side: &SideOptions) -> Result<ObjectId, Locate
             bucket: bucket.clone(),
             key: key.clone(),
         }),
+        ObjectUrl::S3 { bucket, key } => {
+            let env = credentials::EnvLookup::process();
+            let provider = provider(side).map_err(LocateError::Invalid)?;
+            let region = s3_region(side, provider, &env);
+            let ep = crate::s3::endpoint::S3Endpoint::resolve(
+                side.endpoint.as_deref(),
+                &region,
+                provider,
+                side.path_style.then_some(true),
+            )
+            .map_err(LocateError::Invalid)?;
+            Ok(ObjectId::S3 {
+                endpoint: format!(
+                    "{}://{}",
+                    ep.scheme.as_str(),
+                    ep.authority(&ep.host.to_ascii_lowercase())
+                ),
+                bucket: bucket.clone(),
+                key: key.clone(),
+            })
+        }
         ObjectUrl::Local(p) => Ok(ObjectId::Local(
             std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()),
         )),
@@ -341,7 +494,7 @@ pub fn same_object(
 /// The last path segment of a location (for naming a destination after its source).
 pub fn base_name(url: &ObjectUrl) -> Option<String> {
     match url {
-        ObjectUrl::Oss { key, .. } => key
+        ObjectUrl::Oss { key, .. } | ObjectUrl::S3 { key, .. } => key
             .rsplit('/')
             .next()
             .filter(|s| !s.is_empty())

@@ -174,9 +174,11 @@ pub async fn run(args: CopyArgs) -> i32 {
         Ok(u) => u,
         Err(e) => return usage(format!("destination: {e}")),
     };
-    if matches!(&src, ObjectUrl::Oss { key, .. } if key.is_empty() || key.ends_with('/')) {
+    if !matches!(src, ObjectUrl::Local(_)) && (src.key().is_empty() || src.key().ends_with('/')) {
+        let scheme = src.to_string();
+        let scheme = scheme.split("://").next().unwrap_or("oss");
         return usage(format!(
-            "source {src} does not name an object: give oss://BUCKET/KEY"
+            "source {src} does not name an object: give {scheme}://BUCKET/KEY"
         ));
     }
     if args.concurrency == 0 {
@@ -195,9 +197,6 @@ pub async fn run(args: CopyArgs) -> i32 {
         decoder_cpu: args.decoder_cpu,
         ..CopyOptions::default()
     };
-    if let Err(e) = opts.validate(dst.limits()) {
-        return usage(e);
-    }
     let src_side = SideOptions {
         region: args.src_region.clone(),
         endpoint: args.src_endpoint.clone(),
@@ -220,6 +219,19 @@ pub async fn run(args: CopyArgs) -> i32 {
         region_flag: Some("--dst-region"),
         read_timeout: Some(args.stall_timeout),
     };
+    for (side, flag) in [(&src_side, "--src-provider"), (&dst_side, "--dst-provider")] {
+        if let Err(e) = locate::provider(side) {
+            return usage(format!("{flag}: {e}"));
+        }
+    }
+    match dst.limits(&dst_side) {
+        Ok(limits) => {
+            if let Err(e) = opts.validate(limits) {
+                return usage(e);
+            }
+        }
+        Err(e) => return usage(format!("--dst-provider: {e}")),
+    }
     let src_loc = match locate::resolve(&src, &src_side, None) {
         Ok(l) => l,
         Err(e) => {
@@ -227,10 +239,7 @@ pub async fn run(args: CopyArgs) -> i32 {
             return EXIT_FAILED;
         }
     };
-    let src_name = match &src {
-        ObjectUrl::Oss { key, .. } => key.clone(),
-        ObjectUrl::Local(p) => p.display().to_string(),
-    };
+    let src_name = src.name();
     let unpack = args.unpack.applies(&src_name);
     // When unpacking, a destination "directory" is named after the tar member, known only
     // once the archive is being read: check now that the destination can be reached at all.
@@ -247,13 +256,7 @@ pub async fn run(args: CopyArgs) -> i32 {
         }
     };
     // The destination as resolved (a directory destination carries its file name now).
-    let dst_object = match &dst {
-        ObjectUrl::Oss { bucket, .. } => ObjectUrl::Oss {
-            bucket: bucket.clone(),
-            key: dst_loc.key.clone(),
-        },
-        ObjectUrl::Local(_) => ObjectUrl::Local(PathBuf::from(&dst_loc.key)),
-    };
+    let dst_object = dst.with_key(&dst_loc.key);
     if locate::same_object(&src, &src_side, &dst_object, &dst_side) {
         return usage(format!(
             "source and destination are the same object ({})",

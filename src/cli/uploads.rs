@@ -8,6 +8,51 @@ use clap::{Args, Subcommand};
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::locate::{self, ObjectUrl, SideOptions};
 use crate::oss::OssBucket;
+use crate::s3::S3Bucket;
+use crate::store::ListedUpload;
+
+/// The bucket a target names, in its dialect.
+enum Bucket {
+    Oss(OssBucket),
+    S3(S3Bucket),
+}
+
+impl Bucket {
+    async fn list(&self, prefix: &str) -> Result<Vec<ListedUpload>, String> {
+        let prefix = Some(prefix).filter(|p| !p.is_empty());
+        match self {
+            Self::Oss(b) => b
+                .list_multipart_uploads(prefix)
+                .await
+                .map_err(|e| e.to_string()),
+            Self::S3(b) => b
+                .list_multipart_uploads(prefix)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn abort(&self, key: &str, upload_id: &str) -> Result<(), String> {
+        match self {
+            Self::Oss(b) => b
+                .abort_multipart_upload(key, upload_id)
+                .await
+                .map_err(|e| e.to_string()),
+            Self::S3(b) => b
+                .abort_multipart_upload(key, upload_id)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The service's clock (local time corrected by the offset its responses showed).
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        match self {
+            Self::Oss(b) => chrono::DateTime::<chrono::Utc>::from(b.client().now()),
+            Self::S3(b) => chrono::Utc::now() + b.client().clock_offset(),
+        }
+    }
+}
 
 /// `ossrelay uploads ...`
 #[derive(Debug, Args)]
@@ -28,16 +73,25 @@ pub struct BucketSide {
     /// Use the region's -internal endpoint.
     #[arg(long)]
     pub internal: bool,
-    /// aliyun CLI profile (default: the credential chain).
+    /// aliyun CLI profile for oss://, AWS profile for s3:// (default: the credential chain).
     #[arg(long)]
     pub profile: Option<String>,
+    /// S3 provider of an s3:// bucket: aws, cos, obs, gcs, minio, r2, oss, other (default aws).
+    #[arg(long, value_name = "PROVIDER")]
+    pub provider: Option<String>,
+    /// Path-style addressing for s3:// (default for IP and localhost endpoints).
+    #[arg(long)]
+    pub path_style: bool,
+    /// AWS STS endpoint for role credentials of an s3:// bucket.
+    #[arg(long, value_name = "URL")]
+    pub sts_endpoint: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum UploadsAction {
-    /// List open multipart uploads under oss://BUCKET[/PREFIX].
+    /// List open multipart uploads under oss://BUCKET[/PREFIX] or s3://BUCKET[/PREFIX].
     List {
-        /// oss://BUCKET[/PREFIX]
+        /// oss://BUCKET[/PREFIX] or s3://BUCKET[/PREFIX]
         target: String,
         #[command(flatten)]
         side: BucketSide,
@@ -45,9 +99,9 @@ pub enum UploadsAction {
         #[arg(long)]
         json: bool,
     },
-    /// Abort open multipart uploads under oss://BUCKET[/PREFIX].
+    /// Abort open multipart uploads under oss://BUCKET[/PREFIX] or s3://BUCKET[/PREFIX].
     Abort {
-        /// oss://BUCKET[/PREFIX]
+        /// oss://BUCKET[/PREFIX] or s3://BUCKET[/PREFIX]
         target: String,
         #[command(flatten)]
         side: BucketSide,
@@ -81,25 +135,36 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid age {s:?} ({e}); use e.g. 24h, 7d or 90m"))
 }
 
-fn bucket_and_prefix(target: &str) -> Result<(String, String), String> {
-    match target.parse::<ObjectUrl>()? {
-        ObjectUrl::Oss { bucket, key } => Ok((bucket, key)),
+/// The target, its bucket as `scheme://bucket` (for messages) and the prefix.
+fn bucket_and_prefix(target: &str) -> Result<(ObjectUrl, String, String), String> {
+    let url = target.parse::<ObjectUrl>()?;
+    match &url {
+        ObjectUrl::Oss { bucket, key } => Ok((url.clone(), format!("oss://{bucket}"), key.clone())),
+        ObjectUrl::S3 { bucket, key } => Ok((url.clone(), format!("s3://{bucket}"), key.clone())),
         ObjectUrl::Local(_) => Err(format!(
-            "{target:?} is not an OSS location: give oss://BUCKET[/PREFIX]"
+            "{target:?} is not a bucket: give oss://BUCKET[/PREFIX] or s3://BUCKET[/PREFIX]"
         )),
     }
 }
 
-fn open(bucket: &str, side: &BucketSide) -> Result<OssBucket, String> {
+fn open(url: &ObjectUrl, side: &BucketSide) -> Result<Bucket, String> {
     let side = SideOptions {
         region: side.region.clone(),
         endpoint: side.endpoint.clone(),
         internal: side.internal,
         profile: side.profile.clone(),
+        provider: side.provider.clone(),
+        path_style: side.path_style,
+        sts_endpoint: side.sts_endpoint.clone(),
         region_flag: Some("--region"),
         ..SideOptions::default()
     };
-    locate::oss_bucket(bucket, &side).map_err(|e| e.to_string())
+    match url {
+        ObjectUrl::Oss { bucket, .. } => locate::oss_bucket(bucket, &side).map(Bucket::Oss),
+        ObjectUrl::S3 { bucket, .. } => locate::s3_bucket(bucket, &side).map(Bucket::S3),
+        ObjectUrl::Local(_) => unreachable!("refused by bucket_and_prefix"),
+    }
+    .map_err(|e| e.to_string())
 }
 
 /// Runs the command; returns the exit code.
@@ -109,14 +174,21 @@ pub async fn run(args: UploadsArgs) -> i32 {
         | UploadsAction::Abort { target, side, .. }
         | UploadsAction::Protect { target, side, .. } => (target.clone(), side.clone()),
     };
-    let (bucket_name, prefix) = match bucket_and_prefix(&target) {
+    let (url, bucket_name, prefix) = match bucket_and_prefix(&target) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_USAGE;
         }
     };
-    let bucket = match open(&bucket_name, &side) {
+    if let Err(e) = locate::provider(&SideOptions {
+        provider: side.provider.clone(),
+        ..SideOptions::default()
+    }) {
+        eprintln!("error: --provider: {e}");
+        return EXIT_USAGE;
+    }
+    let bucket = match open(&url, &side) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: {e}");
@@ -156,7 +228,17 @@ pub async fn run(args: UploadsArgs) -> i32 {
                 eprintln!("error: --days must be at least 1");
                 return EXIT_USAGE;
             }
-            protect(&bucket, &bucket_name, &prefix, days).await
+            match &bucket {
+                Bucket::Oss(b) => protect(b, &bucket_name, &prefix, days).await,
+                Bucket::S3(_) => {
+                    eprintln!(
+                        "error: uploads protect does not support s3:// yet: add an \
+                         AbortIncompleteMultipartUpload lifecycle rule with `aws s3api \
+                         put-bucket-lifecycle-configuration`"
+                    );
+                    return EXIT_USAGE;
+                }
+            }
         }
     };
     match result {
@@ -168,11 +250,8 @@ pub async fn run(args: UploadsArgs) -> i32 {
     }
 }
 
-async fn list(bucket: &OssBucket, name: &str, prefix: &str, json: bool) -> Result<(), String> {
-    let uploads = bucket
-        .list_multipart_uploads(Some(prefix).filter(|p| !p.is_empty()))
-        .await
-        .map_err(|e| e.to_string())?;
+async fn list(bucket: &Bucket, name: &str, prefix: &str, json: bool) -> Result<(), String> {
+    let uploads = bucket.list(prefix).await?;
     for u in &uploads {
         if json {
             println!(
@@ -180,12 +259,12 @@ async fn list(bucket: &OssBucket, name: &str, prefix: &str, json: bool) -> Resul
                 serde_json::json!({"bucket": name, "key": u.key, "upload_id": u.upload_id, "initiated": u.initiated})
             );
         } else {
-            println!("{}\toss://{name}/{}\t{}", u.initiated, u.key, u.upload_id);
+            println!("{}\t{name}/{}\t{}", u.initiated, u.key, u.upload_id);
         }
     }
     if !json {
         eprintln!(
-            "{} open multipart upload(s) under oss://{name}/{prefix}",
+            "{} open multipart upload(s) under {name}/{prefix}",
             uploads.len()
         );
     }
@@ -234,19 +313,17 @@ fn ask(question: &str) -> bool {
 }
 
 async fn abort(
-    bucket: &OssBucket,
+    bucket: &Bucket,
     name: &str,
     prefix: &str,
     older_than: Option<Duration>,
     confirm: Confirm,
 ) -> Result<AbortEnd, String> {
-    let uploads = bucket
-        .list_multipart_uploads(Some(prefix).filter(|p| !p.is_empty()))
-        .await
-        .map_err(|e| e.to_string())?;
-    // Ages are measured on OSS's clock (Initiated is server time): with a skewed local clock
-    // (the client corrects its offset when OSS reports the skew) fresh uploads would look old.
-    let now = chrono::DateTime::<chrono::Utc>::from(bucket.client().now());
+    let uploads = bucket.list(prefix).await?;
+    // Ages are measured on the service's clock (Initiated is server time): with a skewed
+    // local clock (the client corrects its offset when the service reports the skew) fresh
+    // uploads would look old.
+    let now = bucket.now();
     let cutoff = older_than.map(|d| {
         chrono::Duration::from_std(d)
             .ok()
@@ -260,10 +337,10 @@ async fn abort(
         .collect();
     if confirm == Confirm::DryRun {
         for u in &selected {
-            println!("would abort oss://{name}/{} {}", u.key, u.upload_id);
+            println!("would abort {name}/{} {}", u.key, u.upload_id);
         }
         eprintln!(
-            "{} upload(s) would be aborted under oss://{name}/{prefix} (dry run: nothing aborted)",
+            "{} upload(s) would be aborted under {name}/{prefix} (dry run: nothing aborted)",
             selected.len()
         );
         return Ok(AbortEnd::Done);
@@ -274,32 +351,32 @@ async fn abort(
         let n = selected.len();
         if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
             return Ok(AbortEnd::Refused(format!(
-                "{n} uploads under oss://{name}/{prefix} would be aborted and there is no terminal to confirm; rerun with --yes to abort them, or --dry-run to list them"
+                "{n} uploads under {name}/{prefix} would be aborted and there is no terminal to confirm; rerun with --yes to abort them, or --dry-run to list them"
             )));
         }
         if !ask(&format!(
-            "Abort {n} multipart uploads under oss://{name}/{prefix}?"
+            "Abort {n} multipart uploads under {name}/{prefix}?"
         )) {
             return Ok(AbortEnd::Declined);
         }
     }
     let (mut aborted, mut failed) = (0usize, 0usize);
     for u in selected {
-        match bucket.abort_multipart_upload(&u.key, &u.upload_id).await {
+        match bucket.abort(&u.key, &u.upload_id).await {
             Ok(()) => {
                 aborted += 1;
-                println!("aborted oss://{name}/{} {}", u.key, u.upload_id);
+                println!("aborted {name}/{} {}", u.key, u.upload_id);
             }
             Err(e) => {
                 failed += 1;
                 eprintln!(
-                    "warning: cannot abort oss://{name}/{} {}: {e}",
+                    "warning: cannot abort {name}/{} {}: {e}",
                     u.key, u.upload_id
                 );
             }
         }
     }
-    eprintln!("{aborted} upload(s) aborted under oss://{name}/{prefix}");
+    eprintln!("{aborted} upload(s) aborted under {name}/{prefix}");
     if failed > 0 {
         return Err(format!(
             "{failed} upload(s) could not be aborted; rerun to retry"
@@ -314,9 +391,9 @@ async fn protect(bucket: &OssBucket, name: &str, prefix: &str, days: u32) -> Res
         .await
         .map_err(|e| e.to_string())?;
     if added {
-        println!("lifecycle rule added: incomplete multipart uploads under oss://{name}/{prefix} are aborted after {days} day(s)");
+        println!("lifecycle rule added: incomplete multipart uploads under {name}/{prefix} are aborted after {days} day(s)");
     } else {
-        println!("lifecycle already aborts incomplete multipart uploads under oss://{name}/{prefix} after {days} day(s); nothing changed");
+        println!("lifecycle already aborts incomplete multipart uploads under {name}/{prefix} after {days} day(s); nothing changed");
     }
     Ok(())
 }

@@ -83,6 +83,19 @@ pub struct CopySpec {
     pub src_profile: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dst_profile: Option<String>,
+    /// S3 provider of an `s3://` source, as `copy --src-provider` (default aws).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_provider: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub src_path_style: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dst_path_style: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_sts_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_sts_endpoint: Option<String>,
     /// Parts in flight for this job (default 16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
@@ -475,27 +488,41 @@ fn parse_copy(obj: &mut Map<String, Value>) -> Result<CopySpec, InvalidField> {
     // A daemon reads and writes only object storage: a local path in a request would let any
     // API client read or overwrite files as the daemon's user.
     match &src {
-        ObjectUrl::Oss { key, .. } if key.is_empty() || key.ends_with('/') => {
+        ObjectUrl::Local(_) => return Err(invalid(
+            "source",
+            "must be oss://BUCKET/KEY or s3://BUCKET/KEY (the daemon does not read local files)",
+        )),
+        u if u.key().is_empty() || u.key().ends_with('/') => {
             return Err(invalid(
                 "source",
-                format!("{source} does not name an object: give oss://BUCKET/KEY"),
+                format!(
+                    "{source} does not name an object: give oss://BUCKET/KEY or s3://BUCKET/KEY"
+                ),
             ))
         }
-        ObjectUrl::Oss { .. } => {}
-        ObjectUrl::Local(_) => {
-            return Err(invalid(
-                "source",
-                "must be oss://BUCKET/KEY (the daemon does not read local files)",
-            ))
-        }
+        _ => {}
     }
     if let ObjectUrl::Local(_) = dst {
         return Err(invalid(
             "destination",
-            "must be oss://BUCKET/KEY (the daemon does not write local files)",
+            "must be oss://BUCKET/KEY or s3://BUCKET/KEY (the daemon does not write local files)",
         ));
     }
-    let (concurrency, part_size) = take_copy_tuning(obj, dst.limits())?;
+    let provider = |obj: &mut Map<String, Value>, field: &str| -> Result<_, InvalidField> {
+        let v = take_string(obj, field)?;
+        let side = SideOptions {
+            provider: v.clone(),
+            ..SideOptions::default()
+        };
+        locate::provider(&side).map_err(|e| invalid(field, e))?;
+        Ok((v, side))
+    };
+    let (src_provider, _) = provider(obj, "src_provider")?;
+    let (dst_provider, dst_probe) = provider(obj, "dst_provider")?;
+    let limits = dst
+        .limits(&dst_probe)
+        .map_err(|e| invalid("dst_provider", e))?;
+    let (concurrency, part_size) = take_copy_tuning(obj, limits)?;
     let spec = CopySpec {
         source,
         destination,
@@ -507,6 +534,12 @@ fn parse_copy(obj: &mut Map<String, Value>) -> Result<CopySpec, InvalidField> {
         dst_internal: take_bool(obj, "dst_internal")?,
         src_profile: take_string(obj, "src_profile")?,
         dst_profile: take_string(obj, "dst_profile")?,
+        src_provider,
+        dst_provider,
+        src_path_style: take_bool(obj, "src_path_style")?,
+        dst_path_style: take_bool(obj, "dst_path_style")?,
+        src_sts_endpoint: take_string(obj, "src_sts_endpoint")?,
+        dst_sts_endpoint: take_string(obj, "dst_sts_endpoint")?,
         concurrency,
         part_size,
         unpack: match take_string(obj, "unpack")? {
@@ -519,6 +552,8 @@ fn parse_copy(obj: &mut Map<String, Value>) -> Result<CopySpec, InvalidField> {
     };
     check_endpoint("src_endpoint", &spec.src_endpoint)?;
     check_endpoint("dst_endpoint", &spec.dst_endpoint)?;
+    check_endpoint("src_sts_endpoint", &spec.src_sts_endpoint)?;
+    check_endpoint("dst_sts_endpoint", &spec.dst_sts_endpoint)?;
     check_name("src_region", &spec.src_region)?;
     check_name("dst_region", &spec.dst_region)?;
     check_name("src_profile", &spec.src_profile)?;
@@ -653,7 +688,7 @@ fn url_host(url: &str) -> Option<String> {
 }
 
 /// Whether an endpoint override is acceptable without `--allow-any-endpoint`: Alibaba Cloud
-/// endpoints over HTTPS, or this machine (a simulator, a local proxy). Anything else would let
+/// and AWS endpoints over HTTPS, or this machine (a simulator, a local proxy). Anything else would let
 /// an API client send the daemon's signed requests, and any STS token in them, to a host of
 /// its choosing.
 pub fn endpoint_allowed(url: &str) -> bool {
@@ -663,7 +698,10 @@ pub fn endpoint_allowed(url: &str) -> bool {
     if matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]") {
         return true;
     }
-    url_scheme(url).as_deref() == Some("https") && host.ends_with(".aliyuncs.com")
+    url_scheme(url).as_deref() == Some("https")
+        && (host.ends_with(".aliyuncs.com")
+            || host.ends_with(".amazonaws.com")
+            || host.ends_with(".amazonaws.com.cn"))
 }
 
 /// Checks what a job may do on this daemon (beyond being well-formed).
@@ -675,6 +713,8 @@ pub fn check_policy(spec: &JobSpec, allow_any_endpoint: bool) -> Result<(), Inva
         JobSpec::Copy(c) => vec![
             ("src_endpoint", &c.src_endpoint),
             ("dst_endpoint", &c.dst_endpoint),
+            ("src_sts_endpoint", &c.src_sts_endpoint),
+            ("dst_sts_endpoint", &c.dst_sts_endpoint),
         ],
         JobSpec::Migrate(m) => m.endpoints().to_vec(),
     };
@@ -684,7 +724,7 @@ pub fn check_policy(spec: &JobSpec, allow_any_endpoint: bool) -> Result<(), Inva
                 return Err(invalid(
                     field,
                     format!(
-                        "{url:?} is neither an https://….aliyuncs.com endpoint nor on this machine; \
+                        "{url:?} is neither an https://….aliyuncs.com or ….amazonaws.com endpoint nor on this machine; \
                          start the daemon with --allow-any-endpoint to permit it"
                     ),
                 ));
@@ -702,6 +742,9 @@ impl CopySpec {
             endpoint: self.src_endpoint.clone(),
             internal: self.src_internal,
             profile: self.src_profile.clone(),
+            provider: self.src_provider.clone(),
+            path_style: self.src_path_style,
+            sts_endpoint: self.src_sts_endpoint.clone(),
             region_flag: Some("src_region"),
             ..SideOptions::default()
         }
@@ -714,6 +757,9 @@ impl CopySpec {
             endpoint: self.dst_endpoint.clone(),
             internal: self.dst_internal,
             profile: self.dst_profile.clone(),
+            provider: self.dst_provider.clone(),
+            path_style: self.dst_path_style,
+            sts_endpoint: self.dst_sts_endpoint.clone(),
             region_flag: Some("dst_region"),
             ..SideOptions::default()
         }
@@ -723,7 +769,7 @@ impl CopySpec {
     pub fn transform(&self) -> Transform {
         let unpack = self.unpack.unwrap_or(UnpackMode::Never);
         let key = match self.source.parse::<ObjectUrl>() {
-            Ok(ObjectUrl::Oss { key, .. }) => key,
+            Ok(u @ (ObjectUrl::Oss { .. } | ObjectUrl::S3 { .. })) => u.key().to_string(),
             _ => String::new(),
         };
         if unpack.applies(&key) {
@@ -738,7 +784,9 @@ impl CopySpec {
     /// if it is named after an archive's member, unknown until the archive is read.
     pub fn dst_object(&self) -> Option<ObjectUrl> {
         match self.destination.parse::<ObjectUrl>().ok()? {
-            ObjectUrl::Oss { bucket, mut key } => {
+            local @ ObjectUrl::Local(_) => Some(local),
+            url => {
+                let mut key = url.key().to_string();
                 if key.is_empty() || key.ends_with('/') {
                     if self.transform() == Transform::Unpack {
                         return None;
@@ -746,9 +794,8 @@ impl CopySpec {
                     let src: ObjectUrl = self.source.parse().ok()?;
                     key.push_str(&locate::base_name(&src)?);
                 }
-                Some(ObjectUrl::Oss { bucket, key })
+                Some(url.with_key(&key))
             }
-            local @ ObjectUrl::Local(_) => Some(local),
         }
     }
 
