@@ -298,7 +298,7 @@ impl S3Client {
             buffer,
         } = req;
         if let Some(b) = bucket {
-            check_bucket_name(b).map_err(S3Error::config)?;
+            check_bucket_name(b, self.inner.provider).map_err(S3Error::config)?;
         }
         let ctx = ErrorContext {
             operation: op,

@@ -164,18 +164,28 @@ fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
 }
 
 /// Checks a bucket name against the S3 rules that matter for addressing: 3–63 characters of
-/// lower-case letters, digits, `-` and `.`, starting and ending with a letter or digit.
-pub fn check_bucket_name(b: &str) -> Result<(), String> {
-    let ok = (3..=63).contains(&b.len())
-        && b.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+/// lower-case letters, digits, `-` and `.`, starting and ending with a letter or digit. GCS
+/// also allows `_` and, with dots, up to 222 characters; those buckets go path style over
+/// HTTPS anyway (see [`S3Endpoint::path_style_for`]).
+pub fn check_bucket_name(b: &str, provider: Provider) -> Result<(), String> {
+    let gcs = provider == Provider::Gcs;
+    let max = if gcs && b.contains('.') { 222 } else { 63 };
+    let ok = (3..=max).contains(&b.len())
+        && b.bytes().all(|c| {
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || c == b'-'
+                || c == b'.'
+                || (gcs && c == b'_')
+        })
         && b.as_bytes()[0].is_ascii_alphanumeric()
         && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric();
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "invalid bucket name {b:?}: 3-63 lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
+            "invalid bucket name {b:?}: 3-63 lower-case letters, digits, '-' and '.'{}, starting and ending with a letter or digit",
+            if gcs { " (and '_' on GCS)" } else { "" }
         ))
     }
 }
@@ -259,9 +269,11 @@ mod tests {
 
     #[test]
     fn bucket_names() {
-        assert!(check_bucket_name("my.bucket-1").is_ok());
+        assert!(check_bucket_name("my.bucket-1", Provider::Aws).is_ok());
         for bad in ["ab", "Upper", "-x", "x-", "a_b", "a/b"] {
-            assert!(check_bucket_name(bad).is_err(), "{bad}");
+            assert!(check_bucket_name(bad, Provider::Aws).is_err(), "{bad}");
         }
+        assert!(check_bucket_name("a_b", Provider::Gcs).is_ok());
+        assert!(check_bucket_name("a/b", Provider::Gcs).is_err());
     }
 }
