@@ -149,7 +149,8 @@ impl FromStr for ObjectUrl {
         }
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-            crate::s3::endpoint::check_bucket_name(bucket)?;
+            // The most permissive provider's rules here; the side's own when it is resolved.
+            crate::s3::endpoint::check_bucket_name(bucket, Provider::Gcs)?;
             if key.len() > 1024 {
                 return Err(format!(
                     "object key in {s:?} is {} bytes long; S3 allows at most 1024",
@@ -322,6 +323,9 @@ pub fn resolve(
         }
         ObjectUrl::S3 { bucket, key } => {
             let key = object_key(key, "s3")?;
+            let provider = provider(side).map_err(LocateError::Invalid)?;
+            crate::s3::endpoint::check_bucket_name(bucket, provider)
+                .map_err(LocateError::Invalid)?;
             let store = s3_bucket(bucket, side)?;
             Ok(Location {
                 store: Arc::new(store),

@@ -751,3 +751,96 @@ async fn a_slowdown_storm_lowers_upload_concurrency_and_the_unpack_finishes() {
     assert!(s.copy.retries >= 12, "{} retries", s.copy.retries);
     assert_eq!(dst.open_uploads(), 0);
 }
+
+/// A part the destination refused waits for its retry in the scheduler's queue, holding no
+/// slot: with one slot, the parts cut after it are sent while it backs off, and it is then
+/// sent again from memory (the decoder is not rewound). An unpack's retry used to sleep
+/// inside the upload task, holding the slot and stalling every later part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_backing_off_holds_no_slot_and_is_resent_from_memory() {
+    use ossrelay::store::memory::{Fault, FaultRule, Op};
+    use ossrelay::store::ErrorClass;
+    use std::time::Duration;
+
+    let data = noise(4 * MIB as usize, 5);
+    let src = MemoryStore::new("src");
+    src.insert("img.tar.gz", small_archive(&data));
+    let dst = MemoryStore::new("dst");
+    dst.inject(
+        FaultRule::new(Op::UploadPart, Fault::Error(ErrorClass::Transient))
+            .part(1)
+            .times(1),
+    );
+    // Parts 2-4 as they stood when part 1 was finally stored.
+    let watch = {
+        let dst = dst.clone();
+        tokio::spawn(async move {
+            while dst.part_uploads(1) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            (2..=4).map(|n| dst.part_uploads(n)).collect::<Vec<_>>()
+        })
+    };
+    let s = transfer::copy_unpack(
+        Location::new(src, "img.tar.gz"),
+        UnpackTarget::Fixed(Location::new(dst.clone(), "disk.raw")),
+        CopyOptions {
+            concurrency: 1,
+            part_size: Some(MIB),
+            retry_base: Duration::from_secs(2),
+            retry_cap: Duration::from_secs(2),
+            ..opts()
+        },
+        Progress::new(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("the unpack finishes after one retry");
+    assert_eq!(dst.object("disk.raw").unwrap().as_ref(), &data[..]);
+    assert_eq!(
+        watch.await.unwrap(),
+        vec![1, 1, 1],
+        "parts 2-4 were sent while part 1 backed off"
+    );
+    assert_eq!(dst.part_uploads(1), 1);
+    assert!(s.copy.retries >= 1, "{} retries", s.copy.retries);
+}
+
+/// A part refused on every attempt fails the unpack with one line that names the part's
+/// RAW bytes and the attempts made, after exactly `max_attempts` UploadParts of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_refused_on_every_attempt_fails_with_its_raw_bytes_and_attempts() {
+    use ossrelay::store::memory::{Fault, FaultRule, Op};
+    use ossrelay::store::ErrorClass;
+    use std::time::Duration;
+
+    let data = noise(3 * MIB as usize, 9);
+    let src = MemoryStore::new("src");
+    src.insert("img.tar.gz", small_archive(&data));
+    let dst = MemoryStore::new("dst");
+    dst.inject(FaultRule::new(Op::UploadPart, Fault::Error(ErrorClass::Transient)).part(2));
+    let e = transfer::copy_unpack(
+        Location::new(src, "img.tar.gz"),
+        UnpackTarget::Fixed(Location::new(dst.clone(), "disk.raw")),
+        CopyOptions {
+            concurrency: 2,
+            part_size: Some(MIB),
+            max_attempts: 3,
+            retry_base: Duration::from_millis(1),
+            retry_cap: Duration::from_millis(5),
+            ..opts()
+        },
+        Progress::new(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect_err("part 2 never goes through");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("part 2 (RAW bytes {}-{})", MIB, 2 * MIB))
+            && msg.contains("failed after 3 attempt(s)"),
+        "{msg}"
+    );
+    assert_eq!(dst.part_uploads(2), 0);
+    assert_eq!(dst.open_uploads(), 0, "no state dir: the upload is aborted");
+}

@@ -16,11 +16,12 @@ use super::budget::{MemoryBudget, TokenBucket};
 use super::pipe::{pipe, PipeCtx, Side};
 use super::progress::InflightGuard;
 use super::retry::Aimd;
-use super::schedule::run_parts;
+use super::schedule::{run_parts, Run};
 use super::session::{
     check_completed, complete, confirmed_parts, discard_stale_state, fail, finished_progress,
     open_upload, Opened, StateKeeper, Upload,
 };
+use super::source::Ranges;
 use super::state::{self, SourceFingerprint, StatePart};
 use super::{plan, verify, CopyOptions, CopySummary, Location, Progress, TransferError};
 use crate::store::retry::{should_retry, Backoff};
@@ -515,7 +516,16 @@ async fn transfer_and_prove(
         let todo: Vec<usize> = (0..specs.len()).filter(|&i| done[i].is_none()).collect();
         if !todo.is_empty() {
             run_parts(
-                ctx, specs, todo, done, keeper, &mut aimd, cancel, upload_id, &etag,
+                Run {
+                    ctx,
+                    specs,
+                    done,
+                    keeper,
+                    aimd: &mut aimd,
+                    cancel,
+                    upload_id,
+                },
+                &mut Ranges::new(todo, etag.clone()),
             )
             .await?;
         }

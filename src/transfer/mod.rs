@@ -34,6 +34,7 @@ mod relay;
 pub mod retry;
 mod schedule;
 mod session;
+mod source;
 pub mod state;
 pub mod tar;
 pub mod unpack;

@@ -77,14 +77,14 @@ impl PipeError {
             err,
         }
     }
-    fn dst(err: StoreError) -> Self {
+    pub(crate) fn dst(err: StoreError) -> Self {
         Self {
             side: Side::Destination,
             reason: err.class.as_str(),
             err,
         }
     }
-    fn with_reason(mut self, reason: &'static str) -> Self {
+    pub(crate) fn with_reason(mut self, reason: &'static str) -> Self {
         self.reason = reason;
         self
     }

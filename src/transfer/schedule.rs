@@ -1,8 +1,23 @@
-//! The part scheduler of a plain copy: at most the adaptive (AIMD) limit of parts in flight,
-//! each one ranged GET piped into one UploadPart; a failed part goes back to a retry queue
-//! with its own backoff (it holds no slot while it waits); an acknowledged part keeps its slot
-//! until the state write recording it landed. This is the one place a plain copy's part is
-//! retried (the transport retries requests, not parts).
+//! The part scheduler: the one loop that sends a transfer's parts, whatever their source
+//! (ranged GETs of a plain copy, parts cut from an unpack's decoded stream; see
+//! [`super::source`]).
+//!
+//! Guarantees callers can rely on:
+//! * Concurrency: parts in flight plus acknowledged parts not yet durably recorded never
+//!   exceed the adaptive (AIMD) limit: throttling halves it, successes win it back
+//!   ([`Aimd`]); so a kill -9 never loses more than the limit's worth of acknowledged parts.
+//!   Memory is bounded by the budget the sources charge their bytes to.
+//! * Retry: the one place a part is retried. A failed attempt goes to a retry queue with its
+//!   own backoff, holding no slot while it waits, and is re-run with a fresh body from its
+//!   source (a new GET, or the same bytes from memory), up to `max_attempts`. The transport
+//!   retries requests, not parts; nobody else retries.
+//! * Proof: a part is done only when the destination acknowledged it with our CRC-64 (or
+//!   echoed none); it is then recorded (state file written in the background) before its
+//!   slot is freed.
+//! * Cancellation: in-flight parts get `grace` to finish (their acknowledgements are
+//!   recorded), then are dropped; the result is [`TransferError::Interrupted`].
+//! * Failure: the first error that no retry can mend stops every part and is returned, one
+//!   line naming the part and the side that failed.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,19 +28,34 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, Instrument};
 
-use crate::checksum::Checksums;
 use crate::metrics as m;
 use crate::store::retry::{should_retry, Backoff};
 use crate::store::{ErrorClass, PartSpec};
 
-use super::engine::{if_match, source_changed, Ctx};
-use super::pipe::{pipe, PipeError, Side};
+use super::engine::{source_changed, Ctx};
+use super::pipe::{PipeError, Side};
 use super::progress::InflightGuard;
 use super::retry::Aimd;
 use super::session::StateKeeper;
+use super::source::{attempt, Next, PartBody, PartSource, Sent};
 use super::state::StatePart;
 use super::TransferError;
 
+/// What one run of the scheduler works on; the caller keeps it across runs (a plain copy
+/// runs again for the parts its proof found damaged, with the same AIMD state).
+pub(super) struct Run<'a> {
+    pub(super) ctx: &'a Arc<Ctx>,
+    /// The plan: part `i` is `specs[i]`.
+    pub(super) specs: &'a [PartSpec],
+    /// Acknowledged parts, by plan index; filled in as parts are acknowledged or resumed.
+    pub(super) done: &'a mut [Option<StatePart>],
+    pub(super) keeper: &'a mut StateKeeper,
+    pub(super) aimd: &'a mut Aimd,
+    pub(super) cancel: &'a CancellationToken,
+    pub(super) upload_id: &'a Arc<str>,
+}
+
+/// A part between attempts.
 struct Job {
     idx: usize,
     attempt: u32,
@@ -33,39 +63,37 @@ struct Job {
     /// part backing off does not hold up the others.
     ready_at: Option<Instant>,
     backoff: Backoff,
+    body: PartBody,
 }
+
+type Attempts = JoinSet<(Job, Result<Sent, PipeError>)>;
 
 enum Event {
     Cancel,
     GraceOver,
-    Joined(Result<(Job, Result<super::pipe::Piped, PipeError>), tokio::task::JoinError>),
+    Joined(Result<(Job, Result<Sent, PipeError>), tokio::task::JoinError>),
     Wrote(Result<(), TransferError>),
+    Input,
     Idle,
 }
 
-/// Runs parts `todo` with at most the adaptive limit in flight, retrying each on its own.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn run_parts(
-    ctx: &Arc<Ctx>,
-    specs: &Arc<Vec<PartSpec>>,
-    todo: Vec<usize>,
-    done: &mut [Option<StatePart>],
-    keeper: &mut StateKeeper,
-    aimd: &mut Aimd,
-    cancel: &CancellationToken,
-    upload_id: &Arc<str>,
-    etag: &Arc<str>,
+/// Sends every part `source` hands out, with at most the adaptive limit in flight, each
+/// retried on its own (see the module docs).
+pub(super) async fn run_parts<S: PartSource>(
+    run: Run<'_>,
+    source: &mut S,
 ) -> Result<(), TransferError> {
-    let mut queue: VecDeque<Job> = todo
-        .into_iter()
-        .map(|idx| Job {
-            idx,
-            attempt: 1,
-            ready_at: None,
-            backoff: ctx.backoff(),
-        })
-        .collect();
-    let mut set = JoinSet::new();
+    let Run {
+        ctx,
+        specs,
+        done,
+        keeper,
+        aimd,
+        cancel,
+        upload_id,
+    } = run;
+    let mut retries: VecDeque<Job> = VecDeque::new();
+    let mut set: Attempts = JoinSet::new();
     let mut stopping = false;
     let mut grace: Option<Instant> = None;
     let mut failure: Option<TransferError> = None;
@@ -77,24 +105,64 @@ pub(super) async fn run_parts(
         let mut next_ready: Option<Instant> = None;
         if !stopping && failure.is_none() {
             let now = Instant::now();
-            while set.len() + keeper.unsaved() < aimd.limit() {
-                // Retried jobs sit at the front; the scan stops at the first ready job.
-                let Some(i) = queue
-                    .iter()
-                    .position(|j| j.ready_at.is_none_or(|t| t <= now))
-                else {
-                    break;
-                };
-                let job = queue.remove(i).expect("index from position");
-                spawn_part(&mut set, ctx, specs, job, upload_id, etag);
+            loop {
+                let slot = set.len() + keeper.unsaved() < aimd.limit();
+                // Retried parts first; the scan stops at the first one ready.
+                if slot {
+                    if let Some(i) = retries
+                        .iter()
+                        .position(|j| j.ready_at.is_none_or(|t| t <= now))
+                    {
+                        let job = retries.remove(i).expect("index from position");
+                        spawn(&mut set, ctx, specs[job.idx], job, upload_id);
+                        continue;
+                    }
+                }
+                // A resumed part needs no slot, so the source is asked even without one.
+                match source.next(slot) {
+                    None => break,
+                    Some(Next::Send {
+                        idx,
+                        body,
+                        replaces,
+                    }) => {
+                        if replaces {
+                            keeper.forget(&[specs[idx].number]);
+                        }
+                        let job = Job {
+                            idx,
+                            attempt: 1,
+                            ready_at: None,
+                            backoff: ctx.backoff(),
+                            body,
+                        };
+                        spawn(&mut set, ctx, specs[idx], job, upload_id);
+                    }
+                    Some(Next::Resumed(idx, part)) => {
+                        let len = specs[idx].len;
+                        done[idx] = Some(part);
+                        let p = &ctx.progress;
+                        p.acked_bytes.fetch_add(len, Relaxed);
+                        p.resumed_bytes.fetch_add(len, Relaxed);
+                        p.parts_done.fetch_add(1, Relaxed);
+                        metrics::counter!(m::PARTS_TOTAL, "result" => "skipped").increment(1);
+                    }
+                    Some(Next::Broken) => {
+                        failure = Some(source.cause().await);
+                        set.abort_all();
+                        break;
+                    }
+                }
             }
-            if set.len() + keeper.unsaved() < aimd.limit() {
-                next_ready = queue.iter().filter_map(|j| j.ready_at).min();
+            if failure.is_none() && set.len() + keeper.unsaved() < aimd.limit() {
+                next_ready = retries.iter().filter_map(|j| j.ready_at).min();
             }
         }
-        if set.is_empty() && (queue.is_empty() || stopping || failure.is_some()) {
+        let finished = retries.is_empty() && source.exhausted();
+        if set.is_empty() && (finished || stopping || failure.is_some()) {
             break;
         }
+        let want_input = !stopping && failure.is_none() && source.wants_input();
         let ev = tokio::select! {
             biased;
             _ = cancel.cancelled(), if !stopping => Event::Cancel,
@@ -104,10 +172,11 @@ pub(super) async fn run_parts(
             // up unsaved while parts keep completing.
             r = keeper.wait_write(), if keeper.is_writing() => Event::Wrote(r),
             Some(r) = set.join_next() => Event::Joined(r),
+            () = source.fill(), if want_input => Event::Input,
             else => Event::Idle,
         };
         match ev {
-            Event::Idle => {}
+            Event::Idle | Event::Input => {}
             Event::Cancel => {
                 info!(
                     inflight = set.len(),
@@ -134,14 +203,12 @@ pub(super) async fn run_parts(
                     set.abort_all();
                 }
             }
-            Event::Joined(Ok((job, Ok(piped)))) => {
+            Event::Joined(Ok((job, Ok(sent)))) => {
                 let spec = specs[job.idx];
-                let part = StatePart::with_checksums(
-                    spec.number,
-                    spec.len,
-                    piped.checksums,
-                    piped.uploaded.etag,
-                );
+                // The job's body (bytes held in memory) goes back to the budget here.
+                drop(job.body);
+                let part =
+                    StatePart::with_checksums(spec.number, spec.len, sent.checksums, sent.etag);
                 done[job.idx] = Some(part.clone());
                 keeper.record(part);
                 let p = &ctx.progress;
@@ -156,7 +223,11 @@ pub(super) async fn run_parts(
                 let spec = specs[job.idx];
                 if e.side == Side::Source && e.class() == ErrorClass::Precondition {
                     if failure.is_none() {
-                        failure = Some(source_changed(ctx, etag).await);
+                        let etag = match &job.body {
+                            PartBody::Range { etag } => etag.clone(),
+                            PartBody::Memory { .. } => Arc::from(""),
+                        };
+                        failure = Some(source_changed(ctx, &etag).await);
                     }
                     set.abort_all();
                 } else if should_retry(e.class(), job.attempt, ctx.opts.max_attempts) {
@@ -172,7 +243,7 @@ pub(super) async fn run_parts(
                     }
                     job.ready_at = Some(Instant::now() + job.backoff.next(e.class()));
                     job.attempt += 1;
-                    queue.push_front(job);
+                    retries.push_front(job);
                 } else {
                     metrics::counter!(m::PARTS_TOTAL, "result" => "failed").increment(1);
                     let side = match e.side {
@@ -181,8 +252,9 @@ pub(super) async fn run_parts(
                     };
                     failure.get_or_insert(TransferError::store(
                         format!(
-                            "part {} (bytes {}-{}): {side} failed after {} attempt(s)",
+                            "part {} ({} {}-{}): {side} failed after {} attempt(s)",
                             spec.number,
+                            job.body.what(),
                             spec.offset,
                             spec.offset + spec.len,
                             job.attempt
@@ -205,38 +277,17 @@ pub(super) async fn run_parts(
     Ok(())
 }
 
-fn spawn_part(
-    set: &mut JoinSet<(Job, Result<super::pipe::Piped, PipeError>)>,
-    ctx: &Arc<Ctx>,
-    specs: &Arc<Vec<PartSpec>>,
-    job: Job,
-    upload_id: &Arc<str>,
-    etag: &Arc<str>,
-) {
+/// Starts one attempt of `job`'s part; the job (with its body) comes back with the result.
+fn spawn(set: &mut Attempts, ctx: &Arc<Ctx>, spec: PartSpec, job: Job, upload_id: &Arc<str>) {
     let ctx = ctx.clone();
-    let spec = specs[job.idx];
     let upload_id = upload_id.clone();
-    let etag = etag.clone();
-    set.spawn(async move {
-        let _inflight = InflightGuard::new(ctx.progress.clone());
-        let dst = ctx.dst.clone();
-        let span = tracing::debug_span!("part", number = spec.number, attempt = job.attempt);
-        let r = pipe(
-            &ctx.pipe,
-            &ctx.src,
-            spec.offset,
-            spec.offset + spec.len,
-            if_match(&etag),
-            None,
-            move |body| async move {
-                dst.store
-                    // Streamed: the part's checksums are known only once it has been sent.
-                    .upload_part(&dst.key, &upload_id, spec, body, &Checksums::new())
-                    .await
-            },
-        )
-        .instrument(span)
-        .await;
-        (job, r)
-    });
+    let span = tracing::debug_span!("part", number = spec.number, attempt = job.attempt);
+    set.spawn(
+        async move {
+            let _inflight = InflightGuard::new(ctx.progress.clone());
+            let r = attempt(&ctx, spec, &job.body, &upload_id).await;
+            (job, r)
+        }
+        .instrument(span),
+    );
 }

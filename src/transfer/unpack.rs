@@ -40,13 +40,15 @@ use crate::metrics as m;
 use crate::store::{ObjectMeta, PutOptions, StoreError};
 
 use super::budget::{MemoryBudget, TokenBucket};
-use super::cut::send_parts;
+use super::cut::{CutEnd, Cutter};
 use super::decode::{
     decode, fetch_all, CompressedReader, DecodeEnd, Decoded, DecoderIo, GzipCheck, Pipeline, Range,
     SourceSum, BATCH_CHUNKS,
 };
 use super::engine::{self, control, Ctx};
 use super::pipe::PipeCtx;
+use super::retry::Aimd;
+use super::schedule::{run_parts, Run};
 use super::session::{self, StateKeeper};
 use super::state::{self, SourceFingerprint, StatePart};
 use super::{plan, CopyOptions, CopySummary, Location, Progress, TransferError};
@@ -668,21 +670,31 @@ async fn multipart(
     let upload_id: Arc<str> = Arc::from(st.upload_id.as_str());
     ctx.progress.parts_total.store(specs.len() as u64, Relaxed);
     let mut keeper = StateKeeper::new(state_path.clone(), st);
-    let r = send_parts(
-        ctx,
-        &specs,
-        &mut done,
-        recorded,
-        &mut keeper,
-        &upload_id,
-        pipeline,
-        cancel,
+    // Throttling halves the uploads in flight and successes win them back, as in a plain
+    // copy: the same scheduler sends the parts, cut from memory instead of ranged GETs.
+    let mut aimd = Aimd::new(ctx.opts.concurrency);
+    let mut cutter = Cutter::new(&specs, pipeline, recorded);
+    let r = run_parts(
+        Run {
+            ctx,
+            specs: &specs,
+            done: &mut done,
+            keeper: &mut keeper,
+            aimd: &mut aimd,
+            cancel,
+            upload_id: &upload_id,
+        },
+        &mut cutter,
     )
     .await;
-    let (resumed_bytes, stream_crc, data_crc32) = match r {
-        Ok(b) => b,
-        Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
-    };
+    let CutEnd {
+        resumed: resumed_bytes,
+        stream_crc,
+        crc32: data_crc32,
+    } = cutter.end();
+    if let Err(e) = r {
+        return Err(fail(ctx, e, &upload_id, &mut keeper).await);
+    }
     let combined = crc64::combine_all(
         done.iter()
             .zip(specs.iter())
