@@ -534,6 +534,7 @@ mod tests {
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn s3_header_case(
         method: &str,
         path: &str,

@@ -1,0 +1,496 @@
+//! The S3 dialect end to end over real sockets: a raw HTTP/1.1 client and a tiny SigV4 signer
+//! written here (not the simulator's verifier, so the two check each other).
+
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use ossrelay_sim::{Dialect, SimAccount, SimBucket, SimConfig};
+
+const AK: &str = "AKIDTEST";
+const SK: &str = "secret";
+
+fn hmac(k: &[u8], m: &str) -> Vec<u8> {
+    let mut h = Hmac::<Sha256>::new_from_slice(k).unwrap();
+    h.update(m.as_bytes());
+    h.finalize().into_bytes().to_vec()
+}
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn nvme(b: &[u8]) -> String {
+    let c = crc::Crc::<u64>::new(&crc::CRC_64_NVME).checksum(b);
+    base64::engine::general_purpose::STANDARD.encode(c.to_be_bytes())
+}
+
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn h(&self, n: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_str())
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Signs (header form, path style, host = addr) and sends one request.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    query: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+    secret: &str,
+    region: &str,
+    host: Option<&str>,
+) -> Resp {
+    let host = host.map(String::from).unwrap_or_else(|| addr.to_string());
+    let now: chrono::DateTime<chrono::Utc> = SystemTime::now().into();
+    let amz = now.format("%Y%m%dT%H%M%SZ").to_string();
+    let date = &amz[..8];
+    let payload = sha(body);
+    let mut hs: Vec<(String, String)> = vec![
+        ("host".into(), host.clone()),
+        ("x-amz-content-sha256".into(), payload.clone()),
+        ("x-amz-date".into(), amz.clone()),
+    ];
+    for (k, v) in extra {
+        hs.push((k.to_string(), v.to_string()));
+    }
+    hs.sort();
+    let mut q: Vec<&str> = query.split('&').filter(|s| !s.is_empty()).collect();
+    q.sort();
+    let cq = q
+        .iter()
+        .map(|p| {
+            if p.contains('=') {
+                p.to_string()
+            } else {
+                format!("{p}=")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let signed = hs
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect::<Vec<_>>()
+        .join(";");
+    let ch: String = hs.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+    let cr = format!("{method}\n{path}\n{cq}\n{ch}\n{signed}\n{payload}");
+    let scope = format!("{date}/{region}/s3/aws4_request");
+    let sts = format!("AWS4-HMAC-SHA256\n{amz}\n{scope}\n{}", sha(cr.as_bytes()));
+    let mut k = hmac(format!("AWS4{secret}").as_bytes(), date);
+    for p in [region, "s3", "aws4_request"] {
+        k = hmac(&k, p);
+    }
+    let sig = hex::encode(hmac(&k, &sts));
+    let mut req = format!(
+        "{method} {path}{}{query} HTTP/1.1\r\n",
+        if query.is_empty() { "" } else { "?" }
+    );
+    for (k, v) in &hs {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!(
+        "authorization: AWS4-HMAC-SHA256 Credential={AK}/{scope}, SignedHeaders={signed}, Signature={sig}\r\n"
+    ));
+    req.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Resp {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let i = xml.find(&open)? + open.len();
+    let j = xml[i..].find(&format!("</{name}>"))?;
+    Some(&xml[i..i + j])
+}
+
+async fn start() -> ossrelay_sim::SimServer {
+    ossrelay_sim::start(SimConfig {
+        dialect: Dialect::S3,
+        region: "us-east-1".into(),
+        accounts: vec![SimAccount {
+            name: "a".into(),
+            access_key_id: AK.into(),
+            access_key_secret: SK.into(),
+        }],
+        buckets: vec![SimBucket {
+            name: "bkt".into(),
+            account: "a".into(),
+        }],
+        remote_buckets: vec![("eub".into(), "eu-west-1".into())],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn put_get_head_and_signature_errors() {
+    let sim = start().await;
+    let a = sim.local_addr();
+    let data = b"hello world!".repeat(1000);
+    let r = send(
+        a,
+        "PUT",
+        "/bkt/k.bin",
+        "",
+        &[],
+        &data,
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.h("etag").unwrap(),
+        format!("\"{:x}\"", md5::Md5::digest(&data))
+    );
+    assert!(r.h("x-amz-request-id").is_some() && r.h("x-amz-id-2").is_some());
+    let r = send(
+        a,
+        "GET",
+        "/bkt/k.bin",
+        "",
+        &[("range", "bytes=2-5")],
+        b"",
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.body.as_slice()), (206, &data[2..6]));
+    let r = send(
+        a,
+        "HEAD",
+        "/bkt/k.bin",
+        "",
+        &[("x-amz-checksum-mode", "ENABLED")],
+        b"",
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!(r.h("x-amz-checksum-crc64nvme"), Some(nvme(&data).as_str()));
+    assert_eq!(r.h("x-amz-checksum-type"), Some("FULL_OBJECT"));
+    let r = send(
+        a,
+        "GET",
+        "/bkt/k.bin",
+        "",
+        &[("if-match", "\"nope\"")],
+        b"",
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 412);
+    let r = send(
+        a,
+        "GET",
+        "/bkt/missing",
+        "",
+        &[],
+        b"",
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!((r.status, tag(&r.text(), "Code")), (404, Some("NoSuchKey")));
+    // Wrong secret: the error shows what the server signed.
+    let r = send(
+        a,
+        "GET",
+        "/bkt/k.bin",
+        "",
+        &[],
+        b"",
+        "bad",
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let t = r.text();
+    assert_eq!(tag(&t, "Code"), Some("SignatureDoesNotMatch"));
+    assert!(tag(&t, "CanonicalRequest")
+        .unwrap()
+        .starts_with("GET\n/bkt/k.bin\n"));
+    assert!(tag(&t, "StringToSign").is_some());
+    // A checksum header that does not match the body.
+    let r = send(
+        a,
+        "PUT",
+        "/bkt/x",
+        "",
+        &[("x-amz-checksum-crc64nvme", "AAAAAAAAAAA=")],
+        b"abc",
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!(tag(&r.text(), "Code"), Some("BadDigest"));
+    // Signed for the wrong region, and sent to the wrong regional endpoint.
+    let r = send(a, "GET", "/eub/k", "", &[], b"", SK, "us-east-1", None).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(tag(&r.text(), "Region"), Some("eu-west-1"));
+    let r = send(
+        a,
+        "GET",
+        "/k",
+        "",
+        &[],
+        b"",
+        SK,
+        "eu-west-1",
+        Some("eub.s3.us-east-1.amazonaws.com"),
+    )
+    .await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.h("x-amz-bucket-region"), Some("eu-west-1"));
+    assert_eq!(tag(&r.text(), "Code"), Some("PermanentRedirect"));
+    let r = send(
+        a,
+        "HEAD",
+        "/k",
+        "",
+        &[],
+        b"",
+        SK,
+        "eu-west-1",
+        Some("eub.s3.us-east-1.amazonaws.com"),
+    )
+    .await;
+    assert_eq!((r.status, r.body.len()), (301, 0));
+    // Virtual-hosted in the right region works.
+    let r = send(
+        a,
+        "PUT",
+        "/v",
+        "",
+        &[],
+        b"x",
+        SK,
+        "eu-west-1",
+        Some("eub.s3.eu-west-1.amazonaws.com"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let stats = sim.stats();
+    assert_eq!(stats["requests"]["PutObject"]["200"], 2);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn multipart_full_object_crc64nvme() {
+    let sim = start().await;
+    let a = sim.local_addr();
+    let r = send(
+        a,
+        "POST",
+        "/bkt/mp",
+        "uploads",
+        &[
+            ("x-amz-checksum-algorithm", "CRC64NVME"),
+            ("x-amz-checksum-type", "FULL_OBJECT"),
+        ],
+        b"",
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.text();
+    let id = tag(&t, "UploadId").unwrap().to_string();
+    let p1 = vec![7u8; 5 << 20];
+    let p2 = b"tail".to_vec();
+    let mut etags = Vec::new();
+    for (n, p) in [(1, &p1), (2, &p2)] {
+        let q = format!("partNumber={n}&uploadId={id}");
+        let r = send(a, "PUT", "/bkt/mp", &q, &[], p, SK, "us-east-1", None).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.h("x-amz-checksum-crc64nvme"), Some(nvme(p).as_str()));
+        etags.push(r.h("etag").unwrap().to_string());
+    }
+    let r = send(
+        a,
+        "GET",
+        "/bkt/mp",
+        &format!("max-parts=1&uploadId={id}"),
+        &[],
+        b"",
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    let t = r.text();
+    assert_eq!(tag(&t, "IsTruncated"), Some("true"));
+    assert_eq!(tag(&t, "NextPartNumberMarker"), Some("1"));
+    assert_eq!(tag(&t, "ChecksumCRC64NVME"), Some(nvme(&p1).as_str()));
+    let doc = |parts: &[(u32, &str)]| {
+        let mut s = String::from("<CompleteMultipartUpload>");
+        for (n, e) in parts {
+            s.push_str(&format!(
+                "<Part><PartNumber>{n}</PartNumber><ETag>{e}</ETag></Part>"
+            ));
+        }
+        s + "</CompleteMultipartUpload>"
+    };
+    let whole = [p1.clone(), p2.clone()].concat();
+    let q = format!("uploadId={id}");
+    let good = doc(&[(1, &etags[0]), (2, &etags[1])]);
+    let r = send(
+        a,
+        "POST",
+        "/bkt/mp",
+        &q,
+        &[("x-amz-checksum-crc64nvme", "AAAAAAAAAAA=")],
+        good.as_bytes(),
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!(tag(&r.text(), "Code"), Some("BadDigest"));
+    let r = send(
+        a,
+        "POST",
+        "/bkt/mp",
+        &q,
+        &[("x-amz-mp-object-size", "5")],
+        good.as_bytes(),
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!(tag(&r.text(), "Code"), Some("InvalidRequest"));
+    let r = send(
+        a,
+        "POST",
+        "/bkt/mp",
+        &q,
+        &[],
+        doc(&[(2, &etags[1]), (1, &etags[0])]).as_bytes(),
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!(tag(&r.text(), "Code"), Some("InvalidPartOrder"));
+    let r = send(
+        a,
+        "POST",
+        "/bkt/mp",
+        &q,
+        &[],
+        doc(&[(1, "\"00\"")]).as_bytes(),
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!(tag(&r.text(), "Code"), Some("InvalidPart"));
+    let size = whole.len().to_string();
+    let sum = nvme(&whole);
+    let r = send(
+        a,
+        "POST",
+        "/bkt/mp",
+        &q,
+        &[
+            ("x-amz-checksum-crc64nvme", &sum),
+            ("x-amz-mp-object-size", &size),
+        ],
+        good.as_bytes(),
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.text();
+    assert_eq!(tag(&t, "ChecksumCRC64NVME"), Some(sum.as_str()));
+    let mut m = md5::Md5::new();
+    for e in &etags {
+        m.update(hex::decode(e.trim_matches('"')).unwrap());
+    }
+    assert_eq!(
+        tag(&t, "ETag"),
+        Some(format!("\"{:x}-2\"", m.finalize()).as_str())
+    );
+    assert_eq!(
+        sim.object_crc64nvme("bkt", "mp"),
+        Some((
+            whole.len() as u64,
+            crc::Crc::<u64>::new(&crc::CRC_64_NVME).checksum(&whole)
+        ))
+    );
+    let r = send(
+        a,
+        "POST",
+        "/bkt/mp",
+        &q,
+        &[],
+        good.as_bytes(),
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, tag(&r.text(), "Code")),
+        (404, Some("NoSuchUpload"))
+    );
+    sim.shutdown().await;
+}
