@@ -12,6 +12,11 @@
 //! checking their CRC-64, injects faults from a seeded RNG, and models a WAN link (per-connection
 //! bandwidth cap and first-byte latency). `GET /-/stats` (no auth) reports counters as JSON.
 //!
+//! With [`Dialect::S3`] the listener speaks the S3 REST API instead (SigV4 header, presigned and
+//! aws-chunked bodies verified by [`sigv4`] / [`chunked`]; FULL_OBJECT CRC-64/NVME per object,
+//! folded from the parts with [`crc64::nvme::combine`]) plus IMDSv2 with AWS's shapes, and a
+//! second (control) listener serves the AWS Query API (STS), whose temporary keys S3 accepts.
+//!
 //! The same listener also serves the ECS, RAM and STS RPC APIs (requests on `/` carrying
 //! `Action` + `Version`; protocol in [`rpc`]) and an ECS instance metadata service (paths under
 //! `/latest/`), so one URL is the endpoint of every simulated product: custom images with

@@ -63,13 +63,18 @@ async fn send(
     let now: chrono::DateTime<chrono::Utc> = SystemTime::now().into();
     let amz = now.format("%Y%m%dT%H%M%SZ").to_string();
     let date = &amz[..8];
-    let payload = sha(body);
+    // A caller-given x-amz-content-sha256 (e.g. a STREAMING mode) replaces the body hash.
+    let payload = extra
+        .iter()
+        .find(|(k, _)| *k == "x-amz-content-sha256")
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| sha(body));
     let mut hs: Vec<(String, String)> = vec![
         ("host".into(), host.clone()),
         ("x-amz-content-sha256".into(), payload.clone()),
         ("x-amz-date".into(), amz.clone()),
     ];
-    for (k, v) in extra {
+    for (k, v) in extra.iter().filter(|(k, _)| *k != "x-amz-content-sha256") {
         hs.push((k.to_string(), v.to_string()));
     }
     hs.sort();
@@ -149,7 +154,12 @@ fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
 }
 
 async fn start() -> ossrelay_sim::SimServer {
+    start_with(false).await
+}
+
+async fn start_with(quirks: bool) -> ossrelay_sim::SimServer {
     ossrelay_sim::start(SimConfig {
+        quirks,
         dialect: Dialect::S3,
         region: "us-east-1".into(),
         accounts: vec![SimAccount {
@@ -492,5 +502,75 @@ async fn multipart_full_object_crc64nvme() {
         (r.status, tag(&r.text(), "Code")),
         (404, Some("NoSuchUpload"))
     );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn unsigned_trailer_body_is_checked() {
+    let sim = start().await;
+    let a = sim.local_addr();
+    let h = [
+        ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+        ("content-encoding", "aws-chunked"),
+        ("x-amz-trailer", "x-amz-checksum-crc32"),
+        ("x-amz-decoded-content-length", "5"),
+    ];
+    // CRC-32 of "hello" is 0x3610A686.
+    let good = b"5\r\nhello\r\n0\r\nx-amz-checksum-crc32:NhCmhg==\r\n\r\n";
+    let r = send(a, "PUT", "/bkt/t", "", &h, good, SK, "us-east-1", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.h("x-amz-checksum-crc32"), Some("NhCmhg=="));
+    assert_eq!(sim.get_object_bytes("bkt", "t").unwrap().as_ref(), b"hello");
+    let bad = b"5\r\nhello\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n";
+    let r = send(a, "PUT", "/bkt/t2", "", &h, bad, SK, "us-east-1", None).await;
+    assert_eq!(tag(&r.text(), "Code"), Some("BadDigest"));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn quirks_ignore_checksums_but_keep_md5() {
+    let sim = start_with(true).await;
+    let a = sim.local_addr();
+    let r = send(
+        a,
+        "PUT",
+        "/bkt/q",
+        "",
+        &[("x-amz-checksum-crc64nvme", "AAAAAAAAAAA=")],
+        b"abc",
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.h("x-amz-checksum-crc64nvme").is_none());
+    let r = send(
+        a,
+        "HEAD",
+        "/bkt/q",
+        "",
+        &[("x-amz-checksum-mode", "ENABLED")],
+        b"",
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert!(r.h("x-amz-checksum-crc64nvme").is_none());
+    let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(b"abd"));
+    let r = send(
+        a,
+        "PUT",
+        "/bkt/q",
+        "",
+        &[("content-md5", &md5)],
+        b"abc",
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    assert_eq!(tag(&r.text(), "Code"), Some("BadDigest"));
     sim.shutdown().await;
 }
