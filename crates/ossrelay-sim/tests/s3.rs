@@ -46,7 +46,7 @@ impl Resp {
     }
 }
 
-/// Signs (header form, path style, host = addr) and sends one request.
+/// Signs for S3 (header form, path style, host = addr) and sends one request.
 #[allow(clippy::too_many_arguments)]
 async fn send(
     addr: std::net::SocketAddr,
@@ -58,6 +58,35 @@ async fn send(
     secret: &str,
     region: &str,
     host: Option<&str>,
+) -> Resp {
+    send_as(
+        addr,
+        method,
+        path,
+        query,
+        extra,
+        body,
+        (AK, secret, None),
+        region,
+        host,
+        "s3",
+    )
+    .await
+}
+
+/// Signs with `(access key, secret, session token)` for `service` and sends one request.
+#[allow(clippy::too_many_arguments)]
+async fn send_as(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    query: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+    (ak, secret, token): (&str, &str, Option<&str>),
+    region: &str,
+    host: Option<&str>,
+    service: &str,
 ) -> Resp {
     let host = host.map(String::from).unwrap_or_else(|| addr.to_string());
     let now: chrono::DateTime<chrono::Utc> = SystemTime::now().into();
@@ -76,6 +105,9 @@ async fn send(
     ];
     for (k, v) in extra.iter().filter(|(k, _)| *k != "x-amz-content-sha256") {
         hs.push((k.to_string(), v.to_string()));
+    }
+    if let Some(t) = token {
+        hs.push(("x-amz-security-token".into(), t.to_string()));
     }
     hs.sort();
     let mut q: Vec<&str> = query.split('&').filter(|s| !s.is_empty()).collect();
@@ -98,10 +130,10 @@ async fn send(
         .join(";");
     let ch: String = hs.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
     let cr = format!("{method}\n{path}\n{cq}\n{ch}\n{signed}\n{payload}");
-    let scope = format!("{date}/{region}/s3/aws4_request");
+    let scope = format!("{date}/{region}/{service}/aws4_request");
     let sts = format!("AWS4-HMAC-SHA256\n{amz}\n{scope}\n{}", sha(cr.as_bytes()));
     let mut k = hmac(format!("AWS4{secret}").as_bytes(), date);
-    for p in [region, "s3", "aws4_request"] {
+    for p in [region, service, "aws4_request"] {
         k = hmac(&k, p);
     }
     let sig = hex::encode(hmac(&k, &sts));
@@ -113,7 +145,7 @@ async fn send(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str(&format!(
-        "authorization: AWS4-HMAC-SHA256 Credential={AK}/{scope}, SignedHeaders={signed}, Signature={sig}\r\n"
+        "authorization: AWS4-HMAC-SHA256 Credential={ak}/{scope}, SignedHeaders={signed}, Signature={sig}\r\n"
     ));
     req.push_str(&format!(
         "content-length: {}\r\nconnection: close\r\n\r\n",
@@ -172,6 +204,12 @@ async fn start_with(quirks: bool) -> ossrelay_sim::SimServer {
             account: "a".into(),
         }],
         remote_buckets: vec![("eub".into(), "eu-west-1".into())],
+        aws_roles: vec![ossrelay_sim::SimAwsRole {
+            account: "a".into(),
+            name: "reader".into(),
+            external_id: Some("ext".into()),
+        }],
+        imds_role: Some(("a".into(), "vm".into())),
         ..SimConfig::default()
     })
     .await
@@ -572,5 +610,126 @@ async fn quirks_ignore_checksums_but_keep_md5() {
     )
     .await;
     assert_eq!(tag(&r.text(), "Code"), Some("BadDigest"));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn sts_assume_role_keys_work_on_s3() {
+    let sim = start().await;
+    let a = sim.local_addr();
+    let ctl: std::net::SocketAddr = sim
+        .ec2_endpoint()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let form = |ext: &str| {
+        format!("Action=AssumeRole&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3Aa%3Arole%2Freader&RoleSessionName=t1&DurationSeconds=900&ExternalId={ext}")
+    };
+    let ct = [(
+        "content-type",
+        "application/x-www-form-urlencoded; charset=utf-8",
+    )];
+    let r = send_as(
+        ctl,
+        "POST",
+        "/",
+        "",
+        &ct,
+        form("bad").as_bytes(),
+        (AK, SK, None),
+        "us-east-1",
+        None,
+        "sts",
+    )
+    .await;
+    assert_eq!(
+        (r.status, tag(&r.text(), "Code")),
+        (403, Some("AccessDenied"))
+    );
+    assert_eq!(tag(&r.text(), "Type"), Some("Sender"));
+    let r = send_as(
+        ctl,
+        "POST",
+        "/",
+        "",
+        &ct,
+        form("ext").as_bytes(),
+        (AK, SK, None),
+        "us-east-1",
+        None,
+        "sts",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.text();
+    let (ak, sk, tok) = (
+        tag(&t, "AccessKeyId").unwrap(),
+        tag(&t, "SecretAccessKey").unwrap(),
+        tag(&t, "SessionToken").unwrap(),
+    );
+    assert!(ak.starts_with("ASIA"));
+    let r = send_as(
+        a,
+        "PUT",
+        "/bkt/sts",
+        "",
+        &[],
+        b"x",
+        (ak, sk, Some(tok)),
+        "us-east-1",
+        None,
+        "s3",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = send_as(
+        a,
+        "PUT",
+        "/bkt/sts",
+        "",
+        &[],
+        b"x",
+        (ak, sk, None),
+        "us-east-1",
+        None,
+        "s3",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = send_as(
+        ctl,
+        "POST",
+        "/",
+        "",
+        &ct,
+        b"Action=GetCallerIdentity&Version=2011-06-15",
+        (ak, sk, Some(tok)),
+        "us-east-1",
+        None,
+        "sts",
+    )
+    .await;
+    assert_eq!(
+        tag(&r.text(), "Arn"),
+        Some("arn:aws:sts::a:assumed-role/reader/t1")
+    );
+    let r = send_as(
+        ctl,
+        "POST",
+        "/",
+        "",
+        &ct,
+        b"Action=GetCallerIdentity&Version=2011-06-15",
+        (AK, "bad", None),
+        "us-east-1",
+        None,
+        "sts",
+    )
+    .await;
+    assert_eq!(
+        (r.status, tag(&r.text(), "Code")),
+        (403, Some("SignatureDoesNotMatch"))
+    );
     sim.shutdown().await;
 }
