@@ -805,3 +805,146 @@ async fn put_doc(addr: std::net::SocketAddr, b: Vec<u8>) -> String {
     s.read_to_end(&mut raw).await.unwrap();
     String::from_utf8_lossy(&raw).into_owned()
 }
+
+async fn raw(addr: std::net::SocketAddr, req: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn imdsv2_aws_shapes() {
+    let sim = start().await;
+    let a = sim.local_addr();
+    let put = |ttl: &str, extra: &str| {
+        format!("PUT /latest/api/token HTTP/1.1\r\nhost: x\r\nx-aws-ec2-metadata-token-ttl-seconds: {ttl}\r\n{extra}content-length: 0\r\nconnection: close\r\n\r\n")
+    };
+    assert!(raw(a, &put("0", "")).await.starts_with("HTTP/1.1 400"));
+    assert!(raw(a, &put("21601", "")).await.starts_with("HTTP/1.1 400"));
+    assert!(raw(a, &put("60", "x-forwarded-for: 1.2.3.4\r\n"))
+        .await
+        .starts_with("HTTP/1.1 403"));
+    let r = raw(a, &put("60", "")).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let token = r.split("\r\n\r\n").nth(1).unwrap().to_string();
+    let get = |path: &str, tok: &str| {
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\nx-aws-ec2-metadata-token: {tok}\r\nconnection: close\r\n\r\n")
+    };
+    let base = "/latest/meta-data/iam/security-credentials/";
+    assert!(raw(a, &get(base, "nope")).await.starts_with("HTTP/1.1 401"));
+    let r = raw(a, &get(base, &token)).await;
+    assert!(r.ends_with("\r\n\r\nvm"), "{r}");
+    let r = raw(a, &get(&format!("{base}vm"), &token)).await;
+    let doc: serde_json::Value = serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(doc["Code"], "Success");
+    assert_eq!(doc["Type"], "AWS-HMAC");
+    assert!(doc["AccessKeyId"].as_str().unwrap().starts_with("ASIA"));
+    for k in ["SecretAccessKey", "Token", "Expiration", "LastUpdated"] {
+        assert!(doc[k].is_string(), "{k}");
+    }
+    // The instance-role keys work on S3.
+    let (ak, sk, tok) = (
+        doc["AccessKeyId"].as_str().unwrap(),
+        doc["SecretAccessKey"].as_str().unwrap(),
+        doc["Token"].as_str().unwrap(),
+    );
+    let r = send_as(
+        a,
+        "GET",
+        "/bkt",
+        "list-type=2",
+        &[],
+        b"",
+        (ak, sk, Some(tok)),
+        "us-east-1",
+        None,
+        "s3",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn complete_faults_embedded_error_and_keepalive() {
+    let sim = start().await;
+    let a = sim.local_addr();
+    sim.set_fault_ops(Some(vec!["CompleteMultipartUpload".into()]));
+    for (kind, embedded) in [
+        (ossrelay_sim::FaultKind::CompleteError, true),
+        (ossrelay_sim::FaultKind::KeepAlive, false),
+    ] {
+        let r = send(
+            a,
+            "POST",
+            "/bkt/f",
+            "uploads",
+            &[],
+            b"",
+            SK,
+            "us-east-1",
+            None,
+        )
+        .await;
+        let t = r.text();
+        let id = tag(&t, "UploadId").unwrap().to_string();
+        let r = send(
+            a,
+            "PUT",
+            "/bkt/f",
+            &format!("partNumber=1&uploadId={id}"),
+            &[],
+            b"abc",
+            SK,
+            "us-east-1",
+            None,
+        )
+        .await;
+        let doc = format!("<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{}</ETag></Part></CompleteMultipartUpload>", r.h("etag").unwrap());
+        sim.set_faults(vec![(kind, 1.0)]);
+        let r = send(
+            a,
+            "POST",
+            "/bkt/f",
+            &format!("uploadId={id}"),
+            &[],
+            doc.as_bytes(),
+            SK,
+            "us-east-1",
+            None,
+        )
+        .await;
+        sim.set_faults(vec![]);
+        assert_eq!(r.status, 200);
+        let t = r.text();
+        if embedded {
+            assert_eq!(tag(&t, "Code"), Some("InternalError"), "{t}");
+            // The upload is still open: a retry completes it.
+            let r = send(
+                a,
+                "POST",
+                "/bkt/f",
+                &format!("uploadId={id}"),
+                &[],
+                doc.as_bytes(),
+                SK,
+                "us-east-1",
+                None,
+            )
+            .await;
+            assert!(
+                r.text().contains("<CompleteMultipartUploadResult"),
+                "{}",
+                r.text()
+            );
+        } else {
+            assert!(
+                t.contains("\n ") && t.contains("<CompleteMultipartUploadResult"),
+                "{t}"
+            );
+        }
+    }
+    sim.shutdown().await;
+}
