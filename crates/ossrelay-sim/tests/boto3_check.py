@@ -4,7 +4,7 @@
 Start the simulator first, e.g.
   ossrelay sim --dialect s3 --listen 127.0.0.1:9400 --account a:AKIDEXAMPLE:secret \
       --bucket bkt --aws-role a:reader:external_id=ext123 --imds-role a:vm \
-      --synthetic bkt/disk.raw=64MiB
+      --synthetic bkt/disk.raw=64MiB --web-identity-token tok123
 then run: python3 boto3_check.py http://127.0.0.1:9400 <ec2_endpoint from the ready line>
 """
 import base64
@@ -133,6 +133,23 @@ def sts():
 
 
 check("sts assume_role + temp creds on S3", sts)
+
+
+def web_identity():
+    c = boto3.client("sts", endpoint_url=ec2, region_name="us-east-1",
+                     aws_access_key_id="x", aws_secret_access_key="x")
+    r = c.assume_role_with_web_identity(RoleArn="arn:aws:iam::a:role/reader",
+                                        RoleSessionName="wi", WebIdentityToken="tok123")
+    try:
+        c.assume_role_with_web_identity(RoleArn="arn:aws:iam::a:role/reader",
+                                        RoleSessionName="wi", WebIdentityToken="nope")
+        bad = "accepted"
+    except ClientError as e:
+        bad = e.response["Error"]["Code"]
+    return r["Credentials"]["AccessKeyId"][:4], bad
+
+
+check("sts assume_role_with_web_identity", web_identity)
 
 
 def wrong_secret():
