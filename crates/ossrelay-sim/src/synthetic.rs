@@ -228,6 +228,11 @@ mod tests {
             let (crc, len) = hash_all(&s, 0, size);
             assert_eq!(len, size);
             assert_eq!(s.crc(), crc, "size {size}");
+            let mut n = crc64::nvme::Nvme::new();
+            for chunk in s.chunks(0, size) {
+                n.update(&chunk);
+            }
+            assert_eq!(s.nvme(), n.sum(), "NVME, size {size}");
         }
     }
 
