@@ -5,6 +5,11 @@
 //! logs go to stderr. `ecs_endpoint` serves ECS, RAM, STS and the instance metadata service;
 //! it is the same listener as `endpoint`, so no separate `sts_endpoint` / `ram_endpoint` /
 //! `imds_endpoint` keys are printed.
+//!
+//! With `--dialect s3` the main listener speaks the S3 REST API (and IMDSv2 with AWS's shapes
+//! under `/latest/`), and a second listener serves the AWS Query API (STS); the ready line then
+//! reads `{"endpoint":…,"region":…,"ecs_endpoint":…,"dialect":"s3","ec2_endpoint":…}` (the OSS
+//! line is unchanged).
 
 use std::future::Future;
 use std::io::Write;
@@ -13,8 +18,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ossrelay_sim::{
-    FaultKind, RpcFault, SimAccount, SimBucket, SimConfig, SimImage, SimOidcProvider, SimRole,
-    StoreKind, SyntheticObject,
+    Dialect, FaultKind, RpcFault, SimAccount, SimAwsRole, SimBucket, SimConfig, SimImage,
+    SimOidcProvider, SimRole, StoreKind, SyntheticObject,
 };
 
 /// Flags of `ossrelay sim`.
@@ -23,9 +28,28 @@ pub struct SimArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:9000")]
     pub listen: SocketAddr,
-    /// Region ID this simulated endpoint serves (V4 scope, GetBucketLocation).
-    #[arg(long, default_value = "cn-hangzhou")]
-    pub region: String,
+    /// Region ID this simulated endpoint serves (V4 scope, GetBucketLocation); default
+    /// `cn-hangzhou` for the oss dialect, `us-east-1` for s3.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// API of the main listener: `oss` (OSS + ECS/RAM/STS RPC) or `s3` (S3 REST + IMDSv2,
+    /// AWS STS on a second listener printed as `ec2_endpoint`).
+    #[arg(long, default_value = "oss", value_name = "oss|s3")]
+    pub dialect: String,
+    /// s3 dialect: ignore every `x-amz-checksum-*` header (no verification, none returned, no
+    /// FULL_OBJECT CRC) like S3-compatible stores (OSS S3 mode, COS, OBS); Content-MD5 and MD5
+    /// ETags still work.
+    #[arg(long)]
+    pub quirks: bool,
+    /// s3 dialect: IAM role `arn:aws:iam::ACCOUNT:role/ROLE_NAME` that STS AssumeRole and
+    /// AssumeRoleWithWebIdentity hand out (repeatable); `external_id=X` makes AssumeRole
+    /// require that ExternalId.
+    #[arg(long = "aws-role", value_name = "ACCOUNT:ROLE_NAME[:external_id=X]")]
+    pub aws_roles: Vec<String>,
+    /// s3 dialect: an opaque token AssumeRoleWithWebIdentity accepts (repeatable), besides
+    /// JWTs of `--oidc-provider` issuers.
+    #[arg(long = "web-identity-token", value_name = "TOKEN")]
+    pub web_identity_tokens: Vec<String>,
     /// Account with a long-term key pair (repeatable); default `sim:simak:simsecret`.
     #[arg(long = "account", value_name = "NAME:ACCESS_KEY_ID:ACCESS_KEY_SECRET")]
     pub accounts: Vec<String>,
@@ -162,11 +186,44 @@ fn parse_size(s: &str) -> Result<u64, String> {
 impl SimArgs {
     /// Turns the flags into a simulator configuration.
     pub fn config(&self) -> Result<SimConfig, String> {
+        let dialect: Dialect = self.dialect.parse()?;
+        let default_region = match dialect {
+            Dialect::Oss => "cn-hangzhou",
+            Dialect::S3 => "us-east-1",
+        };
         let mut cfg = SimConfig {
             listen: self.listen,
-            region: self.region.clone(),
+            region: self.region.clone().unwrap_or_else(|| default_region.into()),
+            dialect,
+            quirks: self.quirks,
+            web_identity_tokens: self.web_identity_tokens.clone(),
             ..SimConfig::default()
         };
+        for r in &self.aws_roles {
+            let mut it = r.splitn(3, ':');
+            let (account, name, opt) = match (it.next(), it.next(), it.next()) {
+                (Some(a), Some(n), o) if !a.is_empty() && !n.is_empty() => (a, n, o),
+                _ => {
+                    return Err(format!(
+                        "--aws-role expects ACCOUNT:ROLE_NAME[:external_id=X], got {r:?}"
+                    ))
+                }
+            };
+            let external_id = match opt {
+                None => None,
+                Some(o) => Some(
+                    o.strip_prefix("external_id=")
+                        .filter(|x| !x.is_empty())
+                        .ok_or_else(|| format!("--aws-role: unknown option {o:?} (external_id=X)"))?
+                        .to_string(),
+                ),
+            };
+            cfg.aws_roles.push(SimAwsRole {
+                account: account.into(),
+                name: name.into(),
+                external_id,
+            });
+        }
         if !self.accounts.is_empty() {
             cfg.accounts = self
                 .accounts
@@ -289,7 +346,10 @@ impl SimArgs {
                         account: a.into(),
                         name: n.into(),
                         issuer_url: issuer.into(),
-                        client_ids: vec!["sts.aliyuncs.com".into()],
+                        client_ids: vec![match dialect {
+                            Dialect::Oss => "sts.aliyuncs.com".into(),
+                            Dialect::S3 => "sts.amazonaws.com".into(),
+                        }],
                     })
                 }
                 _ => {
@@ -349,16 +409,24 @@ pub async fn run_until(
     let cfg = args.config()?;
     let server = ossrelay_sim::start(cfg).await.map_err(|e| e.to_string())?;
     // A struct, not json!(): the contract's keys come first, in the documented order.
+    // The s3 dialect appends its keys; the oss line stays exactly what it always was.
     #[derive(serde::Serialize)]
     struct Ready<'a> {
         endpoint: String,
         region: &'a str,
         ecs_endpoint: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dialect: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ec2_endpoint: Option<String>,
     }
+    let s3 = server.dialect() == Dialect::S3;
     let line = serde_json::to_string(&Ready {
         endpoint: server.endpoint(),
         region: server.region(),
         ecs_endpoint: server.ecs_endpoint(),
+        dialect: s3.then_some("s3"),
+        ec2_endpoint: server.ec2_endpoint(),
     })
     .map_err(|e| format!("cannot encode the ready line: {e}"))?;
     writeln!(out, "{line}").map_err(|e| format!("cannot write the ready line: {e}"))?;
@@ -584,5 +652,34 @@ mod tests {
             text.trim_end(),
             format!("{{\"endpoint\":\"{ep}\",\"region\":\"us-west-1\",\"ecs_endpoint\":\"{ep}\"}}")
         );
+    }
+
+    #[tokio::test]
+    async fn s3_ready_line_appends_dialect_and_ec2_endpoint() {
+        let a = args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--dialect",
+            "s3",
+            "--aws-role",
+            "111:r:external_id=xyz",
+        ]);
+        let cfg = a.config().unwrap();
+        assert_eq!(cfg.region, "us-east-1");
+        assert_eq!(cfg.aws_roles[0].external_id.as_deref(), Some("xyz"));
+        let mut out = Vec::new();
+        run_until(a, &mut out, async {}).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        let ep = v["endpoint"].as_str().unwrap();
+        let ec2 = v["ec2_endpoint"].as_str().unwrap();
+        assert_eq!(
+            text.trim_end(),
+            format!("{{\"endpoint\":\"{ep}\",\"region\":\"us-east-1\",\"ecs_endpoint\":\"{ep}\",\"dialect\":\"s3\",\"ec2_endpoint\":\"{ec2}\"}}")
+        );
+        assert_eq!(v["dialect"], "s3");
+        assert_ne!(v["ec2_endpoint"], v["endpoint"]);
+        assert!(args(&["--dialect", "gcs"]).config().is_err());
+        assert!(args(&["--aws-role", "1:r:nope"]).config().is_err());
     }
 }

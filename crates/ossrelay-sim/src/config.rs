@@ -64,6 +64,12 @@ pub enum FaultKind {
     Corrupt,
     /// GET body pauses for 30 s; (see below) the server stops reading an upload for 30 s.
     Stall,
+    /// S3 CompleteMultipartUpload answers 200 whose body is an `<Error>` (InternalError),
+    /// without completing, as S3 documents it may (other operations and OSS: no effect).
+    CompleteError,
+    /// S3 CompleteMultipartUpload sends 200 at once and whitespace keep-alives for a while
+    /// before the result document, as S3 does for long completions (OSS: no effect).
+    KeepAlive,
 }
 
 impl FaultKind {
@@ -75,6 +81,8 @@ impl FaultKind {
             FaultKind::Truncate => "truncate",
             FaultKind::Corrupt => "corrupt",
             FaultKind::Stall => "stall",
+            FaultKind::CompleteError => "complete-error",
+            FaultKind::KeepAlive => "keepalive",
         }
     }
 }
@@ -89,9 +97,11 @@ impl FromStr for FaultKind {
             "truncate" => FaultKind::Truncate,
             "corrupt" => FaultKind::Corrupt,
             "stall" => FaultKind::Stall,
+            "complete-error" => FaultKind::CompleteError,
+            "keepalive" => FaultKind::KeepAlive,
             other => {
                 return Err(format!(
-                    "unknown fault kind {other:?}; expected error500, slowdown, reset, truncate, corrupt or stall"
+                    "unknown fault kind {other:?}; expected error500, slowdown, reset, truncate, corrupt, stall, complete-error or keepalive"
                 ))
             }
         })
@@ -205,6 +215,45 @@ pub struct RpcFault {
     pub count: u32,
 }
 
+/// Which object-storage API the main listener speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dialect {
+    /// Alibaba Cloud OSS (+ ECS / RAM / STS RPC and ECS metadata on the same listener).
+    #[default]
+    Oss,
+    /// Amazon S3 REST (+ IMDSv2 on the same listener, AWS Query API STS on a control listener).
+    S3,
+}
+
+impl FromStr for Dialect {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "oss" => Ok(Self::Oss),
+            "s3" => Ok(Self::S3),
+            other => Err(format!("unknown dialect {other:?}; expected oss or s3")),
+        }
+    }
+}
+
+impl Dialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Oss => "oss",
+            Dialect::S3 => "s3",
+        }
+    }
+}
+
+/// An IAM role `arn:aws:iam::<account>:role/<name>` that any simulated account may assume
+/// through AWS STS (with `external_id` when set), and web identities too.
+#[derive(Clone, Debug)]
+pub struct SimAwsRole {
+    pub account: String,
+    pub name: String,
+    pub external_id: Option<String>,
+}
+
 /// Everything the simulator can be told at start.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -254,6 +303,15 @@ pub struct SimConfig {
     pub rpc_faults: Vec<RpcFault>,
     /// IMDSv2 token handling of the metadata service.
     pub imds_tokens: ImdsTokens,
+    /// OSS or S3 on the main listener.
+    pub dialect: Dialect,
+    /// S3 dialect: ignore every `x-amz-checksum-*` header (no verification, none returned, no
+    /// FULL_OBJECT CRC), as S3-compatible stores such as OSS's S3 mode, COS and OBS do.
+    pub quirks: bool,
+    /// S3 dialect: IAM roles AWS STS can hand out.
+    pub aws_roles: Vec<SimAwsRole>,
+    /// S3 dialect: opaque tokens AssumeRoleWithWebIdentity accepts besides provider JWTs.
+    pub web_identity_tokens: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -288,6 +346,10 @@ impl Default for SimConfig {
             role_propagation: Duration::ZERO,
             rpc_faults: Vec::new(),
             imds_tokens: ImdsTokens::Optional,
+            dialect: Dialect::Oss,
+            quirks: false,
+            aws_roles: Vec::new(),
+            web_identity_tokens: Vec::new(),
         }
     }
 }

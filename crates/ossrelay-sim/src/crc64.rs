@@ -101,30 +101,37 @@ fn square(m: &Matrix) -> Matrix {
     out
 }
 
-/// `POWERS[k]` advances a CRC register over `2^k` zero bytes (k = 0..63).
+/// `POWERS[k]` advances a CRC-64/XZ register over `2^k` zero bytes (k = 0..63).
 fn powers() -> &'static [Matrix; 64] {
     static POWERS: OnceLock<Box<[Matrix; 64]>> = OnceLock::new();
-    POWERS.get_or_init(|| {
-        // One zero *bit* through the reflected register: shift right, fold in P if bit 0 was set.
-        let mut bit: Matrix = [0; 64];
-        bit[0] = POLY_REFLECTED;
-        for (i, row) in bit.iter_mut().enumerate().skip(1) {
-            *row = 1u64 << (i - 1);
-        }
-        // Three squarings: 2, 4, 8 zero bits = one zero byte.
-        let mut m = square(&square(&square(&bit)));
-        let mut out = Box::new([[0u64; 64]; 64]);
-        for slot in out.iter_mut() {
-            *slot = m;
-            m = square(&m);
-        }
-        out
-    })
+    POWERS.get_or_init(|| zero_byte_powers(POLY_REFLECTED))
+}
+
+/// The zero-byte operator of the reflected polynomial `poly` and its `2^k`-th powers: the
+/// same construction serves every reflected CRC-64 with init = xorout = all ones (XZ, NVME).
+fn zero_byte_powers(poly: u64) -> Box<[Matrix; 64]> {
+    // One zero *bit* through the reflected register: shift right, fold in P if bit 0 was set.
+    let mut bit: Matrix = [0; 64];
+    bit[0] = poly;
+    for (i, row) in bit.iter_mut().enumerate().skip(1) {
+        *row = 1u64 << (i - 1);
+    }
+    // Three squarings: 2, 4, 8 zero bits = one zero byte.
+    let mut m = square(&square(&square(&bit)));
+    let mut out = Box::new([[0u64; 64]; 64]);
+    for slot in out.iter_mut() {
+        *slot = m;
+        m = square(&m);
+    }
+    out
 }
 
 /// The register after `len` zero bytes, starting from `reg`.
-fn advance(mut reg: u64, len: u64) -> u64 {
-    let p = powers();
+fn advance(reg: u64, len: u64) -> u64 {
+    advance_with(powers(), reg, len)
+}
+
+fn advance_with(p: &[Matrix; 64], mut reg: u64, len: u64) -> u64 {
     let mut rest = len;
     let mut k = 0;
     while rest != 0 {
@@ -156,6 +163,122 @@ pub fn combine_all<I: IntoIterator<Item = (u64, u64)>>(pieces: I) -> u64 {
 /// `len` zero bytes, then the final xor.
 pub fn zeros(len: u64) -> u64 {
     !advance(!0u64, len)
+}
+
+/// CRC-64/NVME (what S3 calls `crc64nvme`; reflected polynomial `0x9A6C9329AC4BC9B5`, init
+/// and xorout all ones, check value of `"123456789"` = `0xAE8B14860A799888`): the raw CRC
+/// from crc-fast, `combine` from the same GF(2) matrix construction as CRC-64/XZ above with
+/// the NVME polynomial, so S3's FULL_OBJECT checksum of a multipart object is folded from the
+/// parts' values without reading their bytes.
+pub mod nvme {
+    use std::sync::OnceLock;
+
+    use crc_fast::CrcAlgorithm;
+
+    use super::{advance_with, zero_byte_powers, Matrix};
+
+    /// Reflected CRC-64/NVME polynomial (normal form `0xAD93D23594C93659`).
+    const POLY_REFLECTED: u64 = 0x9A6C_9329_AC4B_C9B5;
+
+    fn powers() -> &'static [Matrix; 64] {
+        static POWERS: OnceLock<Box<[Matrix; 64]>> = OnceLock::new();
+        POWERS.get_or_init(|| zero_byte_powers(POLY_REFLECTED))
+    }
+
+    /// Incremental CRC-64/NVME hasher.
+    #[derive(Clone)]
+    pub struct Nvme {
+        digest: crc_fast::Digest,
+    }
+
+    impl Default for Nvme {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Nvme {
+        pub fn new() -> Self {
+            Self {
+                digest: crc_fast::Digest::new(CrcAlgorithm::Crc64Nvme),
+            }
+        }
+        pub fn update(&mut self, data: &[u8]) {
+            self.digest.update(data);
+        }
+        pub fn sum(&self) -> u64 {
+            self.digest.finalize()
+        }
+    }
+
+    /// CRC-64/NVME of `data` in one call.
+    pub fn checksum(data: &[u8]) -> u64 {
+        crc_fast::checksum(CrcAlgorithm::Crc64Nvme, data)
+    }
+
+    /// CRC-64/NVME of `A ‖ B` from `CRC(A)`, `CRC(B)` and `len(B)`.
+    pub fn combine(crc1: u64, crc2: u64, len2: u64) -> u64 {
+        advance_with(powers(), crc1, len2) ^ crc2
+    }
+
+    /// Folds `(crc, len)` pieces, in order, into the CRC of their concatenation.
+    pub fn combine_all<I: IntoIterator<Item = (u64, u64)>>(pieces: I) -> u64 {
+        pieces
+            .into_iter()
+            .fold(0u64, |acc, (crc, len)| combine(acc, crc, len))
+    }
+
+    /// CRC-64/NVME of `len` zero bytes in O(log len).
+    pub fn zeros(len: u64) -> u64 {
+        !advance_with(powers(), !0u64, len)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn reference(data: &[u8]) -> u64 {
+            crc::Crc::<u64>::new(&crc::CRC_64_NVME).checksum(data)
+        }
+
+        #[test]
+        fn published_check_values() {
+            assert_eq!(checksum(b"123456789"), 0xAE8B_1486_0A79_9888);
+            assert_eq!(checksum(b"hello world!"), 0xD916_0D1F_A8E4_18E3);
+            assert_eq!(checksum(b""), 0);
+            let mut c = Nvme::new();
+            c.update(b"12345");
+            c.update(b"6789");
+            assert_eq!(c.sum(), 0xAE8B_1486_0A79_9888);
+            assert_eq!(reference(b"123456789"), 0xAE8B_1486_0A79_9888);
+        }
+
+        #[test]
+        fn zeros_and_long_runs() {
+            for n in [0usize, 1, 8, 4097, (1 << 20) + 3] {
+                assert_eq!(zeros(n as u64), reference(&vec![0u8; n]), "{n} zeros");
+            }
+            let a = checksum(b"prefix");
+            let mut buf = b"prefix".to_vec();
+            buf.resize(6 + (3 << 20), 0);
+            assert_eq!(combine(a, zeros(3 << 20), 3 << 20), reference(&buf));
+        }
+
+        proptest! {
+            #[test]
+            fn simd_equals_reference(data in proptest::collection::vec(any::<u8>(), 0..5000)) {
+                prop_assert_eq!(checksum(&data), reference(&data));
+            }
+
+            #[test]
+            fn combine_all_equals_whole_buffer(pieces in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..700), 0..8)) {
+                let whole: Vec<u8> = pieces.concat();
+                let folded = combine_all(pieces.iter().map(|p| (reference(p), p.len() as u64)));
+                prop_assert_eq!(folded, reference(&whole));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -60,6 +60,7 @@ impl Faults {
             let applies = match kind {
                 FaultKind::Error500 | FaultKind::Slowdown | FaultKind::Reset => true,
                 FaultKind::Truncate | FaultKind::Corrupt | FaultKind::Stall => body_faults,
+                FaultKind::CompleteError | FaultKind::KeepAlive => op == "CompleteMultipartUpload",
             };
             if applies && f.rng.gen_bool(p.clamp(0.0, 1.0)) {
                 let at = f.rng.gen::<f64>();

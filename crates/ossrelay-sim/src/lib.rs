@@ -12,6 +12,11 @@
 //! checking their CRC-64, injects faults from a seeded RNG, and models a WAN link (per-connection
 //! bandwidth cap and first-byte latency). `GET /-/stats` (no auth) reports counters as JSON.
 //!
+//! With [`Dialect::S3`] the listener speaks the S3 REST API instead (SigV4 header, presigned and
+//! aws-chunked bodies verified by [`sigv4`] / [`chunked`]; FULL_OBJECT CRC-64/NVME per object,
+//! folded from the parts with [`crc64::nvme::combine`]) plus IMDSv2 with AWS's shapes, and a
+//! second (control) listener serves the AWS Query API (STS), whose temporary keys S3 accepts.
+//!
 //! The same listener also serves the ECS, RAM and STS RPC APIs (requests on `/` carrying
 //! `Action` + `Version`; protocol in [`rpc`]) and an ECS instance metadata service (paths under
 //! `/latest/`), so one URL is the endpoint of every simulated product: custom images with
@@ -62,6 +67,8 @@
 
 mod acs;
 pub mod auth;
+mod aws;
+pub mod chunked;
 mod config;
 pub mod crc64;
 mod faults;
@@ -71,6 +78,8 @@ pub mod range;
 mod reply;
 mod router;
 pub mod rpc;
+mod s3;
+pub mod sigv4;
 mod store;
 pub mod synthetic;
 mod wan;
@@ -92,6 +101,8 @@ pub use config::*;
 pub struct SimServer {
     world: Arc<World>,
     addr: SocketAddr,
+    /// The S3 dialect's AWS Query API listener.
+    control: Option<SocketAddr>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     accept: tokio::task::JoinHandle<()>,
@@ -112,16 +123,36 @@ pub async fn start(cfg: SimConfig) -> Result<SimServer, SimError> {
     })?;
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let mut control = None;
+    if cfg.dialect == Dialect::S3 {
+        let at = SocketAddr::new(cfg.listen.ip(), 0);
+        let l = tokio::net::TcpListener::bind(at)
+            .await
+            .map_err(|source| SimError::Bind { addr: at, source })?;
+        control = Some(
+            l.local_addr()
+                .map_err(|source| SimError::Bind { addr: at, source })?,
+        );
+        tracker.spawn(router::accept_loop(
+            l,
+            world.clone(),
+            cancel.clone(),
+            tracker.clone(),
+            router::Role::Control,
+        ));
+    }
     let accept = tokio::spawn(router::accept_loop(
         listener,
         world.clone(),
         cancel.clone(),
         tracker.clone(),
+        router::Role::Main,
     ));
-    tracing::info!(%addr, region = %cfg.region, "OSS simulator listening");
+    tracing::info!(%addr, region = %cfg.region, dialect = cfg.dialect.as_str(), "simulator listening");
     Ok(SimServer {
         world,
         addr,
+        control,
         cancel,
         tracker,
         accept,
@@ -137,6 +168,23 @@ impl SimServer {
     /// The ECS, RAM, STS and metadata endpoint: the same listener as OSS.
     pub fn ecs_endpoint(&self) -> String {
         self.endpoint()
+    }
+
+    /// The S3 dialect's AWS Query API endpoint (STS today), `None` for OSS.
+    pub fn ec2_endpoint(&self) -> Option<String> {
+        self.control.map(|a| format!("http://{a}"))
+    }
+
+    /// The dialect the main listener speaks.
+    pub fn dialect(&self) -> Dialect {
+        self.world.dialect
+    }
+
+    /// `(size, crc64nvme)` of an object, if it exists and has one (S3 dialect).
+    pub fn object_crc64nvme(&self, bucket: &str, key: &str) -> Option<(u64, u64)> {
+        let st = self.world.oss.lock();
+        let o = st.buckets.get(bucket)?.objects.get(key)?;
+        Some((o.size, o.nvme?))
     }
 
     /// `(size, crc64)` of an `Available` image's system disk.

@@ -13,16 +13,27 @@ use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Dialect;
 use crate::reply::{full, response, Body, ConnDrop};
 use crate::wan::ConnIo;
 use crate::world::World;
-use crate::{acs, imds, oss, rpc};
+use crate::{acs, aws, imds, oss, rpc, s3};
+
+/// Which service a listener serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The object store of the configured dialect (plus, for OSS, the RPC APIs).
+    Main,
+    /// The S3 dialect's AWS Query API listener (`ec2_endpoint`).
+    Control,
+}
 
 pub(crate) async fn accept_loop(
     listener: tokio::net::TcpListener,
     world: Arc<World>,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    role: Role,
 ) {
     loop {
         let (stream, _peer) = tokio::select! {
@@ -52,7 +63,7 @@ pub(crate) async fn accept_loop(
             let svc = hyper::service::service_fn(move |req| {
                 let world = world.clone();
                 let reset = reset.clone();
-                async move { handle(world, req, reset).await }
+                async move { handle(world, req, reset, role).await }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
@@ -78,6 +89,7 @@ async fn handle(
     world: Arc<World>,
     req: Request<Incoming>,
     reset: Arc<AtomicBool>,
+    role: Role,
 ) -> Result<Response<Body>, ConnDrop> {
     let (parts, body) = req.into_parts();
     let host_full = parts
@@ -95,6 +107,18 @@ async fn handle(
             .header("content-type", "application/json")
             .body(full(body))
             .expect("valid response"));
+    }
+    if role == Role::Control {
+        return Ok(aws::serve(&world, parts, body).await);
+    }
+    if world.dialect == Dialect::S3 {
+        // IMDSv2 with AWS's shapes shares the S3 listener (it answers only `/latest/…`).
+        if aws::imds::is_imds(&parts) {
+            let resp = aws::imds::serve(&world, &parts);
+            world.stats.record("Metadata", resp.status().as_str());
+            return Ok(resp);
+        }
+        return s3::serve(&world, parts, body, &host, &reset).await;
     }
     // ECS / RAM / STS (RPC on `/` with Action + Version) and the metadata service share
     // this listener; everything else is OSS.

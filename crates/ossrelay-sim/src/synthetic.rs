@@ -24,6 +24,8 @@ pub struct Synthetic {
     /// `min(PERIOD_BLOCKS, blocks needed)` blocks of the repeating pattern.
     blocks: Vec<Bytes>,
     crc: u64,
+    /// CRC-64/NVME of the whole object (what the S3 dialect reports as FULL_OBJECT).
+    nvme: u64,
 }
 
 impl std::fmt::Debug for Synthetic {
@@ -51,19 +53,58 @@ fn key_seed(key: &str) -> u64 {
 }
 
 /// CRC of `n` back-to-back copies of a piece with checksum `crc` and length `len`.
-fn repeat_crc(crc: u64, len: u64, mut n: u64) -> u64 {
+fn repeat_crc(combine: fn(u64, u64, u64) -> u64, crc: u64, len: u64, mut n: u64) -> u64 {
     let (mut acc, mut piece, mut plen) = (0u64, crc, len);
     while n > 0 {
         if n & 1 != 0 {
-            acc = crc64::combine(acc, piece, plen);
+            acc = combine(acc, piece, plen);
         }
         n >>= 1;
         if n > 0 {
-            piece = crc64::combine(piece, piece, plen);
+            piece = combine(piece, piece, plen);
             plen = plen.saturating_mul(2);
         }
     }
     acc
+}
+
+/// The CRC (XZ or NVME, by the functions passed) of `size` bytes of the repeating pattern
+/// `blocks`, in O(log size) combines.
+fn whole_crc(
+    blocks: &[Bytes],
+    size: u64,
+    checksum: fn(&[u8]) -> u64,
+    combine: fn(u64, u64, u64) -> u64,
+    zero_crc: u64,
+) -> u64 {
+    let block_crcs: Vec<u64> = blocks
+        .iter()
+        .map(|b| {
+            if b.as_ptr() == ZERO_BLOCK.as_ptr() {
+                zero_crc
+            } else {
+                checksum(b)
+            }
+        })
+        .collect();
+    let period_len = PERIOD_BLOCKS * BLOCK as u64;
+    let (full, rem) = (size / period_len, size % period_len);
+    let mut crc = 0;
+    if full > 0 {
+        let period_crc = block_crcs
+            .iter()
+            .fold(0, |acc, &c| combine(acc, c, BLOCK as u64));
+        crc = repeat_crc(combine, period_crc, period_len, full);
+    }
+    let (rem_blocks, rem_bytes) = (rem / BLOCK as u64, (rem % BLOCK as u64) as usize);
+    for &c in &block_crcs[..rem_blocks as usize] {
+        crc = combine(crc, c, BLOCK as u64);
+    }
+    if rem_bytes > 0 {
+        let tail = checksum(&blocks[rem_blocks as usize][..rem_bytes]);
+        crc = combine(crc, tail, rem_bytes as u64);
+    }
+    crc
 }
 
 impl Synthetic {
@@ -72,8 +113,6 @@ impl Synthetic {
         let needed = size.div_ceil(BLOCK as u64).min(PERIOD_BLOCKS);
         let seed = key_seed(key);
         let mut blocks = Vec::with_capacity(needed as usize);
-        let mut block_crcs = Vec::with_capacity(needed as usize);
-        let zero_crc = crc64::zeros(BLOCK as u64);
         for i in 0..needed {
             let mut s = seed ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93);
             // Block 0 always carries data (like a partition table); a quarter of the rest do.
@@ -83,29 +122,31 @@ impl Synthetic {
                 for chunk in buf.chunks_exact_mut(8) {
                     chunk.copy_from_slice(&splitmix(&mut s).to_le_bytes());
                 }
-                block_crcs.push(crc64::checksum(&buf));
                 blocks.push(Bytes::from(buf));
             } else {
-                block_crcs.push(zero_crc);
                 blocks.push(Bytes::from_static(&ZERO_BLOCK));
             }
         }
-        let period_len = PERIOD_BLOCKS * BLOCK as u64;
-        let (full, rem) = (size / period_len, size % period_len);
-        let mut crc = 0;
-        if full > 0 {
-            let period_crc = crc64::combine_all(block_crcs.iter().map(|&c| (c, BLOCK as u64)));
-            crc = repeat_crc(period_crc, period_len, full);
+        let crc = whole_crc(
+            &blocks,
+            size,
+            crc64::checksum,
+            crc64::combine,
+            crc64::zeros(BLOCK as u64),
+        );
+        let nvme = whole_crc(
+            &blocks,
+            size,
+            crc64::nvme::checksum,
+            crc64::nvme::combine,
+            crc64::nvme::zeros(BLOCK as u64),
+        );
+        Self {
+            size,
+            blocks,
+            crc,
+            nvme,
         }
-        let (rem_blocks, rem_bytes) = (rem / BLOCK as u64, (rem % BLOCK as u64) as usize);
-        for &c in &block_crcs[..rem_blocks as usize] {
-            crc = crc64::combine(crc, c, BLOCK as u64);
-        }
-        if rem_bytes > 0 {
-            let tail = crc64::checksum(&blocks[rem_blocks as usize][..rem_bytes]);
-            crc = crc64::combine(crc, tail, rem_bytes as u64);
-        }
-        Self { size, blocks, crc }
     }
 
     pub fn size(&self) -> u64 {
@@ -115,6 +156,11 @@ impl Synthetic {
     /// CRC-64/XZ of the whole object.
     pub fn crc(&self) -> u64 {
         self.crc
+    }
+
+    /// CRC-64/NVME of the whole object.
+    pub fn nvme(&self) -> u64 {
+        self.nvme
     }
 
     /// The bytes of `[start, end)` as zero-copy slices of at most one block each.
@@ -182,6 +228,11 @@ mod tests {
             let (crc, len) = hash_all(&s, 0, size);
             assert_eq!(len, size);
             assert_eq!(s.crc(), crc, "size {size}");
+            let mut n = crc64::nvme::Nvme::new();
+            for chunk in s.chunks(0, size) {
+                n.update(&chunk);
+            }
+            assert_eq!(s.nvme(), n.sum(), "NVME, size {size}");
         }
     }
 

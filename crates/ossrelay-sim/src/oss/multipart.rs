@@ -90,6 +90,7 @@ pub(crate) fn initiate(w: &World, ctx: &Ctx) -> Res {
                 storage_class: sc,
                 headers: kept_headers(&ctx.headers, &ctx.key),
                 parts: BTreeMap::new(),
+                checksum: None,
             },
         );
     }
@@ -129,6 +130,7 @@ pub(crate) async fn upload_part_copy(w: &World, ctx: &Ctx, p: &Principal) -> Res
             Part {
                 size: rcv.size,
                 crc: rcv.crc,
+                nvme: None,
                 etag: etag.clone(),
                 last_modified: now,
                 data: rcv.segment,
@@ -206,6 +208,7 @@ pub(crate) async fn upload_part(
             Part {
                 size: rcv.size,
                 crc: rcv.crc,
+                nvme: None,
                 etag: etag.clone(),
                 last_modified: secs(ctx.now),
                 data: rcv.segment,
@@ -304,6 +307,7 @@ pub(crate) async fn complete(w: &World, ctx: &Ctx, body: Incoming) -> Res {
         let obj = Object {
             size,
             crc,
+            nvme: None,
             etag,
             last_modified: secs(ctx.now),
             object_type: "Multipart",

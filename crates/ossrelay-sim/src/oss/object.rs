@@ -73,6 +73,7 @@ pub(crate) async fn put_object(
     let obj = Object {
         size: rcv.size,
         crc: rcv.crc,
+        nvme: None,
         etag: etag.clone(),
         last_modified: secs(ctx.now),
         object_type: "Normal",
@@ -290,6 +291,7 @@ pub(crate) async fn copy_object(w: &World, ctx: &Ctx, p: &Principal) -> Res {
     let obj = Object {
         size: rcv.size,
         crc: rcv.crc,
+        nvme: None,
         etag: etag.clone(),
         last_modified: now,
         object_type: "Normal",

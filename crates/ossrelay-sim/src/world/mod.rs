@@ -6,6 +6,7 @@
 //! request counters behind `GET /-/stats`. Handlers receive a `&World`; nothing here knows
 //! about HTTP requests, XML or JSON answers.
 
+pub(crate) mod aws;
 pub(crate) mod cloud;
 pub(crate) mod oss;
 pub(crate) mod roles;
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::auth::KeyInfo;
-use crate::config::{FaultKind, SimConfig, SimError};
+use crate::config::{Dialect, FaultKind, SimBucket, SimConfig, SimError};
 use crate::faults::{FaultPlan, Faults};
 use crate::rpc::RpcError;
 use crate::wan::Link;
@@ -47,6 +48,11 @@ pub(crate) struct World {
     pub(crate) oss: oss::Oss,
     /// ECS / RAM / STS / IMDS state.
     pub(crate) cloud: cloud::Cloud,
+    /// AWS roles, bucket regions, IMDSv2 state (S3 dialect).
+    pub(crate) aws: aws::Aws,
+    pub(crate) dialect: Dialect,
+    /// S3 dialect: ignore `x-amz-checksum-*` like S3-compatible stores.
+    pub(crate) quirks: bool,
     /// Bytes/s per connection and direction (WAN model).
     pub(crate) conn_rate: Option<u64>,
     /// Delay before the first byte of every OSS response (WAN model).
@@ -61,6 +67,29 @@ pub(crate) struct World {
 
 impl World {
     pub(crate) fn new(cfg: &SimConfig) -> Result<Self, SimError> {
+        // S3 has one global bucket namespace: a bucket "in another region" exists and is served
+        // here, it only answers requests for the wrong region with redirects.
+        let aws = aws::Aws::new(cfg);
+        let mut s3_cfg;
+        let cfg = if cfg.dialect == Dialect::S3 {
+            s3_cfg = cfg.clone();
+            let first = s3_cfg
+                .accounts
+                .first()
+                .map(|a| a.name.clone())
+                .unwrap_or_default();
+            for (b, _) in std::mem::take(&mut s3_cfg.remote_buckets) {
+                if !s3_cfg.buckets.iter().any(|x| x.name == b) {
+                    s3_cfg.buckets.push(SimBucket {
+                        name: b,
+                        account: first.clone(),
+                    });
+                }
+            }
+            &s3_cfg
+        } else {
+            cfg
+        };
         // Same order of checks as ever: accounts and buckets, store, faults, then the cloud.
         let oss = oss::Oss::new(cfg)?;
         for (k, p) in &cfg.faults {
@@ -74,6 +103,9 @@ impl World {
             region: cfg.region.clone(),
             oss,
             cloud: cloud::Cloud::new(cfg)?,
+            aws,
+            dialect: cfg.dialect,
+            quirks: cfg.quirks,
             conn_rate: cfg.conn_rate,
             latency: cfg.latency,
             reject_path_style: cfg.reject_path_style,
@@ -142,6 +174,15 @@ impl World {
     /// Draws the injected fault (if any) for one request of operation `op`.
     pub(crate) fn pick_fault(&self, op: &str) -> Option<FaultPlan> {
         self.faults.lock().expect("fault lock").pick(op)
+    }
+
+    /// The region a bucket lives in (S3 dialect).
+    pub(crate) fn bucket_region(&self, bucket: &str) -> &str {
+        self.aws
+            .bucket_regions
+            .get(bucket)
+            .map(String::as_str)
+            .unwrap_or(&self.region)
     }
 
     /// Who an AccessKey ID belongs to (long-term or temporary).

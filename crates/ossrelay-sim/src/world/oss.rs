@@ -24,6 +24,9 @@ use crate::synthetic::Synthetic;
 pub(crate) struct Object {
     pub(crate) size: u64,
     pub(crate) crc: u64,
+    /// CRC-64/NVME of the content (S3 dialect's FULL_OBJECT checksum); `None` for objects
+    /// written through the OSS dialect, which does not compute it.
+    pub(crate) nvme: Option<u64>,
     /// Upper-case hex, unquoted (`…-N` for multipart).
     pub(crate) etag: String,
     pub(crate) last_modified: SystemTime,
@@ -46,6 +49,8 @@ pub(crate) struct Bucket {
 pub(crate) struct Part {
     pub(crate) size: u64,
     pub(crate) crc: u64,
+    /// CRC-64/NVME of the part (S3 dialect only).
+    pub(crate) nvme: Option<u64>,
     pub(crate) etag: String,
     pub(crate) last_modified: SystemTime,
     pub(crate) data: Option<Segment>,
@@ -59,6 +64,8 @@ pub(crate) struct Upload {
     pub(crate) storage_class: String,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) parts: BTreeMap<u32, Part>,
+    /// S3: `x-amz-checksum-algorithm` / `x-amz-checksum-type` named at CreateMultipartUpload.
+    pub(crate) checksum: Option<(String, String)>,
 }
 
 pub(crate) struct TempCred {
@@ -213,6 +220,7 @@ impl Oss {
             let obj = Object {
                 size: s.size,
                 crc,
+                nvme: Some(syn.nvme()),
                 etag,
                 last_modified: now,
                 object_type: "Normal",
@@ -267,6 +275,7 @@ impl Oss {
     pub(crate) fn put_object_bytes(&self, bucket: &str, key: &str, data: Bytes, now: SystemTime) {
         let size = data.len() as u64;
         let crc = crc64::checksum(&data);
+        let nvme = Some(crc64::nvme::checksum(&data));
         let etag = upper_hex(&Md5::digest(&data));
         let now = secs(now);
         let mut st = self.lock();
@@ -291,6 +300,7 @@ impl Oss {
             Object {
                 size,
                 crc,
+                nvme,
                 etag,
                 last_modified: now,
                 object_type: "Normal",
@@ -411,6 +421,7 @@ impl Oss {
             Object {
                 size,
                 crc: crc.sum(),
+                nvme: None,
                 etag: upper_hex(&md5.finalize()),
                 last_modified: now,
                 object_type: "Normal",
