@@ -421,6 +421,17 @@ fn service_in(side: &SideOptions, env: &credentials::EnvLookup) -> Result<Servic
     if let Some(region) = region_from_endpoint_host(&host) {
         return Ok(Service::Alibaba { region });
     }
+    Ok(Service::Other {
+        scheme: ep.scheme.as_str(),
+        host: canonical_host(host),
+        port: ep.port.unwrap_or_else(|| ep.scheme.default_port()),
+        region,
+    })
+}
+
+/// A host lowercased, every name of this machine's loopback interface spelled `loopback`.
+fn canonical_host(host: String) -> String {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let loopback = bare == "localhost"
         || match bare.parse::<std::net::IpAddr>() {
@@ -430,12 +441,11 @@ fn service_in(side: &SideOptions, env: &credentials::EnvLookup) -> Result<Servic
             }
             Err(_) => false,
         };
-    Ok(Service::Other {
-        scheme: ep.scheme.as_str(),
-        host: if loopback { "loopback".into() } else { host },
-        port: ep.port.unwrap_or_else(|| ep.scheme.default_port()),
-        region,
-    })
+    if loopback {
+        "loopback".into()
+    } else {
+        host
+    }
 }
 
 /// The identity of the object `url` names through `side`. `url` must name an object (a
@@ -462,7 +472,7 @@ pub fn object_id(url: &ObjectUrl, side: &SideOptions) -> Result<ObjectId, Locate
                 endpoint: format!(
                     "{}://{}",
                     ep.scheme.as_str(),
-                    ep.authority(&ep.host.to_ascii_lowercase())
+                    ep.authority(&canonical_host(ep.host.clone()))
                 ),
                 bucket: bucket.clone(),
                 key: key.clone(),
@@ -536,7 +546,9 @@ mod tests {
     #[test]
     fn rejects_bad_urls_with_reasons() {
         for (input, needle) in [
-            ("s3://b/k", "unsupported scheme"),
+            ("gs://b/k", "unsupported scheme"),
+            ("s3://b/k", "invalid bucket name"),
+            ("s3://Bad.Bucket/k", "invalid bucket name"),
             ("oss://Bad_Bucket/k", "invalid bucket name"),
             ("oss://ab/k", "invalid bucket name"),
             ("oss://-abc/k", "invalid bucket name"),
@@ -548,6 +560,73 @@ mod tests {
         }
         let long = format!("oss://abc/{}", "k".repeat(1024));
         assert!(long.parse::<ObjectUrl>().unwrap_err().contains("1023"));
+        let long = format!("s3://abc/{}", "k".repeat(1025));
+        assert!(long.parse::<ObjectUrl>().unwrap_err().contains("1024"));
+    }
+
+    #[test]
+    fn parses_s3_urls() {
+        let u: ObjectUrl = "s3://my.bucket-1/dir/disk.raw".parse().unwrap();
+        assert_eq!(
+            u,
+            ObjectUrl::S3 {
+                bucket: "my.bucket-1".into(),
+                key: "dir/disk.raw".into()
+            }
+        );
+        assert_eq!(u.to_string(), "s3://my.bucket-1/dir/disk.raw");
+        assert_eq!(base_name(&u).as_deref(), Some("disk.raw"));
+        assert_eq!(
+            u.with_key("x"),
+            ObjectUrl::S3 {
+                bucket: "my.bucket-1".into(),
+                key: "x".into()
+            }
+        );
+        let side = SideOptions {
+            provider: Some("cos".into()),
+            ..SideOptions::default()
+        };
+        assert_eq!(u.limits(&side).unwrap().min_part_size, 1024 * 1024);
+        assert_eq!(
+            u.limits(&SideOptions::default()).unwrap().min_part_size,
+            5 * 1024 * 1024
+        );
+        let bad = SideOptions {
+            provider: Some("azure".into()),
+            ..SideOptions::default()
+        };
+        assert!(u.limits(&bad).unwrap_err().contains("aws"));
+    }
+
+    #[test]
+    fn the_same_s3_object_through_two_spellings_of_its_endpoint() {
+        let a: ObjectUrl = "s3://bkt/k".parse().unwrap();
+        let side = |ep: &str| SideOptions {
+            endpoint: Some(ep.into()),
+            region: Some("us-east-1".into()),
+            ..SideOptions::default()
+        };
+        assert!(same_object(
+            &a,
+            &side("http://127.0.0.1:9000"),
+            &a,
+            &side("http://localhost:9000/")
+        ));
+        assert!(!same_object(
+            &a,
+            &side("http://127.0.0.1:9000"),
+            &a,
+            &side("http://127.0.0.1:9001")
+        ));
+        // An oss:// and an s3:// URL never name the same object.
+        let o: ObjectUrl = "oss://bkt/k".parse().unwrap();
+        assert!(!same_object(
+            &a,
+            &side("http://127.0.0.1:9000"),
+            &o,
+            &side("http://127.0.0.1:9000")
+        ));
     }
 
     #[test]
