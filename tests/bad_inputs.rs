@@ -295,14 +295,38 @@ async fn every_bad_input_fails_with_one_clear_line() {
             ..Default::default()
         },
         Case {
-            name: "unknown scheme s3",
+            name: "unknown scheme gs",
+            args: {
+                let mut a = ok();
+                a[1] = "gs://a/b".into();
+                a
+            },
+            code: 2,
+            needle: "scheme",
+            ..Default::default()
+        },
+        Case {
+            name: "s3 bucket name too short",
             args: {
                 let mut a = ok();
                 a[1] = "s3://a/b".into();
                 a
             },
             code: 2,
-            needle: "scheme",
+            needle: "invalid bucket name",
+            ..Default::default()
+        },
+        Case {
+            name: "unknown S3 provider",
+            args: {
+                let mut a = ok();
+                a[1] = "s3://abc/b".into();
+                a.push("--src-provider".into());
+                a.push("azure".into());
+                a
+            },
+            code: 2,
+            needle: "--src-provider",
             ..Default::default()
         },
         Case {
