@@ -365,6 +365,9 @@ async fn local_to_s3_and_back_at_part_boundaries() {
         );
         let p = proofs(&s);
         assert!(has(&p, "source_crc64nvme"), "down {size}: {p:?}");
+        // The local file read back is the destination's own proof.
+        assert!(has(&p, "destination_crc64ecma"), "down {size}: {p:?}");
+        assert_eq!(s["end_to_end"].as_bool(), Some(true), "down {size}: {s}");
     }
 }
 
