@@ -290,6 +290,36 @@ pub(super) async fn source_changed(ctx: &Ctx, old_etag: &str) -> TransferError {
 // ---------------------------------------------------------------------------------------------
 // Single PUT
 
+/// After a PUT whose response echoed no checksum we computed: HEAD the destination when it
+/// reports one we computed, record the proof if it matches and fail if it differs.
+async fn verify_put_by_head(ctx: &Arc<Ctx>, ours: &Checksums) -> Result<(), TransferError> {
+    let caps = ctx.dst.store.checksums();
+    if !ours.iter().any(|c| caps.reports(c.algorithm())) {
+        return Ok(());
+    }
+    // A failed HEAD only leaves the copy unproven (reported as such), never fails it.
+    let Ok(head) = ctx.dst.store.head(&ctx.dst.key).await else {
+        return Ok(());
+    };
+    match super::proof::compare(&head.checksums, ours) {
+        Ok(matched) => {
+            for a in matched {
+                ctx.pipe.proofs.destination(a);
+            }
+            Ok(())
+        }
+        Err((reported, ours)) => {
+            ctx.note_crc_mismatch();
+            let _ = ctx.dst.store.delete(&ctx.dst.key).await;
+            Err(TransferError::CrcMismatch {
+                what: format!("{} after PutObject", ctx.dst_desc),
+                expected: ours,
+                actual: reported,
+            })
+        }
+    }
+}
+
 async fn single_put(
     ctx: &Arc<Ctx>,
     meta: &ObjectMeta,
@@ -319,10 +349,17 @@ async fn single_put(
                     ctx.pipe.proofs.source(c.algorithm());
                 }
                 // The whole object's checksums the PUT echoed were compared by the pipe.
-                for a in
-                    super::proof::compare(&p.uploaded.checksums, &p.checksums).unwrap_or_default()
-                {
+                let echoed =
+                    super::proof::compare(&p.uploaded.checksums, &p.checksums).unwrap_or_default();
+                let proven = !echoed.is_empty();
+                for a in echoed {
                     ctx.pipe.proofs.destination(a);
+                }
+                // S3 echoes a PutObject's checksum only when the request carried one, which a
+                // streamed body cannot; it still stores a FULL_OBJECT CRC-64/NVME for every
+                // object, so ask for it rather than leave a small object unproven.
+                if !proven {
+                    verify_put_by_head(ctx, &p.checksums).await?;
                 }
                 return Ok(Outcome {
                     checksums: p.checksums,

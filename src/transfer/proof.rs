@@ -126,8 +126,8 @@ impl ProofLog {
         self.add(format!("source_{}", wire_name(alg)));
     }
 
-    /// The destination's whole-object checksum equalled ours (or, for S3's FULL_OBJECT
-    /// CRC-64/NVME, the destination checked ours and accepted it).
+    /// The destination's whole-object checksum equalled ours (for S3's FULL_OBJECT
+    /// CRC-64/NVME: the value CompleteMultipartUpload or HEAD returned).
     pub fn destination(&self, alg: Algorithm) {
         self.add(match alg {
             Algorithm::Crc64Nvme => "destination_full_object_crc64nvme".to_string(),

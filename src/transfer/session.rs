@@ -593,9 +593,10 @@ fn holds(head: &ObjectMeta, want: &Checksums) -> bool {
 }
 
 /// The destination's answer to CompleteMultipartUpload must carry the checksums folded from
-/// the parts (those it reports); otherwise the object is deleted and the copy fails. A
-/// whole-object checksum the destination verifies itself (S3's FULL_OBJECT CRC-64/NVME, sent
-/// with the Complete) proved the object by the Complete succeeding.
+/// the parts (those it reports); otherwise the object is deleted and the copy fails. Only a
+/// checksum the answer echoes proves the object: a Complete that succeeded says nothing when
+/// the store silently ignored the FULL_OBJECT CRC-64/NVME we sent (S3 echoes it in
+/// `ChecksumCRC64NVME`; stores that ignore `x-amz-checksum-*` do not).
 pub(super) async fn check_completed(
     ctx: &Ctx,
     uploaded: &Uploaded,
@@ -605,12 +606,6 @@ pub(super) async fn check_completed(
         Ok(matched) => {
             for a in matched {
                 ctx.pipe.proofs.destination(a);
-            }
-            let caps = ctx.dst.store.checksums();
-            for c in combined.iter() {
-                if caps.verifies(c.algorithm()) && c.algorithm().combinable() {
-                    ctx.pipe.proofs.destination(c.algorithm());
-                }
             }
             Ok(())
         }
