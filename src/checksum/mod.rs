@@ -245,6 +245,21 @@ impl MultiDigest {
         d
     }
 
+    /// The algorithms this digest computes.
+    pub fn algorithms(&self) -> Vec<Algorithm> {
+        let mut out = Vec::new();
+        if self.crc64_xz.is_some() {
+            out.push(Algorithm::Crc64Xz);
+        }
+        if self.crc64_nvme.is_some() {
+            out.push(Algorithm::Crc64Nvme);
+        }
+        if self.md5.is_some() {
+            out.push(Algorithm::Md5);
+        }
+        out
+    }
+
     pub fn update(&mut self, data: &[u8]) {
         if let Some(c) = &mut self.crc64_xz {
             c.update(data);

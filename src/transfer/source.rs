@@ -196,7 +196,25 @@ async fn from_memory(
         .opts
         .request_timeout
         .map(|t| t + Duration::from_secs(spec.len / (256 * 1024)));
-    let expected: Checksums = Checksum::Crc64Xz(crc).into();
+    // The cutter knows the part's CRC-64/XZ; what else a side speaks (CRC-64/NVME for S3, MD5
+    // for stores proving parts by ETag) is hashed here, once per attempt, over the same bytes.
+    let mut expected: Checksums = Checksum::Crc64Xz(crc).into();
+    let extra: Vec<_> = ctx
+        .pipe
+        .digest
+        .algorithms()
+        .into_iter()
+        .filter(|a| *a != crate::checksum::Algorithm::Crc64Xz)
+        .collect();
+    if !extra.is_empty() {
+        let mut d = crate::checksum::MultiDigest::new(extra);
+        for c in chunks {
+            d.update(&c.data);
+        }
+        for c in d.finish().iter() {
+            expected.insert(c);
+        }
+    }
     let body: ByteStream = Box::pin(futures::stream::iter(
         chunks
             .iter()

@@ -34,7 +34,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn, Instrument};
 
-use crate::checksum::crc64::{self};
 use crate::checksum::Checksum;
 use crate::metrics as m;
 use crate::store::{ObjectMeta, PutOptions, StoreError};
@@ -280,7 +279,7 @@ async fn run_once(
         dst: src.clone(),
         opts: opts.clone(),
         progress: progress.clone(),
-        pipe: pipe_ctx(&opts, &progress, &raw_budget, bandwidth.clone()),
+        pipe: pipe_ctx(&opts, &progress, &raw_budget, bandwidth.clone(), None),
     });
     let meta = engine::head_source(&pre, &cancel).await?;
     info!(
@@ -370,11 +369,17 @@ async fn run_once(
     let ctx = Arc::new(Ctx {
         src_desc: src_desc.clone(),
         dst_desc: dst.describe(),
+        pipe: pipe_ctx(
+            &opts,
+            &progress,
+            &raw_budget,
+            bandwidth.clone(),
+            Some(super::proof::digest_for(&*src.store, &*dst.store)),
+        ),
         src,
         dst,
         opts: opts.clone(),
         progress: progress.clone(),
-        pipe: pipe_ctx(&opts, &progress, &raw_budget, bandwidth.clone()),
     });
     let _gauges = AbortOnDropHandle::new(tokio::spawn(engine::publish_gauges(
         progress.clone(),
@@ -445,6 +450,7 @@ fn pipe_ctx(
     progress: &Arc<Progress>,
     budget: &Arc<MemoryBudget>,
     bandwidth: Option<Arc<TokenBucket>>,
+    digest: Option<crate::checksum::MultiDigest>,
 ) -> PipeCtx {
     PipeCtx {
         progress: progress.clone(),
@@ -454,8 +460,11 @@ fn pipe_ctx(
         request_timeout: opts.request_timeout,
         chunk_size: opts.chunk_size,
         release_batch: 256 * 1024,
-        // Parts cut from the decoded stream carry CRC-64/XZ (see `cut.rs`).
-        digest: crate::checksum::MultiDigest::new([crate::checksum::Algorithm::Crc64Xz]),
+        // Parts cut from the decoded stream carry CRC-64/XZ (see `cut.rs`); the rest of what
+        // the sides speak is hashed when a part is sent (`source.rs`).
+        digest: digest.unwrap_or_else(|| {
+            crate::checksum::MultiDigest::new([crate::checksum::Algorithm::Crc64Xz])
+        }),
         proofs: Default::default(),
     }
 }
@@ -695,11 +704,14 @@ async fn multipart(
     if let Err(e) = r {
         return Err(fail(ctx, e, &upload_id, &mut keeper).await);
     }
-    let combined = crc64::combine_all(
+    // Every checksum all parts carry, folded: CRC-64/XZ always, CRC-64/NVME when the parts
+    // were sent to (and recorded for) an S3 destination.
+    let expected = super::proof::fold(
         done.iter()
             .zip(specs.iter())
-            .map(|(d, s)| (d.as_ref().expect("part done").crc64(), s.len)),
+            .map(|(d, s)| (&d.as_ref().expect("part done").checksums, s.len)),
     );
+    let combined = expected.crc64_xz().expect("every part carries CRC-64/XZ");
     // 3. The decoder's end proves the compressed stream, gzip's trailer and the RAW stream.
     let end = match pipeline.finish().await {
         Ok(end) => end,
@@ -715,7 +727,6 @@ async fn multipart(
             (d.number, d.etag.clone())
         })
         .collect();
-    let expected: crate::checksum::Checksums = Checksum::Crc64Xz(combined).into();
     if let Err(e) = keeper.completing(&expected, Some(end.compressed_crc)).await {
         return Err(fail(ctx, e, &upload_id, &mut keeper).await);
     }
