@@ -795,6 +795,54 @@ async fn uploads_list_abort_and_protect_on_s3() {
     ];
     let out = run_in(home.path(), &bad, uploads(&["list", &target])).await;
     assert_error(&out, 1, &["SignatureDoesNotMatch"]);
+
+    // --profile (a role assumed through --sts-endpoint) and --region on uploads.
+    let home = tempfile::tempdir().unwrap();
+    write(
+        &home.path().join(".aws/credentials"),
+        &format!("[base]\n{}", keys_ini(OTHER_AK, OTHER_SK)),
+    );
+    write(
+        &home.path().join(".aws/config"),
+        &format!(
+            "[profile ops]\nrole_arn = {}\nsource_profile = base\n",
+            role_arn("reader")
+        ),
+    );
+    let n = common::count(&s.stats(), "AssumeRole", "200");
+    let all = format!("s3://{BUCKET}");
+    let out = run_in(
+        home.path(),
+        &[],
+        uploads(&[
+            "list",
+            &all,
+            "--profile",
+            "ops",
+            "--sts-endpoint",
+            &sts(&s),
+            "--region",
+            REGION,
+        ]),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+    assert!(stdout(&out).contains(theirs.as_str()), "{}", stdout(&out));
+    assert!(common::count(&s.stats(), "AssumeRole", "200") > n);
+
+    // A bucket in another region: the hint names uploads' own flag.
+    let out = run_in(
+        home.path(),
+        &env,
+        uploads(&["list", &format!("s3://{FAR_BUCKET}/x/")]),
+    )
+    .await;
+    assert_error(
+        &out,
+        1,
+        &["bucket s3cred-far is in region eu-west-1, not us-west-2; pass --region eu-west-1"],
+    );
     s.shutdown().await;
 }
 
