@@ -933,7 +933,7 @@ async fn a_copy_interrupted_by_kill_leaves_an_upload_that_uploads_abort_removes(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_job_copies_s3_to_oss_with_env_credentials() {
+async fn daemon_jobs_copy_s3_to_oss_with_env_keys_and_with_a_role_profile() {
     let w = common::World::new(|_| {}, |_| {}).await;
     let s = s3_sim(|_| {}).await;
     let (d, _) = daemon_support::start_daemon_with(w.dir.path(), &w.state_dir(), &[], |c| {
@@ -965,6 +965,39 @@ async fn a_daemon_job_copies_s3_to_oss_with_env_credentials() {
     let got = w
         .dst
         .get_object_bytes(common::DST_BUCKET, "from-s3/small.bin")
+        .expect("the object arrived");
+    assert!(got == data(), "the copy differs from the source");
+
+    // A second job: the s3:// side's profile (a role) and STS endpoint from the job JSON,
+    // looked up in the daemon's ~/.aws.
+    write(
+        &w.dir.path().join(".aws/credentials"),
+        &format!("[base]\n{}", keys_ini(OTHER_AK, OTHER_SK)),
+    );
+    write(
+        &w.dir.path().join(".aws/config"),
+        &format!(
+            "[profile jobrole]\nrole_arn = {}\nsource_profile = base\n",
+            role_arn("reader")
+        ),
+    );
+    let mut body = body;
+    body["destination"] = serde_json::json!(format!("oss://{}/role/small.bin", common::DST_BUCKET));
+    body["src_profile"] = serde_json::json!("jobrole");
+    body["src_sts_endpoint"] = serde_json::json!(sts(&s));
+    let n = common::count(&s.stats(), "AssumeRole", "200");
+    let job = d.submit(&body).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = d
+        .wait_job(&id, Duration::from_secs(60), |j| {
+            ["succeeded", "failed", "cancelled"].contains(&j["state"].as_str().unwrap_or(""))
+        })
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(common::count(&s.stats(), "AssumeRole", "200") > n);
+    let got = w
+        .dst
+        .get_object_bytes(common::DST_BUCKET, "role/small.bin")
         .expect("the object arrived");
     assert!(got == data(), "the copy differs from the source");
     s.shutdown().await;
