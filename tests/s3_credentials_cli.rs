@@ -595,6 +595,21 @@ async fn credential_and_request_errors_are_one_line_without_secrets() {
         ],
     );
 
+    // An instance without a role: the metadata service answers, but has nothing to give.
+    let bare = s3_sim(|c| c.imds_role = None).await;
+    let env = vec![("AWS_EC2_METADATA_SERVICE_ENDPOINT", bare.endpoint())];
+    let out = run_in(h, &env, copy_down(&bare, h, &region)).await;
+    assert_error(
+        &out,
+        1,
+        &[
+            "no AWS credentials found",
+            "tried: env: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY not set",
+            "no IAM role is attached to this instance (HTTP 404); attach an instance profile",
+        ],
+    );
+    bare.shutdown().await;
+
     // Unknown profile: the available ones are listed.
     write(
         &h.join(".aws/credentials"),
