@@ -275,9 +275,20 @@ pub fn s3_client(side: &SideOptions) -> Result<S3Client, LocateError> {
     if let Some(t) = side.read_timeout {
         cfg.read_timeout = t;
     }
-    S3Client::new(cfg).map_err(|e| LocateError::Client {
-        what: "S3".into(),
-        reason: e.to_string(),
+    S3Client::new(cfg).map_err(|e| {
+        // The provider's hint names a generic `--endpoint`; say this side's own setting
+        // (`--src-endpoint`, `dst_endpoint` in a daemon job, `--endpoint` for `uploads`).
+        let mut reason = e.to_string();
+        if let Some(flag) = side.region_flag {
+            reason = reason.replace(
+                "pass --endpoint",
+                &format!("pass {}", flag.replace("region", "endpoint")),
+            );
+        }
+        LocateError::Client {
+            what: "S3".into(),
+            reason,
+        }
     })
 }
 

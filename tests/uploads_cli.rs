@@ -389,11 +389,16 @@ async fn protect_merges_a_rule_and_is_idempotent() {
 async fn bad_targets_and_credentials_fail_in_one_line() {
     let s = start().await;
     for (args, needle) in [
-        (vec!["list", "s3://x"], "unsupported scheme"),
-        (vec!["abort", "./exports/disk.raw"], "not an OSS location"),
+        // s3:// is a bucket target now; a bad bucket name is still a usage error.
+        (vec!["list", "s3://x"], "invalid bucket name \"x\""),
+        (vec!["list", "gs://bkt"], "unsupported scheme"),
+        (
+            vec!["abort", "./exports/disk.raw"],
+            "is not a bucket: give oss://BUCKET[/PREFIX] or s3://BUCKET[/PREFIX]",
+        ),
         (
             vec!["protect", "/tmp/x", "--days", "3"],
-            "not an OSS location",
+            "is not a bucket: give oss://BUCKET[/PREFIX] or s3://BUCKET[/PREFIX]",
         ),
         (vec!["list", "oss://Bad_Bucket/x"], "bucket"),
     ] {

@@ -252,11 +252,14 @@ pub async fn run(args: UploadsArgs) -> i32 {
 
 async fn list(bucket: &Bucket, name: &str, prefix: &str, json: bool) -> Result<(), String> {
     let uploads = bucket.list(prefix).await?;
+    // `name` is `scheme://BUCKET` for the text output; the JSON field is the bare bucket name
+    // (as documented, and as it was before s3:// arrived), the scheme is in no other field.
+    let bare = name.split_once("://").map_or(name, |(_, b)| b);
     for u in &uploads {
         if json {
             println!(
                 "{}",
-                serde_json::json!({"bucket": name, "key": u.key, "upload_id": u.upload_id, "initiated": u.initiated})
+                serde_json::json!({"bucket": bare, "key": u.key, "upload_id": u.upload_id, "initiated": u.initiated})
             );
         } else {
             println!("{}\t{name}/{}\t{}", u.initiated, u.key, u.upload_id);

@@ -20,8 +20,8 @@ use crate::checksum::{Algorithm, Checksum, Checksums};
 use crate::http::BodyStream;
 use crate::oss::xml::unquote_etag;
 use crate::store::{
-    ByteStream, ChecksumCaps, Limits, ListedPart, ListedUpload, ObjectMeta, ObjectStore, PartSpec,
-    PutOptions, StoreError, Uploaded,
+    ByteStream, ChecksumCaps, ErrorClass, Limits, ListedPart, ListedUpload, ObjectMeta,
+    ObjectStore, PartSpec, PutOptions, StoreError, Uploaded,
 };
 
 /// One bucket through an [`S3Client`]; cheap to clone.
@@ -148,7 +148,18 @@ impl S3Bucket {
         if self.honours_crc64nvme() {
             req = req.header("x-amz-checksum-mode", "ENABLED")?;
         }
-        let resp = self.client.send(req).await?;
+        let resp = match self.client.send(req).await {
+            Ok(r) => r,
+            Err(e)
+                if matches!(e.status, Some(400 | 403))
+                    && e.code.is_none()
+                    && e.bucket_region.is_none()
+                    && e.class != ErrorClass::ClockSkew =>
+            {
+                return Err(self.explain_denied_head(key, e).await)
+            }
+            Err(e) => return Err(e),
+        };
         let h = &resp.head.headers;
         let size = hdr(h, "content-length")
             .and_then(|s| s.parse().ok())
@@ -174,6 +185,25 @@ impl S3Bucket {
             content_type: hdr(h, "content-type").map(str::to_string),
             user_meta,
         })
+    }
+
+    /// A HEAD answered 403 or 400 carries no error body, so wrong secret, unknown key and a
+    /// policy denial all read "access denied", and a bad session token "HTTP 400". A one-byte
+    /// GET of the same object gets the error XML that names the cause
+    /// (`SignatureDoesNotMatch`, `InvalidAccessKeyId`, `InvalidToken`, ...); its error
+    /// replaces `head_err` when it has a code, else `head_err` stands. (Wrong-region 400/301s
+    /// carry `x-amz-bucket-region` and skew is told by `Date`; those need no probe.)
+    async fn explain_denied_head(&self, key: &str, head_err: S3Error) -> S3Error {
+        let probe = self
+            .req("GetObject", Method::GET, Some(key))
+            .header("range", "bytes=0-0");
+        let Ok(probe) = probe else {
+            return head_err;
+        };
+        match self.client.send(probe.buffered()).await {
+            Err(e) if e.code.is_some() => e,
+            _ => head_err,
+        }
     }
 
     /// GetObject for `[start, end)` with `If-Match`; insists on 206 and the exact
