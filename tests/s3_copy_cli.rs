@@ -720,18 +720,24 @@ async fn s3_errors_are_one_clear_line() {
     };
 
     // Wrong secret, on either side. The source's first request is a HEAD, whose 403 has no
-    // body to name SignatureDoesNotMatch (as on S3): the line says what to check instead.
+    // body (as on S3); the client asks again with a one-byte GET to learn the code.
     let mut args = w.copy_args("obj", DST_BUCKET, "obj");
     with(&mut args, "--src-profile", "wrong");
-    assert_one_line_error(&w.run(args).await, &["s3://src-bucket/obj", "credentials"]);
+    assert_one_line_error(
+        &w.run(args).await,
+        &["s3://src-bucket/obj", "SignatureDoesNotMatch"],
+    );
     let mut args = w.copy_args("obj", DST_BUCKET, "obj");
     with(&mut args, "--dst-profile", "wrong");
     assert_one_line_error(&w.run(args).await, &["SignatureDoesNotMatch"]);
 
-    // Unknown access key (the source's HEAD again has no error body).
+    // Unknown access key (the source's HEAD again has no error body; the GET names it).
     let mut args = w.copy_args("obj", DST_BUCKET, "obj");
     with(&mut args, "--src-profile", "unknown");
-    assert_one_line_error(&w.run(args).await, &["s3://src-bucket/obj", "credentials"]);
+    assert_one_line_error(
+        &w.run(args).await,
+        &["s3://src-bucket/obj", "InvalidAccessKeyId"],
+    );
     let mut args = w.copy_args("obj", DST_BUCKET, "obj");
     with(&mut args, "--dst-profile", "unknown");
     assert_one_line_error(&w.run(args).await, &["InvalidAccessKeyId"]);
@@ -807,16 +813,23 @@ async fn raw_tar_gz_unpacks_into_an_s3_destination() {
                 .get_object_bytes(DST_BUCKET, &format!("raw/{name}"))
                 .unwrap_or_else(|| panic!("{ctx}: missing; {s}"));
             assert!(got.as_ref() == raw.as_slice(), "{ctx}: bytes differ");
-            // Unpacked parts carry CRC-64/XZ only (cut.rs), which no S3 store reports; the
-            // gzip CRC-32 and length prove the decoding, and nothing proves the destination
-            // yet: the copy says so and still succeeds.
-            assert_eq!(s["end_to_end"].as_bool(), Some(false), "{ctx}: {s}");
+            // Parts cut from the decoded stream are hashed with what the destination speaks
+            // when they are sent: CRC-64/NVME for S3 (per part and FULL_OBJECT on Complete),
+            // MD5 ETags for a store that ignores x-amz-checksum-*.
+            assert_eq!(s["end_to_end"].as_bool(), Some(true), "{ctx}: {s}");
             assert!(
-                stderr(&out).contains("warning: nothing proves"),
+                !stderr(&out).contains("warning: nothing proves"),
                 "{ctx}: {}",
                 stderr(&out)
             );
             let p = proofs(&s);
+            match dst {
+                Kind::S3 => assert!(
+                    has(&p, "destination_full_object_crc64nvme") && has(&p, "part_crc64nvme"),
+                    "{ctx}: {p:?}"
+                ),
+                _ => assert!(has(&p, "part_md5"), "{ctx}: {p:?}"),
+            }
             if src == Kind::Oss {
                 assert!(has(&p, "source_crc64ecma"), "{ctx}: {p:?}");
             }
