@@ -73,13 +73,17 @@ async fn start(dialect: Dialect, size: Option<u64>, wan: bool) -> SimServer {
     sim::start(SimConfig {
         accounts: vec![account()],
         buckets: buckets(&["src", "dst"]),
+        // `half.raw` is what the rclone sweep copies.
         synthetic: size
-            .map(|size| SyntheticObject {
-                bucket: "src".into(),
-                key: "disk.raw".into(),
-                size,
+            .map(|size| {
+                [("disk.raw", size), ("half.raw", size / 2)].map(|(key, size)| SyntheticObject {
+                    bucket: "src".into(),
+                    key: key.into(),
+                    size,
+                })
             })
             .into_iter()
+            .flatten()
             .collect(),
         discard: vec!["dst".into()],
         conn_rate: wan.then_some(16 * MIB),
@@ -223,15 +227,28 @@ fn relay_copy(
     measure(cmd, size, "ossrelay copy")
 }
 
-fn rclone(src: &SimServer, dst: &SimServer, key: &str, size: u64, args: &str, cfg: &Path) -> Run {
+#[allow(clippy::too_many_arguments)]
+fn rclone(
+    src: &SimServer,
+    src_key: &str,
+    dst: &SimServer,
+    key: &str,
+    size: u64,
+    args: &str,
+    cfg: &Path,
+) -> Run {
     let mut cmd = Command::new("rclone");
-    cmd.args(["copyto", "SRC:src/disk.raw", &format!("DST:dst/{key}")])
-        .args(["-q", "--transfers", "16", "--s3-no-check-bucket"])
-        .args(args.split_whitespace())
-        .env("RCLONE_CONFIG", cfg)
-        // A CA bundle in the environment makes rclone 1.60 refuse to build its S3 client
-        // ("LoadCustomCABundleError: ... unsupported transport"); the endpoints are http.
-        .env_remove("AWS_CA_BUNDLE");
+    cmd.args([
+        "copyto",
+        &format!("SRC:src/{src_key}"),
+        &format!("DST:dst/{key}"),
+    ])
+    .args(["-q", "--transfers", "16", "--s3-no-check-bucket"])
+    .args(args.split_whitespace())
+    .env("RCLONE_CONFIG", cfg)
+    // A CA bundle in the environment makes rclone 1.60 refuse to build its S3 client
+    // ("LoadCustomCABundleError: ... unsupported transport"); the endpoints are http.
+    .env_remove("AWS_CA_BUNDLE");
     for (name, sim) in [("SRC", src), ("DST", dst)] {
         for (k, v) in [
             ("TYPE", "s3".to_string()),
@@ -249,7 +266,7 @@ fn rclone(src: &SimServer, dst: &SimServer, key: &str, size: u64, args: &str, cf
 }
 
 /// The destination received the whole object (from an S3 source: the same CRC-64/NVME).
-fn check(src: &SimServer, dst: &SimServer, key: &str, size: u64) {
+fn check(src: &SimServer, src_key: &str, dst: &SimServer, key: &str, size: u64) {
     let got = match dst.dialect() {
         Dialect::S3 => dst.object_crc64nvme("dst", key).map(|(s, _)| s),
         Dialect::Oss => dst.object_crc64("dst", key).map(|(s, _)| s),
@@ -258,7 +275,7 @@ fn check(src: &SimServer, dst: &SimServer, key: &str, size: u64) {
     if src.dialect() == Dialect::S3 && dst.dialect() == Dialect::S3 {
         assert_eq!(
             dst.object_crc64nvme("dst", key),
-            src.object_crc64nvme("src", "disk.raw"),
+            src.object_crc64nvme("src", src_key),
             "dst/{key}: CRC-64/NVME differs from the source"
         );
     }
@@ -388,8 +405,16 @@ fn main() {
             let mut best: Option<(String, String, f64)> = None;
             for (name, a) in &variants {
                 let key = next_key();
-                let r = rclone(&s.s3_src, &s.s3_dst, &key, size / 2, a, &rclone_cfg);
-                check(&s.s3_src, &s.s3_dst, &key, size / 2);
+                let r = rclone(
+                    &s.s3_src,
+                    "half.raw",
+                    &s.s3_dst,
+                    &key,
+                    size / 2,
+                    a,
+                    &rclone_cfg,
+                );
+                check(&s.s3_src, "half.raw", &s.s3_dst, &key, size / 2);
                 println!(
                     "{section}: rclone sweep {name:<28} {:>6.0} MB/s, peak RSS {:>6.1} MiB  [{a}]",
                     mb(r.rate),
@@ -418,7 +443,7 @@ fn main() {
                             part,
                             dir.path(),
                         ));
-                        check(&s.s3_src, &s.s3_dst, &key, size);
+                        check(&s.s3_src, "disk.raw", &s.s3_dst, &key, size);
                     }
                     1 => {
                         relay_oss.push(relay_copy(
@@ -429,12 +454,20 @@ fn main() {
                             part,
                             dir.path(),
                         ));
-                        check(&s.oss_src, &s.s3_dst, &key, size);
+                        check(&s.oss_src, "disk.raw", &s.s3_dst, &key, size);
                     }
                     _ => {
                         if let Some((_, a)) = &best {
-                            rc.push(rclone(&s.s3_src, &s.s3_dst, &key, size, a, &rclone_cfg));
-                            check(&s.s3_src, &s.s3_dst, &key, size);
+                            rc.push(rclone(
+                                &s.s3_src,
+                                "disk.raw",
+                                &s.s3_dst,
+                                &key,
+                                size,
+                                a,
+                                &rclone_cfg,
+                            ));
+                            check(&s.s3_src, "disk.raw", &s.s3_dst, &key, size);
                         }
                     }
                 }
@@ -475,7 +508,7 @@ fn main() {
                         part,
                         dir.path(),
                     ));
-                    check(&s.oss_src, &s.oss_dst, &key, size);
+                    check(&s.oss_src, "disk.raw", &s.oss_dst, &key, size);
                 } else {
                     both.push(relay_copy(
                         &s.oss_src,
@@ -485,7 +518,7 @@ fn main() {
                         part,
                         dir.path(),
                     ));
-                    check(&s.oss_src, &s.s3_dst, &key, size);
+                    check(&s.oss_src, "disk.raw", &s.s3_dst, &key, size);
                 }
             }
         }
