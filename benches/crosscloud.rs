@@ -8,8 +8,8 @@
 //! fresh key, and the destination's record of it (size and, from an S3 source, the
 //! whole-object CRC-64/NVME) is compared with the source before the figure counts.
 //!
-//! Contenders, each a child process timed from spawn to exit, peak RSS from `wait4`'s
-//! `ru_maxrss` and `VmHWM` (the larger):
+//! Contenders, each a child process timed from spawn to exit, peak RSS its `VmHWM` (polled
+//! every 10 ms until `wait4` reaps it), CPU time from `wait4`'s rusage:
 //! * `ossrelay copy s3://… s3://…` and `ossrelay copy oss://… s3://…` (16 streams, 256 MiB
 //!   buffer budget, the default; 16 MiB parts with `--quick`, else automatic);
 //! * `rclone copyto SRC:src/disk.raw DST:dst/KEY` s3 → s3, when `rclone` is on PATH (the bench
@@ -179,7 +179,10 @@ fn measure(mut cmd: Command, size: u64, what: &str) -> Run {
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Run {
         rate: size as f64 / secs,
-        rss: peak_kib.max(usage.ru_maxrss as u64) * 1024,
+        // Not `ru_maxrss`: the child's signal struct keeps the high-water mark of the mm it
+        // was spawned from (this process, simulators included, through posix_spawn's shared
+        // mm), so it reads as this process's RSS whenever that is the larger.
+        rss: peak_kib * 1024,
         cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
     }
 }
