@@ -214,9 +214,16 @@ impl Oss {
             }
             let syn = Synthetic::new(&s.key, s.size);
             let crc = syn.crc();
-            let etag = upper_hex(&Md5::digest(
-                format!("synthetic\n{}\n{}\n{crc}", s.key, s.size).as_bytes(),
-            ));
+            // Shaped like a multipart ETag (`HEX-N`): it is not the MD5 of the content (that
+            // would mean hashing terabytes), and clients must not take it for one (rclone sends
+            // a single PUT's source ETag as Content-MD5).
+            let etag = format!(
+                "{}-{}",
+                upper_hex(&Md5::digest(
+                    format!("synthetic\n{}\n{}\n{crc}", s.key, s.size).as_bytes(),
+                )),
+                s.size.div_ceil(64 << 20).max(1)
+            );
             let obj = Object {
                 size: s.size,
                 crc,
