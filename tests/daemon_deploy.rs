@@ -238,7 +238,9 @@ fn openapi_request_fields_are_the_ones_the_server_accepts() {
             "concurrency" => json!(4),
             "part_size" => json!("1MiB"),
             "unpack" => json!("always"),
-            "src_endpoint" | "dst_endpoint" => json!("http://127.0.0.1:1"),
+            "src_provider" | "dst_provider" => json!("minio"),
+            "src_path_style" | "dst_path_style" => json!(true),
+            p if p.ends_with("_endpoint") => json!("http://127.0.0.1:1"),
             _ => json!("name-1"),
         };
         body[p.as_str()] = v;
