@@ -301,23 +301,7 @@ async fn verify_put_by_head(ctx: &Arc<Ctx>, ours: &Checksums) -> Result<(), Tran
     let Ok(head) = ctx.dst.store.head(&ctx.dst.key).await else {
         return Ok(());
     };
-    match super::proof::compare(&head.checksums, ours) {
-        Ok(matched) => {
-            for a in matched {
-                ctx.pipe.proofs.destination(a);
-            }
-            Ok(())
-        }
-        Err((reported, ours)) => {
-            ctx.note_crc_mismatch();
-            let _ = ctx.dst.store.delete(&ctx.dst.key).await;
-            Err(TransferError::CrcMismatch {
-                what: format!("{} after PutObject", ctx.dst_desc),
-                expected: ours,
-                actual: reported,
-            })
-        }
-    }
+    super::session::check_destination(ctx, &head.checksums, ours, "PutObject").await
 }
 
 async fn single_put(

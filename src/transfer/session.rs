@@ -602,7 +602,25 @@ pub(super) async fn check_completed(
     uploaded: &Uploaded,
     combined: &Checksums,
 ) -> Result<(), TransferError> {
-    match super::proof::compare(&uploaded.checksums, combined) {
+    check_destination(
+        ctx,
+        &uploaded.checksums,
+        combined,
+        "CompleteMultipartUpload",
+    )
+    .await
+}
+
+/// The one check of what a destination reports for the whole object (`reported`, from a
+/// Complete's answer or a HEAD after `step`) against ours: matches are recorded as proofs, a
+/// difference deletes the object and fails the copy.
+pub(super) async fn check_destination(
+    ctx: &Ctx,
+    reported: &Checksums,
+    combined: &Checksums,
+    step: &str,
+) -> Result<(), TransferError> {
+    match super::proof::compare(reported, combined) {
         Ok(matched) => {
             for a in matched {
                 ctx.pipe.proofs.destination(a);
@@ -613,7 +631,7 @@ pub(super) async fn check_completed(
             ctx.note_crc_mismatch();
             let _ = ctx.dst.store.delete(&ctx.dst.key).await;
             Err(TransferError::CrcMismatch {
-                what: format!("{} after CompleteMultipartUpload", ctx.dst_desc),
+                what: format!("{} after {step}", ctx.dst_desc),
                 expected: ours,
                 actual: reported,
             })
