@@ -17,10 +17,16 @@ use crate::oss::OssBucket;
 /// Endpoint overrides of one side (all `None` = the real endpoints).
 #[derive(Debug, Clone, Default)]
 pub struct Endpoints {
+    /// The object store: OSS on Alibaba Cloud, S3 on AWS.
     pub oss: Option<String>,
     pub ecs: Option<String>,
     pub ram: Option<String>,
+    /// STS of the side's cloud (Alibaba STS or AWS STS).
     pub sts: Option<String>,
+    /// AWS: EC2 (VM Import/Export).
+    pub ec2: Option<String>,
+    /// AWS: IAM (the vmimport role).
+    pub iam: Option<String>,
 }
 
 /// Region, credentials and clients of one side.
@@ -121,6 +127,74 @@ pub async fn check_bucket_region(side: &Side, bucket: &str, flag: &str) -> Resul
         Err(e) => {
             tracing::warn!(error = %e, bucket, "cannot check the bucket's region; continuing");
             Ok(())
+        }
+    }
+}
+
+/// Region, credentials and clients of one AWS side of a migration: S3 (`--src-endpoint` /
+/// `--dst-endpoint`), EC2 and STS, sharing one credential provider (and its cache).
+pub struct AwsSide {
+    pub region: String,
+    pub creds: Arc<dyn CredentialsProvider>,
+    pub ec2: crate::aws::ec2::Ec2Client,
+    pub endpoints: Endpoints,
+    s3: crate::s3::S3Client,
+}
+
+impl AwsSide {
+    /// Resolves AWS credentials for `profile` (the AWS chain when `None`: environment,
+    /// `~/.aws` files, web identity, instance role).
+    pub fn new(
+        region: &str,
+        profile: Option<&str>,
+        endpoints: Endpoints,
+        region_flag: &'static str,
+    ) -> Result<Self, String> {
+        let env = EnvLookup::process();
+        let creds = credentials::aws::resolve(
+            profile,
+            &credentials::aws::AwsCredentialOptions {
+                sts_endpoint: endpoints.sts.clone(),
+                region: Some(region.to_string()),
+                ..Default::default()
+            },
+            &env,
+        )
+        .map_err(|e| format!("credentials: {e}"))?;
+        let mut cfg = crate::s3::S3Config::new(
+            crate::s3::provider::Provider::Aws,
+            region,
+            endpoints.oss.clone(),
+            creds.clone(),
+        );
+        cfg.region_flag = region_flag.to_string();
+        let s3 = crate::s3::S3Client::new(cfg).map_err(|e| format!("S3: {e}"))?;
+        Ok(Self {
+            region: region.to_string(),
+            ec2: crate::aws::ec2::Ec2Client::new(region, endpoints.ec2.clone(), creds.clone()),
+            creds,
+            endpoints,
+            s3,
+        })
+    }
+
+    /// An S3 bucket of this side.
+    pub fn bucket(&self, name: &str) -> Result<crate::s3::S3Bucket, LocateError> {
+        locate::validate_bucket_name(name).map_err(LocateError::Invalid)?;
+        Ok(self.s3.bucket(name))
+    }
+
+    /// Checks that `bucket` exists and is in this side's region (VM Import/Export only uses
+    /// buckets of the task's region).
+    pub async fn check_bucket_region(&self, bucket: &str, flag: &str) -> Result<(), String> {
+        let b = self.bucket(bucket).map_err(|e| format!("{flag}: {e}"))?;
+        match b.bucket_region().await {
+            Ok(r) if !r.is_empty() && r != self.region => Err(format!(
+                "bucket {bucket} is in {r}, not {}: EC2 exports and imports only use a bucket of the task's region",
+                self.region
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("{flag} {bucket}: {e}")),
         }
     }
 }

@@ -15,7 +15,8 @@ use ossrelay::acs::ram::RoleRetry;
 use ossrelay::acs::wait::PollSchedule;
 use ossrelay::credentials::{Credentials, StaticProvider};
 use ossrelay::migrate::{
-    self, Backends, DiskResult, MigrateConfig, MigrateError, MigrationKey, RelayFn, Stage,
+    self, Backends, Cloud, DiskResult, ImageApi, MigrateConfig, MigrateError, MigrationKey,
+    RelayFn, Stage,
 };
 use ossrelay::oss::{EndpointSpec, OssClient, OssConfig};
 use ossrelay::store::{ObjectStore, PutOptions};
@@ -378,6 +379,7 @@ fn unpacking_relay() -> RelayFn {
                 destination: dst.describe(),
                 bytes: len,
                 crc64: crc,
+                verified_by: Vec::new(),
             })
         })
     })
@@ -405,16 +407,16 @@ async fn migrate_state_machine_over_the_wire_with_an_unpacking_relay() {
         ) as Arc<dyn ObjectStore>
     };
     let backends = Backends {
-        src_ecs: Arc::new(EcsClient::new(
+        src: ImageApi::Aliyun(Arc::new(EcsClient::new(
             SRC_REGION,
             Some(w.src.endpoint()),
             src_creds.clone(),
-        )),
-        dst_ecs: Arc::new(EcsClient::new(
+        ))),
+        dst: ImageApi::Aliyun(Arc::new(EcsClient::new(
             DST_REGION,
             Some(w.dst.endpoint()),
             dst_creds.clone(),
-        )),
+        ))),
         src_store: bucket(w.src.endpoint(), SRC_REGION, src_creds, SRC_BUCKET),
         dst_store: bucket(w.dst.endpoint(), DST_REGION, dst_creds, DST_BUCKET),
         relay: unpacking_relay(),
@@ -425,6 +427,8 @@ async fn migrate_state_machine_over_the_wire_with_an_unpacking_relay() {
             image_id: IMAGE.into(),
             dst_region: DST_REGION.into(),
             dst_bucket: DST_BUCKET.into(),
+            src_cloud: Cloud::Aliyun,
+            dst_cloud: Cloud::Aliyun,
         },
         src_bucket: SRC_BUCKET.into(),
         image_name: None,

@@ -34,6 +34,7 @@ impl EndpointArgs {
             ecs: self.ecs_endpoint.clone(),
             ram: self.ram_endpoint.clone(),
             sts: self.sts_endpoint.clone(),
+            ..Endpoints::default()
         }
     }
 }

@@ -15,7 +15,9 @@ use crate::acs::ecs::EcsClient;
 use crate::acs::ram::RoleRetry;
 use crate::acs::wait::PollSchedule;
 use crate::credentials::{Credentials, StaticProvider};
-use crate::migrate::{self, Backends, Event, MigrateConfig, MigrationKey, RelayFn};
+use crate::migrate::{
+    self, Backends, Cloud, Event, ImageApi, MigrateConfig, MigrationKey, RelayFn,
+};
 use crate::oss::{EndpointSpec, OssClient, OssConfig};
 use crate::store::ObjectStore;
 use crate::transfer::CopyOptions;
@@ -134,16 +136,16 @@ pub async fn run_with(
         .map_err(|e| format!("cannot build the OSS client: {e}"))
     };
     let backends = Backends {
-        src_ecs: Arc::new(EcsClient::new(
+        src: ImageApi::Aliyun(Arc::new(EcsClient::new(
             SRC_REGION,
             Some(src_sim.endpoint()),
             creds(&src_account),
-        )),
-        dst_ecs: Arc::new(EcsClient::new(
+        ))),
+        dst: ImageApi::Aliyun(Arc::new(EcsClient::new(
             DST_REGION,
             Some(dst_sim.endpoint()),
             creds(&dst_account),
-        )),
+        ))),
         src_store: bucket(src_sim.endpoint(), SRC_REGION, &src_account, SRC_BUCKET)?,
         dst_store: bucket(dst_sim.endpoint(), DST_REGION, &dst_account, DST_BUCKET)?,
         relay,
@@ -159,6 +161,8 @@ pub async fn run_with(
             image_id: IMAGE.into(),
             dst_region: DST_REGION.into(),
             dst_bucket: DST_BUCKET.into(),
+            src_cloud: Cloud::Aliyun,
+            dst_cloud: Cloud::Aliyun,
         },
         src_bucket: SRC_BUCKET.into(),
         image_name: None,
@@ -289,6 +293,7 @@ mod tests {
                     destination: dst.describe(),
                     bytes: len,
                     crc64: crc,
+                    verified_by: Vec::new(),
                 })
             })
         })

@@ -16,19 +16,26 @@ use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::acs::ecs::ImageFormat;
 use crate::cloud::Endpoints;
 use crate::migrate::setup::{MigrateParams, SetupError};
-use crate::migrate::{self, Event, MigrateError};
+use crate::migrate::{self, Cloud, Event, MigrateError};
 use crate::transfer::CopyOptions;
 
 /// Flags of `ossrelay migrate`.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
+    /// Cloud of the source image: aliyun (ECS image m-…, OSS bucket) or aws (AMI ami-…, S3
+    /// bucket, EC2 VM Import/Export).
+    #[arg(long, value_enum, default_value_t = Cloud::Aliyun)]
+    pub src_cloud: Cloud,
+    /// Cloud of the new image.
+    #[arg(long, value_enum, default_value_t = Cloud::Aliyun)]
+    pub dst_cloud: Cloud,
     /// Region of the source image.
     #[arg(long)]
     pub src_region: String,
-    /// Source custom image, m-….
+    /// Source image: an ECS custom image m-… or an AMI ami-….
     #[arg(long)]
     pub image_id: String,
-    /// Bucket in the source region that receives the export.
+    /// Bucket in the source region that receives the export (OSS or S3, by --src-cloud).
     #[arg(long)]
     pub src_bucket: String,
     /// Region of the new image.
@@ -37,10 +44,11 @@ pub struct MigrateArgs {
     /// Bucket in the destination region the import reads from.
     #[arg(long)]
     pub dst_bucket: String,
-    /// aliyun CLI profile of the source account (default: the credential chain).
+    /// Profile of the source account: aliyun CLI profile, or ~/.aws profile for aws
+    /// (default: the credential chain).
     #[arg(long)]
     pub src_profile: Option<String>,
-    /// aliyun CLI profile of the destination account (default: the credential chain).
+    /// Profile of the destination account (as --src-profile).
     #[arg(long)]
     pub dst_profile: Option<String>,
     /// Name of the new image (default: the source image's name).
@@ -61,22 +69,39 @@ pub struct MigrateArgs {
     /// Give up waiting for the export or the import after this long (each).
     #[arg(long, value_parser = parse_duration, default_value = "12h")]
     pub timeout: Duration,
-    /// Print one final JSON object {image_id, region, disks} on stdout.
+    /// Print one final JSON object {image_id, region, cloud, disks} on stdout.
     #[arg(long)]
     pub json: bool,
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+    /// End this migration for good instead of running it: cancel its running export or
+    /// import task, abort its half-sent relay upload, delete its intermediate objects (unless
+    /// --keep-objects) and forget its state. Ctrl-C only interrupts (a rerun resumes).
+    #[arg(long)]
+    pub abandon: bool,
     /// Retries, 5 s apart, while ECS reports its service role missing (a new role propagates).
     #[arg(long, default_value_t = 12)]
     pub role_retries: u32,
 
-    /// Source OSS endpoint override.
+    /// Source object store endpoint override (OSS, or S3 for aws).
     #[arg(long)]
     pub src_endpoint: Option<String>,
-    /// Destination OSS endpoint override.
+    /// Destination object store endpoint override (OSS, or S3 for aws).
     #[arg(long)]
     pub dst_endpoint: Option<String>,
+    /// Source EC2 endpoint override (aws).
+    #[arg(long)]
+    pub src_ec2_endpoint: Option<String>,
+    /// Destination EC2 endpoint override (aws).
+    #[arg(long)]
+    pub dst_ec2_endpoint: Option<String>,
+    /// Source IAM endpoint override (aws).
+    #[arg(long)]
+    pub src_iam_endpoint: Option<String>,
+    /// Destination IAM endpoint override (aws).
+    #[arg(long)]
+    pub dst_iam_endpoint: Option<String>,
     /// Source ECS endpoint override.
     #[arg(long)]
     pub src_ecs_endpoint: Option<String>,
@@ -89,7 +114,7 @@ pub struct MigrateArgs {
     /// Destination RAM endpoint override.
     #[arg(long)]
     pub dst_ram_endpoint: Option<String>,
-    /// Source STS endpoint override.
+    /// Source STS endpoint override (Alibaba or AWS STS, by --src-cloud).
     #[arg(long)]
     pub src_sts_endpoint: Option<String>,
     /// Destination STS endpoint override.
@@ -149,12 +174,10 @@ impl Printer {
             Event::ExportProgress(t) => status.show(task_line("export", t)),
             Event::Exported(disks) => {
                 for d in disks {
-                    eprintln!(
-                        "exported {} disk: oss://{}/{}",
-                        d.role, d.source_bucket, d.source_key
-                    );
+                    eprintln!("exported {d}");
                 }
             }
+            Event::TaskProgress(line) => status.show(line),
             Event::DiskStarted {
                 index,
                 total,
@@ -216,6 +239,8 @@ impl MigrateArgs {
     /// The library's description of this migration (`state_dir` already defaulted).
     pub fn params(&self, state_dir: PathBuf) -> MigrateParams {
         MigrateParams {
+            src_cloud: self.src_cloud,
+            dst_cloud: self.dst_cloud,
             src_region: self.src_region.clone(),
             image_id: self.image_id.clone(),
             src_bucket: self.src_bucket.clone(),
@@ -234,12 +259,16 @@ impl MigrateArgs {
                 ecs: self.src_ecs_endpoint.clone(),
                 ram: self.src_ram_endpoint.clone(),
                 sts: self.src_sts_endpoint.clone(),
+                ec2: self.src_ec2_endpoint.clone(),
+                iam: self.src_iam_endpoint.clone(),
             },
             dst: Endpoints {
                 oss: self.dst_endpoint.clone(),
                 ecs: self.dst_ecs_endpoint.clone(),
                 ram: self.dst_ram_endpoint.clone(),
                 sts: self.dst_sts_endpoint.clone(),
+                ec2: self.dst_ec2_endpoint.clone(),
+                iam: self.dst_iam_endpoint.clone(),
             },
             copy: CopyOptions {
                 concurrency: self.concurrency,
@@ -271,6 +300,20 @@ pub async fn run(args: MigrateArgs) -> i32 {
         }
     };
 
+    if args.abandon {
+        return match migrate::abandon(&cfg, &backends).await {
+            Ok(lines) => {
+                for l in lines {
+                    eprintln!("{l}");
+                }
+                EXIT_OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                EXIT_FAILED
+            }
+        };
+    }
     let cancel = CancellationToken::new();
     install_interrupt_handler(cancel.clone());
     let quiet = args.quiet;

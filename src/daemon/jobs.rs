@@ -150,12 +150,29 @@ pub struct MigrateSpec {
     pub concurrency: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part_size: Option<u64>,
+    /// `aliyun` (default) or `aws`.
+    #[serde(default, skip_serializing_if = "crate::migrate::Cloud::is_aliyun")]
+    pub src_cloud: crate::migrate::Cloud,
+    #[serde(default, skip_serializing_if = "crate::migrate::Cloud::is_aliyun")]
+    pub dst_cloud: crate::migrate::Cloud,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_ec2_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_ec2_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_iam_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_iam_endpoint: Option<String>,
 }
 
 impl MigrateSpec {
     /// The endpoint fields of a migrate job, with their values.
-    pub fn endpoints(&self) -> [(&'static str, &Option<String>); 8] {
+    pub fn endpoints(&self) -> [(&'static str, &Option<String>); 12] {
         [
+            ("src_ec2_endpoint", &self.src_ec2_endpoint),
+            ("dst_ec2_endpoint", &self.dst_ec2_endpoint),
+            ("src_iam_endpoint", &self.src_iam_endpoint),
+            ("dst_iam_endpoint", &self.dst_iam_endpoint),
             ("src_endpoint", &self.src_endpoint),
             ("dst_endpoint", &self.dst_endpoint),
             ("src_ecs_endpoint", &self.src_ecs_endpoint),
@@ -171,6 +188,8 @@ impl MigrateSpec {
     pub fn params(&self, state_dir: &Path) -> crate::migrate::setup::MigrateParams {
         use crate::cloud::Endpoints;
         crate::migrate::setup::MigrateParams {
+            src_cloud: self.src_cloud,
+            dst_cloud: self.dst_cloud,
             src_region: self.src_region.clone(),
             image_id: self.image_id.clone(),
             src_bucket: self.src_bucket.clone(),
@@ -192,12 +211,16 @@ impl MigrateSpec {
                 ecs: self.src_ecs_endpoint.clone(),
                 ram: self.src_ram_endpoint.clone(),
                 sts: self.src_sts_endpoint.clone(),
+                ec2: self.src_ec2_endpoint.clone(),
+                iam: self.src_iam_endpoint.clone(),
             },
             dst: Endpoints {
                 oss: self.dst_endpoint.clone(),
                 ecs: self.dst_ecs_endpoint.clone(),
                 ram: self.dst_ram_endpoint.clone(),
                 sts: self.dst_sts_endpoint.clone(),
+                ec2: self.dst_ec2_endpoint.clone(),
+                iam: self.dst_iam_endpoint.clone(),
             },
             copy: CopyOptions {
                 concurrency: self.concurrency.unwrap_or(16),
@@ -241,8 +264,21 @@ impl JobSpec {
             },
             // Same migration key = the same state and the same new image.
             (JobSpec::Migrate(a), JobSpec::Migrate(b)) => {
-                (&a.src_region, &a.image_id, &a.dst_region, &a.dst_bucket)
-                    == (&b.src_region, &b.image_id, &b.dst_region, &b.dst_bucket)
+                (
+                    a.src_cloud,
+                    &a.src_region,
+                    &a.image_id,
+                    a.dst_cloud,
+                    &a.dst_region,
+                    &a.dst_bucket,
+                ) == (
+                    b.src_cloud,
+                    &b.src_region,
+                    &b.image_id,
+                    b.dst_cloud,
+                    &b.dst_region,
+                    &b.dst_bucket,
+                )
             }
             _ => false,
         }
@@ -277,6 +313,12 @@ pub struct JobResult {
     /// The new image's region (migrate jobs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// The new image's cloud, `aliyun` or `aws` (migrate jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<String>,
+    /// Each relayed disk with its proof (migrate jobs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<crate::migrate::DiskResult>,
     /// The archive member that was unpacked (copy jobs with `unpack`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
@@ -297,6 +339,8 @@ impl From<&CopySummary> for JobResult {
             destination: s.destination.clone(),
             image_id: None,
             region: None,
+            cloud: None,
+            disks: Vec::new(),
             member: None,
         }
     }
@@ -605,6 +649,19 @@ fn required(obj: &mut Map<String, Value>, field: &str) -> Result<String, Invalid
     take_string(obj, field)?.ok_or_else(|| invalid(field, "is required"))
 }
 
+/// `aliyun` or `aws`; absent = `aliyun`.
+fn take_cloud(
+    obj: &mut Map<String, Value>,
+    field: &str,
+) -> Result<crate::migrate::Cloud, InvalidField> {
+    use crate::migrate::Cloud;
+    match take_string(obj, field)?.as_deref() {
+        None | Some("aliyun") => Ok(Cloud::Aliyun),
+        Some("aws") => Ok(Cloud::Aws),
+        Some(_) => Err(invalid(field, "must be \"aliyun\" or \"aws\"")),
+    }
+}
+
 fn parse_migrate(obj: &mut Map<String, Value>) -> Result<MigrateSpec, InvalidField> {
     // A migration relays between OSS buckets.
     let (concurrency, part_size) = take_copy_tuning(obj, crate::oss::LIMITS)?;
@@ -630,6 +687,12 @@ fn parse_migrate(obj: &mut Map<String, Value>) -> Result<MigrateSpec, InvalidFie
         dst_sts_endpoint: take_string(obj, "dst_sts_endpoint")?,
         concurrency,
         part_size,
+        src_cloud: take_cloud(obj, "src_cloud")?,
+        dst_cloud: take_cloud(obj, "dst_cloud")?,
+        src_ec2_endpoint: take_string(obj, "src_ec2_endpoint")?,
+        dst_ec2_endpoint: take_string(obj, "dst_ec2_endpoint")?,
+        src_iam_endpoint: take_string(obj, "src_iam_endpoint")?,
+        dst_iam_endpoint: take_string(obj, "dst_iam_endpoint")?,
     };
     for (field, v) in spec.endpoints() {
         check_endpoint(field, v)?;
@@ -638,10 +701,21 @@ fn parse_migrate(obj: &mut Map<String, Value>) -> Result<MigrateSpec, InvalidFie
     check_name("dst_region", &Some(spec.dst_region.clone()))?;
     check_name("src_profile", &spec.src_profile)?;
     check_name("dst_profile", &spec.dst_profile)?;
-    if !spec.image_id.starts_with("m-") {
+    let (prefix, what) = match spec.src_cloud {
+        crate::migrate::Cloud::Aliyun => ("m-", "an ECS custom image id (m-…)"),
+        crate::migrate::Cloud::Aws => ("ami-", "an AMI id (ami-…)"),
+    };
+    if !spec.image_id.starts_with(prefix) {
         return Err(invalid(
             "image_id",
-            format!("{:?} is not a custom image id (m-…)", spec.image_id),
+            format!("{:?} is not {what}", spec.image_id),
+        ));
+    }
+    if spec.src_cloud == crate::migrate::Cloud::Aws && spec.dst_cloud == crate::migrate::Cloud::Aws
+    {
+        return Err(invalid(
+            "dst_cloud",
+            "aws → aws is EC2's own copy-image; ossrelay migrates within Alibaba Cloud and between the two clouds",
         ));
     }
     check_name("image_id", &Some(spec.image_id.clone()))?;

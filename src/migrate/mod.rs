@@ -1,5 +1,5 @@
-//! Image migration across regions and accounts: export → wait → relay each disk object →
-//! import with the source image's attributes → wait until Available → clean up.
+//! Image migration across regions, accounts and clouds: export → wait → relay each disk object
+//! → import with the source image's attributes → wait until Available → clean up.
 //!
 //! Every stage is recorded in a state file ([`state`]) before and after its cloud side effect,
 //! so rerunning the same migration after a crash or Ctrl-C continues where it stopped: a
@@ -7,9 +7,15 @@
 //! are skipped and a half-relayed one resumes inside the engine, and a running import is found
 //! by name and tag (DescribeImages with every status) instead of being started twice.
 //!
-//! The stages talk to ECS through [`EcsApi`] and relay through a pluggable [`RelayFn`], so the
-//! whole state machine runs in tests without HTTP.
+//! The stages talk to each cloud's image service through [`ImageApi`] (ECS in [`aliyun`], EC2
+//! VM Import/Export in [`aws`]) and relay through a pluggable [`RelayFn`], so the whole state
+//! machine runs in tests without HTTP. What the source image is travels as
+//! [`mapping::ImageAttrs`], so each side speaks only its own cloud's words.
 
+mod abandon;
+mod aliyun;
+mod aws;
+pub mod mapping;
 pub mod setup;
 pub mod state;
 
@@ -21,30 +27,37 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::acs::ecs::{
-    describe_all_images, DescribeImagesInput, DescribeTasksInput, EcsApi, ExportImageInput, Image,
-    ImageFormat, ImportDisk, ImportImageInput, TaskAttribute, TaskStatus, TaskSummary,
-};
-use crate::acs::ram::{retry_missing_role, RoleRetry};
+use crate::acs::ecs::{EcsApi, Image, ImageFormat, TaskAttribute};
+use crate::acs::ram::RoleRetry;
 use crate::acs::rpc::RpcError;
-use crate::acs::wait::{hint_suffix, wait_image, wait_task, PollSchedule, WaitError};
+use crate::acs::wait::{hint_suffix, PollSchedule, WaitError};
+use crate::aws::ec2::Ec2Api;
 use crate::store::{ErrorClass, ObjectStore, StoreError};
 use crate::transfer::{self, CopyOptions, Location, Progress, TransferError};
 
+pub use abandon::{abandon, AbandonReport};
+pub use aliyun::{default_image_name, import_input, plan_disks};
+pub use mapping::{Cloud, ImageAttrs};
 pub use state::{DiskState, MigrateState, MigrationKey, Stage};
 
 /// Tag put on imported images so a rerun can tell its own import from someone else's.
 pub const SOURCE_TAG: &str = "ossrelay:source";
 
 /// What one relayed disk became.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct DiskResult {
     pub source: String,
     pub destination: String,
     pub bytes: u64,
     /// CRC-64 of the destination object, as a decimal string in JSON.
-    #[serde(serialize_with = "crate::transfer::state::ser_u64_string")]
+    #[serde(
+        serialize_with = "crate::transfer::state::ser_u64_string",
+        deserialize_with = "crate::transfer::state::de_u64_string"
+    )]
     pub crc64: u64,
+    /// The independent proofs that held for this disk's relay (the copy's `verified_by`).
+    #[serde(default)]
+    pub verified_by: Vec<String>,
 }
 
 /// The future a [`RelayFn`] returns.
@@ -114,6 +127,7 @@ pub async fn relay_disk(
         destination: s.destination.clone(),
         bytes: s.bytes,
         crc64: s.crc64,
+        verified_by: s.verified_by.clone(),
     })
 }
 
@@ -128,6 +142,14 @@ pub enum MigrateError {
     },
     #[error(transparent)]
     Wait(WaitError),
+    #[error("{step}: {source}{}", aws_hint(step, source))]
+    Aws {
+        step: &'static str,
+        #[source]
+        source: crate::aws::query::AwsQueryError,
+    },
+    #[error(transparent)]
+    AwsWait(crate::aws::wait::Ec2WaitError),
     #[error("image {image_id} was not found in {region} (check --src-region, --image-id and the source profile)")]
     ImageNotFound { image_id: String, region: String },
     #[error("image {image_id} is {status}; only Available images can be exported")]
@@ -196,6 +218,29 @@ impl MigrateError {
     pub fn is_interrupted(&self) -> bool {
         matches!(self, Self::Interrupted { .. })
             || matches!(self, Self::Wait(WaitError::Interrupted { .. }))
+            || matches!(
+                self,
+                Self::AwsWait(crate::aws::wait::Ec2WaitError::Interrupted { .. })
+            )
+    }
+}
+
+/// What to do about an EC2 error, when it is clear.
+fn aws_hint(step: &str, e: &crate::aws::query::AwsQueryError) -> String {
+    match e.code() {
+        Some("InvalidParameter") if e.message().is_some_and(|m| m.contains("service role")) => {
+            format!(
+                "; {step} needs the vmimport service role: run `ossrelay preflight --cloud aws \
+             --region REGION --bucket BUCKET --fix`"
+            )
+        }
+        Some("AuthFailure" | "UnauthorizedOperation") => {
+            "; check the AWS credentials of this side and their EC2 permissions".into()
+        }
+        Some("InvalidAMIID.NotFound" | "InvalidAMIID.Malformed") => {
+            "; check --image-id and --src-region".into()
+        }
+        _ => String::new(),
     }
 }
 
@@ -217,11 +262,29 @@ pub struct MigrateConfig {
     pub copy: CopyOptions,
 }
 
-/// The two sides: ECS in each region and the two buckets.
+/// One side's image service.
+#[derive(Clone)]
+pub enum ImageApi {
+    /// ECS (ExportImage / ImportImage) in the side's region.
+    Aliyun(Arc<dyn EcsApi>),
+    /// EC2 VM Import/Export in the side's region.
+    Aws(Arc<dyn Ec2Api>),
+}
+
+impl ImageApi {
+    pub fn cloud(&self) -> Cloud {
+        match self {
+            Self::Aliyun(_) => Cloud::Aliyun,
+            Self::Aws(_) => Cloud::Aws,
+        }
+    }
+}
+
+/// The two sides: the image service in each region and the two buckets.
 #[derive(Clone)]
 pub struct Backends {
-    pub src_ecs: Arc<dyn EcsApi>,
-    pub dst_ecs: Arc<dyn EcsApi>,
+    pub src: ImageApi,
+    pub dst: ImageApi,
     /// The source bucket (where the export lands).
     pub src_store: Arc<dyn ObjectStore>,
     /// The destination bucket (what the import reads).
@@ -241,7 +304,8 @@ pub enum Event<'a> {
         adopted: bool,
     },
     ExportProgress(&'a TaskAttribute),
-    Exported(&'a [DiskState]),
+    /// The exported disk objects, described (`oss://…`, `s3://…`).
+    Exported(Vec<String>),
     DiskStarted {
         index: usize,
         total: usize,
@@ -259,6 +323,8 @@ pub enum Event<'a> {
         adopted: bool,
     },
     ImportProgress(&'a Image),
+    /// A task's status in words (EC2 export and import tasks).
+    TaskProgress(String),
     Deleted {
         object: String,
     },
@@ -272,107 +338,9 @@ pub type EventSink<'a> = &'a (dyn Fn(Event<'_>) + Send + Sync);
 pub struct MigrateOutcome {
     pub image_id: String,
     pub region: String,
+    /// The cloud of the new image.
+    pub cloud: Cloud,
     pub disks: Vec<DiskResult>,
-}
-
-/// The default name of the new image: the source's, when ImportImage would accept it.
-pub fn default_image_name(source: &Image) -> String {
-    let n = &source.image_name;
-    let valid = (2..=128).contains(&n.chars().count())
-        && n.chars().next().is_some_and(|c| c.is_alphabetic())
-        && !n.starts_with("aliyun")
-        && !n.starts_with("acs:")
-        && n.chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '.' | ':' | '_' | '-'));
-    if valid {
-        n.clone()
-    } else {
-        format!("migrated-{}", source.image_id)
-    }
-}
-
-/// Orders exported objects system disk first, then data disks by name, and pairs them with the
-/// source image's disk sizes.
-pub fn plan_disks(
-    objects: &[crate::acs::ecs::TaskObject],
-    image: Option<&Image>,
-) -> Vec<DiskState> {
-    let mut objs: Vec<_> = objects.to_vec();
-    objs.sort_by_key(|o| (!o.key.contains("system"), o.key.clone()));
-    let data_sizes: Vec<Option<u64>> = image
-        .map(|i| i.data_disks().iter().map(|d| d.size_gib()).collect())
-        .unwrap_or_default();
-    let mut data_index = 0;
-    objs.into_iter()
-        .enumerate()
-        .map(|(i, o)| {
-            let system = i == 0;
-            let size_gib = if system {
-                image
-                    .and_then(|img| img.system_disk())
-                    .and_then(|d| d.size_gib())
-            } else {
-                data_index += 1;
-                data_sizes.get(data_index - 1).copied().flatten()
-            };
-            DiskState {
-                role: if system { "system" } else { "data" }.into(),
-                destination_key: unpacked_key(&o.key),
-                source_bucket: o.bucket,
-                source_key: o.key,
-                size_gib,
-                copied: false,
-                bytes: 0,
-                crc64: None,
-            }
-        })
-        .collect()
-}
-
-/// The ImportImage call for the relayed disks, carrying the source image's attributes.
-pub fn import_input(
-    name: &str,
-    source: Option<&Image>,
-    key: &MigrationKey,
-    dst_bucket: &str,
-    disks: &[DiskState],
-    client_token: String,
-) -> ImportImageInput {
-    let attr = |f: fn(&Image) -> &String| {
-        source
-            .map(|i| f(i).clone())
-            .filter(|v: &String| !v.is_empty())
-    };
-    ImportImageInput {
-        image_name: name.to_string(),
-        description: Some(format!(
-            "Migrated by ossrelay from {}/{}",
-            key.src_region, key.image_id
-        )),
-        architecture: attr(|i| &i.architecture),
-        os_type: attr(|i| &i.os_type),
-        platform: attr(|i| &i.platform),
-        boot_mode: attr(|i| &i.boot_mode),
-        license_type: None,
-        role_name: None,
-        disks: disks
-            .iter()
-            .map(|d| ImportDisk {
-                oss_bucket: dst_bucket.to_string(),
-                oss_object: d.destination_key.clone(),
-                format: ImageFormat::from_key(&d.destination_key),
-                disk_image_size: d.size_gib,
-            })
-            .collect(),
-        nvme_support: attr(|i| &i.features.nvme_support),
-        imds_support: attr(|i| &i.features.imds_support),
-        tags: vec![(SOURCE_TAG.into(), source_tag(key))],
-        client_token: Some(client_token),
-    }
-}
-
-fn source_tag(key: &MigrationKey) -> String {
-    format!("{}/{}", key.src_region, key.image_id)
 }
 
 struct Run<'a> {
@@ -473,11 +441,23 @@ impl Run<'_> {
                 });
             }
             match self.state.stage {
-                Stage::Export => self.export().await?,
-                Stage::WaitExport => self.wait_export().await?,
+                Stage::Export => match self.b.src.clone() {
+                    ImageApi::Aliyun(ecs) => self.ecs_export(&ecs).await?,
+                    ImageApi::Aws(ec2) => self.ec2_export(&ec2).await?,
+                },
+                Stage::WaitExport => match self.b.src.clone() {
+                    ImageApi::Aliyun(ecs) => self.ecs_wait_export(&ecs).await?,
+                    ImageApi::Aws(ec2) => self.ec2_wait_export(&ec2).await?,
+                },
                 Stage::Relay => self.relay().await?,
-                Stage::Import => self.import().await?,
-                Stage::WaitImport => self.wait_import().await?,
+                Stage::Import => match self.b.dst.clone() {
+                    ImageApi::Aliyun(ecs) => self.ecs_import(&ecs).await?,
+                    ImageApi::Aws(ec2) => self.ec2_import(&ec2).await?,
+                },
+                Stage::WaitImport => match self.b.dst.clone() {
+                    ImageApi::Aliyun(ecs) => self.ecs_wait_import(&ecs).await?,
+                    ImageApi::Aws(ec2) => self.ec2_wait_import(&ec2).await?,
+                },
                 Stage::Cleanup => self.cleanup().await?,
                 Stage::Done => return Ok(self.outcome()),
             }
@@ -488,6 +468,7 @@ impl Run<'_> {
         MigrateOutcome {
             image_id: self.state.new_image_id.clone().unwrap_or_default(),
             region: self.cfg.key.dst_region.clone(),
+            cloud: self.b.dst.cloud(),
             disks: self
                 .state
                 .disks
@@ -497,187 +478,10 @@ impl Run<'_> {
                     destination: self.b.dst_store.describe(&d.destination_key),
                     bytes: d.bytes,
                     crc64: d.crc64.unwrap_or_default(),
+                    verified_by: d.verified_by.clone(),
                 })
                 .collect(),
         }
-    }
-
-    /// An ExportImage task for our image: a running one first, else (when a previous run may
-    /// have started one whose answer was lost) the newest finished one.
-    async fn find_export_task(
-        &self,
-        include_finished: bool,
-    ) -> Result<Option<String>, MigrateError> {
-        let list = self
-            .b
-            .src_ecs
-            .describe_tasks(&DescribeTasksInput {
-                task_action: Some("ExportImage".into()),
-                resource_ids: vec![self.cfg.key.image_id.clone()],
-                page_size: Some(100),
-                ..DescribeTasksInput::default()
-            })
-            .await
-            .map_err(MigrateError::api("DescribeTasks"))?;
-        let ours: Vec<&TaskSummary> = list
-            .task_set
-            .iter()
-            .filter(|t| t.resource_id.is_empty() || t.resource_id == self.cfg.key.image_id)
-            .collect();
-        if let Some(t) = ours.iter().find(|t| !t.task_status.is_terminal()) {
-            return Ok(Some(t.task_id.clone()));
-        }
-        if include_finished {
-            let newest = ours
-                .iter()
-                .filter(|t| t.task_status == TaskStatus::Finished)
-                .max_by(|a, b| a.creation_time.cmp(&b.creation_time));
-            return Ok(newest.map(|t| t.task_id.clone()));
-        }
-        Ok(None)
-    }
-
-    async fn export(&mut self) -> Result<(), MigrateError> {
-        let key = self.cfg.key.clone();
-        if self.state.source_image.is_none() {
-            let list = self
-                .b
-                .src_ecs
-                .describe_images(&DescribeImagesInput::by_id(&key.image_id))
-                .await
-                .map_err(MigrateError::api("DescribeImages"))?;
-            let img = list
-                .images
-                .into_iter()
-                .find(|i| i.image_id == key.image_id)
-                .ok_or_else(|| MigrateError::ImageNotFound {
-                    image_id: key.image_id.clone(),
-                    region: key.src_region.clone(),
-                })?;
-            if img.status != "Available" {
-                return Err(MigrateError::ImageNotAvailable {
-                    image_id: key.image_id.clone(),
-                    status: img.status,
-                });
-            }
-            self.state.source_image = Some(img);
-            self.save()?;
-        }
-        if self.state.export_task_id.is_none() {
-            self.check_unpack_memory()?;
-            // A previous run may have started an export and crashed before recording it.
-            let adopted = if self.state.export_requested {
-                self.find_export_task(true).await?
-            } else {
-                None
-            };
-            let (task_id, adopted) = match adopted {
-                Some(t) => (t, true),
-                None => {
-                    self.state.export_requested = true;
-                    self.save()?;
-                    let input = ExportImageInput {
-                        image_id: key.image_id.clone(),
-                        oss_bucket: self.cfg.src_bucket.clone(),
-                        oss_prefix: Some(self.cfg.export_prefix.clone()),
-                        image_format: self.cfg.export_format,
-                        role_name: None,
-                    };
-                    let ecs = self.b.src_ecs.clone();
-                    match retry_missing_role(self.cfg.role_retry, || ecs.export_image(&input)).await
-                    {
-                        Ok(t) if !t.task_id.is_empty() => (t.task_id, false),
-                        Ok(_) => {
-                            return Err(MigrateError::State(
-                                "ExportImage answered without a TaskId".into(),
-                            ))
-                        }
-                        Err(e) if e.code() == Some("ImageIsExporting") => {
-                            match self.find_export_task(false).await? {
-                                Some(t) => (t, true),
-                                None => return Err(MigrateError::api("ExportImage")(e)),
-                            }
-                        }
-                        Err(e) => return Err(MigrateError::api("ExportImage")(e)),
-                    }
-                }
-            };
-            self.state.export_task_id = Some(task_id);
-            self.save()?;
-            let id = self.state.export_task_id.clone().unwrap_or_default();
-            (self.events)(Event::ExportStarted {
-                task_id: &id,
-                adopted,
-            });
-        }
-        self.advance(Stage::WaitExport)
-    }
-
-    /// A RAW export arrives as `.raw.tar.gz` and is unpacked on the way; a disk too large for
-    /// `--memory` would fail only at the relay, after an export of hours. Refuse it up front.
-    fn check_unpack_memory(&self) -> Result<(), MigrateError> {
-        if !matches!(self.cfg.export_format, None | Some(ImageFormat::Raw)) {
-            return Ok(());
-        }
-        let Some(img) = &self.state.source_image else {
-            return Ok(());
-        };
-        let limits = self.b.dst_store.limits();
-        for d in &img.disk_device_mappings {
-            let Ok(gib) = d.size.trim().parse::<u64>() else {
-                continue;
-            };
-            if let Err(e) = transfer::unpack::check_memory(gib << 30, &self.cfg.copy, limits) {
-                return Err(MigrateError::Usage(format!(
-                    "disk {} of {} ({gib} GiB): {e}; nothing was exported",
-                    d.device, self.cfg.key.image_id
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    async fn wait_export(&mut self) -> Result<(), MigrateError> {
-        let task_id = match &self.state.export_task_id {
-            Some(t) => t.clone(),
-            None => return self.advance(Stage::Export),
-        };
-        let events = self.events;
-        let mut on_progress = |t: &TaskAttribute| events(Event::ExportProgress(t));
-        let result = wait_task(
-            self.b.src_ecs.as_ref(),
-            &task_id,
-            &self.cfg.poll,
-            self.cancel,
-            &mut on_progress,
-        )
-        .await;
-        let task = match result {
-            Ok(t) => t,
-            Err(e @ WaitError::TaskFailed { .. }) => {
-                // A failed export is over: the next run starts a new one.
-                self.state.export_task_id = None;
-                self.state.export_requested = false;
-                self.state.stage = Stage::Export;
-                self.save()?;
-                return Err(MigrateError::Wait(e));
-            }
-            Err(e) => return Err(MigrateError::Wait(e)),
-        };
-        let objects = task.exported_objects(&self.cfg.src_bucket);
-        if objects.is_empty() {
-            return Err(MigrateError::NoExportedObjects { task_id });
-        }
-        if let Some(o) = objects.iter().find(|o| o.bucket != self.cfg.src_bucket) {
-            return Err(MigrateError::UnexpectedBucket {
-                task_id,
-                bucket: o.bucket.clone(),
-                expected: self.cfg.src_bucket.clone(),
-            });
-        }
-        self.state.disks = plan_disks(&objects, self.state.source_image.as_ref());
-        (self.events)(Event::Exported(&self.state.disks));
-        self.advance(Stage::Relay)
     }
 
     async fn relay(&mut self) -> Result<(), MigrateError> {
@@ -709,6 +513,7 @@ impl Run<'_> {
             disk.copied = true;
             disk.bytes = result.bytes;
             disk.crc64 = Some(result.crc64);
+            disk.verified_by = result.verified_by.clone();
             self.save()?;
             (self.events)(Event::DiskDone {
                 index: i,
@@ -718,18 +523,31 @@ impl Run<'_> {
         self.advance(Stage::Import)
     }
 
-    /// An image made by this migration (name and source tag match) that is not failed.
-    async fn find_our_import(&self, name: &str) -> Result<Option<Image>, MigrateError> {
-        let images =
-            describe_all_images(self.b.dst_ecs.as_ref(), &DescribeImagesInput::by_name(name))
-                .await
-                .map_err(MigrateError::api("DescribeImages"))?;
-        let tag = source_tag(&self.cfg.key);
-        Ok(images.into_iter().find(|i| {
-            i.image_name == name
-                && i.tag(SOURCE_TAG) == Some(tag.as_str())
-                && matches!(i.status.as_str(), "Creating" | "Waiting" | "Available")
-        }))
+    /// The tag value naming this migration's source on what it creates.
+    fn source_tag(&self) -> String {
+        let k = &self.cfg.key;
+        if k.src_cloud.is_aliyun() {
+            format!("{}/{}", k.src_region, k.image_id)
+        } else {
+            format!("{}/{}/{}", k.src_cloud, k.src_region, k.image_id)
+        }
+    }
+
+    /// The source image's cross-cloud description, recorded at the export.
+    fn source_attrs(&self) -> Result<ImageAttrs, MigrateError> {
+        if let Some(a) = &self.state.source_attrs {
+            return Ok(a.clone());
+        }
+        self.state
+            .source_image
+            .as_ref()
+            .map(ImageAttrs::from_ecs)
+            .ok_or_else(|| {
+                MigrateError::State(
+                    "the state file lacks the source image's attributes; move it away to start over"
+                        .into(),
+                )
+            })
     }
 
     fn client_token(&self) -> String {
@@ -777,108 +595,6 @@ impl Run<'_> {
             }
         }
         Ok(())
-    }
-
-    async fn import(&mut self) -> Result<(), MigrateError> {
-        if self.state.new_image_id.is_none() {
-            // An explicit --image-name wins (e.g. after a name clash); otherwise keep the name
-            // chosen at the first attempt.
-            let name = match (&self.cfg.image_name, &self.state.image_name) {
-                (Some(n), _) => n.clone(),
-                (None, Some(n)) => n.clone(),
-                (None, None) => self
-                    .state
-                    .source_image
-                    .as_ref()
-                    .map(default_image_name)
-                    .unwrap_or_else(|| format!("migrated-{}", self.cfg.key.image_id)),
-            };
-            self.state.image_name = Some(name.clone());
-            self.save()?;
-            let (image_id, task_id, adopted) = match self.find_our_import(&name).await? {
-                Some(img) => (img.image_id, None, true),
-                None => {
-                    self.verify_relayed().await?;
-                    let input = import_input(
-                        &name,
-                        self.state.source_image.as_ref(),
-                        &self.cfg.key,
-                        &self.cfg.key.dst_bucket,
-                        &self.state.disks,
-                        self.client_token(),
-                    );
-                    let ecs = self.b.dst_ecs.clone();
-                    match retry_missing_role(self.cfg.role_retry, || ecs.import_image(&input)).await
-                    {
-                        Ok(t) if !t.image_id.is_empty() => {
-                            let task = (!t.task_id.is_empty()).then_some(t.task_id);
-                            (t.image_id, task, false)
-                        }
-                        Ok(_) => {
-                            return Err(MigrateError::State(
-                                "ImportImage answered without an ImageId".into(),
-                            ))
-                        }
-                        Err(e)
-                            if matches!(
-                                e.code(),
-                                Some("InvalidImageName.Duplicated" | "ImageIsImporting")
-                            ) =>
-                        {
-                            match self.find_our_import(&name).await? {
-                                Some(img) => (img.image_id, None, true),
-                                None => {
-                                    return Err(MigrateError::NameTaken {
-                                        name,
-                                        region: self.cfg.key.dst_region.clone(),
-                                    })
-                                }
-                            }
-                        }
-                        Err(e) => return Err(MigrateError::api("ImportImage")(e)),
-                    }
-                }
-            };
-            self.state.new_image_id = Some(image_id.clone());
-            self.state.import_task_id = task_id.clone();
-            self.save()?;
-            (self.events)(Event::ImportStarted {
-                image_id: &image_id,
-                task_id: task_id.as_deref(),
-                adopted,
-            });
-        }
-        self.advance(Stage::WaitImport)
-    }
-
-    async fn wait_import(&mut self) -> Result<(), MigrateError> {
-        let image_id = match &self.state.new_image_id {
-            Some(i) => i.clone(),
-            None => return self.advance(Stage::Import),
-        };
-        let events = self.events;
-        let mut on_progress = |i: &Image| events(Event::ImportProgress(i));
-        match wait_image(
-            self.b.dst_ecs.as_ref(),
-            &image_id,
-            &self.cfg.poll,
-            self.cancel,
-            &mut on_progress,
-        )
-        .await
-        {
-            Ok(_) => self.advance(Stage::Cleanup),
-            Err(e @ (WaitError::ImageFailed { .. } | WaitError::ImageGone { .. })) => {
-                // The relayed objects are still there: the next run imports them again.
-                self.state.new_image_id = None;
-                self.state.import_task_id = None;
-                self.state.import_attempt += 1;
-                self.state.stage = Stage::Import;
-                self.save()?;
-                Err(MigrateError::Wait(e))
-            }
-            Err(e) => Err(MigrateError::Wait(e)),
-        }
     }
 
     async fn cleanup(&mut self) -> Result<(), MigrateError> {

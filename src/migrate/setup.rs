@@ -5,16 +5,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{default_relay, Backends, MigrateConfig, MigrationKey};
+use super::{default_relay, Backends, Cloud, ImageApi, MigrateConfig, MigrationKey};
 use crate::acs::ecs::{validate_oss_prefix, ImageFormat};
 use crate::acs::ram::RoleRetry;
 use crate::acs::wait::PollSchedule;
-use crate::cloud::{check_bucket_region, Endpoints, Side};
+use crate::cloud::{check_bucket_region, AwsSide, Endpoints, Side};
+use crate::store::ObjectStore;
 use crate::transfer::CopyOptions;
 
 /// Everything that describes one migration (the CLI's `migrate` options).
 #[derive(Debug, Clone)]
 pub struct MigrateParams {
+    pub src_cloud: Cloud,
+    pub dst_cloud: Cloud,
     pub src_region: String,
     pub image_id: String,
     pub src_bucket: String,
@@ -50,11 +53,32 @@ pub enum SetupError {
 impl MigrateParams {
     /// Checks the options that need no network.
     pub fn validate(&self) -> Result<(), SetupError> {
-        if !self.image_id.starts_with("m-") {
-            return Err(SetupError::Usage(format!(
-                "--image-id {:?} is not a custom image id (m-…)",
-                self.image_id
-            )));
+        match self.src_cloud {
+            Cloud::Aliyun if !self.image_id.starts_with("m-") => {
+                return Err(SetupError::Usage(format!(
+                    "--image-id {:?} is not an ECS custom image id (m-…); for an AMI pass --src-cloud aws",
+                    self.image_id
+                )));
+            }
+            Cloud::Aws if !self.image_id.starts_with("ami-") => {
+                return Err(SetupError::Usage(format!(
+                    "--image-id {:?} is not an AMI id (ami-…); for an ECS image pass --src-cloud aliyun",
+                    self.image_id
+                )));
+            }
+            _ => {}
+        }
+        if self.src_cloud == Cloud::Aws && self.dst_cloud == Cloud::Aws {
+            return Err(SetupError::Usage(
+                "--src-cloud aws --dst-cloud aws: EC2 copies AMIs itself (`aws ec2 copy-image`); \
+                 ossrelay migrates within Alibaba Cloud and between the two clouds"
+                    .into(),
+            ));
+        }
+        if self.format.is_some() && self.src_cloud == Cloud::Aws {
+            return Err(SetupError::Usage(
+                "--format applies to ECS exports; an AMI is exported as RAW".into(),
+            ));
         }
         validate_oss_prefix(&self.export_prefix)
             .map_err(|e| SetupError::Usage(format!("--export-prefix: {e}")))?;
@@ -62,7 +86,10 @@ impl MigrateParams {
             crate::locate::validate_bucket_name(b).map_err(SetupError::Usage)?;
         }
         self.copy
-            .validate(crate::oss::LIMITS)
+            .validate(match self.dst_cloud {
+                Cloud::Aliyun => crate::oss::LIMITS,
+                Cloud::Aws => crate::s3::provider::Provider::Aws.limits(),
+            })
             .map_err(|e| SetupError::Usage(e.to_string()))?;
         Ok(())
     }
@@ -72,43 +99,32 @@ impl MigrateParams {
     /// import can never read).
     pub async fn prepare(&self) -> Result<(MigrateConfig, Backends), SetupError> {
         self.validate()?;
-        let side = |region: &str, profile: &Option<String>, ep: &Endpoints, flag| {
-            Side::new(region, profile.as_deref(), ep.clone(), flag)
-        };
-        let src = side(
+        let (src, src_store) = side(
+            self.src_cloud,
             &self.src_region,
             &self.src_profile,
             &self.src,
-            "--src-region",
+            &self.src_bucket,
+            "src",
         )
-        .map_err(|e| SetupError::Failed(format!("source: {e}")))?;
-        let dst = side(
+        .await?;
+        let (dst, dst_store) = side(
+            self.dst_cloud,
             &self.dst_region,
             &self.dst_profile,
             &self.dst,
-            "--dst-region",
+            &self.dst_bucket,
+            "dst",
         )
-        .map_err(|e| SetupError::Failed(format!("destination: {e}")))?;
-        let src_store = src
-            .bucket(&self.src_bucket)
-            .map_err(|e| SetupError::Failed(e.to_string()))?;
-        let dst_store = dst
-            .bucket(&self.dst_bucket)
-            .map_err(|e| SetupError::Failed(e.to_string()))?;
-        for (s, bucket, flag) in [
-            (&src, &self.src_bucket, "--src-bucket"),
-            (&dst, &self.dst_bucket, "--dst-bucket"),
-        ] {
-            check_bucket_region(s, bucket, flag)
-                .await
-                .map_err(SetupError::Failed)?;
-        }
+        .await?;
         let cfg = MigrateConfig {
             key: MigrationKey {
                 src_region: self.src_region.clone(),
                 image_id: self.image_id.clone(),
                 dst_region: self.dst_region.clone(),
                 dst_bucket: self.dst_bucket.clone(),
+                src_cloud: self.src_cloud,
+                dst_cloud: self.dst_cloud,
             },
             src_bucket: self.src_bucket.clone(),
             image_name: self.image_name.clone(),
@@ -130,12 +146,50 @@ impl MigrateParams {
             },
         };
         let backends = Backends {
-            src_ecs: Arc::new(src.ecs.clone()),
-            dst_ecs: Arc::new(dst.ecs.clone()),
-            src_store: Arc::new(src_store),
-            dst_store: Arc::new(dst_store),
+            src,
+            dst,
+            src_store,
+            dst_store,
             relay: default_relay(),
         };
         Ok((cfg, backends))
+    }
+}
+
+/// Resolves one side's credentials and clients and checks that its bucket is in its region
+/// (minutes here save an hour-long export into a bucket the import can never read). `which`
+/// is `src` or `dst`, for the flags named in errors.
+async fn side(
+    cloud: Cloud,
+    region: &str,
+    profile: &Option<String>,
+    endpoints: &Endpoints,
+    bucket: &str,
+    which: &'static str,
+) -> Result<(ImageApi, Arc<dyn ObjectStore>), SetupError> {
+    let (region_flag, bucket_flag, what) = match which {
+        "src" => ("--src-region", "--src-bucket", "source"),
+        _ => ("--dst-region", "--dst-bucket", "destination"),
+    };
+    let failed = |e: String| SetupError::Failed(format!("{what}: {e}"));
+    match cloud {
+        Cloud::Aliyun => {
+            let s = Side::new(region, profile.as_deref(), endpoints.clone(), region_flag)
+                .map_err(failed)?;
+            let store = s.bucket(bucket).map_err(|e| failed(e.to_string()))?;
+            check_bucket_region(&s, bucket, bucket_flag)
+                .await
+                .map_err(SetupError::Failed)?;
+            Ok((ImageApi::Aliyun(Arc::new(s.ecs.clone())), Arc::new(store)))
+        }
+        Cloud::Aws => {
+            let s = AwsSide::new(region, profile.as_deref(), endpoints.clone(), region_flag)
+                .map_err(failed)?;
+            let store = s.bucket(bucket).map_err(|e| failed(e.to_string()))?;
+            s.check_bucket_region(bucket, bucket_flag)
+                .await
+                .map_err(SetupError::Failed)?;
+            Ok((ImageApi::Aws(Arc::new(s.ec2.clone())), Arc::new(store)))
+        }
     }
 }

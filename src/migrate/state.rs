@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::mapping::{Cloud, ImageAttrs};
 use super::MigrateError;
 use crate::acs::ecs::Image;
 use crate::transfer::state::write_atomic;
@@ -54,6 +55,12 @@ pub struct MigrationKey {
     pub image_id: String,
     pub dst_region: String,
     pub dst_bucket: String,
+    /// Cloud of the source image (absent in files of same-cloud migrations: `aliyun`).
+    #[serde(default, skip_serializing_if = "Cloud::is_aliyun")]
+    pub src_cloud: Cloud,
+    /// Cloud of the new image.
+    #[serde(default, skip_serializing_if = "Cloud::is_aliyun")]
+    pub dst_cloud: Cloud,
 }
 
 /// One disk: the exported object, where it goes, and whether it arrived.
@@ -71,6 +78,9 @@ pub struct DiskState {
     /// CRC-64 of the destination object, as a decimal string.
     #[serde(with = "opt_u64_string", default)]
     pub crc64: Option<u64>,
+    /// The proofs that held for the relay (the copy's `verified_by`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verified_by: Vec<String>,
 }
 
 mod opt_u64_string {
@@ -97,8 +107,11 @@ pub struct MigrateState {
     pub key: MigrationKey,
     pub src_bucket: String,
     pub stage: Stage,
-    /// The source image as DescribeImages reported it before the export.
+    /// The source image as ECS DescribeImages reported it before the export.
     pub source_image: Option<Image>,
+    /// The source image in both clouds' terms (cross-cloud migrations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_attrs: Option<ImageAttrs>,
     /// Set just before ExportImage is called, so a rerun after a crash looks for the task.
     #[serde(default)]
     pub export_requested: bool,
@@ -111,6 +124,9 @@ pub struct MigrateState {
     /// Failed imports so far; part of ImportImage's ClientToken so a retry is a new request.
     #[serde(default)]
     pub import_attempt: u32,
+    /// Failed exports so far (EC2: part of ExportImage's ClientToken, as for imports).
+    #[serde(default)]
+    pub export_attempt: u32,
     /// RFC 3339, for humans reading the file.
     pub updated_at: String,
 }
@@ -123,6 +139,7 @@ impl MigrateState {
             src_bucket,
             stage: Stage::Export,
             source_image: None,
+            source_attrs: None,
             export_requested: false,
             export_task_id: None,
             disks: Vec::new(),
@@ -130,6 +147,7 @@ impl MigrateState {
             import_task_id: None,
             new_image_id: None,
             import_attempt: 0,
+            export_attempt: 0,
             updated_at: String::new(),
         }
     }
@@ -146,6 +164,13 @@ pub fn state_path(dir: &Path, key: &MigrationKey) -> PathBuf {
     ] {
         h.update(part.as_bytes());
         h.update(b"\n");
+    }
+    // Same-cloud keys hash as they always did, so older state files are found again.
+    for cloud in [key.src_cloud, key.dst_cloud] {
+        if !cloud.is_aliyun() {
+            h.update(cloud.as_str().as_bytes());
+            h.update(b"\n");
+        }
     }
     dir.join(format!("migrate-{}.json", &hex::encode(h.finalize())[..32]))
 }
@@ -209,6 +234,8 @@ mod tests {
             image_id: "m-1".into(),
             dst_region: "eu-central-1".into(),
             dst_bucket: "dst".into(),
+            src_cloud: Cloud::Aliyun,
+            dst_cloud: Cloud::Aliyun,
         }
     }
 
@@ -228,6 +255,7 @@ mod tests {
             copied: true,
             bytes: 42,
             crc64: Some(u64::MAX),
+            verified_by: vec!["part_crc64ecma".into()],
         });
         save(&path, &mut s).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -245,6 +273,12 @@ mod tests {
         other.dst_bucket = "elsewhere".into();
         assert!(matches!(load(&path, &other), Err(MigrateError::State(_))));
         assert_ne!(state_path(dir.path(), &other), path);
+        // A cross-cloud migration of the same ids is another migration, with another file;
+        // a same-cloud key serialises without cloud fields (older files still load).
+        let mut aws = key();
+        aws.src_cloud = Cloud::Aws;
+        assert_ne!(state_path(dir.path(), &aws), path);
+        assert!(!text.contains("src_cloud"), "{text}");
         std::fs::write(&path, "{not json").unwrap();
         assert!(matches!(load(&path, &key()), Err(MigrateError::State(_))));
     }

@@ -10,7 +10,9 @@ use async_trait::async_trait;
 
 use super::*;
 use crate::acs::ecs::{
-    DiskDeviceMapping, ImageList, OperationProgress, RelatedItem, Tag, TaskList, TaskStarted,
+    DescribeImagesInput, DescribeTasksInput, DiskDeviceMapping, ExportImageInput, ImageList,
+    ImportImageInput, OperationProgress, RelatedItem, Tag, TaskList, TaskStarted, TaskStatus,
+    TaskSummary,
 };
 use crate::acs::rpc::ApiError;
 use crate::store::memory::MemoryStore;
@@ -433,6 +435,8 @@ impl Harness {
                 image_id: "m-src1".into(),
                 dst_region: "eu-central-1".into(),
                 dst_bucket: "dst-bucket".into(),
+                src_cloud: Cloud::Aliyun,
+                dst_cloud: Cloud::Aliyun,
             },
             src_bucket: "src-bucket".into(),
             image_name: None,
@@ -455,8 +459,8 @@ impl Harness {
 
     fn backends(&self, relay: RelayFn) -> Backends {
         Backends {
-            src_ecs: self.src.clone(),
-            dst_ecs: self.dst.clone(),
+            src: ImageApi::Aliyun(self.src.clone()),
+            dst: ImageApi::Aliyun(self.dst.clone()),
             src_store: self.src_bucket.clone(),
             dst_store: self.dst_bucket.clone(),
             relay,
@@ -507,6 +511,7 @@ fn opaque_relay() -> RelayFn {
                 destination: s.destination,
                 bytes: s.bytes,
                 crc64: s.crc64,
+                verified_by: s.verified_by.clone(),
             })
         })
     })

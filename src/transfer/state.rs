@@ -618,7 +618,8 @@ pub fn ser_u64_string<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&v.to_string())
 }
 
-fn de_u64_string<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+/// Reads what [`ser_u64_string`] wrote.
+pub fn de_u64_string<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let s = String::deserialize(d)?;
     s.parse().map_err(serde::de::Error::custom)
 }

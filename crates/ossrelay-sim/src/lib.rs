@@ -249,6 +249,17 @@ impl SimServer {
         self.world.oss.object_crc64(bucket, key)
     }
 
+    /// The keys of `bucket`, sorted (test inspection: what a run left behind).
+    pub fn list_keys(&self, bucket: &str) -> Vec<String> {
+        self.world
+            .oss
+            .lock()
+            .buckets
+            .get(bucket)
+            .map(|b| b.objects.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Stores an object directly (test seeding), as if by PutObject.
     pub fn put_object_bytes(&self, bucket: &str, key: &str, data: Bytes) {
         self.world

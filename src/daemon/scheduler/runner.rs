@@ -110,6 +110,8 @@ impl Scheduler {
             destination: format!("{}/{}", out.region, out.image_id),
             image_id: Some(out.image_id),
             region: Some(out.region),
+            cloud: Some(out.cloud.to_string()),
+            disks: out.disks,
             member: None,
         })
     }
@@ -230,10 +232,26 @@ impl Scheduler {
 
     /// Aborts the multipart upload a stopped copy left behind (found through its resume state).
     pub(super) async fn abort_leftover(&self, id: &str, spec: &JobSpec) -> Result<(), String> {
-        // A stopped migration leaves no upload of its own to abort: its relay's uploads are
-        // resumed by the next run, and its intermediate objects are named in its state file.
-        let JobSpec::Copy(spec) = spec else {
-            return Ok(());
+        // A cancelled migration is abandoned: its running cloud task cancelled, its relay
+        // upload aborted, its intermediate objects deleted (unless kept).
+        let spec = match spec {
+            JobSpec::Copy(spec) => spec,
+            JobSpec::Migrate(m) => {
+                let (cfg, backends) =
+                    m.params(&self.job_dir(id))
+                        .prepare()
+                        .await
+                        .map_err(|e| match e {
+                            SetupError::Usage(m) | SetupError::Failed(m) => m,
+                        })?;
+                let done = migrate::abandon(&cfg, &backends)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for line in done {
+                    tracing::info!(job = %id, "{line}");
+                }
+                return Ok(());
+            }
         };
         let dir = self.job_dir(id);
         let Ok(rd) = std::fs::read_dir(&dir) else {
