@@ -140,7 +140,9 @@ impl XWorld {
     }
 
     fn ec2_endpoint(&self) -> String {
-        self.aws.ec2_endpoint().expect("the S3 simulator serves EC2")
+        self.aws
+            .ec2_endpoint()
+            .expect("the S3 simulator serves EC2")
     }
 
     fn aws_side(&self, p: &str) -> Vec<String> {
@@ -322,16 +324,16 @@ async fn alibaba_image_to_aws_ami_end_to_end_unpacking_the_export() {
     let id = assert_migrated(&w, &out);
     // The .raw.tar.gz export arrived unpacked as .raw, which EC2 imported as RAW.
     let keys = w.aws.list_keys(AWS_BUCKET);
-    assert!(
-        keys.len() == 1 && keys[0].ends_with(".raw"),
-        "{keys:?}"
-    );
+    assert!(keys.len() == 1 && keys[0].ends_with(".raw"), "{keys:?}");
     let ec2 = w.ec2();
     let imports = ec2.describe_import_image_tasks(&[]).await.unwrap();
     assert_eq!(imports.len(), 1, "{imports:?}");
     assert_eq!(imports[0].image_id.as_deref(), Some(id.as_str()));
     assert_eq!(imports[0].boot_mode.as_deref(), Some("uefi"));
-    let amis = ec2.describe_images(std::slice::from_ref(&id)).await.unwrap();
+    let amis = ec2
+        .describe_images(std::slice::from_ref(&id))
+        .await
+        .unwrap();
     assert_eq!(amis[0].state, "available");
 }
 
@@ -374,7 +376,13 @@ async fn missing_vmimport_role_says_how_to_fix_and_preflight_fix_makes_it_work()
             .to_vec(),
         )
         .await;
-    assert_eq!(fix.status.code(), Some(0), "{}{}", stdout(&fix), stderr(&fix));
+    assert_eq!(
+        fix.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&fix),
+        stderr(&fix)
+    );
     let out = w.run(w.migrate_args()).await;
     assert_migrated(&w, &out);
 }
@@ -384,8 +392,11 @@ async fn a_failing_export_task_is_a_clear_error_and_leaves_nothing() {
     let w = XWorld::new(
         Way::AwsToAliyun,
         |c| {
-            c.ec2_task_fail
-                .push("export:ClientError: Unsupported configuration".parse::<SimEc2TaskFail>().unwrap())
+            c.ec2_task_fail.push(
+                "export:ClientError: Unsupported configuration"
+                    .parse::<SimEc2TaskFail>()
+                    .unwrap(),
+            )
         },
         |_| {},
     )
@@ -448,7 +459,10 @@ async fn kill_9_in_each_stage_then_rerun_makes_one_export_and_one_import() {
             if text.contains(&format!("\"stage\": \"{stage}\"")) {
                 break;
             }
-            assert!(t0.elapsed() < Duration::from_secs(60), "never reached {stage}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "never reached {stage}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         child.kill().unwrap();
@@ -457,7 +471,11 @@ async fn kill_9_in_each_stage_then_rerun_makes_one_export_and_one_import() {
     let out = w.run(w.migrate_args()).await;
     let id = assert_migrated(&w, &out);
     assert_eq!(
-        w.ec2().describe_export_image_tasks(&[]).await.unwrap().len(),
+        w.ec2()
+            .describe_export_image_tasks(&[])
+            .await
+            .unwrap()
+            .len(),
         1
     );
     // One ECS import: the rerun found the running one instead of starting another.

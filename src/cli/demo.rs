@@ -37,6 +37,10 @@ pub struct DemoArgs {
     /// around it.
     #[arg(long)]
     pub relay_only: bool,
+    /// Migrate across clouds instead: an AMI from a simulated AWS account (EC2 ExportImage
+    /// into S3) to a simulated Alibaba Cloud account (relay into OSS, ECS ImportImage).
+    #[arg(long, conflicts_with = "relay_only")]
+    pub cross_cloud: bool,
     /// The whole migration (the default; kept for older scripts).
     #[arg(long, hide = true, conflicts_with = "relay_only")]
     pub migrate: bool,
@@ -62,6 +66,15 @@ fn free_port() -> Option<SocketAddr> {
 pub async fn run(args: DemoArgs) -> i32 {
     let result = if args.relay_only {
         demo(args).await
+    } else if args.cross_cloud {
+        let metrics = args.metrics_listen.or_else(free_port);
+        super::demo_migrate::run_cross_cloud(
+            args.size.unwrap_or(MIGRATE_DEFAULT_SIZE),
+            args.concurrency,
+            args.quiet,
+            metrics,
+        )
+        .await
     } else {
         let metrics = args.metrics_listen.or_else(free_port);
         super::demo_migrate::run(
