@@ -71,6 +71,7 @@ mod aws;
 pub mod chunked;
 mod config;
 pub mod crc64;
+mod diskfmt;
 mod faults;
 mod imds;
 mod oss;
@@ -170,7 +171,7 @@ impl SimServer {
         self.endpoint()
     }
 
-    /// The S3 dialect's AWS Query API endpoint (STS today), `None` for OSS.
+    /// The S3 dialect's AWS Query API endpoint (EC2, IAM, STS), `None` for OSS.
     pub fn ec2_endpoint(&self) -> Option<String> {
         self.control.map(|a| format!("http://{a}"))
     }
@@ -187,9 +188,10 @@ impl SimServer {
         Some((o.size, o.nvme?))
     }
 
-    /// `(size, crc64)` of an `Available` image's system disk.
+    /// `(size, crc64)` of an available image's system disk: an ECS image (`Available`) or an
+    /// EC2 AMI (`ami-…`, `available`); the same answer as `GET /-/images/<ID>`.
     pub fn image_crc64(&self, image_id: &str) -> Option<(u64, u64)> {
-        self.world.cloud.image_crc64(image_id)
+        self.world.image_crc64(image_id)
     }
 
     /// An image as DescribeImages shows it (any status), plus `FailureCode` /
