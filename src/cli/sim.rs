@@ -7,7 +7,8 @@
 //! `imds_endpoint` keys are printed.
 //!
 //! With `--dialect s3` the main listener speaks the S3 REST API (and IMDSv2 with AWS's shapes
-//! under `/latest/`), and a second listener serves the AWS Query API (STS); the ready line then
+//! under `/latest/`), and a second listener serves the AWS Query API (EC2 VM Import/Export and
+//! DescribeImages, IAM roles, STS); the ready line then
 //! reads `{"endpoint":…,"region":…,"ecs_endpoint":…,"dialect":"s3","ec2_endpoint":…}` (the OSS
 //! line is unchanged).
 
@@ -32,8 +33,8 @@ pub struct SimArgs {
     /// `cn-hangzhou` for the oss dialect, `us-east-1` for s3.
     #[arg(long)]
     pub region: Option<String>,
-    /// API of the main listener: `oss` (OSS + ECS/RAM/STS RPC) or `s3` (S3 REST + IMDSv2,
-    /// AWS STS on a second listener printed as `ec2_endpoint`).
+    /// API of the main listener: `oss` (OSS + ECS/RAM/STS RPC) or `s3` (S3 REST + IMDSv2;
+    /// AWS EC2, IAM and STS on a second listener printed as `ec2_endpoint`).
     #[arg(long, default_value = "oss", value_name = "oss|s3")]
     pub dialect: String,
     /// s3 dialect: ignore every `x-amz-checksum-*` header (no verification, none returned, no
@@ -130,13 +131,37 @@ pub struct SimArgs {
     pub role_propagation: f64,
     /// Answer the next COUNT (default 1) calls of ACTION (`*` = any) with error CODE and HTTP
     /// STATUS (default 400; 200 = an error Code on HTTP 200), e.g.
-    /// `ImportImage:Throttling.User:400:2`; repeatable.
+    /// `ImportImage:Throttling.User:400:2`; repeatable. Applies to the s3 dialect's EC2, IAM
+    /// and STS actions too (e.g. `DescribeExportImageTasks:RequestLimitExceeded:503`), in
+    /// that service's error XML.
     #[arg(long = "rpc-fault", value_name = "ACTION:CODE[:STATUS[:COUNT]]")]
     pub rpc_faults: Vec<String>,
     /// IMDSv2 tokens of the metadata service: `optional` (v1 also served), `required`
     /// (tokenless requests get 401) or `unsupported` (the token call is 404).
     #[arg(long, default_value = "optional", value_name = "MODE")]
     pub imds_tokens: String,
+    /// s3 dialect: an AMI served by the EC2 API on `ec2_endpoint` (repeatable), whose root
+    /// volume holds a synthetic disk of SIZE bytes, e.g.
+    /// `ami-0123456789abcdef0:8GiB:arch=x86_64,boot=uefi,platform=linux,name=web`; `account=ID`
+    /// (default: the first account) owns it. ExportImage writes it (RAW only; VHD/VMDK are
+    /// refused) to `<S3Prefix><ExportImageTaskId>.raw` after `--task-seconds`. `GET
+    /// /-/images/<ID>` on either listener answers `{"image_id","size","crc64"}` (16 hex) for an
+    /// available AMI or ECS image, 404 otherwise, so other processes can compare disks.
+    #[arg(long = "ec2-image", value_name = "ami-ID:SIZE[:OPTIONS]")]
+    pub ec2_images: Vec<String>,
+    /// s3 dialect: ACCOUNT starts with a correct `vmimport` IAM role (trusts
+    /// vmie.amazonaws.com, inline policy on every bucket); repeatable. Without it the role is
+    /// absent, as on a fresh AWS account (create it with IAM CreateRole + PutRolePolicy;
+    /// `--role-propagation` delays its use).
+    #[arg(long = "vmimport-role", value_name = "ACCOUNT")]
+    pub vmimport_roles: Vec<String>,
+    /// s3 dialect: EC2 export (and, separately, import) tasks one account may have active.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub ec2_task_limit: usize,
+    /// s3 dialect: every EC2 export or import task fails half-way, ending `deleted` with
+    /// StatusMessage `ClientError: MESSAGE` and leaving nothing behind; repeatable.
+    #[arg(long = "ec2-task-fail", value_name = "export|import[:MESSAGE]")]
+    pub ec2_task_fail: Vec<String>,
 }
 
 fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
@@ -393,6 +418,18 @@ impl SimArgs {
                 count,
             });
         }
+        for i in &self.ec2_images {
+            cfg.ec2_images
+                .push(ossrelay_sim::SimEc2Image::parse(i, &first)?);
+        }
+        cfg.vmimport_roles = self.vmimport_roles.clone();
+        if self.ec2_task_limit == 0 {
+            return Err("--ec2-task-limit must be at least 1".into());
+        }
+        cfg.ec2_task_limit = self.ec2_task_limit;
+        for f in &self.ec2_task_fail {
+            cfg.ec2_task_fail.push(f.parse()?);
+        }
         if cfg.imds_rotation.is_zero() {
             return Err("--imds-rotation must be positive".into());
         }
@@ -531,6 +568,37 @@ mod tests {
         assert!(args(&["--fault", "boom=1"]).config().is_err());
         assert!(args(&["--fault", "stall=2"]).config().is_err());
         assert!(args(&["--account", "x:y"]).config().is_err());
+    }
+
+    #[test]
+    fn ec2_flags_to_config() {
+        let c = args(&[
+            "--dialect",
+            "s3",
+            "--account",
+            "111122223333:ak1:s1",
+            "--ec2-image",
+            "ami-0123456789abcdef0:8GiB:arch=arm64,name=web",
+            "--vmimport-role",
+            "111122223333",
+            "--ec2-task-limit",
+            "2",
+            "--ec2-task-fail",
+            "import:Unsupported kernel",
+        ])
+        .config()
+        .unwrap();
+        let i = &c.ec2_images[0];
+        assert_eq!(
+            (i.size, i.account.as_str(), i.boot_mode.as_str()),
+            (8 << 30, "111122223333", "uefi")
+        );
+        assert_eq!(c.vmimport_roles, ["111122223333"]);
+        assert_eq!(c.ec2_task_limit, 2);
+        assert_eq!(c.ec2_task_fail[0].message, "Unsupported kernel");
+        assert!(args(&["--ec2-image", "ami-1:1GiB"]).config().is_err());
+        assert!(args(&["--ec2-task-limit", "0"]).config().is_err());
+        assert!(args(&["--ec2-task-fail", "both"]).config().is_err());
     }
 
     #[test]

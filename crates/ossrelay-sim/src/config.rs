@@ -254,6 +254,158 @@ pub struct SimAwsRole {
     pub external_id: Option<String>,
 }
 
+/// An AMI of the simulated EC2 whose one EBS volume holds a synthetic disk (content and CRC-64
+/// known without storing it, as for ECS images).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimEc2Image {
+    /// `ami-` followed by 8 or 17 lower-case hex digits.
+    pub id: String,
+    /// Disk size in bytes (a positive multiple of 512).
+    pub size: u64,
+    /// Owner account (its name is its account ID).
+    pub account: String,
+    /// Image name (empty: `img-<id>`).
+    pub name: String,
+    /// `x86_64`, `arm64` or `i386`.
+    pub architecture: String,
+    /// `legacy-bios` or `uefi`.
+    pub boot_mode: String,
+    /// `linux` or `windows`.
+    pub platform: String,
+}
+
+impl SimEc2Image {
+    /// Parses `ami-ID:SIZE[:arch=..,boot=..,platform=..,name=..,account=..]` (the
+    /// `--ec2-image` flag); the boot mode defaults to what EC2 assumes for the architecture
+    /// (UEFI on arm64, legacy BIOS otherwise).
+    pub fn parse(s: &str, default_account: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("--ec2-image expects ami-ID:SIZE[:arch=..,boot=..,platform=..,name=..,account=..], got {s:?}")
+        };
+        let mut it = s.splitn(3, ':');
+        let (id, size) = match (it.next(), it.next()) {
+            (Some(id), Some(size)) if valid_ami_id(id) => (id, size),
+            _ => return Err(bad()),
+        };
+        let size = parse_bytes(size).ok_or_else(bad)?;
+        if size == 0 || !size.is_multiple_of(512) {
+            return Err(format!(
+                "--ec2-image {id}: size {size} must be a positive multiple of 512 bytes"
+            ));
+        }
+        let mut img = Self {
+            id: id.into(),
+            size,
+            account: default_account.into(),
+            name: String::new(),
+            architecture: "x86_64".into(),
+            boot_mode: String::new(),
+            platform: "linux".into(),
+        };
+        for kv in it
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|o| !o.is_empty())
+        {
+            let (k, v) = kv.split_once('=').ok_or_else(bad)?;
+            let one_of = |allowed: &[&str]| {
+                if allowed.contains(&v) {
+                    Ok(v.to_string())
+                } else {
+                    Err(format!(
+                        "--ec2-image {id}: {k} must be one of {allowed:?}, got {v:?}"
+                    ))
+                }
+            };
+            match k {
+                "arch" => img.architecture = one_of(&["x86_64", "arm64", "i386"])?,
+                "boot" => img.boot_mode = one_of(&["legacy-bios", "uefi"])?,
+                "platform" => img.platform = one_of(&["linux", "windows"])?,
+                "name" => img.name = v.into(),
+                "account" => img.account = v.into(),
+                _ => {
+                    return Err(format!(
+                        "--ec2-image: unknown option {k:?} (arch, boot, platform, name, account)"
+                    ))
+                }
+            }
+        }
+        if img.boot_mode.is_empty() {
+            img.boot_mode = if img.architecture == "arm64" {
+                "uefi"
+            } else {
+                "legacy-bios"
+            }
+            .into();
+        }
+        Ok(img)
+    }
+}
+
+/// `ami-` + 8 or 17 lower-case hex digits, as EC2 issues them.
+pub fn valid_ami_id(id: &str) -> bool {
+    id.strip_prefix("ami-").is_some_and(|h| {
+        (h.len() == 8 || h.len() == 17)
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// `123`, `64KiB`, `64MiB`, `2GiB`, `1TiB` (also `K`/`M`/`G`/`T`, `KB`… as powers of 1024).
+fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = s[..digits].parse().ok()?;
+    let shift = match s[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
+/// Which EC2 task kind `--ec2-task-fail` breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ec2TaskKind {
+    Export,
+    Import,
+}
+
+/// EC2 tasks of `kind` end `deleted` half-way with StatusMessage `ClientError: <message>`,
+/// leaving nothing behind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimEc2TaskFail {
+    pub kind: Ec2TaskKind,
+    pub message: String,
+}
+
+impl FromStr for SimEc2TaskFail {
+    type Err = String;
+    /// `export|import[:MESSAGE]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, message) = s.split_once(':').unwrap_or((s, ""));
+        let kind = match kind {
+            "export" => Ec2TaskKind::Export,
+            "import" => Ec2TaskKind::Import,
+            _ => {
+                return Err(format!(
+                    "--ec2-task-fail expects export|import[:MESSAGE], got {s:?}"
+                ))
+            }
+        };
+        let message = if message.is_empty() {
+            "Simulated failure (--ec2-task-fail)".to_string()
+        } else {
+            message.to_string()
+        };
+        Ok(Self { kind, message })
+    }
+}
+
 /// Everything the simulator can be told at start.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -312,6 +464,16 @@ pub struct SimConfig {
     pub aws_roles: Vec<SimAwsRole>,
     /// S3 dialect: opaque tokens AssumeRoleWithWebIdentity accepts besides provider JWTs.
     pub web_identity_tokens: Vec<String>,
+    /// S3 dialect: AMIs served by the EC2 API.
+    pub ec2_images: Vec<SimEc2Image>,
+    /// S3 dialect: accounts that start with a correct `vmimport` service role (trust of
+    /// `vmie.amazonaws.com` + an inline policy on every bucket); others have none, as a fresh
+    /// AWS account.
+    pub vmimport_roles: Vec<String>,
+    /// S3 dialect: EC2 export (and, separately, import) tasks an account may have active.
+    pub ec2_task_limit: usize,
+    /// S3 dialect: EC2 tasks of these kinds fail half-way.
+    pub ec2_task_fail: Vec<SimEc2TaskFail>,
 }
 
 impl Default for SimConfig {
@@ -350,6 +512,10 @@ impl Default for SimConfig {
             quirks: false,
             aws_roles: Vec::new(),
             web_identity_tokens: Vec::new(),
+            ec2_images: Vec::new(),
+            vmimport_roles: Vec::new(),
+            ec2_task_limit: 5,
+            ec2_task_fail: Vec::new(),
         }
     }
 }
@@ -369,4 +535,60 @@ pub enum SimError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ec2_image_flag() {
+        let i = SimEc2Image::parse("ami-0123456789abcdef0:64MiB", "111").unwrap();
+        assert_eq!(
+            (
+                i.size,
+                i.account.as_str(),
+                i.boot_mode.as_str(),
+                i.platform.as_str()
+            ),
+            (64 << 20, "111", "legacy-bios", "linux")
+        );
+        let i = SimEc2Image::parse(
+            "ami-12345678:2GiB:arch=arm64,platform=windows,name=web server,account=222",
+            "111",
+        )
+        .unwrap();
+        assert_eq!(i.architecture, "arm64");
+        assert_eq!(i.boot_mode, "uefi", "arm64 defaults to UEFI");
+        assert_eq!((i.name.as_str(), i.account.as_str()), ("web server", "222"));
+        assert_eq!(i.size, 2 << 30);
+        let i = SimEc2Image::parse("ami-12345678:1024:boot=uefi", "a").unwrap();
+        assert_eq!((i.size, i.boot_mode.as_str()), (1024, "uefi"));
+        for bad in [
+            "m-123:1GiB",
+            "ami-123:1GiB",
+            "ami-0123456789ABCDEF0:1GiB",
+            "ami-12345678",
+            "ami-12345678:1000",
+            "ami-12345678:0",
+            "ami-12345678:1GiB:arch=sparc",
+            "ami-12345678:1GiB:boot=bios",
+            "ami-12345678:1GiB:color=red",
+            "ami-12345678:1GiB:arch",
+            "ami-12345678:lots",
+        ] {
+            assert!(SimEc2Image::parse(bad, "a").is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn ec2_task_fail_flag() {
+        let f: SimEc2TaskFail = "import:Unsupported kernel".parse().unwrap();
+        assert_eq!(f.kind, Ec2TaskKind::Import);
+        assert_eq!(f.message, "Unsupported kernel");
+        let f: SimEc2TaskFail = "export".parse().unwrap();
+        assert_eq!(f.kind, Ec2TaskKind::Export);
+        assert!(!f.message.is_empty());
+        assert!("both".parse::<SimEc2TaskFail>().is_err());
+    }
 }

@@ -56,11 +56,11 @@
 //! |---|---|---|
 //! | 5 | `lib.rs` | public API: [`start`], [`SimServer`], [`failed_requests`]; re-exports `config` |
 //! | 4 | `router` | accept loop, connections through the WAN model, per request: `/-/stats`, IMDS, RPC or OSS |
-//! | 3 | `oss` (mod.rs); `acs` (mod.rs) → `acs::ecs` (mod.rs) | per-API routers: context, auth, faults, dispatch by operation / action (RPC: by product, then ECS action) |
-//! | 2 | `oss::{object, multipart, bucket}`, `acs::{ram, sts}`, `acs::ecs::{export, import}`, `imds` | handlers, one file per group of operations |
-//! | 1½ | `oss::body` → `oss::common`; `acs::ecs::common` | what the handlers of one API share (errors, context, body intake and copy source, JSON views) |
-//! | 1 | `world` (mod.rs) → `world::{oss, cloud}` → `world::roles` | the world state: accounts, buckets, objects, uploads, images, tasks, roles, sessions, IMDS credentials; clock, fault table, stats |
-//! | 0 | `faults` → `config`; `wan`; `store` → `synthetic` → `crc64`; `rpc` → `auth`, `reply`, `xml`; `range` | faults and pacing (WAN model), blob store, protocol verifiers, checksums, parsers (leaves) |
+//! | 3 | `oss` (mod.rs); `acs` (mod.rs) → `acs::ecs` (mod.rs); `aws` (mod.rs) | per-API routers: context, auth, faults, dispatch by operation / action (RPC: by product, then ECS action; AWS Query: by action, per service's signing and error format) |
+//! | 2 | `oss::{object, multipart, bucket}`, `acs::{ram, sts}`, `acs::ecs::{export, import}`, `aws::{sts, iam}`, `aws::ec2::{export, import}`, `imds` | handlers, one file per group of operations |
+//! | 1½ | `oss::body` → `oss::common`; `acs::ecs::common`; `aws::ec2` (mod.rs) | what the handlers of one API share (errors, context, body intake and copy source, JSON / XML views, EC2 list and filter parsing) |
+//! | 1 | `world` (mod.rs) → `world::{oss, cloud, aws, ec2}` → `world::{roles, iam}` | the world state: accounts, buckets, objects, uploads, images, AMIs, tasks, roles, sessions, IMDS credentials; clock, fault table, stats |
+//! | 0 | `faults` → `config`; `wan`; `diskfmt` → `store` → `synthetic` → `crc64`; `rpc` → `auth`, `reply`, `xml`; `range` | faults and pacing (WAN model), blob store, disk formats, protocol verifiers, checksums, parsers (leaves) |
 //!
 //! When adding code: a `use crate::…` or `super::…` must name a module of a lower row (or, within
 //! a row, one its arrow points to); state goes into `world`, never into a handler.
@@ -71,6 +71,7 @@ mod aws;
 pub mod chunked;
 mod config;
 pub mod crc64;
+mod diskfmt;
 mod faults;
 mod imds;
 mod oss;
@@ -170,7 +171,7 @@ impl SimServer {
         self.endpoint()
     }
 
-    /// The S3 dialect's AWS Query API endpoint (STS today), `None` for OSS.
+    /// The S3 dialect's AWS Query API endpoint (EC2, IAM, STS), `None` for OSS.
     pub fn ec2_endpoint(&self) -> Option<String> {
         self.control.map(|a| format!("http://{a}"))
     }
@@ -187,9 +188,10 @@ impl SimServer {
         Some((o.size, o.nvme?))
     }
 
-    /// `(size, crc64)` of an `Available` image's system disk.
+    /// `(size, crc64)` of an available image's system disk: an ECS image (`Available`) or an
+    /// EC2 AMI (`ami-…`, `available`); the same answer as `GET /-/images/<ID>`.
     pub fn image_crc64(&self, image_id: &str) -> Option<(u64, u64)> {
-        self.world.cloud.image_crc64(image_id)
+        self.world.image_crc64(image_id)
     }
 
     /// An image as DescribeImages shows it (any status), plus `FailureCode` /

@@ -1,6 +1,7 @@
 //! The top of the simulator: one listener, one HTTP/1 connection per client (through the WAN
-//! model), and per request the choice of service: `GET /-/stats`, the instance metadata service
-//! (`/latest/…`), the RPC APIs (ECS / RAM / STS) or OSS.
+//! model), and per request the choice of service: `GET /-/stats`, `GET /-/images/<ID>`, the
+//! instance metadata service (`/latest/…`), the RPC APIs (ECS / RAM / STS), the AWS Query API
+//! (control listener) or the object store.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,6 +109,11 @@ async fn handle(
             .body(full(body))
             .expect("valid response"));
     }
+    if bare && parts.method == Method::GET {
+        if let Some(id) = parts.uri.path().strip_prefix("/-/images/") {
+            return Ok(image_check(&world, id));
+        }
+    }
     if role == Role::Control {
         return Ok(aws::serve(&world, parts, body).await);
     }
@@ -131,6 +137,27 @@ async fn handle(
         return Ok(acs::serve(&world, parts, body, host).await);
     }
     oss::serve(&world, parts, body, &host, bare, &reset).await
+}
+
+/// `GET /-/images/<ID>` (simulator only, no auth): `{"image_id", "size", "crc64"}` of an
+/// available ECS image or AMI's (root) disk, CRC-64/XZ as 16 hex digits; 404 when unknown or
+/// not yet available. Lets tests in other processes compare disks.
+fn image_check(world: &World, id: &str) -> Response<Body> {
+    let (status, body) = match world.image_crc64(id) {
+        Some((size, crc)) => (
+            200,
+            serde_json::json!({"image_id": id, "size": size, "crc64": format!("{crc:016x}")}),
+        ),
+        None => (
+            404,
+            serde_json::json!({"error": format!("no available image {id}")}),
+        ),
+    };
+    world.stats.record("ImageCheck", &status.to_string());
+    response(status)
+        .header("content-type", "application/json")
+        .body(full(serde_json::to_vec(&body).unwrap_or_default()))
+        .expect("valid response")
 }
 
 fn strip_port(host: &str) -> &str {

@@ -231,6 +231,11 @@ pub enum SigError {
     Malformed(String),
     /// Scope names another region; `.0` = the region the request was signed for.
     WrongRegion(String),
+    /// Scope names another service (each AWS service words this differently).
+    WrongService {
+        signed: String,
+        expected: String,
+    },
     InvalidAccessKeyId(String),
     /// Token missing or wrong for a temporary key.
     InvalidToken,
@@ -399,10 +404,10 @@ pub fn verify(
         )
     };
     if parts.service != exp.service {
-        return Err(SigError::Malformed(format!(
-            "The authorization header is malformed; incorrect service \"{}\". This endpoint belongs to \"{}\".",
-            parts.service, exp.service
-        )));
+        return Err(SigError::WrongService {
+            signed: parts.service,
+            expected: exp.service.to_string(),
+        });
     }
     if let Some(r) = exp.region {
         if parts.region != r {

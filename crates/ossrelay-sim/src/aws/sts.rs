@@ -18,6 +18,7 @@ use serde_json::Value;
 use super::{QueryError, QueryRequest};
 use crate::sigv4::Verified;
 use crate::world::aws::{new_creds, AwsSession};
+use crate::world::iam::role_id;
 use crate::world::World;
 use crate::xml::{self, el, iso};
 
@@ -90,11 +91,6 @@ fn issue(w: &World, account: &str, role: &str, session: &str, ttl: Duration) -> 
             &format!("{}:{session}", role_id(account, role))
         ),
     )
-}
-
-fn role_id(account: &str, role: &str) -> String {
-    let h = crate::sigv4::sha256_hex(format!("{account}/{role}").as_bytes());
-    format!("AROA{}", h[..17].to_ascii_uppercase())
 }
 
 fn wrap(action: &str, inner: &str, rid: &str) -> String {

@@ -206,6 +206,11 @@ fn sig_error(e: SigError, ctx: &Ctx) -> S3Error {
     match e {
         SigError::Anonymous => S3Error::new(403, "AccessDenied", "Access Denied"),
         SigError::Malformed(m) => S3Error::new(400, "AuthorizationHeaderMalformed", m),
+        SigError::WrongService { signed, expected } => S3Error::new(
+            400,
+            "AuthorizationHeaderMalformed",
+            format!("The authorization header is malformed; incorrect service \"{signed}\". This endpoint belongs to \"{expected}\"."),
+        ),
         SigError::WrongRegion(r) => S3Error::new(
             400,
             "AuthorizationHeaderMalformed",

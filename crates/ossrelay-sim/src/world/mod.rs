@@ -8,6 +8,8 @@
 
 pub(crate) mod aws;
 pub(crate) mod cloud;
+pub(crate) mod ec2;
+pub(crate) mod iam;
 pub(crate) mod oss;
 pub(crate) mod roles;
 
@@ -50,6 +52,8 @@ pub(crate) struct World {
     pub(crate) cloud: cloud::Cloud,
     /// AWS roles, bucket regions, IMDSv2 state (S3 dialect).
     pub(crate) aws: aws::Aws,
+    /// EC2 AMIs, VM Import/Export tasks, IAM roles (S3 dialect).
+    pub(crate) ec2: ec2::Ec2,
     pub(crate) dialect: Dialect,
     /// S3 dialect: ignore `x-amz-checksum-*` like S3-compatible stores.
     pub(crate) quirks: bool,
@@ -99,8 +103,17 @@ impl World {
                 )));
             }
         }
+        let ec2_asked = !cfg.ec2_images.is_empty()
+            || !cfg.vmimport_roles.is_empty()
+            || !cfg.ec2_task_fail.is_empty();
+        if ec2_asked && cfg.dialect != Dialect::S3 {
+            return Err(SimError::Config(
+                "EC2 images, vmimport roles and EC2 task failures need the s3 dialect".into(),
+            ));
+        }
         Ok(Self {
             region: cfg.region.clone(),
+            ec2: ec2::Ec2::new(cfg)?,
             oss,
             cloud: cloud::Cloud::new(cfg)?,
             aws,
@@ -183,6 +196,15 @@ impl World {
             .get(bucket)
             .map(String::as_str)
             .unwrap_or(&self.region)
+    }
+
+    /// `(size, crc64)` of an available image's (root) disk: an ECS image `m-…` or an AMI.
+    pub(crate) fn image_crc64(&self, id: &str) -> Option<(u64, u64)> {
+        if id.starts_with("ami-") {
+            self.ec2.image_crc64(&self.oss, id)
+        } else {
+            self.cloud.image_crc64(id)
+        }
     }
 
     /// Who an AccessKey ID belongs to (long-term or temporary).

@@ -318,6 +318,65 @@ impl Oss {
         );
     }
 
+    /// Stores `content` (already checksummed by the caller) as `bucket/key`: how the EC2 side
+    /// writes an export without copying the disk. The ETag is shaped like a multipart ETag
+    /// (`HEX-N`), as AWS's own multi-GiB export objects have, and is not an MD5 of the content.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn put_object_content(
+        &self,
+        bucket: &str,
+        key: &str,
+        size: u64,
+        crc: u64,
+        nvme: Option<u64>,
+        content: Content,
+        now: SystemTime,
+    ) -> Result<(), String> {
+        let now = secs(now);
+        let mut st = self.lock();
+        let Some(b) = st.buckets.get_mut(bucket) else {
+            return Err(format!("The S3 bucket {bucket} no longer exists."));
+        };
+        let etag = format!(
+            "{}-{}",
+            upper_hex(&Md5::digest(
+                format!("content\n{key}\n{size}\n{crc}").as_bytes()
+            )),
+            size.div_ceil(64 << 20).max(1)
+        );
+        let content = if b.discard {
+            Content::Discarded
+        } else {
+            content
+        };
+        b.objects.insert(
+            key.to_string(),
+            Object {
+                size,
+                crc,
+                nvme,
+                etag,
+                last_modified: now,
+                object_type: "Multipart",
+                storage_class: "Standard".into(),
+                headers: vec![("content-type".into(), default_content_type(key).into())],
+                content,
+            },
+        );
+        Ok(())
+    }
+
+    /// `(size, crc64, crc64nvme, content)` of an object, for readers inside the simulator.
+    pub(crate) fn object_full(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Option<(u64, u64, Option<u64>, Content)> {
+        let st = self.lock();
+        let o = st.buckets.get(bucket)?.objects.get(key)?;
+        Some((o.size, o.crc, o.nvme, o.content.clone()))
+    }
+
     pub(crate) fn get_object_bytes(&self, bucket: &str, key: &str) -> Option<Bytes> {
         let st = self.lock();
         let o = st.buckets.get(bucket)?.objects.get(key)?;

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::common::{check_bucket, check_role, random_id};
 use crate::crc64;
+use crate::diskfmt::{qcow2, scan, vhd_footer, vmdk, Scan};
 use crate::rpc::{Caller, RpcError, RpcRequest};
 use crate::store::{self, Content};
 use crate::world::cloud::{Disk, Image, Phase, Task, GIB};
@@ -381,72 +382,15 @@ pub(crate) fn import_image(
     Ok(json!({"ImageId": image_id, "TaskId": task_id, "RegionId": cloud.region}))
 }
 
-fn qcow2(head: &[u8]) -> bool {
-    head.starts_with(b"QFI\xfb")
-}
-
-fn vmdk(head: &[u8]) -> bool {
-    head.starts_with(b"KDMV") || head.starts_with(b"# Disk DescriptorFile")
-}
-
-/// A VHD footer: `conectix` cookie, valid one's-complement checksum.
-fn vhd_footer(tail: &[u8]) -> Option<(u64, u32)> {
-    if tail.len() < 512 || !tail.starts_with(b"conectix") {
-        return None;
-    }
-    let sum: u32 = tail
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !(64..68).contains(i))
-        .map(|(_, &b)| b as u32)
-        .sum();
-    let stored = u32::from_be_bytes(tail[64..68].try_into().ok()?);
-    if !sum != stored {
-        return None;
-    }
-    let current = u64::from_be_bytes(tail[48..56].try_into().ok()?);
-    let disk_type = u32::from_be_bytes(tail[60..64].try_into().ok()?);
-    Some((current, disk_type))
-}
-
-/// The first and last 512 bytes and the CRC-64 of `content` (a synthetic object's CRC is
-/// known, so huge generated disks import without being read).
-async fn scan(content: &Content, size: u64) -> std::io::Result<(Vec<u8>, Vec<u8>, u64)> {
-    if let Content::Synthetic(syn) = content {
-        let grab = |a: u64, b: u64| {
-            syn.chunks(a, b)
-                .flat_map(|c| c.to_vec())
-                .collect::<Vec<u8>>()
-        };
-        return Ok((
-            grab(0, size.min(512)),
-            grab(size.saturating_sub(512), size),
-            syn.crc(),
-        ));
-    }
-    let mut head = Vec::new();
-    let mut tail: Vec<u8> = Vec::new();
-    let mut all = crc64::Crc64::new();
-    let mut body = store::content_stream(content.clone(), 0, size);
-    while let Some(c) = body.next().await {
-        let c = c?;
-        if head.len() < 512 {
-            let take = (512 - head.len()).min(c.len());
-            head.extend_from_slice(&c[..take]);
-        }
-        tail.extend_from_slice(&c[c.len().saturating_sub(512)..]);
-        if tail.len() > 512 {
-            tail.drain(..tail.len() - 512);
-        }
-        all.update(&c);
-    }
-    Ok((head, tail, all.sum()))
-}
-
 /// Reads the object once: CRC-64 of the disk bytes, and the format checks.
 async fn check_import(d: ImportDisk) -> Result<Disk, (String, String)> {
     let fail = |c: &str, m: String| (c.to_string(), m);
-    let (head, tail, all) = scan(&d.content, d.size).await.map_err(|e| {
+    let Scan {
+        head,
+        tail,
+        crc: all,
+        ..
+    } = scan(&d.content, d.size).await.map_err(|e| {
         fail(
             "ImportImageFailed",
             format!("Reading the OSS object failed: {e}"),
@@ -557,17 +501,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vhd_footer_checks() {
-        let mut f = [0u8; 512];
-        f[..8].copy_from_slice(b"conectix");
-        f[48..56].copy_from_slice(&(1u64 << 20).to_be_bytes());
-        f[60..64].copy_from_slice(&2u32.to_be_bytes());
-        let sum: u32 = f.iter().map(|&b| b as u32).sum();
-        f[64..68].copy_from_slice(&(!sum).to_be_bytes());
-        assert_eq!(vhd_footer(&f), Some((1 << 20, 2)));
-        f[70] ^= 1;
-        assert_eq!(vhd_footer(&f), None);
-        assert!(qcow2(b"QFI\xfb\0\0\0\x03"));
+    fn image_names() {
         assert!(valid_image_name("migrated-img_01"));
         assert!(
             !valid_image_name("1abc") && !valid_image_name("aliyun-x") && !valid_image_name("a")
