@@ -254,10 +254,9 @@ impl XWorld {
             Way::AwsToAliyun => src_account(),
             Way::AliyunToAws => dst_account(),
         };
-        let creds = Arc::new(StaticProvider::new(Credentials::new(
+        let creds = Arc::new(StaticProvider(Credentials::new(
             acct.access_key_id,
             acct.access_key_secret,
-            None,
         )));
         Ec2Client::new(AWS_REGION, Some(self.ec2_endpoint()), creds)
     }
