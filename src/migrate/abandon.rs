@@ -157,8 +157,7 @@ fn finished_aws_task(e: &crate::aws::query::AwsQueryError) -> bool {
         e.code(),
         Some(
             "InvalidExportTaskID.NotFound"
-                | "InvalidConversionTaskId.Malformed"
-                | "InvalidConversionTaskId"
+                | "InvalidConversionTaskId.NotFound"
                 | "IncorrectState"
         )
     )
