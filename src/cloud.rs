@@ -189,7 +189,7 @@ impl AwsSide {
     pub async fn check_bucket_region(&self, bucket: &str, flag: &str) -> Result<(), String> {
         let b = self.bucket(bucket).map_err(|e| format!("{flag}: {e}"))?;
         match b.bucket_region().await {
-            Ok(r) if !r.is_empty() && r != self.region => Err(format!(
+            Ok(Some(r)) if r != self.region => Err(format!(
                 "bucket {bucket} is in {r}, not {}: EC2 exports and imports only use a bucket of the task's region",
                 self.region
             )),
