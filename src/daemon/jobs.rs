@@ -1016,6 +1016,50 @@ mod tests {
     }
 
     #[test]
+    fn cross_cloud_migrate_jobs_check_their_clouds_and_ids() {
+        use crate::migrate::Cloud;
+        let mut body = migrate_body();
+        body["src_cloud"] = json!("aws");
+        body["image_id"] = json!("ami-0123456789abcdef0");
+        body["src_ec2_endpoint"] = json!("http://127.0.0.1:9");
+        body["src_iam_endpoint"] = json!("http://127.0.0.1:9");
+        let JobSpec::Migrate(m) = parse_spec(body.clone()).unwrap() else {
+            panic!("not a migrate job")
+        };
+        assert_eq!((m.src_cloud, m.dst_cloud), (Cloud::Aws, Cloud::Aliyun));
+        let p = m.params(Path::new("/tmp/x"));
+        assert_eq!(p.src.ec2.as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(p.src_cloud, Cloud::Aws);
+        // The stored job says which clouds; a same-cloud job keeps today's fields only.
+        let stored = serde_json::to_value(&m).unwrap();
+        assert_eq!(stored["src_cloud"], "aws");
+        assert!(stored.get("dst_cloud").is_none(), "{stored}");
+        // Two migrations of one image to one bucket in different clouds are different jobs.
+        let same_cloud = parse_spec(migrate_body()).unwrap();
+        assert!(!JobSpec::Migrate(m.clone()).same_target(&same_cloud));
+        assert!(JobSpec::Migrate(m.clone()).same_target(&JobSpec::Migrate(m)));
+        for (patch, field) in [
+            (json!({"src_cloud": "gcp"}), "src_cloud"),
+            (json!({"dst_cloud": 1}), "dst_cloud"),
+            // An ECS image id from an AWS source, an AMI from an Alibaba one.
+            (json!({"src_cloud": "aws"}), "image_id"),
+            (json!({"image_id": "ami-0123456789abcdef0"}), "image_id"),
+            (
+                json!({"src_cloud": "aws", "dst_cloud": "aws", "image_id": "ami-0123456789abcdef0"}),
+                "dst_cloud",
+            ),
+            (json!({"dst_ec2_endpoint": "ftp://x"}), "dst_ec2_endpoint"),
+        ] {
+            let mut body = migrate_body();
+            for (k, v) in patch.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let e = parse_spec(body.clone()).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+        }
+    }
+
+    #[test]
     fn parses_a_migrate_job_and_names_bad_fields() {
         let mut body = migrate_body();
         body["dst_ram_endpoint"] = json!("http://127.0.0.1:9");
