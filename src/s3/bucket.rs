@@ -141,6 +141,22 @@ impl S3Bucket {
             .ok_or_else(|| S3Error::protocol(op, "no ETag header"))
     }
 
+    /// HeadBucket: the region S3 says the bucket is in (`x-amz-bucket-region`), also when it
+    /// answers that the request was signed for another region (S3 names the right one in
+    /// that error). `Ok(None)`: the bucket exists but the store names no region (non-AWS
+    /// providers). A missing bucket or a refusal is the error.
+    pub async fn bucket_region(&self) -> Result<Option<String>, S3Error> {
+        match self
+            .client
+            .send(self.req("HeadBucket", Method::HEAD, None))
+            .await
+        {
+            Ok(resp) => Ok(hdr(&resp.head.headers, "x-amz-bucket-region").map(str::to_string)),
+            Err(e) if e.bucket_region.is_some() && e.status != Some(404) => Ok(e.bucket_region),
+            Err(e) => Err(e),
+        }
+    }
+
     /// HeadObject with `x-amz-checksum-mode: ENABLED`, so S3 returns the stored checksum.
     pub async fn head_object(&self, key: &str) -> Result<ObjectMeta, S3Error> {
         const OP: &str = "HeadObject";

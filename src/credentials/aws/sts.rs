@@ -26,7 +26,6 @@ use http::header::{CONTENT_TYPE, HOST, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use serde::Deserialize;
 
-use crate::acs::rpc::percent_encode;
 use crate::credentials::cache::RefreshingProvider;
 use crate::credentials::{
     parse_expiration, Credentials, CredentialsError, CredentialsProvider, EnvLookup,
@@ -129,13 +128,35 @@ pub fn assume_role_form(i: &AssumeRoleInput) -> Vec<(&'static str, String)> {
     f
 }
 
-/// `k=v&…`, each part percent-encoded (RFC 3986, as the SDKs encode Query forms).
+/// `k=v&…`, each part percent-encoded (RFC 3986, as the SDKs encode Query forms); the one
+/// Query form encoder is [`crate::aws::query::form_encode`].
 pub fn form_encode(fields: &[(&str, String)]) -> String {
-    fields
-        .iter()
-        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+    crate::aws::query::form_encode(fields)
+}
+
+/// Who a set of credentials belongs to (GetCallerIdentity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerIdentity {
+    pub account: String,
+    pub arn: String,
+    pub user_id: String,
+}
+
+/// Parses a `GetCallerIdentityResponse`; `Account` and `Arn` must be present.
+pub fn parse_caller_identity(body: &[u8]) -> Result<CallerIdentity, String> {
+    let root = crate::aws::xml::parse(body)?;
+    let r = root
+        .child("GetCallerIdentityResult")
+        .ok_or("the answer has no GetCallerIdentityResult")?;
+    let id = CallerIdentity {
+        account: r.string_at(&["Account"]),
+        arn: r.string_at(&["Arn"]),
+        user_id: r.string_at(&["UserId"]),
+    };
+    if id.account.is_empty() || id.arn.is_empty() {
+        return Err("the answer lacks Account or Arn".into());
+    }
+    Ok(id)
 }
 
 /// Temporary credentials as STS returned them.
@@ -189,23 +210,6 @@ struct UserXml {
     arn: String,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ErrorResponseXml {
-    error: ErrorXml,
-    #[serde(default)]
-    request_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ErrorXml {
-    #[serde(default)]
-    code: String,
-    #[serde(default)]
-    message: String,
-}
-
 /// Parses an `AssumeRoleResponse` / `AssumeRoleWithWebIdentityResponse`: all three secrets
 /// present and an `Expiration` that parses, else a reason.
 pub fn parse_credentials_response(body: &[u8]) -> Result<StsCredentials, String> {
@@ -233,16 +237,10 @@ pub fn parse_credentials_response(body: &[u8]) -> Result<StsCredentials, String>
     })
 }
 
-/// `(code, message, request id)` of an `<ErrorResponse>`, if the body is one.
+/// `(code, message, request id)` of a Query error document, if the body is one (read by
+/// [`crate::aws::query::parse_error`], which knows both shapes).
 pub fn parse_error_response(body: &[u8]) -> Option<(String, String, String)> {
-    let doc: ErrorResponseXml = quick_xml::de::from_str(std::str::from_utf8(body).ok()?).ok()?;
-    let one = |s: &str| crate::oss::error::one_line(s.trim(), 400);
-    Some((
-        one(&doc.error.code),
-        one(&doc.error.message),
-        one(&doc.request_id),
-    ))
-    .filter(|(c, _, _)| !c.is_empty())
+    crate::aws::query::parse_error(body).map(|e| (e.code, e.message, e.request_id))
 }
 
 /// Why an STS call failed. Messages never contain secrets or tokens.
@@ -435,6 +433,33 @@ impl StsClient {
         .await
     }
 
+    /// GetCallerIdentity, signed with `base`'s credentials: who the credentials belong to.
+    /// Retried like AssumeRole; the answer carries no secret.
+    pub async fn get_caller_identity(
+        &self,
+        base: &dyn CredentialsProvider,
+    ) -> Result<CallerIdentity, StsError> {
+        let body = form_encode(&[
+            ("Action", "GetCallerIdentity".to_string()),
+            ("Version", STS_VERSION.to_string()),
+        ]);
+        crate::http::retry(&self.retry, Replay::Replayable, "GetCallerIdentity", |_| {
+            let body = body.clone();
+            async move {
+                let creds = base.credentials().await.map_err(StsError::Credentials)?;
+                self.attempt_with(
+                    "GetCallerIdentity",
+                    body,
+                    Some(&creds),
+                    None,
+                    parse_caller_identity,
+                )
+                .await
+            }
+        })
+        .await
+    }
+
     async fn attempt(
         &self,
         action: &'static str,
@@ -442,6 +467,18 @@ impl StsClient {
         creds: Option<&Credentials>,
         secret: Option<&str>,
     ) -> Result<StsCredentials, StsError> {
+        self.attempt_with(action, body, creds, secret, parse_credentials_response)
+            .await
+    }
+
+    async fn attempt_with<T>(
+        &self,
+        action: &'static str,
+        body: String,
+        creds: Option<&Credentials>,
+        secret: Option<&str>,
+        parse: fn(&[u8]) -> Result<T, String>,
+    ) -> Result<T, StsError> {
         let invalid = |status: u16, reason: String| StsError::InvalidResponse {
             endpoint: self.endpoint.clone(),
             status,
@@ -499,7 +536,7 @@ impl StsClient {
             _ => s,
         };
         if status.is_success() {
-            return parse_credentials_response(&bytes).map_err(|r| invalid(status.as_u16(), r));
+            return parse(&bytes).map_err(|r| invalid(status.as_u16(), r));
         }
         match parse_error_response(&bytes) {
             Some((code, message, request_id)) => Err(StsError::Service {
@@ -736,6 +773,22 @@ mod tests {
         assert_eq!(svc(503, "Whatever").class(), ErrorClass::Transient);
         assert_eq!(svc(400, "Throttling").class(), ErrorClass::Throttled);
         assert_eq!(svc(403, "AccessDenied").class(), ErrorClass::Auth);
+    }
+
+    #[test]
+    fn parses_caller_identity() {
+        let body = br#"<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <GetCallerIdentityResult>
+    <Arn>arn:aws:iam::123456789012:user/Alice</Arn><UserId>AIDA1</UserId><Account>123456789012</Account>
+  </GetCallerIdentityResult>
+  <ResponseMetadata><RequestId>01234567-89ab</RequestId></ResponseMetadata>
+</GetCallerIdentityResponse>"#;
+        let id = parse_caller_identity(body).unwrap();
+        assert_eq!(id.account, "123456789012");
+        assert_eq!(id.arn, "arn:aws:iam::123456789012:user/Alice");
+        assert_eq!(id.user_id, "AIDA1");
+        assert!(parse_caller_identity(b"<GetCallerIdentityResponse/>").is_err());
+        assert!(parse_caller_identity(OK.as_bytes()).is_err());
     }
 
     #[test]
