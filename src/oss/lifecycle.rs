@@ -39,17 +39,21 @@ pub fn merge_abort_rule(cfg: &mut LifecycleConfiguration, prefix: &str, days: u3
 
 impl OssBucket {
     /// Makes sure incomplete multipart uploads under `prefix` are aborted after `days`, merging
-    /// with the bucket's lifecycle rules (never replacing them). Returns whether a rule was added.
+    /// with the bucket's lifecycle rules (never replacing them). Returns whether a rule was
+    /// added; with `dry_run`, whether one would be, and nothing is written.
     pub async fn protect_incomplete_uploads(
         &self,
         prefix: &str,
         days: u32,
+        dry_run: bool,
     ) -> Result<bool, OssError> {
         let mut cfg = self.get_bucket_lifecycle().await?.unwrap_or_default();
         if !merge_abort_rule(&mut cfg, prefix, days) {
             return Ok(false);
         }
-        self.put_bucket_lifecycle(&cfg).await?;
+        if !dry_run {
+            self.put_bucket_lifecycle(&cfg).await?;
+        }
         Ok(true)
     }
 }

@@ -948,3 +948,107 @@ async fn complete_faults_embedded_error_and_keepalive() {
     }
     sim.shutdown().await;
 }
+
+fn md5_b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(b))
+}
+
+#[tokio::test]
+async fn bucket_lifecycle_get_put_delete() {
+    let sim = start().await;
+    let a = sim.local_addr();
+    let req = |method: &'static str, extra: Vec<(&'static str, String)>, body: Vec<u8>| async move {
+        let h: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        send(
+            a,
+            method,
+            "/bkt",
+            "lifecycle",
+            &h,
+            &body,
+            SK,
+            "us-east-1",
+            None,
+        )
+        .await
+    };
+    let r = req("GET", vec![], vec![]).await;
+    assert_eq!(
+        (r.status, tag(&r.text(), "Code")),
+        (404, Some("NoSuchLifecycleConfiguration"))
+    );
+    let good = b"<LifecycleConfiguration><Rule><ID>ossrelay-abort-incomplete</ID><Filter><Prefix>p/</Prefix></Filter><Status>Enabled</Status><AbortIncompleteMultipartUpload><DaysAfterInitiation>3</DaysAfterInitiation></AbortIncompleteMultipartUpload></Rule></LifecycleConfiguration>".to_vec();
+    let r = req("PUT", vec![], good.clone()).await;
+    assert_eq!(
+        (r.status, tag(&r.text(), "Code")),
+        (400, Some("InvalidRequest"))
+    );
+    assert_eq!(
+        tag(&r.text(), "Message"),
+        Some("Missing required header for this request: Content-MD5")
+    );
+    let r = req(
+        "PUT",
+        vec![("content-md5", md5_b64(b"other"))],
+        good.clone(),
+    )
+    .await;
+    assert_eq!((r.status, tag(&r.text(), "Code")), (400, Some("BadDigest")));
+    let bad = b"<LifecycleConfiguration><Rule>".to_vec();
+    let r = req("PUT", vec![("content-md5", md5_b64(&bad))], bad).await;
+    assert_eq!(
+        (r.status, tag(&r.text(), "Code")),
+        (400, Some("MalformedXML"))
+    );
+    let r = req("PUT", vec![("content-md5", md5_b64(&good))], good.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = req("GET", vec![], vec![]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("<DaysAfterInitiation>3</DaysAfterInitiation>"),
+        "{}",
+        r.text()
+    );
+    // An x-amz-checksum-* header stands in for Content-MD5; it is verified too.
+    let r = req(
+        "PUT",
+        vec![("x-amz-checksum-crc64nvme", nvme(b"x"))],
+        good.clone(),
+    )
+    .await;
+    assert_eq!((r.status, tag(&r.text(), "Code")), (400, Some("BadDigest")));
+    let r = req(
+        "PUT",
+        vec![("x-amz-checksum-crc64nvme", nvme(&good))],
+        good.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Uploads under the rule's prefix are still listed (they are younger than 3 days).
+    let r = send(
+        a,
+        "POST",
+        "/bkt/p/k",
+        "uploads",
+        &[],
+        b"",
+        SK,
+        "us-east-1",
+        None,
+    )
+    .await;
+    let id = tag(&r.text(), "UploadId").unwrap().to_string();
+    let r = send(a, "GET", "/bkt", "uploads", &[], b"", SK, "us-east-1", None).await;
+    assert_eq!(
+        tag(&r.text(), "UploadId"),
+        Some(id.as_str()),
+        "{}",
+        r.text()
+    );
+    let r = req("DELETE", vec![], vec![]).await;
+    assert_eq!(r.status, 204);
+    let r = req("GET", vec![], vec![]).await;
+    assert_eq!(r.status, 404);
+    sim.shutdown().await;
+}

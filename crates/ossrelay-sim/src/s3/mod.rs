@@ -11,6 +11,7 @@
 mod body;
 mod bucket;
 pub(crate) mod common;
+mod lifecycle;
 mod multipart;
 mod object;
 
@@ -43,6 +44,9 @@ fn classify(method: &Method, bucket: bool, key: &str, q: &[(String, String)]) ->
     if key.is_empty() {
         return match *method {
             Method::GET if has("location") => "GetBucketLocation",
+            Method::GET if has("lifecycle") => "GetBucketLifecycleConfiguration",
+            Method::PUT if has("lifecycle") => "PutBucketLifecycleConfiguration",
+            Method::DELETE if has("lifecycle") => "DeleteBucketLifecycle",
             Method::GET if has("uploads") => "ListMultipartUploads",
             Method::GET => "ListObjectsV2",
             Method::HEAD => "HeadBucket",
@@ -413,6 +417,9 @@ async fn dispatch(
         "HeadBucket" => bucket::head_bucket(w, ctx),
         "ListObjectsV2" => bucket::list_objects_v2(w, ctx),
         "ListMultipartUploads" => multipart::list_uploads(w, ctx),
+        "GetBucketLifecycleConfiguration" => lifecycle::get(w, ctx),
+        "PutBucketLifecycleConfiguration" => lifecycle::put(w, ctx, body).await,
+        "DeleteBucketLifecycle" => lifecycle::delete(w, ctx),
         "PutObject" => object::put_object(w, ctx, auth, body, plan).await,
         "GetObject" | "HeadObject" => object::get_object(w, ctx, plan, reset),
         "DeleteObject" => object::delete_object(w, ctx),
@@ -454,6 +461,14 @@ mod tests {
             "ListMultipartUploads"
         );
         assert_eq!(classify(&Method::HEAD, true, "", &q("")), "HeadBucket");
+        assert_eq!(
+            classify(&Method::PUT, true, "", &q("lifecycle")),
+            "PutBucketLifecycleConfiguration"
+        );
+        assert_eq!(
+            classify(&Method::GET, true, "", &q("lifecycle=")),
+            "GetBucketLifecycleConfiguration"
+        );
         let w = World::new(&SimConfig::default()).unwrap();
         assert_eq!(addressing(&w, "127.0.0.1"), (None, None));
         assert_eq!(addressing(&w, "localhost"), (None, None));

@@ -1,7 +1,8 @@
 //! Multipart operations of the S3 dialect: CreateMultipartUpload, UploadPart, ListParts,
 //! CompleteMultipartUpload (validation in the order of s3-protocol.md §5, `-N` ETag, the
 //! FULL_OBJECT CRC-64/NVME folded from the parts' and checked against the client's),
-//! AbortMultipartUpload and ListMultipartUploads.
+//! AbortMultipartUpload and ListMultipartUploads (which first aborts the uploads the bucket's
+//! lifecycle rules have expired, see `lifecycle`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -463,7 +464,8 @@ pub(crate) fn list_uploads(w: &World, ctx: &Ctx) -> Res {
     let prefix = ctx.q("prefix").unwrap_or_default();
     let key_marker = ctx.q("key-marker").unwrap_or_default();
     let id_marker = ctx.q("upload-id-marker").unwrap_or_default();
-    let st = w.oss.lock();
+    let mut st = w.oss.lock();
+    super::lifecycle::expire_uploads(&mut st, ctx.bucket(), ctx.now);
     let mut all: Vec<(&String, &Upload)> = st
         .uploads
         .iter()
