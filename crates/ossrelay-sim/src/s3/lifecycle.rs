@@ -172,7 +172,7 @@ fn validate(body: &[u8]) -> Result<Vec<(String, u32)>, S3Error> {
             let days = a
                 .child("DaysAfterInitiation")
                 .and_then(|d| d.text.parse::<u32>().ok());
-            if !days.is_some_and(|d| d > 0) {
+            if days.is_none_or(|d| d == 0) {
                 return Err(invalid_argument(
                     "'DaysAfterInitiation' for AbortIncompleteMultipartUpload action must be a positive integer",
                 ));
@@ -188,7 +188,7 @@ fn validate(body: &[u8]) -> Result<Vec<(String, u32)>, S3Error> {
             }
         }
     }
-    Ok(rules.into_iter().filter_map(|r| abort_rule(r)).collect())
+    Ok(rules.into_iter().filter_map(abort_rule).collect())
 }
 
 /// The `x-amz-checksum-<alg>` header S3 accepts in place of Content-MD5, verified.
@@ -220,12 +220,7 @@ fn check_integrity(ctx: &Ctx, data: &[u8]) -> Result<(), S3Error> {
 }
 
 pub(crate) fn get(w: &World, ctx: &Ctx) -> Res {
-    let st = w.oss.lock();
-    match st
-        .buckets
-        .get(ctx.bucket())
-        .and_then(|b| b.lifecycle.clone())
-    {
+    match w.oss.lifecycle(ctx.bucket()) {
         Some(x) => Ok(xml_response(x)),
         None => Err(S3Error::new(
             404,

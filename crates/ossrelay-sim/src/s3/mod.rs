@@ -145,6 +145,7 @@ fn parse_ctx(w: &World, parts: &http::request::Parts, host: &str) -> Ctx {
         now: w.now(),
         host_region,
         quirks: w.quirks,
+        cos: w.cos,
     }
 }
 
@@ -385,6 +386,37 @@ async fn run(
     }
 }
 
+/// Quirks mode refuses aws-chunked bodies, as OSS's S3 mode, OBS and COS do (s3-protocol.md
+/// §10: "aws-chunked encoding is not supported"). The code is S3's own for a header naming
+/// functionality a server lacks (`501 NotImplemented`, with `<Header>`); the stores' own codes
+/// differ and are UNCONFIRMED, and a client that never sends aws-chunked meets none of them.
+/// Default S3 mode accepts these bodies (current AWS SDKs send them).
+fn refused_encoding(ctx: &Ctx) -> Option<S3Error> {
+    if !ctx.quirks {
+        return None;
+    }
+    let chunked = ctx.h("content-encoding").is_some_and(|v| {
+        v.split(',')
+            .any(|e| e.trim().eq_ignore_ascii_case("aws-chunked"))
+    });
+    let streaming = ctx
+        .h("x-amz-content-sha256")
+        .is_some_and(|v| v.starts_with("STREAMING-"));
+    let header = match (chunked, streaming) {
+        (true, _) => "Content-Encoding",
+        (false, true) => "x-amz-content-sha256",
+        (false, false) => return None,
+    };
+    Some(
+        S3Error::new(
+            501,
+            "NotImplemented",
+            "A header you provided implies functionality that is not implemented: aws-chunked encoding is not supported.",
+        )
+        .with("Header", header),
+    )
+}
+
 fn not_implemented(ctx: &Ctx) -> S3Error {
     S3Error::new(
         501,
@@ -411,6 +443,10 @@ async fn dispatch(
     if !ctx.key.is_empty() && ctx.key.len() > 1024 {
         drain(w, body).await;
         return Err(S3Error::new(400, "KeyTooLongError", "Your key is too long").into());
+    }
+    if let Some(e) = refused_encoding(ctx) {
+        drain(w, body).await;
+        return Err(e.into());
     }
     match ctx.op {
         "GetBucketLocation" => bucket::location(w, ctx),
