@@ -4,7 +4,7 @@ use super::xml::{LifecycleAction, LifecycleConfiguration, LifecycleRule};
 use super::{OssBucket, OssError};
 
 /// ID of the rules ossrelay adds, followed by the prefix they cover.
-pub const RULE_ID_PREFIX: &str = "ossrelay-abort-incomplete-";
+pub use crate::store::wire::ABORT_RULE_ID_PREFIX as RULE_ID_PREFIX;
 
 /// Adds (to `cfg`) a rule aborting incomplete multipart uploads under `prefix` after `days`.
 /// Existing rules are kept as they are. Returns `false` if an enabled rule for that prefix or

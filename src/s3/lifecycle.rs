@@ -10,7 +10,7 @@
 //! S3 and OSS spell the same rule differently (`<Filter><Prefix>` and
 //! `<AbortIncompleteMultipartUpload><DaysAfterInitiation>` here, `<Prefix>` and
 //! `<AbortMultipartUpload><Days>` there), so the merge is this dialect's own; the rule IDs
-//! follow one convention ([`crate::oss::lifecycle::RULE_ID_PREFIX`] + prefix) so a user sees
+//! follow one convention ([`ABORT_RULE_ID_PREFIX`] + prefix) so a user sees
 //! the same name in both consoles. S3 requires IDs to be unique and at most 255 characters:
 //! the prefix is in the ID so that protecting two prefixes gives two rules, and a prefix too
 //! long to fit is replaced by a digest of it.
@@ -24,7 +24,7 @@ use super::client::{Payload, S3Request};
 use super::error::S3Error;
 use super::xml::NS;
 use super::S3Bucket;
-use crate::oss::xml::{parse, XmlElement};
+use crate::store::wire::{parse, XmlElement, ABORT_RULE_ID_PREFIX};
 
 /// The longest rule ID S3 accepts.
 const MAX_RULE_ID: usize = 255;
@@ -46,12 +46,12 @@ pub struct S3Lifecycle {
 
 /// The ID of ossrelay's rule for `prefix`.
 pub fn rule_id(prefix: &str) -> String {
-    let id = format!("{}{prefix}", crate::oss::lifecycle::RULE_ID_PREFIX);
+    let id = format!("{}{prefix}", ABORT_RULE_ID_PREFIX);
     if id.len() <= MAX_RULE_ID {
         return id;
     }
     let digest = crate::aws::sigv4::sha256_hex(prefix.as_bytes());
-    format!("{}sha256-{digest}", crate::oss::lifecycle::RULE_ID_PREFIX)
+    format!("{}sha256-{digest}", ABORT_RULE_ID_PREFIX)
 }
 
 fn text<'a>(e: &'a XmlElement, name: &str) -> Option<&'a str> {
