@@ -236,7 +236,7 @@ pub fn parse_credentials_response(body: &[u8]) -> Result<StsCredentials, String>
 /// `(code, message, request id)` of an `<ErrorResponse>`, if the body is one.
 pub fn parse_error_response(body: &[u8]) -> Option<(String, String, String)> {
     let doc: ErrorResponseXml = quick_xml::de::from_str(std::str::from_utf8(body).ok()?).ok()?;
-    let one = |s: &str| crate::oss::error::one_line(s.trim(), 400);
+    let one = |s: &str| crate::store::wire::one_line(s.trim(), 400);
     Some((
         one(&doc.error.code),
         one(&doc.error.message),
@@ -516,7 +516,7 @@ impl StsClient {
                 status.as_u16(),
                 redact(format!(
                     "not an STS error document: {}",
-                    crate::oss::error::one_line(&String::from_utf8_lossy(&bytes), 200)
+                    crate::store::wire::one_line(&String::from_utf8_lossy(&bytes), 200)
                 )),
             )),
         }
