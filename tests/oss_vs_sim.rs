@@ -260,8 +260,14 @@ async fn bucket_info_and_lifecycle() {
     };
     b.put_bucket_lifecycle(&cfg).await.unwrap();
     assert_eq!(b.get_bucket_lifecycle().await.unwrap(), Some(cfg.clone()));
-    assert!(b.protect_incomplete_uploads("exports/", 3).await.unwrap());
-    assert!(!b.protect_incomplete_uploads("exports/", 3).await.unwrap());
+    assert!(b
+        .protect_incomplete_uploads("exports/", 3, false)
+        .await
+        .unwrap());
+    assert!(!b
+        .protect_incomplete_uploads("exports/", 3, false)
+        .await
+        .unwrap());
     let now = b.get_bucket_lifecycle().await.unwrap().unwrap();
     assert_eq!(now.rules.len(), 2);
     assert_eq!(now.rules[0], cfg.rules[0]);

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::*;
 use ossrelay::checksum::nvme;
 use ossrelay::crc64;
-use ossrelay_sim::{self as sim, Dialect, FaultKind, SimBucket, SimConfig, SimServer};
+use ossrelay_sim::{self as sim, Dialect, FaultKind, S3Flavour, SimBucket, SimConfig, SimServer};
 
 const MIB: u64 = 1024 * 1024;
 const S3_SRC_REGION: &str = "us-east-1";
@@ -24,8 +24,11 @@ enum Kind {
     Oss,
     /// S3 that honours `x-amz-checksum-*`.
     S3,
-    /// S3 that ignores `x-amz-checksum-*` (`--quirks`: OSS S3 mode, COS, OBS).
+    /// S3 that ignores `x-amz-checksum-*` and refuses aws-chunked (`--quirks`: OSS S3 mode,
+    /// COS, OBS).
     S3Quirks,
+    /// Tencent COS (`--s3-flavour cos`): quirks plus `x-cos-hash-crc64ecma`.
+    Cos,
 }
 
 impl Kind {
@@ -66,6 +69,11 @@ async fn start_sim(
             Dialect::S3
         },
         quirks: kind == Kind::S3Quirks,
+        s3_flavour: if kind == Kind::Cos {
+            S3Flavour::Cos
+        } else {
+            S3Flavour::Aws
+        },
         ..SimConfig::default()
     };
     extra(&mut c);
@@ -163,6 +171,9 @@ impl S3World {
         if kind == Kind::S3Quirks {
             v.extend([format!("--{p}-provider"), "other".into()]);
         }
+        if kind == Kind::Cos {
+            v.extend([format!("--{p}-provider"), "cos".into()]);
+        }
         v
     }
 
@@ -221,6 +232,7 @@ fn expected_proofs(src: Kind, dst: Kind, multipart: bool) -> Vec<&'static str> {
     match src {
         Kind::Oss => v.push("source_crc64ecma"),
         Kind::S3 => v.push("source_crc64nvme"),
+        Kind::Cos => v.push("source_crc64ecma"),
         Kind::S3Quirks => {}
     }
     match dst {
@@ -240,6 +252,11 @@ fn expected_proofs(src: Kind, dst: Kind, multipart: bool) -> Vec<&'static str> {
             "part_md5"
         } else {
             "destination_md5"
+        }),
+        Kind::Cos => v.push(if multipart {
+            "part_crc64ecma"
+        } else {
+            "destination_crc64ecma"
         }),
     }
     v
@@ -585,10 +602,13 @@ async fn faults_on_s3_sides_are_survived_and_verified() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quirks_destination_proves_parts_by_md5_etags() {
+/// Copies a 1-byte object (single PUT) and one of 5 MiB + 1 (two parts) from S3 and from OSS
+/// into an S3-compatible `dst`: byte identity, the proofs [`expected_proofs`] names, none that
+/// `dst` cannot give (`refused` says which), end to end, and no request refused with 501 (the
+/// quirks stores refuse aws-chunked with it: the client never sends it).
+async fn copy_into_compatible_store(dst: Kind, refused: impl Fn(&str) -> bool) {
     for src in [Kind::S3, Kind::Oss] {
-        let w = S3World::new(src, Kind::S3Quirks, |_| {}, |_| {}).await;
+        let w = S3World::new(src, dst, |_| {}, |_| {}).await;
         for size in [1usize, 5 * MIB as usize + 1] {
             let data = bytes(size, 5);
             w.src
@@ -596,7 +616,7 @@ async fn quirks_destination_proves_parts_by_md5_etags() {
             let mut args = w.copy_args("obj", DST_BUCKET, &format!("q/{size}"));
             args.extend(["--part-size".into(), "5MiB".into()]);
             let out = w.run(args).await;
-            let ctx = format!("{src:?} size {size}");
+            let ctx = format!("{src:?}→{dst:?} size {size}");
             assert_eq!(out.status.code(), Some(0), "{ctx}: {}", stderr(&out));
             let s = summary(&out);
             let got = w
@@ -606,19 +626,38 @@ async fn quirks_destination_proves_parts_by_md5_etags() {
             assert!(got.as_ref() == data.as_slice(), "{ctx}: bytes differ");
             let p = proofs(&s);
             let multipart = s["parts"].as_u64() != Some(0);
-            for want in expected_proofs(src, Kind::S3Quirks, multipart) {
+            assert_eq!(multipart, size > 5 * MIB as usize, "{ctx}: {s}");
+            for want in expected_proofs(src, dst, multipart) {
                 assert!(has(&p, want), "{ctx}: {want} missing from {p:?}");
             }
-            // The store ignores x-amz-checksum-*: no NVME proof may be claimed from it.
-            assert!(
-                !p.iter()
-                    .any(|x| x.starts_with("part_crc64nvme")
-                        || x == "destination_full_object_crc64nvme"),
-                "{ctx}: {p:?}"
-            );
+            assert!(!p.iter().any(|x| refused(x)), "{ctx}: {p:?}");
             assert_eq!(s["end_to_end"].as_bool(), Some(true), "{ctx}: {s}");
         }
+        let stats = w.dst.stats();
+        for (op, by_status) in stats["requests"].as_object().expect("requests") {
+            assert!(by_status.get("501").is_none(), "{op} got 501: {stats}");
+        }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quirks_destination_proves_parts_by_md5_etags() {
+    // The store ignores x-amz-checksum-*: no NVME proof may be claimed from it.
+    copy_into_compatible_store(Kind::S3Quirks, |x| {
+        x.starts_with("part_crc64nvme") || x == "destination_full_object_crc64nvme"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cos_destination_proves_parts_by_crc64ecma() {
+    // COS proves parts by its CRC-64/XZ (`x-cos-hash-crc64ecma`): MD5 is not computed, and
+    // nothing NVME is trusted from a store that ignores x-amz-checksum-*.
+    copy_into_compatible_store(Kind::Cos, |x| {
+        x.contains("md5")
+            || (x.starts_with("part_") || x.starts_with("destination_")) && x.contains("nvme")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ossrelay::credentials::aws::AwsCredentialOptions;
 use ossrelay::credentials::{Credentials, EnvLookup, StaticProvider};
-use ossrelay::s3::{Provider, S3Bucket, S3Client, S3Config};
+use ossrelay::s3::{Provider, S3Bucket, S3Client, S3Config, S3Lifecycle};
 use ossrelay::store::PutOptions;
 use ossrelay_sim::{self as sim, Dialect, SimAccount, SimAwsRole, SimBucket, SimConfig, SimServer};
 
@@ -787,21 +787,6 @@ async fn uploads_list_abort_and_protect_on_s3() {
         .collect();
     assert_eq!(left, vec![theirs.clone()], "only the prefix was aborted");
 
-    let out = run_in(
-        home.path(),
-        &env,
-        uploads(&["protect", &format!("s3://{BUCKET}"), "--days", "7"]),
-    )
-    .await;
-    assert_error(
-        &out,
-        2,
-        &[
-            "uploads protect does not support s3://",
-            "AbortIncompleteMultipartUpload",
-        ],
-    );
-
     // Wrong secret: one line, exit 1.
     let bad = vec![
         ("AWS_ACCESS_KEY_ID", AK.to_string()),
@@ -858,6 +843,95 @@ async fn uploads_list_abort_and_protect_on_s3() {
         1,
         &["bucket s3cred-far is in region eu-west-1, not us-west-2; pass --region eu-west-1"],
     );
+    s.shutdown().await;
+}
+
+/// A lifecycle rule nobody at ossrelay wrote: a tag filter, an expiration and a transition.
+const FOREIGN_RULE: &str = "<Rule><ID>expire-logs</ID><Filter><And><Prefix>logs/</Prefix><Tag><Key>team</Key><Value>ops</Value></Tag></And></Filter><Status>Enabled</Status><Transition><Days>30</Days><StorageClass>GLACIER</StorageClass></Transition><Expiration><Days>365</Days></Expiration></Rule>";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_protect_on_s3_merges_one_rule_and_keeps_foreign_ones() {
+    let s = s3_sim(|_| {}).await;
+    let b = s3_bucket(&s);
+    let home = tempfile::tempdir().unwrap();
+    let env: Vec<(&str, String)> = env_keys()
+        .into_iter()
+        .chain([("AWS_DEFAULT_REGION", REGION.to_string())])
+        .collect();
+    let protect = |extra: &[&str]| {
+        let mut a: Vec<String> = ["uploads", "protect", &format!("s3://{BUCKET}/exports/")]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend(["--endpoint".into(), s.endpoint()]);
+        a
+    };
+    let puts = |s: &SimServer| common::count(&s.stats(), "PutBucketLifecycleConfiguration", "200");
+
+    // No configuration yet: the dry run says what it would do and writes nothing.
+    assert_eq!(b.get_lifecycle().await.unwrap(), None);
+    let out = run_in(home.path(), &env, protect(&["--days", "3", "--dry-run"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("would add lifecycle rule"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(b.get_lifecycle().await.unwrap(), None, "dry run wrote");
+    assert_eq!(puts(&s), 0);
+
+    // A foreign rule is already there.
+    let foreign = S3Lifecycle::parse(
+        format!("<LifecycleConfiguration>{FOREIGN_RULE}</LifecycleConfiguration>").as_bytes(),
+    )
+    .unwrap();
+    b.put_lifecycle(&foreign).await.unwrap();
+    let out = run_in(home.path(), &env, protect(&["--days", "3", "--dry-run"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(b.get_lifecycle().await.unwrap().as_ref(), Some(&foreign));
+    assert_eq!(puts(&s), 1, "only the seeding PUT");
+
+    let out = run_in(home.path(), &env, protect(&["--days", "3"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&format!("lifecycle rule added: incomplete multipart uploads under s3://{BUCKET}/exports/ are aborted after 3 day(s)")), "{}", stdout(&out));
+    let cfg = b.get_lifecycle().await.unwrap().expect("rules");
+    assert_eq!(cfg.rules.len(), 2, "{cfg:?}");
+    assert_eq!(
+        cfg.rules[0], foreign.rules[0],
+        "the foreign rule is untouched"
+    );
+    let mut ours = String::new();
+    cfg.rules[1].write(&mut ours);
+    assert_eq!(ours, "<Rule><ID>ossrelay-abort-incomplete-exports/</ID><Filter><Prefix>exports/</Prefix></Filter><Status>Enabled</Status><AbortIncompleteMultipartUpload><DaysAfterInitiation>3</DaysAfterInitiation></AbortIncompleteMultipartUpload></Rule>");
+
+    // Twice: one rule, no second write.
+    let out = run_in(home.path(), &env, protect(&["--days", "3"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("nothing changed"), "{}", stdout(&out));
+    assert_eq!(b.get_lifecycle().await.unwrap(), Some(cfg.clone()));
+    assert_eq!(puts(&s), 2);
+
+    // Uploads are still listed (and not expired: they are fresh).
+    let id = b
+        .create_multipart_upload("exports/a.raw", &PutOptions::default())
+        .await
+        .unwrap();
+    let listed = b.list_multipart_uploads(Some("exports/")).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].upload_id, id);
+
+    // Wrong secret: one line, exit 1, nothing written.
+    let bad = vec![
+        ("AWS_ACCESS_KEY_ID", AK.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "not-the-secret".to_string()),
+        ("AWS_DEFAULT_REGION", REGION.to_string()),
+    ];
+    let out = run_in(home.path(), &bad, protect(&["--days", "1"])).await;
+    assert_error(&out, 1, &["SignatureDoesNotMatch"]);
+    assert_eq!(b.get_lifecycle().await.unwrap(), Some(cfg));
+    let out = run_in(home.path(), &env, protect(&["--days", "0"])).await;
+    assert_error(&out, 2, &["--days"]);
     s.shutdown().await;
 }
 

@@ -345,7 +345,7 @@ pub fn interpret_response(
     let doc = match parsed {
         Ok(v @ serde_json::Value::Object(_)) => v,
         Ok(_) | Err(_) => {
-            let snippet = crate::oss::error::one_line(&String::from_utf8_lossy(body), 200);
+            let snippet = crate::store::wire::one_line(&String::from_utf8_lossy(body), 200);
             return Err(RpcError::InvalidResponse {
                 action: action.into(),
                 endpoint: endpoint.into(),
@@ -362,7 +362,7 @@ pub fn interpret_response(
     let field = |k: &str| {
         doc.get(k)
             .and_then(value_to_string)
-            .map(|s| crate::oss::error::one_line(&s, 500))
+            .map(|s| crate::store::wire::one_line(&s, 500))
     };
     let code = field("Code").filter(|c| !c.is_empty());
     let is_error = match &code {

@@ -37,11 +37,17 @@ pub struct SimArgs {
     /// AWS EC2, IAM and STS on a second listener printed as `ec2_endpoint`).
     #[arg(long, default_value = "oss", value_name = "oss|s3")]
     pub dialect: String,
-    /// s3 dialect: ignore every `x-amz-checksum-*` header (no verification, none returned, no
-    /// FULL_OBJECT CRC) like S3-compatible stores (OSS S3 mode, COS, OBS); Content-MD5 and MD5
-    /// ETags still work.
+    /// s3 dialect: behave like S3-compatible stores (OSS S3 mode, COS, OBS): ignore every
+    /// `x-amz-checksum-*` header (no verification, none returned, no FULL_OBJECT CRC) and
+    /// refuse aws-chunked bodies (`Content-Encoding: aws-chunked`, `x-amz-content-sha256:
+    /// STREAMING-*`) with 501 NotImplemented; Content-MD5 and MD5 ETags still work. Without
+    /// it, aws-chunked bodies are accepted as S3 does.
     #[arg(long)]
     pub quirks: bool,
+    /// s3 dialect: the store to imitate: `aws` (S3), or `cos` (Tencent COS: --quirks plus
+    /// `x-cos-hash-crc64ecma`, the decimal CRC-64/XZ, on PutObject, UploadPart, GET and HEAD).
+    #[arg(long, default_value = "aws", value_name = "aws|cos")]
+    pub s3_flavour: String,
     /// s3 dialect: IAM role `arn:aws:iam::ACCOUNT:role/ROLE_NAME` that STS AssumeRole and
     /// AssumeRoleWithWebIdentity hand out (repeatable); `external_id=X` makes AssumeRole
     /// require that ExternalId.
@@ -221,6 +227,7 @@ impl SimArgs {
             region: self.region.clone().unwrap_or_else(|| default_region.into()),
             dialect,
             quirks: self.quirks,
+            s3_flavour: self.s3_flavour.parse()?,
             web_identity_tokens: self.web_identity_tokens.clone(),
             ..SimConfig::default()
         };

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::locate::{self, ObjectUrl, SideOptions};
 use crate::oss::OssBucket;
-use crate::s3::S3Bucket;
+use crate::s3::{ProtectOutcome, S3Bucket};
 use crate::store::ListedUpload;
 
 /// The bucket a target names, in its dialect.
@@ -119,13 +119,16 @@ pub enum UploadsAction {
     /// Add a lifecycle rule aborting incomplete multipart uploads under the prefix after N days,
     /// merged with the bucket's existing rules.
     Protect {
-        /// oss://BUCKET/PREFIX
+        /// oss://BUCKET[/PREFIX] or s3://BUCKET[/PREFIX]
         target: String,
         #[command(flatten)]
         side: BucketSide,
         /// Days after which incomplete uploads are aborted.
         #[arg(long)]
         days: u32,
+        /// Only say whether a rule would be added; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -223,22 +226,12 @@ pub async fn run(args: UploadsArgs) -> i32 {
                 Err(e) => Err(e),
             }
         }
-        UploadsAction::Protect { days, .. } => {
+        UploadsAction::Protect { days, dry_run, .. } => {
             if days == 0 {
                 eprintln!("error: --days must be at least 1");
                 return EXIT_USAGE;
             }
-            match &bucket {
-                Bucket::Oss(b) => protect(b, &bucket_name, &prefix, days).await,
-                Bucket::S3(_) => {
-                    eprintln!(
-                        "error: uploads protect does not support s3:// yet: add an \
-                         AbortIncompleteMultipartUpload lifecycle rule with `aws s3api \
-                         put-bucket-lifecycle-configuration`"
-                    );
-                    return EXIT_USAGE;
-                }
-            }
+            protect(&bucket, &bucket_name, &prefix, days, dry_run).await
         }
     };
     match result {
@@ -388,15 +381,29 @@ async fn abort(
     Ok(AbortEnd::Done)
 }
 
-async fn protect(bucket: &OssBucket, name: &str, prefix: &str, days: u32) -> Result<(), String> {
-    let added = bucket
-        .protect_incomplete_uploads(prefix, days)
-        .await
-        .map_err(|e| e.to_string())?;
-    if added {
-        println!("lifecycle rule added: incomplete multipart uploads under {name}/{prefix} are aborted after {days} day(s)");
-    } else {
-        println!("lifecycle already aborts incomplete multipart uploads under {name}/{prefix} after {days} day(s); nothing changed");
+async fn protect(
+    bucket: &Bucket,
+    name: &str,
+    prefix: &str,
+    days: u32,
+    dry_run: bool,
+) -> Result<(), String> {
+    let added = match bucket {
+        Bucket::Oss(b) => b
+            .protect_incomplete_uploads(prefix, days, dry_run)
+            .await
+            .map_err(|e| e.to_string())?,
+        Bucket::S3(b) => {
+            b.protect_incomplete_uploads(prefix, days, dry_run)
+                .await
+                .map_err(|e| e.to_string())?
+                == ProtectOutcome::Added
+        }
+    };
+    match (added, dry_run) {
+        (true, false) => println!("lifecycle rule added: incomplete multipart uploads under {name}/{prefix} are aborted after {days} day(s)"),
+        (true, true) => println!("would add lifecycle rule: incomplete multipart uploads under {name}/{prefix} would be aborted after {days} day(s) (dry run: nothing changed)"),
+        (false, _) => println!("lifecycle already aborts incomplete multipart uploads under {name}/{prefix} after {days} day(s); nothing changed"),
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use http::HeaderMap;
 
 use super::endpoint::region_from_endpoint_host;
 use super::xml;
+pub use crate::store::wire::{clock_offset_ms, one_line};
 use crate::store::{ErrorClass, StoreError};
 
 /// An OSS request failure. `message` is one actionable line; it never holds secrets,
@@ -66,32 +67,6 @@ impl fmt::Display for OssError {
 
 /// Longest server-provided field (code, message, request id, ...) we repeat in an error.
 const MAX_SERVER_FIELD: usize = 300;
-
-/// Makes server-provided text safe for a one-line error: control characters (newlines
-/// included) and bidi overrides become spaces, runs of them collapse, and the result is cut at
-/// `max` characters (with `…`).
-pub fn one_line(s: &str, max: usize) -> String {
-    let mut out = String::with_capacity(s.len().min(max + 4));
-    let mut space = false;
-    for (n, c) in s.trim().chars().enumerate() {
-        if n >= max {
-            out.push('…');
-            break;
-        }
-        let bad = c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
-        if bad || c == ' ' {
-            if !space {
-                out.push(' ');
-            }
-            space = true;
-        } else {
-            out.push(c);
-            space = false;
-        }
-    }
-    out.trim_end().to_string()
-}
 
 /// Request facts that make error messages specific.
 #[derive(Debug, Clone, Copy, Default)]
@@ -414,27 +389,10 @@ impl From<OssError> for StoreError {
     }
 }
 
-/// The offset (milliseconds, server minus local) to add to the local clock.
-pub fn clock_offset_ms(server_time: SystemTime, local_time: SystemTime) -> i64 {
-    match server_time.duration_since(local_time) {
-        Ok(d) => d.as_millis().min(i64::MAX as u128) as i64,
-        Err(e) => -(e.duration().as_millis().min(i64::MAX as u128) as i64),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn server_text_becomes_one_safe_line() {
-        assert_eq!(
-            one_line("  a\r\n\tb\u{202e}c \u{1b}[31m ", 100),
-            "a b c [31m"
-        );
-        assert_eq!(one_line(&"x".repeat(10), 4), "xxxx…");
-        assert_eq!(one_line("", 4), "");
-    }
     use http::HeaderValue;
     use std::time::{Duration, UNIX_EPOCH};
 

@@ -4,7 +4,7 @@ use super::xml::{LifecycleAction, LifecycleConfiguration, LifecycleRule};
 use super::{OssBucket, OssError};
 
 /// ID of the rules ossrelay adds, followed by the prefix they cover.
-pub const RULE_ID_PREFIX: &str = "ossrelay-abort-incomplete-";
+pub use crate::store::wire::ABORT_RULE_ID_PREFIX as RULE_ID_PREFIX;
 
 /// Adds (to `cfg`) a rule aborting incomplete multipart uploads under `prefix` after `days`.
 /// Existing rules are kept as they are. Returns `false` if an enabled rule for that prefix or
@@ -39,17 +39,21 @@ pub fn merge_abort_rule(cfg: &mut LifecycleConfiguration, prefix: &str, days: u3
 
 impl OssBucket {
     /// Makes sure incomplete multipart uploads under `prefix` are aborted after `days`, merging
-    /// with the bucket's lifecycle rules (never replacing them). Returns whether a rule was added.
+    /// with the bucket's lifecycle rules (never replacing them). Returns whether a rule was
+    /// added; with `dry_run`, whether one would be, and nothing is written.
     pub async fn protect_incomplete_uploads(
         &self,
         prefix: &str,
         days: u32,
+        dry_run: bool,
     ) -> Result<bool, OssError> {
         let mut cfg = self.get_bucket_lifecycle().await?.unwrap_or_default();
         if !merge_abort_rule(&mut cfg, prefix, days) {
             return Ok(false);
         }
-        self.put_bucket_lifecycle(&cfg).await?;
+        if !dry_run {
+            self.put_bucket_lifecycle(&cfg).await?;
+        }
         Ok(true)
     }
 }

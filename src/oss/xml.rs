@@ -1,5 +1,6 @@
-//! XML bodies: a tiny element tree on top of quick-xml, typed readers for the responses we
-//! use and writers for the request bodies we send.
+//! XML bodies of the OSS dialect: typed readers for the responses we use and writers for the
+//! request bodies we send, on the S3-family element tree of [`crate::store::wire`] (its
+//! parser, element and error are re-exported here).
 //!
 //! Parsers ignore unknown elements and namespaces, never pre-allocate from counts the
 //! server claims, and cap nesting depth.
@@ -7,158 +8,11 @@
 use std::collections::HashMap;
 
 use percent_encoding::percent_decode_str;
-use quick_xml::events::Event;
-use quick_xml::Reader;
 
 use crate::checksum::Checksum;
+use crate::store::wire::escape_into;
+pub use crate::store::wire::{parse, unquote_etag, XmlElement, XmlError};
 use crate::store::{ListedPart, ListedUpload};
-
-const MAX_DEPTH: usize = 64;
-
-/// A parsed XML element: local name, text content and child elements (attributes dropped).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct XmlElement {
-    pub name: String,
-    /// Text directly inside this element (unescaped, untrimmed).
-    pub text: String,
-    pub children: Vec<XmlElement>,
-}
-
-/// A malformed XML response.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("malformed XML from OSS: {0}")]
-pub struct XmlError(pub String);
-
-impl XmlElement {
-    /// An element with only text.
-    pub fn leaf(name: &str, text: impl Into<String>) -> Self {
-        XmlElement {
-            name: name.to_string(),
-            text: text.into(),
-            children: Vec::new(),
-        }
-    }
-
-    /// The first child with this name.
-    pub fn child(&self, name: &str) -> Option<&XmlElement> {
-        self.children.iter().find(|c| c.name == name)
-    }
-
-    /// Children with this name.
-    pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a XmlElement> {
-        self.children.iter().filter(move |c| c.name == name)
-    }
-
-    /// Text of the first child with this name.
-    pub fn child_text(&self, name: &str) -> Option<&str> {
-        self.child(name).map(|c| c.text.as_str())
-    }
-
-    fn child_trimmed(&self, name: &str) -> Option<&str> {
-        self.child_text(name)
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-    }
-
-    /// Serialises this element (no XML declaration).
-    pub fn write(&self, out: &mut String) {
-        out.push('<');
-        out.push_str(&self.name);
-        out.push('>');
-        if self.children.is_empty() {
-            escape_into(&self.text, out);
-        } else {
-            for c in &self.children {
-                c.write(out);
-            }
-        }
-        out.push_str("</");
-        out.push_str(&self.name);
-        out.push('>');
-    }
-}
-
-fn escape_into(s: &str, out: &mut String) {
-    for ch in s.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-}
-
-fn local_name(raw: &[u8]) -> String {
-    let n = match raw.iter().rposition(|&b| b == b':') {
-        Some(i) => &raw[i + 1..],
-        None => raw,
-    };
-    String::from_utf8_lossy(n).into_owned()
-}
-
-/// Parses a document into its root element.
-pub fn parse(xml: &[u8]) -> Result<XmlElement, XmlError> {
-    let mut reader = Reader::from_reader(xml);
-    reader.config_mut().trim_text(false);
-    let mut stack: Vec<XmlElement> = Vec::new();
-    loop {
-        let ev = reader
-            .read_event()
-            .map_err(|e| XmlError(format!("at byte {}: {e}", reader.buffer_position())))?;
-        match ev {
-            Event::Start(e) => {
-                if stack.len() >= MAX_DEPTH {
-                    return Err(XmlError("nesting too deep".into()));
-                }
-                stack.push(XmlElement {
-                    name: local_name(e.name().as_ref()),
-                    ..Default::default()
-                });
-            }
-            Event::Empty(e) => {
-                let el = XmlElement {
-                    name: local_name(e.name().as_ref()),
-                    ..Default::default()
-                };
-                match stack.last_mut() {
-                    Some(parent) => parent.children.push(el),
-                    None => return Ok(el),
-                }
-            }
-            Event::End(_) => {
-                let el = stack
-                    .pop()
-                    .ok_or_else(|| XmlError("unbalanced end tag".into()))?;
-                match stack.last_mut() {
-                    Some(parent) => parent.children.push(el),
-                    None => return Ok(el),
-                }
-            }
-            Event::Text(t) => {
-                if let Some(top) = stack.last_mut() {
-                    let s = t
-                        .unescape()
-                        .map_err(|e| XmlError(format!("bad text: {e}")))?;
-                    top.text.push_str(&s);
-                }
-            }
-            Event::CData(c) => {
-                if let Some(top) = stack.last_mut() {
-                    top.text.push_str(&String::from_utf8_lossy(&c.into_inner()));
-                }
-            }
-            Event::Eof => {
-                return Err(XmlError(
-                    "document ended before the root element closed".into(),
-                ))
-            }
-            _ => {}
-        }
-    }
-}
 
 fn expect_root(xml: &[u8], name: &str) -> Result<XmlElement, XmlError> {
     let root = parse(xml)?;
@@ -178,11 +32,6 @@ pub fn parse_error_fields(xml: &[u8]) -> HashMap<String, String> {
             .collect(),
         _ => HashMap::new(),
     }
-}
-
-/// Strips the quotes around an ETag.
-pub fn unquote_etag(s: &str) -> String {
-    s.trim().trim_matches('"').to_string()
 }
 
 fn parse_bool(s: Option<&str>) -> bool {

@@ -18,7 +18,7 @@ use super::error::S3Error;
 use super::xml::{self, crc64nvme_b64, etag_md5, parse_crc64nvme};
 use crate::checksum::{Algorithm, Checksum, Checksums};
 use crate::http::BodyStream;
-use crate::oss::xml::unquote_etag;
+use crate::store::wire::unquote_etag;
 use crate::store::{
     ByteStream, ChecksumCaps, ErrorClass, Limits, ListedPart, ListedUpload, ObjectMeta,
     ObjectStore, PartSpec, PutOptions, StoreError, Uploaded,

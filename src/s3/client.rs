@@ -23,7 +23,7 @@ use crate::http::proxy::ProxyConfig;
 use crate::http::{
     Metered, NetError, Replay, ReqBody, RetryPolicy, Retryable, Transport, TransportConfig,
 };
-use crate::oss::error::clock_offset_ms;
+use crate::store::wire::clock_offset_ms;
 use crate::store::{ByteStream, ErrorClass};
 
 /// Largest XML response body we read into memory (ListParts pages are ~300 KiB).

@@ -10,8 +10,7 @@ use std::time::SystemTime;
 
 use http::HeaderMap;
 
-use crate::oss::error::one_line;
-use crate::oss::xml;
+use crate::store::wire::{self as xml, one_line};
 use crate::store::{ErrorClass, StoreError};
 
 /// Longest server-provided field we repeat.

@@ -30,6 +30,7 @@ pub mod bucket;
 pub mod client;
 pub mod endpoint;
 pub mod error;
+pub mod lifecycle;
 pub mod provider;
 pub mod xml;
 
@@ -37,4 +38,5 @@ pub use bucket::S3Bucket;
 pub use client::{S3Client, S3Config};
 pub use endpoint::{S3Endpoint, Scheme};
 pub use error::S3Error;
+pub use lifecycle::{ProtectOutcome, S3Lifecycle};
 pub use provider::Provider;

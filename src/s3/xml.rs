@@ -2,13 +2,13 @@
 //!
 //! Contract: readers ignore unknown elements and namespaces and tolerate leading whitespace
 //! (S3 sends keep-alive spaces before a slow Complete's body). The element tree itself is the
-//! S3-family parser shared with the OSS dialect ([`crate::oss::xml::parse`]); the typed readers
+//! S3-family parser shared with the OSS dialect ([`crate::store::wire::parse`]); the typed readers
 //! here are S3's own because the element sets differ (`ChecksumCRC64NVME`, no CRC-64/XZ).
 
 use base64::Engine as _;
 
 use crate::checksum::{Checksum, Checksums};
-use crate::oss::xml::{parse, unquote_etag, XmlElement};
+use crate::store::wire::{parse, unquote_etag, XmlElement};
 use crate::store::{ListedPart, ListedUpload};
 
 /// The S3 namespace written into request bodies.

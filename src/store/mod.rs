@@ -7,6 +7,7 @@ pub mod local;
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;
 pub mod retry;
+pub mod wire;
 
 use std::fmt;
 use std::pin::Pin;

@@ -215,6 +215,29 @@ pub struct RpcFault {
     pub count: u32,
 }
 
+/// Which S3-compatible store the S3 dialect imitates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum S3Flavour {
+    /// Amazon S3 itself (with `quirks`: a store that ignores `x-amz-checksum-*`).
+    #[default]
+    Aws,
+    /// Tencent COS: quirks mode (no `x-amz-checksum-*`, no aws-chunked) plus
+    /// `x-cos-hash-crc64ecma`, the decimal CRC-64/XZ of the body, on PutObject and UploadPart
+    /// responses and of the whole object on GET/HEAD (s3-protocol.md §10).
+    Cos,
+}
+
+impl FromStr for S3Flavour {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "aws" => Ok(Self::Aws),
+            "cos" => Ok(Self::Cos),
+            other => Err(format!("unknown S3 flavour {other:?}; expected aws or cos")),
+        }
+    }
+}
+
 /// Which object-storage API the main listener speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Dialect {
@@ -457,9 +480,12 @@ pub struct SimConfig {
     pub imds_tokens: ImdsTokens,
     /// OSS or S3 on the main listener.
     pub dialect: Dialect,
-    /// S3 dialect: ignore every `x-amz-checksum-*` header (no verification, none returned, no
-    /// FULL_OBJECT CRC), as S3-compatible stores such as OSS's S3 mode, COS and OBS do.
+    /// S3 dialect: behave like the S3-compatible stores (OSS's S3 mode, COS, OBS): ignore every
+    /// `x-amz-checksum-*` header (no verification, none returned, no FULL_OBJECT CRC) and
+    /// refuse aws-chunked bodies (`501 NotImplemented`), which they reject.
     pub quirks: bool,
+    /// S3 dialect: which store the S3 listener imitates beyond the S3 API itself.
+    pub s3_flavour: S3Flavour,
     /// S3 dialect: IAM roles AWS STS can hand out.
     pub aws_roles: Vec<SimAwsRole>,
     /// S3 dialect: opaque tokens AssumeRoleWithWebIdentity accepts besides provider JWTs.
@@ -510,6 +536,7 @@ impl Default for SimConfig {
             imds_tokens: ImdsTokens::Optional,
             dialect: Dialect::Oss,
             quirks: false,
+            s3_flavour: S3Flavour::Aws,
             aws_roles: Vec::new(),
             web_identity_tokens: Vec::new(),
             ec2_images: Vec::new(),

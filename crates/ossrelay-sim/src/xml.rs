@@ -51,6 +51,8 @@ pub struct ListedPart {
     pub number: u32,
     /// ETag as sent, quotes stripped.
     pub etag: String,
+    /// `<Checksum<ALG>>` elements as `(alg in lower case, value)`, e.g. `("crc64nvme", "…")`.
+    pub checksums: Vec<(String, String)>,
 }
 
 /// Parses a CompleteMultipartUpload body; `None` means MalformedXML.
@@ -61,6 +63,7 @@ pub fn parse_complete(body: &[u8]) -> Option<Vec<ListedPart>> {
     let mut parts = Vec::new();
     let mut number: Option<u32> = None;
     let mut etag: Option<String> = None;
+    let mut checksums: Vec<(String, String)> = Vec::new();
     let mut saw_root = false;
     loop {
         match reader.read_event().ok()? {
@@ -75,6 +78,7 @@ pub fn parse_complete(body: &[u8]) -> Option<Vec<ListedPart>> {
                 if name == "Part" {
                     number = None;
                     etag = None;
+                    checksums.clear();
                 }
                 path.push(name);
             }
@@ -92,6 +96,10 @@ pub fn parse_complete(body: &[u8]) -> Option<Vec<ListedPart>> {
                 match path.last().map(String::as_str) {
                     Some("PartNumber") => number = Some(text.trim().parse().ok()?),
                     Some("ETag") => etag = Some(text.trim().trim_matches('"').to_string()),
+                    Some(n) if n.starts_with("Checksum") && path.len() >= 2 => checksums.push((
+                        n["Checksum".len()..].to_ascii_lowercase(),
+                        text.trim().to_string(),
+                    )),
                     _ => {}
                 }
             }
@@ -101,6 +109,7 @@ pub fn parse_complete(body: &[u8]) -> Option<Vec<ListedPart>> {
                     parts.push(ListedPart {
                         number: number.take()?,
                         etag: etag.take()?,
+                        checksums: std::mem::take(&mut checksums),
                     });
                 }
             }
@@ -158,16 +167,25 @@ mod tests {
             vec![
                 ListedPart {
                     number: 1,
-                    etag: "AB".into()
+                    etag: "AB".into(),
+                    checksums: vec![]
                 },
                 ListedPart {
                     number: 2,
-                    etag: "CD".into()
+                    etag: "CD".into(),
+                    checksums: vec![]
                 }
             ]
         );
         let pretty = b"<?xml version=\"1.0\"?>\n<CompleteMultipartUpload xmlns=\"x\">\n  <Part>\n    <PartNumber>3</PartNumber>\n    <ETag>&quot;EF&quot;</ETag>\n  </Part>\n</CompleteMultipartUpload>";
         assert_eq!(parse_complete(pretty).unwrap()[0].etag, "EF");
+        let summed = b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>a</ETag><ChecksumCRC64NVME>rosUhgp5mIg=</ChecksumCRC64NVME></Part><Part><PartNumber>2</PartNumber><ETag>b</ETag></Part></CompleteMultipartUpload>";
+        let p = parse_complete(summed).unwrap();
+        assert_eq!(
+            p[0].checksums,
+            vec![("crc64nvme".to_string(), "rosUhgp5mIg=".to_string())]
+        );
+        assert!(p[1].checksums.is_empty());
         assert!(parse_complete(b"<Complete><Part/></Complete>").is_none());
         assert!(parse_complete(b"<CompleteMultipartUpload><Part><PartNumber>x</PartNumber><ETag>a</ETag></Part></CompleteMultipartUpload>").is_none());
         assert!(parse_complete(

@@ -8,7 +8,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use ossrelay_sim::{Dialect, SimAccount, SimBucket, SimConfig};
+use ossrelay_sim::{Dialect, S3Flavour, SimAccount, SimBucket, SimConfig};
 
 const AK: &str = "AKIDTEST";
 const SK: &str = "secret";
@@ -190,8 +190,11 @@ async fn start() -> ossrelay_sim::SimServer {
 }
 
 async fn start_with(quirks: bool) -> ossrelay_sim::SimServer {
-    ossrelay_sim::start(SimConfig {
-        quirks,
+    start_cfg(|c| c.quirks = quirks).await
+}
+
+async fn start_cfg(f: impl FnOnce(&mut SimConfig)) -> ossrelay_sim::SimServer {
+    let mut cfg = SimConfig {
         dialect: Dialect::S3,
         region: "us-east-1".into(),
         accounts: vec![SimAccount {
@@ -211,9 +214,9 @@ async fn start_with(quirks: bool) -> ossrelay_sim::SimServer {
         }],
         imds_role: Some(("a".into(), "vm".into())),
         ..SimConfig::default()
-    })
-    .await
-    .unwrap()
+    };
+    f(&mut cfg);
+    ossrelay_sim::start(cfg).await.unwrap()
 }
 
 #[tokio::test]
@@ -463,6 +466,32 @@ async fn multipart_full_object_crc64nvme() {
     )
     .await;
     assert_eq!(tag(&r.text(), "Code"), Some("InvalidRequest"));
+    // Per-part checksums listed in the body are checked against the stored parts.
+    let with_sums = |second: &str| {
+        format!(
+            "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{}</ETag><ChecksumCRC64NVME>{}</ChecksumCRC64NVME></Part><Part><PartNumber>2</PartNumber><ETag>{}</ETag><ChecksumCRC64NVME>{second}</ChecksumCRC64NVME></Part></CompleteMultipartUpload>",
+            etags[0],
+            nvme(&p1),
+            etags[1]
+        )
+    };
+    for (body, code) in [
+        (with_sums(&nvme(b"tali")), "InvalidPart"),
+        (
+            with_sums(&nvme(&p2)).replace("ChecksumCRC64NVME>", "ChecksumCRC32>"),
+            "InvalidPart",
+        ),
+    ] {
+        let r = call(a, "POST", "/bkt/mp", &q, &[], body.as_bytes()).await;
+        assert_eq!(
+            (r.status, tag(&r.text(), "Code")),
+            (400, Some(code)),
+            "{body}"
+        );
+        if code == "InvalidPart" {
+            assert!(r.text().contains("<PartNumber>"), "{}", r.text());
+        }
+    }
     let r = send(
         a,
         "POST",
@@ -946,5 +975,178 @@ async fn complete_faults_embedded_error_and_keepalive() {
             );
         }
     }
+    sim.shutdown().await;
+}
+
+/// [`send`] with the account's secret, in us-east-1, to the listener's own address.
+async fn call(
+    a: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    query: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    send(a, method, path, query, extra, body, SK, "us-east-1", None).await
+}
+
+fn md5_b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(b))
+}
+
+#[tokio::test]
+async fn bucket_lifecycle_get_put_delete() {
+    let sim = start().await;
+    let a = sim.local_addr();
+    let req = |method: &'static str, extra: Vec<(&'static str, String)>, body: Vec<u8>| async move {
+        let h: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        send(
+            a,
+            method,
+            "/bkt",
+            "lifecycle",
+            &h,
+            &body,
+            SK,
+            "us-east-1",
+            None,
+        )
+        .await
+    };
+    let r = req("GET", vec![], vec![]).await;
+    assert_eq!(
+        (r.status, tag(&r.text(), "Code")),
+        (404, Some("NoSuchLifecycleConfiguration"))
+    );
+    let good = b"<LifecycleConfiguration><Rule><ID>ossrelay-abort-incomplete</ID><Filter><Prefix>p/</Prefix></Filter><Status>Enabled</Status><AbortIncompleteMultipartUpload><DaysAfterInitiation>3</DaysAfterInitiation></AbortIncompleteMultipartUpload></Rule></LifecycleConfiguration>".to_vec();
+    let r = req("PUT", vec![], good.clone()).await;
+    assert_eq!(
+        (r.status, tag(&r.text(), "Code")),
+        (400, Some("InvalidRequest"))
+    );
+    assert_eq!(
+        tag(&r.text(), "Message"),
+        Some("Missing required header for this request: Content-MD5")
+    );
+    let r = req(
+        "PUT",
+        vec![("content-md5", md5_b64(b"other"))],
+        good.clone(),
+    )
+    .await;
+    assert_eq!((r.status, tag(&r.text(), "Code")), (400, Some("BadDigest")));
+    let bad = b"<LifecycleConfiguration><Rule>".to_vec();
+    let r = req("PUT", vec![("content-md5", md5_b64(&bad))], bad).await;
+    assert_eq!(
+        (r.status, tag(&r.text(), "Code")),
+        (400, Some("MalformedXML"))
+    );
+    let r = req("PUT", vec![("content-md5", md5_b64(&good))], good.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = req("GET", vec![], vec![]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("<DaysAfterInitiation>3</DaysAfterInitiation>"),
+        "{}",
+        r.text()
+    );
+    // An x-amz-checksum-* header stands in for Content-MD5; it is verified too.
+    let r = req(
+        "PUT",
+        vec![("x-amz-checksum-crc64nvme", nvme(b"x"))],
+        good.clone(),
+    )
+    .await;
+    assert_eq!((r.status, tag(&r.text(), "Code")), (400, Some("BadDigest")));
+    let r = req(
+        "PUT",
+        vec![("x-amz-checksum-crc64nvme", nvme(&good))],
+        good.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Uploads under the rule's prefix are still listed (they are younger than 3 days).
+    let r = call(a, "POST", "/bkt/p/k", "uploads", &[], b"").await;
+    let id = tag(&r.text(), "UploadId").unwrap().to_string();
+    let r = call(a, "GET", "/bkt", "uploads", &[], b"").await;
+    assert_eq!(
+        tag(&r.text(), "UploadId"),
+        Some(id.as_str()),
+        "{}",
+        r.text()
+    );
+    let r = req("DELETE", vec![], vec![]).await;
+    assert_eq!(r.status, 204);
+    let r = req("GET", vec![], vec![]).await;
+    assert_eq!(r.status, 404);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn quirks_refuse_aws_chunked_bodies() {
+    let h = [
+        ("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+        ("content-encoding", "aws-chunked"),
+        ("x-amz-trailer", "x-amz-checksum-crc32"),
+        ("x-amz-decoded-content-length", "5"),
+    ];
+    let body = b"5\r\nhello\r\n0\r\nx-amz-checksum-crc32:NhCmhg==\r\n\r\n";
+    let sim = start_with(true).await;
+    let a = sim.local_addr();
+    let r = call(a, "PUT", "/bkt/t", "", &h, body).await;
+    assert_eq!(
+        (r.status, tag(&r.text(), "Code")),
+        (501, Some("NotImplemented")),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("aws-chunked"), "{}", r.text());
+    assert!(sim.get_object_bytes("bkt", "t").is_none());
+    // A plain body still goes in.
+    let r = call(a, "PUT", "/bkt/t", "", &[], b"hello").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    sim.shutdown().await;
+    // S3 itself (no quirks) takes the same aws-chunked request.
+    let sim = start().await;
+    let r = call(sim.local_addr(), "PUT", "/bkt/t", "", &h, body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn cos_flavour_reports_crc64ecma() {
+    let sim = start_cfg(|c| c.s3_flavour = S3Flavour::Cos).await;
+    let a = sim.local_addr();
+    // CRC-64/XZ check value of "123456789".
+    let want = "11051210869376104954";
+    let r = call(a, "PUT", "/bkt/c", "", &[], b"123456789").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.h("x-cos-hash-crc64ecma"), Some(want));
+    let r = call(
+        a,
+        "HEAD",
+        "/bkt/c",
+        "",
+        &[("x-amz-checksum-mode", "ENABLED")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.h("x-cos-hash-crc64ecma"), Some(want));
+    assert!(
+        r.h("x-amz-checksum-crc64nvme").is_none(),
+        "COS ignores x-amz-checksum-*"
+    );
+    let r = call(a, "POST", "/bkt/m", "uploads", &[], b"").await;
+    let id = tag(&r.text(), "UploadId").unwrap().to_string();
+    let q = format!("partNumber=1&uploadId={id}");
+    let r = call(a, "PUT", "/bkt/m", &q, &[], b"123456789").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.h("x-cos-hash-crc64ecma"), Some(want));
+    sim.shutdown().await;
+    // Plain S3 sends no COS header.
+    let sim = start().await;
+    let r = call(sim.local_addr(), "PUT", "/bkt/c", "", &[], b"123456789").await;
+    assert!(r.h("x-cos-hash-crc64ecma").is_none());
     sim.shutdown().await;
 }

@@ -362,7 +362,7 @@ impl CredentialsProvider for ImdsProvider {
         if m.code != "Success" {
             return Err(self.err(format!(
                 "the credentials answer has Code {:?}, not \"Success\"",
-                crate::oss::error::one_line(&m.code, 100)
+                crate::store::wire::one_line(&m.code, 100)
             )));
         }
         if m.access_key_id.is_empty() || m.secret_access_key.is_empty() || m.token.is_empty() {

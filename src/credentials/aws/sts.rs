@@ -553,7 +553,7 @@ impl StsClient {
                 status.as_u16(),
                 redact(format!(
                     "not an STS error document: {}",
-                    crate::oss::error::one_line(&String::from_utf8_lossy(&bytes), 200)
+                    crate::store::wire::one_line(&String::from_utf8_lossy(&bytes), 200)
                 )),
             )),
         }

@@ -53,12 +53,7 @@ pub(crate) fn bucket_info(w: &World, ctx: &Ctx) -> Res {
 }
 
 pub(crate) fn get_lifecycle(w: &World, ctx: &Ctx) -> Res {
-    let st = w.oss.lock();
-    match st
-        .buckets
-        .get(ctx.bucket())
-        .and_then(|b| b.lifecycle.clone())
-    {
+    match w.oss.lifecycle(ctx.bucket()) {
         Some(x) => Ok(xml_response(x)),
         None => Err(
             OssError::new(404, "NoSuchLifecycle", "No Row found in Lifecycle Table.")

@@ -108,6 +108,14 @@ impl Dig {
     }
 }
 
+/// The `x-amz-checksum-<alg>` value of `data` (base64), for small bodies read whole;
+/// `None` for an algorithm the simulator does not compute.
+pub(crate) fn checksum_b64(alg: &str, data: &[u8]) -> Option<String> {
+    let mut d = Dig::new(alg)?;
+    d.update(data);
+    Some(d.b64())
+}
+
 /// What arrived.
 pub(crate) struct Received {
     pub(crate) size: u64,

@@ -174,8 +174,10 @@ pub(crate) struct Ctx {
     pub(crate) now: SystemTime,
     /// Region named by a regional Host (`…s3.<region>.amazonaws.com`), if any.
     pub(crate) host_region: Option<String>,
-    /// Ignore `x-amz-checksum-*` (quirks mode).
+    /// Ignore `x-amz-checksum-*` and refuse aws-chunked (quirks mode).
     pub(crate) quirks: bool,
+    /// Send `x-cos-hash-crc64ecma` (COS flavour).
+    pub(crate) cos: bool,
 }
 
 impl Ctx {

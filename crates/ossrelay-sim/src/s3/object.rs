@@ -89,6 +89,9 @@ pub(crate) async fn put_object(
     if !rcv.checksums.is_empty() {
         r = r.header("x-amz-checksum-type", "FULL_OBJECT");
     }
+    if ctx.cos {
+        r = r.header("x-cos-hash-crc64ecma", rcv.crc.to_string());
+    }
     Ok(r.body(empty()).expect("valid"))
 }
 
@@ -190,6 +193,10 @@ pub(crate) fn get_object(
                 .header("x-amz-checksum-crc64nvme", nvme_b64(n))
                 .header("x-amz-checksum-type", "FULL_OBJECT");
         }
+    }
+    // COS reports the whole object's CRC-64/XZ on every read, ranged or not.
+    if ctx.cos {
+        r = r.header("x-cos-hash-crc64ecma", obj.crc.to_string());
     }
     for (name, value) in &obj.headers {
         let over = match name.as_str() {

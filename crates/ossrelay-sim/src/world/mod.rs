@@ -55,8 +55,10 @@ pub(crate) struct World {
     /// EC2 AMIs, VM Import/Export tasks, IAM roles (S3 dialect).
     pub(crate) ec2: ec2::Ec2,
     pub(crate) dialect: Dialect,
-    /// S3 dialect: ignore `x-amz-checksum-*` like S3-compatible stores.
+    /// S3 dialect: ignore `x-amz-checksum-*` and refuse aws-chunked, like S3-compatible stores.
     pub(crate) quirks: bool,
+    /// S3 dialect: answer `x-cos-hash-crc64ecma` like Tencent COS.
+    pub(crate) cos: bool,
     /// Bytes/s per connection and direction (WAN model).
     pub(crate) conn_rate: Option<u64>,
     /// Delay before the first byte of every OSS response (WAN model).
@@ -118,7 +120,8 @@ impl World {
             cloud: cloud::Cloud::new(cfg)?,
             aws,
             dialect: cfg.dialect,
-            quirks: cfg.quirks,
+            quirks: cfg.quirks || cfg.s3_flavour == crate::config::S3Flavour::Cos,
+            cos: cfg.s3_flavour == crate::config::S3Flavour::Cos,
             conn_rate: cfg.conn_rate,
             latency: cfg.latency,
             reject_path_style: cfg.reject_path_style,

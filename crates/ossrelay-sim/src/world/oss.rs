@@ -51,6 +51,9 @@ pub(crate) struct Part {
     pub(crate) crc: u64,
     /// CRC-64/NVME of the part (S3 dialect only).
     pub(crate) nvme: Option<u64>,
+    /// S3 dialect: the part's checksum (base64) in the algorithm its upload named, for
+    /// comparing with the `<Checksum<ALG>>` CompleteMultipartUpload lists.
+    pub(crate) checksum: Option<String>,
     pub(crate) etag: String,
     pub(crate) last_modified: SystemTime,
     pub(crate) data: Option<Segment>,
@@ -440,6 +443,14 @@ impl Oss {
 
     pub(crate) fn is_discard(&self, bucket: &str) -> bool {
         self.lock().buckets.get(bucket).is_some_and(|b| b.discard)
+    }
+
+    /// The lifecycle configuration document a bucket stores (either dialect), if any.
+    pub(crate) fn lifecycle(&self, bucket: &str) -> Option<String> {
+        self.lock()
+            .buckets
+            .get(bucket)
+            .and_then(|b| b.lifecycle.clone())
     }
 
     /// Multipart uploads in progress (all buckets).
