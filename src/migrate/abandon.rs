@@ -102,7 +102,7 @@ async fn cancel_export(
             Err(source) => {
                 return Err(MigrateError::Aws {
                     step: "CancelExportTask",
-                    source,
+                    source: Box::new(source),
                 })
             }
         },
@@ -135,7 +135,7 @@ async fn cancel_import(
             Err(source) => {
                 return Err(MigrateError::Aws {
                     step: "CancelImportTask",
-                    source,
+                    source: Box::new(source),
                 })
             }
         },
@@ -156,9 +156,7 @@ fn finished_aws_task(e: &crate::aws::query::AwsQueryError) -> bool {
     matches!(
         e.code(),
         Some(
-            "InvalidExportTaskID.NotFound"
-                | "InvalidConversionTaskId.NotFound"
-                | "IncorrectState"
+            "InvalidExportTaskID.NotFound" | "InvalidConversionTaskId.NotFound" | "IncorrectState"
         )
     )
 }

@@ -80,7 +80,10 @@ impl ImageAttrs {
 
 impl Run<'_> {
     fn aws_api(step: &'static str) -> impl FnOnce(AwsQueryError) -> MigrateError {
-        move |source| MigrateError::Aws { step, source }
+        move |source| MigrateError::Aws {
+            step,
+            source: Box::new(source),
+        }
     }
 
     /// `ossrelay-<hash>`: the ClientToken of `what` (export or import) at `attempt`.
@@ -213,9 +216,9 @@ impl Run<'_> {
                 self.state.export_attempt += 1;
                 self.state.stage = Stage::Export;
                 self.save()?;
-                return Err(MigrateError::AwsWait(e));
+                return Err(MigrateError::AwsWait(Box::new(e)));
             }
-            Err(e) => return Err(MigrateError::AwsWait(e)),
+            Err(e) => return Err(MigrateError::AwsWait(Box::new(e))),
         };
         let bucket = if task.s3_bucket.is_empty() {
             self.cfg.src_bucket.clone()
@@ -371,9 +374,9 @@ impl Run<'_> {
                     self.state.import_attempt += 1;
                     self.state.stage = Stage::Import;
                     self.save()?;
-                    return Err(MigrateError::AwsWait(e));
+                    return Err(MigrateError::AwsWait(Box::new(e)));
                 }
-                Err(e) => return Err(MigrateError::AwsWait(e)),
+                Err(e) => return Err(MigrateError::AwsWait(Box::new(e))),
             }
         }
         let image_id = self.state.new_image_id.clone().unwrap_or_default();
@@ -391,7 +394,7 @@ impl Run<'_> {
             &mut on_progress,
         )
         .await
-        .map_err(MigrateError::AwsWait)?;
+        .map_err(|e| MigrateError::AwsWait(Box::new(e)))?;
         self.advance(Stage::Cleanup)
     }
 }

@@ -146,10 +146,10 @@ pub enum MigrateError {
     Aws {
         step: &'static str,
         #[source]
-        source: crate::aws::query::AwsQueryError,
+        source: Box<crate::aws::query::AwsQueryError>,
     },
     #[error(transparent)]
-    AwsWait(crate::aws::wait::Ec2WaitError),
+    AwsWait(Box<crate::aws::wait::Ec2WaitError>),
     #[error("image {image_id} was not found in {region} (check --src-region, --image-id and the source profile)")]
     ImageNotFound { image_id: String, region: String },
     #[error("image {image_id} is {status}; only Available images can be exported")]
@@ -220,7 +220,7 @@ impl MigrateError {
             || matches!(self, Self::Wait(WaitError::Interrupted { .. }))
             || matches!(
                 self,
-                Self::AwsWait(crate::aws::wait::Ec2WaitError::Interrupted { .. })
+                Self::AwsWait(e) if matches!(**e, crate::aws::wait::Ec2WaitError::Interrupted { .. })
             )
     }
 }
