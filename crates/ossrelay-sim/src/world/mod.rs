@@ -53,8 +53,8 @@ pub(crate) struct World {
     pub(crate) dialect: Dialect,
     /// S3 dialect: ignore `x-amz-checksum-*` like S3-compatible stores.
     pub(crate) quirks: bool,
-    /// Bytes/s per connection and direction (WAN model).
-    pub(crate) conn_rate: Option<u64>,
+    /// Bytes/s per connection and direction (WAN model), drawn per connection.
+    pub(crate) conn_rate: Option<crate::wan::RateDraw>,
     /// Delay before the first byte of every OSS response (WAN model).
     pub(crate) latency: Duration,
     pub(crate) reject_path_style: bool,
@@ -99,6 +99,12 @@ impl World {
                 )));
             }
         }
+        if !(0.0..1.0).contains(&cfg.conn_rate_spread) {
+            return Err(SimError::Config(format!(
+                "connection rate spread {} is outside 0..1 (0 = every connection alike)",
+                cfg.conn_rate_spread
+            )));
+        }
         Ok(Self {
             region: cfg.region.clone(),
             oss,
@@ -106,7 +112,9 @@ impl World {
             aws,
             dialect: cfg.dialect,
             quirks: cfg.quirks,
-            conn_rate: cfg.conn_rate,
+            conn_rate: cfg
+                .conn_rate
+                .map(|r| crate::wan::RateDraw::new(r, cfg.conn_rate_spread, cfg.wan_seed)),
             latency: cfg.latency,
             reject_path_style: cfg.reject_path_style,
             clock_skew: AtomicI64::new(cfg.clock_skew),
