@@ -537,8 +537,10 @@ pub(super) async fn run_parts<S: PartSource>(
                 fl.live.remove(&id);
                 let spec = specs[job.idx];
                 if done[job.idx].is_some() || fl.live.values().any(|l| l.idx == job.idx) {
-                    // One attempt of a hedged pair failed: the other carries the part.
+                    // One attempt of a hedged pair failed: the other carries the part, in
+                    // effect its retry, and counted as one (every failure is mended or fatal).
                     debug!(part = spec.number, error = %e.err, "a hedged attempt failed; the other goes on");
+                    ctx.note_retry(e.reason);
                     continue;
                 }
                 if e.side == Side::Source && e.class() == ErrorClass::Precondition {
