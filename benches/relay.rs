@@ -1,7 +1,10 @@
 //! `cargo bench --bench relay`: the relay engine against the simulator, each figure compared
 //! with a baseline measured in the same run.
 //!
-//! 1. WAN model: 16 streams through `--conn-rate 16MiB/s --latency 20` → fraction of capacity.
+//! 1. WAN model: 16 streams through `--conn-rate 16MiB/s --latency 20` → fraction of capacity;
+//!    the same at `--latency 200` on both simulators (source and destination apart, 8 GiB,
+//!    64 MiB parts: a cross-continent round trip), and with `--conn-rate-spread 0.5` (every
+//!    connection's cap drawn from 8–24 MiB/s, seeded: the straggler tail).
 //! 2. Loopback: the engine vs a bare pipe (same ranged GETs into UploadParts, same client, no
 //!    CRC, no accounting, no state) → ratio.
 //! 3. Memory: peak RSS of `ossrelay copy` for 1 GiB (64 MiB parts) and 32 GiB (512 MiB parts).
@@ -40,6 +43,105 @@ async fn sim_with(size: u64, conn_rate: Option<u64>, latency_ms: u64) -> SimServ
     })
     .await
     .expect("start simulator")
+}
+
+/// Two simulators, one per side, each with the same WAN model: the source serves the
+/// synthetic object, the destination discards what it verifies.
+async fn sim_pair(
+    size: u64,
+    conn_rate: u64,
+    spread: f64,
+    latency_ms: u64,
+) -> (SimServer, SimServer) {
+    let side = |synthetic: bool, seed: u64| SimConfig {
+        accounts: vec![account()],
+        buckets: buckets(&["src", "dst"]),
+        synthetic: if synthetic {
+            vec![SyntheticObject {
+                bucket: "src".into(),
+                key: "disk.raw".into(),
+                size,
+            }]
+        } else {
+            Vec::new()
+        },
+        discard: vec!["dst".into()],
+        conn_rate: Some(conn_rate),
+        conn_rate_spread: spread,
+        wan_seed: seed,
+        latency: Duration::from_millis(latency_ms),
+        ..SimConfig::default()
+    };
+    let src = sim::start(side(true, 1))
+        .await
+        .expect("start source simulator");
+    let dst = sim::start(side(false, 2))
+        .await
+        .expect("start destination simulator");
+    (src, dst)
+}
+
+/// The engine from one simulator to the other (see [`sim_pair`]): bytes/s.
+async fn engine_copy_pair(src: &SimServer, dst: &SimServer, concurrency: usize, part: u64) -> f64 {
+    let (s, d) = (client(src.endpoint()), client(dst.endpoint()));
+    let src = Location {
+        store: Arc::new(s.bucket("src")),
+        key: "disk.raw".into(),
+    };
+    let dst = Location {
+        store: Arc::new(d.bucket("dst")),
+        key: "disk.raw".into(),
+    };
+    let opts = CopyOptions {
+        concurrency,
+        part_size: Some(part),
+        state_dir: None,
+        ..CopyOptions::default()
+    };
+    let t = Instant::now();
+    let s = transfer::copy(
+        src,
+        dst,
+        opts,
+        Arc::new(Progress::default()),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("engine copy");
+    s.bytes as f64 / t.elapsed().as_secs_f64()
+}
+
+/// One WAN row between two simulators, printed as a ratio of the modelled 16 × `rate`.
+fn wan_pair_row(
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    quick: bool,
+    spread: f64,
+    latency_ms: u64,
+) {
+    // Quick: cheap enough to prove the row works; the figures are the full run's.
+    let (size, part) = if quick {
+        (512 * MIB, 16 * MIB)
+    } else {
+        (8 * GIB, 64 * MIB)
+    };
+    let rate = 16 * MIB;
+    let got = rt.block_on(async {
+        let (src, dst) = sim_pair(size, rate, spread, latency_ms).await;
+        let r = engine_copy_pair(&src, &dst, 16, part).await;
+        src.shutdown().await;
+        dst.shutdown().await;
+        r
+    });
+    let capacity = 16.0 * rate as f64;
+    println!(
+        "{name}: {:.1} MiB/s of {:.1} MiB/s modelled (16 x 16 MiB/s, spread {spread}, {latency_ms} ms on both sides, {} GiB, {} MiB parts) = {:.3} of capacity",
+        got / MIB as f64,
+        capacity / MIB as f64,
+        size as f64 / GIB as f64,
+        part / MIB,
+        got / capacity
+    );
 }
 
 fn client(endpoint: String) -> OssClient {
@@ -204,7 +306,7 @@ fn cpu_seconds() -> f64 {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    // `RELAY_BENCH=wan,loopback,memory` runs a subset (e.g. under a profiler).
+    // `RELAY_BENCH=wan,wan200,spread,loopback,memory` runs a subset (e.g. under a profiler).
     let only = std::env::var("RELAY_BENCH").ok();
     let enabled = |name: &str| {
         only.as_deref()
@@ -247,6 +349,14 @@ fn main() {
             capacity / MIB as f64,
             rate_result / capacity
         );
+    }
+
+    // 1b. Cross-continent round trips and unequal connections, source and destination apart.
+    if enabled("wan200") {
+        wan_pair_row(&rt, "wan_200ms", quick, 0.0, 200);
+    }
+    if enabled("spread") {
+        wan_pair_row(&rt, "wan_spread_0.5", quick, 0.5, 20);
     }
 
     // 2. Loopback: engine vs bare pipe, interleaved (alternating which goes first) so both

@@ -30,6 +30,11 @@ pub const REQUESTS_TOTAL: &str = "ossrelay_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "ossrelay_request_duration_seconds";
 /// Parts currently in flight.
 pub const INFLIGHT_PARTS: &str = "ossrelay_inflight_parts";
+/// Parts whose body was all sent and whose UploadPart response is pending (they hold no
+/// transfer slot; at most the concurrency limit of them per copy).
+pub const AWAITING_ACK_PARTS: &str = "ossrelay_parts_awaiting_ack";
+/// Straggling parts sent a second time on a fresh connection (bounded per copy).
+pub const HEDGED_PARTS_TOTAL: &str = "ossrelay_hedged_parts_total";
 /// Bytes currently held in buffers between downloads and uploads.
 pub const BUFFERED_BYTES: &str = "ossrelay_buffered_bytes";
 /// Current adaptive concurrency limit.
@@ -129,6 +134,14 @@ fn describe_all() {
     );
     describe_gauge!(INFLIGHT_PARTS, "Parts currently being transferred.");
     describe_gauge!(
+        AWAITING_ACK_PARTS,
+        "Parts fully sent whose UploadPart response is pending (they hold no transfer slot)."
+    );
+    describe_counter!(
+        HEDGED_PARTS_TOTAL,
+        "Straggling parts sent a second time on a fresh connection near the end of a copy."
+    );
+    describe_gauge!(
         BUFFERED_BYTES,
         Unit::Bytes,
         "Bytes held in memory between ranged GETs and UploadParts."
@@ -163,6 +176,8 @@ fn register_zeroes() {
     }
     metrics::counter!(CRC_MISMATCHES_TOTAL).increment(0);
     metrics::gauge!(INFLIGHT_PARTS).set(0.0);
+    metrics::gauge!(AWAITING_ACK_PARTS).set(0.0);
+    metrics::counter!(HEDGED_PARTS_TOTAL).increment(0);
     metrics::gauge!(BUFFERED_BYTES).set(0.0);
 }
 
@@ -190,6 +205,8 @@ mod tests {
             RETRIES_TOTAL,
             CRC_MISMATCHES_TOTAL,
             INFLIGHT_PARTS,
+            AWAITING_ACK_PARTS,
+            HEDGED_PARTS_TOTAL,
             BUFFERED_BYTES,
             BUILD_INFO,
         ] {

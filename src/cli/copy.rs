@@ -76,9 +76,15 @@ pub struct CopyArgs {
     #[arg(long)]
     pub require_proof: bool,
 
-    /// Parts in flight.
+    /// Connections moving part bytes at once (a part waiting only for its UploadPart
+    /// response holds none).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// Near the end of a copy, send at most this many straggling parts (well below the
+    /// median rate) a second time on another connection; the first acknowledged wins
+    /// (0 = never).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub max_hedges: u32,
     /// Part size, e.g. 64MiB (default: automatic, at least 64 MiB and enough for 10,000 parts).
     #[arg(long, value_parser = parse_size)]
     pub part_size: Option<u64>,
@@ -195,6 +201,7 @@ pub async fn run(args: CopyArgs) -> i32 {
         state_dir: args.state_dir.clone().or_else(default_state_dir),
         resume: !args.no_resume,
         decoder_cpu: args.decoder_cpu,
+        max_hedges: args.max_hedges,
         ..CopyOptions::default()
     };
     let src_side = SideOptions {

@@ -85,7 +85,15 @@ pub struct SimArgs {
     /// Per-connection bandwidth cap in each direction, e.g. `16MiB/s`.
     #[arg(long, value_name = "RATE")]
     pub conn_rate: Option<String>,
-    /// Delay before the first byte of every response, in milliseconds.
+    /// With --conn-rate: each connection's cap is drawn uniformly from
+    /// [RATE×(1−F), RATE×(1+F)] (real connections differ in speed; 0 = all alike; F < 1).
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    pub conn_rate_spread: f64,
+    /// Seed of the --conn-rate-spread draws (same seed and accept order → same caps).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Delay before the first byte of every response (each request's response, not once
+    /// per connection), in milliseconds: a round trip of the WAN model.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub latency: u64,
     /// A bucket that lives in another region (requests get OSS's wrong-endpoint 403).
@@ -339,6 +347,17 @@ impl SimArgs {
             }
             cfg.conn_rate = Some(rate);
         }
+        if !(0.0..1.0).contains(&self.conn_rate_spread) {
+            return Err(format!(
+                "--conn-rate-spread must be within 0..1, got {}",
+                self.conn_rate_spread
+            ));
+        }
+        if self.conn_rate_spread > 0.0 && cfg.conn_rate.is_none() {
+            return Err("--conn-rate-spread needs --conn-rate (the rate it spreads)".into());
+        }
+        cfg.conn_rate_spread = self.conn_rate_spread;
+        cfg.wan_seed = self.seed;
         cfg.latency = Duration::from_millis(self.latency);
         for rb in &self.remote_buckets {
             let (b, r) = rb
@@ -550,6 +569,10 @@ mod tests {
             "GetObject,UploadPart",
             "--conn-rate",
             "16MiB/s",
+            "--conn-rate-spread",
+            "0.5",
+            "--seed",
+            "9",
             "--latency",
             "20",
             "--remote-bucket",
@@ -570,6 +593,12 @@ mod tests {
         );
         assert_eq!(c.conn_rate, Some(16 << 20));
         assert_eq!(c.latency, Duration::from_millis(20));
+        assert_eq!(c.conn_rate_spread, 0.5);
+        assert_eq!(c.wan_seed, 9);
+        assert!(args(&["--conn-rate", "1MiB/s", "--conn-rate-spread", "1"])
+            .config()
+            .is_err());
+        assert!(args(&["--conn-rate-spread", "0.5"]).config().is_err());
         assert_eq!(c.remote_buckets, vec![("far".into(), "us-west-1".into())]);
         assert_eq!(c.clock_skew, -1200);
         assert!(args(&["--fault", "boom=1"]).config().is_err());

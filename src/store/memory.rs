@@ -57,6 +57,11 @@ pub enum Fault {
     Delay(Duration),
     /// Any op: never answer (and never read the request body).
     Hang,
+    /// UploadPart: the body is read in full, then the part is stored and answered only after
+    /// this delay; a client that gives up meanwhile does not stop the store (a server that
+    /// got the whole request finishes it), so the part may land after a later upload of the
+    /// same number.
+    AckDelay(Duration),
     /// Complete: the object is completed, but the answer is `NoSuchUpload` (what a retry
     /// gets after the first answer was lost).
     AppliedThenNotFound,
@@ -167,6 +172,10 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
     faults: Mutex<Vec<FaultRule>>,
     report_crc: AtomicBool,
+    /// Each part upload gets its own ETag, even for the same bytes (stores whose ETag is not
+    /// the MD5, e.g. with SSE-KMS).
+    unique_etags: AtomicBool,
+    uploads_seen: AtomicU64,
     chunk: AtomicUsize,
     limits: Mutex<Limits>,
     /// Counters for assertions.
@@ -213,6 +222,8 @@ impl MemoryStore {
             inner: Mutex::new(Inner::default()),
             faults: Mutex::new(Vec::new()),
             report_crc: AtomicBool::new(true),
+            unique_etags: AtomicBool::new(false),
+            uploads_seen: AtomicU64::new(0),
             chunk: AtomicUsize::new(64 * 1024),
             // The plan a local file gets (OSS's numbers), without reaching up into a dialect.
             limits: Mutex::new(super::local::LIMITS),
@@ -272,6 +283,19 @@ impl MemoryStore {
     }
 
     /// Size of the chunks GET bodies are cut into.
+    /// Give every part upload its own ETag (see `unique_etags`).
+    pub fn set_unique_etags(&self, on: bool) {
+        self.unique_etags.store(on, Relaxed);
+    }
+
+    /// The parts of upload `upload_id` as stored: (number, ETag).
+    pub fn stored_parts(&self, upload_id: &str) -> Vec<(u32, String)> {
+        let g = self.inner.lock().unwrap();
+        g.uploads.get(upload_id).map_or_else(Vec::new, |u| {
+            u.parts.iter().map(|(n, p)| (*n, p.etag.clone())).collect()
+        })
+    }
+
     pub fn set_chunk_size(&self, n: usize) {
         self.chunk.store(n.max(1), Relaxed);
     }
@@ -407,6 +431,40 @@ async fn read_body(mut body: ByteStream, len: u64) -> Result<BytesMut, StoreErro
 }
 
 /// Decrements the in-flight upload count when an upload ends.
+/// A part upload whose body was read: stored by [`Landing::land`], or when dropped (the
+/// client gave up while the store still had to answer: it stores the part all the same).
+struct Landing<'a> {
+    store: &'a MemoryStore,
+    upload_id: &'a str,
+    number: u32,
+    part: Option<StoredPart>,
+}
+
+impl Landing<'_> {
+    fn land(&mut self) -> Result<(), StoreError> {
+        let Some(p) = self.part.take() else {
+            return Ok(());
+        };
+        let len = p.data.len() as u64;
+        let mut g = self.store.inner.lock().unwrap();
+        let Some(u) = g.uploads.get_mut(self.upload_id) else {
+            return Err(no_such_upload());
+        };
+        u.parts.insert(self.number, p);
+        *g.uploads_per_part.entry(self.number).or_insert(0) += 1;
+        let c = &self.store.counters;
+        c.part_uploads.fetch_add(1, Relaxed);
+        c.bytes_uploaded.fetch_add(len, Relaxed);
+        Ok(())
+    }
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        let _ = self.land();
+    }
+}
+
 struct Inflight<'a>(&'a Counters);
 
 impl<'a> Inflight<'a> {
@@ -650,22 +708,25 @@ impl ObjectStore for MemoryStore {
         }
         let data = buf.freeze();
         let crc = crc64::checksum(&data);
-        let etag = format!("{crc:016X}{:016X}", data.len());
-        let mut g = self.inner.lock().unwrap();
-        let Some(u) = g.uploads.get_mut(upload_id) else {
-            return Err(no_such_upload());
-        };
-        u.parts.insert(
-            part.number,
-            StoredPart {
+        let mut etag = format!("{crc:016X}{:016X}", data.len());
+        if self.unique_etags.load(Relaxed) {
+            let n = self.uploads_seen.fetch_add(1, Relaxed);
+            etag.push_str(&format!("-{n}"));
+        }
+        let mut landing = Landing {
+            store: self,
+            upload_id,
+            number: part.number,
+            part: Some(StoredPart {
                 data,
                 etag: etag.clone(),
                 crc64: crc,
-            },
-        );
-        *g.uploads_per_part.entry(part.number).or_insert(0) += 1;
-        self.counters.part_uploads.fetch_add(1, Relaxed);
-        self.counters.bytes_uploaded.fetch_add(part.len, Relaxed);
+            }),
+        };
+        if let Some(Fault::AckDelay(d)) = fault {
+            tokio::time::sleep(d).await;
+        }
+        landing.land()?;
         let reported = if matches!(fault, Some(Fault::WrongCrc)) {
             crc ^ 0xBAD
         } else {

@@ -242,6 +242,7 @@ async fn run(
         source_crc64_known: meta.checksums.crc64_xz().is_some(),
         verified_by: ctx.pipe.proofs.list(),
         end_to_end: ctx.pipe.proofs.end_to_end(),
+        hedged_parts: progress.hedged_parts.load(Relaxed),
     };
     info!(
         bytes = summary.bytes,
@@ -265,6 +266,7 @@ pub(super) async fn publish_gauges(progress: Arc<Progress>, budget: Arc<MemoryBu
 pub(super) fn publish_now(p: &Progress, budget: &MemoryBudget) {
     p.buffered_bytes.store(budget.in_use(), Relaxed);
     metrics::gauge!(m::INFLIGHT_PARTS).set(p.inflight_parts.load(Relaxed) as f64);
+    metrics::gauge!(m::AWAITING_ACK_PARTS).set(p.awaiting_ack_parts.load(Relaxed) as f64);
     metrics::gauge!(m::BUFFERED_BYTES).set(p.buffered_bytes.load(Relaxed) as f64);
     metrics::gauge!(m::CONCURRENCY_LIMIT).set(p.concurrency_limit.load(Relaxed) as f64);
 }
@@ -518,6 +520,72 @@ async fn multipart(
     })
 }
 
+/// Hedged parts whose two attempts may both have reached the store (see
+/// [`super::schedule`]): the store keeps the last body uploaded for a part number, so the
+/// ETag Complete must name is the listed one. Both bodies are the same bytes: a listed part
+/// is kept when it passes the rule every resumed part passes ([`confirmed_parts`]: sizes and
+/// CRC-64, or ETag) and takes the listed ETag; one that does not is forgotten and sent again.
+async fn relist_hedged(
+    ctx: &Arc<Ctx>,
+    specs: &[PartSpec],
+    done: &mut [Option<StatePart>],
+    keeper: &mut StateKeeper,
+    upload_id: &str,
+    mut numbers: Vec<u32>,
+) -> Result<(), TransferError> {
+    numbers.sort_unstable();
+    numbers.dedup();
+    let recorded: Vec<StatePart> = numbers
+        .iter()
+        .filter_map(|&n| done[n as usize - 1].clone())
+        .collect();
+    if recorded.is_empty() {
+        return Ok(());
+    }
+    let listed: Result<Vec<crate::store::ListedPart>, StoreError> = control!(
+        ctx,
+        "ListParts",
+        ctx.opts.request_timeout,
+        ctx.dst.store.list_parts(&ctx.dst.key, upload_id)
+    );
+    let listed = listed.map_err(|e| {
+        TransferError::store(
+            format!(
+                "cannot list the parts of the upload to {} (to confirm hedged parts)",
+                ctx.dst_desc
+            ),
+            e,
+        )
+    })?;
+    let kept = confirmed_parts(&recorded, &listed, specs);
+    for rec in &recorded {
+        let i = rec.number as usize - 1;
+        match kept.iter().find(|k| k.number == rec.number) {
+            Some(k) => {
+                if k.etag != rec.etag {
+                    debug!(
+                        part = k.number,
+                        "hedged part: the store lists the other attempt's ETag"
+                    );
+                }
+                done[i] = Some(k.clone());
+                keeper.record(k.clone());
+            }
+            None => {
+                warn!(
+                    part = rec.number,
+                    "hedged part not confirmed by the destination's part list; sending it again"
+                );
+                done[i] = None;
+                ctx.progress.acked_bytes.fetch_sub(specs[i].len, Relaxed);
+                ctx.progress.parts_done.fetch_sub(1, Relaxed);
+                keeper.forget(&[rec.number]);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Sends every missing part, then proves the parts against the source's checksum (repairing
 /// parts whose source bytes were corrupted in transit). Returns the parts' checksums folded
 /// into the whole object's.
@@ -536,7 +604,8 @@ async fn transfer_and_prove(
     loop {
         let todo: Vec<usize> = (0..specs.len()).filter(|&i| done[i].is_none()).collect();
         if !todo.is_empty() {
-            run_parts(
+            let mut relist = Vec::new();
+            let ran = run_parts(
                 Run {
                     ctx,
                     specs,
@@ -545,10 +614,18 @@ async fn transfer_and_prove(
                     aimd: &mut aimd,
                     cancel,
                     upload_id,
+                    relist: &mut relist,
                 },
                 &mut Ranges::new(todo, etag.clone()),
             )
-            .await?;
+            .await;
+            // Even after a failure: the state must name what the store holds.
+            relist_hedged(ctx, specs, done, keeper, upload_id, relist).await?;
+            ran?;
+            if done.iter().any(Option::is_none) {
+                // A hedged part the store lists otherwise than acknowledged: send it again.
+                continue;
+            }
         }
         let combined = super::proof::fold(
             done.iter()

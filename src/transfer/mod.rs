@@ -124,6 +124,9 @@ pub struct CopyOptions {
     pub shared_bandwidth: Option<Arc<budget::TokenBucket>>,
     /// Whether an unpack's decoder gets a CPU of its own (`--decoder-cpu`).
     pub decoder_cpu: DecoderCpu,
+    /// At most this many straggling parts are sent a second time on a fresh connection
+    /// near the end of a copy (`--max-hedges`; 0 = never).
+    pub max_hedges: u32,
 }
 
 impl Default for CopyOptions {
@@ -144,6 +147,7 @@ impl Default for CopyOptions {
             retry_cap: Duration::from_secs(20),
             shared_memory: None,
             shared_bandwidth: None,
+            max_hedges: 4,
             decoder_cpu: DecoderCpu::Auto,
         }
     }
@@ -213,6 +217,9 @@ pub struct CopySummary {
     /// when the destination reports and checks nothing the copy computed; `--require-proof`
     /// refuses that.
     pub end_to_end: bool,
+    /// Straggling parts sent a second time on a fresh connection near the end (at most
+    /// `CopyOptions::max_hedges`); the proof is unchanged: one record per part number.
+    pub hedged_parts: u64,
 }
 
 /// Why a copy failed. Messages are one line and say what to do.

@@ -25,6 +25,10 @@ pub struct Progress {
     pub parts_done: AtomicU64,
     /// Parts currently transferring.
     pub inflight_parts: AtomicU64,
+    /// Parts all sent, waiting for the destination's acknowledgement (holding no slot).
+    pub awaiting_ack_parts: AtomicU64,
+    /// Straggling parts sent a second time on a fresh connection.
+    pub hedged_parts: AtomicU64,
     /// Current adaptive concurrency limit.
     pub concurrency_limit: AtomicU64,
     /// Lowest concurrency limit reached (shows throttling happened).

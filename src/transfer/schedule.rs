@@ -3,30 +3,58 @@
 //! [`super::source`]).
 //!
 //! Guarantees callers can rely on:
-//! * Concurrency: parts in flight plus acknowledged parts not yet durably recorded never
+//! * Concurrency: parts moving bytes plus acknowledged parts not yet durably recorded never
 //!   exceed the adaptive (AIMD) limit: throttling halves it, successes win it back
-//!   ([`Aimd`]); so a kill -9 never loses more than the limit's worth of acknowledged parts.
-//!   Memory is bounded by the budget the sources charge their bytes to.
+//!   ([`Aimd`]). A part whose body was all sent waits for its UploadPart response without a
+//!   slot (the wire is the scarce thing: at a 200 ms round trip a slot otherwise idles a
+//!   round trip per part). Bound: attempts under way plus acknowledged parts not yet saved
+//!   stay below `2 × limit` (checked at every start; nothing else adds to it), so at most
+//!   that many parts await acknowledgement (`ossrelay_parts_awaiting_ack`; in steady state
+//!   about `limit × round trip ÷ part time`), and a kill -9 loses at most that many
+//!   acknowledgements not yet recorded: those parts are sent again, recorded parts never
+//!   are. Memory is bounded by the budget the sources
+//!   charge their bytes to: a ranged part awaiting its response holds no buffer (a failed
+//!   ack re-fetches it), a part cut from memory keeps its bytes until acknowledged (the
+//!   decoder cannot be rewound), charged to the RAW budget, which then holds the cutter back.
+//! * Early start: once a part's remaining bytes will be through within one smoothed
+//!   time-to-first-byte (measured on every attempt), it lends its slot to the next part, so
+//!   the next GET's first byte arrives about when the previous body ends. At most one lend
+//!   per part, at most `limit / 2` lent parts still moving: the extra connections overlap
+//!   only a body's last round trip.
+//! * Hedging: when nothing is left to start and slots are free, a part running well below
+//!   the median rate ([`STRAGGLER`]) and projected to finish later than a fresh attempt is
+//!   sent a second time (new GET, same part number); the first acknowledged wins, the other
+//!   is cancelled. At most `max_hedges` per run, only ranged parts (an unpack's part is one
+//!   buffer, its slowness is the destination's). The second attempt takes another
+//!   connection from the transport's pool (the straggler's own is busy): near the end that
+//!   is one that already finished its parts, i.e. not one of the slow ones still busy, or
+//!   a new one. Stores keep the last body uploaded for a part number: when the loser
+//!   may reach the store too (its body was all sent), it is not cancelled but answered, the
+//!   part number goes to `relist`, and the caller takes the ETag from ListParts before
+//!   Complete, so the state and the Complete list name what the store holds. Both bodies
+//!   are the same bytes, so the CRC-64 proven is the same either way.
 //! * Retry: the one place a part is retried. A failed attempt goes to a retry queue with its
 //!   own backoff, holding no slot while it waits, and is re-run with a fresh body from its
 //!   source (a new GET, or the same bytes from memory), up to `max_attempts`. The transport
 //!   retries requests, not parts; nobody else retries.
 //! * Proof: a part is done only when the destination acknowledged it with our CRC-64 (or
 //!   echoed none); it is then recorded (state file written in the background) before its
-//!   slot is freed.
+//!   bytes are released and its slot counted free.
 //! * Cancellation: in-flight parts get `grace` to finish (their acknowledgements are
 //!   recorded), then are dropped; the result is [`TransferError::Interrupted`].
 //! * Failure: the first error that no retry can mend stops every part and is returned, one
 //!   line naming the part and the side that failed.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::metrics as m;
 use crate::store::retry::{should_retry, Backoff};
@@ -37,9 +65,17 @@ use super::pipe::{PipeError, Side};
 use super::progress::InflightGuard;
 use super::retry::Aimd;
 use super::session::StateKeeper;
-use super::source::{attempt, Next, PartBody, PartSource, Sent};
+use super::source::{attempt, Next, PartBody, PartSource, Sent, Signal, Watch};
 use super::state::StatePart;
 use super::TransferError;
+
+/// A part is a straggler below this fraction of the median body rate. Not lower: real
+/// connection speeds spread by ±50 % and a 0.5× connection doubles a part's time, which is
+/// the tail a hedge exists to cut; not higher, or ordinary jitter costs egress.
+pub(super) const STRAGGLER: f64 = 0.7;
+
+/// Body rates kept for the median (the most recent ones): bounded memory.
+const RATE_SAMPLES: usize = 64;
 
 /// What one run of the scheduler works on; the caller keeps it across runs (a plain copy
 /// runs again for the parts its proof found damaged, with the same AIMD state).
@@ -53,6 +89,9 @@ pub(super) struct Run<'a> {
     pub(super) aimd: &'a mut Aimd,
     pub(super) cancel: &'a CancellationToken,
     pub(super) upload_id: &'a Arc<str>,
+    /// Part numbers of hedged parts whose other attempt may also have reached the store:
+    /// their ETag must be taken from ListParts before Complete (see the module docs).
+    pub(super) relist: &'a mut Vec<u32>,
 }
 
 /// A part between attempts.
@@ -66,18 +105,198 @@ struct Job {
     body: PartBody,
 }
 
-type Attempts = JoinSet<(Job, Result<Sent, PipeError>)>;
+type Attempts = JoinSet<(u64, Job, Result<Sent, PipeError>)>;
+
+/// An attempt under way, as the scheduler tracks it.
+struct Live {
+    idx: usize,
+    watch: Arc<Watch>,
+    /// Its body was all sent: only the response is pending, and it holds no slot.
+    sent: bool,
+    /// It lent its slot to the next part (it ends within a round trip).
+    lent: bool,
+    /// Part of a hedged pair (the straggler or its second attempt): never hedged again.
+    hedged: bool,
+    /// The source's ETag for a ranged part (a hedge re-reads it); `None` for memory.
+    range: Option<Arc<str>>,
+    abort: AbortHandle,
+}
+
+/// The attempts under way and what was measured of them.
+struct Flight {
+    live: HashMap<u64, Live>,
+    next_id: u64,
+    tx: mpsc::UnboundedSender<(u64, Signal)>,
+    rx: mpsc::UnboundedReceiver<(u64, Signal)>,
+    /// Smoothed time from an attempt's start to its first body byte (GET round trip and
+    /// first byte): how early the next part must start.
+    ttfb: Option<Duration>,
+    /// Recent body rates (bytes/s, first to last byte).
+    rates: VecDeque<f64>,
+    hedges: u32,
+}
+
+impl Flight {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            live: HashMap::new(),
+            next_id: 0,
+            tx,
+            rx,
+            ttfb: None,
+            rates: VecDeque::new(),
+            hedges: 0,
+        }
+    }
+
+    /// Attempts holding a slot: moving bytes (or about to) and not lent.
+    fn moving(&self) -> usize {
+        self.live.values().filter(|l| !l.sent && !l.lent).count()
+    }
+
+    fn awaiting(&self) -> usize {
+        self.live.values().filter(|l| l.sent).count()
+    }
+
+    fn on_signal(&mut self, id: u64, sig: Signal) {
+        let Some(l) = self.live.get_mut(&id) else {
+            return;
+        };
+        match sig {
+            Signal::FirstByte => {
+                if let Some(first) = l.watch.first_byte() {
+                    let sample = first.saturating_duration_since(l.watch.started);
+                    // An EWMA (1/4 weight): follows a changing link within a few parts.
+                    self.ttfb = Some(match self.ttfb {
+                        None => sample,
+                        Some(t) => (t * 3 + sample) / 4,
+                    });
+                }
+            }
+            Signal::BodySent => {
+                l.sent = true;
+                if let Some(r) = l.watch.rate(Instant::now()) {
+                    if self.rates.len() == RATE_SAMPLES {
+                        self.rates.pop_front();
+                    }
+                    self.rates.push_back(r);
+                }
+            }
+        }
+    }
+
+    /// Lends the slot of one moving part whose remaining bytes will be through within one
+    /// smoothed time-to-first-byte; whether one was found. At most half the limit (at least
+    /// one) of lent parts still move bytes, so a misjudged round trip (a first byte that
+    /// waited for the bandwidth cap, say) cannot chain early starts past `--concurrency`.
+    fn lend(&mut self, now: Instant, limit: usize) -> bool {
+        let Some(ttfb) = self.ttfb else {
+            return false;
+        };
+        let lent = self.live.values().filter(|l| l.lent && !l.sent).count();
+        if lent >= (limit / 2).max(1) {
+            return false;
+        }
+        for l in self.live.values_mut().filter(|l| !l.sent && !l.lent) {
+            let Some(rate) = l.watch.rate(now).filter(|r| *r > 0.0) else {
+                continue;
+            };
+            let left = l.watch.len.saturating_sub(l.watch.sent.load(Relaxed)) as f64;
+            if left / rate <= ttfb.as_secs_f64() {
+                l.lent = true;
+                debug!(
+                    attempt = l.watch.id,
+                    left, "part ends within a round trip: starting the next one"
+                );
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The worst straggler worth hedging, if any (see [`STRAGGLER`]).
+    fn straggler(&self, now: Instant) -> Option<u64> {
+        let ttfb = self.ttfb?;
+        let mut rates: Vec<f64> = self.rates.iter().copied().collect();
+        rates.extend(
+            self.live
+                .values()
+                .filter(|l| !l.sent)
+                .filter_map(|l| l.watch.rate(now)),
+        );
+        if rates.len() < 3 {
+            return None;
+        }
+        rates.sort_by(f64::total_cmp);
+        let median = rates[rates.len() / 2];
+        if median <= 0.0 {
+            return None;
+        }
+        let mut worst: Option<(u64, f64)> = None;
+        for l in self.live.values() {
+            if l.sent || l.hedged || l.range.is_none() {
+                continue;
+            }
+            let w = &l.watch;
+            // Give every attempt a few round trips before judging it.
+            let age = now.saturating_duration_since(w.started);
+            if age < (ttfb * 4).max(Duration::from_millis(200)) {
+                continue;
+            }
+            let rate = w.rate(now).unwrap_or(0.0);
+            if rate >= STRAGGLER * median {
+                continue;
+            }
+            let left = w.len.saturating_sub(w.sent.load(Relaxed)) as f64;
+            let fresh = ttfb.as_secs_f64() + w.len as f64 / median;
+            let finish = if rate > 0.0 {
+                left / rate
+            } else {
+                f64::INFINITY
+            };
+            // Only when a fresh attempt at the median rate would clearly finish first.
+            if finish > 1.25 * fresh && worst.is_none_or(|(_, f)| finish > f) {
+                worst = Some((w.id, finish));
+            }
+        }
+        worst.map(|(id, _)| id)
+    }
+
+    /// The other attempt of part `idx`, if any, once this one won: cancelled while it still
+    /// moves bytes (the store cannot have its body, so it cannot keep it); left to finish
+    /// when its body was all sent (cancelling saves no bytes then, and only an answered
+    /// request leaves the store's choice of body settled before ListParts). Whether the
+    /// store may keep the other attempt's body.
+    fn settle_sibling(&mut self, idx: usize) -> bool {
+        let Some(id) = self
+            .live
+            .iter()
+            .find(|(_, l)| l.idx == idx)
+            .map(|(id, _)| *id)
+        else {
+            return false;
+        };
+        if self.live[&id].sent {
+            return true;
+        }
+        let l = self.live.remove(&id).expect("found above");
+        l.abort.abort();
+        false
+    }
+}
 
 enum Event {
     Cancel,
     GraceOver,
-    Joined(Result<(Job, Result<Sent, PipeError>), tokio::task::JoinError>),
+    Joined(Result<(u64, Job, Result<Sent, PipeError>), tokio::task::JoinError>),
     Wrote(Result<(), TransferError>),
+    Signal(u64, Signal),
     Input,
     Idle,
 }
 
-/// Sends every part `source` hands out, with at most the adaptive limit in flight, each
+/// Sends every part `source` hands out, with at most the adaptive limit moving bytes, each
 /// retried on its own (see the module docs).
 pub(super) async fn run_parts<S: PartSource>(
     run: Run<'_>,
@@ -91,9 +310,11 @@ pub(super) async fn run_parts<S: PartSource>(
         aimd,
         cancel,
         upload_id,
+        relist,
     } = run;
     let mut retries: VecDeque<Job> = VecDeque::new();
     let mut set: Attempts = JoinSet::new();
+    let mut fl = Flight::new();
     let mut stopping = false;
     let mut grace: Option<Instant> = None;
     let mut failure: Option<TransferError> = None;
@@ -103,10 +324,21 @@ pub(super) async fn run_parts<S: PartSource>(
             grace = Some(Instant::now() + ctx.opts.grace);
         }
         let mut next_ready: Option<Instant> = None;
+        let mut watching = false;
         if !stopping && failure.is_none() {
             let now = Instant::now();
             loop {
-                let slot = set.len() + keeper.unsaved() < aimd.limit();
+                let limit = aimd.limit();
+                let unsaved = keeper.unsaved();
+                // Everything not yet durably recorded stays under twice the limit: at most
+                // `limit` of it moving bytes, the rest lent (about to finish), awaiting its
+                // acknowledgement or acknowledged and being saved.
+                let room = fl.live.len() + unsaved < 2 * limit;
+                let mut slot = room && fl.moving() + unsaved < limit;
+                let pending = !retries.is_empty() || !source.exhausted();
+                if room && !slot && pending && fl.lend(now, limit) {
+                    slot = fl.moving() + unsaved < limit;
+                }
                 // Retried parts first; the scan stops at the first one ready.
                 if slot {
                     if let Some(i) = retries
@@ -114,13 +346,21 @@ pub(super) async fn run_parts<S: PartSource>(
                         .position(|j| j.ready_at.is_none_or(|t| t <= now))
                     {
                         let job = retries.remove(i).expect("index from position");
-                        spawn(&mut set, ctx, specs[job.idx], job, upload_id);
+                        spawn(
+                            &mut set,
+                            &mut fl,
+                            ctx,
+                            specs[job.idx],
+                            job,
+                            upload_id,
+                            false,
+                        );
                         continue;
                     }
                 }
                 // A resumed part needs no slot, so the source is asked even without one.
                 match source.next(slot) {
-                    None => break,
+                    None => {}
                     Some(Next::Send {
                         idx,
                         body,
@@ -136,7 +376,8 @@ pub(super) async fn run_parts<S: PartSource>(
                             backoff: ctx.backoff(),
                             body,
                         };
-                        spawn(&mut set, ctx, specs[idx], job, upload_id);
+                        spawn(&mut set, &mut fl, ctx, specs[idx], job, upload_id, false);
+                        continue;
                     }
                     Some(Next::Resumed(idx, part)) => {
                         let len = specs[idx].len;
@@ -146,6 +387,7 @@ pub(super) async fn run_parts<S: PartSource>(
                         p.resumed_bytes.fetch_add(len, Relaxed);
                         p.parts_done.fetch_add(1, Relaxed);
                         metrics::counter!(m::PARTS_TOTAL, "result" => "skipped").increment(1);
+                        continue;
                     }
                     Some(Next::Broken) => {
                         failure = Some(source.cause().await);
@@ -153,14 +395,66 @@ pub(super) async fn run_parts<S: PartSource>(
                         break;
                     }
                 }
+                // Nothing left to start: hedge a straggler on a free slot.
+                if slot
+                    && retries.is_empty()
+                    && source.exhausted()
+                    && fl.hedges < ctx.opts.max_hedges
+                {
+                    if let Some(id) = fl.straggler(now) {
+                        let l = fl.live.get_mut(&id).expect("a live attempt");
+                        l.hedged = true;
+                        let (idx, etag) = (l.idx, l.range.clone().expect("ranged"));
+                        let rate = l.watch.rate(now).unwrap_or(0.0);
+                        fl.hedges += 1;
+                        ctx.progress.hedged_parts.fetch_add(1, Relaxed);
+                        metrics::counter!(m::HEDGED_PARTS_TOTAL).increment(1);
+                        info!(
+                            part = specs[idx].number,
+                            rate_bytes_per_sec = rate as u64,
+                            "straggling part: sending it again on another connection"
+                        );
+                        let job = Job {
+                            idx,
+                            attempt: 1,
+                            ready_at: None,
+                            backoff: ctx.backoff(),
+                            body: PartBody::Range { etag },
+                        };
+                        spawn(&mut set, &mut fl, ctx, specs[idx], job, upload_id, true);
+                        continue;
+                    }
+                }
+                break;
             }
-            if failure.is_none() && set.len() + keeper.unsaved() < aimd.limit() {
+            let limit = aimd.limit();
+            if failure.is_none()
+                && fl.moving() + keeper.unsaved() < limit
+                && fl.live.len() + keeper.unsaved() < 2 * limit
+            {
                 next_ready = retries.iter().filter_map(|j| j.ready_at).min();
             }
+            // Early starts and hedges depend on how far bodies are: look again soon while
+            // either could happen.
+            let pending = !retries.is_empty() || !source.exhausted();
+            let could_hedge = !pending && fl.hedges < ctx.opts.max_hedges;
+            watching =
+                failure.is_none() && fl.live.values().any(|l| !l.sent) && (pending || could_hedge);
         }
+        ctx.progress
+            .awaiting_ack_parts
+            .store(fl.awaiting() as u64, Relaxed);
         let finished = retries.is_empty() && source.exhausted();
         if set.is_empty() && (finished || stopping || failure.is_some()) {
             break;
+        }
+        if watching {
+            let period = fl
+                .ttfb
+                .map_or(Duration::from_millis(100), |t| t / 4)
+                .clamp(Duration::from_millis(10), Duration::from_millis(250));
+            let look = Instant::now() + period;
+            next_ready = Some(next_ready.map_or(look, |t| t.min(look)));
         }
         let want_input = !stopping && failure.is_none() && source.wants_input();
         let ev = tokio::select! {
@@ -171,12 +465,14 @@ pub(super) async fn run_parts<S: PartSource>(
             // Before joins: a finished write must start the next one promptly, or acks pile
             // up unsaved while parts keep completing.
             r = keeper.wait_write(), if keeper.is_writing() => Event::Wrote(r),
+            Some((id, sig)) = fl.rx.recv() => Event::Signal(id, sig),
             Some(r) = set.join_next() => Event::Joined(r),
             () = source.fill(), if want_input => Event::Input,
             else => Event::Idle,
         };
         match ev {
             Event::Idle | Event::Input => {}
+            Event::Signal(id, sig) => fl.on_signal(id, sig),
             Event::Cancel => {
                 info!(
                     inflight = set.len(),
@@ -203,10 +499,28 @@ pub(super) async fn run_parts<S: PartSource>(
                     set.abort_all();
                 }
             }
-            Event::Joined(Ok((job, Ok(sent)))) => {
+            Event::Joined(Ok((id, job, Ok(sent)))) => {
+                fl.live.remove(&id);
                 let spec = specs[job.idx];
                 // The job's body (bytes held in memory) goes back to the budget here.
                 drop(job.body);
+                if let Some(kept) = &done[job.idx] {
+                    // Both attempts of a hedged part were acknowledged: one record (the
+                    // winner's); the store keeps the last body, so the part is re-listed.
+                    if kept.crc64() != sent.checksums.crc64_xz().unwrap_or_default() {
+                        warn!(
+                            part = spec.number,
+                            "two attempts of one part were acknowledged with different CRC-64s"
+                        );
+                    }
+                    relist.push(spec.number);
+                    continue;
+                }
+                // The first acknowledged attempt wins; the other is cancelled, or, if its body
+                // was all sent, answered and re-listed (the store may keep its body instead).
+                if fl.settle_sibling(job.idx) {
+                    relist.push(spec.number);
+                }
                 let part =
                     StatePart::with_checksums(spec.number, spec.len, sent.checksums, sent.etag);
                 done[job.idx] = Some(part.clone());
@@ -219,8 +533,16 @@ pub(super) async fn run_parts<S: PartSource>(
                 aimd.on_success();
                 p.set_limit(aimd.limit());
             }
-            Event::Joined(Ok((mut job, Err(e)))) => {
+            Event::Joined(Ok((id, mut job, Err(e)))) => {
+                fl.live.remove(&id);
                 let spec = specs[job.idx];
+                if done[job.idx].is_some() || fl.live.values().any(|l| l.idx == job.idx) {
+                    // One attempt of a hedged pair failed: the other carries the part, in
+                    // effect its retry, and counted as one (every failure is mended or fatal).
+                    debug!(part = spec.number, error = %e.err, "a hedged attempt failed; the other goes on");
+                    ctx.note_retry(e.reason);
+                    continue;
+                }
                 if e.side == Side::Source && e.class() == ErrorClass::Precondition {
                     if failure.is_none() {
                         let etag = match &job.body {
@@ -266,6 +588,7 @@ pub(super) async fn run_parts<S: PartSource>(
             }
         }
     }
+    ctx.progress.awaiting_ack_parts.store(0, Relaxed);
     let flushed = keeper.flush().await;
     if let Some(f) = failure {
         return Err(f);
@@ -278,16 +601,45 @@ pub(super) async fn run_parts<S: PartSource>(
 }
 
 /// Starts one attempt of `job`'s part; the job (with its body) comes back with the result.
-fn spawn(set: &mut Attempts, ctx: &Arc<Ctx>, spec: PartSpec, job: Job, upload_id: &Arc<str>) {
+fn spawn(
+    set: &mut Attempts,
+    fl: &mut Flight,
+    ctx: &Arc<Ctx>,
+    spec: PartSpec,
+    job: Job,
+    upload_id: &Arc<str>,
+    hedge: bool,
+) {
+    let id = fl.next_id;
+    fl.next_id += 1;
+    let watch = Arc::new(Watch::new(id, spec.len, fl.tx.clone()));
+    let range = match &job.body {
+        PartBody::Range { etag } => Some(etag.clone()),
+        PartBody::Memory { .. } => None,
+    };
+    let idx = job.idx;
     let ctx = ctx.clone();
     let upload_id = upload_id.clone();
-    let span = tracing::debug_span!("part", number = spec.number, attempt = job.attempt);
-    set.spawn(
+    let span = tracing::debug_span!("part", number = spec.number, attempt = job.attempt, hedge);
+    let w = watch.clone();
+    let abort = set.spawn(
         async move {
             let _inflight = InflightGuard::new(ctx.progress.clone());
-            let r = attempt(&ctx, spec, &job.body, &upload_id).await;
-            (job, r)
+            let r = attempt(&ctx, spec, &job.body, &upload_id, &w).await;
+            (id, job, r)
         }
         .instrument(span),
+    );
+    fl.live.insert(
+        id,
+        Live {
+            idx,
+            watch,
+            sent: false,
+            lent: false,
+            hedged: hedge,
+            range,
+            abort,
+        },
     );
 }

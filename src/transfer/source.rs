@@ -15,10 +15,16 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
 
 use crate::checksum::{Checksum, Checksums};
 use crate::store::{ByteStream, PartSpec, StoreError};
@@ -146,12 +152,122 @@ pub(super) struct Sent {
     pub(super) etag: String,
 }
 
-/// One attempt of part `spec` from `body` into upload `upload_id`; no retry here.
+/// What an attempt tells the scheduler while its UploadPart body streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Signal {
+    /// The uploader took the body's first bytes (the GET's first byte has arrived).
+    FirstByte,
+    /// The uploader took the body's last byte: only the response is pending now.
+    BodySent,
+}
+
+/// One attempt's progress as the uploader pulls its body, shared with the scheduler: how
+/// far it is (for the early start of the next part and for hedging) and, by message, when it
+/// got its first byte and when its body was all sent. Two atomics and at most two messages
+/// per attempt: nothing per chunk beyond one relaxed add.
+pub(super) struct Watch {
+    pub(super) id: u64,
+    pub(super) started: Instant,
+    pub(super) len: u64,
+    /// Bytes the uploader took.
+    pub(super) sent: AtomicU64,
+    /// Microseconds from `started` to the first byte taken, plus one (0: none yet).
+    first_byte: AtomicU64,
+    tx: UnboundedSender<(u64, Signal)>,
+}
+
+impl Watch {
+    pub(super) fn new(id: u64, len: u64, tx: UnboundedSender<(u64, Signal)>) -> Self {
+        Self {
+            id,
+            started: Instant::now(),
+            len,
+            sent: AtomicU64::new(0),
+            first_byte: AtomicU64::new(0),
+            tx,
+        }
+    }
+
+    /// When the first byte was taken.
+    pub(super) fn first_byte(&self) -> Option<Instant> {
+        match self.first_byte.load(Relaxed) {
+            0 => None,
+            us => Some(self.started + Duration::from_micros(us - 1)),
+        }
+    }
+
+    /// The body's rate since its first byte, bytes/s (`None` before it, or too soon to say).
+    pub(super) fn rate(&self, now: Instant) -> Option<f64> {
+        let t = now
+            .saturating_duration_since(self.first_byte()?)
+            .as_secs_f64();
+        (t > 0.0).then(|| self.sent.load(Relaxed) as f64 / t)
+    }
+
+    /// Wraps an UploadPart body so the uploader's pulls are counted here.
+    fn wrap(self: &Arc<Self>, inner: ByteStream) -> ByteStream {
+        Box::pin(Watched {
+            inner,
+            watch: self.clone(),
+            done: false,
+        })
+    }
+
+    fn took(&self, n: u64) {
+        if self.first_byte.load(Relaxed) == 0 {
+            let us = self.started.elapsed().as_micros() as u64 + 1;
+            self.first_byte.store(us, Relaxed);
+            let _ = self.tx.send((self.id, Signal::FirstByte));
+        }
+        self.sent.fetch_add(n, Relaxed);
+    }
+
+    fn all_sent(&self) {
+        // A closed channel: the scheduler is gone and nobody is counting.
+        let _ = self.tx.send((self.id, Signal::BodySent));
+    }
+}
+
+/// An UploadPart body reporting to its [`Watch`].
+struct Watched {
+    inner: ByteStream,
+    watch: Arc<Watch>,
+    done: bool,
+}
+
+impl Stream for Watched {
+    type Item = Result<Bytes, StoreError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let r = self.inner.as_mut().poll_next(cx);
+        match &r {
+            Poll::Ready(Some(Ok(b))) if !b.is_empty() => {
+                self.watch.took(b.len() as u64);
+                // The last byte taken: an uploader that knows the length may never poll
+                // for the end, so do not wait for `None`.
+                if !self.done && self.watch.sent.load(Relaxed) >= self.watch.len {
+                    self.done = true;
+                    self.watch.all_sent();
+                }
+            }
+            Poll::Ready(None) if !self.done && self.watch.sent.load(Relaxed) >= self.watch.len => {
+                self.done = true;
+                self.watch.all_sent();
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+/// One attempt of part `spec` from `body` into upload `upload_id`; no retry here. `watch`
+/// sees the UploadPart body stream (see [`Watch`]).
 pub(super) async fn attempt(
     ctx: &Ctx,
     spec: PartSpec,
     body: &PartBody,
     upload_id: &str,
+    watch: &Arc<Watch>,
 ) -> Result<Sent, PipeError> {
     match body {
         PartBody::Range { etag } => {
@@ -165,6 +281,7 @@ pub(super) async fn attempt(
                 None,
                 move |body| async move {
                     // Streamed: the part's checksums are known only once it has been sent.
+                    let body = watch.wrap(body);
                     dst.store
                         .upload_part(&dst.key, upload_id, spec, body, &Checksums::new())
                         .await
@@ -177,7 +294,7 @@ pub(super) async fn attempt(
             })
         }
         PartBody::Memory { chunks, crc64 } => {
-            from_memory(ctx, spec, chunks, *crc64, upload_id).await
+            from_memory(ctx, spec, chunks, *crc64, upload_id, watch).await
         }
     }
 }
@@ -190,6 +307,7 @@ async fn from_memory(
     chunks: &[Charged],
     crc: u64,
     upload_id: &str,
+    watch: &Arc<Watch>,
 ) -> Result<Sent, PipeError> {
     // Generous: the whole part must cross the link, at ≥ 256 KiB/s.
     let timeout = ctx
@@ -223,6 +341,7 @@ async fn from_memory(
     ));
     // Counted as the uploader pulls it, like the pipe's body (ossrelay_bytes_total).
     let body = super::progress::StreamCounter::upload(ctx.progress.clone()).counted(body);
+    let body = watch.wrap(body);
     let r = super::within(
         timeout,
         ctx.dst

@@ -291,12 +291,15 @@ async fn idle_stream_times_out_and_retries() {
         .inject(FaultRule::new(Op::Get, Fault::Stall { after: 100 }).nth(1));
     let o = CopyOptions {
         idle_timeout: Some(Duration::from_millis(200)),
+        // The stall timer is what is tested: no hedge may cure the stall first.
+        max_hedges: 0,
         ..opts()
     };
     let (r, _) = e.run(o).await;
     let s = r.unwrap();
     e.assert_copied(&s);
     assert_eq!(s.retries, 1);
+    assert_eq!(s.hedged_parts, 0);
 }
 
 #[tokio::test]
@@ -1294,4 +1297,200 @@ async fn a_damaged_state_file_aborts_the_upload_it_names() {
         "the damaged state's upload was aborted"
     );
     assert_eq!(e.dst.open_uploads(), 0, "nothing orphaned");
+}
+
+/// Samples `f` every 2 ms until the returned guard is dropped; the guard holds the maximum.
+fn sample_max(
+    p: &Arc<Progress>,
+    f: fn(&Progress) -> u64,
+) -> (
+    Arc<std::sync::atomic::AtomicU64>,
+    tokio_util::task::AbortOnDropHandle<()>,
+) {
+    let max = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (m, p) = (max.clone(), p.clone());
+    let h = tokio::spawn(async move {
+        loop {
+            m.fetch_max(f(&p), Relaxed);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    (max, tokio_util::task::AbortOnDropHandle::new(h))
+}
+
+impl Env {
+    async fn run_watched(
+        &self,
+        o: CopyOptions,
+        f: fn(&Progress) -> u64,
+    ) -> (Result<CopySummary, TransferError>, Arc<Progress>, u64) {
+        let (s, d) = self.locs();
+        let p = Progress::new();
+        let (max, _sampler) = sample_max(&p, f);
+        let r = copy(s, d, o, p.clone(), CancellationToken::new()).await;
+        (r, p, max.load(Relaxed))
+    }
+}
+
+/// A part whose body is all sent waits for its UploadPart response without a slot: another
+/// part moves bytes meanwhile, so the store sees more uploads at once than `concurrency`
+/// (before, a slot idled through every acknowledgement); parts awaiting acknowledgement stay
+/// within the documented bound (twice the limit) and are all recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_awaiting_acknowledgement_hold_no_slot_and_stay_bounded() {
+    let e = env(12 * PART);
+    e.dst.inject(FaultRule::new(
+        Op::UploadPart,
+        Fault::AckDelay(Duration::from_millis(300)),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        // Bodies take ~0.15 s each, so a body and an acknowledgement overlap.
+        bandwidth: Some(2 * 1024 * 1024),
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let (r, p, awaiting) = e
+        .run_watched(o, |p| p.awaiting_ack_parts.load(Relaxed))
+        .await;
+    let s = r.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(s.retries, 0);
+    assert!(
+        awaiting >= 1,
+        "no part was seen awaiting its acknowledgement"
+    );
+    assert!(
+        awaiting <= 4,
+        "{awaiting} parts awaited acknowledgement (bound: 2 × --concurrency = 4)"
+    );
+    let most = e.dst.counters.max_inflight_uploads.load(Relaxed);
+    assert!(
+        (3..=4).contains(&most),
+        "{most} uploads at once with --concurrency 2 (want 3..=4: 2 moving + awaiting)"
+    );
+    assert_eq!(p.awaiting_ack_parts.load(Relaxed), 0);
+    assert_eq!(p.parts_done.load(Relaxed), 12);
+}
+
+/// The next part's GET is issued about one time-to-first-byte before the body ahead of it
+/// ends: with one slot, two attempts overlap (the old scheduler ran them strictly one after
+/// the other, idling a round trip per part).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_get_starts_a_round_trip_before_the_slot_frees() {
+    let e = env(6 * PART);
+    // Every GET answers after 80 ms: the round trip the scheduler must measure and hide.
+    e.src.inject(FaultRule::new(
+        Op::Get,
+        Fault::Delay(Duration::from_millis(80)),
+    ));
+    let o = CopyOptions {
+        concurrency: 1,
+        // ~0.3 s per body after the bucket's first burst.
+        bandwidth: Some(400 * 1024),
+        ..opts()
+    };
+    let (r, _, inflight) = e.run_watched(o, |p| p.inflight_parts.load(Relaxed)).await;
+    let s = r.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(s.hedged_parts, 0, "nothing straggles here");
+    assert_eq!(
+        inflight, 2,
+        "with --concurrency 1, the next part must start as the body ahead ends"
+    );
+}
+
+/// A part stalled near the end (no other part left to start) is hedged: the second attempt
+/// is acknowledged long before the stall timer would fire, the stalled one is cancelled and
+/// never reaches the store.
+#[tokio::test]
+async fn a_stalled_straggler_is_hedged_and_the_hedge_wins() {
+    let e = env(3 * PART);
+    e.src
+        .inject(FaultRule::new(Op::Get, Fault::Stall { after: 100 }).nth(1));
+    let t = std::time::Instant::now();
+    let (r, p) = e.run(opts()).await;
+    let s = r.unwrap();
+    e.assert_copied(&s);
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "waited for the stall timer"
+    );
+    assert_eq!(s.hedged_parts, 1);
+    assert_eq!(p.hedged_parts.load(Relaxed), 1);
+    assert_eq!(s.retries, 0, "a hedge is not a retry");
+    assert_eq!(e.dst.part_uploads(1), 1, "the stalled attempt never landed");
+}
+
+/// Both attempts of a hedged part reach the store, the loser last (its acknowledgement
+/// comes after the winner's, and the store keeps the last body). Each upload gets its own
+/// ETag here (a store whose ETag is not the MD5), so Complete succeeds only if the ETag
+/// recorded is the one the store lists: the part is re-listed, recorded once, with the
+/// same CRC-64 (the object's CRC-64 is proven).
+#[tokio::test]
+async fn a_hedged_part_and_its_original_both_acknowledged_one_record_the_listed_etag() {
+    let e = env(4 * PART);
+    e.dst.set_unique_etags(true);
+    // Part 4's GET is slow to answer: a straggler once parts 1–3 are done.
+    e.src
+        .inject(FaultRule::new(Op::Get, Fault::Delay(Duration::from_millis(800))).nth(4));
+    // Its hedge (the 5th GET) is slower still, so the original's body is all sent first…
+    e.src
+        .inject(FaultRule::new(Op::Get, Fault::Delay(Duration::from_millis(1500))).nth(5));
+    // …but the original is stored and acknowledged only after the hedge was.
+    e.dst.inject(
+        FaultRule::new(Op::UploadPart, Fault::AckDelay(Duration::from_millis(2500)))
+            .part(4)
+            .times(1),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 8,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    let (r, _) = e.run(o).await;
+    let s = r.unwrap_or_else(|err| panic!("{err}"));
+    e.assert_copied(&s);
+    assert_eq!(s.hedged_parts, 1);
+    assert_eq!(e.dst.part_uploads(4), 2, "both attempts were stored");
+    assert_eq!(
+        e.dst.calls(Op::ListParts),
+        1,
+        "the hedged part was re-listed"
+    );
+    assert_eq!(s.parts, 4);
+}
+
+/// Hedging is bounded whatever happens: under a storm of stalled GETs (40 % of them), over
+/// three rounds, no run hedges more than `max_hedges` parts, and every copy completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedging_never_exceeds_its_bound_under_a_stall_storm() {
+    let mut total = 0;
+    for round in 0..3 {
+        let e = env(24 * PART);
+        e.src
+            .inject(FaultRule::new(Op::Get, Fault::Stall { after: 0 }).probability(0.4));
+        let o = CopyOptions {
+            idle_timeout: Some(Duration::from_millis(400)),
+            max_attempts: 30,
+            max_hedges: 2,
+            ..opts()
+        };
+        let (r, p) = e.run(o).await;
+        let s = r.unwrap_or_else(|err| panic!("round {round}: {err}"));
+        e.assert_copied(&s);
+        assert!(
+            s.hedged_parts <= 2,
+            "round {round}: {} hedges",
+            s.hedged_parts
+        );
+        assert_eq!(p.hedged_parts.load(Relaxed), s.hedged_parts);
+        total += s.hedged_parts;
+    }
+    assert!(
+        total >= 1,
+        "stalls at the end of three copies and not one hedge"
+    );
 }

@@ -428,6 +428,7 @@ async fn run_once(
             resumed_bytes: out.resumed_bytes,
             source_crc64_known: meta.checksums.crc64_xz().is_some(),
             verified_by: ctx.pipe.proofs.list(),
+            hedged_parts: progress.hedged_parts.load(Relaxed),
             end_to_end: ctx.pipe.proofs.end_to_end(),
         },
         member: member.name,
@@ -692,6 +693,8 @@ async fn multipart(
             aimd: &mut aimd,
             cancel,
             upload_id: &upload_id,
+            // Parts cut from memory are never hedged (see `schedule`): nothing to re-list.
+            relist: &mut Vec::new(),
         },
         &mut cutter,
     )

@@ -451,6 +451,12 @@ pub struct SimConfig {
     pub fault_ops: Option<Vec<String>>,
     /// Bytes/s per connection and direction.
     pub conn_rate: Option<u64>,
+    /// Real links differ: each connection's cap is drawn uniformly from
+    /// `[conn_rate × (1 − spread), conn_rate × (1 + spread)]` (0 = every connection alike;
+    /// must lie in `0..1`). Draws are seeded by `wan_seed`, in accept order.
+    pub conn_rate_spread: f64,
+    /// Seed of the per-connection rate draws (same seed, same accept order → same caps).
+    pub wan_seed: u64,
     /// Delay before the first byte of every response.
     pub latency: Duration,
     /// Answer path-style requests with 403 SecondLevelDomainForbidden.
@@ -521,6 +527,8 @@ impl Default for SimConfig {
             fault_seed: 0,
             fault_ops: None,
             conn_rate: None,
+            conn_rate_spread: 0.0,
+            wan_seed: 0,
             latency: Duration::ZERO,
             reject_path_style: false,
             clock_skew: 0,

@@ -60,7 +60,8 @@ pub(crate) async fn accept_loop(
         let cancel = cancel.clone();
         tracker.spawn(async move {
             let reset = Arc::new(AtomicBool::new(false));
-            let io = ConnIo::new(stream, world.conn_rate, reset.clone(), world.link.clone());
+            let rate = world.conn_rate.as_ref().map(|d| d.next());
+            let io = ConnIo::new(stream, rate, reset.clone(), world.link.clone());
             let svc = hyper::service::service_fn(move |req| {
                 let world = world.clone();
                 let reset = reset.clone();

@@ -67,6 +67,47 @@ impl Pacer {
 
 use std::future::Future;
 
+/// The WAN model's per-connection caps: real cross-region connections differ in speed (the
+/// slowest ones finish last), so each accepted connection gets its own cap drawn uniformly
+/// from `[rate × (1 − spread), rate × (1 + spread)]`. Deterministic: the `n`-th connection's
+/// draw depends only on the seed and `n` (SplitMix64), so a run is reproducible.
+#[derive(Debug)]
+pub struct RateDraw {
+    rate: u64,
+    spread: f64,
+    seed: u64,
+    accepted: AtomicU64,
+}
+
+impl RateDraw {
+    /// `spread` within `0..1` (checked by the world's constructor).
+    pub fn new(rate: u64, spread: f64, seed: u64) -> Self {
+        Self {
+            rate,
+            spread,
+            seed,
+            accepted: AtomicU64::new(0),
+        }
+    }
+
+    /// The cap of the next connection, bytes/s (at least 1).
+    pub fn next(&self) -> u64 {
+        if self.spread <= 0.0 {
+            return self.rate;
+        }
+        let n = self.accepted.fetch_add(1, Ordering::Relaxed);
+        let mut x = self.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        // 53 random bits → [0, 1).
+        let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+        let factor = 1.0 - self.spread + 2.0 * self.spread * u;
+        ((self.rate as f64 * factor).round() as u64).max(1)
+    }
+}
+
 /// Switches shared by every connection of one simulator, flipped at runtime.
 #[derive(Debug, Default)]
 pub struct Link {
@@ -309,6 +350,30 @@ pub(crate) fn paced(
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn rate_draws_are_spread_seeded_and_bounded() {
+        let rate = 16u64 << 20;
+        let flat = RateDraw::new(rate, 0.0, 7);
+        assert!((0..10).all(|_| flat.next() == rate));
+        let draw = |seed| {
+            let d = RateDraw::new(rate, 0.5, seed);
+            (0..1000).map(|_| d.next()).collect::<Vec<_>>()
+        };
+        let a = draw(1);
+        assert_eq!(a, draw(1), "same seed, same caps");
+        assert_ne!(a, draw(2), "another seed, other caps");
+        let (lo, hi) = (rate / 2, rate * 3 / 2);
+        assert!(
+            a.iter().all(|&r| (lo..=hi).contains(&r)),
+            "within rate × (1 ± 0.5)"
+        );
+        // Uniform: both ends of the range are reached and the mean is near the rate.
+        assert!(a.iter().any(|&r| r < lo + rate / 10));
+        assert!(a.iter().any(|&r| r > hi - rate / 10));
+        let mean = a.iter().sum::<u64>() as f64 / a.len() as f64;
+        assert!((mean / rate as f64 - 1.0).abs() < 0.05, "mean {mean}");
+    }
 
     #[tokio::test]
     async fn write_is_paced() {

@@ -59,8 +59,8 @@ pub(crate) struct World {
     pub(crate) quirks: bool,
     /// S3 dialect: answer `x-cos-hash-crc64ecma` like Tencent COS.
     pub(crate) cos: bool,
-    /// Bytes/s per connection and direction (WAN model).
-    pub(crate) conn_rate: Option<u64>,
+    /// Bytes/s per connection and direction (WAN model), drawn per connection.
+    pub(crate) conn_rate: Option<crate::wan::RateDraw>,
     /// Delay before the first byte of every OSS response (WAN model).
     pub(crate) latency: Duration,
     pub(crate) reject_path_style: bool,
@@ -113,6 +113,12 @@ impl World {
                 "EC2 images, vmimport roles and EC2 task failures need the s3 dialect".into(),
             ));
         }
+        if !(0.0..1.0).contains(&cfg.conn_rate_spread) {
+            return Err(SimError::Config(format!(
+                "connection rate spread {} is outside 0..1 (0 = every connection alike)",
+                cfg.conn_rate_spread
+            )));
+        }
         Ok(Self {
             region: cfg.region.clone(),
             ec2: ec2::Ec2::new(cfg)?,
@@ -122,7 +128,9 @@ impl World {
             dialect: cfg.dialect,
             quirks: cfg.quirks || cfg.s3_flavour == crate::config::S3Flavour::Cos,
             cos: cfg.s3_flavour == crate::config::S3Flavour::Cos,
-            conn_rate: cfg.conn_rate,
+            conn_rate: cfg
+                .conn_rate
+                .map(|r| crate::wan::RateDraw::new(r, cfg.conn_rate_spread, cfg.wan_seed)),
             latency: cfg.latency,
             reject_path_style: cfg.reject_path_style,
             clock_skew: AtomicI64::new(cfg.clock_skew),
