@@ -30,12 +30,12 @@ pub async fn abandon(cfg: &MigrateConfig, b: &Backends) -> Result<AbandonReport,
     let mut done = Vec::new();
     if matches!(st.stage, Stage::Export | Stage::WaitExport) {
         if let Some(task) = &st.export_task_id {
-            cancel_export(&b.src, task, &mut done).await?;
+            cancel_task(&b.src, TaskKind::Export, task, &mut done).await?;
         }
     }
     if matches!(st.stage, Stage::Import | Stage::WaitImport) {
         if let Some(task) = &st.import_task_id {
-            cancel_import(&b.dst, task, &mut done).await?;
+            cancel_task(&b.dst, TaskKind::Import, task, &mut done).await?;
         }
     }
     for d in &st.disks {
@@ -79,45 +79,28 @@ pub async fn abandon(cfg: &MigrateConfig, b: &Backends) -> Result<AbandonReport,
     Ok(done)
 }
 
-/// Cancels an export task; one already over is not an error (there is nothing to stop).
-async fn cancel_export(
-    api: &ImageApi,
-    task: &str,
-    done: &mut AbandonReport,
-) -> Result<(), MigrateError> {
-    match api {
-        ImageApi::Aliyun(ecs) => match ecs.cancel_task(task).await {
-            Ok(()) => done.push(format!("cancelled the ECS export task {task}")),
-            Err(e) if finished_task_code(e.code()) => {}
-            Err(source) => {
-                return Err(MigrateError::Api {
-                    step: "CancelTask",
-                    source,
-                })
-            }
-        },
-        ImageApi::Aws(ec2) => match ec2.cancel_export_task(task).await {
-            Ok(()) => done.push(format!("cancelled the EC2 export task {task}")),
-            Err(e) if finished_aws_task(&e) => {}
-            Err(source) => {
-                return Err(MigrateError::Aws {
-                    step: "CancelExportTask",
-                    source: Box::new(source),
-                })
-            }
-        },
-    }
-    Ok(())
+/// Which task [`cancel_task`] stops.
+#[derive(Clone, Copy)]
+enum TaskKind {
+    Export,
+    Import,
 }
 
-async fn cancel_import(
+/// Cancels an export or import task with the cloud's own call; one already over is not an
+/// error (there is nothing to stop).
+async fn cancel_task(
     api: &ImageApi,
+    kind: TaskKind,
     task: &str,
     done: &mut AbandonReport,
 ) -> Result<(), MigrateError> {
+    let what = match kind {
+        TaskKind::Export => "export",
+        TaskKind::Import => "import",
+    };
     match api {
         ImageApi::Aliyun(ecs) => match ecs.cancel_task(task).await {
-            Ok(()) => done.push(format!("cancelled the ECS import task {task}")),
+            Ok(()) => done.push(format!("cancelled the ECS {what} task {task}")),
             Err(e) if finished_task_code(e.code()) => {}
             Err(source) => {
                 return Err(MigrateError::Api {
@@ -126,19 +109,26 @@ async fn cancel_import(
                 })
             }
         },
-        ImageApi::Aws(ec2) => match ec2
-            .cancel_import_task(task, "ossrelay migrate --abandon")
-            .await
-        {
-            Ok(()) => done.push(format!("cancelled the EC2 import task {task}")),
-            Err(e) if finished_aws_task(&e) => {}
-            Err(source) => {
-                return Err(MigrateError::Aws {
-                    step: "CancelImportTask",
-                    source: Box::new(source),
-                })
+        ImageApi::Aws(ec2) => {
+            let (step, result) = match kind {
+                TaskKind::Export => ("CancelExportTask", ec2.cancel_export_task(task).await),
+                TaskKind::Import => (
+                    "CancelImportTask",
+                    ec2.cancel_import_task(task, "ossrelay migrate --abandon")
+                        .await,
+                ),
+            };
+            match result {
+                Ok(()) => done.push(format!("cancelled the EC2 {what} task {task}")),
+                Err(e) if finished_aws_task(&e) => {}
+                Err(source) => {
+                    return Err(MigrateError::Aws {
+                        step,
+                        source: Box::new(source),
+                    })
+                }
             }
-        },
+        }
     }
     Ok(())
 }

@@ -90,20 +90,25 @@ pub fn import_input(
         boot_mode: attr(|i| &i.boot_mode),
         license_type: None,
         role_name: None,
-        disks: disks
-            .iter()
-            .map(|d| ImportDisk {
-                oss_bucket: dst_bucket.to_string(),
-                oss_object: d.destination_key.clone(),
-                format: ImageFormat::from_key(&d.destination_key),
-                disk_image_size: d.size_gib,
-            })
-            .collect(),
+        disks: ecs_import_disks(dst_bucket, disks),
         nvme_support: attr(|i| &i.features.nvme_support),
         imds_support: attr(|i| &i.features.imds_support),
         tags: vec![(SOURCE_TAG.into(), source_tag(key))],
         client_token: Some(client_token),
     }
+}
+
+/// ImportImage's `DiskDeviceMapping`s for the relayed disks in `dst_bucket`.
+pub(super) fn ecs_import_disks(dst_bucket: &str, disks: &[DiskState]) -> Vec<ImportDisk> {
+    disks
+        .iter()
+        .map(|d| ImportDisk {
+            oss_bucket: dst_bucket.to_string(),
+            oss_object: d.destination_key.clone(),
+            format: ImageFormat::from_key(&d.destination_key),
+            disk_image_size: d.size_gib,
+        })
+        .collect()
 }
 
 fn source_tag(key: &MigrationKey) -> String {
@@ -292,19 +297,7 @@ impl Run<'_> {
             });
         }
         self.state.disks = plan_disks(&objects, self.state.source_image.as_ref());
-        let described = self
-            .state
-            .disks
-            .iter()
-            .map(|d| {
-                format!(
-                    "{} disk: {}",
-                    d.role,
-                    self.b.src_store.describe(&d.source_key)
-                )
-            })
-            .collect();
-        (self.events)(Event::Exported(described));
+        self.tell_exported();
         self.advance(Stage::Relay)
     }
 

@@ -263,19 +263,7 @@ impl Run<'_> {
             crc64: None,
             verified_by: Vec::new(),
         }];
-        let described = self
-            .state
-            .disks
-            .iter()
-            .map(|d| {
-                format!(
-                    "{} disk: {}",
-                    d.role,
-                    self.b.src_store.describe(&d.source_key)
-                )
-            })
-            .collect();
-        (self.events)(Event::Exported(described));
+        self.tell_exported();
         self.advance(Stage::Relay)
     }
 

@@ -273,7 +273,7 @@ impl ImageAttrs {
         tags: Vec<(String, String)>,
         client_token: String,
     ) -> crate::acs::ecs::ImportImageInput {
-        use crate::acs::ecs::{ImageFormat, ImportDisk, ImportImageInput};
+        use crate::acs::ecs::ImportImageInput;
         // Alibaba refuses BIOS for arm64 (InvalidBootMode.NotSupport).
         let boot = if self.architecture == "arm64" {
             "UEFI"
@@ -298,15 +298,7 @@ impl ImageAttrs {
             boot_mode: Some(boot.into()),
             license_type: None,
             role_name: None,
-            disks: disks
-                .iter()
-                .map(|d| ImportDisk {
-                    oss_bucket: dst_bucket.to_string(),
-                    oss_object: d.destination_key.clone(),
-                    format: ImageFormat::from_key(&d.destination_key),
-                    disk_image_size: d.size_gib,
-                })
-                .collect(),
+            disks: super::aliyun::ecs_import_disks(dst_bucket, disks),
             nvme_support: self.nvme.then(|| "supported".into()),
             imds_support: self.imds_v2.then(|| "v2".into()),
             tags,

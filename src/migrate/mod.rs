@@ -523,6 +523,23 @@ impl Run<'_> {
         self.advance(Stage::Import)
     }
 
+    /// Tells the exported disk objects, described (`oss://…`, `s3://…`).
+    fn tell_exported(&self) {
+        let described = self
+            .state
+            .disks
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} disk: {}",
+                    d.role,
+                    self.b.src_store.describe(&d.source_key)
+                )
+            })
+            .collect();
+        (self.events)(Event::Exported(described));
+    }
+
     /// The tag value naming this migration's source on what it creates.
     fn source_tag(&self) -> String {
         let k = &self.cfg.key;
