@@ -481,3 +481,102 @@ async fn kill_9_in_each_stage_then_rerun_makes_one_export_and_one_import() {
     assert!(w.ali.image(&id).is_some());
     assert_eq!(count(&w.ali.stats(), "ImportImage", "200"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abandon_cancels_the_running_export_and_forgets_the_migration() {
+    let w = XWorld::new(
+        Way::AwsToAliyun,
+        |c| c.task_duration = Duration::from_secs(30),
+        |_| {},
+    )
+    .await;
+    let state = w.dir.path().join("state");
+    let mut child = w.command(&w.migrate_args()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .any(|t| t.contains("\"stage\": \"wait-export\""))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "never reached wait-export"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let mut args = w.migrate_args();
+    args.push("--abandon".into());
+    let out = w.run(args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cancelled the EC2 export task"),
+        "{}",
+        stderr(&out)
+    );
+    // EC2 stopped the task (cancelling, then deleted), nothing was written, no state is left.
+    let tasks = w.ec2().describe_export_image_tasks(&[]).await.unwrap();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert!(
+        matches!(tasks[0].status.as_str(), "deleting" | "deleted"),
+        "{tasks:?}"
+    );
+    assert_eq!(w.aws.list_keys(AWS_BUCKET), Vec::<String>::new());
+    let left: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("migrate-") && n.ends_with(".json"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A second abandon has nothing to undo.
+    let mut args = w.migrate_args();
+    args.push("--abandon".into());
+    let again = w.run(args).await;
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("nothing to undo"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_assumed_aws_role_whose_credentials_expire_mid_relay_is_refreshed() {
+    let w = XWorld::new(
+        Way::AwsToAliyun,
+        |c| {
+            c.aws_roles.push(ossrelay_sim::SimAwsRole {
+                account: src_account().name,
+                name: "migrator".into(),
+                external_id: None,
+            });
+            c.sts_ttl = Some(Duration::from_secs(2));
+            // ~1 MiB/s per connection: the relay outlives several credential lifetimes.
+            c.conn_rate = Some(1 << 20);
+        },
+        |_| {},
+    )
+    .await;
+    std::fs::write(
+        w.dir.path().join(".aws/config"),
+        format!(
+            "[profile src-role]\nrole_arn = arn:aws:iam::{}:role/migrator\nsource_profile = dst\n",
+            src_account().name
+        ),
+    )
+    .unwrap();
+    let mut args = w.migrate_args();
+    let p = args.iter().position(|a| a == "--src-profile").unwrap();
+    args[p + 1] = "src-role".into();
+    let out = w.run(args).await;
+    assert_migrated(&w, &out);
+    // More than one AssumeRole: the relay went on with refreshed credentials.
+    assert!(
+        count(&w.aws.stats(), "AssumeRole", "200") >= 2,
+        "{}",
+        w.aws.stats()
+    );
+}

@@ -459,6 +459,12 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cross_cloud_demo_reaches_available_and_verifies() {
+        // The AMI's disk against the imported ECS disk, asked of both simulators inside.
+        assert_eq!(run_cross_cloud(3 << 20, 4, true, None).await, Ok(EXIT_OK));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn demo_migration_with_the_streaming_unpack_relay() {
         // The default relay unpacks the .raw.tar.gz on the way and the result is verified.
         let code = run(1 << 20, 4, true, None).await.unwrap();
