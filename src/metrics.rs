@@ -132,7 +132,10 @@ fn describe_all() {
         Unit::Seconds,
         "Time from sending a request to its response headers (or error)."
     );
-    describe_gauge!(INFLIGHT_PARTS, "Parts currently being transferred.");
+    describe_gauge!(
+        INFLIGHT_PARTS,
+        "Parts under way: moving bytes or awaiting their UploadPart response (at most 2 x concurrency)."
+    );
     describe_gauge!(
         AWAITING_ACK_PARTS,
         "Parts fully sent whose UploadPart response is pending (they hold no transfer slot)."

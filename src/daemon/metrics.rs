@@ -249,7 +249,7 @@ pub fn render(s: &Scheduler, engine: Option<&PrometheusHandle>) -> String {
         &mut out,
         JOB_INFLIGHT_PARTS,
         "gauge",
-        "Parts of the job in flight.",
+        "Parts of the job under way: moving bytes or awaiting their acknowledgement (at most 2 x concurrency).",
     );
     for j in &jobs {
         let _ = writeln!(
