@@ -269,6 +269,7 @@ fn openapi_request_fields_are_the_ones_the_server_accepts() {
             "concurrency" => json!(4),
             "part_size" => json!("1MiB"),
             "image_id" => json!("m-1"),
+            "src_cloud" | "dst_cloud" => json!("aliyun"),
             "format" => json!("vhd"),
             "export_prefix" => json!("ossrelay"),
             p if p.ends_with("_endpoint") => json!("http://127.0.0.1:1"),

@@ -107,13 +107,15 @@ async fn kill_9_then_restart_resumes_running_and_keeps_queued() {
     assert_eq!(ja["state"], "succeeded", "{ja}");
     assert_eq!(ja["runs"], 2, "{ja}");
     let resumed = ja["result"]["resumed_bytes"].as_u64().unwrap();
+    // Since #19 a part awaiting its acknowledgement holds no slot: up to 2 × CONCURRENCY
+    // acknowledged parts may be unsaved at a kill -9, and are sent again.
     assert!(
-        resumed >= (acked_before - CONCURRENCY) * PART,
+        resumed >= acked_before.saturating_sub(2 * CONCURRENCY) * PART,
         "resumed {resumed} bytes, {acked_before} parts were acknowledged before the kill"
     );
     let total_in = w.dst.stats()["bytes_in"].as_u64().unwrap();
     assert!(
-        total_in <= size + CONCURRENCY * PART + 3 * MIB,
+        total_in <= size + 2 * CONCURRENCY * PART + 3 * MIB,
         "re-sent too much: {total_in} bytes received"
     );
     let src = w.src.object_crc64(SRC_BUCKET, "disk.raw").unwrap();

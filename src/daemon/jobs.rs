@@ -150,10 +150,10 @@ pub struct MigrateSpec {
     pub concurrency: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part_size: Option<u64>,
-    /// `aliyun` (default) or `aws`.
-    #[serde(default, skip_serializing_if = "crate::migrate::Cloud::is_aliyun")]
+    /// `aliyun` (default; absent in jobs stored before clouds existed) or `aws`.
+    #[serde(default)]
     pub src_cloud: crate::migrate::Cloud,
-    #[serde(default, skip_serializing_if = "crate::migrate::Cloud::is_aliyun")]
+    #[serde(default)]
     pub dst_cloud: crate::migrate::Cloud,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub src_ec2_endpoint: Option<String>,
@@ -1030,10 +1030,16 @@ mod tests {
         let p = m.params(Path::new("/tmp/x"));
         assert_eq!(p.src.ec2.as_deref(), Some("http://127.0.0.1:9"));
         assert_eq!(p.src_cloud, Cloud::Aws);
-        // The stored job says which clouds; a same-cloud job keeps today's fields only.
+        // The stored job says which clouds; one stored before clouds existed is Alibaba's.
         let stored = serde_json::to_value(&m).unwrap();
-        assert_eq!(stored["src_cloud"], "aws");
-        assert!(stored.get("dst_cloud").is_none(), "{stored}");
+        assert_eq!(
+            (&stored["src_cloud"], &stored["dst_cloud"]),
+            (&json!("aws"), &json!("aliyun"))
+        );
+        let mut old = stored.clone();
+        old.as_object_mut().unwrap().remove("src_cloud");
+        let old: MigrateSpec = serde_json::from_value(old).unwrap();
+        assert_eq!(old.src_cloud, Cloud::Aliyun);
         // Two migrations of one image to one bucket in different clouds are different jobs.
         let same_cloud = parse_spec(migrate_body()).unwrap();
         assert!(!JobSpec::Migrate(m.clone()).same_target(&same_cloud));
