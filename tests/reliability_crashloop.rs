@@ -88,10 +88,12 @@ fn assert_converged(w: &World, name: &str, data: &[u8], crashes: u64) {
     let stats = w.dst.stats();
     let received = stats["bytes_in"].as_u64().unwrap();
     let size = data.len() as u64;
-    let bound = crashes * CONCURRENCY * PART;
+    // A crash may lose the acknowledgements of every part under way: since #19 parts awaiting
+    // theirs hold no slot, so up to 2 x CONCURRENCY per crash.
+    let bound = crashes * 2 * CONCURRENCY * PART;
     eprintln!(
         "{name}: {crashes} crashes, {received} bytes received for {size}: re-sent {} bytes, \
-         bound {bound} ({crashes} x {CONCURRENCY} x {PART})",
+         bound {bound} ({crashes} x 2 x {CONCURRENCY} x {PART})",
         received - size
     );
     assert!(
@@ -170,7 +172,8 @@ async fn crash_loop(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_twenty_times_then_identical() {
-    let (w, data) = paced_world(32 * MIB as usize).await;
+    // Large enough that twenty kills land before the (pipelined) copy finishes.
+    let (w, data) = paced_world(64 * MIB as usize).await;
     let mut rng = rng("kill -9 loop");
     let (crashes, finished) = crash_loop(&w, "-9", 2000, &mut rng).await;
     assert!(
