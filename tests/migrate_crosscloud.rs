@@ -427,6 +427,11 @@ async fn user_errors_are_one_clean_line() {
     let d = args.iter().position(|a| a == "--dst-region").unwrap();
     args.splice(d..d, ["--dst-cloud".to_string(), "aws".into()]);
     assert_clean_failure(&w.run(args).await, 2, "copy-image");
+    // A format EC2 cannot import, asked of an Alibaba → AWS migration.
+    let back = XWorld::new(Way::AliyunToAws, |_| {}, |_| {}).await;
+    let mut args = back.migrate_args();
+    args.extend(["--format".to_string(), "qcow2".into()]);
+    assert_clean_failure(&back.run(args).await, 2, "cannot be imported by EC2");
     // The S3 bucket in another region than --src-region.
     let mut args = w.migrate_args();
     let r = args.iter().position(|a| a == AWS_REGION).unwrap();

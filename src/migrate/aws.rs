@@ -280,7 +280,13 @@ impl Run<'_> {
                     .disks
                     .iter()
                     .map(|d| DiskContainer {
-                        format: "RAW".into(),
+                        // What the relay wrote: an ECS VHD export stays VHD, RAW otherwise
+                        // (setup refuses QCOW2 for EC2).
+                        format: if d.destination_key.to_ascii_lowercase().ends_with(".vhd") {
+                            "VHD".into()
+                        } else {
+                            "RAW".into()
+                        },
                         source: DiskSource::UserBucket {
                             bucket: self.cfg.key.dst_bucket.clone(),
                             key: d.destination_key.clone(),

@@ -75,6 +75,13 @@ impl MigrateParams {
                     .into(),
             ));
         }
+        if self.dst_cloud == Cloud::Aws && self.format == Some(ImageFormat::Qcow2) {
+            return Err(SetupError::Usage(
+                "--format qcow2 cannot be imported by EC2 (it takes RAW, VHD, VMDK, OVA): \
+                 use --format raw (the default) or vhd"
+                    .into(),
+            ));
+        }
         if self.format.is_some() && self.src_cloud == Cloud::Aws {
             return Err(SetupError::Usage(
                 "--format applies to ECS exports; an AMI is exported as RAW".into(),
