@@ -92,6 +92,10 @@ pub struct SimArgs {
     /// Seed of the --conn-rate-spread draws (same seed and accept order → same caps).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The link's total in each direction, shared by every connection on top of its own
+    /// --conn-rate, e.g. `256MiB/s` (a path or a VM's NIC: more connections cannot beat it).
+    #[arg(long, value_name = "RATE")]
+    pub link_rate: Option<String>,
     /// Delay before the first byte of every response (each request's response, not once
     /// per connection), in milliseconds: a round trip of the WAN model.
     #[arg(long, default_value_t = 0, value_name = "MS")]
@@ -335,17 +339,22 @@ impl SimArgs {
         if !self.fault_ops.is_empty() {
             cfg.fault_ops = Some(self.fault_ops.clone());
         }
-        if let Some(r) = &self.conn_rate {
+        let rate = |flag: &str, r: &str| -> Result<u64, String> {
             let raw = r.trim();
             let raw = raw
                 .strip_suffix("/s")
                 .or_else(|| raw.strip_suffix("ps"))
                 .unwrap_or(raw);
-            let rate = parse_size(raw)?;
-            if rate == 0 {
-                return Err("--conn-rate must be positive".into());
+            match parse_size(raw)? {
+                0 => Err(format!("{flag} must be positive")),
+                n => Ok(n),
             }
-            cfg.conn_rate = Some(rate);
+        };
+        if let Some(r) = &self.conn_rate {
+            cfg.conn_rate = Some(rate("--conn-rate", r)?);
+        }
+        if let Some(r) = &self.link_rate {
+            cfg.link_rate = Some(rate("--link-rate", r)?);
         }
         if !(0.0..1.0).contains(&self.conn_rate_spread) {
             return Err(format!(
@@ -575,6 +584,8 @@ mod tests {
             "9",
             "--latency",
             "20",
+            "--link-rate",
+            "256MiB/s",
             "--remote-bucket",
             "far:us-west-1",
             "--clock-skew",
@@ -595,6 +606,8 @@ mod tests {
         assert_eq!(c.latency, Duration::from_millis(20));
         assert_eq!(c.conn_rate_spread, 0.5);
         assert_eq!(c.wan_seed, 9);
+        assert_eq!(c.link_rate, Some(256 << 20));
+        assert!(args(&["--link-rate", "0"]).config().is_err());
         assert!(args(&["--conn-rate", "1MiB/s", "--conn-rate-spread", "1"])
             .config()
             .is_err());

@@ -457,6 +457,9 @@ pub struct SimConfig {
     pub conn_rate_spread: f64,
     /// Seed of the per-connection rate draws (same seed, same accept order → same caps).
     pub wan_seed: u64,
+    /// Bytes/s in each direction shared by all connections (the WAN model's link total:
+    /// a path or a NIC), on top of each connection's own cap.
+    pub link_rate: Option<u64>,
     /// Delay before the first byte of every response.
     pub latency: Duration,
     /// Answer path-style requests with 403 SecondLevelDomainForbidden.
@@ -528,6 +531,7 @@ impl Default for SimConfig {
             fault_ops: None,
             conn_rate: None,
             conn_rate_spread: 0.0,
+            link_rate: None,
             wan_seed: 0,
             latency: Duration::ZERO,
             reject_path_style: false,

@@ -205,6 +205,21 @@ impl SimServer {
         self.world.cloud.add_rpc_fault(fault);
     }
 
+    /// The WAN model's per-connection caps drawn so far, in accept order (bytes/s); empty
+    /// without a per-connection cap. A bench divides by what the connections could carry.
+    pub fn connection_caps(&self) -> Vec<u64> {
+        self.world
+            .conn_rate
+            .as_ref()
+            .map_or_else(Vec::new, |d| d.drawn())
+    }
+
+    /// Open connections that moved a byte within `within`: sampled, how many connections
+    /// carry bytes at once, as the far side sees it (a client's kernel buffers included).
+    pub fn moving_connections(&self, within: Duration) -> usize {
+        self.world.link.activity.moving(within)
+    }
+
     /// The bound socket address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr

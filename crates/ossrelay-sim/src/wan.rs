@@ -5,7 +5,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -92,10 +92,15 @@ impl RateDraw {
 
     /// The cap of the next connection, bytes/s (at least 1).
     pub fn next(&self) -> u64 {
+        let n = self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.cap(n)
+    }
+
+    /// The cap of the `n`-th connection (0-based): what [`RateDraw::next`] gave or will give it.
+    pub fn cap(&self, n: u64) -> u64 {
         if self.spread <= 0.0 {
             return self.rate;
         }
-        let n = self.accepted.fetch_add(1, Ordering::Relaxed);
         let mut x = self.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
         x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -105,6 +110,129 @@ impl RateDraw {
         let u = (x >> 11) as f64 / (1u64 << 53) as f64;
         let factor = 1.0 - self.spread + 2.0 * self.spread * u;
         ((self.rate as f64 * factor).round() as u64).max(1)
+    }
+
+    /// The caps drawn so far, in accept order.
+    pub fn drawn(&self) -> Vec<u64> {
+        (0..self.accepted.load(Ordering::Relaxed))
+            .map(|n| self.cap(n))
+            .collect()
+    }
+}
+
+/// The WAN model's shared link: besides its own cap, every connection of one simulator draws
+/// on one budget per direction (a path, or a VM's NIC, has a total too). With it, a client
+/// that opens more connections than it says it uses cannot beat the modelled link, so a bench
+/// ratio against it measures how well the link is kept busy, never more than all of it.
+/// Debt-based: a grant may overshoot when connections race; the debt makes the next ones wait.
+#[derive(Debug)]
+struct SharedBucket {
+    rate: f64,
+    burst: f64,
+    /// Tokens (may go negative) and when they were last refilled.
+    state: Mutex<(f64, Instant)>,
+}
+
+impl SharedBucket {
+    fn new(rate: u64) -> Self {
+        let rate = rate.max(1) as f64;
+        // 20 ms worth, as for one connection's pacer.
+        let burst = (rate / 50.0).max(16.0 * 1024.0);
+        Self {
+            rate,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// Bytes that may move now, or how long to wait before asking again.
+    fn allow(&self, want: usize) -> Result<usize, Duration> {
+        let mut st = self.state.lock().expect("link bucket lock");
+        let now = Instant::now();
+        let dt = now.duration_since(st.1).as_secs_f64();
+        st.1 = now;
+        st.0 = (st.0 + dt * self.rate).min(self.burst);
+        if st.0 >= 1.0 {
+            return Ok((st.0 as usize).min(want).max(1));
+        }
+        let wait = (1.0 - st.0).max(self.burst / 4.0) / self.rate;
+        Err(Duration::from_secs_f64(wait))
+    }
+
+    fn consume(&self, n: usize) {
+        self.state.lock().expect("link bucket lock").0 -= n as f64;
+    }
+
+    /// Like [`Pacer::poll_allow`], with the caller's own timer (many connections wait on
+    /// one bucket; each needs its own wake-up).
+    fn poll_allow(
+        &self,
+        sleep: &mut Option<Pin<Box<Sleep>>>,
+        cx: &mut Context<'_>,
+        want: usize,
+    ) -> Poll<usize> {
+        loop {
+            if let Some(s) = sleep.as_mut() {
+                ready!(s.as_mut().poll(cx));
+                *sleep = None;
+            }
+            match self.allow(want) {
+                Ok(n) => return Poll::Ready(n),
+                Err(wait) => *sleep = Some(Box::pin(tokio::time::sleep(wait))),
+            }
+        }
+    }
+}
+
+/// Which connections are moving bytes: each connection stamps the time it last moved one,
+/// so a caller sampling [`Activity::moving`] sees how many connections carry bytes at once
+/// (the far side's view of a client's concurrency, kernel buffers included).
+#[derive(Debug)]
+pub struct Activity {
+    epoch: std::time::Instant,
+    conns: Mutex<Vec<Weak<AtomicU64>>>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            conns: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Activity {
+    /// A new connection's stamp (microseconds since the epoch, plus one; 0 = never moved).
+    fn register(&self) -> Arc<AtomicU64> {
+        let stamp = Arc::new(AtomicU64::new(0));
+        let mut conns = self.conns.lock().expect("activity lock");
+        conns.retain(|w| w.strong_count() > 0);
+        conns.push(Arc::downgrade(&stamp));
+        stamp
+    }
+
+    fn stamp(&self, s: &AtomicU64) {
+        s.store(
+            self.epoch.elapsed().as_micros() as u64 + 1,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Open connections that moved a byte in either direction within `within`.
+    pub fn moving(&self, within: Duration) -> usize {
+        let now = self.epoch.elapsed().as_micros() as u64 + 1;
+        let w = within.as_micros() as u64;
+        self.conns
+            .lock()
+            .expect("activity lock")
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|s| {
+                let t = s.load(Ordering::Relaxed);
+                t != 0 && now.saturating_sub(t) <= w
+            })
+            .count()
     }
 }
 
@@ -119,6 +247,22 @@ pub struct Link {
     pub loris: AtomicU64,
     /// Connections the outage reset (on accept or mid-request).
     pub outage_resets: AtomicU64,
+    /// The link's total cap, reading and writing (`None`: connections' own caps only).
+    read_total: Option<SharedBucket>,
+    write_total: Option<SharedBucket>,
+    /// Which connections moved bytes lately.
+    pub activity: Activity,
+}
+
+impl Link {
+    /// A link whose connections share `total` bytes/s in each direction (`None`: no total).
+    pub fn new(total: Option<u64>) -> Self {
+        Self {
+            read_total: total.map(SharedBucket::new),
+            write_total: total.map(SharedBucket::new),
+            ..Self::default()
+        }
+    }
 }
 
 /// A slow-loris pacer, remembered with the rate it was built for.
@@ -136,6 +280,11 @@ pub struct ConnIo {
     reset: Arc<AtomicBool>,
     link: Arc<Link>,
     loris: Option<Loris>,
+    /// Timers for the link's shared budget (reading, writing).
+    read_wait: Option<Pin<Box<Sleep>>>,
+    write_wait: Option<Pin<Box<Sleep>>>,
+    /// When this connection last moved a byte (see [`Activity`]).
+    stamp: Arc<AtomicU64>,
 }
 
 impl ConnIo {
@@ -148,6 +297,7 @@ impl ConnIo {
         reset: Arc<AtomicBool>,
         link: Arc<Link>,
     ) -> Self {
+        let stamp = link.activity.register();
         Self {
             stream,
             read: rate.map(Pacer::new),
@@ -155,6 +305,16 @@ impl ConnIo {
             reset,
             link,
             loris: None,
+            read_wait: None,
+            write_wait: None,
+            stamp,
+        }
+    }
+
+    /// Notes that `n` bytes moved.
+    fn moved(&self, n: usize) {
+        if n > 0 {
+            self.link.activity.stamp(&self.stamp);
         }
     }
 
@@ -225,17 +385,25 @@ impl AsyncRead for ConnIo {
             }
             return Poll::Ready(Ok(()));
         }
-        let Some(pacer) = this.read.as_mut() else {
-            return Pin::new(&mut this.stream).poll_read(cx, buf);
-        };
-        let allow = ready!(pacer.poll_allow(cx, want));
-        let mut limited = buf.take(allow);
+        if let Some(pacer) = this.read.as_mut() {
+            want = ready!(pacer.poll_allow(cx, want));
+        }
+        if let Some(total) = &this.link.read_total {
+            want = ready!(total.poll_allow(&mut this.read_wait, cx, want));
+        }
+        let mut limited = buf.take(want);
         ready!(Pin::new(&mut this.stream).poll_read(cx, &mut limited))?;
         let n = limited.filled().len();
         // SAFETY: `limited` wrote (and so initialised) `n` bytes of `buf`'s unfilled part.
         unsafe { buf.assume_init(n) };
         buf.advance(n);
-        pacer.consume(n);
+        if let Some(pacer) = this.read.as_mut() {
+            pacer.consume(n);
+        }
+        if let Some(total) = &this.link.read_total {
+            total.consume(n);
+        }
+        this.moved(n);
         Poll::Ready(Ok(()))
     }
 }
@@ -257,12 +425,21 @@ impl AsyncWrite for ConnIo {
             }
             return Poll::Ready(Ok(n));
         }
-        let Some(pacer) = this.write.as_mut() else {
-            return Pin::new(&mut this.stream).poll_write(cx, data);
-        };
-        let allow = ready!(pacer.poll_allow(cx, data.len()));
+        let mut allow = data.len();
+        if let Some(pacer) = this.write.as_mut() {
+            allow = ready!(pacer.poll_allow(cx, allow));
+        }
+        if let Some(total) = &this.link.write_total {
+            allow = ready!(total.poll_allow(&mut this.write_wait, cx, allow));
+        }
         let n = ready!(Pin::new(&mut this.stream).poll_write(cx, &data[..allow.min(data.len())]))?;
-        pacer.consume(n);
+        if let Some(pacer) = this.write.as_mut() {
+            pacer.consume(n);
+        }
+        if let Some(total) = &this.link.write_total {
+            total.consume(n);
+        }
+        this.moved(n);
         Poll::Ready(Ok(n))
     }
 
@@ -273,11 +450,14 @@ impl AsyncWrite for ConnIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.write.is_none()
+            && this.link.write_total.is_none()
             && !this.reset.load(Ordering::Relaxed)
             && !this.link.outage.load(Ordering::Relaxed)
             && this.link.loris.load(Ordering::Relaxed) == 0
         {
-            return Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+            let n = ready!(Pin::new(&mut this.stream).poll_write_vectored(cx, bufs))?;
+            this.moved(n);
+            return Poll::Ready(Ok(n));
         }
         let first = bufs
             .iter()
@@ -288,7 +468,7 @@ impl AsyncWrite for ConnIo {
 
     fn is_write_vectored(&self) -> bool {
         // `poll_write_vectored` falls back to one buffer at a time once a switch is on.
-        self.write.is_none()
+        self.write.is_none() && self.link.write_total.is_none()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -373,6 +553,60 @@ mod tests {
         assert!(a.iter().any(|&r| r > hi - rate / 10));
         let mean = a.iter().sum::<u64>() as f64 / a.len() as f64;
         assert!((mean / rate as f64 - 1.0).abs() < 0.05, "mean {mean}");
+    }
+
+    /// Two connections, each allowed 4 MiB/s on its own, share a 1 MiB/s link: together
+    /// they take as long as 1 MiB at 1 MiB/s, and both count as moving while they send.
+    #[tokio::test]
+    async fn link_total_is_shared_and_activity_counted() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let link = Arc::new(Link::new(Some(1 << 20)));
+        let l2 = link.clone();
+        let server = tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            for _ in 0..2 {
+                let (s, _) = listener.accept().await.unwrap();
+                let mut io = ConnIo::new(
+                    s,
+                    Some(4 << 20),
+                    Arc::new(AtomicBool::new(false)),
+                    l2.clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    io.write_all(&vec![7u8; 512 * 1024]).await.unwrap();
+                    io.shutdown().await.unwrap();
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        let t = std::time::Instant::now();
+        let read = |mut c: TcpStream| async move {
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).await.unwrap();
+            got.len()
+        };
+        let (a, b) = (
+            TcpStream::connect(addr).await.unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        );
+        let (ra, rb) = (tokio::spawn(read(a)), tokio::spawn(read(b)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let moving = link.activity.moving(Duration::from_millis(100));
+        assert_eq!(
+            (ra.await.unwrap(), rb.await.unwrap()),
+            (512 * 1024, 512 * 1024)
+        );
+        let el = t.elapsed();
+        server.await.unwrap();
+        assert_eq!(moving, 2, "both connections were sending at 300 ms");
+        // 1 MiB through a 1 MiB/s link ≈ 1 s (minus one burst); alone each would take 0.125 s.
+        assert!(el > Duration::from_millis(800), "{el:?}");
+        assert!(el < Duration::from_secs(3), "{el:?}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(link.activity.moving(Duration::from_millis(100)), 0);
     }
 
     #[tokio::test]

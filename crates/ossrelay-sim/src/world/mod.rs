@@ -134,7 +134,7 @@ impl World {
             latency: cfg.latency,
             reject_path_style: cfg.reject_path_style,
             clock_skew: AtomicI64::new(cfg.clock_skew),
-            link: Arc::new(Link::default()),
+            link: Arc::new(Link::new(cfg.link_rate)),
             faults: Mutex::new(Faults::new(
                 cfg.faults.clone(),
                 cfg.fault_ops.clone(),
