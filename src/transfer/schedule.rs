@@ -19,8 +19,9 @@
 //! * Early start: once a part's remaining bytes will be through within one smoothed
 //!   time-to-first-byte (measured on every attempt), it lends its slot to the next part, so
 //!   the next GET's first byte arrives about when the previous body ends. At most one lend
-//!   per part, at most `limit / 2` lent parts still moving: the extra connections overlap
-//!   only a body's last round trip.
+//!   per part, at most `limit / 4` lent parts still moving, judged by the rate of the last
+//!   quarter second (not the average since the first byte, which counts the socket buffers'
+//!   first fill as speed): the extra connections overlap only a body's last round trip.
 //! * Hedging: when nothing is left to start and slots are free, a part running well below
 //!   the median rate ([`STRAGGLER`]) and projected to finish later than a fresh attempt is
 //!   sent a second time (new GET, same part number); the first acknowledged wins, the other
@@ -120,7 +121,25 @@ struct Live {
     /// The source's ETag for a ranged part (a hedge re-reads it); `None` for memory.
     range: Option<Arc<str>>,
     abort: AbortHandle,
+    /// Bytes sent by the time of the last rate mark, and the rate over the window since the
+    /// one before (see [`Flight::mark_rates`]).
+    mark: (Instant, u64),
+    recent: Option<f64>,
 }
+
+impl Live {
+    /// The body's current rate: over the last window once there is one, else since its first
+    /// byte. The average since the first byte lags a rate that changed (a link that other
+    /// connections now share) and counts the socket buffers' first fill as speed: judged by
+    /// it, a part looks nearer its end than it is and lends its slot too early.
+    fn rate(&self, now: Instant) -> Option<f64> {
+        self.recent.or_else(|| self.watch.rate(now))
+    }
+}
+
+/// The window of [`Live::recent`]: long enough to smooth pacing and chunking, short enough
+/// to follow a part's last seconds.
+const RATE_WINDOW: Duration = Duration::from_millis(250);
 
 /// The attempts under way and what was measured of them.
 struct Flight {
@@ -159,6 +178,22 @@ impl Flight {
         self.live.values().filter(|l| l.sent).count()
     }
 
+    /// Takes a rate mark of every part still sending whose window is over.
+    fn mark_rates(&mut self, now: Instant) {
+        for l in self.live.values_mut().filter(|l| !l.sent) {
+            let Some(first) = l.watch.first_byte() else {
+                continue;
+            };
+            let since = l.mark.0.max(first);
+            let dt = now.saturating_duration_since(since);
+            if dt >= RATE_WINDOW {
+                let sent = l.watch.sent.load(Relaxed);
+                l.recent = Some(sent.saturating_sub(l.mark.1) as f64 / dt.as_secs_f64());
+                l.mark = (now, sent);
+            }
+        }
+    }
+
     fn on_signal(&mut self, id: u64, sig: Signal) {
         let Some(l) = self.live.get_mut(&id) else {
             return;
@@ -187,19 +222,19 @@ impl Flight {
     }
 
     /// Lends the slot of one moving part whose remaining bytes will be through within one
-    /// smoothed time-to-first-byte; whether one was found. At most half the limit (at least
-    /// one) of lent parts still move bytes, so a misjudged round trip (a first byte that
+    /// smoothed time-to-first-byte; whether one was found. At most a quarter of the limit (at
+    /// least one) of lent parts still move bytes, so a misjudged round trip (a first byte that
     /// waited for the bandwidth cap, say) cannot chain early starts past `--concurrency`.
     fn lend(&mut self, now: Instant, limit: usize) -> bool {
         let Some(ttfb) = self.ttfb else {
             return false;
         };
         let lent = self.live.values().filter(|l| l.lent && !l.sent).count();
-        if lent >= (limit / 2).max(1) {
+        if lent >= (limit / 4).max(1) {
             return false;
         }
         for l in self.live.values_mut().filter(|l| !l.sent && !l.lent) {
-            let Some(rate) = l.watch.rate(now).filter(|r| *r > 0.0) else {
+            let Some(rate) = l.rate(now).filter(|r| *r > 0.0) else {
                 continue;
             };
             let left = l.watch.len.saturating_sub(l.watch.sent.load(Relaxed)) as f64;
@@ -223,7 +258,7 @@ impl Flight {
             self.live
                 .values()
                 .filter(|l| !l.sent)
-                .filter_map(|l| l.watch.rate(now)),
+                .filter_map(|l| l.rate(now)),
         );
         if rates.len() < 3 {
             return None;
@@ -244,7 +279,7 @@ impl Flight {
             if age < (ttfb * 4).max(Duration::from_millis(200)) {
                 continue;
             }
-            let rate = w.rate(now).unwrap_or(0.0);
+            let rate = l.rate(now).unwrap_or(0.0);
             if rate >= STRAGGLER * median {
                 continue;
             }
@@ -327,6 +362,7 @@ pub(super) async fn run_parts<S: PartSource>(
         let mut watching = false;
         if !stopping && failure.is_none() {
             let now = Instant::now();
+            fl.mark_rates(now);
             loop {
                 let limit = aimd.limit();
                 let unsaved = keeper.unsaved();
@@ -405,7 +441,7 @@ pub(super) async fn run_parts<S: PartSource>(
                         let l = fl.live.get_mut(&id).expect("a live attempt");
                         l.hedged = true;
                         let (idx, etag) = (l.idx, l.range.clone().expect("ranged"));
-                        let rate = l.watch.rate(now).unwrap_or(0.0);
+                        let rate = l.rate(now).unwrap_or(0.0);
                         fl.hedges += 1;
                         ctx.progress.hedged_parts.fetch_add(1, Relaxed);
                         metrics::counter!(m::HEDGED_PARTS_TOTAL).increment(1);
@@ -640,6 +676,8 @@ fn spawn(
             hedged: hedge,
             range,
             abort,
+            mark: (Instant::now(), 0),
+            recent: None,
         },
     );
 }
