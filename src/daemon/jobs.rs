@@ -305,6 +305,10 @@ pub struct JobResult {
     pub throughput_bytes_per_sec: f64,
     pub retries: u64,
     pub resumed_bytes: u64,
+    /// Straggling parts sent a second time on another connection (the first acknowledged
+    /// won; the bytes proven are the same either way).
+    #[serde(default)]
+    pub hedged_parts: u64,
     pub source: String,
     pub destination: String,
     /// The new image (migrate jobs).
@@ -335,6 +339,7 @@ impl From<&CopySummary> for JobResult {
             throughput_bytes_per_sec: s.throughput_bytes_per_sec,
             retries: s.retries,
             resumed_bytes: s.resumed_bytes,
+            hedged_parts: s.hedged_parts,
             source: s.source.clone(),
             destination: s.destination.clone(),
             image_id: None,

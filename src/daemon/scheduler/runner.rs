@@ -106,6 +106,7 @@ impl Scheduler {
             },
             retries: 0,
             resumed_bytes: 0,
+            hedged_parts: 0,
             source: format!("{}/{}", spec.src_region, spec.image_id),
             destination: format!("{}/{}", out.region, out.image_id),
             image_id: Some(out.image_id),
