@@ -214,7 +214,7 @@ impl SimServer {
             .map_or_else(Vec::new, |d| d.drawn())
     }
 
-    /// Open connections that moved a byte within `within`: sampled, how many connections
+    /// Open connections that moved body bytes within `within`: sampled, how many connections
     /// carry bytes at once, as the far side sees it (a client's kernel buffers included).
     pub fn moving_connections(&self, within: Duration) -> usize {
         self.world.link.activity.moving(within)

@@ -184,6 +184,9 @@ impl SharedBucket {
     }
 }
 
+/// The least one read or write must move to count as carrying a body (see [`ConnIo::moved`]).
+const BODY_IO: usize = 2048;
+
 /// Which connections are moving bytes: each connection stamps the time it last moved one,
 /// so a caller sampling [`Activity::moving`] sees how many connections carry bytes at once
 /// (the far side's view of a client's concurrency, kernel buffers included).
@@ -219,7 +222,7 @@ impl Activity {
         );
     }
 
-    /// Open connections that moved a byte in either direction within `within`.
+    /// Open connections that moved body bytes in either direction within `within`.
     pub fn moving(&self, within: Duration) -> usize {
         let now = self.epoch.elapsed().as_micros() as u64 + 1;
         let w = within.as_micros() as u64;
@@ -311,9 +314,11 @@ impl ConnIo {
         }
     }
 
-    /// Notes that `n` bytes moved.
+    /// Notes that `n` bytes moved. Reads and writes of a few hundred bytes (request and
+    /// response heads: a connection sending its request or getting its answer) do not count:
+    /// a connection that waits for its response is not carrying a body.
     fn moved(&self, n: usize) {
-        if n > 0 {
+        if n >= BODY_IO {
             self.link.activity.stamp(&self.stamp);
         }
     }
