@@ -115,6 +115,23 @@ pub async fn run(
             "with --manifest (and no --plan), SRC and DST come from the manifest: leave them out",
         );
     }
+    // A usage error before any request.
+    let index = match s.shard {
+        _ if s.complete => 0,
+        Some(i) => i,
+        None => match std::env::var(INDEX_ENV) {
+            Ok(v) => match v.trim().parse::<u32>() {
+                Ok(i) => i,
+                Err(_) => return usage(format!("{INDEX_ENV}={v:?} is not a shard index")),
+            },
+            Err(_) => {
+                return usage(format!(
+                    "give --shard I (or set {INDEX_ENV}, as a Kubernetes Indexed Job does), \
+                     or --complete"
+                ))
+            }
+        },
+    };
     let url: ObjectUrl = match s.manifest.as_deref().unwrap_or_default().parse() {
         Ok(u) => u,
         Err(e) => return usage(format!("--manifest: {e}")),
@@ -134,21 +151,6 @@ pub async fn run(
     if s.complete {
         return complete(args, &at, &m, src, dst, opts, cancel).await;
     }
-    let index = match s.shard {
-        Some(i) => i,
-        None => match std::env::var(INDEX_ENV) {
-            Ok(v) => match v.trim().parse::<u32>() {
-                Ok(i) => i,
-                Err(_) => return usage(format!("{INDEX_ENV}={v:?} is not a shard index")),
-            },
-            Err(_) => {
-                return usage(format!(
-                    "give --shard I (or set {INDEX_ENV}, as a Kubernetes Indexed Job does), \
-                     or --complete"
-                ))
-            }
-        },
-    };
     if let Some(addr) = args.metrics_listen {
         if let Err(e) = serve_metrics(addr) {
             eprintln!("error: {e}");
