@@ -538,13 +538,10 @@ pub async fn work(
     let listed = match list_parts(&ctx, &m.upload_id).await {
         Ok(l) => l,
         Err(e) if e.class == ErrorClass::NotFound => {
-            // Completed meanwhile by another worker (--complete-when-done)?
-            if let Ok(again) = read_manifest(at, &ctx.opts).await {
-                if again.completed.is_some() && again.upload_id == m.upload_id {
-                    summary.already_complete = true;
-                    summary.resumed_bytes = shard_bytes;
-                    return Ok(summary);
-                }
+            if finished_elsewhere(&ctx, at, m).await.is_some() {
+                summary.already_complete = true;
+                summary.resumed_bytes = shard_bytes;
+                return Ok(summary);
             }
             return Err(ShardError::BadManifest {
                 at: at.describe(),
@@ -776,17 +773,10 @@ pub async fn complete(
             return Err(source_changed(m, now.as_ref(), true));
         }
     }
-    let recheck = |ctx: Arc<Ctx>| async move {
-        // Completed meanwhile by another caller (two last workers at once)?
-        match read_manifest(at, &ctx.opts).await {
-            Ok(again) if again.upload_id == m.upload_id => again.completed,
-            _ => None,
-        }
-    };
     let listed = match list_parts(&ctx, &m.upload_id).await {
         Ok(l) => l,
         Err(e) if e.class == ErrorClass::NotFound => {
-            if let Some(c) = recheck(ctx.clone()).await {
+            if let Some(c) = finished_elsewhere(&ctx, at, m).await {
                 return already_completed(&ctx, at, &c, out).await;
             }
             return Err(ShardError::UploadGone {
@@ -830,7 +820,7 @@ pub async fn complete(
     found.sort_by_key(|p| p.number);
     found.dedup_by_key(|p| p.number);
     if found.len() != specs.len() {
-        if let Some(c) = recheck(ctx.clone()).await {
+        if let Some(c) = finished_elsewhere(&ctx, at, m).await {
             return already_completed(&ctx, at, &c, out).await;
         }
         let have: BTreeSet<u32> = found.iter().map(|p| p.number).collect();
@@ -905,6 +895,33 @@ pub async fn complete(
     out.seconds = started.elapsed().as_secs_f64();
     info!(manifest = %m.manifest, crc64 = out.crc64, "sharded copy complete and verified");
     Ok(out)
+}
+
+/// Whether another caller completed the plan meanwhile (two last workers at once, or a
+/// worker of a plan completed since it read the manifest): the manifest now says so, or
+/// (that caller between its Complete and its manifest update) the destination has the
+/// object's size and one of the source's checksums.
+async fn finished_elsewhere(ctx: &Ctx, at: &Location, m: &Manifest) -> Option<Completed> {
+    if let Ok(again) = read_manifest(at, &ctx.opts).await {
+        if again.upload_id == m.upload_id && again.completed.is_some() {
+            return again.completed;
+        }
+    }
+    let head: Result<ObjectMeta, StoreError> = control!(
+        ctx,
+        "HeadObject",
+        ctx.opts.request_timeout,
+        ctx.dst.store.head(&ctx.dst.key)
+    );
+    let head = head.ok()?;
+    let same = matches!(
+        super::proof::compare(&head.checksums, &m.source_meta.checksums),
+        Ok(v) if !v.is_empty()
+    );
+    (head.size == m.size() && same).then(|| Completed {
+        etag: head.etag,
+        checksums: m.source_meta.checksums.clone(),
+    })
 }
 
 /// The manifest says an earlier Complete finished: the destination must still hold that

@@ -371,3 +371,31 @@ async fn plan_and_complete_of_ten_thousand_parts_take_seconds() {
         "plan {planned:?} + complete {completed:?}"
     );
 }
+
+#[tokio::test]
+async fn two_completes_at_once_both_succeed_and_a_stale_worker_stops() {
+    let e = Env::new(8 * PART);
+    e.plan(2).await;
+    let stale = e.manifest().await;
+    e.work(0).await.unwrap();
+    e.work(1).await.unwrap();
+    // The last two workers of --complete-when-done finishing together.
+    let (a, b) = tokio::join!(e.complete(), e.complete());
+    assert_eq!(a.unwrap().crc64, crc64::checksum(&e.bytes));
+    assert_eq!(b.unwrap().crc64, crc64::checksum(&e.bytes));
+    assert!(e.dst.object("copy.raw").unwrap() == e.bytes);
+    // A worker that read the manifest before the Complete: nothing to do.
+    let s = work(
+        &e.at(),
+        &stale,
+        e.src(),
+        e.dst(),
+        0,
+        opts(),
+        Progress::new(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(s.already_complete);
+}
