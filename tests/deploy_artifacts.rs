@@ -556,6 +556,7 @@ fn the_sharded_copy_jobs_validate_and_wire_plan_workers_and_complete_together() 
         "parallelism:",
         "backoffLimitPerIndex:",
         "podReplacementPolicy: Failed",
+        "type: DisruptionTarget",
         "--metrics-listen=0.0.0.0:9871",
         "prometheus.io/port: \"9871\"",
         "--complete-when-done",
