@@ -361,3 +361,49 @@ async fn an_s3_destination_is_sharded_the_same_way() {
     let (_, nvme) = w.dst.object_crc64nvme(DST_BUCKET, "disk.raw").unwrap();
     assert_eq!(nvme, ossrelay::checksum::nvme::checksum(&data));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_pod_with_130_and_what_cannot_be_sharded_is_refused() {
+    let (w, data) = world(12 * MIB as usize, |_| {}).await;
+    // --shards without --plan, and an archive that would be unpacked: usage errors.
+    let mut a = w.copy_args("disk.raw", DST_BUCKET, "disk.raw");
+    a.extend(["--shards".into(), "4".into()]);
+    assert_clean_failure(&w.run(a).await, 2, "add --plan");
+    w.src
+        .put_object_bytes(SRC_BUCKET, "disk.raw.tar.gz", Bytes::from(vec![0u8; 1024]));
+    let mut a = w.copy_args("disk.raw.tar.gz", DST_BUCKET, "disk.raw");
+    a.extend(["--shards", "4", "--plan"].map(String::from));
+    assert_clean_failure(&w.run(a).await, 2, "one sequential stream");
+
+    // A pod told to stop (node drain): in-flight parts finish, exit 130, a rerun resumes.
+    plan(&w, "disk.raw").await;
+    let m = manifest_url("disk.raw");
+    let slow = pod(&w, &m, 0, &["--bandwidth", "1MiB/s", "--concurrency", "1"]);
+    let t0 = Instant::now();
+    while count(&w.dst.stats(), "UploadPart", "200") < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = slow.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let o = wait(slow).await;
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("rerun the same command"),
+        "{}",
+        stderr(&o)
+    );
+    let again = run_pods(&w, &m, &[0, 1, 2, 3]).await;
+    assert!(
+        again[0]["resumed_bytes"].as_u64().unwrap() > 0,
+        "{}",
+        again[0]
+    );
+    let out = w.run(complete_args(&w, &m)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_identical(&w, "disk.raw", &data);
+}
