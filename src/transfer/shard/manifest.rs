@@ -341,10 +341,13 @@ impl Records {
     /// The records of `numbers` (absent ones left out), `concurrency` reads at a time.
     pub async fn parts(
         &self,
-        numbers: impl Iterator<Item = u32>,
+        numbers: Vec<u32>,
         concurrency: usize,
     ) -> Result<Vec<StatePart>, StoreError> {
-        let reads = numbers.map(|n| async move { self.part(n).await });
+        let reads: Vec<_> = numbers
+            .into_iter()
+            .map(|n| async move { self.part(n).await })
+            .collect();
         let mut s = futures::stream::iter(reads).buffer_unordered(concurrency.max(1));
         let mut out = Vec::new();
         while let Some(r) = s.next().await {

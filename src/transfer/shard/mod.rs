@@ -436,14 +436,12 @@ fn not_found() -> StoreError {
 }
 
 /// Numbers of the parts of `range` the destination lists.
-fn listed_in<'a>(
-    listed: &'a [ListedPart],
-    range: &'a ShardRange,
-) -> impl Iterator<Item = u32> + 'a {
+fn listed_in(listed: &[ListedPart], range: &ShardRange) -> Vec<u32> {
     listed
         .iter()
         .map(|l| l.number)
-        .filter(move |&n| range.holds(n))
+        .filter(|&n| range.holds(n))
+        .collect()
 }
 
 /// The parts of `range` that are recorded with this plan and listed by the destination
@@ -704,6 +702,89 @@ pub async fn work(
     Ok(summary)
 }
 
+/// Plans `shards` shards, runs them all at once in this process and completes: a daemon's
+/// copy job with `shards` (several workers' connection sets on one node, under the budgets
+/// in `opts`). `progress` shows the sum of the workers'. Each step is the one above, so a
+/// rerun after a failure or restart keeps the plan and the recorded parts.
+pub async fn run_local(
+    src: Location,
+    dst: Location,
+    at: Location,
+    shards: u32,
+    opts: CopyOptions,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> Result<CompleteSummary, ShardError> {
+    plan(
+        src.clone(),
+        dst.clone(),
+        at.clone(),
+        shards,
+        opts.clone(),
+        cancel.clone(),
+    )
+    .await?;
+    let m = read_manifest(&at, &opts).await?;
+    progress.total_bytes.store(m.size(), Relaxed);
+    progress.parts_total.store(m.parts as u64, Relaxed);
+    progress.set_limit(opts.concurrency * m.shards.len());
+    let each: Vec<Arc<Progress>> = m.shards.iter().map(|_| Progress::new()).collect();
+    let tally = {
+        let (each, progress) = (each.clone(), progress.clone());
+        move || add_up(&progress, &each)
+    };
+    let ticker = {
+        let tally = tally.clone();
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                tally();
+            }
+        }))
+    };
+    let workers = m.shards.iter().map(|s| {
+        work(
+            &at,
+            &m,
+            src.clone(),
+            dst.clone(),
+            s.index,
+            opts.clone(),
+            each[s.index as usize].clone(),
+            cancel.clone(),
+        )
+    });
+    let results = futures::future::join_all(workers).await;
+    drop(ticker);
+    tally();
+    for r in results {
+        r?;
+    }
+    complete(&at, &m, src, dst, opts, cancel).await
+}
+
+/// The workers' figures summed into one.
+fn add_up(into: &Progress, from: &[Arc<Progress>]) {
+    let sum = |f: fn(&Progress) -> &std::sync::atomic::AtomicU64| {
+        from.iter().map(|p| f(p).load(Relaxed)).sum::<u64>()
+    };
+    into.acked_bytes.store(sum(|p| &p.acked_bytes), Relaxed);
+    into.resumed_bytes.store(sum(|p| &p.resumed_bytes), Relaxed);
+    into.downloaded_bytes
+        .store(sum(|p| &p.downloaded_bytes), Relaxed);
+    into.sent_bytes.store(sum(|p| &p.sent_bytes), Relaxed);
+    into.parts_done.store(sum(|p| &p.parts_done), Relaxed);
+    into.inflight_parts
+        .store(sum(|p| &p.inflight_parts), Relaxed);
+    into.awaiting_ack_parts
+        .store(sum(|p| &p.awaiting_ack_parts), Relaxed);
+    into.hedged_parts.store(sum(|p| &p.hedged_parts), Relaxed);
+    into.retries.store(sum(|p| &p.retries), Relaxed);
+    into.crc_mismatches
+        .store(sum(|p| &p.crc_mismatches), Relaxed);
+}
+
 /// Whether every shard of `m` has recorded itself done (what `--complete-when-done` waits
 /// for before it completes).
 pub async fn all_shards_done(
@@ -712,14 +793,18 @@ pub async fn all_shards_done(
     opts: &CopyOptions,
 ) -> Result<bool, ShardError> {
     let recs = records(at, m, opts);
-    let reads = m.shards.iter().map(|s| {
-        let recs = &recs;
-        async move {
-            recs.shard(s.index)
-                .await
-                .map(|r| r.is_some() || s.parts == 0)
-        }
-    });
+    let reads: Vec<_> = m
+        .shards
+        .iter()
+        .map(|s| {
+            let recs = &recs;
+            async move {
+                recs.shard(s.index)
+                    .await
+                    .map(|r| r.is_some() || s.parts == 0)
+            }
+        })
+        .collect();
     let mut stream = futures::stream::iter(reads).buffer_unordered(RECORD_READS);
     while let Some(r) = stream.next().await {
         if !r.map_err(|e| {
@@ -797,20 +882,27 @@ pub async fn complete(
         ShardError::store(format!("cannot read the records {}", recs.describe()), e)
     };
 
-    // Every shard's record, else its parts' records; a few shards at a time.
-    let reads = m.shards.iter().filter(|s| s.parts > 0).map(|s| {
-        let (recs, listed, specs) = (&recs, &listed, &specs);
-        async move {
-            if let Some(parts) = recs.shard(s.index).await? {
-                let c = confirmed(&parts, listed, specs, s);
-                if c.len() == s.parts as usize {
-                    return Ok(c);
+    // Every shard's record, else its parts' records; a few shards at a time. (Collected
+    // first: iterator closures over references held across an await cost the future its
+    // `Send` proof, which the daemon needs to spawn it.)
+    let reads: Vec<_> = m
+        .shards
+        .iter()
+        .filter(|s| s.parts > 0)
+        .map(|s| {
+            let (recs, listed, specs) = (&recs, &listed, &specs);
+            async move {
+                if let Some(parts) = recs.shard(s.index).await? {
+                    let c = confirmed(&parts, listed, specs, s);
+                    if c.len() == s.parts as usize {
+                        return Ok(c);
+                    }
                 }
+                let parts = recs.parts(listed_in(listed, s), RECORD_READS).await?;
+                Ok::<_, StoreError>(confirmed(&parts, listed, specs, s))
             }
-            let parts = recs.parts(listed_in(listed, s), RECORD_READS).await?;
-            Ok::<_, StoreError>(confirmed(&parts, listed, specs, s))
-        }
-    });
+        })
+        .collect();
     let mut reads = futures::stream::iter(reads).buffer_unordered(4);
     let mut found: Vec<StatePart> = Vec::with_capacity(specs.len());
     while let Some(r) = reads.next().await {

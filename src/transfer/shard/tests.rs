@@ -399,3 +399,27 @@ async fn two_completes_at_once_both_succeed_and_a_stale_worker_stops() {
     .unwrap();
     assert!(s.already_complete);
 }
+
+#[tokio::test]
+async fn run_local_plans_runs_every_shard_and_completes() {
+    let e = Env::new(7 * PART + 5);
+    let p = Progress::new();
+    let c = run_local(
+        e.src(),
+        e.dst(),
+        e.at(),
+        3,
+        opts(),
+        p.clone(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.crc64, crc64::checksum(&e.bytes));
+    assert!(e.dst.object("copy.raw").unwrap() == e.bytes);
+    assert_eq!(
+        p.acked_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        7 * PART + 5
+    );
+    assert_eq!(p.parts_done.load(std::sync::atomic::Ordering::Relaxed), 8);
+}
