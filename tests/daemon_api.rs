@@ -1140,3 +1140,37 @@ async fn a_copy_job_can_run_in_shards() {
     assert!(got.as_ref() == data.as_slice(), "bytes differ");
     assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_sharded_copy_job_aborts_its_upload() {
+    let w = World::new(|_| {}, |c| c.conn_rate = Some(2 * MIB)).await;
+    w.src.put_object_bytes(
+        SRC_BUCKET,
+        "disk.raw",
+        bytes::Bytes::from(bytes(24 * MIB as usize, 5)),
+    );
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+    let mut body = copy_job(&w, "disk.raw", DST_BUCKET, "disk.raw");
+    body["shards"] = json!(2);
+    body["part_size"] = json!("1MiB");
+    body["concurrency"] = json!(2);
+    let id = d.submit(&body).await["id"].as_str().unwrap().to_string();
+    d.wait_job(&id, Duration::from_secs(30), |j| {
+        j["bytes_done"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    let (s, v) = d.call("POST", &format!("/v1/jobs/{id}/cancel"), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "cancelled", "{v}");
+    assert_eq!(
+        w.dst.stats()["open_uploads"],
+        0,
+        "cancel must abort the upload"
+    );
+    assert!(
+        w.dst
+            .get_object_bytes(DST_BUCKET, "disk.raw.ossrelay/manifest.json")
+            .is_none(),
+        "the plan is removed"
+    );
+}

@@ -309,6 +309,24 @@ impl Scheduler {
                 return Ok(());
             }
         };
+        if spec.shards.is_some_and(|n| n > 1) {
+            // Its run has stopped: the plan next to the destination names the upload.
+            let (_, dst) = spec.locations()?;
+            if let transfer::Target::Fixed(dst) = dst {
+                let at = transfer::Location::new(
+                    dst.store.clone(),
+                    transfer::shard::default_manifest_key(&dst.key),
+                );
+                let opts = spec.copy_options(&self.job_dir(id));
+                if let Some(upload) = transfer::shard::abandon(&at, &dst, &opts)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    tracing::info!(job = %id, upload_id = %upload, "aborted the sharded upload");
+                }
+            }
+            return Ok(());
+        }
         let dir = self.job_dir(id);
         let Ok(rd) = std::fs::read_dir(&dir) else {
             return Ok(());

@@ -764,6 +764,56 @@ pub async fn run_local(
     complete(&at, &m, src, dst, opts, cancel).await
 }
 
+/// Abandons the plan at `at` (a cancelled daemon job): aborts its upload and deletes its
+/// records and manifest, unless it was completed. Returns the aborted upload's id. The
+/// caller makes sure no worker of the plan still runs.
+pub async fn abandon(
+    at: &Location,
+    dst: &Location,
+    opts: &CopyOptions,
+) -> Result<Option<String>, ShardError> {
+    let m = match read_manifest(at, opts).await {
+        Ok(m) => m,
+        Err(ShardError::NoManifest { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if m.completed.is_some() || m.destination != dst.describe() {
+        return Ok(None);
+    }
+    match super::within(
+        opts.request_timeout,
+        dst.store.abort(&dst.key, &m.upload_id),
+    )
+    .await
+    {
+        Some(Ok(())) => {}
+        Some(Err(e)) if e.class == ErrorClass::NotFound => {}
+        Some(Err(e)) => {
+            return Err(ShardError::store(
+                format!(
+                    "cannot abort the upload {} to {}",
+                    m.upload_id, m.destination
+                ),
+                e,
+            ))
+        }
+        None => {
+            return Err(ShardError::store(
+                format!(
+                    "cannot abort the upload {} to {}",
+                    m.upload_id, m.destination
+                ),
+                StoreError::transient("no response"),
+            ))
+        }
+    }
+    records(at, &m, opts)
+        .delete_all(m.parts, m.shards.len() as u32, RECORD_READS)
+        .await;
+    let _ = super::within(opts.request_timeout, at.store.delete(&at.key)).await;
+    Ok(Some(m.upload_id))
+}
+
 /// The workers' figures summed into one.
 fn add_up(into: &Progress, from: &[Arc<Progress>]) {
     let sum = |f: fn(&Progress) -> &std::sync::atomic::AtomicU64| {

@@ -423,3 +423,15 @@ async fn run_local_plans_runs_every_shard_and_completes() {
     );
     assert_eq!(p.parts_done.load(std::sync::atomic::Ordering::Relaxed), 8);
 }
+
+#[tokio::test]
+async fn abandon_aborts_the_upload_and_removes_the_plan() {
+    let e = Env::new(6 * PART);
+    let p = e.plan(2).await;
+    e.work(0).await.unwrap();
+    let gone = abandon(&e.at(), &e.dst(), &opts()).await.unwrap();
+    assert_eq!(gone.as_deref(), Some(p.upload_id.as_str()));
+    assert_eq!(e.dst.open_uploads(), 0);
+    assert!(e.dst.object(&e.at().key).is_none(), "manifest removed");
+    assert!(abandon(&e.at(), &e.dst(), &opts()).await.unwrap().is_none());
+}
