@@ -1106,3 +1106,71 @@ async fn a_copy_job_can_unpack_an_export_archive() {
         Some(archive.len() as u64)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_job_can_run_in_shards() {
+    let w = World::new(|_| {}, |_| {}).await;
+    let data = bytes(6 * MIB as usize + 77, 23);
+    w.src
+        .put_object_bytes(SRC_BUCKET, "disk.raw", bytes::Bytes::from(data.clone()));
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+    let mut bad = copy_job(&w, "disk.raw", DST_BUCKET, "disk.raw");
+    bad["shards"] = json!(0);
+    let (s, v) = d.call("POST", "/v1/jobs", Some(&bad.to_string())).await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("shards")),
+        "{v}"
+    );
+
+    let mut body = copy_job(&w, "disk.raw", DST_BUCKET, "disk.raw");
+    body["shards"] = json!(3);
+    body["part_size"] = json!("1MiB");
+    let job = d.submit(&body).await;
+    assert_eq!(job["shards"], 3, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = d
+        .wait_state(&id, "succeeded", Duration::from_secs(60))
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let crc = ossrelay::crc64::checksum(&data);
+    assert_eq!(done["result"]["crc64"], crc.to_string(), "{done}");
+    assert_eq!(done["result"]["parts"], 7, "{done}");
+    let got = w.dst.get_object_bytes(DST_BUCKET, "disk.raw").unwrap();
+    assert!(got.as_ref() == data.as_slice(), "bytes differ");
+    assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_sharded_copy_job_aborts_its_upload() {
+    let w = World::new(|_| {}, |c| c.conn_rate = Some(2 * MIB)).await;
+    w.src.put_object_bytes(
+        SRC_BUCKET,
+        "disk.raw",
+        bytes::Bytes::from(bytes(24 * MIB as usize, 5)),
+    );
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+    let mut body = copy_job(&w, "disk.raw", DST_BUCKET, "disk.raw");
+    body["shards"] = json!(2);
+    body["part_size"] = json!("1MiB");
+    body["concurrency"] = json!(2);
+    let id = d.submit(&body).await["id"].as_str().unwrap().to_string();
+    d.wait_job(&id, Duration::from_secs(30), |j| {
+        j["bytes_done"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    let (s, v) = d.call("POST", &format!("/v1/jobs/{id}/cancel"), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "cancelled", "{v}");
+    assert_eq!(
+        w.dst.stats()["open_uploads"],
+        0,
+        "cancel must abort the upload"
+    );
+    assert!(
+        w.dst
+            .get_object_bytes(DST_BUCKET, "disk.raw.ossrelay/manifest.json")
+            .is_none(),
+        "the plan is removed"
+    );
+}

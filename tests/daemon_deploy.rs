@@ -236,6 +236,7 @@ fn openapi_request_fields_are_the_ones_the_server_accepts() {
             "kind" | "source" | "destination" => continue,
             "src_internal" | "dst_internal" => json!(true),
             "concurrency" => json!(4),
+            "shards" => json!(4),
             "part_size" => json!("1MiB"),
             "unpack" => json!("always"),
             "src_provider" | "dst_provider" => json!("minio"),

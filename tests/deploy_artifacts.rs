@@ -520,3 +520,66 @@ fn the_kubernetes_manifests_validate_against_the_schemas_and_scrape_the_metrics_
         "per-job series are job_id already"
     );
 }
+
+#[test]
+fn the_sharded_copy_jobs_validate_and_wire_plan_workers_and_complete_together() {
+    let kv = tool("kubernetes-validate", "pip install kubernetes-validate");
+    let dir = repo("deploy/k8s/indexed-job");
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    assert!(files.len() >= 4, "{files:?}");
+    let (ok, out, err) = run(Command::new(kv).arg("--strict").args(&files));
+    assert!(ok, "kubernetes-validate: {out}{err}");
+    let all = format!("{out}{err}");
+    for f in &files {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        if std::fs::read_to_string(f)
+            .unwrap()
+            .contains("monitoring.coreos.com")
+        {
+            continue;
+        }
+        assert!(
+            all.lines()
+                .any(|l| l.contains(name) && l.contains("passed")),
+            "{name} was not validated: {all}"
+        );
+    }
+    let plan = read("deploy/k8s/indexed-job/1-plan-job.yaml");
+    let workers = read("deploy/k8s/indexed-job/2-indexed-job.yaml");
+    let complete = read("deploy/k8s/indexed-job/3-complete-job.yaml");
+    for needle in [
+        "completionMode: Indexed",
+        "parallelism:",
+        "backoffLimitPerIndex:",
+        "podReplacementPolicy: Failed",
+        "type: DisruptionTarget",
+        "--metrics-listen=0.0.0.0:9871",
+        "prometheus.io/port: \"9871\"",
+        "--complete-when-done",
+    ] {
+        assert!(workers.contains(needle), "workers lack {needle:?}");
+    }
+    // The three steps name one manifest, and the plan's shard count is the Job's.
+    let manifest = "--manifest=oss://dst-bucket/images/disk.raw.ossrelay/manifest.json";
+    assert!(workers.contains(manifest) && complete.contains(manifest));
+    assert!(
+        plan.contains("oss://dst-bucket/images/disk.raw\n"),
+        "{plan}"
+    );
+    assert!(plan.contains("--shards=8") && plan.contains("--plan"));
+    assert!(workers.contains("completions: 8"));
+    assert!(complete.contains("--complete"));
+    for text in [&plan, &workers, &complete] {
+        assert!(
+            text.contains("command: [/usr/local/bin/ossrelay]"),
+            "the image's entrypoint is `serve`"
+        );
+        assert!(text.contains("secretKeyRef: { name: ossrelay-credentials"));
+    }
+    let pm = read("deploy/k8s/indexed-job/podmonitor.yaml");
+    assert!(pm.contains("port: metrics") && pm.contains("component: shard-worker"));
+}

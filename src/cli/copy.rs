@@ -19,10 +19,12 @@ use crate::transfer::{
 #[derive(Debug, Args)]
 pub struct CopyArgs {
     /// Source: oss://BUCKET/KEY, s3://BUCKET/KEY or a local file path.
-    pub src: String,
+    #[arg(required_unless_present = "manifest")]
+    pub src: Option<String>,
     /// Destination: oss://BUCKET/KEY or s3://BUCKET/KEY (a key ending in `/` takes the
     /// source's name) or a path.
-    pub dst: String,
+    #[arg(required_unless_present = "manifest")]
+    pub dst: Option<String>,
 
     /// Source region (oss://: the profile's region_id, else cn-hangzhou; s3://: AWS_REGION,
     /// AWS_DEFAULT_REGION, the profile's region, else us-east-1).
@@ -122,6 +124,9 @@ pub struct CopyArgs {
     /// before it is cut and retried on a new connection (a stalled or slow-loris peer).
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_stall_timeout)]
     pub stall_timeout: std::time::Duration,
+    /// A sharded copy (`--shards N --plan`, `--manifest URL --shard I`, `--complete`).
+    #[command(flatten)]
+    pub shard: super::shard::ShardArgs,
 }
 
 /// `--stall-timeout`: seconds (fractions allowed, optional `s` suffix), 0.1 to 3600.
@@ -170,30 +175,9 @@ fn usage(msg: impl std::fmt::Display) -> i32 {
     EXIT_USAGE
 }
 
-/// Runs the command; returns the exit code.
-pub async fn run(args: CopyArgs) -> i32 {
-    let src: ObjectUrl = match args.src.parse() {
-        Ok(u) => u,
-        Err(e) => return usage(format!("source: {e}")),
-    };
-    let dst: ObjectUrl = match args.dst.parse() {
-        Ok(u) => u,
-        Err(e) => return usage(format!("destination: {e}")),
-    };
-    if !matches!(src, ObjectUrl::Local(_)) && (src.key().is_empty() || src.key().ends_with('/')) {
-        let scheme = src.to_string();
-        let scheme = scheme.split("://").next().unwrap_or("oss");
-        return usage(format!(
-            "source {src} does not name an object: give {scheme}://BUCKET/KEY"
-        ));
-    }
-    if args.concurrency == 0 {
-        return usage("--concurrency must be at least 1");
-    }
-    if args.concurrency > 1024 {
-        return usage("--concurrency above 1024 is not supported");
-    }
-    let opts = CopyOptions {
+/// The engine's options from `copy`'s flags.
+pub(super) fn copy_options(args: &CopyArgs) -> CopyOptions {
+    CopyOptions {
         concurrency: args.concurrency,
         part_size: args.part_size,
         memory: args.memory,
@@ -203,7 +187,11 @@ pub async fn run(args: CopyArgs) -> i32 {
         decoder_cpu: args.decoder_cpu,
         max_hedges: args.max_hedges,
         ..CopyOptions::default()
-    };
+    }
+}
+
+/// How to reach the source and the destination, from `copy`'s flags.
+pub(super) fn side_options(args: &CopyArgs) -> (SideOptions, SideOptions) {
     let src_side = SideOptions {
         region: args.src_region.clone(),
         endpoint: args.src_endpoint.clone(),
@@ -226,6 +214,41 @@ pub async fn run(args: CopyArgs) -> i32 {
         region_flag: Some("--dst-region"),
         read_timeout: Some(args.stall_timeout),
     };
+    (src_side, dst_side)
+}
+
+/// Runs the command; returns the exit code.
+pub async fn run(args: CopyArgs) -> i32 {
+    if args.shard.active() {
+        if args.concurrency == 0 || args.concurrency > 1024 {
+            return usage("--concurrency must be between 1 and 1024");
+        }
+        let (src_side, dst_side) = side_options(&args);
+        return super::shard::run(&args, copy_options(&args), src_side, dst_side).await;
+    }
+    let src: ObjectUrl = match args.src.as_deref().unwrap_or_default().parse() {
+        Ok(u) => u,
+        Err(e) => return usage(format!("source: {e}")),
+    };
+    let dst: ObjectUrl = match args.dst.as_deref().unwrap_or_default().parse() {
+        Ok(u) => u,
+        Err(e) => return usage(format!("destination: {e}")),
+    };
+    if !matches!(src, ObjectUrl::Local(_)) && (src.key().is_empty() || src.key().ends_with('/')) {
+        let scheme = src.to_string();
+        let scheme = scheme.split("://").next().unwrap_or("oss");
+        return usage(format!(
+            "source {src} does not name an object: give {scheme}://BUCKET/KEY"
+        ));
+    }
+    if args.concurrency == 0 {
+        return usage("--concurrency must be at least 1");
+    }
+    if args.concurrency > 1024 {
+        return usage("--concurrency above 1024 is not supported");
+    }
+    let opts = copy_options(&args);
+    let (src_side, dst_side) = side_options(&args);
     for (side, flag) in [(&src_side, "--src-provider"), (&dst_side, "--dst-provider")] {
         if let Err(e) = locate::provider(side) {
             return usage(format!("{flag}: {e}"));

@@ -12,6 +12,7 @@ pub mod migrate;
 pub mod preflight;
 mod progress;
 pub mod serve;
+mod shard;
 pub mod sim;
 mod uploads;
 mod util;

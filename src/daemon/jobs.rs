@@ -106,6 +106,10 @@ pub struct CopySpec {
     /// a release without unpack resume exactly as they were submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unpack: Option<UnpackMode>,
+    /// Relay the object in this many shards at once (`copy --shards N`, run in the daemon;
+    /// see [`crate::transfer::shard::run_local`]). Absent or 1: one relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
 }
 
 /// Options of a `migrate` job: the `ossrelay migrate` long option names with `_` for `-`.
@@ -597,6 +601,13 @@ fn parse_copy(obj: &mut Map<String, Value>) -> Result<CopySpec, InvalidField> {
                 <UnpackMode as clap::ValueEnum>::from_str(&v, true)
                     .map_err(|_| invalid("unpack", "must be auto, always or never"))?,
             ),
+        },
+        shards: match obj.remove("shards") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(n @ 1..=64) => Some(n as u32),
+                _ => return Err(invalid("shards", "must be a whole number from 1 to 64")),
+            },
         },
     };
     check_endpoint("src_endpoint", &spec.src_endpoint)?;

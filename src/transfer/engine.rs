@@ -131,22 +131,14 @@ pub(super) fn validate(opts: &CopyOptions) -> Result<(), TransferError> {
     Ok(())
 }
 
-async fn run(
+/// The context of one transfer: its stores and options, and the pipe's memory budget,
+/// bandwidth bucket and digest (shared by a plain copy and the shards of a sharded one).
+pub(super) fn context(
     src: Location,
     dst: Location,
     opts: CopyOptions,
     progress: Arc<Progress>,
-    cancel: CancellationToken,
-) -> Result<CopySummary, TransferError> {
-    validate(&opts)?;
-    let started = std::time::Instant::now();
-    // The stores retry some requests themselves; the summary counts those too.
-    let store_retries = |src: &Location, dst: &Location| src.store.retries() + dst.store.retries();
-    let retries_before = store_retries(&src, &dst);
-    progress
-        .lowest_concurrency_limit
-        .store(opts.concurrency as u64, Relaxed);
-    progress.set_limit(opts.concurrency);
+) -> Arc<Ctx> {
     let budget = opts
         .shared_memory
         .clone()
@@ -166,15 +158,34 @@ async fn run(
         digest: super::proof::digest_for(&*src.store, &*dst.store),
         proofs: Default::default(),
     };
-    let ctx = Arc::new(Ctx {
+    Arc::new(Ctx {
         src_desc: src.describe(),
         dst_desc: dst.describe(),
         src,
         dst,
         opts,
-        progress: progress.clone(),
+        progress,
         pipe,
-    });
+    })
+}
+
+async fn run(
+    src: Location,
+    dst: Location,
+    opts: CopyOptions,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> Result<CopySummary, TransferError> {
+    validate(&opts)?;
+    let started = std::time::Instant::now();
+    // The stores retry some requests themselves; the summary counts those too.
+    let store_retries = |src: &Location, dst: &Location| src.store.retries() + dst.store.retries();
+    let retries_before = store_retries(&src, &dst);
+    progress
+        .lowest_concurrency_limit
+        .store(opts.concurrency as u64, Relaxed);
+    progress.set_limit(opts.concurrency);
+    let ctx = context(src, dst, opts, progress.clone());
     let _gauges = AbortOnDropHandle::new(tokio::spawn(publish_gauges(
         progress.clone(),
         ctx.pipe.budget.clone(),
@@ -525,7 +536,7 @@ async fn multipart(
 /// ETag Complete must name is the listed one. Both bodies are the same bytes: a listed part
 /// is kept when it passes the rule every resumed part passes ([`confirmed_parts`]: sizes and
 /// CRC-64, or ETag) and takes the listed ETag; one that does not is forgotten and sent again.
-async fn relist_hedged(
+pub(super) async fn relist_hedged(
     ctx: &Arc<Ctx>,
     specs: &[PartSpec],
     done: &mut [Option<StatePart>],

@@ -34,6 +34,7 @@ mod relay;
 pub mod retry;
 mod schedule;
 mod session;
+pub mod shard;
 mod source;
 pub mod state;
 pub mod tar;

@@ -78,9 +78,19 @@ pub(super) async fn discard_stale_state(ctx: &Ctx) -> Result<(), TransferError> 
     Ok(())
 }
 
+/// Writes acknowledged parts somewhere other than a state file: a worker of a sharded copy
+/// records each part as a small object next to its manifest (see [`super::shard`]). Called
+/// with the parts recorded since the last call; done when all of them are durable.
+pub(super) type RecordSink = Arc<
+    dyn Fn(Vec<StatePart>) -> futures::future::BoxFuture<'static, Result<(), TransferError>>
+        + Send
+        + Sync,
+>;
+
 /// The resume state in memory, written to disk in the background as parts complete; writes
 /// coalesce. A recorded part keeps its concurrency slot until a write holding it landed
 /// ([`StateKeeper::unsaved`]), so a kill -9 never re-sends more than `concurrency` parts.
+/// With a [`RecordSink`] instead of a file, the same holds for the parts it records.
 pub(super) struct StateKeeper {
     pub(super) path: Option<PathBuf>,
     pub(super) state: CopyState,
@@ -90,6 +100,8 @@ pub(super) struct StateKeeper {
     recorded_since_write: usize,
     /// Parts recorded in the write in flight.
     in_write: usize,
+    /// Where parts go instead of a state file, and those not yet handed to it.
+    sink: Option<(RecordSink, Vec<StatePart>)>,
 }
 
 impl StateKeeper {
@@ -101,12 +113,30 @@ impl StateKeeper {
             writing: None,
             recorded_since_write: 0,
             in_write: 0,
+            sink: None,
         }
     }
 
+    /// A keeper whose parts are recorded by `sink` (no state file).
+    pub(super) fn with_sink(state: CopyState, sink: RecordSink) -> Self {
+        Self {
+            dirty: false,
+            sink: Some((sink, Vec::new())),
+            ..Self::new(None, state)
+        }
+    }
+
+    /// Whether recorded parts are written anywhere.
+    fn durable(&self) -> bool {
+        self.path.is_some() || self.sink.is_some()
+    }
+
     pub(super) fn record(&mut self, part: StatePart) {
+        if let Some((_, pending)) = &mut self.sink {
+            pending.push(part.clone());
+        }
         self.state.record(part);
-        if self.path.is_some() {
+        if self.durable() {
             self.recorded_since_write += 1;
         }
         self.mark();
@@ -123,7 +153,7 @@ impl StateKeeper {
     }
 
     fn mark(&mut self) {
-        if self.path.is_some() {
+        if self.durable() {
             self.dirty = true;
             self.kick();
         }
@@ -131,6 +161,15 @@ impl StateKeeper {
 
     fn kick(&mut self) {
         if self.writing.is_some() || !self.dirty {
+            return;
+        }
+        if let Some((sink, pending)) = &mut self.sink {
+            let parts = std::mem::take(pending);
+            self.dirty = false;
+            self.in_write = std::mem::take(&mut self.recorded_since_write);
+            if !parts.is_empty() {
+                self.writing = Some(tokio::spawn((**sink)(parts)));
+            }
             return;
         }
         let Some(path) = self.path.clone() else {
@@ -164,7 +203,7 @@ impl StateKeeper {
     }
 
     pub(super) async fn flush(&mut self) -> Result<(), TransferError> {
-        while self.is_writing() || (self.dirty && self.path.is_some()) {
+        while self.is_writing() || (self.dirty && self.durable()) {
             self.kick();
             self.wait_write().await?;
         }

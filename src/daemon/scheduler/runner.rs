@@ -13,6 +13,59 @@ use crate::daemon::jobs::{CopySpec, Job, JobResult, JobSpec, JobState, MigrateSp
 use crate::migrate::{self, setup::SetupError, Event};
 use crate::transfer::{self, state, Progress, TransferError};
 
+/// A copy job with `shards`: plan, every shard at once in this process, complete (the
+/// manifest next to the destination, so a resumed job keeps the plan and recorded parts).
+async fn run_sharded(
+    src: transfer::Location,
+    dst: transfer::Target,
+    shards: u32,
+    opts: transfer::CopyOptions,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> Result<JobResult, TransferError> {
+    let transfer::Target::Fixed(dst) = dst else {
+        return Err(TransferError::Plan(
+            "shards: an unpack is one sequential stream and cannot be sharded; submit the job \
+             without shards"
+                .into(),
+        ));
+    };
+    let started = Instant::now();
+    let at = transfer::Location::new(
+        dst.store.clone(),
+        transfer::shard::default_manifest_key(&dst.key),
+    );
+    let p = progress.clone();
+    let c = transfer::shard::run_local(src, dst, at, shards, opts, progress, cancel)
+        .await
+        .map_err(|e| match e {
+            transfer::shard::ShardError::Transfer(t) => t,
+            transfer::shard::ShardError::Worker { source, .. }
+                if matches!(source.root(), TransferError::Interrupted { .. }) =>
+            {
+                source
+            }
+            other => TransferError::Plan(other.to_string()),
+        })?;
+    Ok(JobResult {
+        crc64: c.crc64.to_string(),
+        bytes: c.bytes,
+        parts: c.parts,
+        part_size: c.part_size,
+        seconds: started.elapsed().as_secs_f64(),
+        throughput_bytes_per_sec: c.bytes as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        retries: p.retries.load(std::sync::atomic::Ordering::Relaxed),
+        resumed_bytes: p.resumed_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        source: c.source,
+        destination: c.destination,
+        image_id: None,
+        region: None,
+        cloud: None,
+        disks: Vec::new(),
+        member: None,
+    })
+}
+
 impl Scheduler {
     pub(super) async fn run_job(
         self: Arc<Self>,
@@ -57,6 +110,9 @@ impl Scheduler {
         opts.shared_bandwidth = self.bandwidth.clone();
         // The shared budget replaces the per-copy one; keep validation consistent with it.
         opts.memory = self.memory.limit();
+        if let Some(n) = spec.shards.filter(|&n| n > 1) {
+            return run_sharded(src, dst, n, opts, progress, cancel).await;
+        }
         let relayed = transfer::relay(src, dst, spec.transform(), opts, progress, cancel).await?;
         let mut result = JobResult::from(relayed.summary());
         if let transfer::Relayed::Unpacked(u) = &relayed {
@@ -254,6 +310,24 @@ impl Scheduler {
                 return Ok(());
             }
         };
+        if spec.shards.is_some_and(|n| n > 1) {
+            // Its run has stopped: the plan next to the destination names the upload.
+            let (_, dst) = spec.locations()?;
+            if let transfer::Target::Fixed(dst) = dst {
+                let at = transfer::Location::new(
+                    dst.store.clone(),
+                    transfer::shard::default_manifest_key(&dst.key),
+                );
+                let opts = spec.copy_options(&self.job_dir(id));
+                if let Some(upload) = transfer::shard::abandon(&at, &dst, &opts)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    tracing::info!(job = %id, upload_id = %upload, "aborted the sharded upload");
+                }
+            }
+            return Ok(());
+        }
         let dir = self.job_dir(id);
         let Ok(rd) = std::fs::read_dir(&dir) else {
             return Ok(());
