@@ -472,3 +472,48 @@ fn broken_images_fail_clearly_and_leave_nothing() {
         assert!(partial.is_empty(), "left behind: {partial:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_simulated_regions_part_1_goes_last() {
+    let w = World::new(|_| {}, |_| {}).await;
+    let dir = w.dir.path().to_path_buf();
+    let size = 6 * MIB + 4096;
+    let mut raw = vec![0u8; size as usize];
+    raw[..300_000].copy_from_slice(&bytes(300_000, 8));
+    raw[(4 * MIB) as usize..(5 * MIB) as usize].copy_from_slice(&bytes(MIB as usize, 9));
+    w.src
+        .put_object_bytes(SRC_BUCKET, "disks/d.raw", bytes::Bytes::from(raw.clone()));
+    let raw_path = dir.join("d.raw");
+    std::fs::write(&raw_path, &raw).unwrap();
+    for (fmt, qfmt) in FORMATS {
+        let mut args = w.copy_args("disks/d.raw", DST_BUCKET, "images/");
+        args.extend(
+            ["--format", fmt, "--json", "--part-size", "1MiB"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        let out = w.run(args).await;
+        assert_eq!(out.status.code(), Some(0), "{fmt}: {}", stderr(&out));
+        let s = summary(&out);
+        let key = if fmt == "qcow2" {
+            "images/d.qcow2"
+        } else {
+            "images/d.vhd"
+        };
+        assert_eq!(
+            s["raw_crc64"].as_str(),
+            Some(crc64::checksum(&raw).to_string().as_str())
+        );
+        // The source reports its CRC-64: the RAW stream was proven against it.
+        assert!(
+            s["verified_by"].to_string().contains("source_crc64"),
+            "{fmt}: {s}"
+        );
+        let img = w.dst.get_object_bytes(DST_BUCKET, key).expect(key);
+        assert_eq!(s["bytes"].as_u64(), Some(img.len() as u64));
+        let path = dir.join(format!("out.{fmt}"));
+        std::fs::write(&path, &img).unwrap();
+        assert_image(&path, qfmt, &raw_path, size);
+    }
+    assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
+}
