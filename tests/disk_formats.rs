@@ -517,3 +517,64 @@ async fn between_simulated_regions_part_1_goes_last() {
     }
     assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
 }
+
+/// `migrate --disk-format qcow2|vhd`: the RAW export is converted on the way and ImportImage
+/// (the simulator reading the image with its own QCOW2/VHD reader) builds a disk identical to
+/// the source image's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_converts_the_export_and_the_imported_disk_is_identical() {
+    use ossrelay_sim::{SimImage, SimRole};
+    const IMAGE: &str = "m-conv0001";
+    for (format, ext) in [("qcow2", ".qcow2"), ("vhd", ".vhd")] {
+        let w = World::new(
+            |c| {
+                c.images.push(SimImage::new(
+                    IMAGE,
+                    (5 << 20) + 3 * 512,
+                    &src_account().name,
+                ));
+                c.roles.push(SimRole {
+                    account: src_account().name,
+                    name: "AliyunECSImageExportDefaultRole".into(),
+                    trusted: "ecs".into(),
+                });
+                c.task_duration = Duration::from_millis(300);
+            },
+            |c| {
+                c.roles.push(SimRole {
+                    account: dst_account().name,
+                    name: "AliyunECSImageImportDefaultRole".into(),
+                    trusted: "ecs".into(),
+                });
+                c.task_duration = Duration::from_millis(300);
+            },
+        )
+        .await;
+        let mut args = w.migrate_args(IMAGE, "dst");
+        args.extend(["--disk-format".to_string(), format.to_string()]);
+        let out = w.run(args).await;
+        assert_eq!(out.status.code(), Some(0), "{format}: {}", stderr(&out));
+        let v: serde_json::Value =
+            serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+        let image_id = v["image_id"].as_str().unwrap();
+        let disk = &v["disks"][0];
+        assert!(
+            disk["destination"].as_str().unwrap().ends_with(ext),
+            "{format}: {v}"
+        );
+        let src_disk = w.src.image_crc64(IMAGE).expect("source image");
+        let img = w.dst.image(image_id).unwrap();
+        assert_eq!(
+            w.dst.image_crc64(image_id),
+            Some(src_disk),
+            "{format}: {v} {img}"
+        );
+        assert!(
+            img.to_string()
+                .to_uppercase()
+                .contains(&format.to_uppercase()),
+            "{format}: the import names its format: {img}"
+        );
+        assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
+    }
+}

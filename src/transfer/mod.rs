@@ -23,7 +23,7 @@
 
 pub mod affinity;
 pub mod budget;
-mod convert;
+pub mod convert;
 mod cut;
 mod decode;
 mod engine;
