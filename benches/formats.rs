@@ -159,7 +159,10 @@ fn relay(src: &str, dst: &str, format: &str) -> Run {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    assert!(child.wait().unwrap().success(), "copy --format {format}: {err}");
+    assert!(
+        child.wait().unwrap().success(),
+        "copy --format {format}: {err}"
+    );
     let summary: serde_json::Value =
         serde_json::from_str(out.lines().last().expect("JSON summary")).expect("JSON");
     Run {
