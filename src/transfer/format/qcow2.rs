@@ -13,8 +13,9 @@
 //!
 //! Cluster size: 64 KiB (qemu's default) unless the allocation map (one bit per guest
 //! cluster) would exceed its share of `--memory`; then the smallest power of two up to
-//! 2 MiB that fits. A 2 TiB disk at 64 KiB needs a 4 MiB map; a 16 MiB map (1/16 of the
-//! default 256 MiB) covers 8 TiB.
+//! 2 MiB that fits. The share is 1/16 of the RAW budget (`convert.rs`): the default 256 MiB
+//! `--memory` gives 192 MiB of RAW budget, a 12 MiB map, 64 KiB clusters up to 6 TiB; a
+//! 2 TiB disk at 64 KiB needs a 4 MiB map.
 
 use super::{put_u16, put_u32, put_u64, Alloc, TailCursor};
 
