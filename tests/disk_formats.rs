@@ -578,3 +578,49 @@ async fn migrate_converts_the_export_and_the_imported_disk_is_identical() {
         assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
     }
 }
+
+/// The layouts as an S3 destination gets them (the head padded to its 5 MiB minimum part),
+/// written whole through the public layout API and checked by qemu-img: the padding between
+/// the tables and the data must read as nothing at all.
+#[test]
+fn heads_padded_to_s3_minimum_parts_are_valid_images() {
+    use ossrelay::transfer::format::{Alloc, Container, TailCursor};
+    use ossrelay::transfer::DiskFormat;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let size = 3 * MIB + 512;
+    let mut raw = vec![0u8; size as usize];
+    raw[10..5000].copy_from_slice(&bytes(4990, 1));
+    raw[(2 * MIB) as usize..(2 * MIB + 70_000) as usize].copy_from_slice(&bytes(70_000, 2));
+    let raw_path = dir.join("r.raw");
+    std::fs::write(&raw_path, &raw).unwrap();
+    for (fmt, qfmt) in [
+        (DiskFormat::Qcow2, "qcow2"),
+        (DiskFormat::VhdDynamic, "vpc"),
+    ] {
+        let c = Container::plan(fmt, size, 1 << 20, 5 * MIB, "seed").unwrap();
+        assert_eq!(c.head_len(), 5 * MIB, "{fmt:?}");
+        let unit = c.unit() as usize;
+        let mut alloc = Alloc::new(c.units());
+        let mut out = vec![0u8; c.head_len() as usize];
+        for (i, u) in raw.chunks(unit).enumerate() {
+            if u.iter().all(|&b| b == 0) {
+                continue;
+            }
+            alloc.set(i as u64);
+            out.extend(std::iter::repeat_n(0xffu8, c.unit_prefix()));
+            out.extend_from_slice(u);
+            out.resize(out.len() + unit - u.len(), 0);
+        }
+        let mut cur = TailCursor::default();
+        while let Some(t) = c.tail_next(&alloc, &mut cur) {
+            out.extend_from_slice(&t);
+        }
+        let head = c.head(&alloc);
+        out[..head.len()].copy_from_slice(&head);
+        assert_eq!(out.len() as u64, c.file_len(&alloc));
+        let img = dir.join(format!("padded.{qfmt}"));
+        std::fs::write(&img, &out).unwrap();
+        assert_image(&img, qfmt, &raw_path, size);
+    }
+}
