@@ -434,6 +434,7 @@ async fn migrate_state_machine_over_the_wire_with_an_unpacking_relay() {
         image_name: None,
         export_prefix: "ossrelay".into(),
         export_format: None,
+        disk_format: ossrelay::transfer::DiskFormat::Raw,
         keep_objects: false,
         state_dir: w.state_dir(),
         poll: PollSchedule {

@@ -908,3 +908,49 @@ async fn a_store_ignoring_checksums_under_the_aws_preset_is_not_claimed_proven()
     assert!(stderr(&out).contains("warning: nothing proves"));
     assert!(w.dst.get_object_bytes(DST_BUCKET, "obj").unwrap().as_ref() == data.as_slice());
 }
+
+/// `copy --format qcow2` into S3: part 1 (the head) is padded to S3's 5 MiB minimum and sent
+/// last; the object is a valid QCOW2 holding the source RAW (qemu-img, which CI installs,
+/// is the oracle: this fails without it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oss_raw_to_s3_qcow2_pads_the_head_to_the_minimum_part() {
+    let w = S3World::new(Kind::Oss, Kind::S3, |_| {}, |_| {}).await;
+    let size = 12 * MIB as usize + 1024;
+    let mut raw = vec![0u8; size];
+    raw[..3 * MIB as usize].copy_from_slice(&bytes(3 * MIB as usize, 5));
+    raw[size - 700..].copy_from_slice(&bytes(700, 6));
+    w.src
+        .put_object_bytes(SRC_BUCKET, "disk.raw", Bytes::from(raw.clone()));
+    let mut args = w.copy_args("disk.raw", DST_BUCKET, "images/");
+    args.extend(["--format", "qcow2", "--part-size", "5MiB"].map(String::from));
+    let out = w.run(args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!(
+        s["raw_crc64"].as_str(),
+        Some(crc64::checksum(&raw).to_string().as_str())
+    );
+    let img = w
+        .dst
+        .get_object_bytes(DST_BUCKET, "images/disk.qcow2")
+        .expect("images/disk.qcow2");
+    assert_eq!(&img[..4], b"QFI\xfb");
+    // Head (5 MiB) + 3 MiB of data and the last cluster + tables, far below the RAW's size.
+    let n = img.len();
+    assert!(n > 5 * MIB as usize && n < 9 * MIB as usize, "{n} bytes");
+    let (rp, ip) = (w.dir.path().join("d.raw"), w.dir.path().join("d.qcow2"));
+    std::fs::write(&rp, &raw).unwrap();
+    std::fs::write(&ip, &img).unwrap();
+    let cmp = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2"])
+        .arg(&rp)
+        .arg(&ip)
+        .output()
+        .expect("qemu-img is required (apt-get install qemu-utils)");
+    assert!(
+        cmp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+    assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
+}

@@ -11,8 +11,8 @@ use super::util::{install_interrupt_handler, parse_rate, parse_size};
 use super::{progress, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::locate::{self, ObjectUrl, SideOptions};
 use crate::transfer::{
-    self, CopyOptions, DecoderCpu, Progress, Relayed, TransferError, Transform, UnpackMode,
-    UnpackTarget,
+    self, CopyOptions, DecoderCpu, DiskFormat, InputFormat, Progress, Relayed, TransferError,
+    Transform, UnpackMode, UnpackTarget,
 };
 
 /// Flags of `ossrelay copy` (names are a contract: scripts and checks rely on them).
@@ -116,6 +116,16 @@ pub struct CopyArgs {
     /// A destination ending in `/` is named after the tar member.
     #[arg(long, value_enum, default_value_t = UnpackMode::Auto)]
     pub unpack: UnpackMode,
+    /// Disk format to write: `raw` (the bytes as they are), `qcow2` or `vhd-dynamic`
+    /// (all-zero clusters/blocks are not sent), `vhd` (fixed: RAW plus a footer). Converts
+    /// a RAW source, or the RAW unpacked from a .raw.tar.gz, on the fly.
+    #[arg(long, value_enum, default_value_t = DiskFormat::Raw)]
+    pub format: DiskFormat,
+    /// Disk format of a plain source: `auto` reads QCOW2, stream-optimized VMDK and dynamic
+    /// VHD by their magic numbers (a .vhd key without one as a fixed VHD) when --format is not
+    /// raw; with --format raw the source is copied as it is unless a format is named here.
+    #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
+    pub input_format: InputFormat,
     /// Where the unpack decoder runs: `auto` gives it a CPU of its own (other threads keep
     /// the rest) when the process may use two or more; `off` leaves it to the OS scheduler.
     #[arg(long, value_enum, default_value_t = DecoderCpu::Auto)]
@@ -273,7 +283,17 @@ pub async fn run(args: CopyArgs) -> i32 {
     let unpack = args.unpack.applies(&src_name);
     // When unpacking, a destination "directory" is named after the tar member, known only
     // once the archive is being read: check now that the destination can be reached at all.
-    let probe_name = if unpack {
+    if unpack && !matches!(args.input_format, InputFormat::Auto | InputFormat::Raw) {
+        return usage(format!(
+            "--input-format {} does not apply to a .tar.gz source (it holds a RAW disk); pass \
+             --unpack never to read the source itself as {0}",
+            args.input_format.name()
+        ));
+    }
+    let decode_input =
+        !unpack && !matches!(args.input_format, InputFormat::Auto | InputFormat::Raw);
+    let convert = args.format != DiskFormat::Raw || decode_input;
+    let probe_name = if unpack || convert {
         Some("unpacked.raw".to_string())
     } else {
         locate::base_name(&src)
@@ -307,7 +327,7 @@ pub async fn run(args: CopyArgs) -> i32 {
     install_interrupt_handler(cancel.clone());
     let prog = Arc::new(Progress::default());
     let bar = (!args.quiet).then(|| progress::spawn(prog.clone()));
-    let target = if unpack {
+    let target = if unpack || convert {
         let (dst, dst_side) = (dst.clone(), dst_side.clone());
         UnpackTarget::Named(Box::new(move |member: &str| {
             locate::resolve(&dst, &dst_side, Some(member))
@@ -316,7 +336,13 @@ pub async fn run(args: CopyArgs) -> i32 {
     } else {
         UnpackTarget::Fixed(dst_loc)
     };
-    let transform = if unpack {
+    let transform = if convert {
+        Transform::Convert {
+            format: args.format,
+            unpack,
+            input: args.input_format,
+        }
+    } else if unpack {
         Transform::Unpack
     } else {
         Transform::None
@@ -339,6 +365,18 @@ pub async fn run(args: CopyArgs) -> i32 {
                 }
             } else if !args.quiet {
                 eprintln!("{}", progress::summary_line(summary));
+                if let Relayed::Converted(c) = &finished {
+                    eprintln!(
+                        "wrote {} ({} of {} {}-byte units hold data) for a RAW disk of {} bytes, \
+                         CRC-64 {}",
+                        c.format.name(),
+                        c.units_written,
+                        c.units,
+                        c.unit_size,
+                        c.raw_bytes,
+                        c.raw_crc64
+                    );
+                }
                 if let Relayed::Unpacked(u) = &finished {
                     eprintln!(
                         "unpacked {:?} from {} compressed bytes (CRC-64 {}{}); gzip CRC-32 and \

@@ -159,6 +159,7 @@ fn config(key: MigrationKey, src_bucket: &str, concurrency: usize) -> MigrateCon
         image_name: None,
         export_prefix: "ossrelay".into(),
         export_format: None,
+        disk_format: crate::transfer::DiskFormat::Raw,
         keep_objects: false,
         state_dir: state_dir.clone(),
         poll: PollSchedule {

@@ -16,7 +16,7 @@ use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::acs::ecs::ImageFormat;
 use crate::cloud::Endpoints;
 use crate::migrate::setup::{MigrateParams, SetupError};
-use crate::migrate::{self, Cloud, Event, MigrateError};
+use crate::migrate::{self, Cloud, Event, MigrateDiskFormat, MigrateError};
 use crate::transfer::CopyOptions;
 
 /// Flags of `ossrelay migrate`.
@@ -66,6 +66,10 @@ pub struct MigrateArgs {
     /// Export format (RAW arrives as .raw.tar.gz and is unpacked on the way; qcow2/vhd only in some regions).
     #[arg(long, value_enum)]
     pub format: Option<ImageFormat>,
+    /// What a RAW export is relayed and imported as: raw (default), qcow2 or vhd (converted
+    /// on the way, zeros never sent; ECS imports only), auto (qcow2 for ECS, raw for EC2).
+    #[arg(long, value_enum, default_value_t = MigrateDiskFormat::Raw)]
+    pub disk_format: MigrateDiskFormat,
     /// Give up waiting for the export or the import after this long (each).
     #[arg(long, value_parser = parse_duration, default_value = "12h")]
     pub timeout: Duration,
@@ -252,6 +256,7 @@ impl MigrateArgs {
             keep_objects: self.keep_objects,
             export_prefix: self.export_prefix.clone(),
             format: self.format,
+            disk_format: self.disk_format,
             timeout: self.timeout,
             role_retries: self.role_retries,
             src: Endpoints {

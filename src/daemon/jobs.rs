@@ -208,6 +208,7 @@ impl MigrateSpec {
                 .clone()
                 .unwrap_or_else(|| "ossrelay".into()),
             format: self.format.as_deref().and_then(parse_format),
+            disk_format: Default::default(),
             timeout: std::time::Duration::from_secs(12 * 3600),
             role_retries: 12,
             src: Endpoints {

@@ -297,6 +297,9 @@ impl Run<'_> {
             });
         }
         self.state.disks = plan_disks(&objects, self.state.source_image.as_ref());
+        for d in &mut self.state.disks {
+            d.destination_key = super::converted_key(&d.destination_key, self.cfg.disk_format);
+        }
         self.tell_exported();
         self.advance(Stage::Relay)
     }

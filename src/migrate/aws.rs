@@ -255,7 +255,7 @@ impl Run<'_> {
         self.state.disks = vec![DiskState {
             role: "system".into(),
             source_bucket: bucket,
-            destination_key: unpacked_key(&key),
+            destination_key: super::converted_key(&unpacked_key(&key), self.cfg.disk_format),
             source_key: key,
             size_gib,
             copied: false,

@@ -78,6 +78,52 @@ pub fn default_relay() -> RelayFn {
     })
 }
 
+/// The disk format `migrate` relays into (`--disk-format`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrateDiskFormat {
+    /// The exported disk as the export wrote it (a RAW export unpacked): today's behaviour.
+    #[default]
+    Raw,
+    /// QCOW2 for an ECS import (all-zero clusters are never sent, and the tables add well
+    /// under 0.1 %: never meaningfully larger than RAW), RAW for EC2.
+    Auto,
+    /// A RAW export converted to QCOW2 on the way (ECS imports only).
+    Qcow2,
+    /// A RAW export converted to a dynamic VHD on the way (ECS imports only).
+    Vhd,
+}
+
+impl MigrateDiskFormat {
+    /// The container a RAW export is written as, for a destination cloud.
+    pub fn resolve(self, dst: Cloud) -> transfer::DiskFormat {
+        match (self, dst) {
+            (Self::Raw, _) | (Self::Auto, Cloud::Aws) => transfer::DiskFormat::Raw,
+            (Self::Auto, _) | (Self::Qcow2, _) => transfer::DiskFormat::Qcow2,
+            (Self::Vhd, _) => transfer::DiskFormat::VhdDynamic,
+        }
+    }
+}
+
+/// The destination key of a RAW disk written as `format` (`x.raw` → `x.qcow2`); other keys
+/// (an export that is already QCOW2, VHD or VMDK) are relayed as they are.
+pub fn converted_key(key: &str, format: transfer::DiskFormat) -> String {
+    if format == transfer::DiskFormat::Raw || !key.to_ascii_lowercase().ends_with(".raw") {
+        return key.to_string();
+    }
+    transfer::convert::container_name(key, format)
+}
+
 /// Whether a key names a gzip tarball (how RAW exports arrive).
 pub fn is_tar_gz(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
@@ -105,8 +151,24 @@ pub async fn relay_disk(
     progress: Arc<Progress>,
     cancel: CancellationToken,
 ) -> Result<DiskResult, MigrateError> {
-    // ImportImage does not take .tar.gz: stream the member out of the archive, unpacked.
-    let transform = if is_tar_gz(&src.key) {
+    // ImportImage does not take .tar.gz: stream the member out of the archive, unpacked; a
+    // RAW bound for a `.qcow2`/`.vhd` key is converted on the way (`--disk-format`).
+    let src_raw = is_tar_gz(&src.key) || src.key.to_ascii_lowercase().ends_with(".raw");
+    let dst_key = dst.key.to_ascii_lowercase();
+    let container = if dst_key.ends_with(".qcow2") {
+        transfer::DiskFormat::Qcow2
+    } else if dst_key.ends_with(".vhd") {
+        transfer::DiskFormat::VhdDynamic
+    } else {
+        transfer::DiskFormat::Raw
+    };
+    let transform = if src_raw && container != transfer::DiskFormat::Raw {
+        transfer::Transform::Convert {
+            format: container,
+            unpack: is_tar_gz(&src.key),
+            input: transfer::InputFormat::Raw,
+        }
+    } else if is_tar_gz(&src.key) {
         transfer::Transform::Unpack
     } else {
         transfer::Transform::None
@@ -255,6 +317,8 @@ pub struct MigrateConfig {
     pub export_prefix: String,
     /// `None`: the service default (RAW, as `.raw.tar.gz`).
     pub export_format: Option<ImageFormat>,
+    /// What a RAW export is relayed as (resolved for the destination cloud).
+    pub disk_format: transfer::DiskFormat,
     pub keep_objects: bool,
     pub state_dir: PathBuf,
     pub poll: PollSchedule,

@@ -29,6 +29,8 @@ pub struct MigrateParams {
     pub keep_objects: bool,
     pub export_prefix: String,
     pub format: Option<ImageFormat>,
+    /// What a RAW export is relayed as (`--disk-format`).
+    pub disk_format: super::MigrateDiskFormat,
     /// Limit on each of the export and import waits.
     pub timeout: Duration,
     pub role_retries: u32,
@@ -53,6 +55,18 @@ pub enum SetupError {
 impl MigrateParams {
     /// Checks the options that need no network.
     pub fn validate(&self) -> Result<(), SetupError> {
+        if self.dst_cloud == Cloud::Aws
+            && matches!(
+                self.disk_format,
+                super::MigrateDiskFormat::Qcow2 | super::MigrateDiskFormat::Vhd
+            )
+        {
+            return Err(SetupError::Usage(
+                "--disk-format qcow2 and vhd are for ECS imports; EC2 imports the RAW (use \
+                 --disk-format raw or auto)"
+                    .into(),
+            ));
+        }
         match self.src_cloud {
             Cloud::Aliyun if !self.image_id.starts_with("m-") => {
                 return Err(SetupError::Usage(format!(
@@ -137,6 +151,7 @@ impl MigrateParams {
             image_name: self.image_name.clone(),
             export_prefix: self.export_prefix.clone(),
             export_format: self.format,
+            disk_format: self.disk_format.resolve(self.dst_cloud),
             keep_objects: self.keep_objects,
             state_dir: self.state_dir.clone(),
             poll: PollSchedule {

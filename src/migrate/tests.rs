@@ -442,6 +442,7 @@ impl Harness {
             image_name: None,
             export_prefix: "ossrelay".into(),
             export_format: None,
+            disk_format: crate::transfer::DiskFormat::Raw,
             keep_objects: false,
             state_dir: self.dir.path().to_path_buf(),
             poll: PollSchedule {

@@ -542,7 +542,7 @@ impl ObjectStore for LocalFile {
         _key: &str,
         upload_id: &str,
         parts: &[(u32, String)],
-        _size: u64,
+        size: u64,
         expected: &Checksums,
     ) -> Result<Uploaded, StoreError> {
         let want = expected.crc64_xz();
@@ -576,10 +576,16 @@ impl ObjectStore for LocalFile {
                 next_offset += p.len;
                 crc = crc64::combine(crc, p.crc64, p.len);
             }
-            if next_offset != s.total {
+            // The size announced at create is an upper bound (a disk container's length is
+            // known only at the end): the parts must tile `[0, size)` of it, and the file
+            // is cut to that.
+            if next_offset != size.min(s.total) {
                 return Err(StoreError::new(
                     ErrorClass::Client,
-                    format!("the parts cover {next_offset} of {} bytes", s.total),
+                    format!(
+                        "the parts cover {next_offset} of {} bytes",
+                        size.min(s.total)
+                    ),
                 ));
             }
             if let Some(want) = want.filter(|&w| w != crc) {
@@ -592,6 +598,10 @@ impl ObjectStore for LocalFile {
                 .write(true)
                 .open(&partial)
                 .map_err(|e| io_err("cannot open", &partial, e))?;
+            if size < s.total {
+                f.set_len(size)
+                    .map_err(|e| io_err("cannot size", &partial, e))?;
+            }
             f.sync_all()
                 .map_err(|e| io_err("cannot sync", &partial, e))?;
             std::fs::rename(&partial, &path).map_err(|e| io_err("cannot rename to", &path, e))?;
@@ -790,7 +800,7 @@ mod tests {
                 "",
                 &id,
                 &[(1, f1.etag), (2, u2.etag)],
-                0,
+                5000,
                 &crate::checksum::Checksums::new(),
             )
             .await

@@ -335,6 +335,15 @@ pub(super) struct CompressedReader {
 }
 
 impl CompressedReader {
+    /// Whether bytes are at hand without waiting for the fetcher.
+    pub(super) fn has_buffered(&self) -> bool {
+        !self.queue.is_empty()
+            || self
+                .current
+                .as_ref()
+                .is_some_and(|c| self.pos < c.data.len())
+    }
+
     pub(super) fn advance(&mut self) -> bool {
         loop {
             if let Some(c) = self.queue.pop_front() {

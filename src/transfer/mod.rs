@@ -23,9 +23,11 @@
 
 pub mod affinity;
 pub mod budget;
+pub mod convert;
 mod cut;
 mod decode;
 mod engine;
+pub mod format;
 mod pipe;
 pub mod plan;
 pub mod progress;
@@ -49,11 +51,13 @@ use crate::checksum::{Checksum, Checksums};
 use crate::store::{Limits, ObjectStore, StoreError};
 
 pub use affinity::DecoderCpu;
+pub use convert::{Conversion, ConvertSummary};
 pub use engine::copy;
+pub use format::{DiskFormat, InputFormat};
 pub use plan::plan_part_size;
 pub use progress::{Progress, ProgressSnapshot};
 pub use relay::{relay, Relayed, Target, Transform};
-pub use unpack::{copy_unpack, UnpackMode, UnpackSummary, UnpackTarget};
+pub use unpack::{copy_convert, copy_unpack, UnpackMode, UnpackSummary, UnpackTarget};
 
 /// One side of a copy: a store and a key in it.
 #[derive(Clone)]

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::unpack::{copy_unpack, UnpackSummary, UnpackTarget};
+use super::convert::{Conversion, ConvertSummary};
+use super::format::{DiskFormat, InputFormat};
+use super::unpack::{copy_convert, copy_unpack, UnpackSummary, UnpackTarget};
 use super::{engine, CopyOptions, CopySummary, Location, Progress, TransferError};
 
 /// What happens to the bytes between the source and the destination.
@@ -23,6 +25,14 @@ pub enum Transform {
     None,
     /// The source is a gzip'd tar of one disk image; the destination gets the image.
     Unpack,
+    /// The source is a RAW disk (with `unpack`: a gzip'd tar of one); the destination gets it
+    /// in `format` (see `transfer::convert`).
+    Convert {
+        format: DiskFormat,
+        unpack: bool,
+        #[serde(default)]
+        input: InputFormat,
+    },
 }
 
 /// Where the result goes: a fixed location, or one named once the transform knows the name
@@ -35,6 +45,7 @@ pub type Target = UnpackTarget;
 pub enum Relayed {
     Copied(CopySummary),
     Unpacked(UnpackSummary),
+    Converted(ConvertSummary),
 }
 
 impl Relayed {
@@ -43,6 +54,7 @@ impl Relayed {
         match self {
             Self::Copied(s) => s,
             Self::Unpacked(u) => &u.copy,
+            Self::Converted(c) => &c.copy,
         }
     }
 }
@@ -72,5 +84,26 @@ pub async fn relay(
         Transform::Unpack => copy_unpack(src, dst, opts, progress, cancel)
             .await
             .map(Relayed::Unpacked),
+        Transform::Convert {
+            format,
+            unpack,
+            input,
+        } if format != DiskFormat::Raw || (!unpack && input != InputFormat::Raw) => {
+            let conv = Conversion {
+                format,
+                archive: unpack,
+                input,
+            };
+            copy_convert(src, dst, conv, opts, progress, cancel).await
+        }
+        Transform::Convert { unpack, .. } => {
+            // RAW to RAW: nothing to convert.
+            let plain = if unpack {
+                Transform::Unpack
+            } else {
+                Transform::None
+            };
+            Box::pin(relay(src, dst, plain, opts, progress, cancel)).await
+        }
     }
 }

@@ -39,6 +39,7 @@ use crate::metrics as m;
 use crate::store::{ObjectMeta, PutOptions, StoreError};
 
 use super::budget::{MemoryBudget, TokenBucket};
+use super::convert::Conversion;
 use super::cut::{CutEnd, Cutter};
 use super::decode::{
     decode, fetch_all, CompressedReader, DecodeEnd, Decoded, DecoderIo, GzipCheck, Pipeline, Range,
@@ -46,6 +47,7 @@ use super::decode::{
 };
 use super::engine::{self, control, Ctx};
 use super::pipe::PipeCtx;
+use super::relay::Relayed;
 use super::retry::Aimd;
 use super::schedule::{run_parts, Run};
 use super::session::{self, StateKeeper};
@@ -137,7 +139,32 @@ pub async fn copy_unpack(
     cancel: CancellationToken,
 ) -> Result<UnpackSummary, TransferError> {
     let span = tracing::info_span!("unpack", source = %src.describe());
-    run(src, dst, opts, progress, cancel).instrument(span).await
+    match run(src, dst, opts, progress, cancel, None)
+        .instrument(span)
+        .await?
+    {
+        Relayed::Unpacked(u) => Ok(u),
+        _ => unreachable!("an unpack without conversion yields an unpack summary"),
+    }
+}
+
+/// Converts the RAW disk at `src` (or, with `conv.archive`, the one in the gzip'd tar there;
+/// or the disk container there, read back to RAW) into `conv.format` at `dst` (see
+/// [`super::convert`]).
+pub async fn copy_convert(
+    src: Location,
+    dst: UnpackTarget,
+    conv: Conversion,
+    opts: CopyOptions,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> Result<Relayed, TransferError> {
+    let span =
+        tracing::info_span!("convert", source = %src.describe(), format = conv.format.name());
+    // A container read back to RAW is summarised as an unpack (`member` names the source).
+    run(src, dst, opts, progress, cancel, Some(conv))
+        .instrument(span)
+        .await
 }
 
 /// How `--memory` is split and the compressed side is fetched.
@@ -179,7 +206,7 @@ pub fn check_memory(
 
 /// Part size: the user's, else as large as lets ~4 parts sit in the RAW budget (≤ 64 MiB),
 /// raised if the RAW needs more than 10,000 parts.
-fn plan_parts(
+pub(super) fn plan_parts(
     raw_size: u64,
     opts: &CopyOptions,
     plan_mem: &Plan,
@@ -223,12 +250,13 @@ async fn run(
     opts: CopyOptions,
     progress: Arc<Progress>,
     cancel: CancellationToken,
-) -> Result<UnpackSummary, TransferError> {
+    conv: Option<Conversion>,
+) -> Result<Relayed, TransferError> {
     engine::validate(&opts)?;
     let mut dst = Some(dst);
     let mut round = 0;
     loop {
-        match run_once(&src, &mut dst, &opts, &progress, &cancel).await {
+        match run_once(&src, &mut dst, &opts, &progress, &cancel, conv).await {
             Err(e @ TransferError::CrcMismatch { .. }) if round < REPAIR_ROUNDS => {
                 round += 1;
                 warn!(error = %e, round, "CRC-64 mismatch: the upload was discarded; unpacking again");
@@ -253,7 +281,13 @@ async fn run_once(
     opts: &CopyOptions,
     progress: &Arc<Progress>,
     cancel: &CancellationToken,
-) -> Result<UnpackSummary, TransferError> {
+    conv: Option<Conversion>,
+) -> Result<Relayed, TransferError> {
+    // A conversion of a plain RAW source reads it through a pass-through decoder.
+    let archive = conv.is_none_or(|c| c.archive);
+    // Set by a plain source's decoder before its header: the source is a disk container read
+    // back to RAW (its bytes are not the RAW's).
+    let container = Arc::new(AtomicBool::new(false));
     let (src, opts, progress, cancel) =
         (src.clone(), opts.clone(), progress.clone(), cancel.clone());
     let started = std::time::Instant::now();
@@ -330,7 +364,16 @@ async fn run_once(
             size: meta.size,
             crc64: meta.checksums.crc64_xz(),
         };
-        tokio::task::spawn_blocking(move || decode(reader, io, ff, sum))
+        let name = src.key.rsplit('/').next().unwrap_or_default().to_string();
+        let container = container.clone();
+        tokio::task::spawn_blocking(move || {
+            if archive {
+                decode(reader, io, ff, sum)
+            } else {
+                let input = conv.map(|c| c.input).unwrap_or_default();
+                super::convert::decode_plain(reader, io, ff, sum, name, input, container)
+            }
+        })
     };
     let mut pipeline = Pipeline {
         src_desc: src_desc.clone(),
@@ -352,7 +395,9 @@ async fn run_once(
     let dst = match dst_slot.take().expect("destination") {
         UnpackTarget::Fixed(l) => l,
         UnpackTarget::Named(f) => {
-            let name = member.base_name();
+            let converted =
+                conv.map(|c| super::convert::container_name(member.base_name(), c.format));
+            let name = converted.as_deref().unwrap_or(member.base_name());
             // `dir/` + `..` would name the directory's parent (or the directory itself): the
             // write could never be completed and would leave junk behind.
             if matches!(name, "" | "." | "..") {
@@ -388,11 +433,28 @@ async fn run_once(
     let raw_size = member.size;
     progress.total_bytes.store(raw_size, Relaxed);
     info!(member = %member.name, raw_size, destination = %ctx.dst_desc, "archive member found");
+    if let Some(conv) = conv.filter(|c| c.format != super::format::DiskFormat::Raw) {
+        let r = super::convert::convert(
+            &ctx,
+            &meta,
+            raw_size,
+            Some(member.name.clone()),
+            container.load(std::sync::atomic::Ordering::SeqCst),
+            &mem,
+            conv,
+            &mut pipeline,
+            &cancel,
+            started,
+        )
+        .await?;
+        engine::publish_now(&progress, &raw_budget);
+        return Ok(Relayed::Converted(r.summary));
+    }
 
     // 2. Parts (or one empty PUT), proven against the decoder's end of stream.
     let put_opts = PutOptions::default();
     let (out, end) = if raw_size == 0 {
-        empty_member(&ctx, &meta, &put_opts, &mut pipeline, &cancel).await?
+        empty_member(&ctx, &meta, &put_opts, &mut pipeline, &cancel, archive).await?
     } else {
         let part_size = plan_parts(raw_size, &opts, &mem, ctx.dst.store.limits())?;
         multipart(
@@ -403,6 +465,7 @@ async fn run_once(
             &put_opts,
             &mut pipeline,
             &cancel,
+            archive,
         )
         .await?
     };
@@ -443,7 +506,7 @@ async fn run_once(
         seconds,
         "unpack complete and verified"
     );
-    Ok(summary)
+    Ok(Relayed::Unpacked(summary))
 }
 
 fn pipe_ctx(
@@ -471,12 +534,13 @@ fn pipe_ctx(
 }
 
 /// Checks the decoder's proofs against the source and the parts.
-fn prove(
+pub(super) fn prove(
     ctx: &Ctx,
     meta: &ObjectMeta,
     end: &DecodeEnd,
     parts_crc: Option<(u64, u64)>,
     data_crc32: &flate2::Crc,
+    archive: bool,
 ) -> Result<(), TransferError> {
     if end.compressed_bytes != meta.size {
         return Err(TransferError::Archive(format!(
@@ -497,7 +561,13 @@ fn prove(
     }
     // The compressed bytes are the source's (when it has a CRC-64): a mismatch here is in
     // the archive itself, and nothing of it may be kept.
-    end.gzip.verify(data_crc32).map_err(|msg| {
+    // A plain source (a container read back to RAW) has no gzip trailer.
+    let gzip = if archive {
+        end.gzip.verify(data_crc32)
+    } else {
+        Ok(())
+    };
+    gzip.map_err(|msg| {
         TransferError::Archive(if meta.checksums.crc64_xz().is_some() {
             format!(
                 "{msg} (the bytes read have the CRC-64 the source reports: the archive itself \
@@ -539,12 +609,13 @@ async fn empty_member(
     put_opts: &PutOptions,
     pipeline: &mut Pipeline,
     cancel: &CancellationToken,
+    archive: bool,
 ) -> Result<(Outcome, DecodeEnd), TransferError> {
     let end = tokio::select! {
         r = pipeline.finish() => r?,
         _ = cancel.cancelled() => return Err(TransferError::Interrupted { state_file: None }),
     };
-    prove(ctx, meta, &end, None, &flate2::Crc::new())?;
+    prove(ctx, meta, &end, None, &flate2::Crc::new(), archive)?;
     let r: Result<crate::store::Uploaded, StoreError> = control!(
         ctx,
         "PutObject",
@@ -591,6 +662,7 @@ async fn multipart(
     put_opts: &PutOptions,
     pipeline: &mut Pipeline,
     cancel: &CancellationToken,
+    archive: bool,
 ) -> Result<(Outcome, DecodeEnd), TransferError> {
     let state_path = ctx
         .opts
@@ -720,7 +792,14 @@ async fn multipart(
         Ok(end) => end,
         Err(e) => return Err(fail(ctx, e, &upload_id, &mut keeper).await),
     };
-    if let Err(e) = prove(ctx, meta, &end, Some((combined, stream_crc)), &data_crc32) {
+    if let Err(e) = prove(
+        ctx,
+        meta,
+        &end,
+        Some((combined, stream_crc)),
+        &data_crc32,
+        archive,
+    ) {
         return Err(fail(ctx, e, &upload_id, &mut keeper).await);
     }
     let list: Vec<(u32, String)> = done

@@ -90,6 +90,137 @@ pub(crate) async fn scan(content: &Content, size: u64) -> std::io::Result<Scan> 
     })
 }
 
+/// `len` bytes of `content` from `start` (an error when the object ends before).
+async fn read_at(content: &Content, start: u64, len: u64) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(len as usize);
+    let mut s = store::content_stream(content.clone(), start, start + len);
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c.map_err(|e| e.to_string())?);
+    }
+    if out.len() as u64 != len {
+        return Err(format!(
+            "the image is truncated: {len} bytes at offset {start} are not all there"
+        ));
+    }
+    Ok(out)
+}
+
+fn be32(b: &[u8], at: usize) -> u64 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes")) as u64
+}
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// The guest disk an importer sees in a QCOW2 object of `size` bytes: (virtual size,
+/// CRC-64/XZ of every guest byte). Read the way an importer reads it (the simulator's own
+/// reading of qemu's qcow2 specification, not the relay's): header, then each L1 entry's L2
+/// table by offset, each cluster by offset; unallocated and zero-flagged clusters read as
+/// zeros. Compressed clusters, encryption, backing and external data files are refused.
+pub(crate) async fn qcow2_guest(content: &Content, size: u64) -> Result<(u64, u64), String> {
+    const MASK: u64 = 0x00ff_ffff_ffff_fe00;
+    let h = read_at(content, 0, 104.min(size)).await?;
+    if h.len() < 72 || !qcow2(&h) {
+        return Err("not a QCOW2 image (bad header magic)".into());
+    }
+    let version = be32(&h, 4);
+    if version != 2 && version != 3 {
+        return Err(format!("QCOW2 version {version} is not supported"));
+    }
+    if be64(&h, 8) != 0 {
+        return Err("the QCOW2 image has a backing file".into());
+    }
+    let bits = be32(&h, 20);
+    if !(9..=21).contains(&bits) {
+        return Err(format!("QCOW2 cluster bits {bits} are invalid"));
+    }
+    if be32(&h, 32) != 0 {
+        return Err("the QCOW2 image is encrypted".into());
+    }
+    if version == 3 && h.len() >= 80 && be64(&h, 72) & !0b1001 != 0 {
+        return Err("the QCOW2 image uses incompatible features".into());
+    }
+    let cs = 1u64 << bits;
+    let vsize = be64(&h, 24);
+    let l1_size = be32(&h, 36);
+    let per_l2 = cs / 8;
+    if l1_size.saturating_mul(per_l2).saturating_mul(cs) < vsize {
+        return Err("the QCOW2 L1 table does not cover the disk".into());
+    }
+    let l1 = read_at(content, be64(&h, 40), l1_size * 8).await?;
+    let mut crc = 0u64;
+    for i in 0..l1_size {
+        let span = i * per_l2 * cs;
+        if span >= vsize {
+            break;
+        }
+        let span_len = (per_l2 * cs).min(vsize - span);
+        let l2_off = be64(&l1, (i * 8) as usize) & MASK;
+        if l2_off == 0 {
+            crc = crc64::combine(crc, crc64::zeros(span_len), span_len);
+            continue;
+        }
+        let l2 = read_at(content, l2_off, cs).await?;
+        for j in 0..per_l2 {
+            let g = span + j * cs;
+            if g >= vsize {
+                break;
+            }
+            let len = cs.min(vsize - g);
+            let e = be64(&l2, (j * 8) as usize);
+            if e & (1 << 62) != 0 {
+                return Err("the QCOW2 image holds compressed clusters".into());
+            }
+            let off = e & MASK;
+            let piece = if off == 0 || e & 1 != 0 {
+                crc64::zeros(len)
+            } else {
+                crc64::checksum(&read_at(content, off, len).await?)
+            };
+            crc = crc64::combine(crc, piece, len);
+        }
+    }
+    Ok((vsize, crc))
+}
+
+/// The guest disk of a dynamic VHD object (footer at the end, dynamic header, BAT): (current
+/// size, CRC-64/XZ of every guest byte). Blocks the BAT marks absent read as zeros; an
+/// allocated block's sectors are its data (its sector bitmap is skipped, as qemu does).
+pub(crate) async fn vhd_dynamic_guest(content: &Content, size: u64) -> Result<(u64, u64), String> {
+    let footer = read_at(content, size.saturating_sub(512), 512.min(size)).await?;
+    let (current, kind) = vhd_footer(&footer).ok_or("no valid VHD footer")?;
+    if kind != 3 {
+        return Err(format!("VHD disk type {kind} is not dynamic"));
+    }
+    let hdr = read_at(content, be64(&footer, 16), 1024).await?;
+    if !hdr.starts_with(b"cxsparse") {
+        return Err("no VHD dynamic disk header".into());
+    }
+    let (table, entries, block) = (be64(&hdr, 16), be32(&hdr, 28), be32(&hdr, 32));
+    if block < 512 || !block.is_power_of_two() || entries.saturating_mul(block) < current {
+        return Err("the VHD block allocation table does not cover the disk".into());
+    }
+    let bat = read_at(content, table, entries * 4).await?;
+    let bitmap = (block / 512 / 8).div_ceil(512) * 512;
+    let mut crc = 0u64;
+    for b in 0..entries {
+        let start = b * block;
+        if start >= current {
+            break;
+        }
+        let len = block.min(current - start);
+        let sector = be32(&bat, (b * 4) as usize);
+        let piece = if sector == 0xffff_ffff {
+            crc64::zeros(len)
+        } else {
+            crc64::checksum(&read_at(content, sector * 512 + bitmap, len).await?)
+        };
+        crc = crc64::combine(crc, piece, len);
+    }
+    Ok((current, crc))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
