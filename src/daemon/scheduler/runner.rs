@@ -56,6 +56,7 @@ async fn run_sharded(
         throughput_bytes_per_sec: c.bytes as f64 / started.elapsed().as_secs_f64().max(1e-9),
         retries: p.retries.load(std::sync::atomic::Ordering::Relaxed),
         resumed_bytes: p.resumed_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        hedged_parts: p.hedged_parts.load(std::sync::atomic::Ordering::Relaxed),
         source: c.source,
         destination: c.destination,
         image_id: None,
