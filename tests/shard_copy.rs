@@ -374,6 +374,10 @@ async fn sigterm_stops_a_pod_with_130_and_what_cannot_be_sharded_is_refused() {
     let mut a = w.copy_args("disk.raw.tar.gz", DST_BUCKET, "disk.raw");
     a.extend(["--shards", "4", "--plan"].map(String::from));
     assert_clean_failure(&w.run(a).await, 2, "one sequential stream");
+    // A conversion to a sparse format is one sequential stream too.
+    let mut a = w.copy_args("disk.raw", DST_BUCKET, "disk.qcow2");
+    a.extend(["--shards", "4", "--plan", "--format", "qcow2"].map(String::from));
+    assert_clean_failure(&w.run(a).await, 2, "one sequential stream");
 
     // A pod told to stop (node drain): in-flight parts finish, exit 130, a rerun resumes.
     plan(&w, "disk.raw").await;

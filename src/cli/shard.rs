@@ -11,7 +11,7 @@ use super::util::install_interrupt_handler;
 use super::{progress, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE};
 use crate::locate::{self, ObjectUrl, SideOptions};
 use crate::transfer::shard::{self, Manifest, ShardError};
-use crate::transfer::{CopyOptions, Location, Progress};
+use crate::transfer::{CopyOptions, DiskFormat, InputFormat, Location, Progress};
 
 /// Where Kubernetes puts an Indexed Job pod's index.
 pub const INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
@@ -253,6 +253,14 @@ async fn plan(
              sharded: copy it without --shards, or pass --unpack never to relay its bytes as \
              they are"
         ));
+    }
+    let converts = !matches!(args.format, DiskFormat::Raw)
+        || !matches!(args.input_format, InputFormat::Auto | InputFormat::Raw);
+    if converts {
+        return usage(
+            "a disk format conversion (--format, --input-format) is one sequential stream that \
+             cannot be sharded: convert with one copy, or shard a plain relay",
+        );
     }
     let src_loc = match resolve(&src, src_side, "source") {
         Ok(l) => l,
