@@ -183,14 +183,28 @@ fn wan_200_row(rt: &tokio::runtime::Runtime, quick: bool) {
         spread: 0.0,
         link: Some(16 * rate),
     };
-    let run = rt.block_on(async {
+    let (run, ceiling) = rt.block_on(async {
         let (src, dst) = sim_pair(size, side, side, 200).await;
         let r = engine_copy_pair(&src, &dst, 16, part).await;
         src.shutdown().await;
         dst.shutdown().await;
-        r
+        // The model's own ceiling: one part per connection (size / 16 each), so only two
+        // round trips in the whole copy go unused, and nothing the scheduler does between
+        // parts matters.
+        let (src, dst) = sim_pair(size, side, side, 200).await;
+        let c = engine_copy_pair(&src, &dst, 16, size / 16).await;
+        src.shutdown().await;
+        dst.shutdown().await;
+        (r, c)
     });
     let capacity = 16.0 * rate as f64;
+    println!(
+        "wan_200ms_ceiling: {:.1} MiB/s = {:.3} of capacity (the same model, one {} MiB part per connection); the scheduler's row is {:.3} of it",
+        ceiling.rate / MIB as f64,
+        ceiling.rate / capacity,
+        size / 16 / MIB,
+        run.rate / ceiling.rate
+    );
     println!(
         "wan_200ms: {:.1} MiB/s of {:.1} MiB/s modelled (16 x 16 MiB/s, link total 256 MiB/s, 200 ms on both sides, {} GiB, {} MiB parts) = {:.3} of capacity (target >= 0.95); connections moving bytes: source peak {} mean {:.1}, destination peak {} mean {:.1}; the client's parts still sending: peak {} mean {:.1}; hedged parts {}",
         run.rate / MIB as f64,
