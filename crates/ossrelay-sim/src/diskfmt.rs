@@ -91,9 +91,19 @@ pub(crate) async fn scan(content: &Content, size: u64) -> std::io::Result<Scan> 
 }
 
 /// `len` bytes of `content` from `start` (an error when the object ends before).
+/// Offsets and lengths come from the image's own tables, i.e. from whoever uploaded it: an
+/// end past `u64::MAX` or a read larger than any table or cluster an importer would accept
+/// is refused before anything is allocated.
 async fn read_at(content: &Content, start: u64, len: u64) -> Result<Vec<u8>, String> {
+    const MAX_READ: u64 = 256 << 20;
+    let end = start
+        .checked_add(len)
+        .filter(|_| len <= MAX_READ)
+        .ok_or_else(|| {
+            format!("the image's tables point outside it ({len} bytes at offset {start})")
+        })?;
     let mut out = Vec::with_capacity(len as usize);
-    let mut s = store::content_stream(content.clone(), start, start + len);
+    let mut s = store::content_stream(content.clone(), start, end);
     while let Some(c) = s.next().await {
         out.extend_from_slice(&c.map_err(|e| e.to_string())?);
     }
