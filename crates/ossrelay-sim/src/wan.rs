@@ -184,7 +184,7 @@ impl SharedBucket {
     }
 }
 
-/// The least one read or write must move to count as carrying a body (see [`ConnIo::moved`]).
+/// Bytes a connection must move to count as carrying a body (see [`ConnIo::moved`]).
 const BODY_IO: usize = 2048;
 
 /// Which connections are moving bytes: each connection stamps the time it last moved one,
@@ -286,8 +286,10 @@ pub struct ConnIo {
     /// Timers for the link's shared budget (reading, writing).
     read_wait: Option<Pin<Box<Sleep>>>,
     write_wait: Option<Pin<Box<Sleep>>>,
-    /// When this connection last moved a byte (see [`Activity`]).
+    /// When this connection last moved a body's bytes (see [`Activity`]), and the bytes
+    /// moved since.
     stamp: Arc<AtomicU64>,
+    unstamped: usize,
 }
 
 impl ConnIo {
@@ -311,14 +313,18 @@ impl ConnIo {
             read_wait: None,
             write_wait: None,
             stamp,
+            unstamped: 0,
         }
     }
 
-    /// Notes that `n` bytes moved. Reads and writes of a few hundred bytes (request and
-    /// response heads: a connection sending its request or getting its answer) do not count:
-    /// a connection that waits for its response is not carrying a body.
-    fn moved(&self, n: usize) {
-        if n >= BODY_IO {
+    /// Notes that `n` bytes moved. A connection counts as moving once [`BODY_IO`] bytes moved
+    /// since it last did: a request or response head (a few hundred bytes: a connection
+    /// sending its request or getting its answer) is not a body, while a body counts however
+    /// small the pacers' grants are.
+    fn moved(&mut self, n: usize) {
+        self.unstamped += n;
+        if self.unstamped >= BODY_IO {
+            self.unstamped = 0;
             self.link.activity.stamp(&self.stamp);
         }
     }
