@@ -66,8 +66,9 @@ pub struct MigrateArgs {
     /// Export format (RAW arrives as .raw.tar.gz and is unpacked on the way; qcow2/vhd only in some regions).
     #[arg(long, value_enum)]
     pub format: Option<ImageFormat>,
-    /// What a RAW export is relayed and imported as: raw (default), qcow2 or vhd (converted
-    /// on the way, zeros never sent; ECS imports only), auto (qcow2 for ECS, raw for EC2).
+    /// What a RAW export is relayed and imported as: raw (default), qcow2 (converted on the
+    /// way, zeros never sent; ECS imports only), vhd (fixed: ECS refuses dynamic VHDs), auto
+    /// (qcow2 for ECS, raw for EC2).
     #[arg(long, value_enum, default_value_t = MigrateDiskFormat::Raw)]
     pub disk_format: MigrateDiskFormat,
     /// Give up waiting for the export or the import after this long (each).

@@ -100,7 +100,8 @@ pub enum MigrateDiskFormat {
     Auto,
     /// A RAW export converted to QCOW2 on the way (ECS imports only).
     Qcow2,
-    /// A RAW export converted to a dynamic VHD on the way (ECS imports only).
+    /// A RAW export written as a fixed VHD on the way (ECS imports only; ECS refuses
+    /// dynamic VHDs with InvalidVHDImage.IncorrectSize, so zeros still travel).
     Vhd,
 }
 
@@ -110,7 +111,7 @@ impl MigrateDiskFormat {
         match (self, dst) {
             (Self::Raw, _) | (Self::Auto, Cloud::Aws) => transfer::DiskFormat::Raw,
             (Self::Auto, _) | (Self::Qcow2, _) => transfer::DiskFormat::Qcow2,
-            (Self::Vhd, _) => transfer::DiskFormat::VhdDynamic,
+            (Self::Vhd, _) => transfer::DiskFormat::Vhd,
         }
     }
 }
@@ -158,7 +159,8 @@ pub async fn relay_disk(
     let container = if dst_key.ends_with(".qcow2") {
         transfer::DiskFormat::Qcow2
     } else if dst_key.ends_with(".vhd") {
-        transfer::DiskFormat::VhdDynamic
+        // Fixed: ECS refuses dynamic VHDs (InvalidVHDImage.IncorrectSize).
+        transfer::DiskFormat::Vhd
     } else {
         transfer::DiskFormat::Raw
     };

@@ -194,43 +194,6 @@ pub(crate) async fn qcow2_guest(content: &Content, size: u64) -> Result<(u64, u6
     Ok((vsize, crc))
 }
 
-/// The guest disk of a dynamic VHD object (footer at the end, dynamic header, BAT): (current
-/// size, CRC-64/XZ of every guest byte). Blocks the BAT marks absent read as zeros; an
-/// allocated block's sectors are its data (its sector bitmap is skipped, as qemu does).
-pub(crate) async fn vhd_dynamic_guest(content: &Content, size: u64) -> Result<(u64, u64), String> {
-    let footer = read_at(content, size.saturating_sub(512), 512.min(size)).await?;
-    let (current, kind) = vhd_footer(&footer).ok_or("no valid VHD footer")?;
-    if kind != 3 {
-        return Err(format!("VHD disk type {kind} is not dynamic"));
-    }
-    let hdr = read_at(content, be64(&footer, 16), 1024).await?;
-    if !hdr.starts_with(b"cxsparse") {
-        return Err("no VHD dynamic disk header".into());
-    }
-    let (table, entries, block) = (be64(&hdr, 16), be32(&hdr, 28), be32(&hdr, 32));
-    if block < 512 || !block.is_power_of_two() || entries.saturating_mul(block) < current {
-        return Err("the VHD block allocation table does not cover the disk".into());
-    }
-    let bat = read_at(content, table, entries * 4).await?;
-    let bitmap = (block / 512 / 8).div_ceil(512) * 512;
-    let mut crc = 0u64;
-    for b in 0..entries {
-        let start = b * block;
-        if start >= current {
-            break;
-        }
-        let len = block.min(current - start);
-        let sector = be32(&bat, (b * 4) as usize);
-        let piece = if sector == 0xffff_ffff {
-            crc64::zeros(len)
-        } else {
-            crc64::checksum(&read_at(content, sector * 512 + bitmap, len).await?)
-        };
-        crc = crc64::combine(crc, piece, len);
-    }
-    Ok((current, crc))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

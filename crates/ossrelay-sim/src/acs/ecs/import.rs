@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::common::{check_bucket, check_role, random_id};
 use crate::crc64;
-use crate::diskfmt::{qcow2, qcow2_guest, scan, vhd_dynamic_guest, vhd_footer, vmdk, Scan};
+use crate::diskfmt::{qcow2, qcow2_guest, scan, vhd_footer, vmdk, Scan};
 use crate::rpc::{Caller, RpcError, RpcRequest};
 use crate::store::{self, Content};
 use crate::world::cloud::{Disk, Image, Phase, Task, GIB};
@@ -434,29 +434,8 @@ async fn check_import(d: ImportDisk) -> Result<Disk, (String, String)> {
                     "The object is not a valid VHD: no valid 'conectix' footer.".into(),
                 ));
             };
-            if kind == 3 {
-                // Dynamic: the guest disk is read through the block allocation table.
-                let (current, crc) = vhd_dynamic_guest(&d.content, d.size)
-                    .await
-                    .map_err(|e| fail("InvalidImageFormat.Malformed", format!("The VHD: {e}.")))?;
-                if current > limit {
-                    return Err(fail(
-                        "InvalidImageSize",
-                        format!(
-                            "The VHD's virtual size is larger than DiskImageSize ({} GiB).",
-                            d.gib
-                        ),
-                    ));
-                }
-                return Ok(Disk {
-                    size: current,
-                    crc,
-                    content: d.content,
-                    gib: d.gib,
-                    format,
-                    import: Some((d.bucket, d.object)),
-                });
-            }
+            // ECS imports fixed-size VHDs only (ecs-api.md: "VHD must be fixed-size
+            // compatible"): a dynamic one is refused as real ECS refuses it.
             if kind != 2 || current + 512 != d.size {
                 return Err(fail(
                     "InvalidVHDImage.IncorrectSize",
