@@ -1270,17 +1270,7 @@ fn prove(
             end.compressed_bytes, ctx.src_desc, meta.size
         )));
     }
-    if let Some(want) = meta.checksums.crc64_xz() {
-        if want != end.compressed_crc {
-            ctx.note_crc_mismatch();
-            return Err(TransferError::crc64_mismatch(
-                format!("the bytes read from {}", ctx.src_desc),
-                want,
-                end.compressed_crc,
-            ));
-        }
-        ctx.pipe.proofs.source(crate::checksum::Algorithm::Crc64Xz);
-    }
+    super::unpack::source_crc(ctx, meta, end, "the bytes")?;
     if !container && end.compressed_crc != packed.stream_crc {
         ctx.note_crc_mismatch();
         return Err(TransferError::crc64_mismatch(

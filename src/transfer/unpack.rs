@@ -533,6 +533,28 @@ fn pipe_ctx(
     }
 }
 
+/// The bytes the decoder read (`what`) against the source's own CRC-64/XZ, when it has one;
+/// a match is recorded as a source proof. Shared by unpack and conversion.
+pub(super) fn source_crc(
+    ctx: &Ctx,
+    meta: &ObjectMeta,
+    end: &DecodeEnd,
+    what: &str,
+) -> Result<(), TransferError> {
+    if let Some(want) = meta.checksums.crc64_xz() {
+        if want != end.compressed_crc {
+            ctx.note_crc_mismatch();
+            return Err(TransferError::crc64_mismatch(
+                format!("{what} read from {}", ctx.src_desc),
+                want,
+                end.compressed_crc,
+            ));
+        }
+        ctx.pipe.proofs.source(crate::checksum::Algorithm::Crc64Xz);
+    }
+    Ok(())
+}
+
 /// Checks the decoder's proofs against the source and the parts.
 pub(super) fn prove(
     ctx: &Ctx,
@@ -548,17 +570,7 @@ pub(super) fn prove(
             end.compressed_bytes, ctx.src_desc, meta.size
         )));
     }
-    if let Some(want) = meta.checksums.crc64_xz() {
-        if want != end.compressed_crc {
-            ctx.note_crc_mismatch();
-            return Err(TransferError::crc64_mismatch(
-                format!("the compressed bytes read from {}", ctx.src_desc),
-                want,
-                end.compressed_crc,
-            ));
-        }
-        ctx.pipe.proofs.source(crate::checksum::Algorithm::Crc64Xz);
-    }
+    source_crc(ctx, meta, end, "the compressed bytes")?;
     // The compressed bytes are the source's (when it has a CRC-64): a mismatch here is in
     // the archive itself, and nothing of it may be kept.
     // A plain source (a container read back to RAW) has no gzip trailer.
