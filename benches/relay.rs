@@ -146,6 +146,17 @@ async fn engine_copy_pair(
         () = sample => unreachable!("the sampler never ends"),
     };
     let rate = s.bytes as f64 / t.elapsed().as_secs_f64();
+    if std::env::var_os("RELAY_TIMELINE").is_some() {
+        // Where a row loses time: connections moving bytes at each side, mean per second.
+        for (sec, (s, d)) in src_n.chunks(100).zip(dst_n.chunks(100)).enumerate() {
+            let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len() as f64;
+            eprintln!(
+                "t={sec:>3}s source {:>5.1} destination {:>5.1}",
+                mean(s),
+                mean(d)
+            );
+        }
+    }
     let stats = |v: &[usize]| {
         let peak = v.iter().copied().max().unwrap_or(0);
         (peak, v.iter().sum::<usize>() as f64 / v.len().max(1) as f64)

@@ -244,6 +244,7 @@ async fn every_bad_input_fails_with_one_clear_line() {
             destination: format!("oss://{DST_BUCKET}/future-state"),
             upload_id: "upload-from-the-future".into(),
             part_size: 100 << 10,
+            tail: None,
             source_meta: ossrelay::transfer::state::SourceFingerprint {
                 size: 300_000,
                 etag: "x".into(),

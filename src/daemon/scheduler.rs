@@ -229,7 +229,7 @@ fn saved_progress(dir: &Path) -> Option<(u64, u64, u64, u64)> {
     let st = state::load(&path).ok()??;
     let done: u64 = st.parts.iter().map(|p| p.size).sum();
     let total = st.source_meta.size;
-    let parts_total = total.div_ceil(st.part_size.max(1));
+    let parts_total = crate::transfer::plan::parts_count(total, st.part_size, st.tail);
     Some((done, total, st.parts.len() as u64, parts_total))
 }
 

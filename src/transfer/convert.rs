@@ -1015,6 +1015,8 @@ pub(super) async fn convert(
             size: max_len,
             fingerprint: SourceFingerprint::from(meta),
             planned_part_size: planned,
+            // A container's parts are laid out by the packer, not the plan.
+            planned_tail: None,
             put_opts: &put_opts,
             state_path: state_path.as_deref(),
             single_part_ok: true,

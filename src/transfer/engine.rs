@@ -214,7 +214,11 @@ async fn run(
     info!(
         size = meta.size,
         part_size,
-        parts = meta.size.div_ceil(part_size),
+        parts = plan::parts_count(
+            meta.size,
+            part_size,
+            plan::tail(meta.size, part_size, ctx.dst.store.limits())
+        ),
         concurrency = ctx.opts.concurrency,
         "planned copy"
     );
@@ -445,6 +449,7 @@ async fn multipart(
             size: meta.size,
             fingerprint: fp,
             planned_part_size,
+            planned_tail: plan::tail(meta.size, planned_part_size, ctx.dst.store.limits()),
             put_opts,
             state_path: state_path.as_deref(),
             single_part_ok: false,
@@ -465,7 +470,7 @@ async fn multipart(
         }
     };
     let part_size = st.part_size;
-    let specs: Arc<Vec<PartSpec>> = Arc::new(plan::parts(meta.size, part_size));
+    let specs: Arc<Vec<PartSpec>> = Arc::new(plan::parts_with_tail(meta.size, part_size, st.tail));
     let mut done: Vec<Option<StatePart>> = vec![None; specs.len()];
     let mut resumed_bytes = 0;
     if let Some(listed) = listed {

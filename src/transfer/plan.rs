@@ -1,5 +1,7 @@
 //! Part-size planning and the list of parts.
 
+use serde::{Deserialize, Serialize};
+
 use crate::store::{Limits, PartSpec};
 
 use super::TransferError;
@@ -57,6 +59,85 @@ pub fn parts(size: u64, part_size: u64) -> Vec<PartSpec> {
             }
         })
         .collect()
+}
+
+/// The last bytes of a large object, cut into smaller parts.
+///
+/// Why: with equal parts, the last round of parts starts wherever each connection's previous
+/// part happened to end, spread over a whole part's time; once nothing is left to start, the
+/// connections that finish first idle while the others still carry a full part, and a link
+/// whose connections are capped each (a cross-region path) runs at a fraction for that long.
+/// Smaller parts at the end bound that spread by one small part's time. The plan is recorded
+/// in the state file, so a resumed upload keeps its part numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tail {
+    /// Where the smaller parts begin: a whole number of full parts into the object.
+    pub offset: u64,
+    /// Their size (the last may be shorter).
+    pub part_size: u64,
+}
+
+/// How many full parts' worth of bytes the tail covers: one round of the default
+/// `--concurrency` (16), i.e. what is still running when nothing new can start.
+const TAIL_FULL_PARTS: u64 = 16;
+/// The tail only pays off once the object spans a few rounds of full parts.
+const TAIL_MIN_FULL_PARTS: u64 = 2 * TAIL_FULL_PARTS;
+/// Tail parts are a quarter of a full part, and never smaller than this: a part whose body
+/// fits in the socket buffers frees its slot while its connection still drains.
+const TAIL_MIN_PART: u64 = 8 * MIB;
+
+/// The tail for an object of `size` bytes in `part_size` parts, when one is worth having
+/// and the destination's limits allow it (part size and count).
+pub fn tail(size: u64, part_size: u64, limits: Limits) -> Option<Tail> {
+    let full = size / part_size.max(1);
+    let small = part_size / 4;
+    if full < TAIL_MIN_FULL_PARTS || small < TAIL_MIN_PART.max(limits.min_part_size) || small == 0 {
+        return None;
+    }
+    let t = Tail {
+        offset: (full - TAIL_FULL_PARTS) * part_size,
+        part_size: small,
+    };
+    (parts_count(size, part_size, Some(t)) <= limits.max_parts as u64).then_some(t)
+}
+
+/// Whether a recorded tail is a plan this release could have made for `size` and
+/// `part_size` within `limits` (a resumed state is checked before it is trusted).
+pub fn tail_fits(size: u64, part_size: u64, tail: Option<Tail>, limits: Limits) -> bool {
+    tail.is_none_or(|t| {
+        t.part_size >= limits.min_part_size
+            && t.part_size > 0
+            && t.part_size <= part_size
+            && t.offset % part_size.max(1) == 0
+            && t.offset < size
+    }) && parts_count(size, part_size, tail) <= limits.max_parts as u64
+}
+
+/// The number of parts [`parts_with_tail`] cuts.
+pub fn parts_count(size: u64, part_size: u64, tail: Option<Tail>) -> u64 {
+    match tail {
+        None => size.div_ceil(part_size.max(1)),
+        Some(t) => t.offset / part_size.max(1) + (size - t.offset).div_ceil(t.part_size.max(1)),
+    }
+}
+
+/// The parts of an object: `part_size` pieces up to the tail, then the tail's smaller ones.
+pub fn parts_with_tail(size: u64, part_size: u64, tail: Option<Tail>) -> Vec<PartSpec> {
+    let Some(t) = tail.filter(|t| t.offset < size) else {
+        return parts(size, part_size);
+    };
+    let mut v = parts(t.offset, part_size);
+    let mut offset = t.offset;
+    while offset < size {
+        let len = t.part_size.min(size - offset);
+        v.push(PartSpec {
+            number: v.len() as u32 + 1,
+            offset,
+            len,
+        });
+        offset += len;
+    }
+    v
 }
 
 #[cfg(test)]
@@ -125,5 +206,71 @@ mod tests {
         assert_eq!(p[2].len, 5);
         assert_eq!(p.iter().map(|p| p.len).sum::<u64>(), 2 * MIB + 5);
         assert_eq!(parts(MIB, MIB).len(), 1);
+    }
+
+    #[test]
+    fn tail_of_small_parts() {
+        let l = OSS_LIMITS;
+        // 8 GiB in 64 MiB parts: 112 full parts, then the last GiB in 16 MiB parts.
+        let t = tail(8 * GIB, 64 * MIB, l).expect("a tail");
+        assert_eq!(
+            t,
+            Tail {
+                offset: 112 * 64 * MIB,
+                part_size: 16 * MIB
+            }
+        );
+        let p = parts_with_tail(8 * GIB, 64 * MIB, Some(t));
+        assert_eq!(p.len(), 112 + 64);
+        assert_eq!(p.len() as u64, parts_count(8 * GIB, 64 * MIB, Some(t)));
+        assert_eq!(p[111].len, 64 * MIB);
+        assert_eq!(p[112].offset, t.offset);
+        assert_eq!(p[112].len, 16 * MIB);
+        // Contiguous, numbered from 1, covering every byte.
+        let mut at = 0;
+        for (i, s) in p.iter().enumerate() {
+            assert_eq!(s.number as usize, i + 1);
+            assert_eq!(s.offset, at);
+            at += s.len;
+        }
+        assert_eq!(at, 8 * GIB);
+        // An odd size: the last tail part is short.
+        let odd = 40 * 64 * MIB + 5;
+        let t = tail(odd, 64 * MIB, l).unwrap();
+        let p = parts_with_tail(odd, 64 * MIB, Some(t));
+        assert_eq!(p.last().unwrap().len, 5);
+        assert_eq!(p.iter().map(|s| s.len).sum::<u64>(), odd);
+        assert!(tail_fits(odd, 64 * MIB, Some(t), l));
+    }
+
+    #[test]
+    fn no_tail_where_it_cannot_help_or_fit() {
+        let l = OSS_LIMITS;
+        // Too few full parts.
+        assert_eq!(tail(31 * 64 * MIB, 64 * MIB, l), None);
+        // Quarter parts under 8 MiB (they would fit in the socket buffers).
+        assert_eq!(tail(GIB, 16 * MIB, l), None);
+        // A destination whose minimum part is larger than a quarter (S3: 5 MiB vs 20 MiB
+        // parts is fine; a 100 MiB minimum is not).
+        let big_min = Limits {
+            min_part_size: 100 * MIB,
+            ..l
+        };
+        assert_eq!(tail(64 * GIB, 128 * MIB, big_min), None);
+        // Near the part-count limit: 10,000 × 64 MiB has no room for 48 more parts.
+        assert_eq!(tail(10_000 * 64 * MIB, 64 * MIB, l), None);
+        assert_eq!(parts_with_tail(GIB, 16 * MIB, None), parts(GIB, 16 * MIB));
+        // A recorded tail that this release would not make is refused.
+        let bad = Tail {
+            offset: 3,
+            part_size: 16 * MIB,
+        };
+        assert!(!tail_fits(8 * GIB, 64 * MIB, Some(bad), l));
+        let tiny = Tail {
+            offset: 0,
+            part_size: 1,
+        };
+        assert!(!tail_fits(8 * GIB, 64 * MIB, Some(tiny), l));
+        assert!(tail_fits(8 * GIB, 64 * MIB, None, l));
     }
 }

@@ -242,6 +242,8 @@ pub(super) struct Upload<'a> {
     pub size: u64,
     pub fingerprint: SourceFingerprint,
     pub planned_part_size: u64,
+    /// The smaller parts a new upload ends with (see [`plan::Tail`]).
+    pub planned_tail: Option<plan::Tail>,
     pub put_opts: &'a PutOptions,
     pub state_path: Option<&'a std::path::Path>,
     /// Whether a recorded part size above `size` (one short part) is a valid plan.
@@ -294,7 +296,7 @@ pub(super) async fn open_upload(ctx: &Arc<Ctx>, up: Upload<'_>) -> Result<Opened
             state::Loaded::State(old) => {
                 let plan_ok = old.part_size >= limits.min_part_size
                     && old.part_size <= limits.max_part_size
-                    && up.size.div_ceil(old.part_size) <= limits.max_parts as u64
+                    && plan::tail_fits(up.size, old.part_size, old.tail, limits)
                     && (up.single_part_ok || up.size >= old.part_size);
                 if !ctx.opts.resume {
                     info!(upload_id = %old.upload_id, "not resuming (--no-resume): aborting the previous upload");
@@ -382,6 +384,7 @@ pub(super) async fn open_upload(ctx: &Arc<Ctx>, up: Upload<'_>) -> Result<Opened
         destination: ctx.dst_desc.clone(),
         upload_id,
         part_size: up.planned_part_size,
+        tail: up.planned_tail,
         source_meta: fp,
         parts: Vec::new(),
         completing: None,
@@ -435,7 +438,7 @@ async fn discard_damaged(
 /// record, else the source's CRC-64 (a plain copy), else the fold of recorded parts that
 /// cover the whole object. Without one, or without a CRC-64 from the destination, `None`.
 async fn finished_earlier(ctx: &Ctx, old: &CopyState, up: &Upload<'_>) -> Option<Finished> {
-    let specs = plan::parts(up.size, old.part_size);
+    let specs = plan::parts_with_tail(up.size, old.part_size, old.tail);
     let folded = (old.parts.len() == specs.len()
         && old
             .parts

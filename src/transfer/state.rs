@@ -87,6 +87,10 @@ pub struct CopyState {
     pub destination: String,
     pub upload_id: String,
     pub part_size: u64,
+    /// Smaller parts at the end of the plan (see [`super::plan::Tail`]); absent in files
+    /// written before tails existed, whose plans are all full parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<super::plan::Tail>,
     pub source_meta: SourceFingerprint,
     /// Ascending by number.
     pub parts: Vec<StatePart>,
@@ -212,6 +216,7 @@ mod v1 {
                 destination: s.destination,
                 upload_id: s.upload_id,
                 part_size: s.part_size,
+                tail: None,
                 source_meta: SourceFingerprint {
                     size: s.source_meta.size,
                     etag: s.source_meta.etag,
@@ -645,6 +650,7 @@ mod tests {
             destination: "oss://b/k".into(),
             upload_id: "U1".into(),
             part_size: 1 << 20,
+            tail: None,
             source_meta: SourceFingerprint {
                 size: 5 << 20,
                 etag: "E".into(),

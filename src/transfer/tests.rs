@@ -853,6 +853,59 @@ async fn shrunk_source_discards_the_old_multipart_upload() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
+/// A large plan ends in smaller parts (see `plan::Tail`); the tail is recorded with the
+/// upload, so a resumed copy keeps its part numbers and sends none of the recorded ones again.
+#[tokio::test]
+async fn a_plan_with_a_tail_of_small_parts_resumes() {
+    // 32 MiB parts: 16 full ones, then the last 512 MiB (and 5 bytes) in 8 MiB parts.
+    let part = 32 * MIB;
+    let e = env(32 * part + 5);
+    slow(&e);
+    let dir = tempfile::tempdir().unwrap();
+    let o = CopyOptions {
+        concurrency: 2,
+        part_size: Some(part),
+        memory: 256 * MIB,
+        state_dir: Some(dir.path().to_path_buf()),
+        ..opts()
+    };
+    interrupted(&e, o.clone(), 20).await;
+    let path = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a state file");
+    let saved = state::load(&path).unwrap().unwrap();
+    let tail = saved.tail.expect("the plan's tail is recorded");
+    assert_eq!(tail.offset, 16 * part);
+    assert_eq!(tail.part_size, 8 * MIB);
+    let kept: Vec<u32> = saved.parts.iter().map(|p| p.number).collect();
+    assert!(
+        kept.iter().any(|&n| n > 16),
+        "some tail parts were recorded: {kept:?}"
+    );
+    e.dst.clear_faults();
+    e.dst.reset_part_uploads();
+    let (r, p) = e.run(o).await;
+    let s = r.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(p.parts_total.load(Relaxed), 16 + 65);
+    let tail_len = |n: u32| match n {
+        1..=16 => part,
+        81 => 5,
+        _ => 8 * MIB,
+    };
+    assert_eq!(
+        s.resumed_bytes,
+        kept.iter().map(|&n| tail_len(n)).sum::<u64>()
+    );
+    for n in 1..=81u32 {
+        let want = if kept.contains(&n) { 0 } else { 1 };
+        assert_eq!(e.dst.part_uploads(n), want, "part {n}");
+    }
+    assert_eq!(e.dst.part_uploads(82), 0, "no part beyond the plan");
+}
+
 #[tokio::test]
 async fn resume_keeps_the_recorded_part_size() {
     let e = env(12 * PART);

@@ -618,6 +618,8 @@ pub async fn work(
             destination: m.destination.clone(),
             upload_id: m.upload_id.clone(),
             part_size: m.part_size,
+            // A shard's parts come from the manifest's flat plan.
+            tail: None,
             source_meta: m.source_meta.clone(),
             parts: kept.clone(),
             completing: None,
