@@ -340,7 +340,7 @@ pub(super) async fn open_upload(ctx: &Arc<Ctx>, up: Upload<'_>) -> Result<Opened
                                 );
                             }
                             info!(upload_id = %old.upload_id, recorded = old.parts.len(), "resuming");
-                            return Ok(Opened::Upload(Box::new(old), Some(l)));
+                            return Ok(Opened::Upload(old, Some(l)));
                         }
                         Err(e) if e.class == ErrorClass::NotFound => {
                             if let Some(done) = finished_earlier(ctx, &old, &up).await {

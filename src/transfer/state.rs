@@ -250,7 +250,8 @@ pub fn state_path(dir: &Path, source: &str, destination: &str) -> PathBuf {
 #[derive(Debug)]
 pub enum Loaded {
     Absent,
-    State(CopyState),
+    /// Boxed: a state is much larger than the other variants.
+    State(Box<CopyState>),
     /// Not a state file this release can resume (damaged, or of another version). Its upload
     /// id, when one can still be read, lets the caller abort that upload rather than orphan it.
     Damaged {
@@ -264,7 +265,7 @@ pub enum Loaded {
 /// only want progress; a run that will write the pair uses [`load_checked`]).
 pub fn load(path: &Path) -> Result<Option<CopyState>, TransferError> {
     Ok(match load_checked(path)? {
-        Loaded::State(s) => Some(s),
+        Loaded::State(s) => Some(*s),
         Loaded::Absent | Loaded::Damaged { .. } => None,
     })
 }
@@ -310,7 +311,7 @@ pub fn load_checked(path: &Path) -> Result<Loaded, TransferError> {
     };
     Ok(match parsed {
         Ok(s) => match s.defect() {
-            None => Loaded::State(s),
+            None => Loaded::State(Box::new(s)),
             Some(d) => Loaded::Damaged {
                 upload_id: Some(s.upload_id),
                 why: format!("resume state {} ({d})", path.display()),
@@ -751,7 +752,7 @@ mod tests {
             text.contains("\"crc64-xz\": \"12066172435287683848\""),
             "{text}"
         );
-        assert_eq!(load(&path).unwrap().unwrap(), s);
+        assert_eq!(load(&path).unwrap().unwrap(), *s);
     }
 
     #[test]
