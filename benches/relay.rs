@@ -96,8 +96,8 @@ struct PairRun {
     /// mean over the copy, source and destination side.
     src_moving: (usize, f64),
     dst_moving: (usize, f64),
-    /// The client's own view: attempts under way whose body is not all sent yet (moving or
-    /// lent), peak and mean.
+    /// The client's own view: parts moving body bytes (first byte taken, body not all sent;
+    /// `Progress::sending_parts`), peak and mean.
     client_moving: (usize, f64),
 }
 
@@ -133,12 +133,10 @@ async fn engine_copy_pair(
             tokio::time::sleep(Duration::from_millis(10)).await;
             src_n.push(src_sim.moving_connections(window));
             dst_n.push(dst_sim.moving_connections(window));
-            let p = &progress;
-            let live = p.inflight_parts.load(std::sync::atomic::Ordering::Relaxed);
-            let waiting = p
-                .awaiting_ack_parts
+            let sending = progress
+                .sending_parts
                 .load(std::sync::atomic::Ordering::Relaxed);
-            cl_n.push(live.saturating_sub(waiting) as usize);
+            cl_n.push(sending as usize);
         }
     };
     let s = tokio::select! {
@@ -217,7 +215,7 @@ fn wan_200_row(rt: &tokio::runtime::Runtime, quick: bool) {
         run.rate / ceiling.rate
     );
     println!(
-        "wan_200ms: {:.1} MiB/s of {:.1} MiB/s modelled (16 x 16 MiB/s, link total 256 MiB/s, 200 ms on both sides, {} GiB, {} MiB parts) = {:.3} of capacity (target >= 0.95); connections moving bytes: source peak {} mean {:.1}, destination peak {} mean {:.1}; the client's parts still sending: peak {} mean {:.1}; hedged parts {}",
+        "wan_200ms: {:.1} MiB/s of {:.1} MiB/s modelled (16 x 16 MiB/s, link total 256 MiB/s, 200 ms on both sides, {} GiB, {} MiB parts) = {:.3} of capacity (target >= 0.95); connections moving bytes: source peak {} mean {:.1}, destination peak {} mean {:.1}; the client's parts moving body bytes (ossrelay_parts_sending): peak {} mean {:.1}; hedged parts {}",
         run.rate / MIB as f64,
         capacity / MIB as f64,
         size as f64 / GIB as f64,

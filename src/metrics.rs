@@ -33,6 +33,9 @@ pub const INFLIGHT_PARTS: &str = "ossrelay_inflight_parts";
 /// Parts whose body was all sent and whose UploadPart response is pending (they hold no
 /// transfer slot; at most the concurrency limit of them per copy).
 pub const AWAITING_ACK_PARTS: &str = "ossrelay_parts_awaiting_ack";
+/// Parts moving body bytes (first byte taken, body not all sent): what `--concurrency`
+/// bounds, seen from the relay (GETs still waiting for their first byte excluded).
+pub const SENDING_PARTS: &str = "ossrelay_parts_sending";
 /// Straggling parts sent a second time on a fresh connection (bounded per copy).
 pub const HEDGED_PARTS_TOTAL: &str = "ossrelay_hedged_parts_total";
 /// Bytes currently held in buffers between downloads and uploads.
@@ -140,6 +143,10 @@ fn describe_all() {
         AWAITING_ACK_PARTS,
         "Parts fully sent whose UploadPart response is pending (they hold no transfer slot)."
     );
+    describe_gauge!(
+        SENDING_PARTS,
+        "Parts moving body bytes: first byte received, body not all sent (bounded by --concurrency plus a quarter of it in early starts)."
+    );
     describe_counter!(
         HEDGED_PARTS_TOTAL,
         "Straggling parts sent a second time on a fresh connection near the end of a copy."
@@ -180,6 +187,7 @@ fn register_zeroes() {
     metrics::counter!(CRC_MISMATCHES_TOTAL).increment(0);
     metrics::gauge!(INFLIGHT_PARTS).set(0.0);
     metrics::gauge!(AWAITING_ACK_PARTS).set(0.0);
+    metrics::gauge!(SENDING_PARTS).set(0.0);
     metrics::counter!(HEDGED_PARTS_TOTAL).increment(0);
     metrics::gauge!(BUFFERED_BYTES).set(0.0);
 }
@@ -209,6 +217,7 @@ mod tests {
             CRC_MISMATCHES_TOTAL,
             INFLIGHT_PARTS,
             AWAITING_ACK_PARTS,
+            SENDING_PARTS,
             HEDGED_PARTS_TOTAL,
             BUFFERED_BYTES,
             BUILD_INFO,

@@ -282,6 +282,7 @@ pub(super) fn publish_now(p: &Progress, budget: &MemoryBudget) {
     p.buffered_bytes.store(budget.in_use(), Relaxed);
     metrics::gauge!(m::INFLIGHT_PARTS).set(p.inflight_parts.load(Relaxed) as f64);
     metrics::gauge!(m::AWAITING_ACK_PARTS).set(p.awaiting_ack_parts.load(Relaxed) as f64);
+    metrics::gauge!(m::SENDING_PARTS).set(p.sending_parts.load(Relaxed) as f64);
     metrics::gauge!(m::BUFFERED_BYTES).set(p.buffered_bytes.load(Relaxed) as f64);
     metrics::gauge!(m::CONCURRENCY_LIMIT).set(p.concurrency_limit.load(Relaxed) as f64);
 }

@@ -27,6 +27,10 @@ pub struct Progress {
     pub inflight_parts: AtomicU64,
     /// Parts all sent, waiting for the destination's acknowledgement (holding no slot).
     pub awaiting_ack_parts: AtomicU64,
+    /// Parts moving body bytes: first byte taken, body not all sent. What `--concurrency`
+    /// bounds (plus at most a quarter of it in early starts finishing their last round trip);
+    /// `inflight_parts` also counts GETs still waiting for their first byte.
+    pub sending_parts: AtomicU64,
     /// Straggling parts sent a second time on a fresh connection.
     pub hedged_parts: AtomicU64,
     /// Current adaptive concurrency limit.

@@ -174,6 +174,14 @@ impl Flight {
         self.live.values().filter(|l| !l.sent && !l.lent).count()
     }
 
+    /// Attempts moving body bytes: first byte taken, body not all sent.
+    fn sending(&self) -> usize {
+        self.live
+            .values()
+            .filter(|l| !l.sent && l.watch.first_byte().is_some())
+            .count()
+    }
+
     fn awaiting(&self) -> usize {
         self.live.values().filter(|l| l.sent).count()
     }
@@ -480,6 +488,9 @@ pub(super) async fn run_parts<S: PartSource>(
         ctx.progress
             .awaiting_ack_parts
             .store(fl.awaiting() as u64, Relaxed);
+        ctx.progress
+            .sending_parts
+            .store(fl.sending() as u64, Relaxed);
         let finished = retries.is_empty() && source.exhausted();
         if set.is_empty() && (finished || stopping || failure.is_some()) {
             break;
@@ -625,6 +636,7 @@ pub(super) async fn run_parts<S: PartSource>(
         }
     }
     ctx.progress.awaiting_ack_parts.store(0, Relaxed);
+    ctx.progress.sending_parts.store(0, Relaxed);
     let flushed = keeper.flush().await;
     if let Some(f) = failure {
         return Err(f);

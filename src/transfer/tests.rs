@@ -1454,6 +1454,42 @@ async fn the_next_get_starts_a_round_trip_before_the_slot_frees() {
     );
 }
 
+/// `--concurrency` bounds the parts moving body bytes (`sending_parts`, the
+/// `ossrelay_parts_sending` gauge): at most the limit plus a quarter of it (at least one) in
+/// early starts finishing their last round trip, while GETs started early and still waiting
+/// for their first byte are under way on top (`inflight_parts`). 24 parts, ~0.25 s each,
+/// a 60 ms GET round trip: early starts happen about once per part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_bounds_the_parts_moving_bytes_not_the_gets_waiting() {
+    let e = env(24 * PART);
+    e.src.inject(FaultRule::new(
+        Op::Get,
+        Fault::Delay(Duration::from_millis(60)),
+    ));
+    let o = CopyOptions {
+        concurrency: 4,
+        bandwidth: Some(2 * 1024 * 1024),
+        ..opts()
+    };
+    let p = Progress::new();
+    let (sending, _s) = sample_max(&p, |p| p.sending_parts.load(Relaxed));
+    let (inflight, _i) = sample_max(&p, |p| p.inflight_parts.load(Relaxed));
+    let (s, d) = e.locs();
+    let r = copy(s, d, o, p.clone(), CancellationToken::new()).await;
+    e.assert_copied(&r.unwrap());
+    let (sending, inflight) = (sending.load(Relaxed), inflight.load(Relaxed));
+    assert!(
+        (3..=5).contains(&sending),
+        "{sending} parts moved bytes at once with --concurrency 4 (bound 4 + 1 early start)"
+    );
+    assert!(
+        inflight > sending,
+        "early GETs waiting for their first byte ({inflight} under way) are not moving bytes \
+         ({sending})"
+    );
+    assert_eq!(p.sending_parts.load(Relaxed), 0);
+}
+
 /// A part stalled near the end (no other part left to start) is hedged: the second attempt
 /// is acknowledged long before the stall timer would fire, the stalled one is cancelled and
 /// never reaches the store.

@@ -831,6 +831,7 @@ fn add_up(into: &Progress, from: &[Arc<Progress>]) {
         .store(sum(|p| &p.inflight_parts), Relaxed);
     into.awaiting_ack_parts
         .store(sum(|p| &p.awaiting_ack_parts), Relaxed);
+    into.sending_parts.store(sum(|p| &p.sending_parts), Relaxed);
     into.hedged_parts.store(sum(|p| &p.hedged_parts), Relaxed);
     into.retries.store(sum(|p| &p.retries), Relaxed);
     into.crc_mismatches
