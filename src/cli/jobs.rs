@@ -126,6 +126,12 @@ pub struct SubmitCopy {
     /// Part size, e.g. 64MiB.
     #[arg(long)]
     pub part_size: Option<String>,
+    /// Disk format to write, as `ossrelay copy --format` (default raw).
+    #[arg(long, value_enum)]
+    pub format: Option<crate::transfer::DiskFormat>,
+    /// Disk format of the source, as `ossrelay copy --input-format` (default auto).
+    #[arg(long, value_enum)]
+    pub input_format: Option<crate::transfer::InputFormat>,
 }
 
 struct Api {
@@ -359,6 +365,12 @@ fn copy_body(c: &SubmitCopy) -> Value {
     }
     if let Some(n) = c.concurrency {
         m.insert("concurrency".into(), json!(n));
+    }
+    if let Some(f) = c.format {
+        m.insert("format".into(), json!(f.name()));
+    }
+    if let Some(f) = c.input_format {
+        m.insert("input_format".into(), json!(f.name()));
     }
     Value::Object(m)
 }
