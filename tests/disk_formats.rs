@@ -532,14 +532,15 @@ async fn between_simulated_regions_part_1_goes_last() {
     assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));
 }
 
-/// `migrate --disk-format qcow2|vhd`: the RAW export is converted on the way and ImportImage
-/// (the simulator reading the image with its own QCOW2/VHD reader) builds a disk identical to
-/// the source image's.
+/// `migrate --disk-format qcow2|vhd|auto`: the RAW export is converted on the way and
+/// ImportImage (the simulator reading the image with its own QCOW2/VHD reader) builds a disk
+/// identical to the source image's. `auto` cannot measure a `.raw.tar.gz` export before it is
+/// decoded: QCOW2, and no `zero_share` in `--json`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_converts_the_export_and_the_imported_disk_is_identical() {
     use ossrelay_sim::{SimImage, SimRole};
     const IMAGE: &str = "m-conv0001";
-    for (format, ext) in [("qcow2", ".qcow2"), ("vhd", ".vhd")] {
+    for (format, ext) in [("qcow2", ".qcow2"), ("vhd", ".vhd"), ("auto", ".qcow2")] {
         let w = World::new(
             |c| {
                 c.images.push(SimImage::new(
@@ -576,6 +577,7 @@ async fn migrate_converts_the_export_and_the_imported_disk_is_identical() {
             disk["destination"].as_str().unwrap().ends_with(ext),
             "{format}: {v}"
         );
+        assert!(disk.get("zero_share").is_none(), "{format}: {v}");
         let src_disk = w.src.image_crc64(IMAGE).expect("source image");
         let img = w.dst.image(image_id).unwrap();
         assert_eq!(
@@ -583,10 +585,11 @@ async fn migrate_converts_the_export_and_the_imported_disk_is_identical() {
             Some(src_disk),
             "{format}: {v} {img}"
         );
+        let imported = if format == "auto" { "qcow2" } else { format };
         assert!(
             img.to_string()
                 .to_uppercase()
-                .contains(&format.to_uppercase()),
+                .contains(&imported.to_uppercase()),
             "{format}: the import names its format: {img}"
         );
         assert_eq!(w.dst.stats()["open_uploads"].as_u64(), Some(0));

@@ -64,7 +64,7 @@ pub struct MigrationKey {
 }
 
 /// One disk: the exported object, where it goes, and whether it arrived.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiskState {
     /// `system` or `data`.
     pub role: String,
@@ -81,6 +81,10 @@ pub struct DiskState {
     /// The proofs that held for the relay (the copy's `verified_by`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verified_by: Vec<String>,
+    /// `--disk-format auto`: the zero share measured before the relay (see
+    /// [`super::zeros`]); absent when nothing was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero_share: Option<f64>,
 }
 
 mod opt_u64_string {
@@ -256,6 +260,7 @@ mod tests {
             bytes: 42,
             crc64: Some(u64::MAX),
             verified_by: vec!["part_crc64ecma".into()],
+            zero_share: None,
         });
         save(&path, &mut s).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
