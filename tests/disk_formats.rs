@@ -578,6 +578,14 @@ async fn migrate_converts_the_export_and_the_imported_disk_is_identical() {
             "{format}: {v}"
         );
         assert!(disk.get("zero_share").is_none(), "{format}: {v}");
+        // The guest disk's figures, as copy --json gives them.
+        let (src_size, src_crc) = w.src.image_crc64(IMAGE).expect("source image");
+        assert_eq!(disk["raw_bytes"].as_u64(), Some(src_size), "{format}: {v}");
+        assert_eq!(
+            disk["raw_crc64"].as_str(),
+            Some(src_crc.to_string().as_str()),
+            "{format}: {v}"
+        );
         let src_disk = w.src.image_crc64(IMAGE).expect("source image");
         let img = w.dst.image(image_id).unwrap();
         assert_eq!(

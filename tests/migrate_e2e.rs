@@ -381,6 +381,8 @@ fn unpacking_relay() -> RelayFn {
                 crc64: crc,
                 verified_by: Vec::new(),
                 zero_share: None,
+                raw_bytes: None,
+                raw_crc64: None,
             })
         })
     })

@@ -447,6 +447,8 @@ mod tests {
                     crc64: crc,
                     verified_by: Vec::new(),
                     zero_share: None,
+                    raw_bytes: None,
+                    raw_crc64: None,
                 })
             })
         })

@@ -60,6 +60,8 @@ pub fn plan_disks(
                 crc64: None,
                 verified_by: Vec::new(),
                 zero_share: None,
+                raw_bytes: None,
+                raw_crc64: None,
             }
         })
         .collect()

@@ -258,6 +258,8 @@ impl Run<'_> {
             source_bucket: bucket,
             destination_key,
             zero_share,
+            raw_bytes: None,
+            raw_crc64: None,
             source_key: key,
             size_gib,
             copied: false,

@@ -64,6 +64,16 @@ pub struct DiskResult {
     /// QCOW2 or RAW (see [`zeros`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zero_share: Option<f64>,
+    /// A disk converted on the way (`--disk-format qcow2|vhd|auto`): the guest RAW's size
+    /// and CRC-64/XZ (decimal string), as `copy --json`'s `raw_bytes` and `raw_crc64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_bytes: Option<u64>,
+    #[serde(
+        with = "state::opt_u64_string",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub raw_crc64: Option<u64>,
 }
 
 /// The future a [`RelayFn`] returns.
@@ -204,6 +214,10 @@ pub async fn relay_disk(
     .await
     .map_err(MigrateError::from_transfer)?;
     let s = r.summary();
+    let (raw_bytes, raw_crc64) = match &r {
+        transfer::Relayed::Converted(c) => (Some(c.raw_bytes), Some(c.raw_crc64)),
+        _ => (None, None),
+    };
     Ok(DiskResult {
         source: s.source.clone(),
         destination: s.destination.clone(),
@@ -211,6 +225,8 @@ pub async fn relay_disk(
         crc64: s.crc64,
         verified_by: s.verified_by.clone(),
         zero_share: None,
+        raw_bytes,
+        raw_crc64,
     })
 }
 
@@ -565,6 +581,8 @@ impl Run<'_> {
                     crc64: d.crc64.unwrap_or_default(),
                     verified_by: d.verified_by.clone(),
                     zero_share: d.zero_share,
+                    raw_bytes: d.raw_bytes,
+                    raw_crc64: d.raw_crc64,
                 })
                 .collect(),
         }
@@ -601,6 +619,8 @@ impl Run<'_> {
             disk.bytes = result.bytes;
             disk.crc64 = Some(result.crc64);
             disk.verified_by = result.verified_by.clone();
+            disk.raw_bytes = result.raw_bytes;
+            disk.raw_crc64 = result.raw_crc64;
             self.save()?;
             (self.events)(Event::DiskDone {
                 index: i,

@@ -85,9 +85,18 @@ pub struct DiskState {
     /// [`super::zeros`]); absent when nothing was measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zero_share: Option<f64>,
+    /// A disk converted on the way: the guest RAW's size and CRC-64 (decimal string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_bytes: Option<u64>,
+    #[serde(
+        with = "opt_u64_string",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub raw_crc64: Option<u64>,
 }
 
-mod opt_u64_string {
+pub(crate) mod opt_u64_string {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
@@ -261,6 +270,8 @@ mod tests {
             crc64: Some(u64::MAX),
             verified_by: vec!["part_crc64ecma".into()],
             zero_share: None,
+            raw_bytes: None,
+            raw_crc64: None,
         });
         save(&path, &mut s).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();

@@ -514,6 +514,8 @@ fn opaque_relay() -> RelayFn {
                 crc64: s.crc64,
                 verified_by: s.verified_by.clone(),
                 zero_share: None,
+                raw_bytes: None,
+                raw_crc64: None,
             })
         })
     })
