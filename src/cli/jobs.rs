@@ -640,6 +640,36 @@ mod tests {
     }
 
     #[test]
+    fn submit_copy_sends_the_disk_formats_as_the_api_names_them() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            copy: SubmitCopy,
+        }
+        let cli = Cli::parse_from([
+            "x",
+            "oss://src-b/d.raw",
+            "oss://dst-b/",
+            "--format",
+            "vhd-dynamic",
+            "--input-format",
+            "vmdk",
+        ]);
+        let body = copy_body(&cli.copy);
+        assert_eq!(body["format"], "vhd-dynamic");
+        assert_eq!(body["input_format"], "vmdk");
+        // What the daemon accepts.
+        let spec = crate::daemon::jobs::parse_spec(body).unwrap();
+        let crate::daemon::jobs::JobSpec::Copy(c) = spec else {
+            panic!("not a copy")
+        };
+        assert_eq!(c.format, Some(crate::transfer::DiskFormat::VhdDynamic));
+        let plain = copy_body(&Cli::parse_from(["x", "oss://src-b/d.raw", "oss://dst-b/"]).copy);
+        assert!(plain.get("format").is_none() && plain.get("input_format").is_none());
+    }
+
+    #[test]
     fn read_token_takes_the_first_word_of_the_first_token_line() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t");
