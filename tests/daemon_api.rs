@@ -1174,3 +1174,79 @@ async fn cancelling_a_sharded_copy_job_aborts_its_upload() {
         "the plan is removed"
     );
 }
+
+/// A copy job with `"format"` converts as `copy --format` does: the RAW arrives as a QCOW2
+/// named with the container's extension, which qemu-img finds sound and identical to the
+/// RAW, and the result carries the guest disk's size and CRC-64. A bad value is a 400
+/// naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_job_can_convert_to_qcow2() {
+    let w = World::new(|_| {}, |_| {}).await;
+    let size = 5 * MIB as usize + 512;
+    let mut raw = vec![0u8; size];
+    raw[100..200_100].copy_from_slice(&bytes(200_000, 3));
+    raw[4 * MIB as usize..4 * MIB as usize + 70_000].copy_from_slice(&bytes(70_000, 4));
+    w.src
+        .put_object_bytes(SRC_BUCKET, "disks/d.raw", bytes::Bytes::from(raw.clone()));
+    let d = start_daemon(w.dir.path(), &w.state_dir(), &[]).await;
+
+    for (field, v) in [("format", "vmdk"), ("input_format", "iso")] {
+        let mut bad = copy_job(&w, "disks/d.raw", DST_BUCKET, "images/");
+        bad[field] = json!(v);
+        let (s, e) = d.call("POST", "/v1/jobs", Some(&bad.to_string())).await;
+        assert_eq!((s, e["error"]["field"].as_str()), (400, Some(field)), "{e}");
+    }
+
+    let mut body = copy_job(&w, "disks/d.raw", DST_BUCKET, "images/");
+    body["format"] = json!("qcow2");
+    body["input_format"] = json!("auto");
+    body["part_size"] = json!("1MiB");
+    let job = d.submit(&body).await;
+    assert_eq!(job["format"], "qcow2", "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = d
+        .wait_state(&id, "succeeded", Duration::from_secs(60))
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let r = &done["result"];
+    assert_eq!(r["format"], "qcow2", "{done}");
+    assert_eq!(r["raw_bytes"], size as u64, "{done}");
+    assert_eq!(
+        r["raw_crc64"],
+        ossrelay::crc64::checksum(&raw).to_string(),
+        "{done}"
+    );
+    let img = w
+        .dst
+        .get_object_bytes(DST_BUCKET, "images/d.qcow2")
+        .expect("named with the container's extension");
+    assert_eq!(r["bytes"], img.len() as u64, "{done}");
+    assert!(img.len() < size / 2, "zeros travelled: {} bytes", img.len());
+    let dir = w.dir.path();
+    let (img_p, raw_p) = (dir.join("job.qcow2"), dir.join("job.raw"));
+    std::fs::write(&img_p, &img).unwrap();
+    std::fs::write(&raw_p, &raw).unwrap();
+    for args in [
+        vec!["check", "-f", "qcow2", img_p.to_str().unwrap()],
+        vec![
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "qcow2",
+            raw_p.to_str().unwrap(),
+            img_p.to_str().unwrap(),
+        ],
+    ] {
+        let o = std::process::Command::new("qemu-img")
+            .args(&args)
+            .output()
+            .expect("qemu-img (qemu-utils) is required");
+        assert!(
+            o.status.success(),
+            "qemu-img {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}

@@ -239,6 +239,9 @@ fn openapi_request_fields_are_the_ones_the_server_accepts() {
             "shards" => json!(4),
             "part_size" => json!("1MiB"),
             "unpack" => json!("always"),
+            // raw/auto: converting forbids the shards above.
+            "format" => json!("raw"),
+            "input_format" => json!("auto"),
             "src_provider" | "dst_provider" => json!("minio"),
             "src_path_style" | "dst_path_style" => json!(true),
             p if p.ends_with("_endpoint") => json!("http://127.0.0.1:1"),
@@ -272,6 +275,7 @@ fn openapi_request_fields_are_the_ones_the_server_accepts() {
             "image_id" => json!("m-1"),
             "src_cloud" | "dst_cloud" => json!("aliyun"),
             "format" => json!("vhd"),
+            "disk_format" => json!("qcow2"),
             "export_prefix" => json!("ossrelay"),
             p if p.ends_with("_endpoint") => json!("http://127.0.0.1:1"),
             _ => json!("name-1"),

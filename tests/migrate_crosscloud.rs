@@ -314,6 +314,35 @@ async fn aws_ami_to_alibaba_image_end_to_end() {
     );
 }
 
+/// `--disk-format auto` into ECS from a plain RAW export (what EC2 writes): the export's
+/// all-zero clusters are measured before the relay, `--json` reports the share, and the
+/// format follows it (the simulated AMI is mostly zeros: QCOW2), ImportImage's Format with
+/// it; the imported disk is the source's.
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_format_auto_measures_the_export_zero_share() {
+    let w = XWorld::new(Way::AwsToAliyun, |_| {}, |_| {}).await;
+    let mut args = w.migrate_args();
+    args.extend(["--disk-format", "auto"].map(String::from));
+    let out = w.run(args).await;
+    let sum = summary_of(&out);
+    let id = sum["image_id"].as_str().unwrap().to_string();
+    assert_eq!(w.imported_disk(&id), Some(w.source_disk()), "{sum}");
+    let disk = &sum["disks"][0];
+    // The QCOW2 leaves the zero clusters out.
+    assert!(disk["bytes"].as_u64().unwrap() < DISK, "{sum}");
+    let share = disk["zero_share"].as_f64().expect("zero_share in --json");
+    assert!((0.0..=1.0).contains(&share), "{sum}");
+    // OSS's smallest part (100 KiB) pads the QCOW2 head.
+    let want = ossrelay::migrate::zeros::choose(share, DISK, 100 * 1024);
+    assert_eq!(want, ossrelay::transfer::DiskFormat::Qcow2, "{sum}");
+    assert!(
+        disk["destination"].as_str().unwrap().ends_with(".qcow2"),
+        "{sum}"
+    );
+    let img = w.ali.image(&id).expect("new ECS image");
+    assert!(img.to_string().to_uppercase().contains("QCOW2"), "{img}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn alibaba_image_to_aws_ami_end_to_end_unpacking_the_export() {
     let w = XWorld::new(Way::AliyunToAws, |_| {}, |_| {}).await;

@@ -380,6 +380,9 @@ fn unpacking_relay() -> RelayFn {
                 bytes: len,
                 crc64: crc,
                 verified_by: Vec::new(),
+                zero_share: None,
+                raw_bytes: None,
+                raw_crc64: None,
             })
         })
     })
@@ -434,7 +437,7 @@ async fn migrate_state_machine_over_the_wire_with_an_unpacking_relay() {
         image_name: None,
         export_prefix: "ossrelay".into(),
         export_format: None,
-        disk_format: ossrelay::transfer::DiskFormat::Raw,
+        disk_format: ossrelay::migrate::DiskPlan::Fixed(ossrelay::transfer::DiskFormat::Raw),
         keep_objects: false,
         state_dir: w.state_dir(),
         poll: PollSchedule {

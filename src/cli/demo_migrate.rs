@@ -159,7 +159,7 @@ fn config(key: MigrationKey, src_bucket: &str, concurrency: usize) -> MigrateCon
         image_name: None,
         export_prefix: "ossrelay".into(),
         export_format: None,
-        disk_format: crate::transfer::DiskFormat::Raw,
+        disk_format: crate::migrate::DiskPlan::Fixed(crate::transfer::DiskFormat::Raw),
         keep_objects: false,
         state_dir: state_dir.clone(),
         poll: PollSchedule {
@@ -446,6 +446,9 @@ mod tests {
                     bytes: len,
                     crc64: crc,
                     verified_by: Vec::new(),
+                    zero_share: None,
+                    raw_bytes: None,
+                    raw_crc64: None,
                 })
             })
         })

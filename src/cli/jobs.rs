@@ -126,6 +126,12 @@ pub struct SubmitCopy {
     /// Part size, e.g. 64MiB.
     #[arg(long)]
     pub part_size: Option<String>,
+    /// Disk format to write, as `ossrelay copy --format` (default raw).
+    #[arg(long, value_enum)]
+    pub format: Option<crate::transfer::DiskFormat>,
+    /// Disk format of the source, as `ossrelay copy --input-format` (default auto).
+    #[arg(long, value_enum)]
+    pub input_format: Option<crate::transfer::InputFormat>,
 }
 
 struct Api {
@@ -359,6 +365,12 @@ fn copy_body(c: &SubmitCopy) -> Value {
     }
     if let Some(n) = c.concurrency {
         m.insert("concurrency".into(), json!(n));
+    }
+    if let Some(f) = c.format {
+        m.insert("format".into(), json!(f.name()));
+    }
+    if let Some(f) = c.input_format {
+        m.insert("input_format".into(), json!(f.name()));
     }
     Value::Object(m)
 }
@@ -625,6 +637,36 @@ mod tests {
         ] {
             assert!(!loopback_url(url), "{url}");
         }
+    }
+
+    #[test]
+    fn submit_copy_sends_the_disk_formats_as_the_api_names_them() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            copy: SubmitCopy,
+        }
+        let cli = Cli::parse_from([
+            "x",
+            "oss://src-b/d.raw",
+            "oss://dst-b/",
+            "--format",
+            "vhd-dynamic",
+            "--input-format",
+            "vmdk",
+        ]);
+        let body = copy_body(&cli.copy);
+        assert_eq!(body["format"], "vhd-dynamic");
+        assert_eq!(body["input_format"], "vmdk");
+        // What the daemon accepts.
+        let spec = crate::daemon::jobs::parse_spec(body).unwrap();
+        let crate::daemon::jobs::JobSpec::Copy(c) = spec else {
+            panic!("not a copy")
+        };
+        assert_eq!(c.format, Some(crate::transfer::DiskFormat::VhdDynamic));
+        let plain = copy_body(&Cli::parse_from(["x", "oss://src-b/d.raw", "oss://dst-b/"]).copy);
+        assert!(plain.get("format").is_none() && plain.get("input_format").is_none());
     }
 
     #[test]

@@ -68,7 +68,9 @@ pub struct MigrateArgs {
     pub format: Option<ImageFormat>,
     /// What a RAW export is relayed and imported as: raw (default), qcow2 (converted on the
     /// way, zeros never sent; ECS imports only), vhd (fixed: ECS refuses dynamic VHDs), auto
-    /// (qcow2 for ECS, raw for EC2).
+    /// (for ECS: qcow2 when the export's sampled share of all-zero clusters outweighs
+    /// QCOW2's tables, else raw; qcow2 for a .raw.tar.gz, which cannot be sampled before it
+    /// is decoded; raw for EC2).
     #[arg(long, value_enum, default_value_t = MigrateDiskFormat::Raw)]
     pub disk_format: MigrateDiskFormat,
     /// Give up waiting for the export or the import after this long (each).
@@ -201,8 +203,12 @@ impl Printer {
                 if let Some(b) = bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
                     tokio::spawn(b.finish());
                 }
+                let zeros = result
+                    .zero_share
+                    .map(|z| format!(", {:.1} % of the sampled RAW in zero clusters", z * 100.0))
+                    .unwrap_or_default();
                 eprintln!(
-                    "relayed {} ({}, CRC-64 {})",
+                    "relayed {} ({}, CRC-64 {}{zeros})",
                     result.destination,
                     human_bytes(result.bytes as f64),
                     result.crc64

@@ -10,7 +10,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::locate::{self, ObjectUrl, SideOptions};
-use crate::transfer::{CopyOptions, CopySummary, Location, Target, Transform, UnpackMode};
+use crate::migrate::MigrateDiskFormat;
+use crate::transfer::{
+    CopyOptions, CopySummary, DiskFormat, InputFormat, Location, Relayed, Target, Transform,
+    UnpackMode,
+};
 
 /// Lifecycle of a job. Terminal states: `succeeded`, `failed`, `cancelled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -110,6 +114,14 @@ pub struct CopySpec {
     /// see [`crate::transfer::shard::run_local`]). Absent or 1: one relay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<u32>,
+    /// Disk format to write, as `copy --format`: `raw` (absent: the bytes as they are),
+    /// `qcow2`, `vhd` or `vhd-dynamic`, converted on the fly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
+    /// Disk format of a plain source, as `copy --input-format`: `auto` (absent), `raw`,
+    /// `qcow2`, `vhd` or `vmdk`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_format: Option<InputFormat>,
 }
 
 /// Options of a `migrate` job: the `ossrelay migrate` long option names with `_` for `-`.
@@ -131,9 +143,14 @@ pub struct MigrateSpec {
     pub keep_objects: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export_prefix: Option<String>,
-    /// `raw`, `vhd` or `qcow2` (default: the region's default, RAW).
+    /// ExportImage's format, as `migrate --format`: `raw`, `vhd` or `qcow2` (default: the
+    /// region's default, RAW). Not the relayed format: that is `disk_format`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// What a RAW export is relayed and imported as, as `migrate --disk-format`: `raw`
+    /// (absent), `auto`, `qcow2` or `vhd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_format: Option<MigrateDiskFormat>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub src_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,7 +225,7 @@ impl MigrateSpec {
                 .clone()
                 .unwrap_or_else(|| "ossrelay".into()),
             format: self.format.as_deref().and_then(parse_format),
-            disk_format: Default::default(),
+            disk_format: self.disk_format.unwrap_or_default(),
             timeout: std::time::Duration::from_secs(12 * 3600),
             role_retries: 12,
             src: Endpoints {
@@ -331,6 +348,35 @@ pub struct JobResult {
     /// The archive member that was unpacked (copy jobs with `unpack`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+    /// The disk format written (copy jobs with a `format` or `input_format` that converts),
+    /// as `copy --json`'s `format`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DiskFormat>,
+    /// Bytes of the guest-visible RAW disk (converting copy jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_bytes: Option<u64>,
+    /// CRC-64/XZ of the guest-visible RAW disk as a decimal string (converting copy jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_crc64: Option<String>,
+}
+
+impl From<&Relayed> for JobResult {
+    /// The destination's figures, plus what the transform adds (an unpack's member, a
+    /// conversion's guest disk).
+    fn from(r: &Relayed) -> Self {
+        let mut result = JobResult::from(r.summary());
+        match r {
+            Relayed::Copied(_) => {}
+            Relayed::Unpacked(u) => result.member = Some(u.member.clone()),
+            Relayed::Converted(c) => {
+                result.member = c.member.clone();
+                result.format = Some(c.format);
+                result.raw_bytes = Some(c.raw_bytes);
+                result.raw_crc64 = Some(c.raw_crc64.to_string());
+            }
+        }
+        result
+    }
 }
 
 impl From<&CopySummary> for JobResult {
@@ -352,6 +398,9 @@ impl From<&CopySummary> for JobResult {
             cloud: None,
             disks: Vec::new(),
             member: None,
+            format: None,
+            raw_bytes: None,
+            raw_crc64: None,
         }
     }
 }
@@ -610,7 +659,27 @@ fn parse_copy(obj: &mut Map<String, Value>) -> Result<CopySpec, InvalidField> {
                 _ => return Err(invalid("shards", "must be a whole number from 1 to 64")),
             },
         },
+        format: take_enum(obj, "format", "raw, qcow2, vhd or vhd-dynamic")?,
+        input_format: take_enum(obj, "input_format", "auto, raw, qcow2, vhd or vmdk")?,
     };
+    let input = spec.input_format.unwrap_or_default();
+    if spec.unpacks() && !matches!(input, InputFormat::Auto | InputFormat::Raw) {
+        return Err(invalid(
+            "input_format",
+            format!(
+                "{} does not apply to a .tar.gz source that is unpacked (it holds a RAW disk); \
+                 submit unpack \"never\" to read the source itself as {0}",
+                input.name()
+            ),
+        ));
+    }
+    if spec.converts() && spec.shards.is_some_and(|n| n > 1) {
+        return Err(invalid(
+            "shards",
+            "a disk format conversion is one sequential stream and cannot be sharded; submit \
+             the job without shards",
+        ));
+    }
     check_endpoint("src_endpoint", &spec.src_endpoint)?;
     check_endpoint("dst_endpoint", &spec.dst_endpoint)?;
     check_endpoint("src_sts_endpoint", &spec.src_sts_endpoint)?;
@@ -662,6 +731,21 @@ fn take_copy_tuning(
     Ok((concurrency, part_size))
 }
 
+/// A value of one of the CLI's value enums, spelled exactly as on the command line.
+fn take_enum<T: clap::ValueEnum>(
+    obj: &mut Map<String, Value>,
+    field: &str,
+    choices: &str,
+) -> Result<Option<T>, InvalidField> {
+    match take_string(obj, field) {
+        Ok(None) => Ok(None),
+        Ok(Some(v)) => T::from_str(&v, false)
+            .map(Some)
+            .map_err(|_| invalid(field, format!("{v:?} is not one of {choices}"))),
+        Err(_) => Err(invalid(field, format!("must be a string: {choices}"))),
+    }
+}
+
 fn required(obj: &mut Map<String, Value>, field: &str) -> Result<String, InvalidField> {
     take_string(obj, field)?.ok_or_else(|| invalid(field, "is required"))
 }
@@ -694,6 +778,7 @@ fn parse_migrate(obj: &mut Map<String, Value>) -> Result<MigrateSpec, InvalidFie
         keep_objects: take_bool(obj, "keep_objects")?,
         export_prefix: take_string(obj, "export_prefix")?,
         format: take_string(obj, "format")?,
+        disk_format: take_enum(obj, "disk_format", "raw, auto, qcow2 or vhd")?,
         src_endpoint: take_string(obj, "src_endpoint")?,
         dst_endpoint: take_string(obj, "dst_endpoint")?,
         src_ecs_endpoint: take_string(obj, "src_ecs_endpoint")?,
@@ -749,6 +834,17 @@ fn parse_migrate(obj: &mut Map<String, Value>) -> Result<MigrateSpec, InvalidFie
         if parse_format(f).is_none() {
             return Err(invalid("format", "must be \"raw\", \"vhd\" or \"qcow2\""));
         }
+    }
+    if spec.dst_cloud == crate::migrate::Cloud::Aws
+        && matches!(
+            spec.disk_format,
+            Some(MigrateDiskFormat::Qcow2 | MigrateDiskFormat::Vhd)
+        )
+    {
+        return Err(invalid(
+            "disk_format",
+            "qcow2 and vhd are for ECS imports; EC2 imports the RAW (use raw or auto)",
+        ));
     }
     if let Some(n) = &spec.image_name {
         if n.is_empty() || n.len() > 128 {
@@ -857,17 +953,43 @@ impl CopySpec {
     }
 
     /// Whether the job unpacks its source (`unpack`, default never).
-    pub fn transform(&self) -> Transform {
+    pub fn unpacks(&self) -> bool {
         let unpack = self.unpack.unwrap_or(UnpackMode::Never);
         let key = match self.source.parse::<ObjectUrl>() {
             Ok(u @ (ObjectUrl::Oss { .. } | ObjectUrl::S3 { .. })) => u.key().to_string(),
             _ => String::new(),
         };
-        if unpack.applies(&key) {
+        unpack.applies(&key)
+    }
+
+    /// Whether the job converts a disk format, as `copy` decides it: an output `format`
+    /// other than raw, or a plain source read back from a named `input_format`.
+    pub fn converts(&self) -> bool {
+        let input = self.input_format.unwrap_or_default();
+        self.format.unwrap_or_default() != DiskFormat::Raw
+            || (!self.unpacks() && !matches!(input, InputFormat::Auto | InputFormat::Raw))
+    }
+
+    /// What the relay does with the source: unpack (`unpack`, default never), convert
+    /// (`format`, `input_format`) or nothing.
+    pub fn transform(&self) -> Transform {
+        if self.converts() {
+            Transform::Convert {
+                format: self.format.unwrap_or_default(),
+                unpack: self.unpacks(),
+                input: self.input_format.unwrap_or_default(),
+            }
+        } else if self.unpacks() {
             Transform::Unpack
         } else {
             Transform::None
         }
+    }
+
+    /// Whether the destination is named only once the relay reads the source (an unpack or
+    /// a conversion, as `copy` does).
+    fn named_later(&self) -> bool {
+        self.transform() != Transform::None
     }
 
     /// The object the job writes: the destination, with the source's file name filled in
@@ -879,11 +1001,18 @@ impl CopySpec {
             url => {
                 let mut key = url.key().to_string();
                 if key.is_empty() || key.ends_with('/') {
-                    if self.transform() == Transform::Unpack {
+                    if self.unpacks() {
                         return None;
                     }
                     let src: ObjectUrl = self.source.parse().ok()?;
-                    key.push_str(&locate::base_name(&src)?);
+                    let base = locate::base_name(&src)?;
+                    if self.converts() {
+                        // Named as the conversion names it: the container's extension.
+                        let format = self.format.unwrap_or_default();
+                        key.push_str(&crate::transfer::convert::container_name(&base, format));
+                    } else {
+                        key.push_str(&base);
+                    }
                 }
                 Some(url.with_key(&key))
             }
@@ -901,7 +1030,7 @@ impl CopySpec {
         let s = locate::resolve(&src, &self.src_side(), None)
             .map_err(|e| format!("source {src}: {e}"))?;
         let dst_side = self.dst_side();
-        if self.transform() == Transform::Unpack {
+        if self.named_later() {
             // Reachable at all? (as `copy --unpack` checks before reading the archive)
             locate::resolve(&dst, &dst_side, Some("unpacked.raw"))
                 .map_err(|e| format!("destination {dst}: {e}"))?;
@@ -1025,6 +1154,209 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.field, "memory");
         assert!(e.message.contains("serve --memory"), "{e}");
+    }
+
+    #[test]
+    fn copy_jobs_take_the_disk_formats_of_copy() {
+        let copy = |extra: Value| {
+            let mut b = json!({"kind":"copy","source":"oss://src-b/d/x.raw",
+                "destination":"oss://dst-b/img/"});
+            for (k, v) in extra.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            parse_spec(b)
+        };
+        // Every value the CLI takes, passed through to the relay as `copy` would.
+        for (f, want) in [
+            ("raw", DiskFormat::Raw),
+            ("qcow2", DiskFormat::Qcow2),
+            ("vhd", DiskFormat::Vhd),
+            ("vhd-dynamic", DiskFormat::VhdDynamic),
+        ] {
+            let JobSpec::Copy(c) = copy(json!({ "format": f })).unwrap() else {
+                panic!("not a copy")
+            };
+            assert_eq!(c.format, Some(want));
+            let t = c.transform();
+            if want == DiskFormat::Raw {
+                assert_eq!(t, Transform::None, "{f}");
+            } else {
+                assert_eq!(
+                    t,
+                    Transform::Convert {
+                        format: want,
+                        unpack: false,
+                        input: InputFormat::Auto
+                    },
+                    "{f}"
+                );
+            }
+            // Stored and shown as submitted.
+            assert_eq!(serde_json::to_value(&c).unwrap()["format"], json!(f));
+        }
+        for (f, want) in [
+            ("auto", InputFormat::Auto),
+            ("raw", InputFormat::Raw),
+            ("qcow2", InputFormat::Qcow2),
+            ("vhd", InputFormat::Vhd),
+            ("vmdk", InputFormat::Vmdk),
+        ] {
+            let JobSpec::Copy(c) = copy(json!({ "input_format": f })).unwrap() else {
+                panic!("not a copy")
+            };
+            assert_eq!(c.input_format, Some(want));
+            // As `copy --format raw --input-format F`: a named container is read back.
+            let converts = !matches!(want, InputFormat::Auto | InputFormat::Raw);
+            assert_eq!(c.converts(), converts, "{f}");
+        }
+        // A directory destination takes the container's extension, as the relay names it.
+        let JobSpec::Copy(c) = copy(json!({"format": "qcow2"})).unwrap() else {
+            panic!("not a copy")
+        };
+        assert_eq!(
+            c.dst_object().map(|u| u.key().to_string()),
+            Some("img/x.qcow2".to_string())
+        );
+        // An unpacked archive converted: unpack and convert in one transform.
+        let JobSpec::Copy(c) = copy(json!({"source": "oss://src-b/e.raw.tar.gz",
+            "unpack": "auto", "format": "vhd-dynamic"}))
+        .unwrap() else {
+            panic!("not a copy")
+        };
+        assert_eq!(
+            c.transform(),
+            Transform::Convert {
+                format: DiskFormat::VhdDynamic,
+                unpack: true,
+                input: InputFormat::Auto
+            }
+        );
+        // Absent: the bytes as they are, and a job stored before the fields existed reads
+        // back unchanged.
+        let JobSpec::Copy(c) = copy(json!({})).unwrap() else {
+            panic!("not a copy")
+        };
+        assert_eq!((c.format, c.input_format), (None, None));
+        assert_eq!(c.transform(), Transform::None);
+        let shown = serde_json::to_value(&c).unwrap();
+        assert!(shown.get("format").is_none() && shown.get("input_format").is_none());
+        // Bad values: 400 with the field named, in one line.
+        for (patch, field) in [
+            (json!({"format": "vmdk"}), "format"),
+            (json!({"format": "QCOW2"}), "format"),
+            (json!({"format": 2}), "format"),
+            (json!({"input_format": "iso"}), "input_format"),
+            (json!({"input_format": true}), "input_format"),
+            (
+                json!({"source": "oss://src-b/e.raw.tar.gz", "unpack": "always",
+                    "input_format": "vmdk"}),
+                "input_format",
+            ),
+            (json!({"format": "qcow2", "shards": 4}), "shards"),
+        ] {
+            let e = copy(patch.clone()).unwrap_err();
+            assert_eq!(e.field, field, "{patch}: {e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn migrate_jobs_take_disk_format_beside_the_export_format() {
+        use crate::migrate::Cloud;
+        for (f, want) in [
+            ("raw", MigrateDiskFormat::Raw),
+            ("auto", MigrateDiskFormat::Auto),
+            ("qcow2", MigrateDiskFormat::Qcow2),
+            ("vhd", MigrateDiskFormat::Vhd),
+        ] {
+            let mut body = migrate_body();
+            body["disk_format"] = json!(f);
+            // The export's format is another field, and stays one.
+            body["format"] = json!("raw");
+            let JobSpec::Migrate(m) = parse_spec(body).unwrap() else {
+                panic!("not a migrate job")
+            };
+            assert_eq!(m.disk_format, Some(want));
+            let p = m.params(Path::new("/tmp/x"));
+            assert_eq!(p.disk_format, want);
+            assert_eq!(p.format, Some(crate::acs::ecs::ImageFormat::Raw));
+            assert_eq!(serde_json::to_value(&m).unwrap()["disk_format"], json!(f));
+        }
+        let JobSpec::Migrate(m) = parse_spec(migrate_body()).unwrap() else {
+            panic!("not a migrate job")
+        };
+        assert_eq!(
+            m.params(Path::new("/tmp/x")).disk_format,
+            MigrateDiskFormat::Raw
+        );
+        for (patch, field) in [
+            (json!({"disk_format": "vhd-dynamic"}), "disk_format"),
+            (json!({"disk_format": 1}), "disk_format"),
+            (
+                json!({"src_cloud": "aws", "image_id": "ami-0123456789abcdef0",
+                    "dst_cloud": "aliyun", "disk_format": "bogus"}),
+                "disk_format",
+            ),
+        ] {
+            let mut body = migrate_body();
+            for (k, v) in patch.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let e = parse_spec(body.clone()).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+        }
+        // EC2 imports the RAW: qcow2 and vhd are refused for an aws destination.
+        let mut body = migrate_body();
+        body["dst_cloud"] = json!("aws");
+        body["disk_format"] = json!("qcow2");
+        let e = parse_spec(body.clone()).unwrap_err();
+        assert_eq!(e.field, "disk_format", "{e}");
+        body["disk_format"] = json!("auto");
+        let JobSpec::Migrate(m) = parse_spec(body).unwrap() else {
+            panic!("not a migrate job")
+        };
+        assert_eq!(m.dst_cloud, Cloud::Aws);
+    }
+
+    #[test]
+    fn a_conversion_result_carries_the_guest_disk() {
+        use crate::transfer::ConvertSummary;
+        let copy = CopySummary {
+            source: "oss://a/x.raw".into(),
+            destination: "oss://b/x.qcow2".into(),
+            bytes: 7,
+            seconds: 1.0,
+            throughput_bytes_per_sec: 7.0,
+            crc64: 5,
+            checksums: Default::default(),
+            parts: 2,
+            part_size: 1 << 20,
+            retries: 0,
+            resumed_bytes: 0,
+            source_crc64_known: true,
+            verified_by: Vec::new(),
+            end_to_end: true,
+            hedged_parts: 0,
+        };
+        let r = JobResult::from(&Relayed::Converted(ConvertSummary {
+            copy: copy.clone(),
+            format: DiskFormat::Qcow2,
+            raw_bytes: 1 << 30,
+            raw_crc64: u64::MAX,
+            units: 16384,
+            units_written: 1,
+            unit_size: 65536,
+            member: None,
+            source_bytes: None,
+            source_crc64: None,
+        }));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["format"], json!("qcow2"));
+        assert_eq!(v["raw_bytes"], json!(1u64 << 30));
+        assert_eq!(v["raw_crc64"], json!(u64::MAX.to_string()));
+        assert_eq!(v["crc64"], json!("5"));
+        let plain = serde_json::to_value(JobResult::from(&Relayed::Copied(copy))).unwrap();
+        assert!(plain.get("raw_bytes").is_none() && plain.get("format").is_none());
     }
 
     fn migrate_body() -> Value {

@@ -59,6 +59,9 @@ pub fn plan_disks(
                 bytes: 0,
                 crc64: None,
                 verified_by: Vec::new(),
+                zero_share: None,
+                raw_bytes: None,
+                raw_crc64: None,
             }
         })
         .collect()
@@ -296,10 +299,12 @@ impl Run<'_> {
                 expected: self.cfg.src_bucket.clone(),
             });
         }
-        self.state.disks = plan_disks(&objects, self.state.source_image.as_ref());
-        for d in &mut self.state.disks {
-            d.destination_key = super::converted_key(&d.destination_key, self.cfg.disk_format);
+        let mut disks = plan_disks(&objects, self.state.source_image.as_ref());
+        for d in &mut disks {
+            (d.destination_key, d.zero_share) =
+                self.destination(&d.source_key, &d.destination_key).await?;
         }
+        self.state.disks = disks;
         self.tell_exported();
         self.advance(Stage::Relay)
     }

@@ -252,10 +252,14 @@ impl Run<'_> {
             .source_attrs
             .as_ref()
             .and_then(|a| a.disks_gib.first().copied().flatten());
+        let (destination_key, zero_share) = self.destination(&key, &unpacked_key(&key)).await?;
         self.state.disks = vec![DiskState {
             role: "system".into(),
             source_bucket: bucket,
-            destination_key: super::converted_key(&unpacked_key(&key), self.cfg.disk_format),
+            destination_key,
+            zero_share,
+            raw_bytes: None,
+            raw_crc64: None,
             source_key: key,
             size_gib,
             copied: false,

@@ -64,7 +64,7 @@ pub struct MigrationKey {
 }
 
 /// One disk: the exported object, where it goes, and whether it arrived.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiskState {
     /// `system` or `data`.
     pub role: String,
@@ -81,9 +81,22 @@ pub struct DiskState {
     /// The proofs that held for the relay (the copy's `verified_by`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verified_by: Vec<String>,
+    /// `--disk-format auto`: the zero share measured before the relay (see
+    /// [`super::zeros`]); absent when nothing was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero_share: Option<f64>,
+    /// A disk converted on the way: the guest RAW's size and CRC-64 (decimal string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_bytes: Option<u64>,
+    #[serde(
+        with = "opt_u64_string",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub raw_crc64: Option<u64>,
 }
 
-mod opt_u64_string {
+pub(crate) mod opt_u64_string {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
@@ -256,6 +269,9 @@ mod tests {
             bytes: 42,
             crc64: Some(u64::MAX),
             verified_by: vec!["part_crc64ecma".into()],
+            zero_share: None,
+            raw_bytes: None,
+            raw_crc64: None,
         });
         save(&path, &mut s).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();

@@ -442,7 +442,7 @@ impl Harness {
             image_name: None,
             export_prefix: "ossrelay".into(),
             export_format: None,
-            disk_format: crate::transfer::DiskFormat::Raw,
+            disk_format: super::DiskPlan::Fixed(crate::transfer::DiskFormat::Raw),
             keep_objects: false,
             state_dir: self.dir.path().to_path_buf(),
             poll: PollSchedule {
@@ -513,6 +513,9 @@ fn opaque_relay() -> RelayFn {
                 bytes: s.bytes,
                 crc64: s.crc64,
                 verified_by: s.verified_by.clone(),
+                zero_share: None,
+                raw_bytes: None,
+                raw_crc64: None,
             })
         })
     })

@@ -177,6 +177,18 @@ impl ChunkSink<'_> {
 
 impl RawSink for ChunkSink<'_> {
     fn zeros(&mut self, mut len: u64) -> Result<(), ReadError> {
+        // A long hole goes as its length (`Decoded::Zeros`): measured on a 2 TiB QCOW2 holding
+        // 1 MiB, holes as 256 KiB charged chunks took 7.5 s, half of it in CRC combines of
+        // one 64 KiB cluster at a time. Short ones stay in the batch: a message per hole
+        // would cost a wake-up each.
+        if len >= 4 * self.max {
+            self.flush()?;
+            return self
+                .io
+                .out
+                .blocking_send(Decoded::Zeros(len))
+                .map_err(|_| ReadError::Stopped);
+        }
         while len > 0 {
             let n = len.min(self.max);
             self.charge(n)?;
@@ -475,6 +487,8 @@ pub(super) struct Packer<'a> {
     unit_idx: u64,
     alloc: Alloc,
     incoming: VecDeque<Chunk>,
+    /// Zero bytes announced by length (`Decoded::Zeros`), taken after `incoming`.
+    run: u64,
     // Container side.
     out: VecDeque<Chunk>,
     part: Vec<Charged>,
@@ -548,6 +562,7 @@ impl<'a> Packer<'a> {
             unit_idx: 0,
             alloc: Alloc::new(c.units()),
             incoming: VecDeque::new(),
+            run: 0,
             out: VecDeque::new(),
             part: Vec::new(),
             part_len: 0,
@@ -643,6 +658,47 @@ impl<'a> Packer<'a> {
         }
     }
 
+    /// Takes (part of) the zero run: whole all-zero units of a sparse format are skipped in
+    /// one step, the guest CRC-64 extended by the run's length alone; a unit already begun,
+    /// units the format keeps and a stream whose CRC-32 is needed (an archive's; it never
+    /// sends runs today) get views of the zero buffer, at most one unit per call, so the
+    /// output queue never holds more than a unit of them.
+    fn take_zeros(&mut self) {
+        let vsize = self.c.vsize();
+        let unit = self.c.unit();
+        if self.guest >= vsize {
+            self.broke = true;
+            self.why = Some(format!(
+                "the source's disk holds more than the {vsize} bytes it announced"
+            ));
+            return;
+        }
+        let unit_end = ((self.unit_idx + 1) * unit).min(vsize);
+        let sparse = !self.c.keeps_zero_units() && !self.with_crc32;
+        if sparse && self.unit_len == 0 && self.run >= unit_end - self.guest {
+            let left = vsize - self.guest;
+            // Whole units only, or everything up to the end of the disk.
+            let skip = if self.run >= left {
+                left
+            } else {
+                self.run / unit * unit
+            };
+            self.raw_crc = crc64::combine(self.raw_crc, crc64::zeros(skip), skip);
+            self.guest += skip;
+            self.unit_idx += skip.div_ceil(unit);
+            self.run -= skip;
+            return;
+        }
+        let n = self
+            .run
+            .min(unit_end - self.guest)
+            .min(self.zero_view.len() as u64);
+        let view = self.zero_view.slice(..n as usize);
+        let chunk = self.free_chunk(view, true);
+        self.run -= n;
+        self.take_guest(chunk);
+    }
+
     /// Writes the current unit to the container (or drops it: all zeros, sparse format).
     fn finish_unit(&mut self) {
         let pieces = std::mem::take(&mut self.unit);
@@ -700,10 +756,13 @@ impl<'a> Packer<'a> {
                 }
                 continue;
             }
-            let Some(chunk) = self.incoming.pop_front() else {
+            if let Some(chunk) = self.incoming.pop_front() {
+                self.take_guest(chunk);
+            } else if self.run > 0 {
+                self.take_zeros();
+            } else {
                 return;
-            };
-            self.take_guest(chunk);
+            }
             if self.broke {
                 return;
             }
@@ -794,6 +853,7 @@ impl PartSource for Packer<'_> {
             && self.ready.is_none()
             && self.out.is_empty()
             && self.incoming.is_empty()
+            && self.run == 0
     }
 
     fn wants_input(&self) -> bool {
@@ -802,12 +862,14 @@ impl PartSource for Packer<'_> {
             && self.ready.is_none()
             && self.out.is_empty()
             && self.incoming.is_empty()
+            && self.run == 0
     }
 
     async fn fill(&mut self) {
         match self.phase {
             Phase::Data => match self.pipeline.out.recv().await {
                 Some(Decoded::Chunks(c)) => self.incoming.extend(c),
+                Some(Decoded::Zeros(n)) => self.run = n,
                 Some(Decoded::Header(_)) => self.broke = true,
                 None => self.input_ended(),
             },

@@ -12,13 +12,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use tracing::warn;
 
 use crate::checksum::crc64::{self, Crc64};
 use crate::store::PartSpec;
 
-use super::decode::{Charged, Chunk, Decoded, Pipeline};
+use super::budget::MemoryBudget;
+use super::decode::{charged, Charged, Chunk, Decoded, Pipeline};
 use super::source::{Next, PartBody, PartSource};
 use super::state::StatePart;
 use super::TransferError;
@@ -49,6 +52,11 @@ pub(super) struct Cutter<'a> {
     zero_sums: ZeroSums,
     /// Received chunks not yet cut, and a cut part waiting for an upload slot.
     incoming: VecDeque<Chunk>,
+    /// Zero bytes announced by length (`Decoded::Zeros`), cut after `incoming` as views of
+    /// `zero_view` charged to `free` (they take no memory).
+    run: u64,
+    zero_view: Bytes,
+    free: Arc<MemoryBudget>,
     ready: Option<(usize, Vec<Charged>, u64)>,
     input_done: bool,
     broke: bool,
@@ -84,6 +92,11 @@ impl<'a> Cutter<'a> {
             crc: Crc64::new(),
             zero_sums: ZeroSums::default(),
             incoming: VecDeque::new(),
+            run: 0,
+            zero_view: Bytes::new(),
+            // Its own progress: bytes charged here take no memory and must not count as
+            // buffered.
+            free: MemoryBudget::new(u32::MAX as u64, Arc::new(super::Progress::default())),
             ready: None,
             input_done: false,
             broke: false,
@@ -101,6 +114,10 @@ impl<'a> Cutter<'a> {
     /// Cuts what arrived into the current part, until a part is complete or input runs out.
     fn cut(&mut self) {
         while self.ready.is_none() {
+            if self.incoming.is_empty() && self.run > 0 {
+                let z = self.zero_chunk();
+                self.incoming.push_back(z);
+            }
             let Some(Chunk { data: mut c, zero }) = self.incoming.pop_front() else {
                 return;
             };
@@ -136,6 +153,22 @@ impl<'a> Cutter<'a> {
                 self.buf_len = 0;
                 self.idx += 1;
             }
+        }
+    }
+}
+
+impl Cutter<'_> {
+    /// The next piece of the zero run, at most 1 MiB.
+    fn zero_chunk(&mut self) -> Chunk {
+        if self.zero_view.is_empty() {
+            self.zero_view = Bytes::from(vec![0u8; 1 << 20]);
+        }
+        let n = self.run.min(self.zero_view.len() as u64);
+        self.run -= n;
+        let _ = self.free.try_take(n);
+        Chunk {
+            data: charged(self.zero_view.slice(..n as usize), &self.free),
+            zero: true,
         }
     }
 }
@@ -176,21 +209,29 @@ impl PartSource for Cutter<'_> {
                 }
             };
         }
-        let short = self.input_done && self.incoming.is_empty() && self.idx < self.specs.len();
+        let short = self.input_done
+            && self.incoming.is_empty()
+            && self.run == 0
+            && self.idx < self.specs.len();
         (self.broke || short).then_some(Next::Broken)
     }
 
     fn exhausted(&self) -> bool {
-        self.input_done && self.ready.is_none() && self.incoming.is_empty()
+        self.input_done && self.ready.is_none() && self.incoming.is_empty() && self.run == 0
     }
 
     fn wants_input(&self) -> bool {
-        !self.input_done && !self.broke && self.ready.is_none() && self.incoming.is_empty()
+        !self.input_done
+            && !self.broke
+            && self.ready.is_none()
+            && self.incoming.is_empty()
+            && self.run == 0
     }
 
     async fn fill(&mut self) {
         match self.pipeline.out.recv().await {
             Some(Decoded::Chunks(c)) => self.incoming.extend(c),
+            Some(Decoded::Zeros(n)) => self.run = n,
             // A second member header in one archive.
             Some(Decoded::Header(_)) => self.broke = true,
             None => self.input_done = true,

@@ -412,6 +412,12 @@ pub(super) enum Decoded {
     Header(MemberHeader),
     /// The member's next bytes, in order.
     Chunks(Vec<Chunk>),
+    /// The next `n` bytes are zeros that take no memory and carry no charge: a hole of a disk
+    /// image being read back (only a container reader's long runs, see `convert.rs`). A
+    /// 2 TiB empty disk is then one message, not eight million charged views of a zero
+    /// buffer, and a sparse packer skips its all-zero units by length alone. Sent only
+    /// after the chunks before it; a consumer takes no further input until the run is used.
+    Zeros(u64),
 }
 
 /// A piece of the member's bytes.

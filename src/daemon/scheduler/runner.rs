@@ -64,6 +64,9 @@ async fn run_sharded(
         cloud: None,
         disks: Vec::new(),
         member: None,
+        format: None,
+        raw_bytes: None,
+        raw_crc64: None,
     })
 }
 
@@ -115,11 +118,7 @@ impl Scheduler {
             return run_sharded(src, dst, n, opts, progress, cancel).await;
         }
         let relayed = transfer::relay(src, dst, spec.transform(), opts, progress, cancel).await?;
-        let mut result = JobResult::from(relayed.summary());
-        if let transfer::Relayed::Unpacked(u) = &relayed {
-            result.member = Some(u.member.clone());
-        }
-        Ok(result)
+        Ok(JobResult::from(&relayed))
     }
 
     /// Runs (or resumes, from the state file in the job's directory) a migration.
@@ -171,6 +170,9 @@ impl Scheduler {
             cloud: Some(out.cloud.to_string()),
             disks: out.disks,
             member: None,
+            format: None,
+            raw_bytes: None,
+            raw_crc64: None,
         })
     }
 
