@@ -68,7 +68,9 @@ pub fn parts(size: u64, part_size: u64) -> Vec<PartSpec> {
 /// connections that finish first idle while the others still carry a full part, and a link
 /// whose connections are capped each (a cross-region path) runs at a fraction for that long.
 /// Smaller parts at the end bound that spread by one small part's time. The plan is recorded
-/// in the state file, so a resumed upload keeps its part numbers.
+/// in the state file, so a resumed upload keeps its part numbers. Only a plain copy (ranged
+/// GETs) plans one; an unpack's, a shard's and a container's parts stay equal (see their
+/// callers for why).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tail {
     /// Where the smaller parts begin: a whole number of full parts into the object.
