@@ -213,7 +213,7 @@ async fn demo(args: DemoArgs) -> Result<i32, String> {
         summary.crc64
     );
     println!(
-        "throughput:  {}/s over {} parts of {} with {} streams",
+        "throughput:  {}/s over {} parts of up to {} with {} streams",
         human_bytes(summary.throughput_bytes_per_sec),
         summary.parts,
         human_bytes(summary.part_size as f64),

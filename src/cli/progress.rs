@@ -205,7 +205,7 @@ async fn lines(progress: Arc<Progress>, every: Duration, mut stop: oneshot::Rece
 /// One human line describing a finished copy.
 pub fn summary_line(s: &CopySummary) -> String {
     format!(
-        "copied {} -> {}: {} in {:.1}s ({}/s), {} parts of {}, CRC-64 {} verified{}{}",
+        "copied {} -> {}: {} in {:.1}s ({}/s), {} parts of up to {}, CRC-64 {} verified{}{}",
         s.source,
         s.destination,
         human_bytes(s.bytes as f64),
