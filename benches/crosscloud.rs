@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use ossrelay_sim::{self as sim, Dialect, SimConfig, SimServer, SyntheticObject};
 
 mod common;
-use common::{account, buckets, median};
+use common::{account, buckets, median, vm_hwm_kib};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -128,18 +128,6 @@ struct Run {
     cpu: f64,
 }
 
-fn vm_hwm_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmHWM:")
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-        })
-        .unwrap_or(0)
-}
-
 /// Runs `cmd` to completion: wall time, peak RSS and CPU time of the child.
 // The child is reaped by `wait4` (which also gives its rusage), not by `Child::wait`.
 #[allow(clippy::zombie_processes)]
@@ -158,7 +146,7 @@ fn measure(mut cmd: Command, size: u64, what: &str) -> Run {
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
-        peak_kib = peak_kib.max(vm_hwm_kib(pid));
+        peak_kib = peak_kib.max(vm_hwm_kib(pid as u32));
         // SAFETY: pid is our child, status and usage are valid for writes.
         let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
         if r == pid {

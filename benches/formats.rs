@@ -18,40 +18,10 @@ use flate2::{Compress, Compression, Crc, FlushCompress};
 use ossrelay::transfer::tar;
 use ossrelay_sim::{self as sim, SimConfig};
 
-// Shared with the other benches; this one needs no median.
-#[allow(dead_code)]
 mod common;
-use common::{account, buckets};
+use common::{account, buckets, deflate, noise, vm_hwm_kib};
 
 const MIB: u64 = 1 << 20;
-
-fn deflate(c: &mut Compress, data: &[u8], flush: FlushCompress) -> Vec<u8> {
-    let mut out = Vec::new();
-    let start_in = c.total_in();
-    loop {
-        out.reserve(256 * 1024);
-        let consumed = (c.total_in() - start_in) as usize;
-        c.compress_vec(&data[consumed..], &mut out, flush).unwrap();
-        let consumed = (c.total_in() - start_in) as usize;
-        if consumed == data.len() && out.len() < out.capacity() {
-            break;
-        }
-    }
-    out
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
 
 /// A gzip'd GNU tar of a `raw_mib` MiB disk whose every 20th MiB is incompressible data.
 /// Built from independently deflated 1 MiB blocks (full flushes): seconds, not minutes.
@@ -132,17 +102,9 @@ fn relay(src: &str, dst: &str, format: &str) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ossrelay");
-    let status_path = format!("/proc/{}/status", child.id());
     let mut peak_kib = 0u64;
     while child.try_wait().unwrap().is_none() {
-        if let Ok(s) = std::fs::read_to_string(&status_path) {
-            for line in s.lines() {
-                if let Some(v) = line.strip_prefix("VmHWM:") {
-                    let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-                    peak_kib = peak_kib.max(kib);
-                }
-            }
-        }
+        peak_kib = peak_kib.max(vm_hwm_kib(child.id()));
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = t.elapsed().as_secs_f64();

@@ -24,7 +24,7 @@ use ossrelay_sim::{self as sim, SimConfig, SimServer, SyntheticObject};
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{account, buckets, median};
+use common::{account, buckets, median, vm_hwm_kib};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -400,17 +400,9 @@ fn copy_peak_rss(size: u64, part: u64) -> (u64, f64) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn ossrelay");
-    let status_path = format!("/proc/{}/status", child.id());
     let mut peak_kib = 0u64;
     loop {
-        if let Ok(s) = std::fs::read_to_string(&status_path) {
-            for line in s.lines() {
-                if let Some(v) = line.strip_prefix("VmHWM:") {
-                    let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-                    peak_kib = peak_kib.max(kib);
-                }
-            }
-        }
+        peak_kib = peak_kib.max(vm_hwm_kib(child.id()));
         if child.try_wait().unwrap().is_some() {
             break;
         }

@@ -25,38 +25,10 @@ use ossrelay::transfer::tar;
 use ossrelay_sim::{self as sim, SimConfig};
 
 mod common;
-use common::{account, buckets, median};
+use common::{account, buckets, deflate, median, noise, vm_hwm_kib};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-
-fn deflate(c: &mut Compress, data: &[u8], flush: FlushCompress) -> Vec<u8> {
-    let mut out = Vec::new();
-    let start_in = c.total_in();
-    loop {
-        out.reserve(256 * 1024);
-        let consumed = (c.total_in() - start_in) as usize;
-        c.compress_vec(&data[consumed..], &mut out, flush).unwrap();
-        let consumed = (c.total_in() - start_in) as usize;
-        if consumed == data.len() && out.len() < out.capacity() {
-            break;
-        }
-    }
-    out
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
 
 /// A gzip'd GNU tar with one `raw_mib` MiB member: every 4th MiB incompressible, the rest zeros.
 fn disk_archive(name: &str, raw_mib: u64) -> Vec<u8> {
@@ -181,7 +153,6 @@ fn relay(endpoint: &str, extra: &str, raw: u64, compressed: u64, verbose: bool) 
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ossrelay");
-    let status_path = format!("/proc/{}/status", child.id());
     let stat_path = format!("/proc/{}/stat", child.id());
     let mut peak_kib = 0u64;
     let mut cpu_ticks = 0u64;
@@ -196,14 +167,7 @@ fn relay(endpoint: &str, extra: &str, raw: u64, compressed: u64, verbose: bool) 
                 }
             }
         }
-        if let Ok(s) = std::fs::read_to_string(&status_path) {
-            for line in s.lines() {
-                if let Some(v) = line.strip_prefix("VmHWM:") {
-                    let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-                    peak_kib = peak_kib.max(kib);
-                }
-            }
-        }
+        peak_kib = peak_kib.max(vm_hwm_kib(child.id()));
         if child.try_wait().unwrap().is_some() {
             break;
         }
