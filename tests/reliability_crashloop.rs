@@ -207,7 +207,10 @@ async fn sigterm_twenty_times_exits_130_then_identical() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_kill_9_six_times_then_identical() {
-    let (w, data) = paced_world(24 * MIB as usize).await;
+    // 80 parts: at most 4 x 1.6 s of running before the fourth kill, at most 8 parts a
+    // second (2 x CONCURRENCY connections, one part a second each) — never the whole copy.
+    // 24 MiB with 0.5–2.5 s sleeps let a fast run finish after 3 kills.
+    let (w, data) = paced_world(40 * MIB as usize).await;
     let mut rng = rng("daemon kill -9 loop");
     let state = w.state_dir();
     let mut body = copy_job(&w, KEY, DST_BUCKET, KEY);
@@ -218,7 +221,7 @@ async fn daemon_kill_9_six_times_then_identical() {
     let id = d.submit(&body).await["id"].as_str().unwrap().to_string();
     let mut crashes = 0;
     for i in 0..6 {
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2500))).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(400..1600))).await;
         if d.job(&id).await["state"] == "succeeded" {
             break;
         }
