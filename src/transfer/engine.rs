@@ -13,7 +13,7 @@ use crate::metrics as m;
 use crate::store::{ErrorClass, ObjectMeta, PartSpec, PutOptions, StoreError};
 
 use super::budget::{MemoryBudget, TokenBucket};
-use super::pipe::{pipe, PipeCtx, Side};
+use super::pipe::{pipe, EarlyGet, PipeCtx, Side};
 use super::progress::InflightGuard;
 use super::retry::Aimd;
 use super::schedule::{run_parts, Run};
@@ -333,11 +333,20 @@ async fn single_put(
     let mut attempt = 1;
     let claim = super::proof::source_claim(&meta.checksums, &ctx.pipe.digest.clone().finish());
     loop {
-        let fut = pipe(&ctx.pipe, &ctx.src, 0, size, if_match(&meta.etag), claim, {
-            let dst = ctx.dst.clone();
-            let po = put_opts.clone();
-            move |body| async move { dst.store.put(&dst.key, body, size, &po).await }
-        });
+        let fut = pipe(
+            &ctx.pipe,
+            &ctx.src,
+            0,
+            size,
+            if_match(&meta.etag),
+            claim,
+            None,
+            {
+                let dst = ctx.dst.clone();
+                let po = put_opts.clone();
+                move |body| async move { dst.store.put(&dst.key, body, size, &po).await }
+            },
+        );
         let _guard = InflightGuard::new(ctx.progress.clone());
         let r = tokio::select! {
             r = fut => r,
@@ -441,6 +450,25 @@ async fn multipart(
         .as_ref()
         .map(|d| state::state_path(d, &ctx.src_desc, &ctx.dst_desc));
 
+    // A new upload (no state to resume): the first parts' GETs go out now, with the
+    // Initiate, rather than one round trip after it. With a state file, which parts are
+    // missing is known only after ListParts.
+    let planned_tail = plan::tail(meta.size, planned_part_size, ctx.dst.store.limits());
+    let early: Vec<(usize, EarlyGet)> = if state_path.as_deref().is_none_or(|p| !p.exists()) {
+        plan::parts_with_tail(meta.size, planned_part_size, planned_tail)
+            .iter()
+            .take(ctx.opts.concurrency)
+            .enumerate()
+            .map(|(i, s)| {
+                let get =
+                    EarlyGet::issue(&ctx.src, s.offset, s.offset + s.len, if_match(&meta.etag));
+                (i, get)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+
     // 1 + 2. Resume a previous run (reconciled below with what the destination really
     // holds) or start a new upload.
     let opened = open_upload(
@@ -450,7 +478,7 @@ async fn multipart(
             size: meta.size,
             fingerprint: fp,
             planned_part_size,
-            planned_tail: plan::tail(meta.size, planned_part_size, ctx.dst.store.limits()),
+            planned_tail,
             put_opts,
             state_path: state_path.as_deref(),
             single_part_ok: false,
@@ -504,6 +532,7 @@ async fn multipart(
         &mut done,
         &mut keeper,
         &upload_id,
+        early,
         cancel,
     )
     .await;
@@ -613,9 +642,12 @@ async fn transfer_and_prove(
     done: &mut [Option<StatePart>],
     keeper: &mut StateKeeper,
     upload_id: &Arc<str>,
+    early: Vec<(usize, EarlyGet)>,
     cancel: &CancellationToken,
 ) -> Result<Checksums, TransferError> {
     let etag: Arc<str> = Arc::from(meta.etag.as_str());
+    // Only the first round's parts can use the GETs issued ahead.
+    let mut early = Some(early);
     let mut aimd = Aimd::new(ctx.opts.concurrency);
     let mut round = 0;
     loop {
@@ -633,7 +665,7 @@ async fn transfer_and_prove(
                     upload_id,
                     relist: &mut relist,
                 },
-                &mut Ranges::new(todo, etag.clone()),
+                &mut Ranges::new(todo, etag.clone()).with_early(early.take().unwrap_or_default()),
             )
             .await;
             // Even after a failure: the state must name what the store holds.

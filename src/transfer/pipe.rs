@@ -100,10 +100,58 @@ pub(crate) struct Piped {
     pub uploaded: Uploaded,
 }
 
+/// A ranged GET issued before the attempt that reads it: the first parts of a new upload are
+/// requested while InitiateMultipartUpload is still outstanding, so their first bytes are at
+/// hand when the upload id arrives instead of one round trip later (at a 200 ms round trip,
+/// 0.2 s of every connection at the start of a copy). Its body is not read until the pipe
+/// takes it (unread bytes wait in the socket, not in our buffers). Dropped unused, its task
+/// is aborted and the connection closed.
+pub(crate) struct EarlyGet {
+    /// When the request was issued: the attempt's time to first byte counts from here.
+    pub issued: Instant,
+    start: u64,
+    end: u64,
+    task: tokio_util::task::AbortOnDropHandle<Result<ByteStream, StoreError>>,
+}
+
+impl EarlyGet {
+    /// Issues the GET of `[start, end)` of `src` now, in a task of its own (so it goes out
+    /// whether or not anyone polls it yet).
+    pub(crate) fn issue(src: &Location, start: u64, end: u64, if_match: Option<&str>) -> Self {
+        let store = src.store.clone();
+        let key = src.key.clone();
+        let if_match = if_match.map(str::to_owned);
+        let task =
+            tokio::spawn(
+                async move { store.get_range(&key, start, end, if_match.as_deref()).await },
+            );
+        Self {
+            issued: Instant::now(),
+            start,
+            end,
+            task: tokio_util::task::AbortOnDropHandle::new(task),
+        }
+    }
+
+    /// The response, if it is for `[start, end)`; `None` (and the request dropped) otherwise.
+    async fn open(self, start: u64, end: u64) -> Option<Result<ByteStream, StoreError>> {
+        if (self.start, self.end) != (start, end) {
+            return None;
+        }
+        Some(self.task.await.unwrap_or_else(|e| {
+            Err(StoreError::transient(format!(
+                "the GET issued ahead of its part did not finish: {e}"
+            )))
+        }))
+    }
+}
+
 /// Streams source bytes `[start, end)` into `upload`. With `expected` (the source's checksum
 /// of the whole range), the last chunk is withheld (and the upload failed) if the range's
 /// checksum of that algorithm differs, so a whole-object PUT never commits corrupted bytes.
-/// Every checksum the destination echoes for the range must equal ours.
+/// Every checksum the destination echoes for the range must equal ours. `early`: the range's
+/// GET issued ahead ([`EarlyGet`]), used instead of a new one when it asked for this range.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn pipe<F, Fut>(
     ctx: &PipeCtx,
     src: &Location,
@@ -111,6 +159,7 @@ pub(crate) async fn pipe<F, Fut>(
     end: u64,
     if_match: Option<&str>,
     expected: Option<Checksum>,
+    early: Option<EarlyGet>,
     upload: F,
 ) -> Result<Piped, PipeError>
 where
@@ -124,12 +173,15 @@ where
         // Nothing to fetch: an empty range request is invalid on some stores.
         Box::pin(futures::stream::empty()) as ByteStream
     } else {
-        match super::within(
-            ctx.request_timeout,
-            src.store.get_range(&src.key, start, end, if_match),
-        )
-        .await
-        {
+        let get = async {
+            if let Some(e) = early {
+                if let Some(r) = e.open(start, end).await {
+                    return r;
+                }
+            }
+            src.store.get_range(&src.key, start, end, if_match).await
+        };
+        match super::within(ctx.request_timeout, get).await {
             None => {
                 return Err(PipeError::src(StoreError::transient(format!(
                     "no response from {} within {:?}",

@@ -463,7 +463,7 @@ pub(super) async fn run_parts<S: PartSource>(
                             attempt: 1,
                             ready_at: None,
                             backoff: ctx.backoff(),
-                            body: PartBody::Range { etag },
+                            body: PartBody::range(etag),
                         };
                         spawn(&mut set, &mut fl, ctx, specs[idx], job, upload_id, true);
                         continue;
@@ -593,7 +593,7 @@ pub(super) async fn run_parts<S: PartSource>(
                 if e.side == Side::Source && e.class() == ErrorClass::Precondition {
                     if failure.is_none() {
                         let etag = match &job.body {
-                            PartBody::Range { etag } => etag.clone(),
+                            PartBody::Range { etag, .. } => etag.clone(),
                             PartBody::Memory { .. } => Arc::from(""),
                         };
                         failure = Some(source_changed(ctx, &etag).await);
@@ -654,15 +654,18 @@ fn spawn(
     fl: &mut Flight,
     ctx: &Arc<Ctx>,
     spec: PartSpec,
-    job: Job,
+    mut job: Job,
     upload_id: &Arc<str>,
     hedge: bool,
 ) {
     let id = fl.next_id;
     fl.next_id += 1;
-    let watch = Arc::new(Watch::new(id, spec.len, fl.tx.clone()));
+    // A GET issued ahead started this attempt: its time to first byte is the round trip.
+    let early = job.body.take_early();
+    let started = early.as_ref().map_or_else(Instant::now, |e| e.issued);
+    let watch = Arc::new(Watch::new(id, spec.len, started, fl.tx.clone()));
     let range = match &job.body {
-        PartBody::Range { etag } => Some(etag.clone()),
+        PartBody::Range { etag, .. } => Some(etag.clone()),
         PartBody::Memory { .. } => None,
     };
     let idx = job.idx;
@@ -673,7 +676,7 @@ fn spawn(
     let abort = set.spawn(
         async move {
             let _inflight = InflightGuard::new(ctx.progress.clone());
-            let r = attempt(&ctx, spec, &job.body, &upload_id, &w).await;
+            let r = attempt(&ctx, spec, &job.body, early, &upload_id, &w).await;
             (id, job, r)
         }
         .instrument(span),

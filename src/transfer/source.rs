@@ -13,7 +13,7 @@
 //! * A source hands out each part once ([`PartSource::next`]); parts an earlier run already
 //!   holds may be handed back as [`Next::Resumed`] without being sent.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -31,15 +31,19 @@ use crate::store::{ByteStream, PartSpec, StoreError};
 
 use super::decode::Charged;
 use super::engine::{if_match, Ctx};
-use super::pipe::{pipe, PipeError};
+use super::pipe::{pipe, EarlyGet, PipeError};
 use super::state::StatePart;
 use super::TransferError;
 
 /// How one part's bytes are obtained, again for each attempt.
 pub(super) enum PartBody {
     /// A ranged GET of the part's bytes piped into the UploadPart (`pipe.rs`): a retry is a
-    /// new GET. `etag` is the source's, sent as `If-Match` (empty: none).
-    Range { etag: Arc<str> },
+    /// new GET. `etag` is the source's, sent as `If-Match` (empty: none). `early`: the GET
+    /// already issued for the first attempt (see [`EarlyGet`]), taken by it.
+    Range {
+        etag: Arc<str>,
+        early: Option<EarlyGet>,
+    },
     /// Bytes cut from the decoded stream, charged to the RAW budget until the part is
     /// acknowledged (or given up): a retry re-sends the same `Bytes`. `crc64` is known before
     /// the first byte is sent, so a store that checks it rejects damage on the way in.
@@ -47,6 +51,19 @@ pub(super) enum PartBody {
 }
 
 impl PartBody {
+    /// A ranged part without a GET issued ahead.
+    pub(super) fn range(etag: Arc<str>) -> Self {
+        Self::Range { etag, early: None }
+    }
+
+    /// The GET issued ahead for this part, if one is left: the next attempt's.
+    pub(super) fn take_early(&mut self) -> Option<EarlyGet> {
+        match self {
+            Self::Range { early, .. } => early.take(),
+            Self::Memory { .. } => None,
+        }
+    }
+
     /// How error messages name the part's bytes.
     pub(super) fn what(&self) -> &'static str {
         match self {
@@ -99,6 +116,9 @@ pub(super) trait PartSource {
 pub(super) struct Ranges {
     todo: VecDeque<usize>,
     etag: Arc<str>,
+    /// GETs issued ahead, by plan index (see [`EarlyGet`]); those never handed out are
+    /// aborted when the source is dropped.
+    early: HashMap<usize, EarlyGet>,
 }
 
 impl Ranges {
@@ -107,7 +127,14 @@ impl Ranges {
         Self {
             todo: todo.into(),
             etag,
+            early: HashMap::new(),
         }
+    }
+
+    /// With GETs already issued for some of the parts (plan index, GET).
+    pub(super) fn with_early(mut self, early: impl IntoIterator<Item = (usize, EarlyGet)>) -> Self {
+        self.early.extend(early);
+        self
     }
 }
 
@@ -121,6 +148,7 @@ impl PartSource for Ranges {
             idx,
             body: PartBody::Range {
                 etag: self.etag.clone(),
+                early: self.early.remove(&idx),
             },
             replaces: false,
         })
@@ -177,10 +205,16 @@ pub(super) struct Watch {
 }
 
 impl Watch {
-    pub(super) fn new(id: u64, len: u64, tx: UnboundedSender<(u64, Signal)>) -> Self {
+    /// An attempt started at `started`: now, or when its GET was issued ahead.
+    pub(super) fn new(
+        id: u64,
+        len: u64,
+        started: Instant,
+        tx: UnboundedSender<(u64, Signal)>,
+    ) -> Self {
         Self {
             id,
-            started: Instant::now(),
+            started,
             len,
             sent: AtomicU64::new(0),
             first_byte: AtomicU64::new(0),
@@ -261,16 +295,17 @@ impl Stream for Watched {
 }
 
 /// One attempt of part `spec` from `body` into upload `upload_id`; no retry here. `watch`
-/// sees the UploadPart body stream (see [`Watch`]).
+/// sees the UploadPart body stream (see [`Watch`]); `early`: the GET issued ahead for it.
 pub(super) async fn attempt(
     ctx: &Ctx,
     spec: PartSpec,
     body: &PartBody,
+    early: Option<EarlyGet>,
     upload_id: &str,
     watch: &Arc<Watch>,
 ) -> Result<Sent, PipeError> {
     match body {
-        PartBody::Range { etag } => {
+        PartBody::Range { etag, .. } => {
             let dst = &ctx.dst;
             let piped = pipe(
                 &ctx.pipe,
@@ -279,6 +314,7 @@ pub(super) async fn attempt(
                 spec.offset + spec.len,
                 if_match(etag),
                 None,
+                early,
                 move |body| async move {
                     // Streamed: the part's checksums are known only once it has been sent.
                     let body = watch.wrap(body);

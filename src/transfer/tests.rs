@@ -1583,3 +1583,63 @@ async fn hedging_never_exceeds_its_bound_under_a_stall_storm() {
         "stalls at the end of three copies and not one hedge"
     );
 }
+
+/// A new upload's first parts are requested from the source while InitiateMultipartUpload
+/// is outstanding (one round trip saved per connection at the start), and those GETs are
+/// the ones the parts use: no part is read twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_gets_go_out_with_the_initiate_and_are_used() {
+    let e = env(8 * PART);
+    e.dst.inject(FaultRule::new(
+        Op::CreateMultipart,
+        Fault::Delay(Duration::from_millis(300)),
+    ));
+    let (src, dst) = (e.src.clone(), e.dst.clone());
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let s2 = seen.clone();
+    let _sampler = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        loop {
+            // Initiate asked for and not yet answered: the GETs the source has seen so far.
+            if dst.calls(Op::CreateMultipart) == 1 && dst.open_uploads() == 0 {
+                s2.fetch_max(src.calls(Op::Get), Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }));
+    let (r, _) = e.run(opts()).await;
+    let s = r.unwrap();
+    e.assert_copied(&s);
+    assert_eq!(
+        seen.load(Relaxed),
+        4,
+        "the first --concurrency (4) GETs must be under way before the upload id is known"
+    );
+    assert_eq!(e.src.calls(Op::Get), 8, "each of the 8 parts read once");
+    assert_eq!(s.retries, 0);
+}
+
+/// When the Initiate fails, the GETs issued ahead are dropped, not waited for: the copy
+/// fails at once with the Initiate's error, and no part reaches the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_initiate_drops_the_gets_issued_ahead() {
+    let e = env(8 * PART);
+    e.src.inject(FaultRule::new(
+        Op::Get,
+        Fault::Delay(Duration::from_secs(3)),
+    ));
+    e.dst.inject(FaultRule::new(
+        Op::CreateMultipart,
+        Fault::Error(ErrorClass::Auth),
+    ));
+    let t = std::time::Instant::now();
+    let (r, _) = e.run(opts()).await;
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("cannot start an upload"), "{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the copy waited {:?} for GETs nobody will use",
+        t.elapsed()
+    );
+    assert_eq!(e.dst.calls(Op::UploadPart), 0);
+    assert_eq!(e.dst.open_uploads(), 0);
+}
