@@ -455,11 +455,14 @@ async fn multipart(
     // missing is known only after ListParts.
     let planned_tail = plan::tail(meta.size, planned_part_size, ctx.dst.store.limits());
     let early: Vec<(usize, EarlyGet)> = if state_path.as_deref().is_none_or(|p| !p.exists()) {
-        plan::parts_with_tail(meta.size, planned_part_size, planned_tail)
-            .iter()
+        let planned = plan::parts_with_tail(meta.size, planned_part_size, planned_tail);
+        let all = (0..planned.len()).collect();
+        // The parts the scheduler starts first (see transfer_and_prove).
+        plan::stagger(&planned, all, planned_tail, ctx.opts.concurrency)
+            .into_iter()
             .take(ctx.opts.concurrency)
-            .enumerate()
-            .map(|(i, s)| {
+            .map(|i| {
+                let s = planned[i];
                 let get =
                     EarlyGet::issue(&ctx.src, s.offset, s.offset + s.len, if_match(&meta.etag));
                 (i, get)
@@ -524,6 +527,7 @@ async fn multipart(
     p.resumed_bytes.store(resumed_bytes, Relaxed);
     p.acked_bytes.store(resumed_bytes, Relaxed);
 
+    let st_tail = st.tail;
     let mut keeper = StateKeeper::new(state_path.clone(), st);
     let result = transfer_and_prove(
         ctx,
@@ -532,7 +536,10 @@ async fn multipart(
         &mut done,
         &mut keeper,
         &upload_id,
-        early,
+        Start {
+            tail: st_tail,
+            early,
+        },
         cancel,
     )
     .await;
@@ -632,6 +639,13 @@ pub(super) async fn relist_hedged(
     Ok(())
 }
 
+/// How a multipart copy's parts are started: in the order [`plan::stagger`] gives for the
+/// plan's tail, the first ones from the GETs issued ahead (new uploads only).
+struct Start {
+    tail: Option<plan::Tail>,
+    early: Vec<(usize, EarlyGet)>,
+}
+
 /// Sends every missing part, then proves the parts against the source's checksum (repairing
 /// parts whose source bytes were corrupted in transit). Returns the parts' checksums folded
 /// into the whole object's.
@@ -642,10 +656,11 @@ async fn transfer_and_prove(
     done: &mut [Option<StatePart>],
     keeper: &mut StateKeeper,
     upload_id: &Arc<str>,
-    early: Vec<(usize, EarlyGet)>,
+    start: Start,
     cancel: &CancellationToken,
 ) -> Result<Checksums, TransferError> {
     let etag: Arc<str> = Arc::from(meta.etag.as_str());
+    let Start { tail, early } = start;
     // Only the first round's parts can use the GETs issued ahead.
     let mut early = Some(early);
     let mut aimd = Aimd::new(ctx.opts.concurrency);
@@ -665,7 +680,11 @@ async fn transfer_and_prove(
                     upload_id,
                     relist: &mut relist,
                 },
-                &mut Ranges::new(todo, etag.clone()).with_early(early.take().unwrap_or_default()),
+                &mut Ranges::new(
+                    plan::stagger(specs, todo, tail, ctx.opts.concurrency),
+                    etag.clone(),
+                )
+                .with_early(early.take().unwrap_or_default()),
             )
             .await;
             // Even after a failure: the state must name what the store holds.
