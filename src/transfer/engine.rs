@@ -649,6 +649,7 @@ struct Start {
 /// Sends every missing part, then proves the parts against the source's checksum (repairing
 /// parts whose source bytes were corrupted in transit). Returns the parts' checksums folded
 /// into the whole object's.
+#[allow(clippy::too_many_arguments)]
 async fn transfer_and_prove(
     ctx: &Arc<Ctx>,
     meta: &ObjectMeta,
