@@ -14,57 +14,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flate2::{Compress, Compression, Crc, FlushCompress};
-use ossrelay::transfer::tar;
 use ossrelay_sim::{self as sim, SimConfig};
 
 mod common;
-use common::{account, buckets, deflate, noise, vm_hwm_kib};
+use common::{account, buckets, disk_archive, vm_hwm_kib};
 
 const MIB: u64 = 1 << 20;
-
-/// A gzip'd GNU tar of a `raw_mib` MiB disk whose every 20th MiB is incompressible data.
-/// Built from independently deflated 1 MiB blocks (full flushes): seconds, not minutes.
-fn disk_archive(name: &str, raw_mib: u64) -> (Vec<u8>, u64) {
-    let size = raw_mib * MIB;
-    let header = tar::gnu_header(name, size, b'0');
-    let mut c = Compress::new(Compression::fast(), false);
-    let mut crc = Crc::new();
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
-    out.extend(deflate(&mut c, &header, FlushCompress::Full));
-    crc.update(&header);
-    let zeros = vec![0u8; MIB as usize];
-    let zero_block = deflate(&mut c, &zeros, FlushCompress::Full);
-    let mut zero_crc = Crc::new();
-    zero_crc.update(&zeros);
-    let pool: Vec<(Vec<u8>, Crc)> = (0..16)
-        .map(|i| {
-            let data = noise(MIB as usize, i + 1);
-            let mut k = Crc::new();
-            k.update(&data);
-            (deflate(&mut c, &data, FlushCompress::Full), k)
-        })
-        .collect();
-    let mut data = 0;
-    for i in 0..raw_mib {
-        if i % 20 == 7 {
-            let (block, k) = &pool[(i / 20 % 16) as usize];
-            out.extend_from_slice(block);
-            crc.combine(k);
-            data += MIB;
-        } else {
-            out.extend_from_slice(&zero_block);
-            crc.combine(&zero_crc);
-        }
-    }
-    let tail = vec![0u8; 1024];
-    out.extend(deflate(&mut c, &tail, FlushCompress::Finish));
-    crc.update(&tail);
-    let total = 512 + size + 1024;
-    out.extend_from_slice(&crc.sum().to_le_bytes());
-    out.extend_from_slice(&(total as u32).to_le_bytes());
-    (out, data)
-}
 
 struct Run {
     secs: f64,
@@ -146,7 +101,8 @@ fn main() {
         .map(|v| v.parse::<u64>().expect("--size-gib takes a whole number"));
     let raw_mib = 1024 * size_gib.unwrap_or(if quick { 1 } else { 64 });
     let t = Instant::now();
-    let (archive, data) = disk_archive("m-bench_system.raw", raw_mib);
+    // 5 % data: one incompressible MiB in every 20.
+    let (archive, data) = disk_archive("m-bench_system.raw", raw_mib, 20, 7, 16);
     println!(
         "archive: {raw_mib} MiB RAW with {} MiB of data -> {:.0} MiB gzip'd tar (built in {:.1}s)",
         data / MIB,

@@ -20,55 +20,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flate2::{Compress, Compression, Crc, FlushCompress};
 use ossrelay::transfer::tar;
 use ossrelay_sim::{self as sim, SimConfig};
 
 mod common;
-use common::{account, buckets, deflate, median, noise, vm_hwm_kib};
+use common::{account, buckets, disk_archive, median, vm_hwm_kib};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-
-/// A gzip'd GNU tar with one `raw_mib` MiB member: every 4th MiB incompressible, the rest zeros.
-fn disk_archive(name: &str, raw_mib: u64) -> Vec<u8> {
-    let size = raw_mib * MIB;
-    let header = tar::gnu_header(name, size, b'0');
-    let mut c = Compress::new(Compression::fast(), false);
-    let mut crc = Crc::new();
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
-    out.extend(deflate(&mut c, &header, FlushCompress::Full));
-    crc.update(&header);
-    let zeros = vec![0u8; MIB as usize];
-    let zero_block = deflate(&mut c, &zeros, FlushCompress::Full);
-    let mut zero_crc = Crc::new();
-    zero_crc.update(&zeros);
-    let pool: Vec<(Vec<u8>, Crc)> = (0..64)
-        .map(|i| {
-            let data = noise(MIB as usize, i + 1);
-            let mut k = Crc::new();
-            k.update(&data);
-            (deflate(&mut c, &data, FlushCompress::Full), k)
-        })
-        .collect();
-    for i in 0..raw_mib {
-        if i % 4 == 1 {
-            let (block, k) = &pool[(i / 4 % 64) as usize];
-            out.extend_from_slice(block);
-            crc.combine(k);
-        } else {
-            out.extend_from_slice(&zero_block);
-            crc.combine(&zero_crc);
-        }
-    }
-    let tail = vec![0u8; 1024];
-    out.extend(deflate(&mut c, &tail, FlushCompress::Finish));
-    crc.update(&tail);
-    let total = 512 + size + 1024;
-    out.extend_from_slice(&crc.sum().to_le_bytes());
-    out.extend_from_slice(&(total as u32).to_le_bytes());
-    out
-}
 
 /// CPU seconds used by the calling thread so far.
 fn thread_cpu() -> f64 {
@@ -228,7 +187,8 @@ fn main() {
     let raw_mib = if quick { 1024 } else { 4096 };
     let raw = raw_mib * MIB;
     let t = Instant::now();
-    let archive = disk_archive("m-bench_system.raw", raw_mib);
+    // Every 4th MiB incompressible, the rest zeros.
+    let (archive, _) = disk_archive("m-bench_system.raw", raw_mib, 4, 1, 64);
     println!(
         "archive: {:.0} MiB RAW -> {:.0} MiB gzip'd tar (built in {:.1}s)",
         raw as f64 / MIB as f64,

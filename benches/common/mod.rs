@@ -1,9 +1,10 @@
 //! What the benches share: the simulators' one account and its buckets, a median, a child's
-//! peak RSS, and the pieces of a synthetic `.raw.tar.gz` (incompressible noise, deflate in
+//! peak RSS, and a synthetic `.raw.tar.gz` disk (incompressible noise among zeros, deflated in
 //! independently flushed blocks). Each bench uses a part of it.
 #![allow(dead_code)]
 
-use flate2::{Compress, FlushCompress};
+use flate2::{Compress, Compression, Crc, FlushCompress};
+use ossrelay::transfer::tar;
 use ossrelay_sim::{SimAccount, SimBucket};
 
 /// The simulator account every bench signs with (`simak` / `simsecret`).
@@ -80,4 +81,51 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     }
     v.truncate(len);
     v
+}
+
+/// A gzip'd GNU tar with one `raw_mib` MiB member standing for a disk: MiB `i` is
+/// incompressible when `i % every == phase` (one of `pool` distinct noise blocks), zeros
+/// otherwise. Built from independently deflated 1 MiB blocks (full flushes), so tens of GiB
+/// of RAW take seconds; the decoder sees an ordinary gzip stream. Returns the archive and
+/// the bytes of incompressible data in it.
+pub fn disk_archive(name: &str, raw_mib: u64, every: u64, phase: u64, pool: u64) -> (Vec<u8>, u64) {
+    const MIB: u64 = 1 << 20;
+    let size = raw_mib * MIB;
+    let header = tar::gnu_header(name, size, b'0');
+    let mut c = Compress::new(Compression::fast(), false);
+    let mut crc = Crc::new();
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    out.extend(deflate(&mut c, &header, FlushCompress::Full));
+    crc.update(&header);
+    let zeros = vec![0u8; MIB as usize];
+    let zero_block = deflate(&mut c, &zeros, FlushCompress::Full);
+    let mut zero_crc = Crc::new();
+    zero_crc.update(&zeros);
+    let blocks: Vec<(Vec<u8>, Crc)> = (0..pool)
+        .map(|i| {
+            let data = noise(MIB as usize, i + 1);
+            let mut k = Crc::new();
+            k.update(&data);
+            (deflate(&mut c, &data, FlushCompress::Full), k)
+        })
+        .collect();
+    let mut data = 0;
+    for i in 0..raw_mib {
+        if i % every == phase {
+            let (block, k) = &blocks[(i / every % pool) as usize];
+            out.extend_from_slice(block);
+            crc.combine(k);
+            data += MIB;
+        } else {
+            out.extend_from_slice(&zero_block);
+            crc.combine(&zero_crc);
+        }
+    }
+    let tail = vec![0u8; 1024];
+    out.extend(deflate(&mut c, &tail, FlushCompress::Finish));
+    crc.update(&tail);
+    let total = 512 + size + 1024;
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&(total as u32).to_le_bytes());
+    (out, data)
 }
