@@ -536,10 +536,8 @@ async fn multipart(
         &mut done,
         &mut keeper,
         &upload_id,
-        Start {
-            tail: st_tail,
-            early,
-        },
+        st_tail,
+        early,
         cancel,
     )
     .await;
@@ -639,16 +637,10 @@ pub(super) async fn relist_hedged(
     Ok(())
 }
 
-/// How a multipart copy's parts are started: in the order [`plan::stagger`] gives for the
-/// plan's tail, the first ones from the GETs issued ahead (new uploads only).
-struct Start {
-    tail: Option<plan::Tail>,
-    early: Vec<(usize, EarlyGet)>,
-}
-
 /// Sends every missing part, then proves the parts against the source's checksum (repairing
 /// parts whose source bytes were corrupted in transit). Returns the parts' checksums folded
-/// into the whole object's.
+/// into the whole object's. Parts go in [`plan::stagger`]'s order for the plan's `tail`;
+/// `early`: the GETs issued ahead for the first ones (a new upload only).
 #[allow(clippy::too_many_arguments)]
 async fn transfer_and_prove(
     ctx: &Arc<Ctx>,
@@ -657,13 +649,11 @@ async fn transfer_and_prove(
     done: &mut [Option<StatePart>],
     keeper: &mut StateKeeper,
     upload_id: &Arc<str>,
-    start: Start,
+    tail: Option<plan::Tail>,
+    mut early: Vec<(usize, EarlyGet)>,
     cancel: &CancellationToken,
 ) -> Result<Checksums, TransferError> {
     let etag: Arc<str> = Arc::from(meta.etag.as_str());
-    let Start { tail, early } = start;
-    // Only the first round's parts can use the GETs issued ahead.
-    let mut early = Some(early);
     let mut aimd = Aimd::new(ctx.opts.concurrency);
     let mut round = 0;
     loop {
@@ -685,7 +675,8 @@ async fn transfer_and_prove(
                     plan::stagger(specs, todo, tail, ctx.opts.concurrency),
                     etag.clone(),
                 )
-                .with_early(early.take().unwrap_or_default()),
+                // Only the first round's parts can use the GETs issued ahead.
+                .with_early(std::mem::take(&mut early)),
             )
             .await;
             // Even after a failure: the state must name what the store holds.
