@@ -168,7 +168,7 @@ pub fn stagger(
         return todo;
     };
     let (mut full, mut small, mut odd) = (VecDeque::new(), VecDeque::new(), Vec::new());
-    for i in todo {
+    for &i in &todo {
         let s = specs[i];
         if s.offset < t.offset {
             full.push_back(i);
@@ -192,7 +192,7 @@ pub fn stagger(
                     <= small.len()
             })
     else {
-        return full.into_iter().chain(small).chain(odd).collect();
+        return todo;
     };
     let mut order = Vec::with_capacity(full.len() + small.len() + odd.len());
     for j in 0..phases {
@@ -411,5 +411,8 @@ mod tests {
         let specs = parts_with_tail(size, 64 * MIB, t);
         let todo: Vec<usize> = (0..10).chain(specs.len() - 5..specs.len()).collect();
         assert_eq!(stagger(&specs, todo.clone(), t, 16), todo);
+        // Kept as given, whatever that order is.
+        let shuffled: Vec<usize> = todo.iter().rev().copied().collect();
+        assert_eq!(stagger(&specs, shuffled.clone(), t, 16), shuffled);
     }
 }
